@@ -1,0 +1,79 @@
+# stillpoint.snapshots: `make demo`, `make test`, `make bench` work on a fresh Debian machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+BUILD := $(CURDIR)/.build
+COLLECTIONS := $(BUILD)/collections
+LINK := $(COLLECTIONS)/ansible_collections/stillpoint/snapshots
+SANITY_ROOT := $(BUILD)/sanity/ansible_collections
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PATH := $(BIN):$(PATH)
+# Tests and demos never reach the real instance metadata service.
+export AWS_EC2_METADATA_DISABLED := true
+
+.PHONY: help deps system-deps link test unit integration sanity lint docs-check demo bench clean
+
+help:
+	@echo "make demo   - start the local EC2 endpoint, build a loop-device array, back it up, list the catalog"
+	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint"
+	@echo "make bench  - freeze-window benchmark: stock playbook vs host mode vs controller mode"
+
+# Debian packages the tests and demo need (only the missing ones are installed).
+system-deps:
+	@need=""; \
+	command -v fsfreeze >/dev/null || need="$$need util-linux"; \
+	command -v losetup >/dev/null || need="$$need mount"; \
+	command -v mkfs.ext4 >/dev/null || need="$$need e2fsprogs"; \
+	command -v timeout >/dev/null || need="$$need coreutils"; \
+	command -v git >/dev/null || need="$$need git"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$need (run as root or install them)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need; \
+	fi
+
+$(BIN)/.deps: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+link:
+	@mkdir -p $(dir $(LINK))
+	@[ -L $(LINK) ] || ln -sfn $(CURDIR) $(LINK)
+
+deps: system-deps $(BIN)/.deps link
+
+# Fast tier first: library and module units, then real freezes and the local EC2 endpoint.
+unit: deps
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: deps
+	$(BIN)/python -m pytest -q tests/integration
+
+# ansible-test wants the collection under ansible_collections/<ns>/<name>: test a copy.
+sanity: deps
+	rm -rf $(BUILD)/sanity && mkdir -p $(SANITY_ROOT)/stillpoint/snapshots $(SANITY_ROOT)/amazon
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(SANITY_ROOT)/stillpoint/snapshots
+	ln -s $$($(BIN)/python -c 'import ansible_collections.amazon.aws as m, os; print(os.path.dirname(m.__file__))') $(SANITY_ROOT)/amazon/aws
+	cd $(SANITY_ROOT)/stillpoint/snapshots && $(BIN)/ansible-test sanity --requirements --python 3.11 --local --color no
+
+lint: deps
+	$(BIN)/ansible-lint --profile production
+
+docs-check: deps
+	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  $(BIN)/ansible-doc stillpoint.snapshots.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
+	done; echo "ansible-doc: all modules render"
+
+test: unit integration docs-check sanity lint
+
+demo: deps
+	$(BIN)/python playbooks/demo/demo.py
+
+bench: deps
+	$(BIN)/python benchmarks/freeze_window.py
+
+clean:
+	rm -rf $(BUILD) .pytest_cache tests/output

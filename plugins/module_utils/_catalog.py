@@ -1,0 +1,375 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup catalog: tag schema v1 (docs/catalog.md), grouping snapshots into sets.
+
+Pure functions over DescribeSnapshots items; no API calls here.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime
+import json
+import os
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import LEVELS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+SCHEMA = "1"
+PREFIX = "stillpoint:"
+TAG_VALUE_MAX = 256
+
+K_CREATOR = PREFIX + "creator"
+K_SCHEMA = PREFIX + "schema"
+K_SET_ID = PREFIX + "set-id"
+K_SET_NAME = PREFIX + "set-name"
+K_MEMBERS = PREFIX + "members"
+K_MEMBER = PREFIX + "member"
+K_DEVICE = PREFIX + "device"
+K_SOURCE_VOLUME = PREFIX + "source-volume"
+K_MOUNTPOINTS = PREFIX + "mountpoints"
+K_INSTANCE = PREFIX + "instance"
+K_AZ = PREFIX + "az"
+K_HOST = PREFIX + "host"
+K_LEVEL = PREFIX + "level"
+K_STATE = PREFIX + "state"
+K_CREATED = PREFIX + "created"
+K_FREEZE_MS = PREFIX + "freeze-ms"
+K_PROCEDURE = PREFIX + "procedure"
+K_ARRAY = PREFIX + "array"
+
+STATES = ("pending", "complete", "partial")
+
+
+def new_set_id(now=None, rand=None):
+    """``bs-YYYYMMDDTHHMMSSZ-xxxxxx``: sortable by creation time, unique enough per account."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    rand = rand if rand is not None else binascii.hexlify(os.urandom(3)).decode()
+    return "bs-%s-%s" % (now.strftime("%Y%m%dT%H%M%SZ"), rand)
+
+
+def utc_iso(now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value):
+    """Parse an ISO time as found in tags or boto3 results (datetime passes through)."""
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    if not value:
+        return None
+    text = str(value).replace("Z", "+00:00")
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _check_value(key, value):
+    value = "" if value is None else str(value)
+    if len(value) > TAG_VALUE_MAX:
+        raise StillpointError(
+            "catalog tag %s would be %d characters; EC2 allows %d. Shorten it (set name, mountpoint "
+            "list or array descriptor)." % (key, len(value), TAG_VALUE_MAX)
+        )
+    return value
+
+
+def encode_json(key, obj):
+    """Store a JSON value under ``key``, ``key.1``, ``key.2``... in chunks that fit a tag value."""
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
+    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)] or [""]
+    if len(chunks) > 8:
+        raise StillpointError("array descriptor too large for the catalog (%d characters, at most %d)"
+                              % (len(text), 8 * TAG_VALUE_MAX))
+    return dict((key if i == 0 else "%s.%d" % (key, i), chunk) for i, chunk in enumerate(chunks))
+
+
+def decode_json(tags, key):
+    if key not in tags:
+        return None
+    parts = [tags[key]]
+    i = 1
+    while "%s.%d" % (key, i) in tags:
+        parts.append(tags["%s.%d" % (key, i)])
+        i += 1
+    try:
+        return json.loads("".join(parts))
+    except ValueError:
+        return None
+
+
+def set_tags(set_id, name, members, instance_id, az, host, level, state="pending", created=None,
+             freeze_ms=None, procedure="ebs_snapshot_set", array=None):
+    """Tags shared by every member of a set (applied by CreateSnapshots' TagSpecifications)."""
+    if level not in LEVELS:
+        raise StillpointError("unknown consistency level %r (one of %s)" % (level, ", ".join(LEVELS)))
+    if state not in STATES:
+        raise StillpointError("unknown set state %r (one of %s)" % (state, ", ".join(STATES)))
+    tags = {
+        K_CREATOR: CREATOR,
+        K_SCHEMA: SCHEMA,
+        K_SET_ID: set_id,
+        K_SET_NAME: name or "",
+        K_MEMBERS: str(int(members)),
+        K_INSTANCE: instance_id or "",
+        K_AZ: az or "",
+        K_HOST: host or "",
+        K_LEVEL: level,
+        K_STATE: state,
+        K_CREATED: created or utc_iso(),
+        K_PROCEDURE: procedure or "",
+    }
+    if freeze_ms is not None:
+        tags[K_FREEZE_MS] = "%.3f" % float(freeze_ms)
+    if array:
+        tags.update(encode_json(K_ARRAY, array))
+    return dict((k, _check_value(k, v)) for k, v in tags.items())
+
+
+def member_tags(index, device, source_volume, mountpoints=()):
+    """Tags that differ per member (applied with CreateTags right after the call)."""
+    tags = {
+        K_MEMBER: str(int(index)),
+        K_DEVICE: device or "",
+        K_SOURCE_VOLUME: source_volume,
+        K_MOUNTPOINTS: ",".join(mountpoints or ()),
+    }
+    return dict((k, _check_value(k, v)) for k, v in tags.items())
+
+
+def to_tag_list(tags):
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def tag_dict(tag_list):
+    return dict((t["Key"], t.get("Value", "")) for t in (tag_list or []))
+
+
+def is_ours(snapshot):
+    """True only for snapshots carrying this collection's creator marker."""
+    return tag_dict(snapshot.get("Tags")).get(K_CREATOR) == CREATOR
+
+
+def _int(value, default=None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def member_record(snapshot):
+    tags = tag_dict(snapshot.get("Tags"))
+    mounts = tags.get(K_MOUNTPOINTS, "")
+    return {
+        "index": _int(tags.get(K_MEMBER)),
+        "snapshot_id": snapshot.get("SnapshotId"),
+        "state": snapshot.get("State"),
+        "progress": snapshot.get("Progress"),
+        "device": tags.get(K_DEVICE) or None,
+        "source_volume": tags.get(K_SOURCE_VOLUME) or snapshot.get("VolumeId"),
+        "volume_size": snapshot.get("VolumeSize"),
+        "mountpoints": [m for m in mounts.split(",") if m],
+        "start_time": utc_iso(parse_time(snapshot.get("StartTime"))) if snapshot.get("StartTime") else None,
+        "state_message": snapshot.get("StateMessage"),
+    }
+
+
+def _evaluate(record, tag_states):
+    """Decide the set's state from its tags and its members; never better than the facts.
+
+    ``partial``: the set can never become a valid backup (a member snapshot is gone or in error,
+    the member count is unreadable, a member says ``partial``, or the set was marked complete while
+    a member was never tagged). ``complete``: every member ``0..n-1`` is present exactly once, all
+    are ``completed`` in EC2, every member is marked ``complete`` and the schema is one this code
+    reads. ``pending``: anything else (still being tagged, still copying, never marked complete).
+    """
+    broken, waiting = [], []
+    count = record["member_count"]
+    members = record["members"]
+    indexes = [m["index"] for m in members]
+    untagged = indexes.count(None)
+    tagged = [i for i in indexes if i is not None]
+    if count is None or count < 1:
+        broken.append("member count tag missing or invalid")
+    else:
+        missing = sorted(set(range(count)) - set(tagged))
+        if len(members) < count:
+            broken.append("%d snapshots for %d members (members missing: %s)"
+                          % (len(members), count, ", ".join(str(i) for i in missing) or "none"))
+        elif len(missing) > untagged:
+            broken.append("members missing: %s" % ", ".join(str(i) for i in missing))
+        if len(members) > count:
+            broken.append("%d snapshots for %d members" % (len(members), count))
+        stray = sorted(set(i for i in tagged if i < 0 or i >= count))
+        if stray:
+            broken.append("member indexes outside 0..%d: %s" % (count - 1, ", ".join(str(i) for i in stray)))
+        dup = sorted(set(i for i in tagged if tagged.count(i) > 1))
+        if dup:
+            broken.append("member indexes used twice: %s" % ", ".join(str(i) for i in dup))
+    if untagged:
+        if "pending" in tag_states:
+            waiting.append("%d snapshot(s) without a member index (not yet tagged)" % untagged)
+        else:
+            broken.append("%d snapshot(s) without a member index in a set marked %s"
+                          % (untagged, "/".join(sorted(set(tag_states)))))
+    failed = [m["snapshot_id"] for m in members if m["state"] == "error"]
+    if failed:
+        broken.append("snapshots in error: %s" % ", ".join(failed))
+    if "partial" in tag_states:
+        broken.append("marked partial (a rollback could not delete it)")
+    unknown = sorted(set(s for s in tag_states if s not in STATES))
+    if unknown:
+        waiting.append("unknown state tag value: %s" % ", ".join(unknown))
+    if len(set(tag_states)) > 1:
+        waiting.append("members disagree on the set state: %s" % ", ".join(sorted(set(tag_states))))
+    not_done = [m["snapshot_id"] for m in members if m["state"] != "completed" and m["state"] != "error"]
+    if not_done:
+        waiting.append("snapshots not yet completed in EC2: %s" % ", ".join(not_done))
+    if record["schema"] != SCHEMA:
+        waiting.append("catalog schema %s is not read by this version (it reads schema %s); upgrade "
+                       "stillpoint.snapshots. The set is never reported complete nor pruned by this version"
+                       % (record["schema"] or "(missing)", SCHEMA))
+
+    if broken:
+        state = "partial"
+    elif not waiting and all(s == "complete" for s in tag_states):
+        state = "complete"
+    else:
+        state = "pending"
+        if not waiting:
+            waiting.append("all snapshots completed but the set was never marked complete")
+    record["state"] = state
+    record["problems"] = broken + waiting
+    return record
+
+
+def _sort_key(record):
+    created = parse_time(record.get("created"))
+    epoch = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    return (created or epoch, record["set_id"])
+
+
+def group_sets(snapshots):
+    """Group DescribeSnapshots items carrying a set id into set records, newest first.
+
+    Members are ordered by their member index. Only snapshots with the creator marker count.
+    """
+    groups = {}
+    for snap in snapshots:
+        if not is_ours(snap):
+            continue
+        tags = tag_dict(snap.get("Tags"))
+        set_id = tags.get(K_SET_ID)
+        if set_id:
+            groups.setdefault(set_id, []).append((tags, snap))
+    records = []
+    for set_id, items in groups.items():
+        first = items[0][0]
+        members = sorted((member_record(s) for _t, s in items),
+                         key=lambda m: (m["index"] is None, m["index"] if m["index"] is not None else 0))
+        # a member without a readable level counts as crash: a set never claims more than it got
+        levels = [t.get(K_LEVEL) if t.get(K_LEVEL) in LEVELS else LEVELS[0] for t, _s in items]
+        freeze = [t.get(K_FREEZE_MS) for t, _s in items if t.get(K_FREEZE_MS)]
+        record = {
+            "set_id": set_id,
+            "name": first.get(K_SET_NAME) or None,
+            "schema": first.get(K_SCHEMA),
+            "member_count": _int(first.get(K_MEMBERS)),
+            "members": members,
+            "snapshot_ids": [m["snapshot_id"] for m in members],
+            "instance_id": first.get(K_INSTANCE) or None,
+            "availability_zone": first.get(K_AZ) or None,
+            "host": first.get(K_HOST) or None,
+            # the weakest level any member claims: never overstated
+            "level": min(levels, key=LEVELS.index),
+            "created": first.get(K_CREATED) or _earliest_start(members),
+            "freeze_ms": float(freeze[0]) if freeze else None,
+            "procedure": first.get(K_PROCEDURE) or None,
+            "array": decode_json(first, K_ARRAY),
+        }
+        records.append(_evaluate(record, [t.get(K_STATE, "pending") for t, _s in items]))
+    records.sort(key=_sort_key, reverse=True)
+    return records
+
+
+def _earliest_start(members):
+    times = [parse_time(m["start_time"]) for m in members if m["start_time"]]
+    return utc_iso(min(times)) if times else None
+
+
+def select_sets(records, set_id=None, name=None, instance_id=None, host=None, states=None):
+    out = []
+    for rec in records:
+        if set_id and rec["set_id"] != set_id:
+            continue
+        if name and rec["name"] != name:
+            continue
+        if instance_id and rec["instance_id"] != instance_id:
+            continue
+        if host and rec["host"] != host:
+            continue
+        if states and rec["state"] not in states:
+            continue
+        out.append(rec)
+    return out
+
+
+def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=False, now=None):
+    """Decide which sets retention deletes.
+
+    Retention is per (set name, instance). A complete set is kept while it is among the newest
+    ``keep_last`` complete sets of its group OR younger than ``older_than_days``; it is deleted
+    only when every given criterion lets it go. The newest complete set of a group is always
+    kept. Partial sets are deleted only with ``delete_partial``. Pending sets are never deleted
+    (a run may still be waiting on them). Returns ``(keep, delete)`` lists of ``(record, reason)``.
+    """
+    if keep_last is not None and keep_last < 1:
+        raise StillpointError("keep_last must be at least 1: retention never deletes the newest complete set")
+    if older_than_days is not None and older_than_days < 0:
+        raise StillpointError("older_than_days must not be negative")
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    keep, delete = [], []
+    groups = {}
+    for rec in sorted(records, key=_sort_key, reverse=True):  # newest first, whatever the input order
+        groups.setdefault((rec["name"], rec["instance_id"]), []).append(rec)
+    for recs in groups.values():
+        complete_seen = 0
+        for rec in recs:
+            if rec.get("schema") != SCHEMA:
+                keep.append((rec, "schema %s is not read by this version: never pruned" % (rec.get("schema") or "(missing)")))
+                continue
+            if rec["state"] == "pending":
+                keep.append((rec, "pending: never pruned"))
+                continue
+            if rec["state"] == "partial":
+                if delete_partial:
+                    delete.append((rec, "partial set"))
+                else:
+                    keep.append((rec, "partial set kept (delete_partial is false)"))
+                continue
+            complete_seen += 1
+            if complete_seen == 1:
+                keep.append((rec, "newest complete set"))
+                continue
+            if keep_last is None and older_than_days is None:
+                keep.append((rec, "no retention rule given"))
+                continue
+            reasons = []
+            if keep_last is not None:
+                if complete_seen <= keep_last:
+                    keep.append((rec, "among the newest %d" % keep_last))
+                    continue
+                reasons.append("beyond keep_last=%d" % keep_last)
+            if older_than_days is not None:
+                created = parse_time(rec["created"])
+                if created is None or (now - created).total_seconds() <= older_than_days * 86400:
+                    keep.append((rec, "younger than %s days" % older_than_days))
+                    continue
+                reasons.append("older than %s days" % older_than_days)
+            delete.append((rec, " and ".join(reasons)))
+    return keep, delete

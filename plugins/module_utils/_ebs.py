@@ -1,0 +1,472 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""EBS snapshot sets: one CreateSnapshots call per instance, all or nothing.
+
+The freeze is not done here: :class:`SnapshotSetRun` takes a *quiescer* (an object with
+``freeze()`` and ``thaw()``) so that host mode (the guardian in this process's host) and
+controller mode (the guardian on a remote host, driven by the action plugin) share one procedure.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+try:
+    import botocore
+except ImportError:
+    pass  # the modules check HAS_BOTO3 through AnsibleAWSModule
+
+from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import lower_level
+
+# Throttling. RequestLimitExceeded comes from the per-account token buckets; botocore and
+# AWSRetry retry it. SnapshotCreationPerVolumeRateExceeded needs >= 15 s and no SDK retries it.
+THROTTLE_CODES = ("RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException")
+RATE_CODE = "SnapshotCreationPerVolumeRateExceeded"
+RATE_BACKOFF = 15.0
+
+# Calls made outside any freeze window retry the way amazon.aws modules do.
+RETRY = AWSRetry.jittered_backoff(retries=10, delay=1, max_delay=30)
+
+
+def error_code(exc):
+    try:
+        return exc.response["Error"]["Code"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def aws_error(msg, exc):
+    code = error_code(exc)
+    return StillpointError("%s: %s" % (msg, exc), error_code=code)
+
+
+class CycleBackoff:
+    """Delays between freeze-call-thaw cycles when CreateSnapshots is throttled.
+
+    We never sleep while frozen: a throttled call thaws first, then waits here, then freezes again.
+    RequestLimitExceeded: exponential with equal jitter (half fixed, half random), from ``base``.
+    SnapshotCreationPerVolumeRateExceeded: at least 15 s plus up to 5 s of jitter.
+    """
+
+    def __init__(self, base=0.5, cap=20.0, rate_backoff=RATE_BACKOFF, rng=None):
+        self.base = base
+        self.cap = cap
+        self.rate_backoff = rate_backoff
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def delay(self, code):
+        self.attempt += 1
+        if code == RATE_CODE:
+            return self.rate_backoff + self.rng.uniform(0.0, 5.0)
+        step = min(self.cap, self.base * (2 ** (self.attempt - 1)))
+        return step / 2.0 + self.rng.uniform(0.0, step / 2.0)
+
+
+# --------------------------------------------------------------------------- planning
+
+def describe_instance(client, instance_id):
+    try:
+        res = client.describe_instances(InstanceIds=[instance_id], aws_retry=True)
+    except botocore.exceptions.ClientError as e:
+        raise aws_error("cannot describe instance %s (check instance_id and region)" % instance_id, e)
+    for reservation in res.get("Reservations", []):
+        for inst in reservation.get("Instances", []):
+            return inst
+    raise StillpointError("instance %s not found in this region" % instance_id)
+
+
+def instance_for_volumes(client, volume_ids):
+    """The one instance the given volumes are attached to (controller mode finds it this way)."""
+    try:
+        vols = client.describe_volumes(VolumeIds=list(volume_ids), aws_retry=True)["Volumes"]
+    except botocore.exceptions.ClientError as e:
+        raise aws_error("cannot describe volumes %s" % ", ".join(volume_ids), e)
+    instances = set()
+    for vol in vols:
+        for att in vol.get("Attachments", []):
+            instances.add(att["InstanceId"])
+    if len(instances) != 1:
+        raise StillpointError(
+            "volumes %s are attached to %s; a set is taken from exactly one instance"
+            % (", ".join(volume_ids), ", ".join(sorted(instances)) or "no instance"))
+    return instances.pop()
+
+
+def plan_members(instance, include_volume_ids=None, exclude_volume_ids=(), exclude_boot_volume=True,
+                 member_order=None):
+    """Choose the members of a set among the instance's attached EBS volumes.
+
+    ``include_volume_ids``: only these (all must be attached to the instance); ``None`` means all
+    data volumes. The boot volume is excluded unless ``exclude_boot_volume`` is false (or it is
+    explicitly included). Members are ordered by ``member_order`` (volume ids, e.g. an md array's
+    order) when given, else by device name. Returns the plan dict used by :func:`create_call`.
+    """
+    root_name = instance.get("RootDeviceName")
+    attached = []
+    for bdm in instance.get("BlockDeviceMappings", []):
+        ebs = bdm.get("Ebs") or {}
+        if ebs.get("VolumeId"):
+            attached.append({"volume_id": ebs["VolumeId"], "device": bdm.get("DeviceName"),
+                             "boot": bdm.get("DeviceName") == root_name})
+    by_id = dict((a["volume_id"], a) for a in attached)
+    problems = []
+    exclude = set(exclude_volume_ids or ())
+    for vid in exclude:
+        if vid not in by_id:
+            problems.append("excluded volume %s is not attached to %s" % (vid, instance["InstanceId"]))
+    if include_volume_ids is not None:
+        chosen = []
+        for vid in include_volume_ids:
+            if vid not in by_id:
+                problems.append("volume %s is not attached to %s" % (vid, instance["InstanceId"]))
+            elif vid not in exclude and by_id[vid] not in chosen:
+                chosen.append(by_id[vid])
+    else:
+        chosen = [a for a in attached if a["volume_id"] not in exclude and not (a["boot"] and exclude_boot_volume)]
+    if problems:
+        raise StillpointError("; ".join(problems) + ". Name volumes that are attached to this instance.")
+    if not chosen:
+        raise StillpointError("no volume left to snapshot on %s (boot volume excluded: %s, excluded: %s)"
+                              % (instance["InstanceId"], exclude_boot_volume, ", ".join(sorted(exclude)) or "none"))
+    if member_order:
+        rank = dict((vid, i) for i, vid in enumerate(member_order))
+        chosen.sort(key=lambda a: (rank.get(a["volume_id"], len(rank)), a["device"] or ""))
+    else:
+        chosen.sort(key=lambda a: a["device"] or "")
+    chosen_ids = set(a["volume_id"] for a in chosen)
+    boot = [a for a in attached if a["boot"]]
+    include_boot = bool(boot) and boot[0]["volume_id"] in chosen_ids
+    return {
+        "instance_id": instance["InstanceId"],
+        "availability_zone": (instance.get("Placement") or {}).get("AvailabilityZone"),
+        "members": [{"index": i, "volume_id": a["volume_id"], "device": a["device"]} for i, a in enumerate(chosen)],
+        "exclude_boot_volume": not include_boot,
+        "exclude_data_volume_ids": sorted(a["volume_id"] for a in attached
+                                          if not a["boot"] and a["volume_id"] not in chosen_ids),
+    }
+
+
+# --------------------------------------------------------------------------- the call
+
+def create_call(client, plan, shared_tags, description=None, copy_tags_from_source=False):
+    """Exactly one CreateSnapshots call, no retry here (the caller thaws before any backoff)."""
+    kwargs = {
+        "InstanceSpecification": {
+            "InstanceId": plan["instance_id"],
+            "ExcludeBootVolume": plan["exclude_boot_volume"],
+        },
+        "TagSpecifications": [{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared_tags)}],
+        "CopyTagsFromSource": "volume" if copy_tags_from_source else None,
+        "Description": description,
+    }
+    if plan["exclude_data_volume_ids"]:
+        kwargs["InstanceSpecification"]["ExcludeDataVolumeIds"] = plan["exclude_data_volume_ids"]
+    kwargs = dict((k, v) for k, v in kwargs.items() if v is not None)
+    return client.create_snapshots(**kwargs)["Snapshots"]
+
+
+def match_members(plan, items):
+    """Pair the call's snapshots with the planned members. Returns (members, unexpected_ids)."""
+    by_volume = dict((it["VolumeId"], it) for it in items)
+    members, missing = [], []
+    for m in plan["members"]:
+        it = by_volume.pop(m["volume_id"], None)
+        if it is None:
+            missing.append(m["volume_id"])
+            continue
+        members.append(dict(m, snapshot_id=it["SnapshotId"], state=it.get("State")))
+    return members, missing, [it["SnapshotId"] for it in by_volume.values()]
+
+
+# --------------------------------------------------------------------------- after the call
+
+def tag(client, resource_ids, tags):
+    try:
+        client.create_tags(Resources=list(resource_ids), Tags=catalog.to_tag_list(tags), aws_retry=True)
+    except botocore.exceptions.ClientError as e:
+        raise aws_error("cannot tag %s" % ", ".join(resource_ids), e)
+
+
+def describe_snapshots(client, snapshot_ids=None, filters=None):
+    """Our account's snapshots (OwnerIds=self), paginated."""
+    kwargs = {"OwnerIds": ["self"]}
+    if snapshot_ids:
+        kwargs["SnapshotIds"] = list(snapshot_ids)
+    if filters:
+        kwargs["Filters"] = filters
+    try:
+        return _paginate_snapshots(client, kwargs)
+    except botocore.exceptions.ClientError as e:
+        raise aws_error("cannot describe snapshots", e)
+
+
+@RETRY
+def _paginate_snapshots(client, kwargs):
+    paginator = client.get_paginator("describe_snapshots")
+    return paginator.paginate(**kwargs).build_full_result().get("Snapshots", [])
+
+
+def catalog_snapshots(client, set_id=None, name=None, instance_id=None):
+    """Snapshots of the catalog, narrowed server-side by tag filters where possible."""
+    filters = [{"Name": "tag:%s" % catalog.K_CREATOR, "Values": [catalog.CREATOR]}]
+    if set_id:
+        filters.append({"Name": "tag:%s" % catalog.K_SET_ID, "Values": [set_id]})
+    if name:
+        filters.append({"Name": "tag:%s" % catalog.K_SET_NAME, "Values": [name]})
+    if instance_id:
+        filters.append({"Name": "tag:%s" % catalog.K_INSTANCE, "Values": [instance_id]})
+    return describe_snapshots(client, filters=filters)
+
+
+def poll(client, snapshot_ids):
+    snaps = describe_snapshots(client, snapshot_ids=snapshot_ids)
+    return dict((s["SnapshotId"], s) for s in snaps)
+
+
+def wait_for(client, snapshot_ids, timeout, interval=15.0, on_progress=None, sleep=time.sleep, clock=time.monotonic):
+    """Poll until every snapshot is ``completed``; stop at the first ``error``.
+
+    Returns ``(status, samples)`` with status ``completed``, ``error`` or ``timeout`` and
+    ``samples`` = ``[{"elapsed_s", "progress": {snapshot_id: "NN%"}, "states": {...}}]``.
+    """
+    start = clock()
+    samples = []
+    while True:
+        snaps = poll(client, snapshot_ids)
+        missing = [sid for sid in snapshot_ids if sid not in snaps]
+        states = dict((sid, snaps[sid]["State"]) for sid in snapshot_ids if sid in snaps)
+        for sid in missing:
+            states[sid] = "missing"
+        sample = {
+            "elapsed_s": round(clock() - start, 1),
+            "progress": dict((sid, snaps[sid].get("Progress") or "") for sid in snapshot_ids if sid in snaps),
+            "states": states,
+        }
+        samples.append(sample)
+        if on_progress:
+            on_progress(sample)
+        if any(s in ("error", "missing") for s in states.values()):
+            return "error", samples
+        if all(s == "completed" for s in states.values()):
+            return "completed", samples
+        remaining = timeout - (clock() - start)
+        if remaining <= 0:
+            return "timeout", samples
+        sleep(min(interval, remaining))
+
+
+def delete_ours(client, snapshot_ids):
+    """Delete snapshots, but only those carrying our creator marker. Returns (deleted, failed)."""
+    deleted, failed = [], []
+    if not snapshot_ids:
+        return deleted, failed
+    snaps = poll(client, snapshot_ids)
+    for sid in snapshot_ids:
+        snap = snaps.get(sid)
+        if snap is None:
+            continue  # already gone
+        if not catalog.is_ours(snap):
+            failed.append({"snapshot_id": sid, "error": "not created by stillpoint.snapshots: refused"})
+            continue
+        try:
+            client.delete_snapshot(SnapshotId=sid, aws_retry=True)
+            deleted.append(sid)
+        except botocore.exceptions.ClientError as e:
+            failed.append({"snapshot_id": sid, "error": str(e)})
+    return deleted, failed
+
+
+def rollback(client, snapshot_ids):
+    """All or nothing: delete the set; whatever cannot be deleted is tagged ``partial``."""
+    deleted, failed = delete_ours(client, snapshot_ids)
+    leftover = [f["snapshot_id"] for f in failed]
+    if leftover:
+        try:
+            client.create_tags(Resources=leftover, Tags=[{"Key": catalog.K_STATE, "Value": "partial"}], aws_retry=True)
+        except botocore.exceptions.ClientError:
+            pass
+    return {"deleted": deleted, "left_partial": leftover, "errors": failed}
+
+
+# --------------------------------------------------------------------------- the procedure
+
+class NoQuiesce:
+    """Crash-consistent run: nothing to freeze."""
+
+    level = "crash"
+
+    def freeze(self):
+        return {"mounts": []}
+
+    def thaw(self):
+        return {"mounts": [], "window_ms": 0.0, "deadline_thawed": False}
+
+
+class SnapshotSetRun:
+    """Freeze -> one CreateSnapshots -> thaw -> tag -> (wait -> mark complete), all or nothing.
+
+    ``quiescer``: object with ``level`` (what a successful freeze gives: filesystem or
+    application), ``freeze()`` and ``thaw()`` (see _freeze.Guardian). ``hooks``: object with
+    ``pre()`` (returns True when the application is quiesced) and ``post()``; may be None.
+    """
+
+    def __init__(self, client, plan, set_id, name=None, host=None, description=None, copy_tags_from_source=False,
+                 procedure="ebs_snapshot_set", array=None, mountpoints_by_volume=None, extra_tags=None,
+                 max_cycles=8, backoff=None, sleep=time.sleep, log=None):
+        self.client = client
+        self.plan = plan
+        self.set_id = set_id
+        self.name = name
+        self.host = host
+        self.description = description or "stillpoint.snapshots set %s" % set_id
+        self.copy_tags_from_source = copy_tags_from_source
+        self.procedure = procedure
+        self.array = array
+        self.mountpoints_by_volume = mountpoints_by_volume or {}
+        self.extra_tags = extra_tags or {}
+        self.max_cycles = max_cycles
+        self.backoff = backoff or CycleBackoff()
+        self.sleep = sleep
+        self.log = log or (lambda msg: None)
+        self.create_calls = 0
+        self.cycles = []
+
+    def _shared_tags(self, level, freeze_ms=None, state="pending"):
+        tags = dict(self.extra_tags)
+        tags.update(catalog.set_tags(
+            self.set_id, self.name, len(self.plan["members"]), self.plan["instance_id"],
+            self.plan["availability_zone"], self.host, level, state=state, freeze_ms=freeze_ms,
+            procedure=self.procedure, array=self.array))
+        return tags
+
+    def take(self, quiescer, intended_level):
+        """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
+
+        Throttled calls thaw first, back off, and start a new cycle (never sleeping frozen).
+        Any other failure thaws and raises; nothing was created by a failed call.
+        """
+        last_error = None
+        for cycle in range(1, self.max_cycles + 1):
+            froze = quiescer.freeze()
+            items, err = None, None
+            try:
+                items = create_call(self.client, self.plan, self._shared_tags(intended_level),
+                                    self.description, self.copy_tags_from_source)
+            except botocore.exceptions.ClientError as e:
+                err = e
+            finally:
+                self.create_calls += 1
+                thawed = quiescer.thaw()
+            self.cycles.append({"cycle": cycle, "freeze": froze, "thaw": thawed,
+                                "error": error_code(err) if err is not None else None})
+            if err is None:
+                return items, froze, thawed
+            code = error_code(err)
+            last_error = err
+            if code not in THROTTLE_CODES and code != RATE_CODE:
+                raise aws_error("CreateSnapshots failed for %s (filesystems thawed, nothing created)"
+                                % self.plan["instance_id"], err)
+            delay = self.backoff.delay(code)
+            self.log("CreateSnapshots throttled (%s), thawed; retrying in %.1f s" % (code, delay))
+            self.sleep(delay)
+        raise aws_error("CreateSnapshots still throttled after %d attempts (filesystems thawed, nothing created)"
+                        % self.max_cycles, last_error)
+
+    def run(self, quiescer, hooks=None, wait=True, wait_timeout=14400, poll_interval=15.0, on_progress=None):
+        result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
+        level = quiescer.level
+        hook_report = {}
+        if hooks is not None:
+            ok, hook_report["pre"] = hooks.pre()
+            if not ok:
+                level = lower_level(level, "filesystem")
+                result["warnings"].append("pre-freeze hook failed; the set is recorded at level %s" % level)
+        try:
+            items, froze, thawed = self.take(quiescer, level)
+        finally:
+            if hooks is not None:
+                okp, hook_report["post"] = hooks.post()
+                if not okp:
+                    result["warnings"].append("post-thaw hook failed: check the application")
+        if thawed.get("deadline_thawed"):
+            level = "crash"
+            result["warnings"].append(
+                "the freeze outlived its deadline and the guardian thawed before the call returned; "
+                "the set is recorded as crash-consistent")
+        members, missing, unexpected = match_members(self.plan, items)
+        all_ids = [m["snapshot_id"] for m in members] + unexpected
+        if missing or unexpected:
+            rb = rollback(self.client, all_ids)
+            raise StillpointError(
+                "CreateSnapshots returned a different set than planned (missing volumes: %s, unexpected "
+                "snapshots: %s); the set was rolled back" % (", ".join(missing) or "none", ", ".join(unexpected) or "none"),
+                rollback=rb)
+        freeze_ms = thawed.get("window_ms", 0.0)
+        try:
+            for m in members:
+                tag(self.client, [m["snapshot_id"]], catalog.member_tags(
+                    m["index"], m["device"], m["volume_id"], self.mountpoints_by_volume.get(m["volume_id"], ())))
+            tag(self.client, all_ids, {catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms})
+        except StillpointError as e:
+            e.details["rollback"] = rollback(self.client, all_ids)
+            e.msg += "; the set was rolled back"
+            raise
+        result.update({
+            "level": level, "freeze": froze, "thaw": thawed, "freeze_window_ms": freeze_ms,
+            "members": members, "snapshot_ids": all_ids, "create_calls": self.create_calls,
+            "cycles": len(self.cycles), "hooks": hook_report, "state": "pending",
+        })
+        if wait:
+            result.update(finish(self.client, all_ids, wait_timeout, poll_interval, on_progress, self.sleep))
+        return result
+
+
+def finish(client, snapshot_ids, wait_timeout, poll_interval=15.0, on_progress=None, sleep=time.sleep):
+    """Wait for the members, then mark the set complete; on error roll back (all or nothing)."""
+    status, samples = wait_for(client, snapshot_ids, wait_timeout, poll_interval, on_progress, sleep)
+    out = {"progress": samples}
+    if status == "completed":
+        tag(client, snapshot_ids, {catalog.K_STATE: "complete"})
+        out["state"] = "complete"
+        return out
+    if status == "timeout":
+        out["state"] = "pending"
+        out["timed_out"] = True
+        return out
+    rb = rollback(client, snapshot_ids)
+    failed = dict((sid, st) for sid, st in samples[-1]["states"].items() if st != "completed")
+    raise StillpointError(
+        "snapshot set failed: %s; the whole set was %s" % (
+            ", ".join("%s is %s" % kv for kv in sorted(failed.items())),
+            "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])),
+        rollback=rb, progress=samples)
+
+
+def existing_set(client, set_id, check_mode=False, wait=True, wait_timeout=14400, poll_interval=15.0,
+                 on_progress=None):
+    """A re-run naming a known set id: report it, or keep waiting for it. None if it does not exist."""
+    records = catalog.group_sets(catalog_snapshots(client, set_id=set_id))
+    if not records:
+        return None
+    rec = records[0]
+    out = dict(changed=False, set_id=set_id, state=rec["state"], level=rec["level"], instance_id=rec["instance_id"],
+               members=rec["members"], snapshot_ids=rec["snapshot_ids"])
+    if rec["state"] == "complete":
+        out["msg"] = "set %s already exists and is complete" % set_id
+        return out
+    if rec["state"] == "partial":
+        raise StillpointError("set %s exists and is partial (%s); it is not a valid backup. Take a new set "
+                              "(omit set_id) and prune the partial one" % (set_id, "; ".join(rec["problems"])),
+                              set=rec)
+    if check_mode or not wait:
+        return out
+    out.update(finish(client, rec["snapshot_ids"], wait_timeout, poll_interval, on_progress))
+    out["changed"] = out["state"] == "complete"
+    return out

@@ -1,0 +1,108 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Planning a snapshot set: options shared by the module and the action plugin, host-side
+resolution (mountpoints -> volumes, freeze checks) and API-side planning (members, level)."""
+
+from __future__ import annotations
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._imds import Imds
+
+ARGUMENT_SPEC = dict(
+    mode=dict(type="str", choices=["host", "controller"], default="host"),
+    instance_id=dict(type="str"),
+    mountpoints=dict(type="list", elements="path", default=[]),
+    volume_ids=dict(type="list", elements="str", default=[]),
+    exclude_volume_ids=dict(type="list", elements="str", default=[]),
+    exclude_mountpoints=dict(type="list", elements="path", default=[]),
+    exclude_boot_volume=dict(type="bool", default=True),
+    freeze=dict(type="bool", default=True),
+    freeze_deadline=dict(type="float", default=10.0),
+    protect_paths=dict(type="list", elements="path", default=[]),
+    by_id_dir=dict(type="path", default="/dev/disk/by-id"),
+    imds_endpoint=dict(type="str"),
+    name=dict(type="str", default="default"),
+    set_id=dict(type="str"),
+    description=dict(type="str"),
+    tags=dict(type="dict", default={}),
+    copy_tags_from_source=dict(type="bool", default=False),
+    array=dict(type="dict"),
+    procedure=dict(type="str", default="ebs_snapshot_set"),
+    pre_hook=dict(type="list", elements="str", default=[]),
+    post_hook=dict(type="list", elements="str", default=[]),
+    hook_timeout=dict(type="float", default=30.0),
+    on_hook_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
+    wait=dict(type="bool", default=True),
+    wait_timeout=dict(type="int", default=14400),
+    poll_interval=dict(type="float", default=15.0),
+    on_wait_timeout=dict(type="str", choices=["fail", "return"], default="fail"),
+)
+
+
+def resolve_on_host(params, protect_paths=()):
+    """Host side: mountpoints -> EBS volumes, and the freeze plan (all refusals happen here)."""
+    resolver = DeviceResolver(by_id_dir=params["by_id_dir"])
+    mounts = resolver.resolve(params["mountpoints"]) if params["mountpoints"] else []
+    excluded = resolver.resolve(params["exclude_mountpoints"]) if params["exclude_mountpoints"] else []
+    freeze_plan = None
+    if params["freeze"] and params["mountpoints"]:
+        freeze_plan = _freeze.check_mountpoints(params["mountpoints"],
+                                                protect_paths=list(params["protect_paths"]) + list(protect_paths))
+    return {"mounts": mounts, "exclude_mounts": excluded, "freeze_plan": freeze_plan}
+
+
+def build_plan(client, params, host, instance_id=None):
+    """API side: choose members, refuse a partial array, decide the level the run can reach.
+
+    ``host`` is :func:`resolve_on_host`'s result (possibly computed on another machine).
+    """
+    mount_volumes, mounts_by_volume = [], {}
+    for mount in host["mounts"]:
+        for vid in mount["volume_ids"]:
+            mounts_by_volume.setdefault(vid, []).append(mount["mountpoint"])
+            if vid not in mount_volumes:
+                mount_volumes.append(vid)
+    exclude = list(params["exclude_volume_ids"])
+    for mount in host["exclude_mounts"]:
+        exclude.extend(mount["volume_ids"])
+    split = sorted(set(mount_volumes) & set(exclude))
+    if split:
+        raise StillpointError(
+            "refusing to snapshot part of a filesystem or array: %s lie under %s and are also excluded. A set "
+            "must hold every volume of each filesystem it freezes; drop the exclusion or the mountpoint"
+            % (", ".join(split), ", ".join(sorted(set(m for v in split for m in mounts_by_volume[v])))))
+    include = None
+    if mount_volumes or params["volume_ids"]:
+        include = list(params["volume_ids"]) + [v for v in mount_volumes if v not in params["volume_ids"]]
+    if instance_id is None:
+        instance_id = params["instance_id"]
+    if instance_id is None and include:
+        instance_id = ebs.instance_for_volumes(client, include)
+    if instance_id is None:
+        raise StillpointError("no instance: give instance_id, mountpoints or volume_ids")
+    instance = ebs.describe_instance(client, instance_id)
+    members = ebs.plan_members(instance, include, exclude, params["exclude_boot_volume"],
+                               member_order=params["volume_ids"] or None)
+    frozen = host["freeze_plan"] is not None
+    covered = frozen and all(m["volume_id"] in mounts_by_volume for m in members["members"])
+    if covered:
+        level = "application" if params["pre_hook"] else "filesystem"
+    else:
+        level = "crash"
+    public = dict(members, freeze=[p["mountpoint"] for p in (host["freeze_plan"] or [])], level=level,
+                  mountpoints_by_volume=mounts_by_volume)
+    return {"members": members, "freeze_plan": host["freeze_plan"], "mounts_by_volume": mounts_by_volume,
+            "public": public}
+
+
+def host_plan(client, params, protect_paths=()):
+    """Host mode: resolve here, find the instance from IMDS if needed, plan."""
+    host = resolve_on_host(params, protect_paths)
+    instance_id = params["instance_id"]
+    if instance_id is None:  # the instance this module runs on
+        instance_id = Imds(params["imds_endpoint"]).instance_identity()["instance_id"]
+    return build_plan(client, params, host, instance_id)

@@ -1,0 +1,337 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ebs_snapshot_set
+short_description: Take a consistent set of EBS snapshots of one instance with a single CreateSnapshots call
+version_added: 0.1.0
+description:
+  - Quiesces the application (optional pre-freeze hook), freezes the filesystems given in I(mountpoints)
+    under a guardian process that thaws them even if this module is killed, makes B(one) EC2
+    C(CreateSnapshots) call for all member volumes of the instance, thaws, runs the post-thaw hook, and
+    records the set in the backup catalog (snapshot tags, see C(docs/catalog.md)).
+  - The freeze window is one API round trip. Waiting for the snapshots to reach C(completed) happens after
+    the thaw. If any member fails, the whole set is deleted; what cannot be deleted is tagged C(partial).
+    A set is never reported C(complete) unless every member completed.
+  - "Two modes: in C(host) mode (default) the module runs on the instance, which needs EC2 access (instance
+    profile). In C(controller) mode the action plugin runs C(stillpoint.snapshots.ebs_mount_info) and
+    C(stillpoint.snapshots.fsfreeze) on the host, makes the EC2 call from the controller, and thaws the host
+    with one raw command."
+  - Throttled calls (C(RequestLimitExceeded), C(SnapshotCreationPerVolumeRateExceeded)) are never waited out
+    while frozen: the module thaws, backs off (jittered; at least 15 s for the per-volume rate), and starts a
+    new freeze-call-thaw cycle.
+author:
+  - stillpoint.snapshots contributors
+options:
+  mode:
+    description:
+      - Where the EC2 call is made. C(host) runs everything on the target host. C(controller) keeps the
+        freeze on the host and calls EC2 from the controller (the host needs no AWS access).
+      - Handled by the action plugin.
+    type: str
+    choices: [host, controller]
+    default: host
+  instance_id:
+    description:
+      - The instance whose volumes are snapshotted. Defaults to the instance the module runs on, read from
+        instance metadata (IMDSv2), or in controller mode to the instance the member volumes are attached to.
+    type: str
+  mountpoints:
+    description:
+      - Filesystems to freeze. The EBS volumes under them (through partitions, md and LVM) become the members
+        of the set, found by NVMe serial or C(/dev/disk/by-id) links, never by device enumeration order.
+      - If neither I(mountpoints) nor I(volume_ids) is given, all data volumes of the instance are members and
+        nothing is frozen (crash-consistent).
+    type: list
+    elements: path
+    default: []
+  volume_ids:
+    description:
+      - Member volumes by id, added to those found under I(mountpoints). Their order is the member order
+        recorded in the catalog (for example an md array's order).
+    type: list
+    elements: str
+    default: []
+  exclude_volume_ids:
+    description: Volumes never to include.
+    type: list
+    elements: str
+    default: []
+  exclude_mountpoints:
+    description: Volumes under these mountpoints are never included (they are not frozen either).
+    type: list
+    elements: path
+    default: []
+  exclude_boot_volume:
+    description: Leave the instance's boot volume out of the set unless it is named explicitly.
+    type: bool
+    default: true
+  freeze:
+    description: Freeze I(mountpoints) around the call. Without a freeze the set is crash-consistent.
+    type: bool
+    default: true
+  freeze_deadline:
+    description:
+      - Seconds after which the guardian thaws on its own, whatever happens to this module. A freeze cut short
+        by the deadline lowers the recorded level to C(crash).
+    type: float
+    default: 10.0
+  protect_paths:
+    description: Extra paths whose filesystems must never be frozen (C(/), Ansible's remote tmp, the Python
+      interpreter and the working directory are always protected).
+    type: list
+    elements: path
+    default: []
+  by_id_dir:
+    description: Where the udev links C(nvme-Amazon_Elastic_Block_Store_vol...) are.
+    type: path
+    default: /dev/disk/by-id
+  imds_endpoint:
+    description:
+      - Instance metadata endpoint used to find I(instance_id). Defaults to E(AWS_EC2_METADATA_SERVICE_ENDPOINT)
+        or C(http://169.254.169.254).
+    type: str
+  name:
+    description: Name of the backup series; retention (M(stillpoint.snapshots.backup_set_prune)) works per name and instance.
+    type: str
+    default: default
+  set_id:
+    description:
+      - Identifier of the set. When a set with this id already exists the module does not take another one; it
+        reports it (C(changed=false)) or, if it is still C(pending), waits for it and marks it complete. Makes
+        retries of a job idempotent. Generated when omitted.
+    type: str
+  description:
+    description: Description of every snapshot.
+    type: str
+  tags:
+    description: Extra tags on every snapshot (keys must not start with C(stillpoint:)).
+    type: dict
+    default: {}
+  copy_tags_from_source:
+    description: Copy each volume's tags to its snapshot (C(CopyTagsFromSource=volume)).
+    type: bool
+    default: false
+  array:
+    description: Array descriptor recorded in the catalog (for example C({type: md, level: 0, uuid: ...})).
+    type: dict
+  procedure:
+    description: Name of the procedure recorded in the catalog.
+    type: str
+    default: ebs_snapshot_set
+  pre_hook:
+    description: Command (argv list) that quiesces the application before the freeze. Its success makes the set
+      C(application)-consistent.
+    type: list
+    elements: str
+    default: []
+  post_hook:
+    description: Command (argv list) run after the thaw, whatever happened, to resume the application.
+    type: list
+    elements: str
+    default: []
+  hook_timeout:
+    description: Seconds each hook may run (enforced with coreutils C(timeout)).
+    type: float
+    default: 30.0
+  on_hook_failure:
+    description:
+      - C(abort) stops before anything is frozen when the pre-freeze hook fails. C(continue) takes the set anyway
+        and records it as C(filesystem)-consistent.
+    type: str
+    choices: [abort, continue]
+    default: abort
+  wait:
+    description: Wait for all members to be C(completed), then mark the set C(complete).
+    type: bool
+    default: true
+  wait_timeout:
+    description: Seconds to wait for completion. Large volumes take hours on AWS.
+    type: int
+    default: 14400
+  poll_interval:
+    description: Seconds between progress polls while waiting.
+    type: float
+    default: 15.0
+  on_wait_timeout:
+    description: C(fail) fails when I(wait_timeout) passes; C(return) returns the progress with the set still C(pending).
+    type: str
+    choices: [fail, return]
+    default: fail
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+attributes:
+  check_mode:
+    support: full
+    description: Resolves mountpoints and volumes and returns the plan; freezes and creates nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    description: Each run takes a new set unless I(set_id) names an existing one.
+notes:
+  - Never freezes C(/) or the filesystem holding Ansible's remote tmp dir, the Python interpreter or the working dir.
+  - "IAM: ec2:CreateSnapshots, ec2:CreateTags, ec2:DescribeInstances, ec2:DescribeVolumes, ec2:DescribeSnapshots,
+    ec2:DeleteSnapshot (rollback)."
+seealso:
+  - module: stillpoint.snapshots.fsfreeze
+  - module: stillpoint.snapshots.backup_set_info
+  - module: stillpoint.snapshots.backup_set_prune
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the array under /data and /logs, filesystem-consistent
+  stillpoint.snapshots.ebs_snapshot_set:
+    mountpoints: [/data, /logs]
+    name: nightly
+
+- name: Application-consistent, the instance has no AWS access (controller makes the call)
+  stillpoint.snapshots.ebs_snapshot_set:
+    mode: controller
+    region: eu-west-1
+    mountpoints: [/var/lib/pgsql]
+    pre_hook: [/usr/local/bin/db-quiesce]
+    post_hook: [/usr/local/bin/db-resume]
+    name: pg
+
+- name: Crash-consistent set of all data volumes, do not wait
+  stillpoint.snapshots.ebs_snapshot_set:
+    instance_id: i-0123456789abcdef0
+    wait: false
+"""
+
+RETURN = r"""
+set_id:
+  description: Identifier of the set (tag C(stillpoint:set-id)).
+  returned: always
+  type: str
+  sample: bs-20261121T130000Z-1a2b3c
+state:
+  description: C(complete) once every member completed and the set was marked; C(pending) when not waited for.
+  returned: success
+  type: str
+level:
+  description: Consistency level the set reached (C(crash), C(filesystem), C(application)); never more than achieved.
+  returned: success
+  type: str
+instance_id:
+  description: The instance.
+  returned: always
+  type: str
+members:
+  description: Members in catalog order.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{index: 0, volume_id: vol-0a, device: /dev/sdf, snapshot_id: snap-0b}]
+snapshot_ids:
+  description: Snapshot ids of the set.
+  returned: success
+  type: list
+  elements: str
+freeze_window_ms:
+  description: First freeze start to last thaw end, milliseconds (monotonic clock, measured by the guardian).
+  returned: success
+  type: float
+freeze:
+  description: Per-mount freeze times (C(freeze_ms)) of the last cycle.
+  returned: success
+  type: dict
+thaw:
+  description: Per-mount thaw times (C(thaw_ms)), C(window_ms), C(deadline_thawed).
+  returned: success
+  type: dict
+create_calls:
+  description: Number of CreateSnapshots calls made (more than one only after throttling).
+  returned: success
+  type: int
+progress:
+  description: Progress samples while waiting (C(elapsed_s), per-snapshot C(progress) and C(states)).
+  returned: when waited
+  type: list
+  elements: dict
+plan:
+  description: The resolved plan (members, exclusions, mountpoints to freeze, level expected).
+  returned: always
+  type: dict
+"""
+
+import socket
+
+try:
+    import botocore  # noqa: F401  (AnsibleAWSModule reports a missing botocore)
+except ImportError:
+    pass
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import host_plan
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import GuardianQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._ebs import NoQuiesce
+
+
+def main():
+    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    client = module.client("ec2", retry_decorator=ebs.RETRY)
+    result = dict(changed=False)
+    try:
+        if params["set_id"]:
+            found = ebs.existing_set(client, params["set_id"], module.check_mode, params["wait"],
+                                     params["wait_timeout"], params["poll_interval"])
+            if found is not None:
+                module.exit_json(**found)
+        runner = CommandRunner.from_module(module)
+        plan = host_plan(client, params, protect_paths=[module.tmpdir])
+        result["plan"] = plan["public"]
+        result["instance_id"] = plan["members"]["instance_id"]
+        if module.check_mode:
+            result.update(changed=True, msg="check mode: would freeze %s and snapshot %d volumes of %s in one call"
+                          % (", ".join(plan["public"]["freeze"]) or "nothing",
+                             len(plan["members"]["members"]), plan["members"]["instance_id"]))
+            module.exit_json(**result)
+
+        set_id = params["set_id"] or catalog.new_set_id()
+        hooks = None
+        if params["pre_hook"] or params["post_hook"]:
+            hooks = Hooks(lambda argv: runner(argv, check=False), params["pre_hook"], params["post_hook"],
+                          params["hook_timeout"], params["on_hook_failure"], timeout_bin=runner.bin("timeout"))
+        if plan["freeze_plan"]:
+            quiescer = GuardianQuiescer(plan["freeze_plan"], params["freeze_deadline"], level=plan["public"]["level"])
+        else:
+            quiescer = NoQuiesce()
+        run = ebs.SnapshotSetRun(
+            client, plan["members"], set_id, name=params["name"], host=socket.gethostname(),
+            description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
+            procedure=params["procedure"], array=params["array"], mountpoints_by_volume=plan["mounts_by_volume"],
+            extra_tags=params["tags"], log=module.log)
+        out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],
+                      poll_interval=params["poll_interval"])
+        for warning in out.pop("warnings"):
+            module.warn(warning)
+        result.update(out)
+        result["changed"] = True
+        if out.get("timed_out") and params["on_wait_timeout"] == "fail":
+            module.fail_json(msg="set %s is still pending after %ss; it stays pending in the catalog. Re-run with "
+                             "set_id=%s to keep waiting" % (set_id, params["wait_timeout"], set_id), **result)
+        module.exit_json(**result)
+    except StillpointError as e:
+        result.update(e.fail_kwargs())
+        module.fail_json(**result)
+
+
+if __name__ == "__main__":
+    main()
