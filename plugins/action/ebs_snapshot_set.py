@@ -208,7 +208,8 @@ class ActionModule(ActionBase):
             client, plan["members"], set_id, name=params["name"], host=host.get("hostname") or socket.gethostname(),
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
             procedure=params["procedure"], array=params["array"], mountpoints_by_volume=plan["mounts_by_volume"],
-            extra_tags=params["tags"], log=display.vvv)
+            extra_tags=params["tags"], log=display.vvv,
+            call_client=_AWS(params).client("ec2", config=ebs.no_retry_config()))
         res = run.run(quiescer, hooks=hooks, wait=False)
         for warning in res.pop("warnings"):
             display.warning(warning)

@@ -341,7 +341,8 @@ def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=Fal
         complete_seen = 0
         for rec in recs:
             if rec.get("schema") != SCHEMA:
-                keep.append((rec, "schema %s is not read by this version: never pruned" % (rec.get("schema") or "(missing)")))
+                schema = rec.get("schema") or "(missing)"
+                keep.append((rec, "schema %s is not read by this version: never pruned" % schema))
                 continue
             if rec["state"] == "pending":
                 keep.append((rec, "pending: never pruned"))

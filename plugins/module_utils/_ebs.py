@@ -34,6 +34,12 @@ RATE_BACKOFF = 15.0
 RETRY = AWSRetry.jittered_backoff(retries=10, delay=1, max_delay=30)
 
 
+def no_retry_config():
+    """botocore config for the CreateSnapshots call: botocore must not retry (and sleep) while frozen;
+    a throttled call thaws first and the next cycle retries (CycleBackoff)."""
+    return botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"})
+
+
 def error_code(exc):
     try:
         return exc.response["Error"]["Code"]
@@ -226,7 +232,12 @@ def catalog_snapshots(client, set_id=None, name=None, instance_id=None):
 
 
 def poll(client, snapshot_ids):
-    snaps = describe_snapshots(client, snapshot_ids=snapshot_ids)
+    """Current state of the given snapshots; ids that no longer exist are simply absent.
+
+    A ``snapshot-id`` filter rather than ``SnapshotIds``: the latter fails the whole call with
+    InvalidSnapshot.NotFound as soon as one of the ids is gone.
+    """
+    snaps = describe_snapshots(client, filters=[{"Name": "snapshot-id", "Values": list(snapshot_ids)}])
     return dict((s["SnapshotId"], s) for s in snaps)
 
 
@@ -279,7 +290,8 @@ def delete_ours(client, snapshot_ids):
             client.delete_snapshot(SnapshotId=sid, aws_retry=True)
             deleted.append(sid)
         except botocore.exceptions.ClientError as e:
-            failed.append({"snapshot_id": sid, "error": str(e)})
+            if error_code(e) != "InvalidSnapshot.NotFound":  # gone meanwhile: nothing left to delete
+                failed.append({"snapshot_id": sid, "error": str(e)})
     return deleted, failed
 
 
@@ -319,8 +331,9 @@ class SnapshotSetRun:
 
     def __init__(self, client, plan, set_id, name=None, host=None, description=None, copy_tags_from_source=False,
                  procedure="ebs_snapshot_set", array=None, mountpoints_by_volume=None, extra_tags=None,
-                 max_cycles=8, backoff=None, sleep=time.sleep, log=None):
+                 max_cycles=8, backoff=None, sleep=time.sleep, log=None, call_client=None):
         self.client = client
+        self.call_client = call_client or client
         self.plan = plan
         self.set_id = set_id
         self.name = name
@@ -346,6 +359,11 @@ class SnapshotSetRun:
             procedure=self.procedure, array=self.array))
         return tags
 
+    def member_tag_sets(self):
+        return [catalog.member_tags(m["index"], m["device"], m["volume_id"],
+                                    self.mountpoints_by_volume.get(m["volume_id"], ()))
+                for m in self.plan["members"]]
+
     def take(self, quiescer, intended_level):
         """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
 
@@ -353,12 +371,13 @@ class SnapshotSetRun:
         Any other failure thaws and raises; nothing was created by a failed call.
         """
         last_error = None
+        shared = self._shared_tags(intended_level)  # built (and checked) before anything is frozen
         for cycle in range(1, self.max_cycles + 1):
             froze = quiescer.freeze()
             items, err = None, None
             try:
-                items = create_call(self.client, self.plan, self._shared_tags(intended_level),
-                                    self.description, self.copy_tags_from_source)
+                items = create_call(self.call_client, self.plan, shared, self.description,
+                                    self.copy_tags_from_source)
             except botocore.exceptions.ClientError as e:
                 err = e
             finally:
@@ -382,6 +401,7 @@ class SnapshotSetRun:
     def run(self, quiescer, hooks=None, wait=True, wait_timeout=14400, poll_interval=15.0, on_progress=None):
         result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
         level = quiescer.level
+        member_tags = self.member_tag_sets()  # refuse oversized tags before anything is frozen
         hook_report = {}
         if hooks is not None:
             ok, hook_report["pre"] = hooks.pre()
@@ -411,8 +431,7 @@ class SnapshotSetRun:
         freeze_ms = thawed.get("window_ms", 0.0)
         try:
             for m in members:
-                tag(self.client, [m["snapshot_id"]], catalog.member_tags(
-                    m["index"], m["device"], m["volume_id"], self.mountpoints_by_volume.get(m["volume_id"], ())))
+                tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
             tag(self.client, all_ids, {catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms})
         except StillpointError as e:
             e.details["rollback"] = rollback(self.client, all_ids)

@@ -17,7 +17,7 @@ description:
     holding Ansible's remote tmp dir, the Python interpreter or the working directory, a freezable type).
   - Needs no AWS access; M(stillpoint.snapshots.ebs_snapshot_set) runs it on the host in controller mode.
 author:
-  - stillpoint.snapshots contributors
+  - stillpoint.snapshots maintainers (@stillpoint)
 options:
   mountpoints:
     description: Mountpoints to resolve.

@@ -26,7 +26,7 @@ description:
     while frozen: the module thaws, backs off (jittered; at least 15 s for the per-volume rate), and starts a
     new freeze-call-thaw cycle.
 author:
-  - stillpoint.snapshots contributors
+  - stillpoint.snapshots maintainers (@stillpoint)
 options:
   mode:
     description:
@@ -317,7 +317,8 @@ def main():
             client, plan["members"], set_id, name=params["name"], host=socket.gethostname(),
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
             procedure=params["procedure"], array=params["array"], mountpoints_by_volume=plan["mounts_by_volume"],
-            extra_tags=params["tags"], log=module.log)
+            extra_tags=params["tags"], log=module.log,
+            call_client=module.client("ec2", config=ebs.no_retry_config()))
         out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],
                       poll_interval=params["poll_interval"])
         for warning in out.pop("warnings"):

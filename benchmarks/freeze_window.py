@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Freeze window: the stock approach vs host mode vs controller mode, in one run.
+
+Stock (what users write today with amazon.aws): a task running ``fsfreeze -f`` on every
+filesystem, one ``amazon.aws.ec2_snapshot`` task per volume (its default ``wait: true``), the thaw
+in ``always``. Ours: ``stillpoint.snapshots.ebs_snapshot_set`` in host mode (freeze, one
+CreateSnapshots, thaw in one module run) and controller mode (host freezes under the guardian,
+controller calls, raw thaw).
+
+All three run against the same local EC2 endpoint (moto server on 127.0.0.1, snapshots complete at
+once, as in the issue's stock measurement), on real loop filesystems that this script creates, over
+Ansible's local connection. The window is first freeze start -> last thaw end: for stock from
+``date +%s%N`` around the fsfreeze commands, for ours from the guardian's monotonic clock.
+
+Usage: python benchmarks/freeze_window.py [--runs 5] [--volumes 1,4,16]
+Prints a table, the ratios, and as its last line:
+    freeze-window ratio host/stock=<x> controller/stock=<y>        (4 volumes)
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.ec2_endpoint import Endpoint  # noqa: E402
+from tests.support.loopfs import missing_requirements  # noqa: E402
+from tests.support.world import EmulatedInstance  # noqa: E402
+from tests.support.world import run_playbook  # noqa: E402
+from tests.support.world import write_playbook  # noqa: E402
+
+
+def stock_tasks(ec2, inst):
+    mps = " ".join(inst.mountpoints)
+    aws = {"endpoint_url": ec2.url, "region": ec2.region}
+    return [{
+        "name": "stock",
+        "block": [
+            {"name": "freeze", "ansible.builtin.shell":
+                "date +%%s%%N; for m in %s; do fsfreeze -f $m; done" % mps, "register": "fr"},
+            {"name": "snapshot", "amazon.aws.ec2_snapshot": dict(aws, volume_id="{{ item }}",
+                                                                  description="stock benchmark"),
+             "loop": inst.volume_ids},
+        ],
+        "always": [
+            {"name": "thaw", "ansible.builtin.shell":
+                "for m in $(echo %s | tr ' ' '\\n' | tac); do fsfreeze -u $m; done; date +%%s%%N" % mps,
+             "register": "th"},
+        ],
+    }]
+
+
+def ours_task(ec2, inst, mode):
+    return [{"name": "ours", "stillpoint.snapshots.ebs_snapshot_set": {
+        "mode": mode, "mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir,
+        "endpoint_url": ec2.url, "region": ec2.region, "name": "bench-%s" % mode, "poll_interval": 0.1,
+    }}]
+
+
+def measure(approach, ec2, inst, workdir):
+    tasks = stock_tasks(ec2, inst) if approach == "stock" else ours_task(ec2, inst, approach)
+    book = write_playbook(workdir, tasks, name="%s.yml" % approach)
+    ec2.clear_calls()
+    t0 = time.monotonic()
+    rc, results, _raw = run_playbook(book, ec2)
+    wall = time.monotonic() - t0
+    if rc != 0:
+        raise SystemExit("%s run failed: %s" % (approach, json.dumps(results, indent=1)[-3000:]))
+    if approach == "stock":
+        start = int(results["freeze"]["stdout"].split()[0])
+        end = int(results["thaw"]["stdout"].split()[-1])
+        window = (end - start) / 1e6
+        creates = len(ec2.calls("CreateSnapshot"))
+    else:
+        window = results["ours"]["freeze_window_ms"]
+        creates = len(ec2.calls("CreateSnapshots"))
+    return window, wall, creates
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--volumes", default="1,4,16")
+    args = parser.parse_args()
+    why = missing_requirements()
+    if why:
+        raise SystemExit("benchmark needs real loop filesystems: %s" % why)
+    counts = [int(x) for x in args.volumes.split(",")]
+    approaches = ["stock", "host", "controller"]
+    table = {}
+    ec2 = Endpoint()
+    with tempfile.TemporaryDirectory(prefix="stillpoint-bench-") as workdir:
+        ec2.start(os.path.join(workdir, "ec2"), pending_seconds=0)
+        try:
+            for n in counts:
+                with EmulatedInstance(ec2, n=n, size_mb=16) as inst:
+                    for approach in approaches:
+                        runs = [measure(approach, ec2, inst, workdir) for _ in range(args.runs)]
+                        table[(approach, n)] = {
+                            "window_ms": statistics.median(r[0] for r in runs),
+                            "wall_s": statistics.median(r[1] for r in runs),
+                            "creates": sorted(set(r[2] for r in runs)),
+                        }
+                        row = table[(approach, n)]
+                        print("measured %-10s %2d volumes: window %9.1f ms  wall %6.2f s  create calls/run %s"
+                              % (approach, n, row["window_ms"], row["wall_s"], row["creates"]), flush=True)
+        finally:
+            ec2.stop()
+
+    print()
+    print("median of %d runs, %s, ansible local connection, endpoint on 127.0.0.1" % (args.runs, "volumes " + args.volumes))
+    print("%-11s %8s %14s %10s %16s" % ("approach", "volumes", "window ms", "wall s", "create calls/run"))
+    for approach in approaches:
+        for n in counts:
+            row = table[(approach, n)]
+            print("%-11s %8d %14.1f %10.2f %16s" % (approach, n, row["window_ms"], row["wall_s"],
+                                                    ",".join(str(c) for c in row["creates"])))
+    print()
+    for approach in ("host", "controller"):
+        if 1 in counts and 16 in counts:
+            print("flatness %s: 16 volumes / 1 volume = %.2fx" % (
+                approach, table[(approach, 16)]["window_ms"] / table[(approach, 1)]["window_ms"]))
+    for n in counts:
+        stock = table[("stock", n)]["window_ms"]
+        print("%2d volumes: host/stock=%.4f (1/%.0f) controller/stock=%.4f (1/%.0f)" % (
+            n, table[("host", n)]["window_ms"] / stock, stock / table[("host", n)]["window_ms"],
+            table[("controller", n)]["window_ms"] / stock, stock / table[("controller", n)]["window_ms"]))
+    ref = 4 if 4 in counts else counts[0]
+    stock = table[("stock", ref)]["window_ms"]
+    print("freeze-window ratio host/stock=%.4f controller/stock=%.4f" % (
+        table[("host", ref)]["window_ms"] / stock, table[("controller", ref)]["window_ms"] / stock))
+
+
+if __name__ == "__main__":
+    main()

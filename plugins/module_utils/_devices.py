@@ -1,0 +1,446 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Mountpoint -> block devices -> EBS volume ids.
+
+Private to the collection. Pure Python over ``/proc`` and ``/sys``; every root path is
+injectable so that tests can point the resolver at a fake tree.
+
+The walk: a mountpoint's ``maj:min`` (from ``/proc/self/mountinfo``) names a node under
+``/sys/dev/block``; a partition is replaced by its parent disk; a stacked device (device-mapper,
+md) is replaced by the members listed in its ``slaves/`` directory, recursively, down to whole
+disks. Each whole disk is then identified by volume id, never by its name or enumeration order:
+
+* Nitro (NVMe): the controller serial is the volume id without the dash (``vol0123...``), read
+  from ``/sys/block/<disk>/device/serial``;
+* otherwise a udev link ``nvme-Amazon_Elastic_Block_Store_vol...`` in ``/dev/disk/by-id`` that
+  points at the disk (the tests and the demo use such links to stand loop devices in for EBS);
+* Xen (``xvdX``) disks expose no volume id inside the guest: they can only be matched by device
+  name against the instance's block device mappings, passed in as ``attachments``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+EBS_MODEL = "Amazon Elastic Block Store"
+INSTANCE_STORE_MODEL = "Amazon EC2 NVMe Instance Storage"
+
+# Volume ids: 8 hex digits (old) or 17 (current). The NVMe serial drops the dash.
+_VOLUME_RE = re.compile(r"^vol-?([0-9a-f]{8}|[0-9a-f]{17})$")
+
+# udev by-id links of an EBS namespace. Accepted suffixes name the namespace (systemd's "_1",
+# amazon-ec2-utils' "-ns-1") and still point at the whole disk; "-partN" links point at a
+# partition and are ignored.
+_BY_ID_RE = re.compile(
+    r"^nvme-Amazon_Elastic_Block_Store_(vol-?(?:[0-9a-f]{8}|[0-9a-f]{17}))(?:_\d+|-ns-\d+)?$"
+)
+
+# Device names accepted by AttachVolume and how a Xen guest names them.
+_ATTACH_NAME_RE = re.compile(r"^(?:/dev/)?(?:xvd|sd)([a-z]{1,2})(\d*)$")
+
+_MAX_DEPTH = 16
+
+REMEDY_NOT_EBS = (
+    "Instance-store (ephemeral) and other non-EBS disks cannot be snapshotted by EBS; keep the "
+    "data to back up on EBS volumes, or leave this mountpoint out of the set."
+)
+
+
+def _unescape(field):
+    """Undo the octal escapes (``\\040`` space, ``\\011`` tab, ``\\012`` newline, ``\\134``)."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text):
+    """Parse ``/proc/<pid>/mountinfo`` text into a list of dicts, in file order.
+
+    Accepts str or bytes. Each dict has ``mount_id``, ``parent_id``, ``majmin`` (``"259:1"``,
+    also as ``dev``), ``major``, ``minor``, ``root``, ``mountpoint``, ``options`` (per-mount
+    options, a list), ``optional`` (the optional fields, e.g. ``shared:1``), ``fstype``,
+    ``source``, ``super_options`` (a list) and ``read_only``. Paths are unescaped; bytes that are
+    not UTF-8 become surrogates (``os.fsdecode``), as ``os`` functions expect them.
+    """
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)  # names need not be UTF-8: keep them as os.* functions see them
+    mounts = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            major, minor = fields[2].split(":")
+            entry = dict(
+                mount_id=int(fields[0]),
+                parent_id=int(fields[1]),
+                majmin="%d:%d" % (int(major), int(minor)),
+                dev="%d:%d" % (int(major), int(minor)),
+                major=int(major),
+                minor=int(minor),
+                root=_unescape(fields[3]),
+                mountpoint=_unescape(fields[4]),
+                options=fields[5].split(","),
+                optional=fields[6:sep],
+            )
+        except (ValueError, IndexError):
+            raise StillpointError(
+                "Cannot parse mountinfo line %d: %r. Is this a /proc/<pid>/mountinfo file?" % (lineno, line)
+            )
+        tail = fields[sep + 1:] + ["", "", ""]
+        entry.update(
+            fstype=_unescape(tail[0]),
+            source=_unescape(tail[1]),
+            super_options=[o for o in tail[2].split(",") if o],
+        )
+        entry["read_only"] = "ro" in entry["options"]
+        mounts.append(entry)
+    return mounts
+
+
+def read_mountinfo(path="/proc/self/mountinfo"):
+    """Read and parse a mountinfo file (see :func:`parse_mountinfo`)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise StillpointError("Cannot read the mount table %s: %s; is /proc mounted?" % (path, e.strerror))
+    return parse_mountinfo(text)
+
+
+def ebs_id_from_serial(serial):
+    """``"vol0123456789abcdef0"`` or ``"vol-0123456789abcdef0"`` -> ``"vol-0123456789abcdef0"``.
+
+    Surrounding blanks and NULs (NVMe serials are space-padded to 20 bytes) are ignored. Returns
+    None for anything that is not a volume id (an instance-store serial such as ``AWS1A2B...``).
+    """
+    if serial is None:
+        return None
+    if isinstance(serial, bytes):
+        serial = serial.decode("ascii", "replace")
+    m = _VOLUME_RE.match(serial.strip(" \t\r\n\x00"))
+    if not m:
+        return None
+    return "vol-" + m.group(1)
+
+
+def normalize_device_name(name):
+    """A device name in the form the EBS API uses: ``/dev/xvdf``, ``xvdf``, ``sdf`` -> ``/dev/sdf``.
+
+    A trailing partition number is kept (``/dev/xvda1`` -> ``/dev/sda1``): the API's root device
+    name is often ``/dev/sda1``. NVMe and other names have no API form: StillpointError.
+    """
+    m = _ATTACH_NAME_RE.match((name or "").strip())
+    if not m:
+        raise StillpointError(
+            "%r is not an EBS attachment device name (/dev/sdX, /dev/xvdX). NVMe names such as "
+            "nvme1n1 follow enumeration order and do not say which volume they are: select disks "
+            "by volume id." % (name,)
+        )
+    return "/dev/sd%s%s" % (m.group(1), m.group(2))
+
+
+def _read(path):
+    try:
+        with open(path, "r") as f:
+            return f.read().strip(" \t\r\n\x00")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class DeviceResolver:
+    """Find the EBS volumes under mountpoints, and the disks of a volume id."""
+
+    def __init__(self, sys_root="/sys", dev_root="/dev", by_id_dir="/dev/disk/by-id",
+                 mountinfo_path="/proc/self/mountinfo"):
+        self.sys_root = sys_root
+        self.dev_root = dev_root
+        self.by_id_dir = by_id_dir
+        self.mountinfo_path = mountinfo_path
+
+    # mounts ---------------------------------------------------------------------------------
+
+    def mounts(self):
+        return read_mountinfo(self.mountinfo_path)
+
+    def mount_for(self, path):
+        """The mount that contains ``path`` (longest mountpoint prefix of its real path; of
+        mounts stacked on one mountpoint the last, visible one). Adds ``path`` (the real path)."""
+        real = os.path.realpath(path)
+        best = None
+        for m in self.mounts():
+            mp = m["mountpoint"]
+            if real == mp or mp == "/" or real.startswith(mp.rstrip("/") + "/"):
+                if best is None or len(mp) >= len(best["mountpoint"]):
+                    best = m
+        if best is None:
+            raise StillpointError(
+                "No mount in %s contains %s. Is %s the mount table of this host?"
+                % (self.mountinfo_path, real, self.mountinfo_path)
+            )
+        best = dict(best)
+        best["path"] = real
+        return best
+
+    # sysfs walk -----------------------------------------------------------------------------
+
+    def _sys(self, *parts):
+        return os.path.join(self.sys_root, *parts)
+
+    def _node(self, name):
+        """Real sysfs directory of a block device (disk or partition) by kernel name."""
+        for base in ("class/block", "block"):
+            p = self._sys(base, name)
+            if os.path.exists(p):
+                return os.path.realpath(p)
+        return None
+
+    def _node_for_majmin(self, majmin):
+        p = self._sys("dev", "block", majmin)
+        if not os.path.exists(p):
+            raise StillpointError(
+                "No block device %s in %s: the device was removed, or %s is not this host's sysfs."
+                % (majmin, os.path.dirname(p), self.sys_root)
+            )
+        return os.path.realpath(p)
+
+    def _walk(self, node, out, depth):
+        if depth > _MAX_DEPTH:
+            raise StillpointError(
+                "Block device stack under %s is deeper than %d levels (a loop in sysfs slaves/?)."
+                % (node, _MAX_DEPTH)
+            )
+        if os.path.exists(os.path.join(node, "partition")):
+            node = os.path.dirname(node)
+        slaves_dir = os.path.join(node, "slaves")
+        try:
+            slaves = sorted(os.listdir(slaves_dir))
+        except OSError:
+            slaves = []
+        if not slaves:
+            name = os.path.basename(node)
+            if name not in out:
+                out.append(name)
+            return
+        for s in slaves:
+            self._walk(os.path.realpath(os.path.join(slaves_dir, s)), out, depth + 1)
+
+    def leaf_disks(self, majmin):
+        """Whole disks (kernel names) under the block device ``majmin``, through partitions,
+        device-mapper (LVM, crypt, multipath) and md layers, in sorted, de-duplicated order."""
+        out = []
+        self._walk(self._node_for_majmin(majmin), out, 0)
+        return out
+
+    def _btrfs_members(self, mount):
+        """Block device nodes of a btrfs filesystem (its st_dev is anonymous, 0:N)."""
+        source = mount["source"]
+        if not source.startswith("/dev/"):
+            return []
+        src = os.path.realpath(os.path.join(self.dev_root, source[len("/dev/"):]))
+        name = os.path.basename(src)
+        base = self._sys("fs", "btrfs")
+        try:
+            fsids = sorted(os.listdir(base))
+        except OSError:
+            return []
+        for fsid in fsids:
+            devdir = os.path.join(base, fsid, "devices")
+            if os.path.lexists(os.path.join(devdir, name)):
+                return [os.path.realpath(os.path.join(devdir, d)) for d in sorted(os.listdir(devdir))]
+        return []
+
+    def disks_for_mount(self, mount):
+        """Leaf disks under a parsed mount entry; StillpointError when it has no block device."""
+        if mount["major"] != 0:
+            return self.leaf_disks(mount["majmin"])
+        nodes = self._btrfs_members(mount) if mount["fstype"] == "btrfs" else []
+        if not nodes:
+            raise StillpointError(
+                "%s is a %s filesystem from %s, not on a block device: EBS cannot snapshot it."
+                % (mount["mountpoint"], mount["fstype"], mount["source"])
+            )
+        out = []
+        for node in nodes:
+            self._walk(node, out, 0)
+        return out
+
+    # identification -------------------------------------------------------------------------
+
+    def _link_disk(self, link):
+        """Kernel name of the whole disk a /dev link points at (None for a partition or a
+        dangling link)."""
+        target = os.path.realpath(link)
+        try:
+            st = os.stat(target)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            majmin = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+            p = self._sys("dev", "block", majmin)
+            node = os.path.realpath(p) if os.path.exists(p) else None
+        else:
+            node = self._node(os.path.basename(target))
+        if node is None or os.path.exists(os.path.join(node, "partition")):
+            return None
+        return os.path.basename(node)
+
+    def by_id_volumes(self):
+        """``{disk: volume_id}`` from the EBS links in ``by_id_dir``."""
+        out = {}
+        try:
+            names = sorted(os.listdir(self.by_id_dir))
+        except OSError:
+            return out
+        for n in names:
+            m = _BY_ID_RE.match(n)
+            if not m:
+                continue
+            disk = self._link_disk(os.path.join(self.by_id_dir, n))
+            if disk is not None:
+                out.setdefault(disk, ebs_id_from_serial(m.group(1)))
+        return out
+
+    def _disk_attr(self, disk, attr):
+        for rel in (("device", attr), (attr,)):
+            v = _read(self._sys("block", disk, *rel))
+            if v:
+                return v
+        return None
+
+    def serial_volume_id(self, disk):
+        return ebs_id_from_serial(self._disk_attr(disk, "serial"))
+
+    def volume_id(self, disk, attachments=None, _by_id=None):
+        """EBS volume id of a whole disk: NVMe serial, else a by-id link, else (Xen disks only)
+        its device name looked up in ``attachments`` (``{"/dev/sdf": "vol-..."}``, the instance's
+        block device mappings). None when nothing says which volume it is."""
+        vol = self.serial_volume_id(disk)
+        if vol:
+            return vol
+        by_id = self.by_id_volumes() if _by_id is None else _by_id
+        if disk in by_id:
+            return by_id[disk]
+        if attachments:
+            return self._attachment_volume(disk, attachments)
+        return None
+
+    @staticmethod
+    def _attachment_volume(disk, attachments):
+        try:
+            name = normalize_device_name(disk)
+        except StillpointError:
+            return None
+        table = {}
+        for key, vol in attachments.items():
+            try:
+                table[normalize_device_name(key)] = ebs_id_from_serial(vol)
+            except StillpointError:
+                continue
+        if name in table:
+            return table[name]
+        # An HVM guest sees the API's root device /dev/sda1 as the whole disk xvda.
+        if name[-1].isalpha() and name + "1" in table:
+            return table[name + "1"]
+        return None
+
+    def _not_ebs_reason(self, disk):
+        model = self._disk_attr(disk, "model")
+        serial = self._disk_attr(disk, "serial")
+        if model == INSTANCE_STORE_MODEL:
+            return "it is an EC2 instance-store (ephemeral) NVMe disk (serial %s)" % serial
+        if disk.startswith("xvd"):
+            return (
+                "it is a Xen disk (EBS device name %s) and Xen guests do not expose the volume "
+                "id; pass the instance's block device mappings as attachments to match it by "
+                "device name" % normalize_device_name(disk)
+            )
+        what = ", ".join("%s %r" % (k, v) for k, v in (("model", model), ("serial", serial)) if v)
+        return (
+            "it has %s and no nvme-Amazon_Elastic_Block_Store_vol... link in %s points at it"
+            % (what or "no serial", self.by_id_dir)
+        )
+
+    # the public entry points ----------------------------------------------------------------
+
+    def resolve(self, mountpoints, attachments=None):
+        """For each mountpoint: ``{"mountpoint", "fstype", "source", "majmin", "disks":
+        [{"name", "volume_id", "dev_path"}], "volume_ids"}``.
+
+        Raises one StillpointError listing every problem (``details["problems"]``) when a path
+        is not a mountpoint, is not on a block device, or has a disk without an EBS volume id.
+        """
+        results, problems, failed = [], [], set()
+        by_id = self.by_id_volumes()
+        for mp in mountpoints:
+            n_problems = len(problems)
+            self._resolve_one(mp, attachments, by_id, results, problems)
+            if len(problems) > n_problems:
+                failed.add(mp)
+        if problems:
+            raise StillpointError(
+                "Cannot map %d of %d mountpoints to EBS volumes:\n- %s"
+                % (len(failed), len(mountpoints), "\n- ".join(problems)),
+                problems=problems,
+            )
+        return results
+
+    def _resolve_one(self, mp, attachments, by_id, results, problems):
+        try:
+            mount = self.mount_for(mp)
+        except StillpointError as e:
+            problems.append("%s: %s" % (mp, e.msg))
+            return
+        if mount["path"] != mount["mountpoint"]:
+            problems.append(
+                "%s is not a mountpoint (%s in the %s filesystem mounted at %s); name the "
+                "mountpoint of each filesystem to snapshot."
+                % (mp, "it lies" if os.path.lexists(mp) else "it does not exist; its path lies",
+                   mount["fstype"], mount["mountpoint"])
+            )
+            return
+        try:
+            disks = self.disks_for_mount(mount)
+        except StillpointError as e:
+            problems.append(e.msg)
+            return
+        entry = dict(
+            mountpoint=mount["mountpoint"], fstype=mount["fstype"], source=mount["source"],
+            majmin=mount["majmin"], disks=[], volume_ids=[],
+        )
+        for disk in disks:
+            vol = self.volume_id(disk, attachments=attachments, _by_id=by_id)
+            entry["disks"].append(dict(name=disk, volume_id=vol, dev_path=os.path.join(self.dev_root, disk)))
+            if vol is None:
+                problems.append(
+                    "%s: disk %s (%s) has no EBS volume id: %s. %s"
+                    % (mp, disk, os.path.join(self.dev_root, disk), self._not_ebs_reason(disk), REMEDY_NOT_EBS)
+                )
+            elif vol not in entry["volume_ids"]:
+                entry["volume_ids"].append(vol)
+        results.append(entry)
+
+    def devices_for_volume(self, volume_id):
+        """``/dev/<disk>`` paths of the disks that are EBS volume ``volume_id`` (by NVMe serial or
+        by-id link; never by name or enumeration order). Empty when the volume is not attached."""
+        want = ebs_id_from_serial(volume_id)
+        if want is None:
+            raise StillpointError("%r is not an EBS volume id (vol-0123456789abcdef0)." % (volume_id,))
+        found = []
+        try:
+            disks = sorted(os.listdir(self._sys("block")))
+        except OSError as e:
+            raise StillpointError("Cannot list block devices in %s: %s" % (self._sys("block"), e))
+        for disk in disks:
+            if self.serial_volume_id(disk) == want:
+                found.append(disk)
+        for disk, vol in sorted(self.by_id_volumes().items()):
+            if vol == want and disk not in found:
+                found.append(disk)
+        return [os.path.join(self.dev_root, d) for d in found]

@@ -1,0 +1,1113 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filesystem freeze (FIFREEZE/FITHAW) under a guardian process: the dead-man thaw.
+
+The process that asks for a freeze never holds the only reference to it. :meth:`Guardian.start`
+forks a guardian (double fork, ``setsid``) that opens the mountpoints, performs the freezes
+itself and thaws them when the client asks, when the client's connection drops (the client
+died, even by SIGKILL) unless the client detached on purpose, or when the deadline passes,
+whichever comes first.
+
+Wire protocol (one JSON object per line, over a ``socketpair`` for the client that started the
+guardian and over the abstract unix socket ``\\0stillpoint-freeze-<token>`` for later clients):
+requests ``{"op": "freeze" | "thaw" | "detach" | "status"}``; every request gets exactly one
+reply line with ``"ok": true|false`` (and ``"msg"`` when false). While freezing, the guardian
+also sends ``{"event": "frozen", "index": i}`` lines before the reply so that the client always
+knows what is frozen, even if the guardian dies half way.
+
+After the fork the guardian imports nothing, writes no log and never opens a path on a
+filesystem it may freeze: it only issues ioctls on directory fds opened before the fork.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import json
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import struct
+import sys
+import sysconfig
+import time
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+# Seconds a freeze may last before the guardian thaws on its own (the VSS window is 10 s too).
+DEFAULT_DEADLINE = 10.0
+# Longest deadline accepted: writers on a frozen filesystem block uninterruptibly.
+MAX_DEADLINE = 300.0
+# How long a guardian that thawed on its own (deadline, disconnect) keeps its record for a
+# later connect()+thaw()/status() before it exits.
+DEFAULT_GRACE = 600.0
+
+# Filesystems whose kernel driver implements freeze (super_operations freeze_fs or
+# freeze_super), so that FIFREEZE works: checked against the kernel sources. ocfs2, vfat,
+# exfat, ntfs3, tmpfs, nfs, cifs, fuse, overlay and pseudo filesystems have no freeze.
+FREEZABLE_FSTYPES = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "gfs2", "nilfs2", "jfs", "reiserfs", "bcachefs",
+})
+
+SOCKET_PREFIX = "stillpoint-freeze-"
+
+# ioctl numbers: _IOWR('X', 119, int) and _IOWR('X', 120, int).
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ESCAPE_RE = re.compile(rb"\\([0-7]{3})")
+_LINE_MAX = 65536
+_START_TIMEOUT = 15.0
+_REPLY_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# mount table
+
+
+def _unescape(raw):
+    """Decode the kernel's octal escapes (``\\040`` space, ``\\011`` tab, ``\\012``, ``\\134``)."""
+    return os.fsdecode(_ESCAPE_RE.sub(lambda m: bytes([int(m.group(1), 8)]), raw))
+
+
+def parse_mountinfo(data):
+    """Parse the text of ``/proc/<pid>/mountinfo`` (bytes or str) into a list of dicts.
+
+    Keys: ``mount_id``, ``parent_id`` (ints), ``dev`` (``"maj:min"``), ``root``,
+    ``mountpoint``, ``options``, ``optional`` (list, e.g. ``["shared:1"]``), ``fstype``,
+    ``source``, ``super_options``. Paths have their octal escapes decoded.
+    """
+    if isinstance(data, str):
+        data = os.fsencode(data)
+    entries = []
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)
+            entry = {
+                "mount_id": int(fields[0]),
+                "parent_id": int(fields[1]),
+                "dev": fields[2].decode("ascii"),
+                "root": _unescape(fields[3]),
+                "mountpoint": _unescape(fields[4]),
+                "options": fields[5].decode("ascii", "replace"),
+                "optional": [f.decode("ascii", "replace") for f in fields[6:sep]],
+                "fstype": _unescape(fields[sep + 1]),
+                "source": _unescape(fields[sep + 2]),
+                "super_options": _unescape(fields[sep + 3]) if len(fields) > sep + 3 else "",
+            }
+        except (ValueError, IndexError, UnicodeDecodeError):
+            raise StillpointError(
+                "cannot parse line %d of the mount table: %r; this kernel's mountinfo format is not "
+                "understood, please report it" % (lineno, line))
+        entries.append(entry)
+    return entries
+
+
+def read_mountinfo(path="/proc/self/mountinfo"):
+    """Read and parse a mountinfo file (see :func:`parse_mountinfo`)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise StillpointError("cannot read the mount table %s: %s; is /proc mounted?" % (path, exc.strerror))
+    return parse_mountinfo(data)
+
+
+def _visible_mounts(mountinfo):
+    """mountpoint -> the entry visible there (the top one when a path is mounted over)."""
+    by_path = {}
+    for entry in mountinfo:
+        by_path.setdefault(entry["mountpoint"], []).append(entry)
+    visible = {}
+    for path, entries in by_path.items():
+        if len(entries) > 1:
+            parents = {e["parent_id"] for e in entries}
+            tops = [e for e in entries if e["mount_id"] not in parents]
+            entries = tops or entries
+        visible[path] = entries[-1]
+    return visible
+
+
+def _containing_mount(path, visible):
+    """The visible mount whose filesystem holds ``path`` (normalized, absolute)."""
+    probe = path
+    while True:
+        if probe in visible:
+            return visible[probe]
+        if probe == "/" or not probe:
+            return None
+        probe = os.path.dirname(probe)
+
+
+def _norm(path):
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _default_protect_paths():
+    """Paths this process needs whatever the caller says: never freeze their filesystems."""
+    out = []
+    if sys.executable:
+        out.append((sys.executable, "the Python interpreter running this code"))
+        out.append((os.path.realpath(sys.executable), "the Python interpreter running this code"))
+    try:
+        out.append((os.getcwd(), "the current working directory"))
+    except OSError:
+        pass
+    out.append((os.path.dirname(os.__file__), "the Python standard library"))
+    paths = sysconfig.get_paths()
+    for key, label in (("stdlib", "the Python standard library"), ("purelib", "Python's site-packages"),
+                       ("platlib", "Python's site-packages")):
+        if paths.get(key):
+            out.append((paths[key], label))
+    return out
+
+
+def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
+    """Validate a freeze plan without touching anything.
+
+    Each path must be a mountpoint exactly, named once (bind mounts and btrfs subvolumes of one
+    filesystem count as the same), not ``/``, on a freezable filesystem type, and not the
+    filesystem holding any protected path. ``protect_paths`` items are paths or
+    ``(path, why)`` tuples; the interpreter, the working directory and the Python library
+    directories are always added. ``mountinfo`` (a :func:`parse_mountinfo` list) defaults to
+    this process's mount table.
+
+    Returns ``[{"mountpoint", "fstype", "source", "dev", "mount_id"}]`` in the given order.
+    Raises :class:`StillpointError` naming every refused path, why, and what to do.
+    """
+    if isinstance(mountpoints, str):
+        mountpoints = [mountpoints]
+    if mountinfo is None:
+        mountinfo = read_mountinfo()
+    visible = _visible_mounts(mountinfo)
+    root = visible.get("/")
+
+    protected = {}
+    for item in list(_default_protect_paths()) + list(protect_paths or ()):
+        path, why = (item if isinstance(item, (tuple, list)) else (item, "a protected path"))
+        if not path:
+            continue
+        path = os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+        # the filesystem of the name itself (a symlink such as a venv's bin/python) and of its target
+        for candidate in (os.path.join(_norm(os.path.dirname(path)), os.path.basename(path)), _norm(path)):
+            mount = _containing_mount(candidate, visible)
+            if mount is not None and (path, why) not in protected.get(mount["dev"], []):
+                protected.setdefault(mount["dev"], []).append((path, why))
+
+    refused = []
+    plan = []
+    seen = {}
+    for raw in mountpoints or ():
+        if not isinstance(raw, str) or not raw.strip():
+            refused.append((repr(raw), "is not a path"))
+            continue
+        if not os.path.isabs(os.path.expanduser(raw)):
+            refused.append((raw, "is not an absolute path: name the mountpoint as an absolute path"))
+            continue
+        path = _norm(raw)
+        entry = visible.get(path)
+        if entry is None:
+            holder = _containing_mount(path, visible)
+            if not os.path.lexists(path):
+                why = "does not exist"
+                if holder is not None:
+                    why += " (it would be on the filesystem mounted at %s)" % holder["mountpoint"]
+                why += ": name an existing mountpoint"
+            elif holder is not None:
+                why = ("is not a mountpoint: it is a directory on the %s filesystem mounted at %s; "
+                       "freezing works on whole filesystems, so name %s itself (and accept that "
+                       "everything on it is frozen)" % (holder["fstype"], holder["mountpoint"], holder["mountpoint"]))
+            else:
+                why = "is not a mountpoint and no mounted filesystem holds it"
+            refused.append((raw, why))
+            continue
+
+        reasons = []
+        shown = raw if path == raw else "%s (%s)" % (raw, path)
+        if path == "/":
+            reasons.append("is the root filesystem: a frozen / blocks every writer on the host, including "
+                           "the tools that would thaw it; put the data on its own filesystem and freeze that")
+        elif root is not None and entry["dev"] == root["dev"]:
+            reasons.append("is the root filesystem (device %s) mounted a second time; a frozen / blocks the "
+                           "host: freeze only filesystems of their own" % entry["dev"])
+        if entry["fstype"] not in FREEZABLE_FSTYPES:
+            reasons.append("is a %s filesystem, which cannot be frozen (FIFREEZE works on %s); leave it out "
+                           "of the freeze (its data is then only crash-consistent)"
+                           % (entry["fstype"], ", ".join(sorted(FREEZABLE_FSTYPES))))
+        holders = protected.get(entry["dev"], [])
+        if holders and path != "/" and not (root is not None and entry["dev"] == root["dev"]):
+            names = []
+            for ppath, why in holders:
+                text = "%s (%s)" % (ppath, why)
+                if text not in names:
+                    names.append(text)
+            reasons.append("holds %s: freezing it would block the automation doing the freeze; move that "
+                           "elsewhere (e.g. Ansible's remote_tmp) or leave this filesystem out" % ", ".join(names))
+        if entry["dev"] in seen:
+            reasons.append("is the same filesystem (device %s) as %s named before it (a bind mount or another "
+                           "subvolume of one filesystem); a filesystem is frozen as a whole, name it once"
+                           % (entry["dev"], seen[entry["dev"]]))
+        else:
+            seen[entry["dev"]] = raw
+        if reasons:
+            refused.append((shown, "; ".join(reasons)))
+            continue
+        plan.append({
+            "mountpoint": path,
+            "fstype": entry["fstype"],
+            "source": entry["source"],
+            "dev": entry["dev"],
+            "mount_id": entry["mount_id"],
+        })
+
+    if refused:
+        raise StillpointError(
+            "refusing to freeze, nothing was frozen: " + "; ".join("%s %s" % item for item in refused) + ".",
+            refused=[{"path": path, "reason": why} for path, why in refused],
+        )
+    if not plan:
+        raise StillpointError("no mountpoints to freeze were given: list the filesystems to freeze")
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# low level
+
+
+def _ioctl(fd, request):
+    fcntl.ioctl(fd, request, 0)
+
+
+def _send(sock, obj):
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+    sock.sendall(data)
+
+
+def _socket_name(token):
+    return "\0" + SOCKET_PREFIX + token
+
+
+def _mnt_id_of_fd(fd):
+    """The mount id an fd lives on (``/proc/self/fdinfo``), or None if not shown."""
+    try:
+        with open("/proc/self/fdinfo/%d" % fd, "rb") as handle:
+            for line in handle.read().split(b"\n"):
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split(b":", 1)[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the guardian process (runs after fork: no imports, no paths, no logging)
+
+
+class _GuardianProcess:
+    def __init__(self, owner, listener, wake_r, fds, plan, token, deadline, hold, grace):
+        self.owner = owner
+        self.listener = listener
+        self.wake_r = wake_r
+        self.fds = fds
+        self.plan = plan
+        self.token = token
+        self.deadline_s = deadline
+        self.hold = hold
+        self.grace = grace
+        self.uid = os.geteuid()
+        self.state = "ready"        # ready -> frozen -> thawed | failed
+        self.detached = False
+        self.owner_alive = True
+        self.frozen = []            # plan indices frozen by us, in freeze order
+        self.freeze_ms = {}
+        self.frozen_at = None
+        self.deadline_mono = None
+        self.deadline_epoch = None
+        self.record = None
+        self.thawed_mono = None
+        self.exit_now = False
+        self.conns = {}             # fd -> [sock, buffer, is_owner]
+        self.poller = select.poll()
+
+    # -- the work -------------------------------------------------------------------------
+
+    def do_freeze(self, sock):
+        now = time.monotonic()
+        self.frozen_at = now
+        self.deadline_mono = now + self.deadline_s
+        self.deadline_epoch = time.time() + self.deadline_s
+        for index, fd in enumerate(self.fds):
+            mountpoint = self.plan[index]["mountpoint"]
+            t0 = time.monotonic()
+            try:
+                _ioctl(fd, FIFREEZE)
+            except OSError as exc:
+                undone, undo_errors = self.rollback()
+                self.state = "failed"
+                return {
+                    "ok": False, "op": "freeze", "error": "busy" if exc.errno == errno.EBUSY else "freeze_failed",
+                    "errno": exc.errno, "errname": errno.errorcode.get(exc.errno, str(exc.errno)),
+                    "strerror": os.strerror(exc.errno) if exc.errno else str(exc),
+                    "mountpoint": mountpoint, "index": index,
+                    "rolled_back": undone, "rollback_errors": undo_errors,
+                    "msg": "FIFREEZE on %s failed: %s" % (mountpoint, os.strerror(exc.errno) if exc.errno else exc),
+                }
+            self.freeze_ms[index] = round((time.monotonic() - t0) * 1000.0, 3)
+            self.frozen.append(index)
+            try:
+                _send(sock, {"event": "frozen", "index": index, "mountpoint": mountpoint})
+            except OSError:
+                pass  # the requester vanished; its connection's EOF decides what follows
+            if time.monotonic() >= self.deadline_mono and index + 1 < len(self.fds):
+                undone, undo_errors = self.rollback()
+                self.state = "failed"
+                return {
+                    "ok": False, "op": "freeze", "error": "deadline", "mountpoint": mountpoint, "index": index,
+                    "rolled_back": undone, "rollback_errors": undo_errors,
+                    "msg": "freezing took longer than the deadline of %gs (reached after %s); everything was "
+                           "thawed again" % (self.deadline_s, mountpoint),
+                }
+        self.state = "frozen"
+        return {
+            "ok": True, "op": "freeze",
+            "mounts": [{"mountpoint": self.plan[i]["mountpoint"], "freeze_ms": self.freeze_ms[i]} for i in self.frozen],
+            "frozen_at": self.frozen_at, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono,
+        }
+
+    def rollback(self):
+        undone, errors = [], []
+        for index in reversed(self.frozen):
+            mountpoint = self.plan[index]["mountpoint"]
+            err = self.thaw_one(index)
+            if err is None or err == errno.EINVAL:
+                undone.append(mountpoint)
+            else:
+                errors.append({"mountpoint": mountpoint, "errno": err, "strerror": os.strerror(err)})
+        self.frozen = []
+        return undone, errors
+
+    def thaw_one(self, index):
+        for attempt in range(3):
+            try:
+                _ioctl(self.fds[index], FITHAW)
+                return None
+            except OSError as exc:
+                if exc.errno == errno.EINVAL or attempt == 2:
+                    return exc.errno
+                time.sleep(0.05)
+        return None
+
+    def do_thaw(self, by):
+        mounts, external, errors = [], [], []
+        for index in reversed(self.frozen):
+            mountpoint = self.plan[index]["mountpoint"]
+            t0 = time.monotonic()
+            err = self.thaw_one(index)
+            item = {"mountpoint": mountpoint, "thaw_ms": round((time.monotonic() - t0) * 1000.0, 3)}
+            if err == errno.EINVAL:
+                item["error"] = "was not frozen any more: someone else thawed it before us"
+                external.append(mountpoint)
+            elif err is not None:
+                item["error"] = "FITHAW failed: %s" % os.strerror(err)
+                errors.append(mountpoint)
+            mounts.append(item)
+        end = time.monotonic()
+        self.thawed_mono = end
+        self.record = {
+            "mounts": mounts,
+            "window_ms": round((end - self.frozen_at) * 1000.0, 3),
+            "deadline_thawed": by == "deadline",
+            "thawed_by": by,
+            "frozen_at": self.frozen_at,
+            "thawed_at": end,
+            "deadline": self.deadline_epoch,
+            "deadline_s": self.deadline_s,
+            "externally_thawed": external,
+            "thaw_errors": errors,
+        }
+        self.frozen = [] if not errors else [i for i in self.frozen if self.plan[i]["mountpoint"] in errors]
+        self.state = "thawed"
+
+    def status(self):
+        out = {
+            "ok": True, "op": "status", "state": self.state, "pid": os.getpid(), "token": self.token,
+            "detached": self.detached, "deadline": self.deadline_epoch, "deadline_s": self.deadline_s,
+            "frozen_at": self.frozen_at,
+            "mounts": [{"mountpoint": m["mountpoint"], "fstype": m["fstype"], "dev": m["dev"],
+                        "frozen": i in self.frozen} for i, m in enumerate(self.plan)],
+        }
+        if self.deadline_mono is not None and self.state == "frozen":
+            out["deadline_in_s"] = round(self.deadline_mono - time.monotonic(), 3)
+        if self.record is not None:
+            out["thawed_by"] = self.record["thawed_by"]
+            out["deadline_thawed"] = self.record["deadline_thawed"]
+            out["window_ms"] = self.record["window_ms"]
+            out["record"] = self.record
+        return out
+
+    # -- requests -------------------------------------------------------------------------
+
+    def handle(self, fd, request):
+        sock, _buf, is_owner = self.conns[fd]
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "freeze":
+            if self.state != "ready":
+                reply = {"ok": False, "op": op, "error": "state", "msg": "cannot freeze: the guardian is %s" % self.state}
+            else:
+                reply = self.do_freeze(sock)
+                if not reply["ok"]:
+                    self.exit_now = True
+        elif op == "thaw":
+            if self.state == "frozen":
+                self.do_thaw("client")
+                reply = dict(self.record, ok=True, op="thaw", already_thawed=False)
+                self.exit_now = not self.frozen
+            elif self.state == "thawed":
+                reply = dict(self.record, ok=True, op="thaw", already_thawed=True)
+                self.exit_now = not self.frozen
+            else:
+                reply = {"ok": False, "op": op, "error": "not_frozen",
+                         "msg": "nothing was frozen by this guardian (state %s)" % self.state}
+        elif op == "detach":
+            if not is_owner:
+                reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can detach"}
+            elif self.state != "frozen":
+                reply = {"ok": False, "op": op, "error": "not_frozen", "msg": "nothing is frozen: there is nothing to hand over"}
+            else:
+                self.detached = True
+                reply = {"ok": True, "op": op, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono}
+        elif op == "status":
+            reply = self.status()
+        else:
+            reply = {"ok": False, "op": op, "error": "bad_request", "msg": "unknown request %r" % (request,)}
+        try:
+            _send(sock, reply)
+        except OSError:
+            pass
+
+    def drop(self, fd):
+        sock, _buf, is_owner = self.conns.pop(fd)
+        try:
+            self.poller.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if is_owner:
+            self.owner_alive = False
+            if self.state == "frozen" and not self.detached:
+                self.do_thaw("disconnect")
+            elif self.state == "ready":
+                self.exit_now = True
+
+    def accept(self):
+        try:
+            sock, _addr = self.listener.accept()
+        except OSError:
+            return
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+        except OSError:
+            uid = -1
+        if uid != self.uid or len(self.conns) >= 32:
+            sock.close()
+            return
+        sock.settimeout(5.0)
+        self.conns[sock.fileno()] = [sock, b"", False]
+        self.poller.register(sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def readable(self, fd):
+        conn = self.conns[fd]
+        try:
+            data = conn[0].recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(fd)
+            return
+        conn[1] += data
+        while fd in self.conns and b"\n" in self.conns[fd][1]:
+            line, rest = self.conns[fd][1].split(b"\n", 1)
+            self.conns[fd][1] = rest
+            try:
+                request = json.loads(line.decode("utf-8"))
+            except ValueError:
+                request = None
+            self.handle(fd, request)
+            if self.exit_now:
+                return
+        if fd in self.conns and len(self.conns[fd][1]) > _LINE_MAX:
+            self.drop(fd)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def should_exit(self, now):
+        if self.exit_now:
+            return True
+        if self.state in ("thawed", "failed") and not self.frozen:
+            if not self.hold and not self.owner_alive:
+                return True
+            if self.thawed_mono is not None and now >= self.thawed_mono + self.grace:
+                return True
+        if self.state == "ready" and not self.owner_alive:
+            return True
+        return False
+
+    def run(self):
+        self.conns[self.owner.fileno()] = [self.owner, b"", True]
+        mask = select.POLLIN | select.POLLHUP | select.POLLERR
+        self.poller.register(self.owner.fileno(), mask)
+        self.poller.register(self.listener.fileno(), select.POLLIN)
+        self.poller.register(self.wake_r, select.POLLIN)
+        while True:
+            now = time.monotonic()
+            if self.state == "frozen" and now >= self.deadline_mono:
+                self.do_thaw("deadline")
+            if self.should_exit(now):
+                return
+            timeout = None
+            if self.state == "frozen":
+                timeout = max(0.0, self.deadline_mono - now)
+            elif self.thawed_mono is not None:
+                timeout = max(0.0, self.thawed_mono + self.grace - now)
+            events = self.poller.poll(None if timeout is None else int(timeout * 1000.0) + 1)
+            for fd, event in events:
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 512)
+                    except OSError:
+                        pass
+                    if self.state == "frozen":
+                        self.do_thaw("signal")
+                    self.exit_now = True
+                elif fd == self.listener.fileno():
+                    self.accept()
+                elif fd in self.conns:
+                    if event & select.POLLIN:
+                        self.readable(fd)
+                    elif event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        self.drop(fd)
+                if self.exit_now:
+                    break
+
+
+def _on_signal(_signum, _frame):
+    # The wakeup fd does the work; the handler must exist for it to be written.
+    return None
+
+
+def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
+    """Body of the guardian process. Never returns."""
+    code = 0
+    listener = None
+    try:
+        gc.disable()  # objects inherited from the parent must never close fds we reuse
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
+                       signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM):
+            signal.signal(signum, signal.SIG_IGN)
+        os.chdir("/")
+        os.umask(0o077)
+        null = os.open("/dev/null", os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        if null > 2:
+            os.close(null)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        os.set_blocking(wake_r, False)
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.set_wakeup_fd(wake_w)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(_socket_name(token))
+        except OSError as exc:
+            raise StillpointError("token %s is already in use by another guardian (%s)" % (token, exc.strerror))
+        listener.listen(16)
+        keep = sorted({0, 1, 2, owner.fileno(), listener.fileno(), wake_r, wake_w} | set(fds))
+        low = 3
+        for fd in keep:
+            if fd >= low:
+                if fd > low:
+                    os.closerange(low, fd)
+                low = fd + 1
+        os.closerange(low, max(1 << 20, os.sysconf("SC_OPEN_MAX")))
+        try:
+            adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(adj, b"-1000")
+            finally:
+                os.close(adj)
+        except OSError:
+            pass
+        owner.settimeout(5.0)
+        guardian = _GuardianProcess(owner, listener, wake_r, fds, plan, token, deadline, hold, grace)
+        _send(owner, {"ready": True, "pid": os.getpid(), "token": token})
+        guardian.run()
+    except StillpointError as exc:
+        code = 2
+        try:
+            _send(owner, {"ready": False, "msg": exc.msg})
+        except BaseException:
+            pass
+    except BaseException as exc:  # never let a traceback (which reads source files) happen here
+        code = 3
+        try:
+            _send(owner, {"ready": False, "msg": "guardian failed: %s: %s" % (type(exc).__name__, exc)})
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# the client
+
+
+class _GuardianLost(Exception):
+    pass
+
+
+def _freeze_error(reply):
+    mountpoint = reply.get("mountpoint")
+    undone = reply.get("rolled_back") or []
+    undo = ("the %d filesystem(s) frozen before it in this call (%s) were thawed again"
+            % (len(undone), ", ".join(undone))) if undone else "nothing else had been frozen"
+    details = {k: reply.get(k) for k in ("mountpoint", "errno", "errname", "rolled_back", "rollback_errors") if k in reply}
+    if reply.get("rollback_errors"):
+        undo += ("; THAWING FAILED for %s: check them now and thaw with `fsfreeze -u` if they are still frozen"
+                 % ", ".join(e["mountpoint"] for e in reply["rollback_errors"]))
+    if reply.get("error") == "busy":
+        return StillpointError(
+            "%s is already frozen by someone else (FIFREEZE returned EBUSY); %s. stillpoint never thaws a "
+            "freeze it did not make. Find who holds it (another backup run, an fsfreeze left behind, a "
+            "device-mapper/LVM snapshot in progress) and let it finish; if you are sure nobody holds it, thaw "
+            "it with `fsfreeze -u %s` (or stillpoint.snapshots.fsfreeze state=thawed force=true) and retry."
+            % (mountpoint, undo, mountpoint), **details)
+    if reply.get("error") == "deadline":
+        return StillpointError(
+            "%s; %s. Raise the deadline, or run `sync` before freezing so that less dirty data has to be "
+            "written inside the freeze." % (reply.get("msg"), undo), **details)
+    if reply.get("errno") == errno.EOPNOTSUPP:
+        return StillpointError("%s does not support freezing (EOPNOTSUPP); %s. Leave it out of the freeze."
+                               % (mountpoint, undo), **details)
+    if reply.get("errno") == errno.EPERM:
+        return StillpointError("not allowed to freeze %s (EPERM: needs root / CAP_SYS_ADMIN); %s. Run with "
+                               "become: true." % (mountpoint, undo), **details)
+    return StillpointError("%s; %s." % (reply.get("msg") or "the freeze failed", undo), **details)
+
+
+class Guardian:
+    """Client of a freeze guardian. Build with :meth:`start` or :meth:`connect`."""
+
+    def __init__(self, sock, token, pid, plan, deadline_s, owner, fds=(), deadline=None):
+        self._sock = sock
+        self._buf = b""
+        self._owner = owner
+        self._fds = list(fds)
+        self._frozen = []
+        self._frozen_at = None
+        self._deadline_mono = None
+        self._record = None
+        self._detached = False
+        self._closed = False
+        self.token = token
+        self.pid = pid
+        self.plan = plan
+        self.deadline_s = deadline_s
+        self.deadline = deadline if deadline is not None else time.time() + deadline_s
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, plan, deadline=DEFAULT_DEADLINE, hold_on_disconnect=True, token=None, grace=DEFAULT_GRACE):
+        """Fork a guardian for ``plan`` (the output of :func:`check_mountpoints`); return its client.
+
+        Nothing is frozen yet: call :meth:`freeze`. ``hold_on_disconnect``: after thawing on its
+        own (deadline or disconnect), the guardian keeps the thaw record for ``grace`` seconds so a
+        later :meth:`connect` can fetch it; False makes it exit as soon as no client is connected.
+        """
+        try:
+            deadline = float(deadline)
+        except (TypeError, ValueError):
+            raise StillpointError("deadline must be a number of seconds, not %r" % (deadline,))
+        if not 0 < deadline <= MAX_DEADLINE:
+            raise StillpointError("deadline %gs is out of range: give 0 < deadline <= %gs (writers block while "
+                                  "frozen; VSS allows 10 s)" % (deadline, MAX_DEADLINE))
+        if not plan:
+            raise StillpointError("nothing to freeze: the plan is empty")
+        token = token or secrets.token_hex(16)
+        if not _TOKEN_RE.match(token):
+            raise StillpointError("token %r is not valid: use 1-64 of A-Z a-z 0-9 _ . -" % (token,))
+        plan = [dict(m) for m in plan]
+
+        fds = []
+        try:
+            for mount in plan:
+                try:
+                    fd = os.open(mount["mountpoint"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except OSError as exc:
+                    raise StillpointError("cannot open %s: %s; nothing was frozen" % (mount["mountpoint"], exc.strerror))
+                fds.append(fd)
+                mnt_id = _mnt_id_of_fd(fd)
+                if mount.get("mount_id") is not None and mnt_id is not None and mnt_id != mount["mount_id"]:
+                    raise StillpointError(
+                        "the mount table changed since the plan was made: %s is now mount %s, not %s; nothing "
+                        "was frozen, check the mounts and retry" % (mount["mountpoint"], mnt_id, mount["mount_id"]))
+            client_sock, guardian_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        pid = os.fork()
+        if pid == 0:  # intermediate child
+            try:
+                client_sock.close()
+                os.setsid()
+                if os.fork() == 0:
+                    _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect), float(grace))
+            finally:
+                os._exit(0)
+        guardian_sock.close()
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        client = cls(client_sock, token, None, plan, deadline, owner=True, fds=fds)
+        try:
+            hello = client._read_reply(_START_TIMEOUT)
+        except (_GuardianLost, socket.timeout):
+            client._teardown()
+            raise StillpointError("the freeze guardian did not start (no answer); nothing was frozen")
+        if not hello.get("ready"):
+            client._teardown()
+            raise StillpointError("the freeze guardian did not start: %s; nothing was frozen"
+                                  % hello.get("msg", "unknown error"))
+        client.pid = hello["pid"]
+        return client
+
+    @classmethod
+    def connect(cls, token):
+        """Connect to the running guardian of ``token`` (e.g. to thaw after a detach)."""
+        if not isinstance(token, str) or not _TOKEN_RE.match(token):
+            raise StillpointError("token %r is not a freeze token" % (token,))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(_REPLY_TIMEOUT)
+            sock.connect(_socket_name(token))
+        except OSError as exc:
+            sock.close()
+            raise StillpointError(
+                "no freeze guardian for token %s (%s): it has thawed and exited already, its grace period "
+                "passed, or it was killed. If a filesystem is still frozen, thaw it with "
+                "stillpoint.snapshots.fsfreeze state=thawed force=true" % (token, exc.strerror or exc),
+                gone=True)
+        client = cls(sock, token, None, [], DEFAULT_DEADLINE, owner=False)
+        try:
+            status = client.status()
+        except StillpointError:
+            client._teardown()
+            raise
+        client.pid = status["pid"]
+        client.plan = status["mounts"]
+        client.deadline_s = status.get("deadline_s", DEFAULT_DEADLINE)
+        client.deadline = status.get("deadline")
+        client._frozen_at = status.get("frozen_at")
+        return client
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _read_reply(self, timeout):
+        """Read lines until a reply (not an event) arrives; track freeze events."""
+        end = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                try:
+                    message = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    raise _GuardianLost("unreadable answer from the guardian: %r" % line[:200])
+                if message.get("event") == "frozen":
+                    self._frozen.append(message["index"])
+                    continue
+                return message
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("no answer from the guardian within %gs" % timeout)
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                raise
+            except OSError as exc:
+                raise _GuardianLost(str(exc))
+            if not data:
+                raise _GuardianLost("the guardian closed the connection")
+            self._buf += data
+
+    def _request(self, op, timeout=_REPLY_TIMEOUT):
+        if self._closed or self._sock is None:
+            raise StillpointError("this guardian client is closed")
+        try:
+            _send(self._sock, {"op": op})
+        except OSError as exc:
+            raise _GuardianLost(str(exc))
+        try:
+            return self._read_reply(timeout)
+        except socket.timeout:
+            raise StillpointError(
+                "the freeze guardian (pid %s) did not answer %r within %gs; it still thaws at its deadline"
+                % (self.pid, op, timeout))
+
+    def _teardown(self):
+        self._closed = True
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    def _self_thaw(self, why):
+        """The guardian is gone while we know it had frozen something: thaw it ourselves."""
+        mounts, external, errors = [], [], []
+        for index in reversed(self._frozen):
+            mountpoint = self.plan[index]["mountpoint"]
+            t0 = time.monotonic()
+            item = {"mountpoint": mountpoint}
+            try:
+                _ioctl(self._fds[index], FITHAW)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    item["error"] = "was not frozen any more (the guardian had thawed it)"
+                    external.append(mountpoint)
+                else:
+                    item["error"] = "FITHAW failed: %s" % os.strerror(exc.errno)
+                    errors.append(mountpoint)
+            item["thaw_ms"] = round((time.monotonic() - t0) * 1000.0, 3)
+            mounts.append(item)
+        end = time.monotonic()
+        self._frozen = []
+        record = {
+            "mounts": mounts,
+            "window_ms": round((end - self._frozen_at) * 1000.0, 3) if self._frozen_at is not None else None,
+            "deadline_thawed": False,
+            "deadline_exceeded": self._deadline_mono is not None and end > self._deadline_mono,
+            "thawed_by": "client",
+            "guardian_lost": True,
+            "guardian_lost_reason": why,
+            "frozen_at": self._frozen_at,
+            "thawed_at": end,
+            "deadline": self.deadline,
+            "deadline_s": self.deadline_s,
+            "externally_thawed": external,
+            "thaw_errors": errors,
+            "already_thawed": False,
+        }
+        if errors:
+            raise StillpointError(
+                "the freeze guardian died and thawing %s ourselves failed: thaw with `fsfreeze -u` NOW"
+                % ", ".join(errors), record=record)
+        return record
+
+    # -- operations -----------------------------------------------------------------------
+
+    def freeze(self):
+        """Freeze the plan in order. Returns ``{"mounts": [{"mountpoint", "freeze_ms"}], "frozen_at", "deadline"}``."""
+        try:
+            reply = self._request("freeze", timeout=self.deadline_s + _REPLY_TIMEOUT)
+        except _GuardianLost as exc:
+            if self._owner and self._frozen:
+                record = self._self_thaw(str(exc))
+                self._record = record
+                raise StillpointError("the freeze guardian (pid %s) died while freezing; the filesystems it had "
+                                      "frozen were thawed by this process" % self.pid, record=record)
+            raise StillpointError("the freeze guardian (pid %s) is gone (%s); nothing is frozen by it"
+                                  % (self.pid, exc))
+        if not reply.get("ok"):
+            self._frozen = []
+            raise _freeze_error(reply)
+        self._frozen_at = reply["frozen_at"]
+        self._deadline_mono = reply.get("deadline_mono")
+        self.deadline = reply["deadline"]
+        self._frozen = list(range(len(reply["mounts"])))
+        return {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"]}
+
+    def thaw(self):
+        """Thaw in reverse order and return the record (see the module docs); idempotent."""
+        if self._record is not None:
+            return dict(self._record, already_thawed=True)
+        if self._detached:
+            raise StillpointError("this client detached from the guardian: use Guardian.connect(token).thaw()")
+        try:
+            reply = self._request("thaw")
+        except _GuardianLost as exc:
+            if self._owner and self._frozen:
+                self._record = self._self_thaw(str(exc))
+                return dict(self._record)
+            raise StillpointError(
+                "the freeze guardian (pid %s, token %s) is gone (%s): it thawed and exited already or was "
+                "killed. If a filesystem is still frozen, thaw it with stillpoint.snapshots.fsfreeze "
+                "state=thawed force=true" % (self.pid, self.token, exc), gone=True)
+        if not reply.get("ok"):
+            raise StillpointError("thaw refused by the guardian: %s" % reply.get("msg"), error=reply.get("error"))
+        record = {k: v for k, v in reply.items() if k not in ("ok", "op")}
+        self._record = dict(record, already_thawed=False)
+        self._frozen = []
+        return record
+
+    def detach(self):
+        """Hand the freeze over to the guardian: only the deadline or a later connect()+thaw() ends it."""
+        if not self._owner:
+            raise StillpointError("only the client that started the guardian can detach")
+        try:
+            reply = self._request("detach")
+        except _GuardianLost as exc:
+            raise StillpointError("the freeze guardian (pid %s) is gone (%s)" % (self.pid, exc))
+        if not reply.get("ok"):
+            raise StillpointError("detach refused by the guardian: %s" % reply.get("msg"))
+        self.deadline = reply.get("deadline", self.deadline)
+        self._detached = True
+        self._teardown()
+
+    def status(self):
+        """The guardian's state: ``state`` (ready|frozen|thawed|failed), ``mounts`` with ``frozen``, ``deadline``..."""
+        try:
+            reply = self._request("status")
+        except _GuardianLost as exc:
+            raise StillpointError("the freeze guardian (pid %s, token %s) is gone (%s)"
+                                  % (self.pid or "unknown", self.token, exc), gone=True)
+        return {k: v for k, v in reply.items() if k not in ("ok", "op")}
+
+    @property
+    def detached(self):
+        return self._detached
+
+    def close(self):
+        """End this client. If it owns a freeze it did not hand over, the freeze is thawed first."""
+        if self._closed:
+            return
+        try:
+            if self._owner and not self._detached and self._frozen and self._record is None:
+                try:
+                    self.thaw()
+                except StillpointError:
+                    pass  # closing the connection below makes the guardian thaw
+        finally:
+            self._teardown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+
+def force_thaw(mountpoints, mountinfo=None):
+    """FITHAW each mountpoint, for an admin recovering a freeze left behind by someone else.
+
+    Each path must be a mountpoint exactly (``/`` is allowed: a frozen root is what this is for).
+    Returns ``[{"mountpoint", "thawed": bool, "thaw_ms"}]``; EINVAL means "was not frozen".
+    """
+    if mountinfo is None:
+        mountinfo = read_mountinfo()
+    visible = _visible_mounts(mountinfo)
+    refused, targets = [], []
+    for raw in mountpoints or ():
+        path = _norm(raw) if isinstance(raw, str) and os.path.isabs(os.path.expanduser(raw)) else None
+        if path is None:
+            refused.append("%r is not an absolute path" % (raw,))
+        elif path not in visible:
+            holder = _containing_mount(path, visible)
+            refused.append("%s is not a mountpoint%s" % (raw, " (it is on %s)" % holder["mountpoint"] if holder else ""))
+        elif path not in targets:
+            targets.append(path)
+    if refused:
+        raise StillpointError("refusing to thaw, nothing was thawed: %s; name mountpoints exactly" % "; ".join(refused))
+    if not targets:
+        raise StillpointError("no mountpoints to thaw were given")
+    results = []
+    for path in targets:
+        t0 = time.monotonic()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StillpointError("cannot open %s: %s" % (path, exc.strerror), results=results)
+        try:
+            _ioctl(fd, FITHAW)
+            thawed = True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise StillpointError("FITHAW on %s failed: %s" % (path, os.strerror(exc.errno)),
+                                      errno=exc.errno, results=results)
+            thawed = False
+        finally:
+            os.close(fd)
+        results.append({"mountpoint": path, "thawed": thawed, "thaw_ms": round((time.monotonic() - t0) * 1000.0, 3)})
+    return results
+
+
+RAW_THAW_SCRIPT = r"""
+import json, socket, sys
+def out(obj, rc):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+    sys.exit(rc)
+if len(sys.argv) < 2:
+    out({"msg": "usage: python3 -c SCRIPT TOKEN [thaw|status]"}, 1)
+token = sys.argv[1]
+op = sys.argv[2] if len(sys.argv) > 2 else "thaw"
+if op not in ("thaw", "status"):
+    out({"msg": "unknown operation %s: use thaw or status" % op}, 1)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+try:
+    s.connect("\0stillpoint-freeze-" + token)
+except OSError as e:
+    out({"msg": "no freeze guardian for token %s (%s): it thawed and exited already, or it was killed; if a "
+         "filesystem is still frozen, thaw it with stillpoint.snapshots.fsfreeze state=thawed force=true"
+         % (token, e), "gone": True}, 1)
+try:
+    s.sendall((json.dumps({"op": op}) + "\n").encode())
+    buf = b""
+    while True:
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            reply = json.loads(line.decode())
+            if "event" in reply:
+                continue
+            if reply.get("ok"):
+                out(reply, 0)
+            reply.setdefault("msg", "the guardian refused %s" % op)
+            out(reply, 1)
+        data = s.recv(65536)
+        if not data:
+            out({"msg": "the guardian closed the connection without answering"}, 1)
+        buf += data
+except (OSError, ValueError) as e:
+    out({"msg": "talking to the freeze guardian failed: %s" % e}, 1)
+"""

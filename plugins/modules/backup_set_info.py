@@ -1,0 +1,252 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_set_info
+short_description: List the backup sets recorded in the snapshot catalog
+version_added: 0.1.0
+description:
+  - Reads the backup catalog that M(stillpoint.snapshots.ebs_snapshot_set) writes into EBS snapshot tags
+    (schema v1, see C(docs/catalog.md)) and returns one record per backup set, newest first.
+  - Only snapshots of this account (C(OwnerIds=self)) that carry the C(stillpoint:creator) marker are read.
+  - The state of each set is derived from the facts, never taken on trust. C(complete) means every member
+    C(0..n-1) is present, all are C(completed) in EC2 and the set was marked complete after the wait.
+    C(partial) means the set can never become a valid backup (a member is missing or in error, or a rollback
+    left it behind). C(pending) is everything else. The reasons are in each record's C(problems).
+  - The consistency level of a set is the weakest level any of its members claims.
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  set_id:
+    description: Only the set with this id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)).
+    type: str
+  name:
+    description: Only sets of this backup series name.
+    type: str
+  instance_id:
+    description: Only sets taken from this instance.
+    type: str
+  host:
+    description: Only sets whose recorded host name is this one.
+    type: str
+  state:
+    description: Only sets in one of these states. All states when omitted.
+    type: list
+    elements: str
+    choices: [complete, pending, partial]
+  latest:
+    description:
+      - Return only the newest set among those that match (by the set's creation time).
+      - Combine with O(state=[complete]) to find the set to restore from.
+    type: bool
+    default: false
+  query:
+    description:
+      - A JMESPath expression applied to the list of matching sets (after O(latest)); its output is returned in
+        RV(result). Needs the C(jmespath) Python library.
+      - An invalid expression fails the task before any API call.
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it behaves the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  idempotent:
+    support: full
+    description: Read-only.
+notes:
+  - The module never changes anything; C(changed) is always false.
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+requirements:
+  - jmespath (only for O(query))
+"""
+
+EXAMPLES = r"""
+- name: Every set of the pgdata series on one instance
+  stillpoint.snapshots.backup_set_info:
+    name: pgdata
+    instance_id: i-0123456789abcdef0
+  register: catalog
+
+- name: The newest complete set, to restore from
+  stillpoint.snapshots.backup_set_info:
+    name: pgdata
+    state: [complete]
+    latest: true
+  register: newest
+
+- name: Snapshot ids of member 0 of every complete application-consistent set
+  stillpoint.snapshots.backup_set_info:
+    state: [complete]
+    query: "[?level=='application'].members[] | [?index==`0`].snapshot_id"
+  register: firsts
+
+- name: Sets that need attention, with the reasons
+  stillpoint.snapshots.backup_set_info:
+    state: [partial, pending]
+    query: "[].{id: set_id, state: state, why: problems}"
+  register: attention
+"""
+
+RETURN = r"""
+sets:
+  description: The matching sets, newest first (only the newest with O(latest)).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    set_id:
+      description: The set id.
+      type: str
+      sample: bs-20240302T020000Z-d4e5f6
+    name:
+      description: The backup series name.
+      type: str
+      sample: pgdata
+    schema:
+      description: Catalog schema version the set was written with.
+      type: str
+      sample: "1"
+    state:
+      description: C(complete), C(pending) or C(partial), derived as described above.
+      type: str
+      sample: complete
+    problems:
+      description: Why the set is not C(complete) (empty for a complete set).
+      type: list
+      elements: str
+      sample: []
+    level:
+      description: The weakest consistency level any member claims (C(crash), C(filesystem), C(application)).
+      type: str
+      sample: filesystem
+    member_count:
+      description: Number of members the set was taken with.
+      type: int
+      sample: 4
+    members:
+      description: One record per snapshot, ordered by member index.
+      type: list
+      elements: dict
+      sample:
+        - index: 0
+          snapshot_id: snap-0a1b2c3d4e5f60718
+          state: completed
+          progress: "100%"
+          device: /dev/sdf
+          source_volume: vol-0a1b2c3d4e5f60718
+          volume_size: 8
+          mountpoints: [/srv/pg]
+          start_time: "2024-03-02T02:00:00Z"
+          state_message: null
+    snapshot_ids:
+      description: The members' snapshot ids in member order.
+      type: list
+      elements: str
+    instance_id:
+      description: The instance the set was taken from.
+      type: str
+    availability_zone:
+      description: The instance's availability zone at the time.
+      type: str
+    host:
+      description: Host name recorded by the run.
+      type: str
+    created:
+      description: Creation time of the set (UTC, ISO 8601).
+      type: str
+      sample: "2024-03-02T02:00:00Z"
+    freeze_ms:
+      description: How long the filesystems were frozen, in milliseconds (null if not recorded).
+      type: float
+    procedure:
+      description: Name of the procedure that took the set.
+      type: str
+    array:
+      description: The array descriptor recorded with the set (null if none).
+      type: dict
+result:
+  description: The output of O(query) applied to RV(sets).
+  returned: when O(query) is set
+  type: raw
+  sample: ["snap-0a1b2c3d4e5f60718"]
+"""
+
+import traceback
+
+try:
+    import botocore
+except ImportError:
+    pass  # AnsibleAWSModule reports a missing botocore
+
+JMESPATH_IMPORT_ERROR = None
+try:
+    import jmespath
+except ImportError:
+    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+ARGUMENT_SPEC = dict(
+    set_id=dict(type="str"),
+    name=dict(type="str"),
+    instance_id=dict(type="str"),
+    host=dict(type="str"),
+    state=dict(type="list", elements="str", choices=list(catalog.STATES)),
+    latest=dict(type="bool", default=False),
+    query=dict(type="str"),
+)
+
+
+def compile_query(module, text):
+    if JMESPATH_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_IMPORT_ERROR)
+    try:
+        return jmespath.compile(text)
+    except jmespath.exceptions.JMESPathError as e:
+        module.fail_json(msg="query is not a valid JMESPath expression: %s" % e, query=text)
+
+
+def main():
+    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    expression = compile_query(module, params["query"]) if params["query"] is not None else None
+    client = module.client("ec2", retry_decorator=ebs.RETRY)
+    try:
+        snapshots = ebs.catalog_snapshots(client, set_id=params["set_id"], name=params["name"],
+                                          instance_id=params["instance_id"])
+    except StillpointError as e:
+        module.fail_json(**e.fail_kwargs())
+    except botocore.exceptions.BotoCoreError as e:
+        module.fail_json_aws(e, msg="cannot read the catalog (DescribeSnapshots)")
+    records = catalog.select_sets(catalog.group_sets(snapshots), set_id=params["set_id"], name=params["name"],
+                                  instance_id=params["instance_id"], host=params["host"], states=params["state"])
+    if params["latest"]:
+        records = records[:1]
+    result = dict(changed=False, sets=records)
+    if expression is not None:
+        try:
+            result["result"] = expression.search(records)
+        except jmespath.exceptions.JMESPathError as e:
+            module.fail_json(msg="query %r failed on the sets: %s" % (params["query"], e), sets=records)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

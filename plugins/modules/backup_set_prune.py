@@ -1,0 +1,315 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_set_prune
+short_description: Apply retention to the backup sets of the snapshot catalog
+version_added: 0.1.0
+description:
+  - Deletes whole backup sets recorded by M(stillpoint.snapshots.ebs_snapshot_set) (schema v1, see
+    C(docs/catalog.md)), either by retention rules or by explicit set id.
+  - Retention works per group of sets with the same name and instance. A C(complete) set is kept while it is
+    among the newest O(keep_last) complete sets of its group B(or) younger than O(older_than_days); it is
+    deleted only when every rule given lets it go. The newest complete set of each group is always kept.
+    C(pending) sets are never deleted by retention (a run may still be waiting on them); C(partial) sets are
+    deleted only with O(delete_partial=true).
+  - Only snapshots of this account (C(OwnerIds=self)) carrying the C(stillpoint:creator) marker are ever
+    deleted; each snapshot is read again and checked for the marker right before its deletion. Snapshots that
+    merely carry a matching C(stillpoint:set-id) tag are left alone.
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  name:
+    description: Only sets of this backup series name.
+    type: str
+  instance_id:
+    description: Only sets taken from this instance.
+    type: str
+  keep_last:
+    description:
+      - Keep the newest this many C(complete) sets of each group. At least 1.
+    type: int
+  older_than_days:
+    description:
+      - Keep C(complete) sets younger than this many days (by the set's creation time; fractions allowed).
+      - With O(keep_last) too, a set is deleted only when it is beyond O(keep_last) B(and) older than this.
+    type: float
+  delete_partial:
+    description: Delete C(partial) sets (sets that can never become a valid backup).
+    type: bool
+    default: false
+  set_ids:
+    description:
+      - Delete exactly these sets. Each must exist in this account and region, be ours (creator marker), and
+        match O(name) and O(instance_id) when those are given; otherwise the task fails and deletes nothing.
+      - The newest C(complete) set of a group, a C(pending) set and a set of a schema this version does not
+        read are refused unless O(force=true).
+      - May be combined with the retention rules; retention is then applied to the sets that remain.
+      - A set that was already deleted no longer exists, so running the same explicit deletion again fails
+        with the "does not exist" refusal; use retention rules for repeatable runs.
+    type: list
+    elements: str
+  force:
+    description: Allow O(set_ids) to delete the newest complete set of its group, a pending set, or a set of
+      an unknown schema.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Computes and returns the plan; deletes nothing. C(changed) tells whether a real run would
+      delete something.
+  diff_mode:
+    support: full
+    description: Returns the set ids before and after.
+  idempotent:
+    support: partial
+    description: With retention rules a second run deletes nothing and reports no change. An explicit O(set_ids)
+      deletion refuses, on a second run, the sets that no longer exist.
+notes:
+  - At least one of O(keep_last), O(older_than_days), O(set_ids) or O(delete_partial=true) is required.
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+"""
+
+EXAMPLES = r"""
+- name: Keep the last 7 complete sets of each series on each instance
+  stillpoint.snapshots.backup_set_prune:
+    keep_last: 7
+
+- name: Keep a week, but never fewer than 3 sets, and clear out broken sets
+  stillpoint.snapshots.backup_set_prune:
+    name: pgdata
+    keep_last: 3
+    older_than_days: 7
+    delete_partial: true
+
+- name: Show what retention would delete
+  stillpoint.snapshots.backup_set_prune:
+    keep_last: 7
+  check_mode: true
+  register: plan
+
+- name: Delete one set by id
+  stillpoint.snapshots.backup_set_prune:
+    set_ids: [bs-20240301T020000Z-a1b2c3]
+"""
+
+RETURN = r"""
+deleted:
+  description: The sets deleted (in check mode, the sets that would be deleted).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    set_id:
+      description: The set id.
+      type: str
+      sample: bs-20240301T020000Z-a1b2c3
+    name:
+      description: The set's series name.
+      type: str
+    instance_id:
+      description: The set's instance.
+      type: str
+    state:
+      description: The set's state before deletion.
+      type: str
+    created:
+      description: The set's creation time.
+      type: str
+    reason:
+      description: Why it was deleted.
+      type: str
+      sample: beyond keep_last=7
+    snapshot_ids:
+      description: The snapshots deleted (in check mode, the set's snapshots).
+      type: list
+      elements: str
+kept:
+  description: The sets kept, each with the reason.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    set_id:
+      description: The set id.
+      type: str
+    name:
+      description: The set's series name.
+      type: str
+    instance_id:
+      description: The set's instance.
+      type: str
+    state:
+      description: The set's state.
+      type: str
+    created:
+      description: The set's creation time.
+      type: str
+    reason:
+      description: Why it was kept.
+      type: str
+      sample: newest complete set
+diff:
+  description: Set ids (newest first) before and after.
+  returned: always
+  type: dict
+  contains:
+    before:
+      description: "C({set_ids: [...]}) before the run."
+      type: dict
+    after:
+      description: "C({set_ids: [...]}) after the run (in check mode, after a real run)."
+      type: dict
+"""
+
+import re
+
+try:
+    import botocore
+except ImportError:
+    pass  # AnsibleAWSModule reports a missing botocore
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str"),
+    instance_id=dict(type="str"),
+    keep_last=dict(type="int"),
+    older_than_days=dict(type="float"),
+    delete_partial=dict(type="bool", default=False),
+    set_ids=dict(type="list", elements="str"),
+    force=dict(type="bool", default=False),
+)
+
+SET_ID_RE = re.compile(r"^bs-\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+def _summary(rec, reason):
+    return dict(set_id=rec["set_id"], name=rec["name"], instance_id=rec["instance_id"], state=rec["state"],
+                created=rec["created"], reason=reason)
+
+
+def _newest_complete(records):
+    newest = {}
+    for rec in records:  # newest first
+        if rec["state"] == "complete" and rec.get("schema") == catalog.SCHEMA:
+            newest.setdefault((rec["name"], rec["instance_id"]), rec["set_id"])
+    return set(newest.values())
+
+
+def explicit_sets(client, records, set_ids, name, instance_id, force):
+    """The records named by ``set_ids``; raises with every refusal at once."""
+    by_id = dict((r["set_id"], r) for r in records)
+    newest = _newest_complete(records)
+    chosen, refusals = [], []
+    for sid in dict.fromkeys(set_ids):
+        rec = by_id.get(sid)
+        if rec is None:
+            refusals.append(_why_absent(client, sid, name, instance_id))
+            continue
+        if not force:
+            if sid in newest:
+                refusals.append("set %s is the newest complete set of %s on %s; set force=true to delete it"
+                                % (sid, rec["name"], rec["instance_id"]))
+                continue
+            if rec.get("schema") != catalog.SCHEMA:
+                refusals.append("set %s was written with catalog schema %s, which this version does not read; set "
+                                "force=true to delete it" % (sid, rec.get("schema") or "(missing)"))
+                continue
+            if rec["state"] == "pending":
+                refusals.append("set %s is pending (a run may still be waiting on it: %s); set force=true to "
+                                "delete it" % (sid, "; ".join(rec["problems"])))
+                continue
+        chosen.append(rec)
+    if refusals:
+        raise StillpointError("refused, nothing was deleted: " + " | ".join(refusals), refused=refusals)
+    return chosen
+
+
+def _why_absent(client, sid, name, instance_id):
+    hint = "" if SET_ID_RE.match(sid) else " (set ids look like bs-YYYYMMDDTHHMMSSZ-xxxxxx)"
+    if name or instance_id:
+        elsewhere = catalog.group_sets(ebs.catalog_snapshots(client, set_id=sid))
+        if elsewhere:
+            return ("set %s belongs to name=%s instance_id=%s, not to the name/instance_id given; nothing deleted"
+                    % (sid, elsewhere[0]["name"], elsewhere[0]["instance_id"]))
+    tagged = ebs.describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [sid]}])
+    if tagged:
+        return ("set %s is not ours: its snapshots %s carry the set id but not the creator marker %s=%s, so this "
+                "collection did not create them and will not delete them"
+                % (sid, ", ".join(sorted(s["SnapshotId"] for s in tagged)), catalog.K_CREATOR, CREATOR))
+    return "set %s does not exist in this account and region%s" % (sid, hint)
+
+
+def main():
+    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    p = module.params
+    if p["keep_last"] is None and p["older_than_days"] is None and not p["set_ids"] and not p["delete_partial"]:
+        module.fail_json(msg="nothing to do: give keep_last, older_than_days, set_ids or delete_partial=true")
+    if p["keep_last"] is not None and p["keep_last"] < 1:
+        module.fail_json(msg="keep_last must be at least 1: retention never deletes the newest complete set")
+    if p["older_than_days"] is not None and p["older_than_days"] < 0:
+        module.fail_json(msg="older_than_days must not be negative")
+
+    client = module.client("ec2", retry_decorator=ebs.RETRY)
+    result = dict(changed=False, deleted=[], kept=[])
+    try:
+        records = catalog.group_sets(ebs.catalog_snapshots(client, name=p["name"], instance_id=p["instance_id"]))
+        explicit = explicit_sets(client, records, p["set_ids"], p["name"], p["instance_id"], p["force"]) \
+            if p["set_ids"] else []
+        explicit_ids = set(r["set_id"] for r in explicit)
+        remaining = [r for r in records if r["set_id"] not in explicit_ids]
+        keep, delete = catalog.prune_plan(remaining, keep_last=p["keep_last"], older_than_days=p["older_than_days"],
+                                          delete_partial=p["delete_partial"])
+        delete = [(r, "named in set_ids") for r in explicit] + delete
+        result["kept"] = [_summary(r, why) for r, why in keep]
+        before = [r["set_id"] for r in records]
+        doomed = set(r["set_id"] for r, _why in delete)
+        result["diff"] = dict(before=dict(set_ids=before),
+                              after=dict(set_ids=[sid for sid in before if sid not in doomed]))
+
+        if module.check_mode:
+            result["deleted"] = [dict(_summary(r, why), snapshot_ids=list(r["snapshot_ids"])) for r, why in delete]
+            result["changed"] = bool(delete)
+            module.exit_json(**result)
+
+        failures = []
+        for rec, why in delete:
+            gone, failed = ebs.delete_ours(client, rec["snapshot_ids"])
+            if gone:
+                result["changed"] = True
+                result["deleted"].append(dict(_summary(rec, why), snapshot_ids=gone))
+            for f in failed:
+                failures.append(dict(f, set_id=rec["set_id"]))
+        if failures:
+            left = sorted(set(f["set_id"] for f in failures))
+            result["diff"]["after"]["set_ids"] = [sid for sid in before if sid not in doomed or sid in left]
+            module.fail_json(msg="could not delete %d snapshot(s) of set(s) %s: %s. A set that lost some of its "
+                                 "members is now reported partial; fix the cause and prune again"
+                                 % (len(failures), ", ".join(left),
+                                    "; ".join("%s: %s" % (f["snapshot_id"], f["error"]) for f in failures)),
+                             errors=failures, **result)
+        module.exit_json(**result)
+    except StillpointError as e:
+        result.update(e.fail_kwargs())
+        module.fail_json(**result)
+    except botocore.exceptions.BotoCoreError as e:
+        module.fail_json_aws(e, msg="cannot reach EC2 to prune the catalog", **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Client side of the strict EC2 endpoint for tests (standard library + boto3 only).
+
+    ep = Endpoint().start(state_dir, pending_seconds=1.0)
+    try:
+        ec2 = ep.client()
+        world = ep.create_instance(volumes=[{"size": 1, "device": "/dev/sdf", "backing_file": img}])
+        ep.throttle("CreateSnapshots", 1)
+        ...
+        assert len(ep.calls("CreateSnapshots")) == 1
+    finally:
+        ep.stop()
+
+The server (``python -m tests.ec2_endpoint.server``) runs as a subprocess; the control API is
+``POST <url>/_stillpoint/<op>`` with a JSON body. See README.md in this directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class EndpointError(Exception):
+    """The endpoint did not start, or refused a control request."""
+
+
+class Endpoint:
+    """One strict EC2 endpoint server process and its control API."""
+
+    def __init__(self, region="eu-west-1"):
+        self.region = region
+        self.url = None
+        self.imds_url = None
+        self.control_url = None
+        self.pid = None
+        self.state_dir = None
+        self._proc = None
+        self._log = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, state_dir, pending_seconds=1.0, attach_seconds=0.2, detach_seconds=0.2, timeout=30.0,
+              port=0, imds_port=0):
+        """Spawn the server (``sys.executable -m tests.ec2_endpoint.server``) and wait until it listens."""
+        if self._proc is not None:
+            raise EndpointError("endpoint already started (pid %s)" % self.pid)
+        self.state_dir = os.path.abspath(str(state_dir))
+        os.makedirs(self.state_dir, exist_ok=True)
+        ready_file = os.path.join(self.state_dir, "ready.json")
+        if os.path.exists(ready_file):
+            os.unlink(ready_file)
+        argv = [sys.executable, "-m", "tests.ec2_endpoint.server", "--port", str(port), "--imds-port",
+                str(imds_port), "--state-dir", self.state_dir, "--ready-file", ready_file, "--region",
+                self.region, "--pending-seconds", str(pending_seconds), "--attach-seconds", str(attach_seconds),
+                "--detach-seconds", str(detach_seconds), "--parent-pid", str(os.getpid())]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        log_path = os.path.join(self.state_dir, "server.log")
+        self._log = open(log_path, "ab")
+        self._proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
+        self.pid = self._proc.pid
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ready_file):
+            if self._proc.poll() is not None:
+                self._cleanup()
+                raise EndpointError("the endpoint exited with %s before it was ready:\n%s"
+                                    % (self._proc.returncode, _tail(log_path)))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EndpointError("the endpoint was not ready within %ss:\n%s" % (timeout, _tail(log_path)))
+            time.sleep(0.02)
+        with open(ready_file, encoding="utf-8") as f:
+            ready = json.loads(f.read())
+        self.url = ready["url"]
+        self.imds_url = ready.get("imds_url")
+        self.control_url = ready["control_url"]
+        if ready["pid"] != self.pid:
+            self.stop()
+            raise EndpointError("ready file names pid %s, we started %s" % (ready["pid"], self.pid))
+        return self
+
+    def stop(self, timeout=10.0):
+        """Terminate the server by its PID (SIGTERM, then SIGKILL) and wait for it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        self._cleanup()
+
+    def _cleanup(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._proc = None
+
+    @property
+    def running(self):
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    # ------------------------------------------------------------------ talking to it
+
+    def env(self):
+        """Environment for a process (e.g. ansible) that should use this endpoint's credentials,
+        region and IMDS. The EC2 endpoint URL itself is not in it: pass ``self.url`` explicitly."""
+        env = dict(CREDENTIALS)
+        env["AWS_DEFAULT_REGION"] = self.region
+        if self.imds_url:
+            env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = self.imds_url
+        return env
+
+    def client(self, service="ec2", **config):
+        """A boto3 client pointed at the endpoint; ``config`` goes to ``botocore.config.Config``
+        (e.g. ``retries={"total_max_attempts": 1}``)."""
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(region_name=self.region, **{k.lower(): v for k, v in CREDENTIALS.items()})
+        return session.client(service, endpoint_url=self.url, config=Config(**config) if config else None)
+
+    def control(self, op, **args):
+        """Call a control operation; returns its JSON answer, raises EndpointError on refusal."""
+        if self.control_url is None:
+            raise EndpointError("endpoint not started")
+        data = json.dumps(args).encode("utf-8")
+        request = urllib.request.Request("%s/%s" % (self.control_url, op), data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            try:
+                answer = json.loads(e.read().decode("utf-8"))
+            except ValueError:
+                answer = {"error": str(e)}
+            raise EndpointError("control %s refused (HTTP %s): %s" % (op, e.code, answer.get("error")))
+
+    # ------------------------------------------------------------------ control operations
+
+    def status(self):
+        return self.control("status")
+
+    def reset(self, state=False):
+        """Clear faults, latencies, pending/delay overrides and the call log; ``state=True``: also
+        every EC2 resource and every image file the endpoint made."""
+        self.control("reset", state=bool(state))
+
+    def throttle(self, action, count=1, code="RequestLimitExceeded", message=None, status=None):
+        """The next ``count`` calls of ``action`` (``"*"``: any action) fail with ``code``
+        (RequestLimitExceeded: HTTP 503; SnapshotCreationPerVolumeRateExceeded: HTTP 400)."""
+        return self.control("throttle", action=action, count=count, code=code, message=message,
+                            status=status)["fault"]
+
+    def fail_next(self, action, code, message=None, status=None, count=1):
+        """The next call (``count`` calls) of ``action`` fails with ``code``/``message`` (HTTP ``status``, default 400)."""
+        return self.control("fail_next", action=action, code=code, message=message, status=status,
+                            count=count)["fault"]
+
+    def fail_member(self, k, message=None):
+        """Member ``k`` (0-based, in the order of the response) of the next CreateSnapshots ends in
+        ``error`` at the end of its pending time."""
+        self.control("fail_member", k=k, message=message)
+
+    def fail_snapshot(self, snapshot_id, message=None):
+        """An existing snapshot ends in ``error`` (at the end of its pending time, or now)."""
+        return self.control("fail_snapshot", snapshot_id=snapshot_id, message=message)["state"]
+
+    def latency(self, action, ms):
+        """Delay every call of ``action`` (``"*"``: any) by ``ms`` milliseconds (0 removes)."""
+        self.control("latency", action=action, ms=ms)
+
+    def pending(self, seconds, calls=None, snapshot_ids=None):
+        """How long snapshots stay ``pending``: new default; or only the next ``calls`` snapshot-
+        creating calls; or restart ``snapshot_ids`` now (``pending(0, snapshot_ids=[...])`` completes them)."""
+        self.control("pending", seconds=seconds, calls=calls, snapshot_ids=snapshot_ids)
+
+    def delays(self, attach_seconds=None, detach_seconds=None):
+        """How long AttachVolume/DetachVolume show ``attaching``/``detaching``."""
+        self.control("delays", attach_seconds=attach_seconds, detach_seconds=detach_seconds)
+
+    def calls(self, action=None):
+        """The logged EC2 requests (oldest first): ``{"seq", "action", "params", "region", "status",
+        "error_code", "error_message", "injected", "t_start", "t_end", "wall_start"}``; times are
+        ``time.monotonic()`` of the server (system-wide clock)."""
+        return self.control("calls", action=action)["calls"]
+
+    def clear_calls(self):
+        self.control("clear_calls")
+
+    def create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large", boot_size=8):
+        """An instance with attached volumes, built through RunInstances/CreateVolume/AttachVolume.
+
+        ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...}}]``.
+        Returns ``{"instance_id", "az", "boot_volume_id", "root_device_name", "image_id",
+        "volumes": [{"volume_id", "device", ["backing_file"]}]}``.
+        """
+        return self.control("create_instance", az=az, boot=boot, volumes=list(volumes or ()), tags=tags,
+                            instance_type=instance_type, boot_size=boot_size)
+
+    def back_volume(self, volume_id, path):
+        """Back ``volume_id`` by the host file ``path`` (a loop image); snapshots copy it as of the call."""
+        return self.control("back_volume", volume_id=volume_id, path=None if path is None else str(path))["path"]
+
+    def volume_file(self, volume_id):
+        """The file behind a volume (a backing file, or the endpoint's copy for a restored volume), or None."""
+        return self.control("volume_file", volume_id=volume_id)["path"]
+
+    def snapshot_file(self, snapshot_id):
+        """The endpoint's copy of a snapshot's content, or None."""
+        return self.control("snapshot_file", snapshot_id=snapshot_id)["path"]
+
+    def add_foreign_snapshot(self, owner_id="210987654321", volume_id=None, size=8, description="", tags=None):
+        """A completed snapshot owned by another account; returns its id."""
+        return self.control("add_foreign_snapshot", owner_id=owner_id, volume_id=volume_id, size=size,
+                            description=description, tags=tags)["snapshot_id"]
+
+    def set_imds(self, instance_id=None, az=None, region=None):
+        """What the IMDS emulator reports (None keeps a field)."""
+        return self.control("set_imds", instance_id=instance_id, az=az, region=region)
+
+
+def _tail(path, limit=4000):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")

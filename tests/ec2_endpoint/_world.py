@@ -1,0 +1,765 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the endpoint adds to moto, inside the server process.
+
+``install()`` makes moto's EBS models stricter (each point below is a gap verified against
+moto 5.2.5, see README.md):
+
+* snapshots stay ``pending`` with a rising ``Progress`` for a configurable time, then turn
+  ``completed`` (or ``error`` when marked to fail); the state is computed from the monotonic clock
+  whenever it is read, so DescribeSnapshots and its ``status`` filter see it without any thread;
+* CreateSnapshots honours ExcludeDataVolumeIds and CopyTagsFromSource, and its items carry State;
+* AttachVolume refuses another AZ, a device name in use, a volume in use; DetachVolume refuses an
+  InstanceId or Device that does not match; both pass through ``attaching``/``detaching``;
+* DescribeSnapshots honours OwnerIds (``self``) and MaxResults/NextToken; DeleteSnapshot and
+  CreateTags/DeleteTags refuse snapshots of other accounts; CreateVolume refuses a snapshot that is
+  not ``completed``;
+* volumes can be backed by a host file; snapshots copy it (sparse) as of the call, volumes created
+  from such a snapshot get their own copy.
+
+``World`` holds the endpoint's own state (faults, latencies, the call log, the files) and the
+control operations (``op_*``) that the WSGI layer exposes under ``/_stillpoint/``.
+
+Everything that touches moto's models runs under ``World.lock`` (the WSGI layer holds it around
+each EC2 request), so the models are never seen half-changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import secrets
+import shutil
+import threading
+import time
+
+from moto.core.base_backend import BackendDict
+from moto.core.model_instances import reset_model_data
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot, Volume, VolumeAttachment
+from moto.ec2.models.tags import TagBackend
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+from moto.ec2.utils import random_snapshot_id, random_volume_id
+
+from ._sparse import sparse_copy
+
+ACCOUNT_ID = "123456789012"
+FOREIGN_ACCOUNT_ID = "210987654321"
+SNAPSHOT_ACTIONS = frozenset(["CreateSnapshot", "CreateSnapshots", "CopySnapshot"])
+
+# HTTP status and message of the throttling errors, as EC2 sends them.
+ERROR_STATUS = {"RequestLimitExceeded": 503, "SnapshotCreationPerVolumeRateExceeded": 400,
+                "InternalError": 500, "Unavailable": 503, "ServiceUnavailable": 503}
+ERROR_MESSAGES = {
+    "RequestLimitExceeded": "Request limit exceeded.",
+    "SnapshotCreationPerVolumeRateExceeded": "The maximum per volume CreateSnapshot request rate has been "
+                                             "exceeded. Use an increasing or variable sleep interval between "
+                                             "requests.",
+    "InternalError": "An internal error has occurred.",
+}
+FAIL_MESSAGE = "Snapshot failed (injected by the stillpoint test endpoint)"
+
+CTX = threading.local()  # action, internal, pending of the EC2 request being served
+WORLD = None  # the World of this process (the model patches need it)
+
+
+class ControlError(Exception):
+    """A control request that cannot be done; the message goes back to the caller (HTTP 400)."""
+
+
+def _ctx(name, default=None):
+    return getattr(CTX, name, default)
+
+
+def _api_call(action):
+    """True while serving a client's (not the endpoint's own) EC2 request for ``action``."""
+    return _ctx("action") == action and not _ctx("internal")
+
+
+def _err(code, message):
+    return EC2ClientError(code, message)
+
+
+# --------------------------------------------------------------------------- snapshot lifecycle
+
+def _snap_status(self):
+    d = self.__dict__
+    t0 = d.get("_sp_t0")
+    if t0 is None:
+        return d.get("_sp_status", "completed")
+    if time.monotonic() - t0 < d.get("_sp_pending", 0.0):
+        return "pending"
+    return "error" if d.get("_sp_fail") else "completed"
+
+
+def _snap_set_status(self, value):
+    self.__dict__["_sp_status"] = value
+
+
+def _snap_progress(self):
+    status = self.status
+    if status == "completed":
+        return "100%"
+    d = self.__dict__
+    pending = d.get("_sp_pending") or 0.0
+    if status == "pending" and pending > 0:
+        pct = int(100 * (time.monotonic() - d["_sp_t0"]) / pending)
+        return "%d%%" % max(0, min(99, pct))
+    return "99%" if status == "error" else "0%"
+
+
+def _snap_state_message(self):
+    if self.status != "error":
+        return None
+    return self.__dict__.get("_sp_message") or FAIL_MESSAGE
+
+
+def _snap_begin(snap, pending, fail=None, message=None):
+    """(Re)start the pending period of ``snap`` now."""
+    snap._sp_t0 = time.monotonic()
+    snap._sp_pending = max(0.0, float(pending))
+    if fail is not None:
+        snap._sp_fail = bool(fail)
+        snap._sp_message = message
+
+
+# --------------------------------------------------------------------------- model patches
+
+_ORIG = {}
+
+
+def _snapshot_init(self, *args, **kwargs):
+    _ORIG["Snapshot.__init__"](self, *args, **kwargs)
+    if _ctx("action") in SNAPSHOT_ACTIONS:
+        _snap_begin(self, _ctx("pending", 0.0))
+
+
+def _create_snapshot(self, volume_id, description, owner_id=None, from_ami=None):
+    snap = _ORIG["create_snapshot"](self, volume_id, description, owner_id=owner_id, from_ami=from_ami)
+    source = getattr(snap.volume, "_sp_file", None)
+    if source:
+        try:
+            snap._sp_file = WORLD.copy_in(source, "snapshots", snap.id)
+        except OSError as e:
+            self.snapshots.pop(snap.id, None)
+            raise _err("InternalError", "stillpoint test endpoint: cannot copy %s, the backing file of %s: %s"
+                       % (source, volume_id, e))
+    return snap
+
+
+def _create_snapshots(self, instance_spec, description, tags, copy_tags_from_source=None):
+    instance = self.get_instance(instance_spec["InstanceId"])
+    exclude_boot = str(instance_spec.get("ExcludeBootVolume", False)).lower() == "true"
+    exclude_ids = list(instance_spec.get("ExcludeDataVolumeIds") or [])
+    if len(exclude_ids) > 40:
+        raise _err("InvalidParameterValue", "You can specify up to 40 volume IDs in ExcludeDataVolumeIds.")
+    mappings = instance.get_block_device_mapping
+    for volume_id in exclude_ids:
+        self.get_volume(volume_id)  # InvalidVolume.NotFound
+        for device, bdm in mappings:
+            if bdm.volume_id == volume_id and device == instance.root_device_name:
+                raise _err("InvalidParameterValue",
+                           "The root volume %s cannot be excluded with ExcludeDataVolumeIds; use ExcludeBootVolume."
+                           % volume_id)
+    volume_ids = []
+    for device, bdm in mappings:
+        if device == instance.root_device_name:
+            if exclude_boot:
+                continue
+        elif bdm.volume_id in exclude_ids:
+            continue
+        volume_ids.append(bdm.volume_id)
+    snaps = [self.create_snapshot(volume_id, description) for volume_id in volume_ids]
+    for snap in snaps:
+        # one point in time for the whole set
+        snap.start_time = snaps[0].start_time
+        if "_sp_t0" in snaps[0].__dict__:
+            snap._sp_t0 = snaps[0]._sp_t0
+        if str(copy_tags_from_source or "").lower() == "volume":
+            source_tags = self.tags.get(snap.volume.id, {})
+            snap.add_tags(dict((k, v) for k, v in source_tags.items() if not k.startswith("aws:")))
+        snap.add_tags(tags)
+    failing = WORLD.take_fail_member() if not _ctx("internal") else None
+    if failing is not None:
+        k, message = failing
+        if 0 <= k < len(snaps):
+            snaps[k]._sp_fail = True
+            snaps[k]._sp_message = message
+    return snaps
+
+
+def _copy_snapshot(self, source_snapshot_id, source_region, description, kms_key_id):
+    snap = _ORIG["copy_snapshot"](self, source_snapshot_id, source_region, description, kms_key_id)
+    source = ec2_backends[self.account_id][source_region].snapshots.get(source_snapshot_id)
+    source_file = getattr(source, "_sp_file", None)
+    if source_file:
+        snap._sp_file = WORLD.copy_in(source_file, "snapshots", snap.id)
+    return snap
+
+
+def _delete_snapshot(self, snapshot_id):
+    snap = self.snapshots.get(snapshot_id)
+    if snap is not None and snap.owner_id != self.account_id and _api_call("DeleteSnapshot"):
+        raise _err("UnauthorizedOperation", "You are not authorized to perform this operation.")
+    snap = _ORIG["delete_snapshot"](self, snapshot_id)
+    WORLD.drop_file(getattr(snap, "_sp_file", None))
+    return snap
+
+
+def _create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):
+    snap = None
+    if snapshot_id:
+        snap = self.get_snapshot(snapshot_id)
+        if snap.status != "completed":
+            raise _err("IncorrectState", "Snapshot is in invalid state - %s" % snap.status)
+    volume = _ORIG["create_volume"](self, size, zone_name, snapshot_id, *args, **kwargs)
+    source = getattr(snap, "_sp_file", None)
+    if source:
+        try:
+            volume._sp_file = WORLD.copy_in(source, "volumes", volume.id)
+            volume._sp_owned = True
+        except OSError as e:
+            self.volumes.pop(volume.id, None)
+            raise _err("InternalError", "stillpoint test endpoint: cannot copy %s, the image of %s: %s"
+                       % (source, snapshot_id, e))
+    return volume
+
+
+def _detaching(volume):
+    """The attachment ``volume`` is still detaching from, or None."""
+    pending = volume.__dict__.get("_sp_detaching")
+    if pending and time.monotonic() < pending[1]:
+        return pending[0]
+    return None
+
+
+def _delete_volume(self, volume_id):
+    volume = self.volumes.get(volume_id)
+    if volume is not None and _detaching(volume) is not None:
+        raise _err("VolumeInUse", "Volume %s is currently attached to %s"
+                   % (volume_id, _detaching(volume).instance.id))
+    volume = _ORIG["delete_volume"](self, volume_id)
+    if getattr(volume, "_sp_owned", False):
+        WORLD.drop_file(getattr(volume, "_sp_file", None))
+    return volume
+
+
+def _attach_volume(self, volume_id, instance_id, device_path, delete_on_termination=False):
+    volume = self.get_volume(volume_id)
+    instance = self.get_instance(instance_id)
+    if _detaching(volume) is not None:
+        raise _err("IncorrectState", "%s is not 'available'." % volume_id)
+    if volume.attachment is not None:
+        raise _err("VolumeInUse", "%s is already attached to an instance" % volume_id)
+    instance_az = instance.placement.zone if hasattr(instance.placement, "zone") else instance.placement
+    if volume.zone is not None and volume.zone.name != instance_az:
+        raise _err("InvalidVolume.ZoneMismatch", "The volume '%s' is not in the same availability zone as "
+                   "instance '%s'" % (volume_id, instance_id))
+    if device_path in instance.block_device_mapping:
+        raise _err("InvalidParameterValue", "Invalid value '%s' for unixDevice. Attachment point %s is "
+                   "already in use" % (device_path, device_path))
+    attachment = _ORIG["attach_volume"](self, volume_id, instance_id, device_path, delete_on_termination)
+    if attachment is not None and _api_call("AttachVolume"):
+        attachment._sp_until = time.monotonic() + WORLD.attach_seconds
+    return attachment
+
+
+def _detach_volume(self, volume_id, instance_id, device_path):
+    volume = self.get_volume(volume_id)
+    attachment = volume.attachment
+    if attachment is None:
+        raise _err("IncorrectState", "Volume '%s' is in the '%s' state." % (volume_id, volume.status))
+    if instance_id and attachment.instance.id != instance_id:
+        self.get_instance(instance_id)  # InvalidInstanceID.NotFound comes first
+        raise _err("InvalidAttachment.NotFound", "The volume '%s' is not attached to instance '%s'."
+                   % (volume_id, instance_id))
+    if device_path and device_path != attachment.device:
+        raise _err("InvalidAttachment.NotFound", "The volume '%s' is not attached to instance '%s' as "
+                   "device '%s'." % (volume_id, attachment.instance.id, device_path))
+    old = _ORIG["detach_volume"](self, volume_id, attachment.instance.id, attachment.device)
+    if _api_call("DetachVolume") and WORLD.detach_seconds > 0:
+        old.status = "detaching"
+        volume._sp_detaching = (old, time.monotonic() + WORLD.detach_seconds)
+    return old
+
+
+def _attachment_status(self):
+    d = self.__dict__
+    status = d.get("_sp_status")
+    if status == "attached" and time.monotonic() < d.get("_sp_until", 0.0):
+        return "attaching"
+    return status
+
+
+def _attachment_set_status(self, value):
+    self.__dict__["_sp_status"] = value
+
+
+def _volume_attachments(self):
+    if self.attachment is not None:
+        return [self.attachment]
+    old = _detaching(self)
+    return [old] if old is not None else []
+
+
+def _volume_status(self):
+    return "in-use" if self.attachment is not None or _detaching(self) is not None else "available"
+
+
+def _check_taggable(backend, resource_ids):
+    if _ctx("internal") or _ctx("action") not in ("CreateTags", "DeleteTags"):
+        return
+    for rid in resource_ids:
+        if rid.startswith("snap-"):
+            snap = backend.snapshots.get(rid)
+            if snap is None:
+                raise _err("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist." % rid)
+            if snap.owner_id != backend.account_id:
+                raise _err("UnauthorizedOperation", "You are not authorized to perform this operation.")
+        elif rid.startswith("vol-") and rid not in backend.volumes:
+            raise _err("InvalidVolume.NotFound", "The volume '%s' does not exist." % rid)
+
+
+def _create_tags(self, resource_ids, tags):
+    _check_taggable(self, resource_ids)
+    return _ORIG["create_tags"](self, resource_ids, tags)
+
+
+def _delete_tags(self, resource_ids, tags):
+    _check_taggable(self, resource_ids)
+    return _ORIG["delete_tags"](self, resource_ids, tags)
+
+
+# --------------------------------------------------------------------------- response patches
+
+def _resp_create_snapshots(self):
+    spec = self._get_param("InstanceSpecification", {})
+    description = self._get_param("Description", "")
+    tags = self._parse_tag_specification().get("snapshot", {})
+    copy_from = self._get_param("CopyTagsFromSource")
+    self.error_on_dryrun()
+    snaps = self.ec2_backend.create_snapshots(spec, description, tags, copy_tags_from_source=copy_from)
+    return ActionResult({"Snapshots": snaps})
+
+
+def _resp_describe_snapshots(self):
+    filters = self._filters_from_querystring()
+    snapshot_ids = self._get_param("SnapshotIds", [])
+    owners = self._get_param("OwnerIds", [])
+    max_results = self._get_param("MaxResults")
+    token = self._get_param("NextToken")
+    snaps = self.ec2_backend.describe_snapshots(snapshot_ids=snapshot_ids, filters=filters)
+    if owners:
+        wanted = set(self.ec2_backend.account_id if o == "self" else o for o in owners)
+        snaps = [s for s in snaps if s.owner_id in wanted or getattr(s, "owner_alias", None) in wanted]
+    result = {"Snapshots": snaps}
+    if max_results is not None:
+        max_results = int(max_results)
+        if snapshot_ids:
+            raise _err("InvalidParameterCombination", "The parameter snapshotSet cannot be used with "
+                       "the parameter maxResults")
+        if not 5 <= max_results <= 1000:
+            raise _err("InvalidParameterValue", "Value ( %d ) for parameter maxResults is invalid. Expecting a "
+                       "value between 5 and 1000." % max_results)
+    if max_results is not None or token:
+        start = int(token) if token and token.isdigit() else 0
+        if token and not token.isdigit():
+            raise _err("InvalidPaginationToken", "The pagination token is invalid.")
+        size = max_results or 1000
+        result["Snapshots"] = snaps[start:start + size]
+        if start + size < len(snaps):
+            result["NextToken"] = str(start + size)
+    return ActionResult(result)
+
+
+def install():
+    """Patch moto's EBS models and responses (idempotent)."""
+    if _ORIG:
+        return
+    _ORIG["Snapshot.__init__"] = Snapshot.__init__
+    Snapshot.__init__ = _snapshot_init
+    Snapshot.status = property(_snap_status, _snap_set_status)
+    Snapshot.state = property(_snap_status)
+    Snapshot.progress = property(_snap_progress)
+    Snapshot.state_message = property(_snap_state_message)
+    Snapshot.status_message = property(_snap_state_message)
+    VolumeAttachment.status = property(_attachment_status, _attachment_set_status)
+    Volume.attachments = property(_volume_attachments)
+    Volume.status = property(_volume_status)
+    for name, func in (("create_snapshot", _create_snapshot), ("create_snapshots", _create_snapshots),
+                       ("copy_snapshot", _copy_snapshot), ("delete_snapshot", _delete_snapshot),
+                       ("create_volume", _create_volume), ("delete_volume", _delete_volume),
+                       ("attach_volume", _attach_volume), ("detach_volume", _detach_volume)):
+        _ORIG[name] = getattr(EBSBackend, name)
+        setattr(EBSBackend, name, func)
+    for name, func in (("create_tags", _create_tags), ("delete_tags", _delete_tags)):
+        _ORIG[name] = getattr(TagBackend, name)
+        setattr(TagBackend, name, func)
+    ElasticBlockStore.create_snapshots = _resp_create_snapshots
+    ElasticBlockStore.describe_snapshots = _resp_describe_snapshots
+
+
+# --------------------------------------------------------------------------- the world
+
+class World:
+    """The endpoint's state beside moto's, and the control operations."""
+
+    def __init__(self, state_dir, region="eu-west-1", pending_seconds=2.0, attach_seconds=0.2,
+                 detach_seconds=0.2, account_id=ACCOUNT_ID):
+        global WORLD
+        install()
+        WORLD = self
+        self.lock = threading.RLock()  # moto's models
+        self._mu = threading.Lock()  # faults, latencies, the call log
+        self.state_dir = os.path.abspath(state_dir)
+        for kind in ("snapshots", "volumes"):
+            os.makedirs(os.path.join(self.state_dir, kind), exist_ok=True)
+        self.region = region
+        self.account_id = account_id
+        self.defaults = {"pending_seconds": float(pending_seconds), "attach_seconds": float(attach_seconds),
+                         "detach_seconds": float(detach_seconds)}
+        self.url = None
+        self.imds = None
+        self.internal_token = secrets.token_hex(16)
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self.calls = []
+        self._reset_faults()
+
+    # ------------------------------------------------------------------ helpers for the WSGI layer
+
+    def _reset_faults(self):
+        with self._mu:
+            self.pending_seconds = self.defaults["pending_seconds"]
+            self.attach_seconds = self.defaults["attach_seconds"]
+            self.detach_seconds = self.defaults["detach_seconds"]
+            self.pending_overrides = collections.deque()
+            self.faults = {}
+            self.fail_members = collections.deque()
+            self.latencies = {}
+
+    def latency_for(self, action):
+        with self._mu:
+            return self.latencies.get(action, self.latencies.get("*", 0))
+
+    def take_fault(self, action):
+        """The injected error for this call of ``action``, or None."""
+        with self._mu:
+            for key in (action, "*"):
+                queue = self.faults.get(key)
+                if queue:
+                    fault = queue[0]
+                    fault["remaining"] -= 1
+                    if fault["remaining"] <= 0:
+                        queue.popleft()
+                    return dict(fault)
+        return None
+
+    def take_pending(self):
+        with self._mu:
+            if self.pending_overrides:
+                return self.pending_overrides.popleft()
+            return self.pending_seconds
+
+    def take_fail_member(self):
+        with self._mu:
+            return self.fail_members.popleft() if self.fail_members else None
+
+    def record(self, entry):
+        with self._mu:
+            entry["seq"] = next(self._seq)
+            self.calls.append(entry)
+
+    def backend(self, region=None):
+        return ec2_backends[self.account_id][region or self.region]
+
+    def copy_in(self, source, kind, resource_id):
+        path = os.path.join(self.state_dir, kind, resource_id + ".img")
+        sparse_copy(source, path)
+        return path
+
+    def drop_file(self, path):
+        """Remove a file the endpoint made (never a test's own backing file)."""
+        if path and os.path.dirname(os.path.dirname(path)) == self.state_dir:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------------ control operations
+
+    def op_status(self):
+        return {"pid": os.getpid(), "url": self.url, "imds_url": self.imds.url if self.imds else None,
+                "region": self.region, "account_id": self.account_id, "state_dir": self.state_dir,
+                "pending_seconds": self.pending_seconds, "attach_seconds": self.attach_seconds,
+                "detach_seconds": self.detach_seconds}
+
+    def op_reset(self, state=False):
+        """Clear faults, latencies, overrides and the call log; with ``state`` also every EC2 resource."""
+        self._reset_faults()
+        self.op_clear_calls()
+        if state:
+            with self.lock:
+                BackendDict.reset()
+                reset_model_data()
+                for kind in ("snapshots", "volumes"):
+                    folder = os.path.join(self.state_dir, kind)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    os.makedirs(folder, exist_ok=True)
+                self.backend()  # reload the AMIs now rather than in the next test's first call
+        return {}
+
+    def op_clear_calls(self):
+        with self._mu:
+            self.calls = []
+        return {}
+
+    def op_calls(self, action=None):
+        with self._mu:
+            calls = [dict(c) for c in self.calls if action is None or c["action"] == action]
+        return {"calls": calls}
+
+    def _need(self, name, value):
+        if value in (None, ""):
+            raise ControlError("%s is required" % name)
+        return value
+
+    def op_throttle(self, action, count=1, code="RequestLimitExceeded", message=None, status=None):
+        """The next ``count`` calls of ``action`` (``*``: any) fail with a throttling error."""
+        return self._add_fault("throttle", action, count, code, message, status)
+
+    def op_fail_next(self, action, code, message=None, status=None, count=1):
+        """The next ``count`` calls of ``action`` fail with ``code``/``message``."""
+        return self._add_fault("fail", action, count, code, message, status)
+
+    def _add_fault(self, kind, action, count, code, message, status):
+        self._need("action", action)
+        self._need("code", code)
+        count = int(count)
+        if count < 1:
+            raise ControlError("count must be >= 1")
+        default_message = ERROR_MESSAGES.get(code, "%s (injected by the stillpoint test endpoint)" % code)
+        fault = {"kind": kind, "code": code, "remaining": count, "message": message or default_message,
+                 "status": int(status or ERROR_STATUS.get(code, 400))}
+        with self._mu:
+            self.faults.setdefault(action, collections.deque()).append(fault)
+        return {"fault": fault}
+
+    def op_fail_member(self, k, message=None):
+        """Member ``k`` (0-based, response order) of the next CreateSnapshots ends in ``error``."""
+        k = int(k)
+        if k < 0:
+            raise ControlError("k must be >= 0")
+        with self._mu:
+            self.fail_members.append((k, message))
+        return {}
+
+    def op_fail_snapshot(self, snapshot_id, message=None):
+        """Mark an existing snapshot to end in ``error`` (now, if its pending time is over)."""
+        with self.lock:
+            snap = self._snapshot(snapshot_id)
+            if "_sp_t0" not in snap.__dict__ or snap.__dict__.get("_sp_t0") is None:
+                _snap_begin(snap, 0.0)
+            snap._sp_fail = True
+            snap._sp_message = message
+            return {"state": snap.status}
+
+    def op_latency(self, action, ms):
+        """Delay every call of ``action`` (``*``: any) by ``ms`` milliseconds; 0 removes it."""
+        self._need("action", action)
+        with self._mu:
+            if float(ms) > 0:
+                self.latencies[action] = float(ms)
+            else:
+                self.latencies.pop(action, None)
+        return {}
+
+    def op_pending(self, seconds, calls=None, snapshot_ids=None):
+        """How long new snapshots stay pending.
+
+        ``calls=N``: only the next N snapshot-creating calls, then back to the default;
+        ``snapshot_ids``: restart the pending period of these snapshots now (0 completes them);
+        neither: the new default for later calls (until ``reset``).
+        """
+        seconds = float(seconds)
+        if seconds < 0:
+            raise ControlError("seconds must be >= 0")
+        if snapshot_ids:
+            with self.lock:
+                for sid in snapshot_ids:
+                    _snap_begin(self._snapshot(sid), seconds)
+        elif calls is not None:
+            with self._mu:
+                self.pending_overrides.extend([seconds] * int(calls))
+        else:
+            with self._mu:
+                self.pending_seconds = seconds
+        return {}
+
+    def op_delays(self, attach_seconds=None, detach_seconds=None):
+        """How long AttachVolume/DetachVolume stay ``attaching``/``detaching``."""
+        with self._mu:
+            if attach_seconds is not None:
+                self.attach_seconds = float(attach_seconds)
+            if detach_seconds is not None:
+                self.detach_seconds = float(detach_seconds)
+        return {}
+
+    def _snapshot(self, snapshot_id, region=None):
+        snap = self.backend(region).snapshots.get(snapshot_id)
+        if snap is None:
+            raise ControlError("no snapshot %s" % snapshot_id)
+        return snap
+
+    def _volume(self, volume_id, region=None):
+        volume = self.backend(region).volumes.get(volume_id)
+        if volume is None:
+            raise ControlError("no volume %s" % volume_id)
+        return volume
+
+    def op_back_volume(self, volume_id, path, region=None):
+        """Back ``volume_id`` by the host file ``path`` (None: no backing). The file is never removed."""
+        with self.lock:
+            volume = self._volume(volume_id, region)
+            if path is None:
+                volume._sp_file = None
+                volume._sp_owned = False
+                return {"path": None}
+            path = os.path.abspath(path)
+            if not os.path.isfile(path):
+                raise ControlError("backing file %s does not exist (or is not a regular file)" % path)
+            volume._sp_file = path
+            volume._sp_owned = False
+            return {"path": path}
+
+    def op_volume_file(self, volume_id, region=None):
+        with self.lock:
+            return {"path": getattr(self._volume(volume_id, region), "_sp_file", None)}
+
+    def op_snapshot_file(self, snapshot_id, region=None):
+        with self.lock:
+            return {"path": getattr(self._snapshot(snapshot_id, region), "_sp_file", None)}
+
+    def op_add_foreign_snapshot(self, owner_id=FOREIGN_ACCOUNT_ID, volume_id=None, size=8, description="",
+                                tags=None, region=None):
+        """A ``completed`` snapshot owned by another account (as if shared with us or public).
+
+        ``volume_id``: the VolumeId it claims (any string, e.g. one of ours); default a volume that
+        does not exist here. ``tags`` are visible, as they would be for a test of tag filters.
+        """
+        if owner_id == self.account_id:
+            raise ControlError("owner_id must differ from our account %s" % self.account_id)
+        with self.lock:
+            backend = self.backend(region)
+            zone = backend.get_zone_by_name((region or self.region) + "a")
+            volume = backend.volumes.get(volume_id) if volume_id else None
+            if volume is None:
+                volume = Volume(backend, volume_id or random_volume_id(), int(size), zone)
+            snap = Snapshot(backend, random_snapshot_id(), volume, description, owner_id=str(owner_id))
+            if tags:
+                snap.add_tags(dict(tags))
+            backend.snapshots[snap.id] = snap
+            return {"snapshot_id": snap.id, "owner_id": snap.owner_id, "volume_id": volume.id}
+
+    def op_set_imds(self, instance_id=None, az=None, region=None):
+        if self.imds is None:
+            raise ControlError("the IMDS emulator is not running (tests/ec2_endpoint/imds.py missing?)")
+        self.imds.set_identity(instance_id=instance_id, region=region, az=az)
+        return {"instance_id": self.imds.instance_id, "region": self.imds.region,
+                "az": self.imds.availability_zone, "imds_url": self.imds.url}
+
+    # ------------------------------------------------------------------ building the world
+
+    def internal_client(self):
+        """A boto3 EC2 client to this very server whose calls bypass faults and the call log."""
+        with self._client_lock:
+            return self._make_client()
+
+    def _make_client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            token = self.internal_token
+
+            def mark(request, **_):
+                request.headers["X-Stillpoint-Internal"] = token
+
+            client = boto3.session.Session().client(
+                "ec2", endpoint_url=self.url, region_name=self.region, aws_access_key_id="testing",
+                aws_secret_access_key="testing", config=Config(retries={"total_max_attempts": 1}))
+            client.meta.events.register("before-sign.ec2.*", mark)
+            self._client = client
+        return self._client
+
+    def _ami(self):
+        with self.lock:
+            for ami in self.backend().amis.values():
+                if ami.root_device_type == "ebs" and ami.platform != "windows" and ami.state == "available":
+                    return ami.id, ami.root_device_name
+        raise ControlError("moto knows no EBS-backed Linux AMI in %s" % self.region)
+
+    def op_create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large",
+                           boot_size=8, volume_type="gp3"):
+        """An instance built through the real EC2 API paths: RunInstances, CreateVolume, AttachVolume.
+
+        ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...},
+        "volume_type": "gp3"}]`` (device defaults to /dev/sdf, /dev/sdg, ...). Attachments are
+        ``attached`` at once. ``boot=False``: the root volume is detached and deleted.
+        """
+        import botocore.exceptions
+
+        client = self.internal_client()
+        az = az or self.region + "a"
+        ami_id, root = self._ami()
+        try:
+            kwargs = {
+                "ImageId": ami_id, "MinCount": 1, "MaxCount": 1, "InstanceType": instance_type,
+                "Placement": {"AvailabilityZone": az},
+                "BlockDeviceMappings": [{"DeviceName": root, "Ebs": {"VolumeSize": int(boot_size),
+                                                                     "DeleteOnTermination": True,
+                                                                     "VolumeType": volume_type}}],
+            }
+            if tags:
+                kwargs["TagSpecifications"] = [{"ResourceType": "instance", "Tags": _tag_list(tags)}]
+            instance = client.run_instances(**kwargs)["Instances"][0]
+            instance_id = instance["InstanceId"]
+            boot_volume_id = None
+            for bdm in instance.get("BlockDeviceMappings", []):
+                if bdm["DeviceName"] == root:
+                    boot_volume_id = bdm["Ebs"]["VolumeId"]
+            if not boot and boot_volume_id:
+                client.detach_volume(VolumeId=boot_volume_id, InstanceId=instance_id)
+                client.delete_volume(VolumeId=boot_volume_id)
+                boot_volume_id = None
+            made = []
+            specs = [dict(spec) for spec in volumes or ()]
+            taken = set(spec.get("device") for spec in specs) | set([root])
+            free = iter(d for d in ("/dev/sd" + c for c in "fghijklmnopqrstuvwxyz") if d not in taken)
+            for spec in specs:
+                device = spec.get("device") or next(free)
+                vkw = {"Size": int(spec.get("size", 1)), "AvailabilityZone": az,
+                       "VolumeType": spec.get("volume_type", volume_type)}
+                if spec.get("tags"):
+                    vkw["TagSpecifications"] = [{"ResourceType": "volume", "Tags": _tag_list(spec["tags"])}]
+                volume_id = client.create_volume(**vkw)["VolumeId"]
+                client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+                entry = {"volume_id": volume_id, "device": device}
+                if spec.get("backing_file"):
+                    entry["backing_file"] = self.op_back_volume(volume_id, spec["backing_file"])["path"]
+                made.append(entry)
+        except botocore.exceptions.ClientError as e:
+            raise ControlError("create_instance: %s" % e)
+        return {"instance_id": instance_id, "az": az, "image_id": ami_id, "root_device_name": root,
+                "boot_volume_id": boot_volume_id, "volumes": made}
+
+
+def _tag_list(tags):
+    if isinstance(tags, dict):
+        return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
+    return list(tags)

@@ -1,0 +1,174 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The WSGI layer in front of moto's app: the control API, fault injection, the call log.
+
+* ``/_stillpoint/<op>`` (POST, JSON body, JSON answer): ``World.op_<op>(**body)``.
+* EC2 requests (SigV4 credential scope ``.../ec2/...``): latency, then an injected error if one is
+  queued for the action (the real EC2 XML error shape, so botocore parses the code), else moto
+  under ``World.lock``; every request is logged with its action, parameters, HTTP status, error
+  code and monotonic start/end times (CLOCK_MONOTONIC is system-wide, so a test process can
+  compare them with its own ``time.monotonic()``).
+* Requests carrying the server's internal token (its own calls while building the world) skip
+  faults and the log.
+* Anything else goes to moto untouched.
+"""
+
+from __future__ import annotations
+
+import http
+import io
+import json
+import re
+import time
+import traceback
+import uuid
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+from . import _world
+
+CONTROL_PREFIX = "/_stillpoint/"
+_SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/([^/,]+)/([^/,]+)/aws4_request")
+_CODE = re.compile(rb"<Code>(.*?)</Code>", re.S)
+_MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.S)
+
+
+def _status_line(status):
+    try:
+        return "%d %s" % (status, http.HTTPStatus(status).phrase)
+    except ValueError:
+        return "%d Error" % status
+
+
+def ec2_error(code, message):
+    """EC2's error document (query protocol)."""
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>%s</Code>'
+            '<Message>%s</Message></Error></Errors><RequestID>%s</RequestID></Response>'
+            % (escape(code), escape(message), uuid.uuid4()))
+    return body.encode("utf-8")
+
+
+class Middleware:
+    def __init__(self, world, app):
+        self.world = world
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(path[len(CONTROL_PREFIX):].strip("/"), environ, start_response)
+        scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if scope is None or scope.group(2) != "ec2" or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        body = self._read_body(environ)
+        params = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        internal = environ.get("HTTP_X_STILLPOINT_INTERNAL") == self.world.internal_token
+        return self._ec2(environ, start_response, params, scope.group(1), internal)
+
+    @staticmethod
+    def _read_body(environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return body
+
+    # ------------------------------------------------------------------ EC2
+
+    def _ec2(self, environ, start_response, params, region, internal):
+        world = self.world
+        action = params.get("Action", "")
+        entry = {
+            "action": action,
+            "region": region,
+            "params": dict((k, v) for k, v in params.items() if k not in ("Action", "Version")),
+            "t_start": time.monotonic(),
+            "wall_start": time.time(),
+            "injected": None,
+        }
+        if not internal:
+            delay = world.latency_for(action)
+            if delay:
+                time.sleep(delay / 1000.0)
+                entry["latency_ms"] = delay
+            fault = world.take_fault(action)
+            if fault is not None:
+                body = ec2_error(fault["code"], fault["message"])
+                entry.update(status=fault["status"], error_code=fault["code"], error_message=fault["message"],
+                             injected=fault["kind"], t_end=time.monotonic())
+                world.record(entry)
+                start_response(_status_line(fault["status"]), [
+                    ("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(body))),
+                    ("x-amzn-RequestId", str(uuid.uuid4()))])
+                return [body]
+
+        with world.lock:
+            _world.CTX.action = action
+            _world.CTX.internal = internal
+            _world.CTX.pending = world.take_pending() if action in _world.SNAPSHOT_ACTIONS and not internal else 0.0
+            try:
+                status, headers, body = self._run(environ)
+            finally:
+                _world.CTX.action = None
+                _world.CTX.internal = False
+                _world.CTX.pending = 0.0
+        entry["status"] = int(status.split(None, 1)[0])
+        entry["error_code"] = entry["error_message"] = None
+        if entry["status"] >= 400:
+            code = _CODE.search(body)
+            message = _MESSAGE.search(body)
+            entry["error_code"] = code.group(1).decode("utf-8", "replace") if code else None
+            entry["error_message"] = message.group(1).decode("utf-8", "replace") if message else None
+        entry["t_end"] = time.monotonic()
+        if not internal:
+            world.record(entry)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+    def _run(self, environ):
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"] = status
+            captured["headers"] = list(headers)
+            return chunks.append
+
+        chunks = []
+        result = self.app(environ, capture)
+        try:
+            for chunk in result:
+                chunks.append(chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return captured["status"], captured["headers"], b"".join(chunks)
+
+    # ------------------------------------------------------------------ control
+
+    def _control(self, op, environ, start_response):
+        try:
+            raw = self._read_body(environ)
+            args = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+            if not isinstance(args, dict):
+                raise _world.ControlError("the body must be a JSON object")
+            handler = getattr(self.world, "op_" + op, None) if re.match(r"^[a-z_]+$", op) else None
+            if handler is None:
+                status, answer = 404, {"error": "no control operation %r" % op}
+            else:
+                status, answer = 200, handler(**args)
+        except _world.ControlError as e:
+            status, answer = 400, {"error": str(e)}
+        except TypeError as e:
+            status, answer = 400, {"error": "%s: %s" % (op, e)}
+        except Exception as e:  # report, do not kill the server
+            status, answer = 500, {"error": "%s: %s" % (type(e).__name__, e), "traceback": traceback.format_exc()}
+        body = json.dumps(answer, default=str).encode("utf-8")
+        start_response(_status_line(status), [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(body)))])
+        return [body]

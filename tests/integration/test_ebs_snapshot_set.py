@@ -1,0 +1,234 @@
+# -*- coding: utf-8 -*-
+"""ebs_snapshot_set end to end: ansible-playbook on localhost, real freezes of loop filesystems that
+the tests created, a real HTTP EC2 endpoint on 127.0.0.1 (tests/ec2_endpoint)."""
+
+import os
+import time
+
+import pytest
+
+from tests.support.loopfs import missing_requirements
+from tests.support.loopfs import probe_frozen
+from tests.support.world import EmulatedInstance
+from tests.support.world import run_playbook
+from tests.support.world import write_playbook
+
+pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
+
+TASK = "take set"
+
+
+def set_task(ec2, inst, **args):
+    params = {
+        "mountpoints": inst.mountpoints,
+        "by_id_dir": inst.by_id_dir,
+        "endpoint_url": ec2.url,
+        "region": ec2.region,
+        "poll_interval": 0.2,
+        "name": "itest",
+    }
+    params.update(args)
+    return {"name": TASK, "stillpoint.snapshots.ebs_snapshot_set": params, "register": "out"}
+
+
+def run(tmp_path, ec2, inst, check=False, **args):
+    book = write_playbook(tmp_path, [set_task(ec2, inst, **args)])
+    rc, results, _raw = run_playbook(book, ec2, check=check)
+    return rc, results[TASK]
+
+
+def set_snapshots(ec2, set_id):
+    client = ec2.client()
+    snaps = client.describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]
+    return sorted(snaps, key=lambda s: int({t["Key"]: t["Value"] for t in s["Tags"]}["stillpoint:member"]))
+
+
+def all_own_snapshot_ids(ec2):
+    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+
+def assert_thawed(inst):
+    for mp in inst.mountpoints:
+        assert not probe_frozen(mp), "%s left frozen" % mp
+
+
+@pytest.fixture
+def inst(ec2):
+    with EmulatedInstance(ec2, n=3) as emulated:
+        yield emulated
+        assert_thawed(emulated)
+
+
+@pytest.mark.parametrize("mode", ["host", "controller"])
+def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
+    rc, res = run(tmp_path, ec2, inst, mode=mode)
+    assert rc == 0, res.get("msg")
+    assert res["changed"] is True
+    assert res["state"] == "complete"
+    assert res["level"] == "filesystem"
+    assert res["create_calls"] == 1
+    assert len(ec2.calls("CreateSnapshots")) == 1
+    assert ec2.calls("CreateSnapshot") == []
+    assert res["freeze_window_ms"] > 0
+    assert [m["volume_id"] for m in res["members"]] == inst.volume_ids
+    # progress was sampled while the endpoint kept the snapshots pending
+    assert any(st == "pending" for s in res["progress"] for st in s["states"].values())
+    snaps = set_snapshots(ec2, res["set_id"])
+    assert [s["VolumeId"] for s in snaps] == inst.volume_ids
+    for i, snap in enumerate(snaps):
+        tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
+        assert snap["State"] == "completed"
+        assert tags["stillpoint:state"] == "complete"
+        assert tags["stillpoint:level"] == "filesystem"
+        assert tags["stillpoint:member"] == str(i)
+        assert tags["stillpoint:members"] == "3"
+        assert tags["stillpoint:device"] == "/dev/sd%s" % "fgh"[i]
+        assert tags["stillpoint:source-volume"] == inst.volume_ids[i]
+        assert tags["stillpoint:mountpoints"] == inst.mountpoints[i]
+        assert tags["stillpoint:instance"] == inst.instance_id
+        assert tags["stillpoint:creator"] == "stillpoint.snapshots"
+        assert float(tags["stillpoint:freeze-ms"]) == pytest.approx(res["freeze_window_ms"], abs=0.001)
+
+
+def test_check_mode_touches_nothing(tmp_path, ec2, inst):
+    before = all_own_snapshot_ids(ec2)
+    rc, res = run(tmp_path, ec2, inst, check=True)
+    assert rc == 0, res.get("msg")
+    assert res["changed"] is True
+    assert res["plan"]["freeze"] == inst.mountpoints
+    assert [m["volume_id"] for m in res["plan"]["members"]] == inst.volume_ids
+    assert res["plan"]["level"] == "filesystem"
+    assert all_own_snapshot_ids(ec2) == before
+    mutating = [c for c in ec2.calls() if not c["action"].startswith("Describe")]
+    assert mutating == []
+
+
+def test_rerun_with_set_id_is_idempotent(tmp_path, ec2, inst):
+    rc, first = run(tmp_path, ec2, inst, set_id="bs-itest-idem")
+    assert rc == 0 and first["state"] == "complete"
+    ec2.clear_calls()
+    rc, second = run(tmp_path, ec2, inst, set_id="bs-itest-idem")
+    assert rc == 0
+    assert second["changed"] is False
+    assert second["state"] == "complete"
+    assert ec2.calls("CreateSnapshots") == []
+    assert second["snapshot_ids"] == first["snapshot_ids"]
+
+
+def test_api_failure_mid_freeze_thaws_and_leaves_no_snapshot(tmp_path, ec2, inst):
+    before = all_own_snapshot_ids(ec2)
+    ec2.fail_next("CreateSnapshots", "InternalError", "injected failure")
+    rc, res = run(tmp_path, ec2, inst)
+    assert rc != 0
+    assert "CreateSnapshots failed" in res["msg"] and "filesystems thawed, nothing created" in res["msg"]
+    assert all_own_snapshot_ids(ec2) == before
+    assert_thawed(inst)
+
+
+def test_failed_member_rolls_back_whole_set(tmp_path, ec2, inst):
+    before = all_own_snapshot_ids(ec2)
+    ec2.fail_member(1)
+    rc, res = run(tmp_path, ec2, inst)
+    assert rc != 0
+    assert "snapshot set failed" in res["msg"] and "the whole set was deleted" in res["msg"]
+    assert len(res["rollback"]["deleted"]) == 3
+    assert all_own_snapshot_ids(ec2) == before
+    assert len(ec2.calls("DeleteSnapshot")) == 3
+
+
+def test_throttling_thaws_backs_off_and_completes(tmp_path, ec2, inst):
+    ec2.throttle("CreateSnapshots", count=2, code="RequestLimitExceeded")
+    rc, res = run(tmp_path, ec2, inst)
+    assert rc == 0, res.get("msg")
+    assert res["state"] == "complete"
+    assert res["create_calls"] == 3
+    assert res["cycles"] == 3
+    statuses = [c["error_code"] for c in ec2.calls("CreateSnapshots")]
+    assert statuses == ["RequestLimitExceeded", "RequestLimitExceeded", None]
+
+
+def test_per_volume_rate_backoff_is_at_least_15s(tmp_path, ec2, inst):
+    ec2.throttle("CreateSnapshots", count=1, code="SnapshotCreationPerVolumeRateExceeded")
+    rc, res = run(tmp_path, ec2, inst)
+    assert rc == 0, res.get("msg")
+    calls = ec2.calls("CreateSnapshots")
+    assert [c["error_code"] for c in calls] == ["SnapshotCreationPerVolumeRateExceeded", None]
+    assert calls[1]["t_start"] - calls[0]["t_end"] >= 15.0
+
+
+def test_pre_hook_failure_aborts_before_anything(tmp_path, ec2, inst):
+    before = all_own_snapshot_ids(ec2)
+    rc, res = run(tmp_path, ec2, inst, pre_hook=["false"])
+    assert rc != 0
+    assert "pre-freeze hook" in res["msg"] and "nothing was frozen or snapshotted" in res["msg"]
+    assert ec2.calls("CreateSnapshots") == []
+    assert all_own_snapshot_ids(ec2) == before
+
+
+def test_pre_hook_failure_continue_records_filesystem(tmp_path, ec2, inst):
+    rc, res = run(tmp_path, ec2, inst, pre_hook=["false"], on_hook_failure="continue")
+    assert rc == 0, res.get("msg")
+    assert res["level"] == "filesystem"
+
+
+def test_hooks_ok_give_application_level_and_run_in_order(tmp_path, ec2, inst):
+    log = tmp_path / "hooks.log"
+    rc, res = run(tmp_path, ec2, inst, pre_hook=["sh", "-c", "echo pre >> %s" % log],
+                  post_hook=["sh", "-c", "echo post >> %s" % log])
+    assert rc == 0, res.get("msg")
+    assert res["level"] == "application"
+    assert log.read_text().split() == ["pre", "post"]
+
+
+def test_no_mountpoints_is_crash_consistent(tmp_path, ec2, inst):
+    rc, res = run(tmp_path, ec2, inst, mountpoints=[], volume_ids=inst.volume_ids[:2])
+    assert rc == 0, res.get("msg")
+    assert res["level"] == "crash"
+    assert res["freeze"] == {"mounts": []}
+    assert [m["volume_id"] for m in res["members"]] == inst.volume_ids[:2]
+
+
+def test_refuses_root_filesystem(tmp_path, ec2, inst):
+    rc, res = run(tmp_path, ec2, inst, mountpoints=["/"], exclude_boot_volume=True)
+    assert rc != 0
+    assert "/" in res["msg"]
+    assert ec2.calls("CreateSnapshots") == []
+
+
+def test_refuses_part_of_an_array(tmp_path, ec2, inst):
+    rc, res = run(tmp_path, ec2, inst, exclude_volume_ids=[inst.volume_ids[0]])
+    assert rc != 0
+    assert "refusing to snapshot part of a filesystem or array" in res["msg"]
+    assert ec2.calls("CreateSnapshots") == []
+
+
+def test_snapshot_holds_content_as_of_the_call(tmp_path, ec2):
+    with EmulatedInstance(ec2, n=2, backed=True) as inst:
+        for i, mp in enumerate(inst.mountpoints):
+            with open(os.path.join(mp, "data.txt"), "w") as handle:
+                handle.write("before-%d\n" % i)
+        rc, res = run(tmp_path, ec2, inst)
+        assert rc == 0, res.get("msg")
+        for mp in inst.mountpoints:
+            with open(os.path.join(mp, "data.txt"), "w") as handle:
+                handle.write("after\n")
+            os.sync()
+        for i, member in enumerate(res["members"]):
+            image = ec2.snapshot_file(member["snapshot_id"])
+            with open(image, "rb") as handle:
+                blob = handle.read()
+            assert ("before-%d\n" % i).encode() in blob
+        assert_thawed(inst)
+
+
+def test_guardian_deadline_during_call_lowers_level(tmp_path, ec2, inst):
+    ec2.latency("CreateSnapshots", 1500)
+    t0 = time.monotonic()
+    rc, res = run(tmp_path, ec2, inst, freeze_deadline=0.5)
+    assert rc == 0, res.get("msg")
+    assert res["thaw"]["deadline_thawed"] is True
+    assert res["level"] == "crash"
+    tags = {t["Key"]: t["Value"] for t in set_snapshots(ec2, res["set_id"])[0]["Tags"]}
+    assert tags["stillpoint:level"] == "crash"
+    assert time.monotonic() - t0 < 60
