@@ -56,7 +56,10 @@ integration: deps
 sanity: deps
 	rm -rf $(BUILD)/sanity && mkdir -p $(SANITY_ROOT)/stillpoint/snapshots $(SANITY_ROOT)/amazon
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(SANITY_ROOT)/stillpoint/snapshots
-	ln -s $$($(BIN)/python -c 'import ansible_collections.amazon.aws as m, os; print(os.path.dirname(m.__file__))') $(SANITY_ROOT)/amazon/aws
+	ln -s $$($(BIN)/python -c 'import ansible_collections.amazon.aws as m; print(list(m.__path__)[0])') $(SANITY_ROOT)/amazon/aws
+	# the copy lies inside this repository's ignored .build/: give it its own git index
+	cd $(SANITY_ROOT)/stillpoint/snapshots && git init -q && git add -A
+	$(BIN)/python tests/sanity/pip_bootstrap.py
 	cd $(SANITY_ROOT)/stillpoint/snapshots && $(BIN)/ansible-test sanity --requirements --python 3.11 --local --color no
 
 lint: deps

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -46,8 +45,8 @@ def stock_tasks(ec2, inst):
         "block": [
             {"name": "freeze", "ansible.builtin.shell":
                 "date +%%s%%N; for m in %s; do fsfreeze -f $m; done" % mps, "register": "fr"},
-            {"name": "snapshot", "amazon.aws.ec2_snapshot": dict(aws, volume_id="{{ item }}",
-                                                                  description="stock benchmark"),
+            {"name": "snapshot",
+             "amazon.aws.ec2_snapshot": dict(aws, volume_id="{{ item }}", description="stock benchmark"),
              "loop": inst.volume_ids},
         ],
         "always": [
@@ -86,7 +85,7 @@ def measure(approach, ec2, inst, workdir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--volumes", default="1,4,16")
     args = parser.parse_args()
@@ -103,7 +102,7 @@ def main():
             for n in counts:
                 with EmulatedInstance(ec2, n=n, size_mb=16) as inst:
                     for approach in approaches:
-                        runs = [measure(approach, ec2, inst, workdir) for _ in range(args.runs)]
+                        runs = [measure(approach, ec2, inst, workdir) for _run in range(args.runs)]
                         table[(approach, n)] = {
                             "window_ms": statistics.median(r[0] for r in runs),
                             "wall_s": statistics.median(r[1] for r in runs),

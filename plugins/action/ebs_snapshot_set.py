@@ -165,8 +165,8 @@ class ActionModule(ActionBase):
                         msg="set %s is still pending after %ss; re-run with set_id=%s to keep waiting"
                         % (args["set_id"], params["wait_timeout"], args["set_id"]))
         out = dict(first)
-        out.update(dict((k, v) for k, v in last.items() if k in ("state", "progress", "failed", "msg", "timed_out",
-                                                                  "rollback", "exception")))
+        final_keys = ("state", "progress", "failed", "msg", "timed_out", "rollback", "exception")
+        out.update(dict((k, v) for k, v in last.items() if k in final_keys))
         out["changed"] = True
         return out
 
@@ -226,5 +226,3 @@ class ActionModule(ActionBase):
         set_id = set_id or params["set_id"]
         return ebs.finish(client, snapshot_ids, params["wait_timeout"], params["poll_interval"],
                           on_progress=lambda s: display.display(progress_line(set_id, s)))
-
-

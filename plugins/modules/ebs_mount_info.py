@@ -48,8 +48,10 @@ attributes:
     description: Read-only.
   diff_mode:
     support: none
+    description: Read-only.
   idempotent:
     support: full
+    description: Read-only; the same system gives the same answer.
 """
 
 EXAMPLES = r"""

@@ -19,11 +19,11 @@ description:
     the thaw. If any member fails, the whole set is deleted; what cannot be deleted is tagged C(partial).
     A set is never reported C(complete) unless every member completed.
   - "Two modes: in C(host) mode (default) the module runs on the instance, which needs EC2 access (instance
-    profile). In C(controller) mode the action plugin runs C(stillpoint.snapshots.ebs_mount_info) and
-    C(stillpoint.snapshots.fsfreeze) on the host, makes the EC2 call from the controller, and thaws the host
+    profile). In C(controller) mode the action plugin runs M(stillpoint.snapshots.ebs_mount_info) and
+    M(stillpoint.snapshots.fsfreeze) on the host, makes the EC2 call from the controller, and thaws the host
     with one raw command."
   - Throttled calls (C(RequestLimitExceeded), C(SnapshotCreationPerVolumeRateExceeded)) are never waited out
-    while frozen: the module thaws, backs off (jittered; at least 15 s for the per-volume rate), and starts a
+    while frozen; the module thaws, backs off (jittered; at least 15 s for the per-volume rate), and starts a
     new freeze-call-thaw cycle.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
@@ -118,7 +118,7 @@ options:
     type: bool
     default: false
   array:
-    description: Array descriptor recorded in the catalog (for example C({type: md, level: 0, uuid: ...})).
+    description: "Array descriptor recorded in the catalog, for example C({\"type\": \"md\", \"level\": 0})."
     type: dict
   procedure:
     description: Name of the procedure recorded in the catalog.
@@ -173,6 +173,7 @@ attributes:
     description: Resolves mountpoints and volumes and returns the plan; freezes and creates nothing.
   diff_mode:
     support: none
+    description: Creates new snapshots; there is nothing to compare.
   idempotent:
     support: partial
     description: Each run takes a new set unless I(set_id) names an existing one.
@@ -264,11 +265,6 @@ plan:
 """
 
 import socket
-
-try:
-    import botocore  # noqa: F401  (AnsibleAWSModule reports a missing botocore)
-except ImportError:
-    pass
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 

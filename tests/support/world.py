@@ -46,7 +46,7 @@ class EmulatedInstance:
 
     def create(self):
         try:
-            for _ in range(self.n):
+            for _index in range(self.n):
                 fs = LoopFS(size_mb=self.size_mb, fstype=self.fstype)
                 self.filesystems.append(fs)
                 fs.create()

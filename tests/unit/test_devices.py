@@ -115,7 +115,7 @@ def test_normalize_device_name():
 
 
 def test_parse_mountinfo_fields_and_escapes():
-    text, _ = load_layout("nitro_nvme.tree")
+    text, _tree = load_layout("nitro_nvme.tree")
     mounts = parse_mountinfo(text)
     by_mp = {m["mountpoint"]: m for m in mounts}
     assert "/mnt/backup area" in by_mp  # \040 decoded
@@ -383,6 +383,6 @@ def test_real_loop_devices(tmp_path):
         assert r.devices_for_volume(vol2) == []
     finally:
         for mp in reversed(mounted):
-            subprocess.run(["umount", mp], capture_output=True)
+            subprocess.run(["umount", mp], capture_output=True, check=False)
         for dev in reversed(loops):
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)

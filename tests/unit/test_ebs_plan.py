@@ -80,14 +80,14 @@ def test_match_members_pairs_by_volume_and_reports_differences():
 
 def test_backoff_rate_exceeded_is_at_least_15_seconds():
     backoff = ebs.CycleBackoff(rng=random.Random(1))
-    delays = [backoff.delay(ebs.RATE_CODE) for _ in range(50)]
+    delays = [backoff.delay(ebs.RATE_CODE) for _attempt in range(50)]
     assert min(delays) >= 15.0
     assert max(delays) <= 20.0
 
 
 def test_backoff_request_limit_is_jittered_and_grows_but_never_zero():
     backoff = ebs.CycleBackoff(base=0.5, cap=20.0, rng=random.Random(2))
-    delays = [backoff.delay("RequestLimitExceeded") for _ in range(8)]
+    delays = [backoff.delay("RequestLimitExceeded") for _attempt in range(8)]
     for attempt, d in enumerate(delays, start=1):
         step = min(20.0, 0.5 * 2 ** (attempt - 1))
         assert step / 2 <= d <= step
