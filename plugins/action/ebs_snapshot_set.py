@@ -154,7 +154,7 @@ class ActionModule(ActionBase):
             waited = self._execute_module(
                 module_name=MODULE, task_vars=task_vars,
                 module_args=dict(args, wait=True, wait_timeout=step, on_wait_timeout="return"))
-            for sample in waited.get("progress", [])[-1:]:
+            for sample in waited.get("progress", []):
                 display.display(progress_line(args["set_id"], sample))
             if waited.get("failed") or waited.get("state") != "pending":
                 last = waited

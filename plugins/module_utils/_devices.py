@@ -51,54 +51,56 @@ REMEDY_NOT_EBS = (
 )
 
 
-def _unescape(field):
-    """Undo the octal escapes (``\\040`` space, ``\\011`` tab, ``\\012`` newline, ``\\134``)."""
-    if "\\" not in field:
-        return field
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+_ESCAPE_RE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(raw):
+    """Decode the kernel's octal escapes (``\\040`` space, ``\\011`` tab, ``\\012``, ``\\134``).
+
+    The escapes stand for bytes: decode them as bytes, then as ``os`` functions see file names.
+    """
+    return os.fsdecode(_ESCAPE_RE.sub(lambda m: bytes([int(m.group(1), 8)]), raw))
 
 
 def parse_mountinfo(text):
-    """Parse ``/proc/<pid>/mountinfo`` text into a list of dicts, in file order.
+    """Parse ``/proc/<pid>/mountinfo`` (str or bytes) into a list of dicts, in file order.
 
-    Accepts str or bytes. Each dict has ``mount_id``, ``parent_id``, ``majmin`` (``"259:1"``,
-    also as ``dev``), ``major``, ``minor``, ``root``, ``mountpoint``, ``options`` (per-mount
-    options, a list), ``optional`` (the optional fields, e.g. ``shared:1``), ``fstype``,
-    ``source``, ``super_options`` (a list) and ``read_only``. Paths are unescaped; bytes that are
-    not UTF-8 become surrogates (``os.fsdecode``), as ``os`` functions expect them.
+    This is the collection's one mount-table parser (``_freeze`` uses it too). Each dict has
+    ``mount_id``, ``parent_id``, ``dev`` (``"259:1"``, also as ``majmin``), ``major``, ``minor``,
+    ``root``, ``mountpoint``, ``options`` (per-mount options, a list), ``optional`` (e.g.
+    ``shared:1``), ``fstype``, ``source``, ``super_options`` (a list) and ``read_only``. Paths are
+    unescaped; bytes that are not UTF-8 become surrogates (``os.fsdecode``).
     """
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)  # names need not be UTF-8: keep them as os.* functions see them
+    if isinstance(text, str):
+        text = os.fsencode(text)
     mounts = []
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(text.split(b"\n"), 1):
         if not line.strip():
             continue
-        fields = line.split(" ")
+        fields = line.split(b" ")
         try:
-            sep = fields.index("-", 6)
-            major, minor = fields[2].split(":")
+            sep = fields.index(b"-", 6)
+            major, minor = (int(x) for x in fields[2].split(b":"))
+            tail = fields[sep + 1:] + [b"", b"", b""]
             entry = dict(
                 mount_id=int(fields[0]),
                 parent_id=int(fields[1]),
-                majmin="%d:%d" % (int(major), int(minor)),
-                dev="%d:%d" % (int(major), int(minor)),
-                major=int(major),
-                minor=int(minor),
+                dev="%d:%d" % (major, minor),
+                majmin="%d:%d" % (major, minor),
+                major=major,
+                minor=minor,
                 root=_unescape(fields[3]),
                 mountpoint=_unescape(fields[4]),
-                options=fields[5].split(","),
-                optional=fields[6:sep],
+                options=fields[5].decode("ascii", "replace").split(","),
+                optional=[f.decode("ascii", "replace") for f in fields[6:sep]],
+                fstype=_unescape(tail[0]),
+                source=_unescape(tail[1]),
+                super_options=[o for o in _unescape(tail[2]).split(",") if o],
             )
         except (ValueError, IndexError):
             raise StillpointError(
                 "Cannot parse mountinfo line %d: %r. Is this a /proc/<pid>/mountinfo file?" % (lineno, line)
             )
-        tail = fields[sep + 1:] + ["", "", ""]
-        entry.update(
-            fstype=_unescape(tail[0]),
-            source=_unescape(tail[1]),
-            super_options=[o for o in tail[2].split(",") if o],
-        )
         entry["read_only"] = "ro" in entry["options"]
         mounts.append(entry)
     return mounts

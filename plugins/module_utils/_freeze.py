@@ -22,6 +22,8 @@ filesystem it may freeze: it only issues ioctls on directory fds opened before t
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import gc
@@ -38,6 +40,8 @@ import sysconfig
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import parse_mountinfo  # noqa: F401
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
 
 # Seconds a freeze may last before the guardian thaws on its own (the VSS window is 10 s too).
 DEFAULT_DEADLINE = 10.0
@@ -61,7 +65,6 @@ FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_ESCAPE_RE = re.compile(rb"\\([0-7]{3})")
 _LINE_MAX = 65536
 _START_TIMEOUT = 15.0
 _REPLY_TIMEOUT = 30.0
@@ -69,57 +72,6 @@ _REPLY_TIMEOUT = 30.0
 
 # --------------------------------------------------------------------------------------------
 # mount table
-
-
-def _unescape(raw):
-    """Decode the kernel's octal escapes (``\\040`` space, ``\\011`` tab, ``\\012``, ``\\134``)."""
-    return os.fsdecode(_ESCAPE_RE.sub(lambda m: bytes([int(m.group(1), 8)]), raw))
-
-
-def parse_mountinfo(data):
-    """Parse the text of ``/proc/<pid>/mountinfo`` (bytes or str) into a list of dicts.
-
-    Keys: ``mount_id``, ``parent_id`` (ints), ``dev`` (``"maj:min"``), ``root``,
-    ``mountpoint``, ``options``, ``optional`` (list, e.g. ``["shared:1"]``), ``fstype``,
-    ``source``, ``super_options``. Paths have their octal escapes decoded.
-    """
-    if isinstance(data, str):
-        data = os.fsencode(data)
-    entries = []
-    for lineno, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        fields = line.split(b" ")
-        try:
-            sep = fields.index(b"-", 6)
-            entry = {
-                "mount_id": int(fields[0]),
-                "parent_id": int(fields[1]),
-                "dev": fields[2].decode("ascii"),
-                "root": _unescape(fields[3]),
-                "mountpoint": _unescape(fields[4]),
-                "options": fields[5].decode("ascii", "replace"),
-                "optional": [f.decode("ascii", "replace") for f in fields[6:sep]],
-                "fstype": _unescape(fields[sep + 1]),
-                "source": _unescape(fields[sep + 2]),
-                "super_options": _unescape(fields[sep + 3]) if len(fields) > sep + 3 else "",
-            }
-        except (ValueError, IndexError, UnicodeDecodeError):
-            raise StillpointError(
-                "cannot parse line %d of the mount table: %r; this kernel's mountinfo format is not "
-                "understood, please report it" % (lineno, line))
-        entries.append(entry)
-    return entries
-
-
-def read_mountinfo(path="/proc/self/mountinfo"):
-    """Read and parse a mountinfo file (see :func:`parse_mountinfo`)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise StillpointError("cannot read the mount table %s: %s; is /proc mounted?" % (path, exc.strerror))
-    return parse_mountinfo(data)
 
 
 def _visible_mounts(mountinfo):
@@ -317,7 +269,7 @@ class _GuardianProcess:
         self.owner = owner
         self.listener = listener
         self.wake_r = wake_r
-        self.fds = fds
+        self.fds = list(fds)
         self.plan = plan
         self.token = token
         self.deadline_s = deadline
@@ -393,7 +345,19 @@ class _GuardianProcess:
             else:
                 errors.append({"mountpoint": mountpoint, "errno": err, "strerror": os.strerror(err)})
         self.frozen = []
+        self.release_fds()
         return undone, errors
+
+    def release_fds(self):
+        """Close the handles of everything no longer frozen: a thawed filesystem must not stay busy
+        (unmountable) while the guardian keeps its record for the grace period."""
+        for index, fd in enumerate(self.fds):
+            if fd >= 0 and index not in self.frozen:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                self.fds[index] = -1
 
     def thaw_one(self, index):
         for attempt in range(3):
@@ -435,6 +399,7 @@ class _GuardianProcess:
             "thaw_errors": errors,
         }
         self.frozen = [] if not errors else [i for i in self.frozen if self.plan[i]["mountpoint"] in errors]
+        self.release_fds()
         self.state = "thawed"
 
     def status(self):
@@ -673,6 +638,35 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
 
 # --------------------------------------------------------------------------------------------
 # the client
+
+
+def _libc_syncfs():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+def presync_filesystems(mountpoints):
+    """``syncfs(2)`` each filesystem (``sync`` of everything where libc has no syncfs).
+
+    Returns the milliseconds it took. Runs in the client, before anything is frozen.
+    """
+    t0 = time.monotonic()
+    syncfs = _libc_syncfs()
+    if syncfs is None:
+        os.sync()
+    else:
+        for mountpoint in mountpoints:
+            try:
+                fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # the guardian reports unusable mountpoints
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)
+    return round((time.monotonic() - t0) * 1000.0, 3)
 
 
 class _GuardianLost(Exception):
@@ -936,7 +930,12 @@ class Guardian:
     # -- operations -----------------------------------------------------------------------
 
     def freeze(self):
-        """Freeze the plan in order. Returns ``{"mounts": [{"mountpoint", "freeze_ms"}], "frozen_at", "deadline"}``."""
+        """Freeze the plan in order. Returns ``{"mounts": [{"mountpoint", "freeze_ms"}], "frozen_at", "deadline"}``.
+
+        Dirty data is written out first (``syncfs`` per filesystem, outside the window), so that the
+        freeze itself only flushes what was written since: the window stays short under write load.
+        """
+        presync = presync_filesystems([p["mountpoint"] for p in self.plan])
         try:
             reply = self._request("freeze", timeout=self.deadline_s + _REPLY_TIMEOUT)
         except _GuardianLost as exc:
@@ -954,7 +953,8 @@ class Guardian:
         self._deadline_mono = reply.get("deadline_mono")
         self.deadline = reply["deadline"]
         self._frozen = list(range(len(reply["mounts"])))
-        return {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"]}
+        return {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"],
+                "presync_ms": presync}
 
     def thaw(self):
         """Thaw in reverse order and return the record (see the module docs); idempotent."""

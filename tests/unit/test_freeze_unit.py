@@ -125,12 +125,12 @@ def test_read_mountinfo_of_this_process_has_a_root():
 
 
 def test_unparseable_mountinfo_line_is_an_error():
-    with pytest.raises(StillpointError, match="cannot parse line 2"):
+    with pytest.raises(StillpointError, match="Cannot parse mountinfo line 2"):
         _freeze.parse_mountinfo("1 0 254:0 / / rw - ext4 /dev/vda rw\nthis is not mountinfo\n")
 
 
 def test_missing_mountinfo_file_is_an_error(tmp_path):
-    with pytest.raises(StillpointError, match="cannot read the mount table"):
+    with pytest.raises(StillpointError, match="Cannot read the mount table"):
         _freeze.read_mountinfo(str(tmp_path / "absent"))
 
 
