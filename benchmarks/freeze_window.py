@@ -44,7 +44,7 @@ def stock_tasks(ec2, inst):
         "name": "stock",
         "block": [
             {"name": "freeze", "ansible.builtin.shell":
-                "date +%%s%%N; for m in %s; do fsfreeze -f $m; done" % mps, "register": "fr"},
+                "date +%%s%%N; for m in %s; do fsfreeze -f $m; done; date +%%s%%N" % mps, "register": "fr"},
             {"name": "snapshot",
              "amazon.aws.ec2_snapshot": dict(aws, volume_id="{{ item }}", description="stock benchmark"),
              "loop": inst.volume_ids},
@@ -74,20 +74,25 @@ def measure(approach, ec2, inst, workdir):
     if rc != 0:
         raise SystemExit("%s run failed: %s" % (approach, json.dumps(results, indent=1)[-3000:]))
     if approach == "stock":
-        start = int(results["freeze"]["stdout"].split()[0])
+        start, frozen = (int(x) for x in results["freeze"]["stdout"].split()[:2])
         end = int(results["thaw"]["stdout"].split()[-1])
-        window = (end - start) / 1e6
-        creates = len(ec2.calls("CreateSnapshot"))
-    else:
-        window = results["ours"]["freeze_window_ms"]
-        creates = len(ec2.calls("CreateSnapshots"))
-    return window, wall, creates
-
+        return {"window_ms": (end - start) / 1e6, "wall_s": wall, "creates": len(ec2.calls("CreateSnapshot")),
+                "kernel_freeze_ms": (frozen - start) / 1e6, "call_ms": None}
+    res = results["ours"]
+    return {"window_ms": res["freeze_window_ms"], "wall_s": wall, "creates": len(ec2.calls("CreateSnapshots")),
+            "kernel_freeze_ms": sum(m["freeze_ms"] for m in res["freeze"]["mounts"]), "call_ms": res["call_ms"]}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--volumes", default="1,4,16")
+    parser.add_argument("--layout", choices=["array", "filesystems"], default="array",
+                        help="array: one filesystem striped over all the volumes (btrfs raid0 on loop devices, the "
+                             "issue's multi-volume array); filesystems: one ext4 filesystem per volume")
+    parser.add_argument("--image-dir", default="/tmp",
+                        help="where the loop images live: /tmp is this machine's disk (every freeze pays a host disk "
+                             "flush per filesystem), /dev/shm is memory (the freeze costs what the kernel does, and the "
+                             "window shows what the procedure adds)")
     args = parser.parse_args()
     why = missing_requirements()
     if why:
@@ -100,28 +105,32 @@ def main():
         ec2.start(os.path.join(workdir, "ec2"), pending_seconds=0)
         try:
             for n in counts:
-                with EmulatedInstance(ec2, n=n, size_mb=16) as inst:
+                with EmulatedInstance(ec2, n=n, size_mb=16, image_dir=args.image_dir, layout=args.layout) as inst:
                     for approach in approaches:
                         runs = [measure(approach, ec2, inst, workdir) for _run in range(args.runs)]
-                        table[(approach, n)] = {
-                            "window_ms": statistics.median(r[0] for r in runs),
-                            "wall_s": statistics.median(r[1] for r in runs),
-                            "creates": sorted(set(r[2] for r in runs)),
-                        }
-                        row = table[(approach, n)]
+                        row = dict((key, statistics.median(r[key] for r in runs))
+                                   for key in ("window_ms", "wall_s", "kernel_freeze_ms"))
+                        row["call_ms"] = (statistics.median(r["call_ms"] for r in runs)
+                                          if runs[0]["call_ms"] is not None else None)
+                        row["creates"] = sorted(set(r["creates"] for r in runs))
+                        table[(approach, n)] = row
                         print("measured %-10s %2d volumes: window %9.1f ms  wall %6.2f s  create calls/run %s"
                               % (approach, n, row["window_ms"], row["wall_s"], row["creates"]), flush=True)
         finally:
             ec2.stop()
 
     print()
-    print("median of %d runs, %s, ansible local connection, endpoint on 127.0.0.1" % (args.runs, "volumes " + args.volumes))
-    print("%-11s %8s %14s %10s %16s" % ("approach", "volumes", "window ms", "wall s", "create calls/run"))
+    print("median of %d runs, volumes %s, layout %s, loop images in %s, ansible local connection, endpoint on "
+          "127.0.0.1" % (args.runs, args.volumes, args.layout, args.image_dir))
+    print("%-11s %8s %11s %17s %12s %8s %17s" % ("approach", "volumes", "window ms", "kernel freeze ms",
+                                                   "EC2 call ms", "wall s", "create calls/run"))
     for approach in approaches:
         for n in counts:
             row = table[(approach, n)]
-            print("%-11s %8d %14.1f %10.2f %16s" % (approach, n, row["window_ms"], row["wall_s"],
-                                                    ",".join(str(c) for c in row["creates"])))
+            call = "%.1f" % row["call_ms"] if row["call_ms"] is not None else "-"
+            print("%-11s %8d %11.1f %17.1f %12s %8.2f %17s" % (
+                approach, n, row["window_ms"], row["kernel_freeze_ms"], call, row["wall_s"],
+                ",".join(str(c) for c in row["creates"])))
     print()
     for approach in ("host", "controller"):
         if 1 in counts and 16 in counts:

@@ -161,9 +161,10 @@ def plan_members(instance, include_volume_ids=None, exclude_volume_ids=(), exclu
 
 # --------------------------------------------------------------------------- the call
 
-def create_call(client, plan, shared_tags, description=None, copy_tags_from_source=False):
+def create_call(client, plan, shared_tags, description=None, copy_tags_from_source=False, dry_run=False):
     """Exactly one CreateSnapshots call, no retry here (the caller thaws before any backoff)."""
     kwargs = {
+        "DryRun": True if dry_run else None,
         "InstanceSpecification": {
             "InstanceId": plan["instance_id"],
             "ExcludeBootVolume": plan["exclude_boot_volume"],
@@ -349,6 +350,7 @@ class SnapshotSetRun:
         self.sleep = sleep
         self.log = log or (lambda msg: None)
         self.create_calls = 0
+        self.call_ms = None
         self.cycles = []
 
     def _shared_tags(self, level, freeze_ms=None, state="pending"):
@@ -364,6 +366,24 @@ class SnapshotSetRun:
                                     self.mountpoints_by_volume.get(m["volume_id"], ()))
                 for m in self.plan["members"]]
 
+    def preflight(self, shared):
+        """CreateSnapshots with DryRun, before anything is frozen.
+
+        EC2 checks permissions and parameters and answers DryRunOperation; a refusal
+        (UnauthorizedOperation, a bad parameter) surfaces now, with nothing frozen. It also readies the
+        client (connection, operation model, serializer), so the real call inside the window costs
+        one round trip and nothing more.
+        """
+        try:
+            RETRY(create_call)(self.call_client, self.plan, shared, self.description, self.copy_tags_from_source,
+                               dry_run=True)
+        except botocore.exceptions.ClientError as e:
+            if error_code(e) == "DryRunOperation":
+                return
+            raise aws_error("CreateSnapshots would be refused (checked with DryRun; nothing was frozen or created)", e)
+        raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
+                              "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
+
     def take(self, quiescer, intended_level):
         """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
 
@@ -372,18 +392,21 @@ class SnapshotSetRun:
         """
         last_error = None
         shared = self._shared_tags(intended_level)  # built (and checked) before anything is frozen
+        self.preflight(shared)
         for cycle in range(1, self.max_cycles + 1):
             froze = quiescer.freeze()
             items, err = None, None
+            t_call = time.monotonic()
             try:
                 items = create_call(self.call_client, self.plan, shared, self.description,
                                     self.copy_tags_from_source)
             except botocore.exceptions.ClientError as e:
                 err = e
             finally:
+                self.call_ms = round((time.monotonic() - t_call) * 1000.0, 3)
                 self.create_calls += 1
                 thawed = quiescer.thaw()
-            self.cycles.append({"cycle": cycle, "freeze": froze, "thaw": thawed,
+            self.cycles.append({"cycle": cycle, "freeze": froze, "thaw": thawed, "call_ms": self.call_ms,
                                 "error": error_code(err) if err is not None else None})
             if err is None:
                 return items, froze, thawed
@@ -440,6 +463,7 @@ class SnapshotSetRun:
         result.update({
             "level": level, "freeze": froze, "thaw": thawed, "freeze_window_ms": freeze_ms,
             "members": members, "snapshot_ids": all_ids, "create_calls": self.create_calls,
+            "call_ms": self.call_ms,
             "cycles": len(self.cycles), "hooks": hook_report, "state": "pending",
         })
         if wait:

@@ -253,6 +253,11 @@ create_calls:
   description: Number of CreateSnapshots calls made (more than one only after throttling).
   returned: success
   type: int
+call_ms:
+  description: Duration of the successful CreateSnapshots call as seen by the caller, milliseconds; the freeze
+    window is the kernel's freeze time (C(freeze.mounts[].freeze_ms)) plus this plus the thaw.
+  returned: success
+  type: float
 progress:
   description: Progress samples while waiting (C(elapsed_s), per-snapshot C(progress) and C(states)).
   returned: when waited

@@ -202,11 +202,15 @@ class Endpoint:
         """How long AttachVolume/DetachVolume show ``attaching``/``detaching``."""
         self.control("delays", attach_seconds=attach_seconds, detach_seconds=detach_seconds)
 
-    def calls(self, action=None):
+    def calls(self, action=None, dry_run=False):
         """The logged EC2 requests (oldest first): ``{"seq", "action", "params", "region", "status",
-        "error_code", "error_message", "injected", "t_start", "t_end", "wall_start"}``; times are
-        ``time.monotonic()`` of the server (system-wide clock)."""
-        return self.control("calls", action=action)["calls"]
+        "error_code", "error_message", "injected", "dry_run", "t_start", "t_end", "wall_start"}``;
+        times are ``time.monotonic()`` of the server (system-wide clock). DryRun requests are left
+        out unless ``dry_run`` is true (``None`` lists only them)."""
+        calls = self.control("calls", action=action)["calls"]
+        if dry_run is True:
+            return calls
+        return [c for c in calls if bool(c.get("dry_run")) == (dry_run is None)]
 
     def clear_calls(self):
         self.control("clear_calls")

@@ -89,8 +89,11 @@ class Middleware:
             "t_start": time.monotonic(),
             "wall_start": time.time(),
             "injected": None,
+            "dry_run": params.get("DryRun", "").lower() == "true",
         }
-        if not internal:
+        # Injected latency and faults target real calls: a DryRun (a permission and parameter check,
+        # which the collection makes before freezing) passes through untouched, and is logged as such.
+        if not internal and not entry["dry_run"]:
             delay = world.latency_for(action)
             if delay:
                 time.sleep(delay / 1000.0)

@@ -70,6 +70,10 @@ def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
     assert res["create_calls"] == 1
     assert len(ec2.calls("CreateSnapshots")) == 1
     assert ec2.calls("CreateSnapshot") == []
+    # permissions and parameters were checked with DryRun before anything was frozen
+    dry = ec2.calls("CreateSnapshots", dry_run=None)
+    assert len(dry) == 1 and dry[0]["error_code"] == "DryRunOperation"
+    assert dry[0]["t_end"] <= ec2.calls("CreateSnapshots")[0]["t_start"]
     assert res["freeze_window_ms"] > 0
     assert [m["volume_id"] for m in res["members"]] == inst.volume_ids
     # progress was sampled while the endpoint kept the snapshots pending

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 
+from tests.support.loopfs import LoopArray
 from tests.support.loopfs import LoopFS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,15 +25,24 @@ COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 
 
 class EmulatedInstance:
-    """``n`` loop filesystems registered as the data volumes of one instance at ``endpoint``."""
+    """``n`` loop devices registered as the data volumes of one instance at ``endpoint``.
 
-    def __init__(self, endpoint, n=4, size_mb=16, fstype="ext4", az=None, backed=False):
+    ``layout="filesystems"``: one filesystem (``fstype``) per volume. ``layout="array"``: one btrfs
+    filesystem striped over all ``n`` volumes (``-d raid0``), the multi-volume array of seed 000.
+    """
+
+    def __init__(self, endpoint, n=4, size_mb=16, fstype="ext4", az=None, backed=False, image_dir=None,
+                 layout="filesystems"):
+        if layout not in ("filesystems", "array"):
+            raise ValueError("layout is filesystems or array, not %r" % layout)
+        self.layout = layout
         self.endpoint = endpoint
         self.n = n
         self.size_mb = size_mb
         self.fstype = fstype
         self.az = az
         self.backed = backed
+        self.image_dir = image_dir  # where the loop images live (default /tmp)
         self.filesystems = []
         self.by_id_dir = None
         self.info = None
@@ -46,24 +56,32 @@ class EmulatedInstance:
 
     def create(self):
         try:
-            for _index in range(self.n):
-                fs = LoopFS(size_mb=self.size_mb, fstype=self.fstype)
-                self.filesystems.append(fs)
-                fs.create()
+            if self.layout == "array":
+                array = LoopArray(n=self.n, size_mb=max(self.size_mb, 128), workdir=self.image_dir)
+                self.filesystems.append(array)
+                array.create()
+                members = list(zip(array.devices, array.images))
+            else:
+                for _index in range(self.n):
+                    fs = LoopFS(size_mb=self.size_mb, fstype=self.fstype, workdir=self.image_dir)
+                    self.filesystems.append(fs)
+                    fs.create()
+                members = [(fs.device, fs.image) for fs in self.filesystems]
+            self.member_devices = [device for device, _image in members]
             volumes = []
-            for i, fs in enumerate(self.filesystems):
+            for i, (_device, image) in enumerate(members):
                 vol = {"size": 1, "device": "/dev/sd%s" % "fghijklmnopqrstuvwxyz"[i]}
                 if self.backed:
-                    vol["backing_file"] = fs.image
+                    vol["backing_file"] = image
                 volumes.append(vol)
             kwargs = {"volumes": volumes}
             if self.az:
                 kwargs["az"] = self.az
             self.info = self.endpoint.create_instance(**kwargs)
             self.by_id_dir = tempfile.mkdtemp(prefix="stillpoint-by-id-")
-            for fs, vol in zip(self.filesystems, self.info["volumes"]):
+            for device, vol in zip(self.member_devices, self.info["volumes"]):
                 link = "nvme-Amazon_Elastic_Block_Store_%s" % vol["volume_id"].replace("-", "")
-                os.symlink(fs.device, os.path.join(self.by_id_dir, link))
+                os.symlink(device, os.path.join(self.by_id_dir, link))
             self.endpoint.set_imds(instance_id=self.info["instance_id"], az=self.info["az"])
         except BaseException:
             self.cleanup()
