@@ -25,6 +25,7 @@ system-deps:
 	command -v fsfreeze >/dev/null || need="$$need util-linux"; \
 	command -v losetup >/dev/null || need="$$need mount"; \
 	command -v mkfs.ext4 >/dev/null || need="$$need e2fsprogs"; \
+	command -v mkfs.btrfs >/dev/null || need="$$need btrfs-progs"; \
 	command -v timeout >/dev/null || need="$$need coreutils"; \
 	command -v git >/dev/null || need="$$need git"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \

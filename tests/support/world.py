@@ -120,6 +120,7 @@ def ansible_env(endpoint, extra=None):
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
         "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
         "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+        "ANSIBLE_SHOW_CUSTOM_STATS": "true",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
