@@ -57,7 +57,8 @@ integration: deps
 sanity: deps
 	rm -rf $(BUILD)/sanity && mkdir -p $(SANITY_ROOT)/stillpoint/snapshots $(SANITY_ROOT)/amazon
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(SANITY_ROOT)/stillpoint/snapshots
-	ln -s $$($(BIN)/python -c 'import ansible_collections.amazon.aws as m; print(list(m.__path__)[0])') $(SANITY_ROOT)/amazon/aws
+	aws=$$($(BIN)/python -c 'import ansible_collections.amazon.aws as m; print(list(m.__path__)[0])') && \
+	  test -d "$$aws" && ln -s "$$aws" $(SANITY_ROOT)/amazon/aws
 	# the copy lies inside this repository's ignored .build/: give it its own git index
 	cd $(SANITY_ROOT)/stillpoint/snapshots && git init -q && git add -A
 	$(BIN)/python tests/sanity/pip_bootstrap.py
