@@ -82,6 +82,7 @@ def measure(approach, ec2, inst, workdir):
     return {"window_ms": res["freeze_window_ms"], "wall_s": wall, "creates": len(ec2.calls("CreateSnapshots")),
             "kernel_freeze_ms": sum(m["freeze_ms"] for m in res["freeze"]["mounts"]), "call_ms": res["call_ms"]}
 
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -122,8 +123,8 @@ def main():
     print()
     print("median of %d runs, volumes %s, layout %s, loop images in %s, ansible local connection, endpoint on "
           "127.0.0.1" % (args.runs, args.volumes, args.layout, args.image_dir))
-    print("%-11s %8s %11s %17s %12s %8s %17s" % ("approach", "volumes", "window ms", "kernel freeze ms",
-                                                   "EC2 call ms", "wall s", "create calls/run"))
+    header = ("approach", "volumes", "window ms", "kernel freeze ms", "EC2 call ms", "wall s", "create calls/run")
+    print("%-11s %8s %11s %17s %12s %8s %17s" % header)
     for approach in approaches:
         for n in counts:
             row = table[(approach, n)]

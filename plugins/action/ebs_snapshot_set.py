@@ -207,7 +207,7 @@ class ActionModule(ActionBase):
         run = ebs.SnapshotSetRun(
             client, plan["members"], set_id, name=params["name"], host=host.get("hostname") or socket.gethostname(),
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
-            procedure=params["procedure"], array=params["array"], mountpoints_by_volume=plan["mounts_by_volume"],
+            procedure=params["procedure"], array=plan["layout"], mountpoints_by_volume=plan["mounts_by_volume"],
             extra_tags=params["tags"], log=display.vvv,
             call_client=_AWS(params).client("ec2", config=ebs.no_retry_config()))
         res = run.run(quiescer, hooks=hooks, wait=False)

@@ -414,7 +414,7 @@ class DeviceResolver:
             return
         entry = dict(
             mountpoint=mount["mountpoint"], fstype=mount["fstype"], source=mount["source"],
-            majmin=mount["majmin"], disks=[], volume_ids=[],
+            majmin=mount["majmin"], options=",".join(mount["options"]), disks=[], volume_ids=[],
         )
         for disk in disks:
             vol = self.volume_id(disk, attachments=attachments, _by_id=by_id)

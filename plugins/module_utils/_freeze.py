@@ -40,7 +40,6 @@ import sysconfig
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import parse_mountinfo  # noqa: F401
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
 
 # Seconds a freeze may last before the guardian thaws on its own (the VSS window is 10 s too).

@@ -96,7 +96,23 @@ def build_plan(client, params, host, instance_id=None):
     public = dict(members, freeze=[p["mountpoint"] for p in (host["freeze_plan"] or [])], level=level,
                   mountpoints_by_volume=mounts_by_volume)
     return {"members": members, "freeze_plan": host["freeze_plan"], "mounts_by_volume": mounts_by_volume,
-            "public": public}
+            "layout": layout(params.get("array"), host["mounts"], members), "public": public}
+
+
+def layout(array, mounts, members):
+    """The array descriptor recorded in the catalog: what the user gave, plus the filesystems that
+    live on the members (mountpoint, type, mount options, member indexes in disk order), which a
+    restore needs to bring them back (docs/catalog.md)."""
+    out = dict(array or {})
+    index = dict((m["volume_id"], m["index"]) for m in members["members"])
+    filesystems = []
+    for mount in mounts:
+        filesystems.append({"mountpoint": mount["mountpoint"], "fstype": mount["fstype"],
+                            "options": mount.get("options", ""),
+                            "members": [index[v] for v in mount["volume_ids"] if v in index]})
+    if filesystems:
+        out.setdefault("filesystems", filesystems)
+    return out or None
 
 
 def host_plan(client, params, protect_paths=()):

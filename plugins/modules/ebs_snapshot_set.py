@@ -118,7 +118,10 @@ options:
     type: bool
     default: false
   array:
-    description: "Array descriptor recorded in the catalog, for example C({\"type\": \"md\", \"level\": 0})."
+    description:
+      - "Array descriptor recorded in the catalog, for example C({\"kind\": \"md\", \"level\": \"raid0\"})."
+      - The filesystems found under I(mountpoints) are added to it as C(filesystems) (mountpoint, type, mount
+        options, member indexes), which a restore uses.
     type: dict
   procedure:
     description: Name of the procedure recorded in the catalog.
@@ -317,7 +320,7 @@ def main():
         run = ebs.SnapshotSetRun(
             client, plan["members"], set_id, name=params["name"], host=socket.gethostname(),
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
-            procedure=params["procedure"], array=params["array"], mountpoints_by_volume=plan["mounts_by_volume"],
+            procedure=params["procedure"], array=plan["layout"], mountpoints_by_volume=plan["mounts_by_volume"],
             extra_tags=params["tags"], log=module.log,
             call_client=module.client("ec2", config=ebs.no_retry_config()))
         out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],

@@ -2,6 +2,7 @@
 """ebs_snapshot_set end to end: ansible-playbook on localhost, real freezes of loop filesystems that
 the tests created, a real HTTP EC2 endpoint on 127.0.0.1 (tests/ec2_endpoint)."""
 
+import json
 import os
 import time
 
@@ -93,6 +94,9 @@ def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
         assert tags["stillpoint:instance"] == inst.instance_id
         assert tags["stillpoint:creator"] == "stillpoint.snapshots"
         assert float(tags["stillpoint:freeze-ms"]) == pytest.approx(res["freeze_window_ms"], abs=0.001)
+        layout = json.loads("".join(tags[k] for k in sorted(tags) if k.startswith("stillpoint:array")))
+        assert layout["filesystems"] == [{"mountpoint": mp, "fstype": "ext4", "options": "rw,relatime",
+                                          "members": [j]} for j, mp in enumerate(inst.mountpoints)]
 
 
 def test_check_mode_touches_nothing(tmp_path, ec2, inst):

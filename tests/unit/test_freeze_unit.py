@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _devices
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
@@ -25,7 +26,7 @@ FAKE = "/stillpoint-fake"
 
 
 def _fixture(name):
-    return _freeze.read_mountinfo(os.path.join(FIXTURES, name))
+    return _devices.read_mountinfo(os.path.join(FIXTURES, name))
 
 
 def _by_mountpoint(entries, suffix):
@@ -40,7 +41,7 @@ def _table(*lines):
         "1 0 254:0 / / rw,relatime - ext4 /dev/vda rw",
         "20 1 0:21 / /proc rw,relatime - proc proc rw",
     ]
-    return _freeze.parse_mountinfo("\n".join(head + list(lines)) + "\n")
+    return _devices.parse_mountinfo("\n".join(head + list(lines)) + "\n")
 
 
 STANDARD = [
@@ -119,19 +120,19 @@ def test_bind_mounts_keep_their_root():
 
 
 def test_read_mountinfo_of_this_process_has_a_root():
-    entries = _freeze.read_mountinfo()
+    entries = _devices.read_mountinfo()
     assert any(e["mountpoint"] == "/" for e in entries)
     assert all(isinstance(e["mount_id"], int) and ":" in e["dev"] for e in entries)
 
 
 def test_unparseable_mountinfo_line_is_an_error():
     with pytest.raises(StillpointError, match="Cannot parse mountinfo line 2"):
-        _freeze.parse_mountinfo("1 0 254:0 / / rw - ext4 /dev/vda rw\nthis is not mountinfo\n")
+        _devices.parse_mountinfo("1 0 254:0 / / rw - ext4 /dev/vda rw\nthis is not mountinfo\n")
 
 
 def test_missing_mountinfo_file_is_an_error(tmp_path):
     with pytest.raises(StillpointError, match="Cannot read the mount table"):
-        _freeze.read_mountinfo(str(tmp_path / "absent"))
+        _devices.read_mountinfo(str(tmp_path / "absent"))
 
 
 # ------------------------------------------------------------------------------------------
