@@ -215,15 +215,34 @@ class Endpoint:
     def clear_calls(self):
         self.control("clear_calls")
 
-    def create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large", boot_size=8):
+    def create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large", boot_size=8,
+                        local=False, by_id_dir=None):
         """An instance with attached volumes, built through RunInstances/CreateVolume/AttachVolume.
 
         ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...}}]``.
         Returns ``{"instance_id", "az", "boot_volume_id", "root_device_name", "image_id",
-        "volumes": [{"volume_id", "device", ["backing_file"]}]}``.
+        "volumes": [{"volume_id", "device", ["backing_file"], ["loop_device", "link"]}]}``.
+        ``local=True`` (needs ``by_id_dir``): the instance is local (see ``make_local``) before its
+        volumes are attached, so each file-backed one is a loop device with its link on return.
         """
-        return self.control("create_instance", az=az, boot=boot, volumes=list(volumes or ()), tags=tags,
-                            instance_type=instance_type, boot_size=boot_size)
+        args = dict(az=az, boot=boot, volumes=list(volumes or ()), tags=tags, instance_type=instance_type,
+                    boot_size=boot_size)
+        if local:
+            args.update(local=True, by_id_dir=None if by_id_dir is None else os.path.abspath(str(by_id_dir)))
+        return self.control("create_instance", **args)
+
+    def make_local(self, instance_id, by_id_dir):
+        """Mark ``instance_id`` local: AttachVolume of a file-backed volume to it runs ``losetup`` on
+        this host and makes ``<by_id_dir>/nvme-Amazon_Elastic_Block_Store_vol<id>`` -> ``/dev/loopN``
+        during ``attaching``; DetachVolume removes both, and stays ``busy`` while the device is
+        mounted or open (``Force=True`` detaches anyway, lazily). File-backed volumes already
+        attached to it become loop devices now. Returns ``{"instance_id", "by_id_dir", "devices"}``."""
+        return self.control("make_local", instance_id=instance_id, by_id_dir=os.path.abspath(str(by_id_dir)))
+
+    def local_devices(self, instance_id=None):
+        """Loop devices of local attachments not yet released: ``[{"volume_id", "instance_id",
+        "device", "loop_device", "image", "link", "linked", "state", "users"}]``."""
+        return self.control("local_devices", instance_id=instance_id)["devices"]
 
     def back_volume(self, volume_id, path):
         """Back ``volume_id`` by the host file ``path`` (a loop image); snapshots copy it as of the call."""

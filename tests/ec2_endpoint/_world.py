@@ -16,7 +16,10 @@ moto 5.2.5, see README.md):
   CreateTags/DeleteTags refuse snapshots of other accounts; CreateVolume refuses a snapshot that is
   not ``completed``;
 * volumes can be backed by a host file; snapshots copy it (sparse) as of the call, volumes created
-  from such a snapshot get their own copy.
+  from such a snapshot get their own copy;
+* instances marked local (``op_make_local``) get their file-backed volumes as loop devices on this
+  host, with the by-id link a Nitro instance would have (``_local.py``); a detach waits while the
+  device is in use (attachment ``busy``) unless forced.
 
 ``World`` holds the endpoint's own state (faults, latencies, the call log, the files) and the
 control operations (``op_*``) that the WSGI layer exposes under ``/_stillpoint/``.
@@ -28,6 +31,7 @@ each EC2 request), so the models are never seen half-changed.
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import os
 import secrets
@@ -45,6 +49,7 @@ from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id, random_volume_id
 
+from . import _local
 from ._sparse import sparse_copy
 
 ACCOUNT_ID = "123456789012"
@@ -63,7 +68,7 @@ ERROR_MESSAGES = {
 }
 FAIL_MESSAGE = "Snapshot failed (injected by the stillpoint test endpoint)"
 
-CTX = threading.local()  # action, internal, pending of the EC2 request being served
+CTX = threading.local()  # action, internal, pending, params, backend of the EC2 request being served
 WORLD = None  # the World of this process (the model patches need it)
 
 
@@ -230,9 +235,16 @@ def _create_volume(self, size, zone_name, snapshot_id=None, *args, **kwargs):
 
 
 def _detaching(volume):
-    """The attachment ``volume`` is still detaching from, or None."""
+    """The attachment ``volume`` is still detaching from, or None.
+
+    A local attachment (loop device) keeps detaching, or ``busy``, until the backend released it."""
     pending = volume.__dict__.get("_sp_detaching")
-    if pending and time.monotonic() < pending[1]:
+    if not pending:
+        return None
+    local = pending[0].__dict__.get("_sp_local")
+    if local is not None and not local.get("released"):
+        return pending[0]
+    if time.monotonic() < pending[1]:
         return pending[0]
     return None
 
@@ -263,15 +275,32 @@ def _attach_volume(self, volume_id, instance_id, device_path, delete_on_terminat
         raise _err("InvalidParameterValue", "Invalid value '%s' for unixDevice. Attachment point %s is "
                    "already in use" % (device_path, device_path))
     attachment = _ORIG["attach_volume"](self, volume_id, instance_id, device_path, delete_on_termination)
-    if attachment is not None and _api_call("AttachVolume"):
+    api = _api_call("AttachVolume")
+    if attachment is not None and api:
         attachment._sp_until = time.monotonic() + WORLD.attach_seconds
+    if attachment is not None and WORLD.is_local(instance_id) and getattr(volume, "_sp_file", None):
+        try:
+            WORLD.local_attach(volume, attachment, api)
+        except _local.LocalError as e:
+            _ORIG["detach_volume"](self, volume_id, instance_id, device_path)  # as if it never happened
+            raise _err("InternalError", "stillpoint test endpoint: cannot attach %s on this host: %s" % (volume_id, e))
     return attachment
+
+
+def _force_param():
+    params = _ctx("params") or {}
+    return str(params.get("Force", "")).lower() == "true"
 
 
 def _detach_volume(self, volume_id, instance_id, device_path):
     volume = self.get_volume(volume_id)
     attachment = volume.attachment
+    api = _api_call("DetachVolume")
+    force = api and _force_param()
     if attachment is None:
+        old = _detaching(volume)
+        if old is not None and force and WORLD.local_force(volume, old):
+            return old  # DetachVolume Force=true on a volume stuck detaching/busy
         raise _err("IncorrectState", "Volume '%s' is in the '%s' state." % (volume_id, volume.status))
     if instance_id and attachment.instance.id != instance_id:
         self.get_instance(instance_id)  # InvalidInstanceID.NotFound comes first
@@ -281,17 +310,26 @@ def _detach_volume(self, volume_id, instance_id, device_path):
         raise _err("InvalidAttachment.NotFound", "The volume '%s' is not attached to instance '%s' as "
                    "device '%s'." % (volume_id, attachment.instance.id, device_path))
     old = _ORIG["detach_volume"](self, volume_id, attachment.instance.id, attachment.device)
-    if _api_call("DetachVolume") and WORLD.detach_seconds > 0:
+    local = old.__dict__.get("_sp_local")
+    if api and (WORLD.detach_seconds > 0 or local is not None):
         old.status = "detaching"
         volume._sp_detaching = (old, time.monotonic() + WORLD.detach_seconds)
+    if local is not None:
+        # Any detach but a client's DetachVolume (TerminateInstances, the endpoint's own calls) is
+        # forced: the instance lets go of the device at once.
+        WORLD.local_detach(volume, old, force=force or not api)
     return old
 
 
 def _attachment_status(self):
     d = self.__dict__
     status = d.get("_sp_status")
-    if status == "attached" and time.monotonic() < d.get("_sp_until", 0.0):
-        return "attaching"
+    if status == "attached":
+        if time.monotonic() < d.get("_sp_until", 0.0):
+            return "attaching"
+        local = d.get("_sp_local")
+        if local is not None and not local.get("linked"):
+            return "attaching"  # attached only once the by-id link exists
     return status
 
 
@@ -430,6 +468,14 @@ class World:
         self._seq = itertools.count(1)
         self.calls = []
         self._reset_faults()
+        # the local attach backend: instance id -> by-id directory, loop devices, the poller's work
+        self.local = _local.LocalBackend(os.path.join(self.state_dir, "local"))
+        self.local_instances = {}
+        self._local_jobs = []
+        self._local_wake = threading.Event()
+        self._local_stop = threading.Event()
+        self._local_thread = None
+        self.recovered = self.local.recover()  # loop devices of an earlier server killed on this state dir
 
     # ------------------------------------------------------------------ helpers for the WSGI layer
 
@@ -497,14 +543,19 @@ class World:
         return {"pid": os.getpid(), "url": self.url, "imds_url": self.imds.url if self.imds else None,
                 "region": self.region, "account_id": self.account_id, "state_dir": self.state_dir,
                 "pending_seconds": self.pending_seconds, "attach_seconds": self.attach_seconds,
-                "detach_seconds": self.detach_seconds}
+                "detach_seconds": self.detach_seconds, "local_instances": dict(self.local_instances)}
 
     def op_reset(self, state=False):
-        """Clear faults, latencies, overrides and the call log; with ``state`` also every EC2 resource."""
+        """Clear faults, latencies, overrides and the call log; with ``state`` also every EC2 resource
+        (and every loop device and link of the local backend)."""
         self._reset_faults()
         self.op_clear_calls()
         if state:
             with self.lock:
+                self.local.release_all()
+                self.local_instances = {}
+                with self._mu:
+                    self._local_jobs = []
                 BackendDict.reset()
                 reset_model_data()
                 for kind in ("snapshots", "volumes"):
@@ -521,7 +572,7 @@ class World:
 
     def op_calls(self, action=None):
         with self._mu:
-            calls = [dict(c) for c in self.calls if action is None or c["action"] == action]
+            calls = [copy.deepcopy(c) for c in self.calls if action is None or c["action"] == action]
         return {"calls": calls}
 
     def _need(self, name, value):
@@ -673,6 +724,205 @@ class World:
         return {"instance_id": self.imds.instance_id, "region": self.imds.region,
                 "az": self.imds.availability_zone, "imds_url": self.imds.url}
 
+    # ------------------------------------------------------------------ the local attach backend
+
+    def is_local(self, instance_id):
+        return instance_id in self.local_instances
+
+    @staticmethod
+    def _log_backend(info):
+        """Put ``info`` in the call log entry of the client's EC2 request being served (if any)."""
+        if _ctx("action") and not _ctx("internal"):
+            CTX.backend = info
+
+    def local_attach(self, volume, attachment, api):
+        """``losetup`` the volume's file now; the by-id link follows halfway through ``attaching``
+        (at once for the endpoint's own calls). Caller holds ``self.lock``."""
+        instance_id = attachment.instance.id
+        rec = self.local.attach(volume.id, instance_id, volume._sp_file, self.local_instances[instance_id])
+        info = {"kind": "local", "op": "attach", "loop_device": rec["device"], "image": rec["image"],
+                "link": rec["link"], "linked_at": None}
+        state = {"rec": rec, "info": info, "attachment": attachment, "volume_id": volume.id,
+                 "instance_id": instance_id, "device": attachment.device, "linked": False, "detach": False,
+                 "busy": False, "released": False, "detach_infos": [], "link_due": time.monotonic()}
+        attachment._sp_local = state
+        self._log_backend(info)
+        delay = self.attach_seconds if api else 0.0
+        if delay > 0:
+            state["link_due"] += delay / 2.0
+            self._add_job(state)
+        else:
+            self._link(state)
+            if not state["linked"]:
+                self._add_job(state)  # retried by the poller; the attachment stays attaching
+
+    def _link(self, state):
+        with self.lock:
+            if state["linked"] or state["detach"]:
+                return
+            try:
+                self.local.link(state["rec"])
+            except OSError as e:
+                with self._mu:
+                    state["info"]["link_error"] = str(e)
+                return
+            state["linked"] = True
+            with self._mu:
+                state["info"]["linked_at"] = time.monotonic()
+                state["info"].pop("link_error", None)
+
+    def local_detach(self, volume, old, force):
+        """The detach of a local attachment: released now if nothing uses the loop device (or
+        ``force``), else ``busy`` until the poller sees it released. Caller holds ``self.lock``."""
+        state = old.__dict__["_sp_local"]
+        state["detach"] = True
+        rec = state["rec"]
+        users = _local.users(rec["device"])
+        info = {"kind": "local", "op": "detach", "loop_device": rec["device"], "link": rec["link"],
+                "force": bool(force), "users": users, "busy": bool(users and not force), "released_at": None}
+        state["detach_infos"].append(info)
+        self._log_backend(info)
+        if users and not force:
+            state["busy"] = True
+            old.status = "busy"
+            self._add_job(state)
+        else:
+            self._release(state)
+
+    def local_force(self, volume, old):
+        """DetachVolume Force=true on a local attachment that is still detaching or busy."""
+        state = old.__dict__.get("_sp_local")
+        if state is None or state["released"]:
+            return False
+        rec = state["rec"]
+        info = {"kind": "local", "op": "detach", "loop_device": rec["device"], "link": rec["link"], "force": True,
+                "users": _local.users(rec["device"]), "busy": False, "released_at": None}
+        state["detach_infos"].append(info)
+        self._log_backend(info)
+        self._release(state)
+        return True
+
+    def _release(self, state):
+        with self.lock:
+            if state["released"]:
+                return
+            result = self.local.release(state["rec"])
+            state["released"] = True
+            state["busy"] = False
+            attachment = state["attachment"]
+            if attachment.__dict__.get("_sp_status") == "busy":
+                attachment.status = "detaching"
+            with self._mu:
+                for info in state["detach_infos"]:
+                    if info["released_at"] is None:
+                        info.update(released_at=time.monotonic(), detached=result["detached"],
+                                    lazy=result["lazy"], error=result["error"])
+
+    def _add_job(self, state):
+        with self._mu:
+            if not any(job is state for job in self._local_jobs):
+                self._local_jobs.append(state)
+            if self._local_thread is None or not self._local_thread.is_alive():
+                self._local_thread = threading.Thread(target=self._local_loop, name="stillpoint-local",
+                                                      daemon=True)
+                self._local_thread.start()
+        self._local_wake.set()
+
+    def _local_loop(self):
+        """Make due links; release busy devices once nothing uses them (every 50 ms)."""
+        while not self._local_stop.is_set():
+            with self._mu:
+                jobs = list(self._local_jobs)
+            if not jobs:
+                self._local_wake.wait(0.5)
+                self._local_wake.clear()
+                continue
+            for state in jobs:
+                if self._local_stop.is_set():
+                    return
+                done = False
+                try:
+                    if state["released"]:
+                        done = True
+                    elif state["detach"]:
+                        if state["busy"]:
+                            users = _local.users(state["rec"]["device"])  # without the lock: it reads /proc
+                            if users:
+                                with self._mu:
+                                    state["detach_infos"][-1]["users"] = users
+                            else:
+                                self._release(state)
+                                done = True
+                        else:
+                            done = True
+                    elif time.monotonic() >= state["link_due"]:
+                        self._link(state)
+                        done = state["linked"]
+                except Exception as e:  # keep polling the others; say what went wrong in the log
+                    with self._mu:
+                        state["info"]["poll_error"] = "%s: %s" % (type(e).__name__, e)
+                if done:
+                    with self._mu:
+                        self._local_jobs = [job for job in self._local_jobs if job is not state]
+            self._local_wake.wait(0.05)
+            self._local_wake.clear()
+
+    def shutdown(self):
+        """Server stop: detach every loop device this endpoint made and remove its links."""
+        self._local_stop.set()
+        self._local_wake.set()
+        locked = self.lock.acquire(timeout=5.0)
+        try:
+            return self.local.release_all()
+        finally:
+            if locked:
+                self.lock.release()
+
+    def op_make_local(self, instance_id, by_id_dir, region=None):
+        """Mark ``instance_id`` local: its file-backed volumes are attached as loop devices on this
+        host with the links ``<by_id_dir>/nvme-Amazon_Elastic_Block_Store_vol...``. Volumes already
+        attached to it are attached locally now."""
+        self._need("instance_id", instance_id)
+        self._need("by_id_dir", by_id_dir)
+        if not os.path.isabs(by_id_dir):
+            raise ControlError("by_id_dir must be an absolute path, not %r" % by_id_dir)
+        with self.lock:
+            backend = self.backend(region)
+            try:
+                instance = backend.get_instance(instance_id)
+            except EC2ClientError as e:
+                raise ControlError("make_local: %s" % e)
+            os.makedirs(by_id_dir, exist_ok=True)
+            self.local_instances[instance_id] = os.path.abspath(by_id_dir)
+            for _device, bdm in instance.get_block_device_mapping:
+                volume = backend.volumes.get(bdm.volume_id)
+                attachment = volume.attachment if volume is not None else None
+                if attachment is None or not getattr(volume, "_sp_file", None) or "_sp_local" in attachment.__dict__:
+                    continue
+                try:
+                    self.local_attach(volume, attachment, api=False)
+                except _local.LocalError as e:
+                    raise ControlError("make_local: %s" % e)
+        return {"instance_id": instance_id, "by_id_dir": self.local_instances[instance_id],
+                "devices": self.op_local_devices(instance_id=instance_id, region=region)["devices"]}
+
+    def op_local_devices(self, instance_id=None, region=None):
+        """The loop devices of local attachments not yet released (attaching, attached, detaching, busy)."""
+        out = []
+        with self.lock:
+            for volume in list(self.backend(region).volumes.values()):
+                attachment = volume.attachment or _detaching(volume)
+                state = attachment.__dict__.get("_sp_local") if attachment is not None else None
+                if state is None or state["released"]:
+                    continue
+                if instance_id and state["instance_id"] != instance_id:
+                    continue
+                out.append({"volume_id": volume.id, "instance_id": state["instance_id"], "device": state["device"],
+                            "loop_device": state["rec"]["device"], "image": state["rec"]["image"],
+                            "link": state["rec"]["link"], "linked": state["linked"], "state": attachment.status,
+                            "users": state["detach_infos"][-1]["users"] if state["busy"] else []})
+        return {"devices": out}
+
     # ------------------------------------------------------------------ building the world
 
     def internal_client(self):
@@ -705,15 +955,20 @@ class World:
         raise ControlError("moto knows no EBS-backed Linux AMI in %s" % self.region)
 
     def op_create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large",
-                           boot_size=8, volume_type="gp3"):
+                           boot_size=8, volume_type="gp3", local=False, by_id_dir=None):
         """An instance built through the real EC2 API paths: RunInstances, CreateVolume, AttachVolume.
 
         ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...},
         "volume_type": "gp3"}]`` (device defaults to /dev/sdf, /dev/sdg, ...). Attachments are
         ``attached`` at once. ``boot=False``: the root volume is detached and deleted.
+        ``local=True``: the instance is made local (``op_make_local(instance, by_id_dir)``) before
+        its volumes are attached, so each file-backed volume is a loop device with its by-id link by
+        the time this returns (entries get ``loop_device`` and ``link``).
         """
         import botocore.exceptions
 
+        if local and not by_id_dir:
+            raise ControlError("create_instance: local=True needs by_id_dir")
         client = self.internal_client()
         az = az or self.region + "a"
         ami_id, root = self._ami()
@@ -737,6 +992,8 @@ class World:
                 client.detach_volume(VolumeId=boot_volume_id, InstanceId=instance_id)
                 client.delete_volume(VolumeId=boot_volume_id)
                 boot_volume_id = None
+            if local:
+                self.op_make_local(instance_id, by_id_dir)
             made = []
             specs = [dict(spec) for spec in volumes or ()]
             taken = set(spec.get("device") for spec in specs) | set([root])
@@ -748,10 +1005,14 @@ class World:
                 if spec.get("tags"):
                     vkw["TagSpecifications"] = [{"ResourceType": "volume", "Tags": _tag_list(spec["tags"])}]
                 volume_id = client.create_volume(**vkw)["VolumeId"]
-                client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
                 entry = {"volume_id": volume_id, "device": device}
-                if spec.get("backing_file"):
+                if spec.get("backing_file"):  # before the attach, so that a local instance gets a loop device
                     entry["backing_file"] = self.op_back_volume(volume_id, spec["backing_file"])["path"]
+                client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+                if local:
+                    for dev in self.op_local_devices(instance_id=instance_id)["devices"]:
+                        if dev["volume_id"] == volume_id:
+                            entry.update(loop_device=dev["loop_device"], link=dev["link"])
                 made.append(entry)
         except botocore.exceptions.ClientError as e:
             raise ControlError("create_instance: %s" % e)

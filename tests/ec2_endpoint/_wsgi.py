@@ -8,7 +8,8 @@
   queued for the action (the real EC2 XML error shape, so botocore parses the code), else moto
   under ``World.lock``; every request is logged with its action, parameters, HTTP status, error
   code and monotonic start/end times (CLOCK_MONOTONIC is system-wide, so a test process can
-  compare them with its own ``time.monotonic()``).
+  compare them with its own ``time.monotonic()``); what the local attach backend did for the
+  request (loop device, link, users of a busy device) goes in the entry as ``backend``.
 * Requests carrying the server's internal token (its own calls while building the world) skip
   faults and the log.
 * Anything else goes to moto untouched.
@@ -112,13 +113,21 @@ class Middleware:
         with world.lock:
             _world.CTX.action = action
             _world.CTX.internal = internal
-            _world.CTX.pending = world.take_pending() if action in _world.SNAPSHOT_ACTIONS and not internal else 0.0
+            takes_pending = action in _world.SNAPSHOT_ACTIONS and not internal and not entry["dry_run"]
+            _world.CTX.pending = world.take_pending() if takes_pending else 0.0
+            _world.CTX.params = params
+            _world.CTX.backend = None
             try:
                 status, headers, body = self._run(environ)
             finally:
+                backend = _world.CTX.backend
                 _world.CTX.action = None
                 _world.CTX.internal = False
                 _world.CTX.pending = 0.0
+                _world.CTX.params = None
+                _world.CTX.backend = None
+        if backend is not None:
+            entry["backend"] = backend
         entry["status"] = int(status.split(None, 1)[0])
         entry["error_code"] = entry["error_message"] = None
         if entry["status"] >= 400:

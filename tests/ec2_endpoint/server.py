@@ -8,6 +8,7 @@
 One process, 127.0.0.1 only. Once listening it writes one JSON line
 ``{"pid", "url", "imds_url", "control_url", "region", "state_dir"}`` to ``--ready-file`` (atomically)
 and to stdout. SIGTERM/SIGINT stop it; with ``--parent-pid`` it also stops when that process is gone.
+On the way out it detaches every loop device its local attach backend made and removes their links.
 """
 
 from __future__ import annotations
@@ -127,9 +128,18 @@ def main(argv=None):
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:
+        # a second SIGTERM must not cut the release of the loop devices short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         httpd.server_close()
-        if imds is not None:
-            imds.stop()
+        try:
+            for done in world.shutdown():
+                if done.get("error") or done.get("lazy"):
+                    sys.stderr.write("stillpoint ec2 endpoint: releasing %s: %s\n"
+                                     % (done["device"], done.get("error") or "in use, detached lazily"))
+        finally:
+            if imds is not None:
+                imds.stop()
     return 0
 
 

@@ -57,6 +57,7 @@ def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):
         args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
             "mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir, "endpoint_url": ec2.url,
             "region": ec2.region, "freeze_deadline": DEADLINE, "wait": False, "name": "killed",
+            "instance_id": inst.instance_id,
             "_ansible_remote_tmp": str(tmp_path), "_ansible_keep_remote_files": False,
         }}))
         env = dict(os.environ, **ec2.env())
@@ -75,7 +76,10 @@ def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):
                     if frozen:
                         writers.append(writer)
                         break
-                    assert proc.poll() is None, proc.communicate()
+                    if proc.poll() is not None:
+                        out, err = proc.communicate()
+                        raise AssertionError("kill %d: the module ended before freezing (rc=%s): %s %s"
+                                             % (attempt, proc.returncode, out.decode()[-2000:], err.decode()[-2000:]))
                     assert time.monotonic() - t0 < 30, "the module never froze"
                 if attempt % 2:
                     os.killpg(proc.pid, signal.SIGKILL)

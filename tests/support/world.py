@@ -8,15 +8,25 @@ volume at the local EC2 endpoint (tests/ec2_endpoint), attached to an instance t
 ``nvme-Amazon_Elastic_Block_Store_vol<id>`` that a Nitro instance would have is made in a
 directory of our own (passed as ``by_id_dir``), pointing at the loop device. The emulated instance
 metadata service answers with the instance's identity.
+
+With ``local=True`` the endpoint does the host side, as EC2 and udev would: the test makes sparse
+image files, the endpoint attaches them through its EC2 API to a local instance (losetup, link),
+and the test only makes and mounts filesystems on the devices the links point at. Restored
+volumes attached later to the same instance become loop devices too, so a restore can run end to
+end on this host.
 """
 
+import atexit
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
+from tests.support import loopfs as _loopfs
 from tests.support.loopfs import LoopArray
 from tests.support.loopfs import LoopFS
 
@@ -24,15 +34,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 
 
+LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
+_LIVE = []  # local instances not cleaned up yet (atexit safety net)
+
+
 class EmulatedInstance:
     """``n`` loop devices registered as the data volumes of one instance at ``endpoint``.
 
     ``layout="filesystems"``: one filesystem (``fstype``) per volume. ``layout="array"``: one btrfs
     filesystem striped over all ``n`` volumes (``-d raid0``), the multi-volume array of seed 000.
+
+    ``local=True``: the instance is local at the endpoint (``Endpoint.make_local``): the volumes are
+    file-backed (sparse images in a fresh directory under ``image_dir``), attached through the
+    endpoint's EC2 API, which makes the loop devices and the by-id links; the filesystems are then
+    made and mounted on the linked devices. Cleanup unmounts whatever is mounted from the
+    instance's loop devices or under its directory, detaches every local volume of the instance
+    through the API (Force if still busy), then detaches directly whatever loop device still holds
+    one of its images.
     """
 
     def __init__(self, endpoint, n=4, size_mb=16, fstype="ext4", az=None, backed=False, image_dir=None,
-                 layout="filesystems"):
+                 layout="filesystems", local=False):
         if layout not in ("filesystems", "array"):
             raise ValueError("layout is filesystems or array, not %r" % layout)
         self.layout = layout
@@ -41,11 +63,15 @@ class EmulatedInstance:
         self.size_mb = size_mb
         self.fstype = fstype
         self.az = az
-        self.backed = backed
+        self.local = bool(local)
+        self.backed = backed or self.local
         self.image_dir = image_dir  # where the loop images live (default /tmp)
         self.filesystems = []
         self.by_id_dir = None
         self.info = None
+        self.member_devices = []
+        self.workdir = None  # local: images and mountpoints
+        self.images = []  # local: the member images, in member order
 
     def __enter__(self):
         return self.create()
@@ -55,6 +81,8 @@ class EmulatedInstance:
         return False
 
     def create(self):
+        if self.local:
+            return self._create_local()
         try:
             if self.layout == "array":
                 array = LoopArray(n=self.n, size_mb=max(self.size_mb, 128), workdir=self.image_dir)
@@ -88,6 +116,57 @@ class EmulatedInstance:
             raise
         return self
 
+    def _create_local(self):
+        _LIVE.append(self)
+        try:
+            array = self.layout == "array"
+            size_mb = max(int(self.size_mb), 128) if array else max(int(self.size_mb), _loopfs._MKFS[self.fstype][1])
+            self.by_id_dir = tempfile.mkdtemp(prefix="stillpoint-by-id-")
+            self.workdir = tempfile.mkdtemp(prefix="stillpoint-local-", dir=self.image_dir or "/tmp")
+            volumes = []
+            for i in range(self.n):
+                image = os.path.join(self.workdir, "member%d.img" % i)
+                with open(image, "wb") as handle:
+                    handle.truncate(size_mb * 1024 * 1024)
+                self.images.append(image)
+                volumes.append({"size": max(1, -(-size_mb // 1024)), "device": "/dev/sd%s" % "fghijklmnopqrstuvwxyz"[i],
+                                "backing_file": image})
+            kwargs = {"volumes": volumes, "local": True, "by_id_dir": self.by_id_dir}
+            if self.az:
+                kwargs["az"] = self.az
+            self.info = self.endpoint.create_instance(**kwargs)
+            self.member_devices = [self.wait_link(v["volume_id"]) for v in self.info["volumes"]]
+            if array and self.n:
+                fs = _AttachedArray(self.member_devices, self.images, os.path.join(self.workdir, "mnt"))
+                self.filesystems.append(fs)
+                fs.create()
+            elif not array:
+                for i, (device, image) in enumerate(zip(self.member_devices, self.images)):
+                    fs = _AttachedFS(device, image, self.fstype, os.path.join(self.workdir, "mnt%d" % i))
+                    self.filesystems.append(fs)
+                    fs.create()
+            self.endpoint.set_imds(instance_id=self.info["instance_id"], az=self.info["az"])
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def link_path(self, volume_id):
+        """Where the by-id link of ``volume_id`` is (or would be) for this instance."""
+        return os.path.join(self.by_id_dir, LINK_PREFIX + volume_id.replace("-", ""))
+
+    def wait_link(self, volume_id, timeout=10.0):
+        """Wait until the by-id link of ``volume_id`` resolves to a block device; return that device."""
+        link = self.link_path(volume_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            device = os.path.realpath(link) if os.path.islink(link) else None
+            if device and os.path.exists(device):
+                return device
+            if time.monotonic() > deadline:
+                raise AssertionError("no by-id link %s -> block device within %ss" % (link, timeout))
+            time.sleep(0.02)
+
     @property
     def instance_id(self):
         return self.info["instance_id"]
@@ -101,6 +180,8 @@ class EmulatedInstance:
         return [v["volume_id"] for v in self.info["volumes"]]
 
     def cleanup(self):
+        if self.local:
+            return self._cleanup_local()
         errors = []
         for fs in reversed(self.filesystems):
             fs.cleanup()
@@ -110,6 +191,198 @@ class EmulatedInstance:
             shutil.rmtree(self.by_id_dir, ignore_errors=True)
             self.by_id_dir = None
         return errors
+
+    def _cleanup_local(self):
+        """Unmount, detach through the API (or directly), remove the files; never raises; returns problems."""
+        if self in _LIVE:
+            _LIVE.remove(self)
+        errors = []
+        up = self.info is not None and getattr(self.endpoint, "running", True)
+        known = []
+        if up:
+            try:
+                known = self.endpoint.local_devices(instance_id=self.instance_id)
+            except Exception as e:  # the endpoint may be gone already: its stop released its devices
+                if getattr(self.endpoint, "running", True):
+                    errors.append("local_devices: %s" % e)
+                up = False
+        loops = set(self.member_devices) | set(d["loop_device"] for d in known)
+        for fs in reversed(self.filesystems):
+            fs.cleanup()
+            errors.extend(fs.cleanup_errors)
+        self.filesystems = []
+        errors.extend(_unmount_from(loops, self.workdir))
+        if up and known:
+            errors.extend(self._detach_all(known))
+        for image in self.images:
+            for device in _loops_of(image):
+                proc = _loopfs._run(["losetup", "-d", device], check=False)
+                if proc.returncode != 0 and "No such device" not in proc.stderr:
+                    errors.append("losetup -d %s: %s" % (device, proc.stderr.strip()))
+        if self.by_id_dir:
+            shutil.rmtree(self.by_id_dir, ignore_errors=True)
+            self.by_id_dir = None
+        if self.workdir:
+            if any(m == self.workdir or m.startswith(self.workdir + "/") for _s, m in _mounts()):
+                errors.append("something is still mounted under %s; left in place" % self.workdir)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
+        return errors
+
+    def _detach_all(self, known, timeout=5.0):
+        """DetachVolume for every local volume of this instance; Force=True for what stays busy."""
+        import botocore.exceptions
+
+        errors = []
+        client = self.endpoint.client(retries={"total_max_attempts": 3})
+        for force in (False, True):
+            pending = self.endpoint.local_devices(instance_id=self.instance_id)
+            if not pending:
+                break
+            for dev in pending:
+                if not force and dev["state"] not in ("attaching", "attached"):
+                    continue  # already detaching or busy
+                try:
+                    kwargs = {"VolumeId": dev["volume_id"]}
+                    if force:
+                        kwargs["Force"] = True
+                    else:
+                        kwargs["InstanceId"] = self.instance_id
+                    client.detach_volume(**kwargs)
+                except botocore.exceptions.ClientError as e:
+                    errors.append("DetachVolume %s%s: %s" % (dev["volume_id"], " (Force)" if force else "", e))
+            deadline = time.monotonic() + timeout
+            while self.endpoint.local_devices(instance_id=self.instance_id) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        left = self.endpoint.local_devices(instance_id=self.instance_id)
+        if left:
+            errors.append("still attached at the endpoint: %s" % ", ".join(d["volume_id"] for d in left))
+            return errors
+        # released on the host; wait out the endpoint's detaching delay too, so the volumes are
+        # available (deletable, attachable) once cleanup returns
+        ids = [dev["volume_id"] for dev in known]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                busy = [v["VolumeId"] for v in client.describe_volumes(VolumeIds=ids)["Volumes"]
+                        if v["State"] != "available"]
+            except botocore.exceptions.ClientError as e:  # e.g. a test deleted one meanwhile
+                if "InvalidVolume.NotFound" not in str(e):
+                    errors.append("DescribeVolumes: %s" % e)
+                break
+            if not busy:
+                break
+            if time.monotonic() > deadline:
+                errors.append("not available after detach: %s" % ", ".join(busy))
+                break
+            time.sleep(0.05)
+        return errors
+
+
+class _AttachedFS(LoopFS):
+    """A filesystem made on a loop device the endpoint attached. Thawing and unmounting are ours
+    (LoopFS.cleanup); the loop device is the endpoint's (detached through its API), the files the
+    instance's."""
+
+    def __init__(self, device, image, fstype, mountpoint):
+        super().__init__(fstype=fstype, workdir=os.path.dirname(mountpoint))
+        self.device = device
+        self.image = image
+        self.mountpoint = mountpoint
+
+    def __repr__(self):
+        return "_AttachedFS(%s on %s at %s)" % (self.fstype, self.device, self.mountpoint)
+
+    def create(self):
+        _loopfs._run(_loopfs._MKFS[self.fstype][0] + [self.device], timeout=120)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        _loopfs._run(["mount", "-t", self.fstype, self.device, self.mountpoint])
+        self._mounted = True
+        return self
+
+    def cleanup(self):
+        device, self.device = self.device, None
+        self.workdir = None
+        try:
+            LoopFS.cleanup(self)  # thaw + unmount only: no device, no workdir to remove
+        finally:
+            self.device = device
+
+
+class _AttachedArray(_AttachedFS):
+    """One btrfs (``-d raid0 -m raid1``) over the loop devices the endpoint attached."""
+
+    def __init__(self, devices, images, mountpoint):
+        super().__init__(devices[0], images[0], "btrfs", mountpoint)
+        self.devices = list(devices)
+        self.images = list(images)
+
+    def __repr__(self):
+        return "_AttachedArray(btrfs raid0 over %s at %s)" % (", ".join(self.devices), self.mountpoint)
+
+    def create(self):
+        data, meta = ("raid0", "raid1") if len(self.devices) > 1 else ("single", "dup")
+        _loopfs._run(["mkfs.btrfs", "-q", "-f", "-d", data, "-m", meta] + self.devices, timeout=120)
+        os.makedirs(self.mountpoint, exist_ok=True)
+        _loopfs._run(["mount", "-t", "btrfs", "-o", "device=" + ",device=".join(self.devices), self.devices[0],
+                      self.mountpoint])
+        self._mounted = True
+        return self
+
+
+def _mounts():
+    """``[(source, mountpoint)]`` from /proc/self/mountinfo (escapes undone)."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            left, sep, right = line.partition(" - ")
+            if not sep:
+                continue
+            fields, rfields = left.split(), right.split()
+            out.append((_unescape(rfields[1]) if len(rfields) > 1 else "", _unescape(fields[4])))
+    return out
+
+
+def _unescape(field):
+    """Undo mountinfo's octal escapes (``\\040`` for a space, ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _unmount_from(devices, workdir):
+    """Thaw and unmount (deepest first) what is mounted from ``devices`` or under ``workdir``."""
+    errors = []
+    below = (workdir.rstrip("/") + "/") if workdir else None
+    for _round in range(3):  # again for mounts stacked on the same mountpoint
+        targets = set(m for s, m in _mounts() if s in devices or (below and (m + "/").startswith(below)))
+        if not targets:
+            break
+        for mountpoint in sorted(targets, key=lambda m: m.count("/"), reverse=True):
+            _loopfs._run(["fsfreeze", "-u", mountpoint], check=False)  # EINVAL when not frozen: fine
+            for attempt in range(10):
+                proc = _loopfs._run(["umount", mountpoint], check=False)
+                if proc.returncode == 0 or "not mounted" in proc.stderr:
+                    break
+                time.sleep(0.05 * (attempt + 1))
+            else:
+                proc = _loopfs._run(["umount", "-l", mountpoint], check=False)
+                if proc.returncode != 0:
+                    errors.append("umount -l %s: %s" % (mountpoint, proc.stderr.strip()))
+    return errors
+
+
+def _loops_of(image):
+    """The loop devices bound to ``image`` now (``losetup -j``)."""
+    proc = _loopfs._run(["losetup", "-j", image], check=False)
+    return [line.split(":", 1)[0] for line in proc.stdout.splitlines() if line.startswith("/dev/loop")]
+
+
+def _cleanup_survivors():
+    for inst in list(_LIVE):
+        inst.cleanup()
+
+
+atexit.register(_cleanup_survivors)
 
 
 def ansible_env(endpoint, extra=None):

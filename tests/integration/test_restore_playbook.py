@@ -1,0 +1,200 @@
+# -*- coding: utf-8 -*-
+"""playbooks/restore.yml (role array_restore) end to end on this host.
+
+The emulated instance is local at the EC2 endpoint: its volumes are loop devices the endpoint attaches
+(losetup + udev-style link) when AttachVolume is called, so a restore really creates volumes from the
+snapshots' bytes, detaches the live ones and attaches the new ones at the recorded device names, and
+the filesystems come back with the data of the backup.
+"""
+
+import hashlib
+import os
+
+import pytest
+
+from tests.support.loopfs import missing_requirements
+from tests.support.world import ROOT
+from tests.support.world import EmulatedInstance
+from tests.support.world import run_playbook
+from tests.support.world import write_playbook
+
+pytestmark = pytest.mark.skipif(missing_requirements("btrfs") is not None, reason=str(missing_requirements("btrfs")))
+
+BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
+RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
+TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
+MUTATING = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume")
+
+
+def task(results, name):
+    for key, value in results.items():
+        if key == name or key.endswith(" : " + name):
+            return value
+    raise AssertionError("no task %r in %s" % (name, sorted(results)))
+
+
+def write_data(inst):
+    sums = {}
+    for i, mp in enumerate(inst.mountpoints):
+        path = os.path.join(mp, "data-%d.bin" % i)
+        with open(path, "wb") as handle:
+            handle.write(os.urandom(256 * 1024))
+        sums[path] = checksum(path)
+    os.sync()
+    return sums
+
+
+def checksum(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def destroy(sums):
+    for path in sums:
+        with open(path, "wb") as handle:
+            handle.write(b"disaster")
+    os.sync()
+
+
+def backup(ec2, inst, mode="host"):
+    rc, res, _raw = run_playbook(BACKUP, ec2, {
+        "backup_hosts": "localhost", "backup_become": False, "array_backup_mode": mode,
+        "array_backup_mountpoints": inst.mountpoints, "array_backup_by_id_dir": inst.by_id_dir,
+        "array_backup_name": "restore-test", "array_backup_keep_last": 0,
+        "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
+        "array_backup_poll_interval": 0.2})
+    assert rc == 0, res
+    return task(res, TAKE)
+
+
+def restore(ec2, inst, set_id, check=False, mode="host"):
+    rc, res, raw = run_playbook(RESTORE, ec2, {
+        "restore_hosts": "localhost", "restore_become": False, "array_restore_mode": mode,
+        "array_restore_set_id": set_id, "array_restore_by_id_dir": inst.by_id_dir,
+        "array_restore_aws_endpoint_url": ec2.url, "array_restore_aws_region": ec2.region,
+        "array_restore_device_timeout": 30}, check=check)
+    return rc, res, raw
+
+
+def mapping(ec2, instance_id):
+    inst = ec2.client().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {b["DeviceName"]: b["Ebs"]["VolumeId"] for b in inst["BlockDeviceMappings"]}
+
+
+def mutating_calls(ec2):
+    return [c["action"] for c in ec2.calls() if c["action"] in MUTATING]
+
+
+@pytest.mark.parametrize("layout", ["filesystems", "array"])
+def test_restore_check_mode_real_run_and_rerun(ec2, layout):
+    with EmulatedInstance(ec2, n=3, layout=layout, local=True) as inst:
+        sums = write_data(inst)
+        taken = backup(ec2, inst)
+        destroy(sums)
+        before = mapping(ec2, inst.instance_id)
+
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"], check=True)
+        assert rc == 0, res
+        assert mutating_calls(ec2) == []
+        assert mapping(ec2, inst.instance_id) == before
+        assert all(checksum(p) != s for p, s in sums.items())  # nothing was touched
+        planned = task(res, "Create the volumes from the set in the instance's zone (before any downtime)")
+        assert len(planned["volumes_to_create"]) == 3
+
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"])
+        assert rc == 0, res
+        assert all(checksum(p) == s for p, s in sums.items())
+        swap = task(res, "Swap the volumes at the recorded device names")
+        after = mapping(ec2, inst.instance_id)
+        restored = task(res, "Create the volumes from the set in the instance's zone (before any downtime)")
+        for vol in restored["volumes"]:
+            assert after[vol["device"]] == vol["volume_id"]
+            assert before[vol["device"]] != vol["volume_id"]
+        assert sorted(mutating_calls(ec2)) == sorted(["CreateVolume"] * 3 + ["DetachVolume"] * 3
+                                                     + ["AttachVolume"] * 3)
+        assert swap["downtime_ms"] > 0
+
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"])
+        assert rc == 0, res
+        assert mutating_calls(ec2) == []
+        for name in ("Create the volumes from the set in the instance's zone (before any downtime)",
+                     "Swap the volumes at the recorded device names",
+                     "Bring the filesystems up on the restored volumes (assemble, activate, verify, mount, start)"):
+            assert task(res, name)["changed"] is False, name
+        assert all(checksum(p) == s for p, s in sums.items())
+
+
+def interrupt(ec2, inst, set_id, tmp_path, step):
+    """Leave the state a run killed right after ``step`` leaves, using the same modules."""
+    aws = {"endpoint_url": ec2.url, "region": ec2.region}
+    tasks = [{"name": "create", "register": "restored",
+              "stillpoint.snapshots.ebs_volume_restore": dict(aws, set_id=set_id, instance_id=inst.instance_id)}]
+    if step in ("detach", "attach"):
+        tasks.append({"name": "read set", "register": "info",
+                      "stillpoint.snapshots.backup_set_info": dict(aws, set_id=set_id)})
+        tasks.append({"name": "down", "stillpoint.snapshots.array_host": {
+            "state": "down", "layout": "{{ info.sets[0].array }}", "by_id_dir": inst.by_id_dir}})
+    rc, res, _raw = run_playbook(write_playbook(tmp_path, tasks, name="interrupt.yml"), ec2)
+    assert rc == 0, res
+    client = ec2.client()
+    new = {v["device"]: v["volume_id"] for v in res["create"]["volumes"]}
+    if step in ("detach", "attach"):
+        old = mapping(ec2, inst.instance_id)
+        for device in new:
+            client.detach_volume(VolumeId=old[device], InstanceId=inst.instance_id, Device=device)
+        client.get_waiter("volume_available").wait(VolumeIds=[old[d] for d in new],
+                                                   WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    if step == "attach":
+        for device, volume_id in new.items():
+            client.attach_volume(VolumeId=volume_id, InstanceId=inst.instance_id, Device=device)
+        client.get_waiter("volume_in_use").wait(VolumeIds=list(new.values()),
+                                                WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    return new
+
+
+@pytest.mark.parametrize("step", ["create", "detach", "attach"])
+def test_restore_converges_after_a_run_killed_after_each_step(ec2, tmp_path, step):
+    with EmulatedInstance(ec2, n=2, local=True) as inst:
+        sums = write_data(inst)
+        taken = backup(ec2, inst)
+        destroy(sums)
+        new = interrupt(ec2, inst, taken["set_id"], tmp_path, step)
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"])
+        assert rc == 0, res
+        calls = mutating_calls(ec2)
+        assert "CreateVolume" not in calls  # found the interrupted run's volumes
+        expected = {"create": ["AttachVolume", "AttachVolume", "DetachVolume", "DetachVolume"],
+                    "detach": ["AttachVolume", "AttachVolume"], "attach": []}[step]
+        assert sorted(calls) == expected
+        assert {d: v for d, v in mapping(ec2, inst.instance_id).items() if d in new} == new
+        assert all(checksum(p) == s for p, s in sums.items())
+        restored = ec2.client().describe_volumes(Filters=[
+            {"Name": "tag:stillpoint:set-id", "Values": [taken["set_id"]]}])["Volumes"]
+        assert sorted(v["VolumeId"] for v in restored) == sorted(new.values())  # no duplicates
+
+
+def test_restore_refuses_a_partial_set(ec2):
+    with EmulatedInstance(ec2, n=2, local=True) as inst:
+        taken = backup(ec2, inst)
+        client = ec2.client()
+        client.create_tags(Resources=[taken["snapshot_ids"][1]], Tags=[{"Key": "stillpoint:state", "Value": "partial"}])
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"])
+        assert rc != 0
+        refusal = task(res, "Refuse anything but one complete set")
+        assert "only a complete set is restored, never part of one" in refusal["msg"]
+        assert mutating_calls(ec2) == []
+
+
+def test_restore_in_controller_mode(ec2):
+    with EmulatedInstance(ec2, n=2, layout="array", local=True) as inst:
+        sums = write_data(inst)
+        taken = backup(ec2, inst, mode="controller")
+        destroy(sums)
+        rc, res, _raw = restore(ec2, inst, taken["set_id"], mode="controller")
+        assert rc == 0, res
+        assert all(checksum(p) == s for p, s in sums.items())
