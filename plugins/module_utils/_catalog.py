@@ -69,12 +69,13 @@ def parse_time(value):
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
-def _check_value(key, value):
+def check_tag_value(key, value):
+    """The value as a string, refused (never truncated) when longer than EC2 allows."""
     value = "" if value is None else str(value)
     if len(value) > TAG_VALUE_MAX:
         raise StillpointError(
-            "catalog tag %s would be %d characters; EC2 allows %d. Shorten it (set name, mountpoint "
-            "list or array descriptor)." % (key, len(value), TAG_VALUE_MAX)
+            "tag %s would be %d characters; EC2 allows %d. Shorten it (a name, a mountpoint list, the "
+            "array descriptor or one of your tags); nothing was created." % (key, len(value), TAG_VALUE_MAX)
         )
     return value
 
@@ -128,7 +129,7 @@ def set_tags(set_id, name, members, instance_id, az, host, level, state="pending
         tags[K_FREEZE_MS] = "%.3f" % float(freeze_ms)
     if array:
         tags.update(encode_json(K_ARRAY, array))
-    return dict((k, _check_value(k, v)) for k, v in tags.items())
+    return dict((k, check_tag_value(k, v)) for k, v in tags.items())
 
 
 def member_tags(index, device, source_volume, mountpoints=()):
@@ -139,7 +140,7 @@ def member_tags(index, device, source_volume, mountpoints=()):
         K_SOURCE_VOLUME: source_volume,
         K_MOUNTPOINTS: ",".join(mountpoints or ()),
     }
-    return dict((k, _check_value(k, v)) for k, v in tags.items())
+    return dict((k, check_tag_value(k, v)) for k, v in tags.items())
 
 
 def to_tag_list(tags):
@@ -155,18 +156,24 @@ def is_ours(snapshot):
     return tag_dict(snapshot.get("Tags")).get(K_CREATOR) == CREATOR
 
 
-def _int(value, default=None):
+def as_int(value, default=None):
+    """``int(value)``, or ``default`` when the value is missing or not a number (tags are strings)."""
     try:
         return int(value)
     except (TypeError, ValueError):
         return default
 
 
+def tags_of(resource):
+    """The tags of a DescribeSnapshots/DescribeVolumes item as a dict."""
+    return tag_dict(resource.get("Tags"))
+
+
 def member_record(snapshot):
     tags = tag_dict(snapshot.get("Tags"))
     mounts = tags.get(K_MOUNTPOINTS, "")
     return {
-        "index": _int(tags.get(K_MEMBER)),
+        "index": as_int(tags.get(K_MEMBER)),
         "snapshot_id": snapshot.get("SnapshotId"),
         "state": snapshot.get("State"),
         "progress": snapshot.get("Progress"),
@@ -279,7 +286,7 @@ def group_sets(snapshots):
             "set_id": set_id,
             "name": first.get(K_SET_NAME) or None,
             "schema": first.get(K_SCHEMA),
-            "member_count": _int(first.get(K_MEMBERS)),
+            "member_count": as_int(first.get(K_MEMBERS)),
             "members": members,
             "snapshot_ids": [m["snapshot_id"] for m in members],
             "instance_id": first.get(K_INSTANCE) or None,

@@ -84,26 +84,11 @@ def restore_tags(rid, set_id, member):
         catalog.K_CREATOR: CREATOR,
     }
     for key, value in tags.items():
-        _check_value(key, value)
+        catalog.check_tag_value(key, value)
     return tags
 
 
-def _check_value(key, value):
-    if len(value) > catalog.TAG_VALUE_MAX:
-        raise StillpointError("tag %s would be %d characters; EC2 allows %d. Use a shorter value"
-                              % (key, len(value), catalog.TAG_VALUE_MAX))
-    return value
 
-
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _tags(volume):
-    return catalog.tag_dict(volume.get("Tags"))
 
 
 def _client_token(rid, index, nonce):
@@ -195,7 +180,7 @@ def find_restored(client, rid):
                                      {"Name": "status", "Values": list(LIVE_STATES)}])
     by_member, unreadable = {}, []
     for vol in sorted(vols, key=lambda v: v["VolumeId"]):
-        index = _int(_tags(vol).get(catalog.K_MEMBER))
+        index = catalog.as_int(catalog.tags_of(vol).get(catalog.K_MEMBER))
         if index is None:
             unreadable.append(vol["VolumeId"])
             continue
@@ -253,7 +238,7 @@ def _check_volume_options(volume_type, iops, throughput, kms_key_id, encrypted, 
                               % (len(tags), EC2_TAG_LIMIT, RESTORE_TAG_COUNT))
     out = {}
     for key, value in tags.items():
-        out[str(key)] = _check_value(str(key), "" if value is None else str(value))
+        out[str(key)] = catalog.check_tag_value(str(key), "" if value is None else str(value))
     return out
 
 
@@ -271,7 +256,7 @@ def plan_restore(record, existing, availability_zone, volume_type="gp3", iops=No
     """
     set_id = record["set_id"]
     rid = restore_id or _default_restore_id(set_id, availability_zone, instance_id)
-    _check_value(K_RESTORE_ID, rid)
+    catalog.check_tag_value(K_RESTORE_ID, rid)
     user_tags = _check_volume_options(volume_type, iops, throughput, kms_key_id, encrypted, tags)
     members = dict((m["index"], m) for m in record["members"])
     stray = sorted(i for i in existing if i not in members)
@@ -315,7 +300,7 @@ def plan_restore(record, existing, availability_zone, volume_type="gp3", iops=No
 
 def _adopt(vol, member, rid, set_id, availability_zone, volume_type, warnings):
     vid = vol["VolumeId"]
-    tags = _tags(vol)
+    tags = catalog.tags_of(vol)
     what = "volume %s (member %d of restore %s)" % (vid, member["index"], rid)
     if vol.get("AvailabilityZone") != availability_zone:
         raise StillpointError(
@@ -488,7 +473,7 @@ def rollback(client, rid, volume_ids, timeout=120.0, interval=2.0, sleep=time.sl
             if vol is None or vol.get("State") in ("deleting", "deleted"):
                 deleted.append(vid)  # gone already
                 continue
-            tags = _tags(vol)
+            tags = catalog.tags_of(vol)
             if tags.get(K_RESTORE_ID) != rid or tags.get(catalog.K_CREATOR) != CREATOR:
                 failed.append({"volume_id": vid, "error": "does not carry %s=%s and the creator marker: not "
                                "deleted" % (K_RESTORE_ID, rid)})

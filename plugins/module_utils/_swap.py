@@ -42,15 +42,6 @@ LEAVING = ("detaching", "busy")
 FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
 
 
-def _tags(item):
-    return catalog.tag_dict(item.get("Tags"))
-
-
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def alias(device):
@@ -75,7 +66,7 @@ def new_volume_map(new_volumes):
         if not isinstance(item, dict):
             problems.append("volumes entry %r is not a mapping with index and volume_id" % (item,))
             continue
-        index, vid = _int(item.get("index")), item.get("volume_id")
+        index, vid = catalog.as_int(item.get("index")), item.get("volume_id")
         if index is None or not vid:
             problems.append("volumes entry %r needs an integer index and a volume_id" % (item,))
         elif index in out and out[index] != vid:
@@ -100,7 +91,7 @@ def volumes_from_restore(volumes, set_id, restore_id):
     """
     out, problems = {}, []
     for vol in volumes:
-        tags = _tags(vol)
+        tags = catalog.tags_of(vol)
         if tags.get(K_RESTORE_ID) != restore_id or vol.get("State") in ("deleting", "deleted"):
             continue
         vid = vol["VolumeId"]
@@ -108,7 +99,7 @@ def volumes_from_restore(volumes, set_id, restore_id):
             problems.append("volume %s of restore %s comes from set %s, not %s"
                             % (vid, restore_id, tags.get(catalog.K_SET_ID) or "(no set-id tag)", set_id))
             continue
-        index = _int(tags.get(catalog.K_MEMBER))
+        index = catalog.as_int(tags.get(catalog.K_MEMBER))
         if index is None:
             problems.append("volume %s of restore %s has no %s tag" % (vid, restore_id, catalog.K_MEMBER))
         elif index in out:
@@ -152,7 +143,7 @@ def _active_attachments(vol, instance_id=None):
 def _is_restored_copy(tags, set_id, index):
     """A volume restored from member ``index`` of set ``set_id`` (by any restore)."""
     return bool(tags.get(K_RESTORE_ID)) and tags.get(catalog.K_SET_ID) == set_id \
-        and _int(tags.get(catalog.K_MEMBER)) == index
+        and catalog.as_int(tags.get(catalog.K_MEMBER)) == index
 
 
 def plan_swap(instance, record, new_volumes, describe_volumes_result, replace_unknown=False,
@@ -227,11 +218,11 @@ def plan_swap(instance, record, new_volumes, describe_volumes_result, replace_un
         if nvol is None:
             problems.append("%s: restored volume %s does not exist in this region" % (prefix, nid))
             continue
-        ntags = _tags(nvol)
+        ntags = catalog.tags_of(nvol)
         if ntags.get(catalog.K_SET_ID) and ntags[catalog.K_SET_ID] != set_id:
             problems.append("%s: volume %s was restored from set %s, not %s"
                             % (prefix, nid, ntags[catalog.K_SET_ID], set_id))
-        if ntags.get(catalog.K_MEMBER) and _int(ntags[catalog.K_MEMBER]) != index:
+        if ntags.get(catalog.K_MEMBER) and catalog.as_int(ntags[catalog.K_MEMBER]) != index:
             problems.append("%s: volume %s is tagged as member %s, not %d"
                             % (prefix, nid, ntags[catalog.K_MEMBER], index))
         if nvol.get("AvailabilityZone") != az:
@@ -285,7 +276,7 @@ def plan_swap(instance, record, new_volumes, describe_volumes_result, replace_un
             problems.append("%s: restored volume %s is attached at %s, not at %s; detach it first"
                             % (prefix, nid, slot_device, dev))
             continue
-        ctags = _tags(volumes.get(cur) or {})
+        ctags = catalog.tags_of(volumes.get(cur) or {})
         if cur == src:
             kind = "source"
         elif _is_restored_copy(ctags, set_id, index):
@@ -323,7 +314,7 @@ def plan_swap(instance, record, new_volumes, describe_volumes_result, replace_un
                     continue
                 if vid == item["source"]:
                     what = "the set's source volume %s" % vid
-                elif _is_restored_copy(_tags(volumes.get(vid) or {}), set_id, item["index"]):
+                elif _is_restored_copy(catalog.tags_of(volumes.get(vid) or {}), set_id, item["index"]):
                     what = "%s, another restored copy of the same member," % vid
                 else:
                     continue
@@ -338,7 +329,7 @@ def plan_swap(instance, record, new_volumes, describe_volumes_result, replace_un
     new_ids = set(new.values())
     replaced_before = sorted(
         v["VolumeId"] for v in volumes.values()
-        if _tags(v).get(K_REPLACED_BY) in new_ids and v["VolumeId"] not in new_ids and v["VolumeId"] not in leaving_ids)
+        if catalog.tags_of(v).get(K_REPLACED_BY) in new_ids and v["VolumeId"] not in new_ids and v["VolumeId"] not in leaving_ids)
     return {
         "instance_id": iid,
         "set_id": set_id,
@@ -519,7 +510,7 @@ def delete_replaced_volumes(client, plan, detached):
         return deleted, kept
     for vol in describe_volumes(client, volume_ids=candidates):
         vid = vol["VolumeId"]
-        tags = _tags(vol)
+        tags = catalog.tags_of(vol)
         if tags.get(catalog.K_CREATOR) != CREATOR:
             kept.append({"volume_id": vid, "reason": "not created by stillpoint.snapshots: never deleted"})
         elif vol.get("State") != "available":
@@ -650,7 +641,7 @@ def swap(client, instance_id, set_id, volumes=None, restore_id=None, replace_unk
             by_id = dict((v["VolumeId"], v) for v in described)
             would_delete = [d["volume_id"] for d in plan["detach"] if d["ours"]] + [
                 vid for vid in plan["replaced_before"]
-                if _tags(by_id[vid]).get(catalog.K_CREATOR) == CREATOR and by_id[vid].get("State") == "available"]
+                if catalog.tags_of(by_id[vid]).get(catalog.K_CREATOR) == CREATOR and by_id[vid].get("State") == "available"]
         result.update(changed=plan["changed"] or bool(would_delete), detached=[d["volume_id"] for d in plan["detach"]],
                       attached=[a["volume_id"] for a in plan["attach"]], mapping=mapping_after(plan),
                       downtime_ms=0.0, detach_ms=0.0, attach_ms=0.0, deleted=would_delete, kept_replaced=[])

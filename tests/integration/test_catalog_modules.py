@@ -10,7 +10,6 @@ own series name and instance.
 """
 
 import datetime
-import sys
 import uuid
 
 import pytest
@@ -18,15 +17,7 @@ import pytest
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_info
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_prune
-from tests.unit.utils import AnsibleExitJson
-from tests.unit.utils import AnsibleFailJson
-from tests.unit.utils import patched_exits
-from tests.unit.utils import set_module_args
-
-if not any(hasattr(sys.modules.get(name), "ec2_endpoint") for name in ("tests.integration.conftest", "tests.conftest")):
-    # no conftest provides the endpoint fixtures: bring them in here. When one does, use its
-    # session-wide server rather than start a second one (a module-level import would shadow it).
-    from tests.ec2_endpoint.fixtures import ec2, ec2_endpoint  # noqa: F401  # pylint: disable=unused-import
+from tests.unit.utils import run_module
 
 UTC = datetime.timezone.utc
 OTHER_ACCOUNT = "555566667777"  # owner of the foreign snapshots made here (not the endpoint's default one)
@@ -87,13 +78,7 @@ class Lab:
 
 
 def run(monkeypatch, module, args, check_mode=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with set_module_args(args), patched_exits(monkeypatch):
-        with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as info:
-            module.main()
-    return info.value.result
+    return run_module(monkeypatch, module.main, args, check_mode)
 
 
 @pytest.fixture(scope="module")

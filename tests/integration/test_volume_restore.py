@@ -9,7 +9,6 @@ set_module_args pattern. The endpoint keeps resources between tests, so every te
 set (the restore id derives from the set id).
 """
 
-import sys
 
 import pytest
 
@@ -20,13 +19,8 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs a
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.modules import ebs_volume_restore
-from tests.unit.utils import AnsibleExitJson
-from tests.unit.utils import AnsibleFailJson
-from tests.unit.utils import patched_exits
-from tests.unit.utils import set_module_args
+from tests.unit.utils import run_module
 
-if not any(hasattr(sys.modules.get(name), "ec2_endpoint") for name in ("tests.integration.conftest", "tests.conftest")):
-    from tests.ec2_endpoint.fixtures import ec2, ec2_endpoint  # noqa: F401  # pylint: disable=unused-import
 
 AZ = "eu-west-1a"
 OTHER_AZ = "eu-west-1b"
@@ -68,12 +62,7 @@ def take_set(ep, client, world, state="complete"):
 def run(monkeypatch, ep, check_mode=False, **params):
     args = dict(endpoint_url=ep.url, access_key="testing", secret_key="testing", region=ep.region)
     args.update(params)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with set_module_args(args), patched_exits(monkeypatch):
-        with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as info:
-            ebs_volume_restore.main()
-    return info.value.result
+    return run_module(monkeypatch, ebs_volume_restore.main, args, check_mode)
 
 
 def volumes_of(client, rid):

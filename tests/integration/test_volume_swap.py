@@ -12,20 +12,14 @@ detach at the wrong device) and keeps attachments ``attaching``/``detaching`` fo
 """
 
 import hashlib
-import sys
 import time
 
 import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.modules import ebs_volume_swap
-from tests.unit.utils import AnsibleExitJson
-from tests.unit.utils import AnsibleFailJson
-from tests.unit.utils import patched_exits
-from tests.unit.utils import set_module_args
+from tests.unit.utils import run_module
 
-if not any(hasattr(sys.modules.get(name), "ec2_endpoint") for name in ("tests.integration.conftest", "tests.conftest")):
-    from tests.ec2_endpoint.fixtures import ec2, ec2_endpoint  # noqa: F401  # pylint: disable=unused-import
 
 DEVICES = ["/dev/sdf", "/dev/sdg", "/dev/sdh"]
 MUTATING = ("AttachVolume", "DetachVolume", "CreateTags", "DeleteTags", "DeleteVolume", "CreateVolume")
@@ -108,13 +102,7 @@ class Lab:
 
 
 def run(monkeypatch, args, check_mode=False):
-    args = dict(args)
-    if check_mode:
-        args["_ansible_check_mode"] = True
-    with set_module_args(args), patched_exits(monkeypatch):
-        with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as info:
-            ebs_volume_swap.main()
-    return info.value.result
+    return run_module(monkeypatch, ebs_volume_swap.main, args, check_mode)
 
 
 def mutations(ep):

@@ -60,3 +60,16 @@ def patched_exits(monkeypatch):
     monkeypatch.setattr(basic.AnsibleModule, "exit_json", _exit_json)
     monkeypatch.setattr(basic.AnsibleModule, "fail_json", _fail_json)
     yield
+
+
+def run_module(monkeypatch, main, args, check_mode=False):
+    """Run a module's ``main`` in-process; return its exit_json/fail_json result."""
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    args = dict(args)
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    with set_module_args(args), patched_exits(monkeypatch):
+        with pytest.raises((AnsibleExitJson, AnsibleFailJson)) as info:
+            main()
+    return info.value.result
