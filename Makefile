@@ -15,7 +15,7 @@ export AWS_EC2_METADATA_DISABLED := true
 .PHONY: help deps system-deps link test unit integration sanity lint docs-check demo bench clean
 
 help:
-	@echo "make demo   - start the local EC2 endpoint, build a loop-device array, back it up, list the catalog"
+	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
 	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint"
 	@echo "make bench  - freeze-window benchmark: stock playbook vs host mode vs controller mode"
 

@@ -206,7 +206,12 @@ class EmulatedInstance:
                 if getattr(self.endpoint, "running", True):
                     errors.append("local_devices: %s" % e)
                 up = False
-        loops = set(self.member_devices) | set(d["loop_device"] for d in known)
+        # Only loop devices still bound to this instance's images: after a swap the endpoint released
+        # the original members' devices, and their numbers may belong to someone else by now.
+        ours = set(os.path.realpath(i) for i in self.images) | set(os.path.realpath(d["image"]) for d in known
+                                                                      if d.get("image"))
+        loops = set(d for d in set(self.member_devices) | set(d["loop_device"] for d in known)
+                    if _backing_file(d) in ours)
         for fs in reversed(self.filesystems):
             fs.cleanup()
             errors.extend(fs.cleanup_errors)
@@ -369,6 +374,15 @@ def _unmount_from(devices, workdir):
                 if proc.returncode != 0:
                     errors.append("umount -l %s: %s" % (mountpoint, proc.stderr.strip()))
     return errors
+
+
+def _backing_file(device):
+    """The file a loop device is bound to now (real path), or None."""
+    try:
+        with open("/sys/block/%s/loop/backing_file" % os.path.basename(device), encoding="utf-8") as handle:
+            return os.path.realpath(handle.read().strip().replace(" (deleted)", ""))
+    except OSError:
+        return None
 
 
 def _loops_of(image):
