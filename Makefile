@@ -17,7 +17,7 @@ export AWS_EC2_METADATA_DISABLED := true
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
 	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint"
-	@echo "make bench  - freeze-window benchmark: stock playbook vs host mode vs controller mode"
+	@echo "make bench  - freeze window (stock vs host vs controller mode), then restore downtime and re-run cost (stock vs ours)"
 
 # Debian packages the tests and demo need (only the missing ones are installed).
 system-deps:
@@ -79,6 +79,7 @@ demo: deps
 
 bench: deps
 	$(BIN)/python benchmarks/freeze_window.py
+	$(BIN)/python benchmarks/restore.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache tests/output

@@ -299,7 +299,9 @@ def group_sets(snapshots):
             "procedure": first.get(K_PROCEDURE) or None,
             "array": decode_json(first, K_ARRAY),
         }
-        records.append(_evaluate(record, [t.get(K_STATE, "pending") for t, _s in items]))
+        tag_states = [t.get(K_STATE, "pending") for t, _s in items]
+        record["marked"] = sorted(set(tag_states))  # what the members' state tags say, as written
+        records.append(_evaluate(record, tag_states))
     records.sort(key=_sort_key, reverse=True)
     return records
 

@@ -483,13 +483,18 @@ def finish(client, snapshot_ids, wait_timeout, poll_interval=15.0, on_progress=N
         out["state"] = "pending"
         out["timed_out"] = True
         return out
-    rb = rollback(client, snapshot_ids)
     failed = dict((sid, st) for sid, st in samples[-1]["states"].items() if st != "completed")
-    raise StillpointError(
+    raise failed_set(client, snapshot_ids, ", ".join("%s is %s" % kv for kv in sorted(failed.items())),
+                     progress=samples)
+
+
+def failed_set(client, snapshot_ids, why, **details):
+    """All or nothing: roll the set back and return the error that says so."""
+    rb = rollback(client, snapshot_ids)
+    return StillpointError(
         "snapshot set failed: %s; the whole set was %s" % (
-            ", ".join("%s is %s" % kv for kv in sorted(failed.items())),
-            "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])),
-        rollback=rb, progress=samples)
+            why, "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])),
+        rollback=rb, **details)
 
 
 def existing_set(client, set_id, check_mode=False, wait=True, wait_timeout=14400, poll_interval=15.0,
@@ -504,6 +509,10 @@ def existing_set(client, set_id, check_mode=False, wait=True, wait_timeout=14400
     if rec["state"] == "complete":
         out["msg"] = "set %s already exists and is complete" % set_id
         return out
+    if rec["state"] == "partial" and "partial" not in rec["marked"] and wait and not check_mode:
+        # A set still marked pending whose members failed (a run waiting on it, or a run that died
+        # while waiting): all or nothing, as when the failure is seen during the wait itself.
+        raise failed_set(client, rec["snapshot_ids"], "%s (set %s)" % ("; ".join(rec["problems"]), set_id))
     if rec["state"] == "partial":
         raise StillpointError("set %s exists and is partial (%s); it is not a valid backup. Take a new set "
                               "(omit set_id) and prune the partial one" % (set_id, "; ".join(rec["problems"])),

@@ -135,12 +135,16 @@ def test_api_failure_mid_freeze_thaws_and_leaves_no_snapshot(tmp_path, ec2, inst
     assert_thawed(inst)
 
 
-def test_failed_member_rolls_back_whole_set(tmp_path, ec2, inst):
+@pytest.mark.parametrize("pending", [1.0, 0.05], ids=["fails-while-waiting", "failed-before-the-wait"])
+def test_failed_member_rolls_back_whole_set(tmp_path, ec2, inst, pending):
     before = all_own_snapshot_ids(ec2)
+    ec2.pending(pending, calls=1)  # 0.05 s: the member is in error before the first wait poll
     ec2.fail_member(1)
     rc, res = run(tmp_path, ec2, inst)
     assert rc != 0
     assert "snapshot set failed" in res["msg"] and "the whole set was deleted" in res["msg"]
+    if pending < 0.5:  # seen by the host-mode waiting run (existing_set), not during a wait
+        assert "snapshots in error" in res["msg"] and "(set %s)" % res["set_id"] in res["msg"]
     assert len(res["rollback"]["deleted"]) == 3
     assert all_own_snapshot_ids(ec2) == before
     assert len(ec2.calls("DeleteSnapshot")) == 3
