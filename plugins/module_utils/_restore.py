@@ -88,9 +88,6 @@ def restore_tags(rid, set_id, member):
     return tags
 
 
-
-
-
 def _client_token(rid, index, nonce):
     """CreateVolume's idempotency token: a retry of the same request (AWSRetry, botocore) never makes a
     second volume. Per run (``nonce``), so a rolled-back run's token is never reused. At most 64 chars."""

@@ -42,8 +42,6 @@ LEAVING = ("detaching", "busy")
 FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
 
 
-
-
 def alias(device):
     """The other name of the same attachment point: ``/dev/sdf`` <-> ``/dev/xvdf`` (None if none)."""
     if not device:

@@ -208,8 +208,8 @@ class EmulatedInstance:
                 up = False
         # Only loop devices still bound to this instance's images: after a swap the endpoint released
         # the original members' devices, and their numbers may belong to someone else by now.
-        ours = set(os.path.realpath(i) for i in self.images) | set(os.path.realpath(d["image"]) for d in known
-                                                                      if d.get("image"))
+        ours = set(os.path.realpath(i) for i in self.images)
+        ours |= set(os.path.realpath(d["image"]) for d in known if d.get("image"))
         loops = set(d for d in set(self.member_devices) | set(d["loop_device"] for d in known)
                     if _backing_file(d) in ours)
         for fs in reversed(self.filesystems):
