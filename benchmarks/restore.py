@@ -37,7 +37,6 @@ Prints a table, the ratios, and as its last line:
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -54,6 +53,9 @@ from tests.ec2_endpoint import Endpoint  # noqa: E402
 from tests.support.loopfs import missing_requirements  # noqa: E402
 from tests.support.world import LINK_PREFIX  # noqa: E402
 from tests.support.world import EmulatedInstance  # noqa: E402
+from tests.support.world import checksum  # noqa: E402
+from tests.support.world import destroy  # noqa: E402
+from tests.support.world import write_data  # noqa: E402
 from tests.support.world import ansible_env  # noqa: E402
 
 BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
@@ -126,17 +128,6 @@ def _iso(text):
 
 # --------------------------------------------------------------------------- data on the nodes
 
-def write_data(inst, files_per_mount=2):
-    sums = {}
-    for i, mp in enumerate(inst.mountpoints):
-        for k in range(files_per_mount):
-            path = os.path.join(mp, "data-%d-%d.bin" % (i, k))
-            with open(path, "wb") as handle:
-                handle.write(os.urandom(256 * 1024))
-            sums[path] = checksum(path)
-    os.sync()
-    return sums
-
 
 def check_mounted(nodes):
     """Every node's mountpoints are mounted (a restore must leave them so)."""
@@ -146,21 +137,6 @@ def check_mounted(nodes):
     if gone:
         raise SystemExit("not mounted any more: %s. Something outside this benchmark unmounted them (see "
                          "--shared-mounts)" % ", ".join(gone))
-
-
-def checksum(path):
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return None
-
-
-def destroy(sums):
-    for path in sums:
-        with open(path, "wb") as handle:
-            handle.write(b"disaster")
-    os.sync()
 
 
 def verified(sums):
@@ -293,7 +269,7 @@ def node_downtime(calls, instance_id, new_ids, attach_seconds):
 def measure(approach, ec2, nodes, workdir, attach_seconds):
     """One restore of a fresh set per node, then the same playbook again; returns the figures."""
     check_mounted(nodes)
-    sums = dict((host, write_data(inst)) for host, inst in nodes.items())
+    sums = dict((host, write_data(inst.mountpoints, files_per_mount=2)) for host, inst in nodes.items())
     sets = backup(ec2, nodes, workdir)
     for host_sums in sums.values():
         destroy(host_sums)

@@ -11,20 +11,13 @@ from tests.support.loopfs import probe_frozen
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
+from tests.support.world import task
 
 pytestmark = pytest.mark.skipif(missing_requirements("btrfs") is not None, reason=str(missing_requirements("btrfs")))
 
 PLAYBOOK = os.path.join(ROOT, "playbooks", "backup.yml")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
 PRUNE = "Apply retention to this series"
-
-
-def task(results, name):
-    """A task's result by name, whether or not the callback prefixes the role name."""
-    for key, value in results.items():
-        if key == name or key.endswith(" : " + name):
-            return value
-    raise AssertionError("no task %r in %s" % (name, sorted(results)))
 
 
 def catalog(ec2, name):

@@ -7,7 +7,6 @@ snapshots' bytes, detaches the live ones and attaches the new ones at the record
 the filesystems come back with the data of the backup.
 """
 
-import hashlib
 import os
 
 import pytest
@@ -15,7 +14,11 @@ import pytest
 from tests.support.loopfs import missing_requirements
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
+from tests.support.world import checksum
+from tests.support.world import destroy
+from tests.support.world import write_data
 from tests.support.world import run_playbook
+from tests.support.world import task
 from tests.support.world import write_playbook
 
 pytestmark = pytest.mark.skipif(missing_requirements("btrfs") is not None, reason=str(missing_requirements("btrfs")))
@@ -24,36 +27,6 @@ BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
 MUTATING = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume")
-
-
-def task(results, name):
-    for key, value in results.items():
-        if key == name or key.endswith(" : " + name):
-            return value
-    raise AssertionError("no task %r in %s" % (name, sorted(results)))
-
-
-def write_data(inst):
-    sums = {}
-    for i, mp in enumerate(inst.mountpoints):
-        path = os.path.join(mp, "data-%d.bin" % i)
-        with open(path, "wb") as handle:
-            handle.write(os.urandom(256 * 1024))
-        sums[path] = checksum(path)
-    os.sync()
-    return sums
-
-
-def checksum(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
-
-
-def destroy(sums):
-    for path in sums:
-        with open(path, "wb") as handle:
-            handle.write(b"disaster")
-    os.sync()
 
 
 def backup(ec2, inst, mode="host"):
@@ -88,7 +61,7 @@ def mutating_calls(ec2):
 @pytest.mark.parametrize("layout", ["filesystems", "array"])
 def test_restore_check_mode_real_run_and_rerun(ec2, layout):
     with EmulatedInstance(ec2, n=3, layout=layout, local=True) as inst:
-        sums = write_data(inst)
+        sums = write_data(inst.mountpoints)
         taken = backup(ec2, inst)
         destroy(sums)
         before = mapping(ec2, inst.instance_id)
@@ -158,7 +131,7 @@ def interrupt(ec2, inst, set_id, tmp_path, step):
 @pytest.mark.parametrize("step", ["create", "detach", "attach"])
 def test_restore_converges_after_a_run_killed_after_each_step(ec2, tmp_path, step):
     with EmulatedInstance(ec2, n=2, local=True) as inst:
-        sums = write_data(inst)
+        sums = write_data(inst.mountpoints)
         taken = backup(ec2, inst)
         destroy(sums)
         new = interrupt(ec2, inst, taken["set_id"], tmp_path, step)
@@ -192,7 +165,7 @@ def test_restore_refuses_a_partial_set(ec2):
 
 def test_restore_in_controller_mode(ec2):
     with EmulatedInstance(ec2, n=2, layout="array", local=True) as inst:
-        sums = write_data(inst)
+        sums = write_data(inst.mountpoints)
         taken = backup(ec2, inst, mode="controller")
         destroy(sums)
         rc, res, _raw = restore(ec2, inst, taken["set_id"], mode="controller")

@@ -17,6 +17,7 @@ end on this host.
 """
 
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -399,6 +400,36 @@ def _cleanup_survivors():
 atexit.register(_cleanup_survivors)
 
 
+def write_data(mountpoints, files_per_mount=1, size=256 * 1024):
+    """Random files on each mountpoint, synced; returns ``{path: sha256}``."""
+    sums = {}
+    for i, mountpoint in enumerate(mountpoints):
+        for k in range(files_per_mount):
+            path = os.path.join(mountpoint, "data-%d-%d.bin" % (i, k))
+            with open(path, "wb") as handle:
+                handle.write(os.urandom(size))
+            sums[path] = checksum(path)
+    os.sync()
+    return sums
+
+
+def checksum(path):
+    """sha256 of a file, None if it cannot be read (gone, filesystem not mounted)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def destroy(sums):
+    """The disaster: overwrite every file of ``sums``."""
+    for path in sums:
+        with open(path, "wb") as handle:
+            handle.write(b"disaster")
+    os.sync()
+
+
 def ansible_env(endpoint, extra=None):
     """Environment for ansible-playbook runs against the local endpoint (never the real AWS)."""
     env = dict(os.environ)
@@ -446,6 +477,14 @@ def run_playbook(playbook, endpoint, extravars=None, check=False, env=None, time
                 results[task["task"]["name"]] = res
     data["progress_lines"] = lines[:start]
     return proc.returncode, results, data
+
+
+def task(results, name):
+    """A task's result from ``run_playbook``'s results, whether or not the callback prefixed a role name."""
+    for key, value in results.items():
+        if key == name or key.endswith(" : " + name):
+            return value
+    raise AssertionError("no task %r in %s" % (name, sorted(results)))
 
 
 def write_playbook(directory, tasks, name="test.yml", vars=None):
