@@ -23,9 +23,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import subprocess
 import threading
+
+from tests.support.mounts import mounts
 
 LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
 
@@ -66,11 +67,6 @@ def _same_file(bound, image):
     return bound == os.path.realpath(image)
 
 
-def _unescape(field):
-    """Undo the octal escapes of /proc/self/mountinfo (``\\040`` for a space, ...)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def users(device):
     """Why ``device`` cannot be detached now: a list of reasons, empty when nothing uses it.
 
@@ -88,15 +84,9 @@ def users(device):
         return ["cannot stat %s: %s" % (device, e.strerror)]
     number = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, sep, right = line.partition(" - ")
-                if not sep:
-                    continue
-                fields, rfields = left.split(), right.split()
-                source = _unescape(rfields[1]) if len(rfields) > 1 else ""
-                if source == device or (len(fields) > 2 and fields[2] == number):
-                    reasons.append("mounted at %s" % _unescape(fields[4]))
+        for source, mountpoint, dev in mounts():
+            if source == device or dev == number:
+                reasons.append("mounted at %s" % mountpoint)
     except OSError:
         pass
     name = os.path.basename(device)

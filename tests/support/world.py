@@ -20,7 +20,6 @@ import atexit
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 from tests.support import loopfs as _loopfs
 from tests.support.loopfs import LoopArray
 from tests.support.loopfs import LoopFS
+from tests.support.mounts import mounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
@@ -229,7 +229,7 @@ class EmulatedInstance:
             shutil.rmtree(self.by_id_dir, ignore_errors=True)
             self.by_id_dir = None
         if self.workdir:
-            if any(m == self.workdir or m.startswith(self.workdir + "/") for _s, m in _mounts()):
+            if any(m == self.workdir or m.startswith(self.workdir + "/") for _s, m, _d in mounts()):
                 errors.append("something is still mounted under %s; left in place" % self.workdir)
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -337,30 +337,12 @@ class _AttachedArray(_AttachedFS):
         return self
 
 
-def _mounts():
-    """``[(source, mountpoint)]`` from /proc/self/mountinfo (escapes undone)."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
-        for line in handle:
-            left, sep, right = line.partition(" - ")
-            if not sep:
-                continue
-            fields, rfields = left.split(), right.split()
-            out.append((_unescape(rfields[1]) if len(rfields) > 1 else "", _unescape(fields[4])))
-    return out
-
-
-def _unescape(field):
-    """Undo mountinfo's octal escapes (``\\040`` for a space, ...)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def _unmount_from(devices, workdir):
     """Thaw and unmount (deepest first) what is mounted from ``devices`` or under ``workdir``."""
     errors = []
     below = (workdir.rstrip("/") + "/") if workdir else None
     for _round in range(3):  # again for mounts stacked on the same mountpoint
-        targets = set(m for s, m in _mounts() if s in devices or (below and (m + "/").startswith(below)))
+        targets = set(m for s, m, _d in mounts() if s in devices or (below and (m + "/").startswith(below)))
         if not targets:
             break
         for mountpoint in sorted(targets, key=lambda m: m.count("/"), reverse=True):
