@@ -1,0 +1,339 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qemu (TCG) virtual machines for the lab: boot, SSH, VM-to-VM links, QMP, teardown by PID.
+
+    image = tests.lab.image.build()
+    lab = Lab("/tmp/lab", image)
+    a, b = lab.vm("vma"), lab.vm("vmb")
+    lab.link(a, b)                      # 10.77.0.1 <-> 10.77.0.2 over UDP on 127.0.0.1
+    lab.boot()                          # start all, wait for SSH
+    a.ssh("lsblk")
+    lab.inventory("/tmp/lab/hosts.yml")
+    lab.teardown()                      # every qemu process this lab started, by PID
+
+Network, as ``../shared/LAB.md`` demands: the management NIC is qemu's user network with
+``restrict=on``; the only ways in or out are a hostfwd from ``127.0.0.1:<ssh_port>`` to the
+guest's port 22, and guestfwds (``VM.forward``) from ``10.0.2.100:<guest_port>`` in the guest to
+``127.0.0.1:<host_port>`` on the host (a relay process per connection, ``relay.py``). VM-to-VM
+links are ``-netdev socket,udp=127.0.0.1:...,localaddr=127.0.0.1:...``: connectionless, so either
+VM can reboot without breaking the wire. No tap, no bridge.
+
+A VM is described by a JSON-able ``spec`` so that another process (the EC2 endpoint's qemu
+backend, which stops and starts instances) can boot the same machine with ``VM.from_spec``.
+Each VM has two QMP sockets: ``qmp.sock`` for the endpoint and ``lab.sock`` for the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .image import HOST_ALIAS, LINK_ADDRESS, LINK_MAC, MGMT_MAC
+from .qmp import QMP, QMPError
+
+RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5"]
+
+
+class LabError(Exception):
+    """A VM did not boot, answer or stop."""
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_is(pid, marker, path=None):
+    """True if ``pid`` is a live qemu whose command line carries ``marker`` (and mentions ``path``):
+    a PID reused by another process, or another lab's VM of the same name, is never taken for ours."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except OSError:
+        return False
+    if not cmdline or b"qemu-system" not in cmdline[0] or marker.encode() not in cmdline:
+        return False
+    return path is None or any(path.encode() in arg for arg in cmdline)
+
+
+def nvme_serial(volume_id):
+    """The NVMe serial EBS gives a volume: its id without the dash (``vol0123...``)."""
+    return volume_id.replace("-", "")
+
+
+class VM:
+    """One qemu guest. ``spec`` keys: name, dir, image (the image directory), ssh_port, memory,
+    smp, links [{"index", "local_port", "peer_port"}], forwards [{"guest_port", "host_port"}]."""
+
+    def __init__(self, spec):
+        self.spec = dict(spec)
+        self.name = spec["name"]
+        self.dir = spec["dir"]
+        self.ssh_port = spec["ssh_port"]
+        self.image = spec["image"]
+        self.key = os.path.join(self.image, "id_ed25519")
+        self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.lab_qmp_path = os.path.join(self.dir, "lab.sock")
+        self.pidfile = os.path.join(self.dir, "qemu.pid")
+        self.console = os.path.join(self.dir, "console.log")
+        self.overlay = os.path.join(self.dir, "root.qcow2")
+        self.boot_seconds = None
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec)
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def link_addresses(self):
+        return [LINK_ADDRESS % link["index"] for link in self.spec.get("links", [])]
+
+    def forward(self, guest_port, host_port):
+        """Before boot: the guest's ``10.0.2.100:guest_port`` reaches the host's ``127.0.0.1:host_port``."""
+        self.spec.setdefault("forwards", []).append({"guest_port": int(guest_port), "host_port": int(host_port)})
+        return "http://%s:%d" % (HOST_ALIAS, guest_port)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def pid(self):
+        try:
+            with open(self.pidfile) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_is(pid, self.marker, self.overlay) else None
+
+    @property
+    def marker(self):
+        return "guest=%s,process=sp-%s" % (self.name, self.name)
+
+    def running(self):
+        return self.pid is not None
+
+    def command(self, disks=()):
+        s = self.spec
+        mgmt = "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % self.ssh_port
+        for fwd in s.get("forwards", []):
+            mgmt += ",guestfwd=tcp:%s:%d-cmd:%s %s %d" % (HOST_ALIAS, fwd["guest_port"], sys.executable, RELAY,
+                                                       fwd["host_port"])
+        cmd = [
+            "qemu-system-x86_64", "-name", self.marker, "-machine", "pc,accel=tcg", "-cpu", "max",
+            "-smp", str(s.get("smp", 1)), "-m", str(s.get("memory", 1024)), "-nodefaults", "-vga", "none",
+            "-display", "none", "-serial", "file:" + self.console,
+            "-kernel", os.path.join(self.image, "vmlinuz"), "-initrd", os.path.join(self.image, "initrd.img"),
+            "-append", "console=ttyS0 root=/dev/vda rw systemd.hostname=%s quiet mitigations=off "
+                       "net.ifnames=0" % self.name,
+            "-drive", "file=%s,if=none,id=root,format=qcow2,cache=unsafe" % self.overlay,
+            "-device", "virtio-blk-pci,drive=root",
+            "-netdev", mgmt, "-device", "virtio-net-pci,netdev=mgmt,mac=%s" % MGMT_MAC,
+        ]
+        for i, link in enumerate(s.get("links", [])):
+            cmd += ["-netdev", "socket,id=link%d,udp=127.0.0.1:%d,localaddr=127.0.0.1:%d"
+                    % (i, link["peer_port"], link["local_port"]),
+                    "-device", "virtio-net-pci,netdev=link%d,mac=%s" % (i, LINK_MAC % link["index"])]
+        for disk in disks:
+            cmd += ["-blockdev", json.dumps(disk_node(disk["node"], disk["file"])),
+                    "-device", "nvme,drive=%s,serial=%s,id=%s" % (disk["node"], disk["serial"], disk["id"])]
+        cmd += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+                "-qmp", "unix:%s,server=on,wait=off" % self.lab_qmp_path,
+                "-pidfile", self.pidfile, "-daemonize"]
+        return cmd
+
+    def start(self, disks=()):
+        """Boot (returns once qemu runs; ``wait_ssh`` waits for the guest). ``disks``: NVMe disks
+        present at boot, ``[{"node", "file", "serial", "id"}]`` (an EBS volume attached while stopped)."""
+        if self.running():
+            raise LabError("%s is already running (pid %s)" % (self.name, self.pid))
+        os.makedirs(self.dir, exist_ok=True)
+        if not os.path.exists(self.overlay):
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                            os.path.join(self.image, "base.raw"), self.overlay], check=True)
+        for path in (self.qmp_path, self.lab_qmp_path, self.pidfile):
+            if os.path.exists(path):
+                os.unlink(path)
+        with open(os.path.join(self.dir, "spec.json"), "w") as f:
+            json.dump(self.spec, f, indent=1)
+        self._t_start = time.monotonic()
+        r = subprocess.run(self.command(disks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise LabError("qemu for %s failed (rc %d): %s" % (self.name, r.returncode, r.stdout.strip()))
+        return self
+
+    def ssh_command(self, command):
+        return ["ssh", "-i", self.key, "-p", str(self.ssh_port)] + SSH_OPTS + ["root@127.0.0.1", command]
+
+    def ssh(self, command, check=True, timeout=300, input=None):
+        """Run ``command`` in the guest; returns CompletedProcess (text, or bytes when ``input`` is bytes).
+        Raises LabError if ``check`` and the command failed."""
+        r = subprocess.run(self.ssh_command(command), input=input, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=not isinstance(input, bytes), timeout=timeout)
+        if check and r.returncode != 0:
+            raise LabError("%s: %r failed (rc %d): %s%s" % (self.name, command, r.returncode, r.stdout, r.stderr))
+        return r
+
+    def popen(self, command):
+        """A long-running guest command (e.g. a writer), its SSH client as a local process."""
+        return subprocess.Popen(self.ssh_command(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_ssh(self, timeout=240):
+        t0 = getattr(self, "_t_start", time.monotonic())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise LabError("%s: qemu exited while booting; console:\n%s" % (self.name, self.console_tail()))
+            try:
+                if self.ssh("true", check=False, timeout=15).returncode == 0:
+                    self.boot_seconds = time.monotonic() - t0
+                    return self.boot_seconds
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(1)
+        raise LabError("%s: no SSH on 127.0.0.1:%d within %.0f s; console:\n%s"
+                       % (self.name, self.ssh_port, timeout, self.console_tail()))
+
+    def console_tail(self, n=30):
+        try:
+            with open(self.console, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no console log)"
+
+    def qmp(self):
+        """A harness QMP connection (``lab.sock``); close it when done."""
+        return QMP(self.lab_qmp_path)
+
+    def shutdown(self, timeout=60):
+        """A clean power-off (``systemctl poweroff`` over SSH; this guest ignores ACPI power-button
+        events), then QMP ``quit``, then SIGKILL; returns once the process is gone."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            self.ssh("systemctl poweroff", check=False, timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._wait_gone(pid, timeout):
+            return
+        try:
+            with self.qmp() as q:
+                q.execute("quit")
+        except QMPError:
+            pass
+        if not self._wait_gone(pid, 10):
+            self.kill()
+
+    def kill(self):
+        """SIGKILL this VM's qemu, by the PID in its pidfile (only if it is still this VM)."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._wait_gone(pid, 10)
+
+    def _wait_gone(self, pid, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _pid_is(pid, self.marker, self.overlay):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def disk_node(node, path):
+    """blockdev options of a raw disk image (writes go straight to the file)."""
+    return {"driver": "raw", "node-name": node, "discard": "unmap",
+            "file": {"driver": "file", "filename": path, "aio": "threads", "discard": "unmap"}}
+
+
+class Lab:
+    """A set of VMs under ``workdir``; ``teardown`` stops every one of them by PID."""
+
+    def __init__(self, workdir, image, memory=1024, smp=1):
+        self.workdir = os.path.abspath(workdir)
+        self.image = image
+        self.memory = memory
+        self.smp = smp
+        self.vms = []
+        os.makedirs(self.workdir, exist_ok=True)
+
+    def vm(self, name, **spec):
+        spec = dict({"name": name, "dir": os.path.join(self.workdir, name), "image": self.image.path,
+                     "ssh_port": free_port(), "memory": self.memory, "smp": self.smp, "links": [],
+                     "forwards": []}, **spec)
+        vm = VM(spec)
+        self.vms.append(vm)
+        return vm
+
+    def link(self, a, b):
+        """A VM-to-VM wire: a gets 10.77.0.<n>, b 10.77.0.<n+1> (n counts up over the lab)."""
+        used = [link["index"] for vm in self.vms for link in vm.spec.get("links", [])]
+        n = max(used, default=0) + 1
+        pa, pb = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        a.spec["links"].append({"index": n, "local_port": pa, "peer_port": pb})
+        b.spec["links"].append({"index": n + 1, "local_port": pb, "peer_port": pa})
+        return LINK_ADDRESS % n, LINK_ADDRESS % (n + 1)
+
+    def boot(self, vms=None, timeout=240):
+        """Start the VMs (all not yet running) and wait for SSH on each; returns {name: seconds}."""
+        vms = [vm for vm in (vms or self.vms) if not vm.running()]
+        for vm in vms:
+            vm.start()
+        errors = {}
+
+        def wait(vm):
+            try:
+                vm.wait_ssh(timeout)
+            except LabError as e:
+                errors[vm.name] = e
+        threads = [threading.Thread(target=wait, args=(vm,)) for vm in vms]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise LabError("; ".join(str(e) for e in errors.values()))
+        return {vm.name: vm.boot_seconds for vm in vms}
+
+    def inventory(self, path, group="lab", hostvars=None):
+        """An Ansible YAML inventory of the VMs (SSH to 127.0.0.1:<port> as root with the lab key)."""
+        hosts = {}
+        for vm in self.vms:
+            hv = {"ansible_host": "127.0.0.1", "ansible_port": vm.ssh_port, "ansible_user": "root",
+                  "ansible_ssh_private_key_file": vm.key,
+                  "ansible_ssh_common_args": " ".join(SSH_OPTS[:6]),
+                  "ansible_python_interpreter": "/usr/bin/python3",
+                  "lab_link_addresses": vm.link_addresses}
+            hv.update((hostvars or {}).get(vm.name, {}))
+            hosts[vm.name] = hv
+        with open(path, "w") as f:
+            json.dump({"all": {"children": {group: {"hosts": hosts}}}}, f, indent=1)  # JSON is YAML
+        return path
+
+    def teardown(self):
+        """Stop every VM of this lab that still runs: QMP quit, then SIGKILL, by PID."""
+        for vm in self.vms:
+            pid = vm.pid
+            if pid is None:
+                continue
+            try:
+                with vm.qmp() as q:
+                    q.execute("quit")
+            except QMPError:
+                pass
+            if not vm._wait_gone(pid, 5):
+                vm.kill()
