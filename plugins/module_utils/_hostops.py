@@ -38,6 +38,7 @@ import os
 import posixpath
 import pwd
 import re
+import tempfile
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -992,18 +993,45 @@ class HostOps:
         if res is None:
             return
         rc, out, err = res
-        if rc != 0:
+        text = (out + "\n" + err).strip()
+        if rc != 0 and _UNREPLAYED_RE.search(text):
+            # A frozen or crash-consistent copy carries a log/journal to replay (an XFS frozen for its
+            # snapshot always does): the read-only check cannot judge it. The restored volume is a new
+            # copy, so replay it the way the kernel would, on a private mountpoint, then check again.
+            self._replay(fs, sources, where)
+            rc, out, err = self._act("check %s again after the log replay (read-only)" % where, argv, fail=False,
+                                     changes=False)
             text = (out + "\n" + err).strip()
+        if rc != 0:
             hint = ""
             if _UNREPLAYED_RE.search(text):
-                hint = (" Its journal/log was not replayed (a crash-consistent copy?): a read-only check cannot be "
-                        "conclusive then; mount it by hand once to replay the log and check again, or set verify=false "
-                        "if you accept the risk.")
+                hint = (" Its journal/log still needs a replay after one was done; mount it by hand and check again, "
+                        "or set verify=false if you accept the risk.")
             tail = "\n".join(text.splitlines()[-12:])
             raise StillpointError(
                 "Read-only check of %s failed (%s rc=%s). Not mounted; nothing was mounted.%s\n%s"
                 % (where, os.path.basename(argv[0]) + " " + " ".join(base[1:]), rc, hint, tail),
                 rc=rc, stdout=out, stderr=err, cmd=argv, mountpoint=fs["mountpoint"])
+
+    def _replay(self, fs, sources, where):
+        """Replay a filesystem's log/journal: mount it on a private directory and unmount it again."""
+        private = tempfile.mkdtemp(prefix="stillpoint-replay-")
+        argv = [self._bin("mount"), "-t", fs["fstype"]]
+        options = ["nouuid"] if fs["fstype"] == "xfs" else []  # its source may be mounted on this host too
+        if fs["kind"] == "btrfs-multi":
+            options += ["device=%s" % s for s in sources]
+        if options:
+            argv += ["-o", ",".join(options)]
+        try:
+            self._act("replay the log of %s (mount on %s)" % (where, private), argv + [sources[0], private],
+                      fail="cannot mount %s to replay its log" % where, changes=False)
+            self._act("unmount %s after the log replay" % private, [self._bin("umount"), private],
+                      fail="cannot unmount %s after the log replay" % private, changes=False)
+        finally:
+            try:
+                os.rmdir(private)
+            except OSError:
+                pass
 
     def _describe(self, fs, sources, devices):
         """``vol-... (/dev/nvme1n1)`` of the volumes under a filesystem."""

@@ -32,6 +32,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops impo
     parse_lvm_report,
     validate_volume_ids,
 )
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _hostops as hostops_mod
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.modules import array_host
 from tests.unit.utils import AnsibleExitJson
@@ -540,6 +541,50 @@ def test_up_failed_check_mounts_nothing_and_names_the_volume(host):
     assert "Read-only check of ext4 %s/wal on member 2 %s (%s) failed (e2fsck -f -n rc=4)" % (
         host.mp, VOLS[2], host.d(DISKS[2])) in err.value.msg
     assert "nothing was mounted" in err.value.msg and "Superblock invalid" in err.value.msg
+
+
+XFS_LOG_ALERT = (1, "Phase 1 - find and verify superblock...\n", "Phase 2 - using internal log\n        - zero log...\n"
+                 "ALERT: The filesystem has valuable metadata changes in a log which is being\nignored because the -n "
+                 "option was used.  Expect spurious inconsistencies\nwhich may be resolved by first mounting the "
+                 "filesystem to replay the log.\nsb_fdblocks 241959, counted 243680\n")
+
+
+def test_up_replays_the_log_of_a_frozen_xfs_copy_then_checks_it_again(host, monkeypatch, tmp_path):
+    """An XFS snapshotted while frozen always has a log to replay (seen in the lab): xfs_repair -n
+    cannot judge it, so the copy is mounted once on a private directory, unmounted, and checked again."""
+    private = str(tmp_path / "replay")
+    os.mkdir(private)
+    monkeypatch.setattr(hostops_mod.tempfile, "mkdtemp", lambda prefix: private)
+    layout = Layout({"filesystems": [{"mountpoint": host.mp, "fstype": "xfs", "options": "rw", "members": [1]}]})
+    dev = host.d(DISKS[1])
+    script = [
+        cmd(["xfs_repair", "-n", dev], XFS_LOG_ALERT),
+        cmd(["mount", "-t", "xfs", "-o", "nouuid", dev, private]),
+        cmd(["umount", private]),
+        cmd(["xfs_repair", "-n", dev], ok("Phase 1 - find and verify superblock...\n")),
+        cmd(["mount", "-t", "xfs", "-o", "rw", dev, host.mp], effect=lambda: host.mount("259:11", host.mp, "xfs", dev)),
+    ]
+    ops, rec = ops_for(host, script)
+    result = ops.up(layout, VOLS, hooks=hooks_for(rec, stop=(), start=()))
+    rec.done()
+    assert [s["what"].split(" ")[0:2] for s in result["steps"] if s["what"].split(" ")[0] != "wait"] == [
+        ["check", "xfs"], ["replay", "the"], ["unmount", private], ["check", "xfs"], ["mount", host.mp]]
+    assert not os.path.exists(private)
+
+
+def test_up_refuses_a_copy_whose_log_still_needs_a_replay(host, monkeypatch, tmp_path):
+    private = str(tmp_path / "replay")
+    os.mkdir(private)
+    monkeypatch.setattr(hostops_mod.tempfile, "mkdtemp", lambda prefix: private)
+    layout = Layout({"filesystems": [{"mountpoint": host.mp, "fstype": "xfs", "options": "rw", "members": [1]}]})
+    dev = host.d(DISKS[1])
+    script = [cmd(["xfs_repair", "-n", dev], XFS_LOG_ALERT), cmd(["mount", "-t", "xfs", "-o", "nouuid", dev, private]),
+              cmd(["umount", private]), cmd(["xfs_repair", "-n", dev], XFS_LOG_ALERT)]
+    ops, rec = ops_for(host, script)
+    with pytest.raises(StillpointError) as err:
+        ops.up(layout, VOLS, hooks=hooks_for(rec, stop=(), start=()))
+    rec.done()  # nothing mounted at the mountpoint
+    assert "still needs a replay" in err.value.msg and "nothing was mounted" in err.value.msg
 
 
 def test_up_refuses_a_mountpoint_mounted_from_something_else(host):
