@@ -51,8 +51,10 @@ class Endpoint:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, state_dir, pending_seconds=1.0, attach_seconds=0.2, detach_seconds=0.2, timeout=30.0,
-              port=0, imds_port=0):
-        """Spawn the server (``sys.executable -m tests.ec2_endpoint.server``) and wait until it listens."""
+              port=0, imds_port=0, detached=False):
+        """Spawn the server (``sys.executable -m tests.ec2_endpoint.server``) and wait until it listens.
+
+        The server stops when this process is gone, unless ``detached`` (then stop it by its PID)."""
         if self._proc is not None:
             raise EndpointError("endpoint already started (pid %s)" % self.pid)
         self.state_dir = os.path.abspath(str(state_dir))
@@ -63,7 +65,9 @@ class Endpoint:
         argv = [sys.executable, "-m", "tests.ec2_endpoint.server", "--port", str(port), "--imds-port",
                 str(imds_port), "--state-dir", self.state_dir, "--ready-file", ready_file, "--region",
                 self.region, "--pending-seconds", str(pending_seconds), "--attach-seconds", str(attach_seconds),
-                "--detach-seconds", str(detach_seconds), "--parent-pid", str(os.getpid())]
+                "--detach-seconds", str(detach_seconds)]
+        if not detached:
+            argv += ["--parent-pid", str(os.getpid())]
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log_path = os.path.join(self.state_dir, "server.log")
@@ -142,7 +146,7 @@ class Endpoint:
         session = boto3.session.Session(region_name=self.region, **{k.lower(): v for k, v in CREDENTIALS.items()})
         return session.client(service, endpoint_url=self.url, config=Config(**config) if config else None)
 
-    def control(self, op, **args):
+    def control(self, op, _timeout=30, **args):
         """Call a control operation; returns its JSON answer, raises EndpointError on refusal."""
         if self.control_url is None:
             raise EndpointError("endpoint not started")
@@ -150,7 +154,7 @@ class Endpoint:
         request = urllib.request.Request("%s/%s" % (self.control_url, op), data=data, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=_timeout) as response:
                 return json.loads(response.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
             try:
@@ -165,8 +169,9 @@ class Endpoint:
         return self.control("status")
 
     def reset(self, state=False):
-        """Clear faults, latencies, pending/delay overrides and the call log; ``state=True``: also
-        every EC2 resource and every image file the endpoint made."""
+        """Clear faults, latencies, pending/delay overrides, the qemu backup speed and the call log;
+        ``state=True``: also every EC2 resource and every image file the endpoint made, every loop
+        device of its local backend, every qemu VM it booted (killed by PID) and their IMDS emulators."""
         self.control("reset", state=bool(state))
 
     def throttle(self, action, count=1, code="RequestLimitExceeded", message=None, status=None):
@@ -238,6 +243,29 @@ class Endpoint:
         mounted or open (``Force=True`` detaches anyway, lazily). File-backed volumes already
         attached to it become loop devices now. Returns ``{"instance_id", "by_id_dir", "devices"}``."""
         return self.control("make_local", instance_id=instance_id, by_id_dir=os.path.abspath(str(by_id_dir)))
+
+    def make_qemu(self, instance_id, vm_spec, boot=True, timeout=300):
+        """Make ``instance_id`` a qemu instance whose machine is the lab VM described by ``vm_spec``
+        (a ``tests/lab/vm.py`` spec). The endpoint starts an IMDSv2 emulator for it and adds two
+        forwards to the spec: guest ``10.0.2.100:80`` -> that emulator, ``10.0.2.100:8080`` -> this
+        endpoint. Attached data volumes without a file get a sparse image of their size. With
+        ``boot`` and the instance running, the endpoint boots the VM now with those volumes
+        cold-plugged as NVMe disks (serial ``vol<hex>``); it does not wait for SSH. From then on
+        AttachVolume/DetachVolume hot-plug, CreateSnapshot(s) are qemu backup jobs, and
+        Stop/Start/TerminateInstances power the VM off, boot it, kill it. Returns ``{"instance_id",
+        "spec", "pid", "imds_url", "ec2_url", "imds_port"}``: ``vm = VM(result["spec"]); vm.wait_ssh()``."""
+        return self.control("make_qemu", _timeout=timeout, instance_id=instance_id, vm_spec=vm_spec, boot=bool(boot))
+
+    def qemu_backup_speed(self, bytes_per_s):
+        """Limit qemu backup jobs (snapshots of disks in running VMs) to ``bytes_per_s``, the new
+        ones and those running; 0 removes the limit (so does ``reset``). Returns ``{"bytes_per_s",
+        "running_jobs"}``."""
+        return self.control("qemu_backup_speed", bytes_per_s=int(bytes_per_s or 0))
+
+    def qemu_instances(self, instance_id=None):
+        """The qemu instances: ``[{"instance_id", "vm", "pid", "spec", "imds_port", "disks": [{"volume_id",
+        "node", "device_id", "serial", "file", "present", "ready", "detach"}], "jobs": [...], "events"}]``."""
+        return self.control("qemu_instances", instance_id=instance_id)["instances"]
 
     def local_devices(self, instance_id=None):
         """Loop devices of local attachments not yet released: ``[{"volume_id", "instance_id",

@@ -19,7 +19,11 @@ moto 5.2.5, see README.md):
   from such a snapshot get their own copy;
 * instances marked local (``op_make_local``) get their file-backed volumes as loop devices on this
   host, with the by-id link a Nitro instance would have (``_local.py``); a detach waits while the
-  device is in use (attachment ``busy``) unless forced.
+  device is in use (attachment ``busy``) unless forced;
+* instances made qemu instances (``op_make_qemu``) are real VMs of the lab (``_qemu.py``): volumes
+  are hot-plugged as NVMe disks, snapshots of their disks are qemu backup jobs (point in time at
+  the call, ``pending`` with the job's real progress), Stop/Start/TerminateInstances power the VM
+  off, boot it, kill it, with ``stopping``/``pending``/``shutting-down`` while that happens.
 
 ``World`` holds the endpoint's own state (faults, latencies, the call log, the files) and the
 control operations (``op_*``) that the WSGI layer exposes under ``/_stillpoint/``.
@@ -45,11 +49,12 @@ from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot, Volume, VolumeAttachment
+from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id, random_volume_id
 
-from . import _local
+from . import _local, _qemu
 from ._sparse import sparse_copy
 
 ACCOUNT_ID = "123456789012"
@@ -93,6 +98,11 @@ def _err(code, message):
 
 def _snap_status(self):
     d = self.__dict__
+    job = d.get("_sp_qemu")
+    if job is not None:  # copied by a qemu backup job: pending until it concluded
+        if not job.done:
+            return "pending"
+        return "error" if job.error or d.get("_sp_fail") else "completed"
     t0 = d.get("_sp_t0")
     if t0 is None:
         return d.get("_sp_status", "completed")
@@ -110,6 +120,8 @@ def _snap_progress(self):
     if status == "completed":
         return "100%"
     d = self.__dict__
+    if d.get("_sp_qemu") is not None:
+        return "%d%%" % min(99, d["_sp_qemu"].progress())
     pending = d.get("_sp_pending") or 0.0
     if status == "pending" and pending > 0:
         pct = int(100 * (time.monotonic() - d["_sp_t0"]) / pending)
@@ -120,7 +132,8 @@ def _snap_progress(self):
 def _snap_state_message(self):
     if self.status != "error":
         return None
-    return self.__dict__.get("_sp_message") or FAIL_MESSAGE
+    job = self.__dict__.get("_sp_qemu")
+    return (job.error if job is not None else None) or self.__dict__.get("_sp_message") or FAIL_MESSAGE
 
 
 def _snap_begin(snap, pending, fail=None, message=None):
@@ -146,6 +159,16 @@ def _snapshot_init(self, *args, **kwargs):
 def _create_snapshot(self, volume_id, description, owner_id=None, from_ami=None):
     snap = _ORIG["create_snapshot"](self, volume_id, description, owner_id=owner_id, from_ami=from_ami)
     source = getattr(snap.volume, "_sp_file", None)
+    if source and WORLD.qemu.vms:
+        q, disk = WORLD.qemu.backup_disk(snap.volume)
+        if disk is not None:  # plugged into a running VM: a qemu backup job copies it
+            snap._sp_qemu_disk = (q, disk)
+            batch = _ctx("qemu_batch")
+            if batch is not None:
+                batch.append(snap)  # CreateSnapshots: one transaction for all members, at the end
+            else:
+                WORLD.start_qemu_backups([snap])
+            return snap
     if source:
         try:
             snap._sp_file = WORLD.copy_in(source, "snapshots", snap.id)
@@ -178,7 +201,13 @@ def _create_snapshots(self, instance_spec, description, tags, copy_tags_from_sou
         elif bdm.volume_id in exclude_ids:
             continue
         volume_ids.append(bdm.volume_id)
-    snaps = [self.create_snapshot(volume_id, description) for volume_id in volume_ids]
+    batch = CTX.qemu_batch = []
+    try:
+        snaps = [self.create_snapshot(volume_id, description) for volume_id in volume_ids]
+    finally:
+        CTX.qemu_batch = None
+        if batch:
+            WORLD.start_qemu_backups(batch)
     for snap in snaps:
         # one point in time for the whole set
         snap.start_time = snaps[0].start_time
@@ -198,6 +227,9 @@ def _create_snapshots(self, instance_spec, description, tags, copy_tags_from_sou
 
 
 def _copy_snapshot(self, source_snapshot_id, source_region, description, kms_key_id):
+    pending = ec2_backends[self.account_id][source_region].snapshots.get(source_snapshot_id)
+    if pending is not None and pending.__dict__.get("_sp_qemu") is not None and pending.status == "pending":
+        raise _err("IncorrectState", "Snapshot is in invalid state - pending")  # its image is still being written
     snap = _ORIG["copy_snapshot"](self, source_snapshot_id, source_region, description, kms_key_id)
     source = ec2_backends[self.account_id][source_region].snapshots.get(source_snapshot_id)
     source_file = getattr(source, "_sp_file", None)
@@ -211,6 +243,7 @@ def _delete_snapshot(self, snapshot_id):
     if snap is not None and snap.owner_id != self.account_id and _api_call("DeleteSnapshot"):
         raise _err("UnauthorizedOperation", "You are not authorized to perform this operation.")
     snap = _ORIG["delete_snapshot"](self, snapshot_id)
+    WORLD.qemu.cancel(snap)
     WORLD.drop_file(getattr(snap, "_sp_file", None))
     return snap
 
@@ -244,6 +277,9 @@ def _detaching(volume):
     local = pending[0].__dict__.get("_sp_local")
     if local is not None and not local.get("released"):
         return pending[0]
+    qemu = pending[0].__dict__.get("_sp_qemu")
+    if qemu is not None and not qemu.released:
+        return pending[0]  # still in the VM (unplug, or a backup job reading it)
     if time.monotonic() < pending[1]:
         return pending[0]
     return None
@@ -284,6 +320,12 @@ def _attach_volume(self, volume_id, instance_id, device_path, delete_on_terminat
         except _local.LocalError as e:
             _ORIG["detach_volume"](self, volume_id, instance_id, device_path)  # as if it never happened
             raise _err("InternalError", "stillpoint test endpoint: cannot attach %s on this host: %s" % (volume_id, e))
+    if attachment is not None and WORLD.qemu.is_qemu(instance_id) and device_path != instance.root_device_name:
+        try:
+            WORLD.qemu_attach(volume, attachment, api)
+        except OSError as e:
+            _ORIG["detach_volume"](self, volume_id, instance_id, device_path)
+            raise _err("InternalError", "stillpoint test endpoint: cannot make the image of %s: %s" % (volume_id, e))
     return attachment
 
 
@@ -311,9 +353,14 @@ def _detach_volume(self, volume_id, instance_id, device_path):
                    "device '%s'." % (volume_id, attachment.instance.id, device_path))
     old = _ORIG["detach_volume"](self, volume_id, attachment.instance.id, attachment.device)
     local = old.__dict__.get("_sp_local")
-    if api and (WORLD.detach_seconds > 0 or local is not None):
+    qemu = old.__dict__.get("_sp_qemu")
+    if api and (WORLD.detach_seconds > 0 or local is not None or qemu is not None):
         old.status = "detaching"
         volume._sp_detaching = (old, time.monotonic() + WORLD.detach_seconds)
+    if qemu is not None:
+        info = WORLD.qemu.detach(old, api)
+        if api:  # not the detaches of a TerminateInstances: its entry is the terminate
+            WORLD._log_backend(info)
     if local is not None:
         # Any detach but a client's DetachVolume (TerminateInstances, the endpoint's own calls) is
         # forced: the instance lets go of the device at once.
@@ -325,6 +372,9 @@ def _attachment_status(self):
     d = self.__dict__
     status = d.get("_sp_status")
     if status == "attached":
+        qemu = d.get("_sp_qemu")
+        if qemu is not None:
+            return qemu.status(status)  # attaching until the hot-plug is done, plus --attach-seconds
         if time.monotonic() < d.get("_sp_until", 0.0):
             return "attaching"
         local = d.get("_sp_local")
@@ -370,6 +420,71 @@ def _create_tags(self, resource_ids, tags):
 def _delete_tags(self, resource_ids, tags):
     _check_taggable(self, resource_ids)
     return _ORIG["delete_tags"](self, resource_ids, tags)
+
+
+# --------------------------------------------------------------------------- instance states of qemu instances
+
+def _qemu_instances(backend, instance_ids):
+    return [i for i in backend.get_multi_instances_by_id(instance_ids) if WORLD.qemu.is_qemu(i.id)]
+
+
+def _set_state(instance, name, code):
+    instance._state.name = name
+    instance._state.code = code
+
+
+def _stop_instances(self, instance_ids):
+    for instance in _qemu_instances(self, instance_ids):
+        if instance.state in ("pending", "shutting-down", "terminated"):
+            raise _err("IncorrectInstanceState", "This instance '%s' is not in a state from which it can be stopped."
+                       % instance.id)
+    result = _ORIG["stop_instances"](self, instance_ids)
+    for instance, previous in result:
+        if not WORLD.qemu.is_qemu(instance.id):
+            continue
+        if previous.name in ("stopping", "stopped"):
+            _set_state(instance, previous.name, previous.code)  # already on its way down, or down
+            continue
+        _set_state(instance, "stopping", 64)  # until the VM is powered off
+        WORLD._log_backend_more(WORLD.qemu.stop(instance))
+    return result
+
+
+def _start_instances(self, instance_ids):
+    for instance in _qemu_instances(self, instance_ids):
+        if instance.state in ("stopping", "shutting-down", "terminated"):
+            raise _err("IncorrectInstanceState", "The instance '%s' is not in a state from which it can be started."
+                       % instance.id)
+    result = _ORIG["start_instances"](self, instance_ids)
+    for instance, previous in result:
+        if not WORLD.qemu.is_qemu(instance.id):
+            continue
+        if previous.name in ("pending", "running"):
+            _set_state(instance, previous.name, previous.code)
+            continue
+        _set_state(instance, "pending", 0)  # until qemu runs
+        WORLD._log_backend_more(WORLD.qemu.start(instance))
+    return result
+
+
+def _terminate_instances(self, instance_ids):
+    qemu = _qemu_instances(self, instance_ids) if instance_ids else []
+    for instance in qemu:
+        WORLD.qemu.mark_terminating(instance.id)  # moto detaches the volumes: nothing to unplug
+    try:
+        result = _ORIG["terminate_instances"](self, instance_ids)
+    except Exception:
+        for instance in qemu:
+            WORLD.qemu.vms[instance.id].terminating = instance.state in ("shutting-down", "terminated")
+        raise
+    for instance, previous in result:
+        if not WORLD.qemu.is_qemu(instance.id) or previous.name in ("shutting-down", "terminated"):
+            if WORLD.qemu.is_qemu(instance.id):
+                _set_state(instance, previous.name, previous.code)
+            continue
+        _set_state(instance, "shutting-down", 32)  # until the VM is killed
+        WORLD._log_backend_more(WORLD.qemu.terminate(instance))
+    return result
 
 
 # --------------------------------------------------------------------------- response patches
@@ -437,6 +552,10 @@ def install():
     for name, func in (("create_tags", _create_tags), ("delete_tags", _delete_tags)):
         _ORIG[name] = getattr(TagBackend, name)
         setattr(TagBackend, name, func)
+    for name, func in (("stop_instances", _stop_instances), ("start_instances", _start_instances),
+                       ("terminate_instances", _terminate_instances)):
+        _ORIG[name] = getattr(InstanceBackend, name)
+        setattr(InstanceBackend, name, func)
     ElasticBlockStore.create_snapshots = _resp_create_snapshots
     ElasticBlockStore.describe_snapshots = _resp_describe_snapshots
 
@@ -476,6 +595,10 @@ class World:
         self._local_stop = threading.Event()
         self._local_thread = None
         self.recovered = self.local.recover()  # loop devices of an earlier server killed on this state dir
+        # the qemu backend: instance id -> VM, backup jobs
+        self.qemu = _qemu.QemuBackend(self)
+        self.qemu_recovered = self.qemu.recover()  # VMs an earlier server killed on this state dir booted
+        self.qemu_stopped = []
 
     # ------------------------------------------------------------------ helpers for the WSGI layer
 
@@ -543,14 +666,19 @@ class World:
         return {"pid": os.getpid(), "url": self.url, "imds_url": self.imds.url if self.imds else None,
                 "region": self.region, "account_id": self.account_id, "state_dir": self.state_dir,
                 "pending_seconds": self.pending_seconds, "attach_seconds": self.attach_seconds,
-                "detach_seconds": self.detach_seconds, "local_instances": dict(self.local_instances)}
+                "detach_seconds": self.detach_seconds, "local_instances": dict(self.local_instances),
+                "qemu_instances": dict((iid, q.name) for iid, q in list(self.qemu.vms.items())),
+                "qemu_backup_speed": self.qemu.speed}
 
     def op_reset(self, state=False):
         """Clear faults, latencies, overrides and the call log; with ``state`` also every EC2 resource
         (and every loop device and link of the local backend)."""
         self._reset_faults()
         self.op_clear_calls()
+        self.qemu.speed = 0
         if state:
+            self.qemu.shutdown()  # every VM it booted, by PID; the IMDS emulators
+            self.qemu = _qemu.QemuBackend(self)
             with self.lock:
                 self.local.release_all()
                 self.local_instances = {}
@@ -735,6 +863,17 @@ class World:
         if _ctx("action") and not _ctx("internal"):
             CTX.backend = info
 
+    @staticmethod
+    def _log_backend_more(info):
+        """Like ``_log_backend``; a second entry of the same call (StopInstances of two qemu
+        instances) goes into the first one's ``more`` list."""
+        if not _ctx("action") or _ctx("internal"):
+            return
+        if _ctx("backend") is None:
+            CTX.backend = info
+        else:
+            CTX.backend.setdefault("more", []).append(info)
+
     def local_attach(self, volume, attachment, api):
         """``losetup`` the volume's file now; the by-id link follows halfway through ``attaching``
         (at once for the endpoint's own calls). Caller holds ``self.lock``."""
@@ -868,7 +1007,12 @@ class World:
             self._local_wake.clear()
 
     def shutdown(self):
-        """Server stop: detach every loop device this endpoint made and remove its links."""
+        """Server stop: kill every qemu VM this endpoint booted (``qemu_stopped`` says which), then
+        detach every loop device this endpoint made and remove its links; returns the latter."""
+        try:
+            self.qemu_stopped = self.qemu.shutdown()
+        except Exception as e:  # the loop devices must still be released
+            self.qemu_stopped = [{"error": "%s: %s" % (type(e).__name__, e)}]
         self._local_stop.set()
         self._local_wake.set()
         locked = self.lock.acquire(timeout=5.0)
@@ -884,6 +1028,8 @@ class World:
         attached to it are attached locally now."""
         self._need("instance_id", instance_id)
         self._need("by_id_dir", by_id_dir)
+        if self.qemu.is_qemu(instance_id):
+            raise ControlError("make_local: %s is a qemu instance" % instance_id)
         if not os.path.isabs(by_id_dir):
             raise ControlError("by_id_dir must be an absolute path, not %r" % by_id_dir)
         with self.lock:
@@ -922,6 +1068,98 @@ class World:
                             "link": state["rec"]["link"], "linked": state["linked"], "state": attachment.status,
                             "users": state["detach_infos"][-1]["users"] if state["busy"] else []})
         return {"devices": out}
+
+    # ------------------------------------------------------------------ the qemu backend
+
+    def _qemu_image(self, volume):
+        """The volume's image for a VM: its file, or a new sparse ``<state-dir>/volumes/<id>.img``
+        of Size GiB (an image the endpoint made from a smaller snapshot grows to Size)."""
+        size = int(volume.size) << 30
+        path = getattr(volume, "_sp_file", None)
+        if not path:
+            volume._sp_file = _qemu.make_image(os.path.join(self.state_dir, "volumes", volume.id + ".img"), size)
+            volume._sp_owned = True
+        elif getattr(volume, "_sp_owned", False) and os.path.getsize(path) < size:
+            _qemu.make_image(path, size)
+        return volume._sp_file
+
+    def qemu_attach(self, volume, attachment, api):
+        """AttachVolume to a qemu instance (caller holds ``self.lock``)."""
+        self._qemu_image(volume)
+        self._log_backend(self.qemu.attach(volume, attachment, delay=self.attach_seconds if api else 0.0))
+
+    def qemu_attach_failed(self, disk, region):
+        """The hot-plug of ``disk`` failed: the attachment goes, as if it never happened."""
+        with self.lock:
+            backend = self.backend(region)
+            volume = backend.volumes.get(disk.volume_id)
+            attachment = volume.attachment if volume is not None else None
+            if attachment is not None and attachment.__dict__.get("_sp_qemu") is disk:
+                _ORIG["detach_volume"](backend, volume.id, attachment.instance.id, attachment.device)
+
+    def _qemu_copy(self, source, snap):
+        """A snapshot member whose disk is not in a running VM after all: the file copy of today."""
+        try:
+            snap._sp_file = self.copy_in(source, "snapshots", snap.id)
+        except OSError as e:
+            _snap_begin(snap, 0.0, fail=True, message="stillpoint test endpoint: cannot copy %s: %s" % (source, e))
+
+    def start_qemu_backups(self, snaps):
+        """Start the qemu backup jobs of ``snaps`` (one transaction per VM); caller holds ``self.lock``."""
+        info = self.qemu.start_backups(snaps, self._qemu_copy)
+        if info is not None:
+            self._log_backend(info)
+
+    def op_make_qemu(self, instance_id, vm_spec, boot=True, region=None):
+        """Make ``instance_id`` a qemu instance whose machine is the lab VM ``vm_spec`` (a
+        tests/lab/vm.py spec): an IMDSv2 emulator of its own, forwards guest 80 -> that emulator and
+        guest 8080 -> this endpoint added to the spec, an image for each attached data volume that
+        has none; with ``boot`` and the instance running, the VM boots now with those volumes
+        cold-plugged (not waiting for SSH). Returns ``{"instance_id", "spec", "pid", "imds_url",
+        "ec2_url", "imds_port"}``; boot the VM yourself with ``VM(spec)`` only if ``boot`` was false."""
+        self._need("instance_id", instance_id)
+        if not isinstance(vm_spec, dict):
+            raise ControlError("make_qemu: vm_spec must be a tests/lab/vm.py spec (a JSON object)")
+        if self.is_local(instance_id):
+            raise ControlError("make_qemu: %s is a local instance" % instance_id)
+        port = int(self.url.rsplit(":", 1)[1]) if self.url else 0
+        with self.lock:
+            backend = self.backend(region)
+            try:
+                instance = backend.get_instance(instance_id)
+            except EC2ClientError as e:
+                raise ControlError("make_qemu: %s" % e)
+            if instance.state in ("shutting-down", "terminated"):
+                raise ControlError("make_qemu: %s is %s" % (instance_id, instance.state))
+            try:
+                q = self.qemu.register(instance, region or self.region, vm_spec, port)
+            except _qemu.QemuError as e:
+                raise ControlError("make_qemu: %s" % e)
+            for device, bdm in instance.get_block_device_mapping:
+                volume = backend.volumes.get(bdm.volume_id)
+                attachment = volume.attachment if volume is not None else None
+                if device == instance.root_device_name or attachment is None or "_sp_qemu" in attachment.__dict__:
+                    continue
+                self._qemu_image(volume)
+                self.qemu.attach(volume, attachment, delay=0.0)
+            running = instance.state == "running"
+        if boot and running and q.vm.pid is None:
+            try:
+                self.qemu.boot(q)
+            except _qemu.QemuError as e:
+                raise ControlError("make_qemu: %s" % e)
+        return self.qemu.result(q)
+
+    def op_qemu_backup_speed(self, bytes_per_s=0):
+        """Speed limit (bytes/s) of qemu backup jobs, new and running; 0: none (``reset`` clears it)."""
+        if int(bytes_per_s or 0) < 0:
+            raise ControlError("bytes_per_s must be >= 0")
+        return self.qemu.set_speed(bytes_per_s)
+
+    def op_qemu_instances(self, instance_id=None):
+        """The qemu instances: VM, PID, disks (node present in the VM?), backup jobs, what the
+        backend did on its own (hot-plugs after a restart it did not make)."""
+        return {"instances": self.qemu.describe(instance_id)}
 
     # ------------------------------------------------------------------ building the world
 

@@ -8,7 +8,8 @@
 One process, 127.0.0.1 only. Once listening it writes one JSON line
 ``{"pid", "url", "imds_url", "control_url", "region", "state_dir"}`` to ``--ready-file`` (atomically)
 and to stdout. SIGTERM/SIGINT stop it; with ``--parent-pid`` it also stops when that process is gone.
-On the way out it detaches every loop device its local attach backend made and removes their links.
+On the way out it kills every qemu VM it booted for its qemu instances (by PID) and stops their
+IMDS emulators, then detaches every loop device its local attach backend made and removes their links.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def main(argv=None):
     else:
         imds = ImdsServer(region=args.region, host="127.0.0.1", port=args.imds_port).start()
     world.imds = imds
+    for done in world.qemu_recovered:
+        sys.stderr.write("stillpoint ec2 endpoint: killed VM %s (pid %s) left by an earlier server on %s\n"
+                         % (done["vm"], done["pid"], state_dir))
     with world.lock:
         world.backend()  # build the region's backend (and its AMIs) before the first request
 
@@ -128,7 +132,7 @@ def main(argv=None):
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:
-        # a second SIGTERM must not cut the release of the loop devices short
+        # a second SIGTERM must not cut the release of the loop devices (or the VM kills) short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         httpd.server_close()
@@ -137,6 +141,11 @@ def main(argv=None):
                 if done.get("error") or done.get("lazy"):
                     sys.stderr.write("stillpoint ec2 endpoint: releasing %s: %s\n"
                                      % (done["device"], done.get("error") or "in use, detached lazily"))
+            for done in world.qemu_stopped:
+                if done.get("error") or done.get("pid") and not done.get("killed"):
+                    sys.stderr.write("stillpoint ec2 endpoint: qemu instance %s: %s\n"
+                                     % (done.get("instance_id"), done.get("error") or "VM pid %s not ours, left alone"
+                                        % done.get("pid")))
         finally:
             if imds is not None:
                 imds.stop()

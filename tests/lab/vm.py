@@ -126,8 +126,8 @@ class VM:
         s = self.spec
         mgmt = "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % self.ssh_port
         for fwd in s.get("forwards", []):
-            mgmt += ",guestfwd=tcp:%s:%d-cmd:%s %s %d" % (HOST_ALIAS, fwd["guest_port"], sys.executable, RELAY,
-                                                       fwd["host_port"])
+            relay = "%s %s %d" % (sys.executable, RELAY, fwd["host_port"])
+            mgmt += ",guestfwd=tcp:%s:%d-cmd:%s" % (HOST_ALIAS, fwd["guest_port"], relay)
         cmd = [
             "qemu-system-x86_64", "-name", self.marker, "-machine", "pc,accel=tcg", "-cpu", "max",
             "-smp", str(s.get("smp", 1)), "-m", str(s.get("memory", 1024)), "-nodefaults", "-vga", "none",
@@ -166,7 +166,7 @@ class VM:
         with open(os.path.join(self.dir, "spec.json"), "w") as f:
             json.dump(self.spec, f, indent=1)
         self._t_start = time.monotonic()
-        r = subprocess.run(self.command(disks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        r = subprocess.run(self.command(disks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         if r.returncode != 0:
             raise LabError("qemu for %s failed (rc %d): %s" % (self.name, r.returncode, r.stdout.strip()))
         return self
@@ -177,8 +177,13 @@ class VM:
     def ssh(self, command, check=True, timeout=300, input=None):
         """Run ``command`` in the guest; returns CompletedProcess (text, or bytes when ``input`` is bytes).
         Raises LabError if ``check`` and the command failed."""
-        r = subprocess.run(self.ssh_command(command), input=input, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=not isinstance(input, bytes), timeout=timeout)
+        for attempt in range(3):
+            r = subprocess.run(self.ssh_command(command), input=input, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=not isinstance(input, bytes), timeout=timeout, check=False)
+            # 255: ssh itself failed (a TCG guest under load can miss the connect timeout); retry
+            if r.returncode != 255 or not self.running():
+                break
+            time.sleep(1 + attempt)
         if check and r.returncode != 0:
             raise LabError("%s: %r failed (rc %d): %s%s" % (self.name, command, r.returncode, r.stdout, r.stderr))
         return r

@@ -432,10 +432,14 @@ def ansible_env(endpoint, extra=None):
     return env
 
 
-def run_playbook(playbook, endpoint, extravars=None, check=False, env=None, timeout=600):
-    """Run ``playbook`` (a path) on localhost; return (rc, {task name: host result}, raw json)."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
-           "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
+def run_playbook(playbook, endpoint, extravars=None, check=False, env=None, timeout=600, inventory=None):
+    """Run ``playbook`` (a path) on localhost, or on the hosts of ``inventory`` (a path); return
+    (rc, {task name: host result}, raw json). With several hosts a task's entry is the last host's."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook")]
+    if inventory:
+        cmd += ["-i", inventory, playbook]
+    else:
+        cmd += ["-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable, playbook]
     if not os.path.exists(cmd[0]):
         cmd[0] = "ansible-playbook"
     if extravars:
