@@ -12,11 +12,12 @@ export PATH := $(BIN):$(PATH)
 # Tests and demos never reach the real instance metadata service.
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help deps system-deps link test unit integration sanity lint docs-check demo bench clean
+.PHONY: help deps system-deps link test unit integration sanity lint docs-check lab lab-image demo bench clean
 
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
-	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint"
+	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint, lab (qemu VMs)"
+	@echo "make lab    - the lab tier alone: qemu VMs as EC2 instances, LVM/mdadm/DRBD for real (image cached in ~/.cache)"
 	@echo "make bench  - freeze window (stock vs host vs controller mode), then restore downtime and re-run cost (stock vs ours)"
 
 # Debian packages the tests and demo need (only the missing ones are installed).
@@ -28,6 +29,10 @@ system-deps:
 	command -v mkfs.btrfs >/dev/null || need="$$need btrfs-progs"; \
 	command -v timeout >/dev/null || need="$$need coreutils"; \
 	command -v git >/dev/null || need="$$need git"; \
+	command -v qemu-system-x86_64 >/dev/null || need="$$need qemu-system-x86"; \
+	command -v qemu-img >/dev/null || need="$$need qemu-utils"; \
+	command -v mmdebstrap >/dev/null || need="$$need mmdebstrap"; \
+	command -v ssh >/dev/null || need="$$need openssh-client"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$need (run as root or install them)"; exit 1; fi; \
@@ -72,7 +77,15 @@ docs-check: deps
 	  $(BIN)/ansible-doc stillpoint.snapshots.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
 	done; echo "ansible-doc: all modules render"
 
-test: unit integration docs-check sanity lint
+# The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
+# timing table ends the run. Slowest, so last.
+lab-image: deps
+	$(BIN)/python -m tests.lab.image
+
+lab: lab-image
+	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs tests/lab
+
+test: unit integration docs-check sanity lint lab
 
 demo: deps
 	$(BIN)/python playbooks/demo/demo.py
