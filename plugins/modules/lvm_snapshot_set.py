@@ -1,0 +1,320 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: lvm_snapshot_set
+short_description: Named sets of LVM snapshots of several LVs, created all or nothing, mounted, merged back, removed
+version_added: 0.1.0
+description:
+  - Manages a named set of LVM snapshots, one per LV listed in I(volumes). Classic (copy-on-write) snapshots get
+    the space given by I(size) or I(percent_origin); thin LVs get thin snapshots in their pool, without a size.
+  - Each snapshot is named C(<lv>-snap-<set_name>) and carries the LVM tags C(stillpoint-set.<set_name>),
+    C(stillpoint-count.<members>), C(stillpoint-level.<level>) and C(stillpoint-xlv.<yes|no>). The set is found
+    by these tags, so I(state=absent), I(state=reverted), I(state=mounted) and I(state=unmounted) need only
+    I(set_name). Snapshots without the set's tag are never touched.
+  - To list sets without changing anything, use M(stillpoint.snapshots.lvm_snapshot_set_info).
+  - Before creating anything, the module checks that every volume group has free extents for the sum of its classic
+    snapshots and that every thin pool involved is below I(thin_pool_max_percent) for data and metadata, and refuses
+    with the amount that is missing.
+  - All or nothing. If creating a member fails, the members this run already made are removed and the result lists
+    them in C(rolled_back). A partial set found later (an interrupted run) is never completed, merged or mounted; the
+    module fails and says to remove it.
+  - B(Consistency.) C(lvcreate --snapshot) suspends the origin LV, and device-mapper freezes the filesystem on it
+    while it does, so each member of a mounted, freezable filesystem (ext4, xfs, btrfs, ...) is filesystem-consistent
+    on its own (C(level=filesystem)); a member of an LV used as a raw device is only crash-consistent. A filesystem
+    frozen by C(fsfreeze) cannot be snapshot by device-mapper on Linux 6.1 (measured on Debian 12, classic and thin;
+    the suspend fails with EBUSY), so the filesystems cannot be held frozen across the whole set. The members are
+    taken one after another and are B(not) consistent with each other (C(cross_lv_consistent=false)) unless the set
+    has one member or none of the origins is open. Quiesce the application across all of them when it needs more.
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  set_name:
+    description:
+      - Name of the set, 1-64 characters of C(A-Z a-z 0-9 _ . + -). Part of the snapshot LV names and tags.
+    type: str
+    required: true
+  volumes:
+    description:
+      - The LVs of the set, in the order their snapshots are taken. Required with I(state=present).
+      - With other states, optional; when given, the set found must have exactly these LVs.
+    type: list
+    elements: dict
+    suboptions:
+      vg:
+        description: Volume group of the LV.
+        type: str
+        required: true
+      lv:
+        description: Name of the LV to snapshot (the origin).
+        type: str
+        required: true
+      size:
+        description:
+          - Space of a classic snapshot, as C(lvcreate -L) takes it (C(512m), C(2g); no unit means MiB), rounded up
+            to whole extents. The snapshot becomes invalid when more than this has changed on the origin.
+          - Not for thin LVs.
+        type: str
+      percent_origin:
+        description:
+          - Space of a classic snapshot as a percentage of the origin's size (like C(lvcreate -l N%ORIGIN)).
+          - Not for thin LVs.
+        type: float
+  state:
+    description:
+      - C(present) creates the set (all members, or none). An existing complete set with the same LVs is left alone.
+      - C(absent) removes every snapshot of the set. Refused while a member is mounted or merging.
+      - C(reverted) merges every snapshot back into its origin (C(lvconvert --merge --interval 1)), so the origins
+        return to the state of the set; the snapshots disappear. Refused while an origin is open unless
+        I(defer_merge=true). Every merge is dry-run (C(--test)) before the first one starts.
+      - C(mounted) activates the snapshots if needed and mounts each read-only at I(mount_base)C(/<vg>/<lv>).
+      - C(unmounted) unmounts every mount of the set's snapshots.
+    type: str
+    choices: [present, absent, reverted, mounted, unmounted]
+    default: present
+  thin_pool_max_percent:
+    description:
+      - With I(state=present), refuse when a thin pool that would hold a thin snapshot has its data or metadata
+        this full or more (percent).
+    type: float
+    default: 80.0
+  mount_base:
+    description:
+      - With I(state=mounted), the directory under which each snapshot is mounted at C(<mount_base>/<vg>/<lv>).
+    type: path
+  mount_options:
+    description:
+      - With I(state=mounted), extra mount options. The module always mounts C(ro); for xfs it adds C(nouuid) (the
+        origin with the same UUID is mounted) and C(norecovery), for ext3/ext4 C(noload), so that mounting never
+        writes to the snapshot.
+    type: list
+    elements: str
+    default: []
+  defer_merge:
+    description:
+      - With I(state=reverted), also merge snapshots whose origin is open (mounted). LVM then merges them on the
+        origin's next activation (for the root LV, the next boot), so the origins of the set come back at different
+        times. The result lists them in C(deferred).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description:
+      - Every C(lvcreate), C(lvremove), C(lvchange) and C(lvconvert --merge) is run with LVM's C(--test) instead
+        (LVM checks it and changes no metadata); mounts and unmounts are only planned. The space check runs too.
+  diff_mode:
+    support: none
+    description: The result lists the set as it is after the run.
+  idempotent:
+    support: full
+    description:
+      - A complete existing set gives C(changed=false) with I(state=present); a removed, merged, mounted or unmounted
+        set gives C(changed=false) for the same state. A partial set is an error, never completed.
+notes:
+  - Requires root; use C(become=true). Needs lvm2 2.02.158 or later (C(--reportformat json)).
+  - Classic snapshots slow down writes to their origins (copy-on-write) and become invalid when their space runs out;
+    remove sets you no longer need.
+  - Thin snapshots are created with LVM's activation-skip flag; I(state=mounted) activates them with
+    C(--ignoreactivationskip).
+seealso:
+  - module: stillpoint.snapshots.lvm_snapshot_set_info
+  - module: stillpoint.snapshots.fsfreeze
+  - name: lvmthin(7), lvcreate(8), lvconvert(8)
+    description: LVM's thin provisioning, snapshot creation and merging.
+    link: https://man7.org/linux/man-pages/man8/lvcreate.8.html
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the data LVs before an upgrade (refused if the VG lacks space)
+  stillpoint.snapshots.lvm_snapshot_set:
+    set_name: pre-upgrade
+    volumes:
+      - {vg: vgdata, lv: db, size: 2g}
+      - {vg: vgdata, lv: logs, percent_origin: 20}
+      - {vg: vgdata, lv: thinfiles}   # a thin LV: thin snapshot, no size
+  become: true
+  register: snapset
+
+- name: The members are not consistent with each other while the LVs are in use
+  ansible.builtin.debug:
+    msg: "per LV: {{ snapset.snapshot_set.level }}, across LVs: {{ snapset.snapshot_set.cross_lv_consistent }}"
+
+- name: Look into the set read-only
+  stillpoint.snapshots.lvm_snapshot_set:
+    set_name: pre-upgrade
+    state: mounted
+    mount_base: /mnt/pre-upgrade
+  become: true
+
+- name: Unmount it again
+  stillpoint.snapshots.lvm_snapshot_set:
+    set_name: pre-upgrade
+    state: unmounted
+  become: true
+
+- name: The upgrade went wrong, put the LVs back (unmount the origins first)
+  stillpoint.snapshots.lvm_snapshot_set:
+    set_name: pre-upgrade
+    state: reverted
+  become: true
+
+- name: Or keep the new state and drop the snapshots
+  stillpoint.snapshots.lvm_snapshot_set:
+    set_name: pre-upgrade
+    state: absent
+  become: true
+
+- name: List every snapshot set on the host (read-only)
+  stillpoint.snapshots.lvm_snapshot_set_info:
+  become: true
+  register: lvm_sets
+"""
+
+RETURN = r"""
+snapshot_set:
+  description:
+    - The set as found after the run (before it, in check mode).
+    - C(level) is the weakest member level; it holds for each LV on its own. C(cross_lv_consistent) says whether the
+      members are of one instant.
+  returned: always
+  type: dict
+  sample:
+    name: pre-upgrade
+    tag: stillpoint-set.pre-upgrade
+    exists: true
+    complete: true
+    expected_members: 2
+    level: filesystem
+    cross_lv_consistent: false
+    members:
+      - {vg: vgdata, lv: db, snapshot: db-snap-pre-upgrade, path: /dev/vgdata/db-snap-pre-upgrade, kind: classic,
+         size: 2147483648, level: filesystem, active: true, invalid: false, merging: false, mounted_at: [],
+         data_percent: 0.01, uuid: "cWJ1nE-...", created: "2026-11-21 16:55:01 +0000"}
+plan:
+  description:
+    - With state=present, each member as planned, with C(level) and its C(basis) (why that level), C(kind),
+      C(extents), C(size) in bytes and, once made, C(create_ms).
+  returned: state=present when the set was created or planned
+  type: list
+  elements: dict
+space:
+  description: The space check, per volume group (free and needed extents) and per thin pool (data and metadata %).
+  returned: state=present when the set was created or planned
+  type: list
+  elements: dict
+rolled_back:
+  description: Snapshots removed again because a later member failed (all or nothing).
+  returned: when creating failed
+  type: list
+  elements: str
+actions:
+  description: The changing commands run or, in check mode, planned (with the C(--test) dry run and its rc).
+  returned: always
+  type: list
+  elements: dict
+removed:
+  description: Snapshots removed (state=absent).
+  returned: state=absent
+  type: list
+  elements: str
+merged:
+  description: Snapshots merged into their origins (state=reverted).
+  returned: state=reverted
+  type: list
+  elements: str
+deferred:
+  description: Snapshots whose merge waits for the next activation of their origin (state=reverted).
+  returned: state=reverted when merges were started
+  type: list
+  elements: str
+mounts:
+  description: Per member, the mountpoint, fstype and options (state=mounted).
+  returned: state=mounted
+  type: list
+  elements: dict
+unmounted:
+  description: Mountpoints unmounted (state=unmounted).
+  returned: state=unmounted
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import SnapshotSets
+
+
+def _check_volumes(params, snapshot_set):
+    """With volumes given for a state other than present: the set must have exactly those LVs."""
+    if not params["volumes"] or not snapshot_set.get("exists"):
+        return
+    want = sorted((v["vg"], v["lv"]) for v in params["volumes"])
+    have = sorted((m["vg"], m["lv"]) for m in snapshot_set["members"])
+    if want != have:
+        raise StillpointError("Snapshot set %s holds %s, not the volumes given (%s); refusing to act on it."
+                              % (params["set_name"], ", ".join("%s/%s" % k for k in have),
+                                 ", ".join("%s/%s" % k for k in want)), snapshot_set=snapshot_set)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            set_name=dict(type="str", required=True),
+            volumes=dict(type="list", elements="dict", options=dict(
+                vg=dict(type="str", required=True),
+                lv=dict(type="str", required=True),
+                size=dict(type="str"),
+                percent_origin=dict(type="float"),
+            )),
+            state=dict(type="str", default="present",
+                       choices=["present", "absent", "reverted", "mounted", "unmounted"]),
+            thin_pool_max_percent=dict(type="float", default=80.0),
+            mount_base=dict(type="path"),
+            mount_options=dict(type="list", elements="str", default=[]),
+            defer_merge=dict(type="bool", default=False),
+        ),
+        required_if=[
+            ("state", "present", ["volumes"]),
+            ("state", "mounted", ["mount_base"]),
+        ],
+        supports_check_mode=True,
+    )
+    params = module.params
+    sets = SnapshotSets(CommandRunner.from_module(module), check_mode=module.check_mode)
+    result = dict(changed=False)
+    try:
+        state = params["state"]
+        if state == "present":
+            result.update(sets.present(params["set_name"], params["volumes"], params["thin_pool_max_percent"]))
+        else:
+            if params["volumes"]:
+                _check_volumes(params, sets.info(params["set_name"])["sets"][0])
+            if state == "absent":
+                result.update(sets.absent(params["set_name"]))
+            elif state == "reverted":
+                result.update(sets.reverted(params["set_name"], defer=params["defer_merge"]))
+            elif state == "mounted":
+                result.update(sets.mounted(params["set_name"], params["mount_base"], params["mount_options"]))
+            else:
+                result.update(sets.unmounted(params["set_name"]))
+    except StillpointError as exc:
+        result.update(exc.fail_kwargs())
+        result["actions"] = sets.actions
+        for warning in sets.warnings:
+            module.warn(warning)
+        module.fail_json(**result)
+    result["actions"] = sets.actions
+    for warning in sets.warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
