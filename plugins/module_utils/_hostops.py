@@ -196,7 +196,7 @@ class Layout:
         if not members:
             raise _layout_error("%s.members is empty" % where)
         return dict(device=device, uuid=m.get("uuid") or None, level=m.get("level") or None,
-                    chunk=m.get("chunk") or None, members=members)
+                    chunk=m.get("chunk") or None, members=members, clone_of=m.get("clone_of") or None)
 
     def _lvm(self, i, v):
         where = "lvm[%d]" % i
@@ -218,7 +218,7 @@ class Layout:
         lvs = v.get("lvs") or []
         if not isinstance(lvs, list) or not all(isinstance(x, str) and x for x in lvs):
             raise _layout_error("%s.lvs must be a list of LV names" % where)
-        return dict(vg=vg, uuid=v.get("uuid") or None, pvs=pvs, lvs=list(lvs))
+        return dict(vg=vg, uuid=v.get("uuid") or None, pvs=pvs, lvs=list(lvs), clone_of=v.get("clone_of") or None)
 
     def _fs(self, i, f):
         where = "filesystems[%d]" % i
@@ -306,6 +306,93 @@ def validate_volume_ids(volume_ids, layout, required):
     return out
 
 
+def clone_layout(raw, mountpoint_map, vg_map=None, md_map=None):
+    """The layout of a restored copy brought up beside its source on one host (``import_clone``).
+
+    The copy carries the source's md UUID, LVM PV/VG UUIDs and filesystem UUIDs. The returned
+    layout gives it new names: each md array is assembled at ``md_map[device]`` (default
+    ``/dev/md/<name>_clone``) with a new random UUID (``mdadm --assemble --update=uuid``), each
+    volume group is imported as ``vg_map[vg]`` (default ``<vg>_clone``) with new UUIDs
+    (``vgimportclone``), each filesystem is mounted at ``mountpoint_map[mountpoint]`` (required for
+    every filesystem; never one of the set's own mountpoints), XFS with ``nouuid``. The recorded
+    UUIDs are kept as ``clone_of``: a member still carrying one is re-identified, one that no
+    longer does (a re-run, a reboot) is taken as already imported."""
+    if not isinstance(raw, dict):
+        raise _layout_error("expected a dict, got %s" % type(raw).__name__)
+    mountpoint_map = dict(mountpoint_map or {})
+    vg_map = dict(vg_map or {})
+    md_map = dict(md_map or {})
+    fss = raw.get("filesystems") or []
+    recorded = set(posixpath.normpath(f.get("mountpoint") or "") for f in fss if isinstance(f, dict))
+    mp_map = dict((posixpath.normpath(k), v) for k, v in mountpoint_map.items())
+    missing = sorted(mp for mp in recorded if mp not in mp_map)
+    if missing:
+        raise StillpointError(
+            "import_clone needs mountpoint_map to name a new mountpoint for every filesystem of the set; missing: %s. "
+            "The copy must not be mounted over its source." % ", ".join(missing))
+    targets = []
+    for source, target in sorted(mp_map.items()):
+        if source not in recorded:
+            raise StillpointError("mountpoint_map names %s, which is not a filesystem of the set (%s)"
+                                  % (source, ", ".join(sorted(recorded)) or "none"))
+        if not isinstance(target, str) or not target.startswith("/") or posixpath.normpath(target) == "/":
+            raise StillpointError("mountpoint_map[%s] must be an absolute path other than /, not %r" % (source, target))
+        target = posixpath.normpath(target)
+        if target in recorded or target in targets:
+            raise StillpointError(
+                "mountpoint_map[%s] = %s is %s: the copy would be mounted over %s. Give each filesystem of the copy "
+                "its own new mountpoint." % (source, target, "a mountpoint of the set" if target in recorded
+                                             else "given twice", "its source" if target in recorded else "itself"))
+        targets.append(target)
+    md_new = {}
+    for m in raw.get("md") or []:
+        if not isinstance(m, dict) or not isinstance(m.get("device"), str):
+            continue
+        dev = m["device"]
+        new = md_map.get(dev) or "/dev/md/%s_clone" % posixpath.basename(dev)
+        if not isinstance(new, str) or not new.startswith("/dev/") or new == dev:
+            raise StillpointError("md_map[%s] must be another md device path (/dev/md/<name> or /dev/mdN), not %r"
+                                  % (dev, new))
+        md_new[dev] = new
+    vg_new = {}
+    for v in raw.get("lvm") or []:
+        if not isinstance(v, dict) or not isinstance(v.get("vg"), str):
+            continue
+        new = vg_map.get(v["vg"]) or v["vg"] + "_clone"
+        if not isinstance(new, str) or new == v["vg"] or not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$", new):
+            raise StillpointError("vg_map[%s] must be another volume group name, not %r" % (v["vg"], new))
+        vg_new[v["vg"]] = new
+    if len(set(md_new.values())) != len(md_new) or len(set(vg_new.values())) != len(vg_new):
+        raise StillpointError("md_map/vg_map give two arrays or volume groups the same new name")
+    out = dict(raw)
+    out["md"] = [dict(m, device=md_new[m["device"]], uuid=None, clone_of=m.get("uuid") or m.get("clone_of"))
+                 for m in raw.get("md") or [] if isinstance(m, dict) and m.get("device") in md_new]
+    out["lvm"] = [dict(v, vg=vg_new[v["vg"]], uuid=None, clone_of=v.get("uuid") or v.get("clone_of") or "unknown",
+                       pvs=[md_new.get(pv, pv) if isinstance(pv, str) else pv for pv in v.get("pvs") or []])
+                  for v in raw.get("lvm") or [] if isinstance(v, dict) and v.get("vg") in vg_new]
+    new_fss = []
+    for f in fss:
+        f = dict(f)
+        f["mountpoint"] = mp_map[posixpath.normpath(f["mountpoint"])]
+        dev = f.get("device")
+        if dev in md_new:
+            f["device"] = md_new[dev]
+        elif isinstance(dev, str) and dev.count("/") == 3 and dev.split("/")[2] in vg_new:
+            f["device"] = "/dev/%s/%s" % (vg_new[dev.split("/")[2]], dev.split("/")[3])
+        if f.get("fstype") == "xfs":
+            options = f.get("options") or []
+            if isinstance(options, str):
+                options = [o for o in options.split(",") if o]
+            f["options"] = list(options) + (["nouuid"] if "nouuid" not in options else [])
+        new_fss.append(f)
+    out["filesystems"] = new_fss
+    return out
+
+
+_BESIDE_HINT = ("set import_clone: true with a mountpoint_map to bring the copy up under new md/LVM UUIDs and names "
+                "beside its source, or take the source down first")
+
+
 # -- the operations -------------------------------------------------------------------------
 
 
@@ -345,6 +432,7 @@ class HostOps:
         self.warnings = []
         self.changed = False
         self._volume_ids = []
+        self._layout_lvm = []
 
     # plumbing -----------------------------------------------------------------------------
 
@@ -662,6 +750,7 @@ class HostOps:
             if os.path.isabs(sentinel) or ".." in sentinel.split("/"):
                 raise StillpointError("sentinel must be a path relative to each mountpoint, without '..': %r" % sentinel)
         self._volume_ids = volume_ids
+        self._layout_lvm = layout.lvm
         devices = self._wait_devices(layout, volume_ids, device_timeout)
 
         mounts = self._mounts()
@@ -676,11 +765,14 @@ class HostOps:
                 if not self._mounted_from(mount, fs, sources):
                     raise StillpointError(
                         "%s is already mounted from %s (%s), not from %s as the set records. Refusing to mount over "
-                        "it; unmount it first (state=down) if it is an old copy. Nothing was changed."
+                        "it; unmount it first (state=down) if it is an old copy, or, if it is the set's source, "
+                        "bring the copy up beside it elsewhere (import_clone with a mountpoint_map). Nothing was "
+                        "changed."
                         % (fs["mountpoint"], mount["source"], mount["fstype"], ", ".join(sources)))
                 continue
             plan.append((fs, sources))
 
+        self._refuse_beside_source(layout, devices)
         for md in layout.md:
             self._assemble(md, devices)
         for vg in layout.lvm:
@@ -813,7 +905,8 @@ class HostOps:
         dev = md["device"]
         members = [devices[i] for i in md["members"]]
         if any(m.startswith("<") for m in members):  # check mode before the volumes exist: only the plan
-            self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members)
+            self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] +
+                      (["--update=uuid"] if md["clone_of"] else []) + members)
             return
         state = self._md_state(dev)
         if state is not None and state != "inactive":
@@ -830,6 +923,8 @@ class HostOps:
                     rc=rc, stdout=out, stderr=err)
             uuids.append((index, member, info))
         want = md_uuid_key(md["uuid"]) if md["uuid"] else md_uuid_key(uuids[0][2]["MD_UUID"])
+        # a copy beside its source: members still carrying the source's UUID get a new one
+        update = bool(md["clone_of"]) and want == md_uuid_key(md["clone_of"])
         wrong = [(i, m, info["MD_UUID"]) for i, m, info in uuids if md_uuid_key(info["MD_UUID"]) != want]
         if wrong:
             raise StillpointError(
@@ -838,7 +933,7 @@ class HostOps:
                 % (dev, md["uuid"] or ("member %d's %s" % (uuids[0][0], uuids[0][2]["MD_UUID"])),
                    "; ".join("member %d (%s) carries %s" % w for w in wrong)),
                 mismatched=[dict(member=i, device=m, uuid=u) for i, m, u in wrong])
-        if not md["uuid"]:
+        if not md["uuid"] and not md["clone_of"]:
             self.warnings.append("the layout records no UUID for %s; its members agree on %s"
                                  % (dev, uuids[0][2]["MD_UUID"]))
         info0 = uuids[0][2]
@@ -851,7 +946,7 @@ class HostOps:
                                   % (dev, info0["MD_LEVEL"], md["level"]))
         # whatever already holds the members: an auto-assembled copy of this array, or something else
         kname = self._kernel_name(dev)
-        stop = []
+        stop, deactivate = [], []
         for member in members:
             for holder in self._holders(member):
                 if holder in stop:
@@ -864,7 +959,15 @@ class HostOps:
                                           "assembled." % (member, dev, holder))
                 hdev = "/dev/" + holder
                 hdetail = self._md_detail(hdev) or {}
-                in_use = self._holders(hdev) or self._visible_by_majmin(self._majmin(hdev))
+                above = self._holders(hdev)
+                auto_vgs = self._auto_activated_vgs(above) if md_uuid_key(hdetail.get("MD_UUID")) == want else None
+                if auto_vgs:
+                    # LVM's udev autoactivation found the set's volume group on the copy udev assembled
+                    for vg in auto_vgs:
+                        if vg not in deactivate:
+                            deactivate.append(vg)
+                    above = []
+                in_use = above or self._visible_by_majmin(self._majmin(hdev))
                 if md_uuid_key(hdetail.get("MD_UUID")) != want or in_use:
                     raise StillpointError(
                         "%s (member of %s) is held by %s (array UUID %s%s). Refusing to take it over; stop it "
@@ -875,18 +978,80 @@ class HostOps:
             raise StillpointError(
                 "%s exists but is inactive over devices that are not this restore's members; refusing to stop it. "
                 "Stop it yourself (mdadm --stop %s) if it is a leftover." % (dev, dev))
+        for vg in deactivate:
+            self._act("deactivate volume group %s (activated by udev on the copy of %s assembled under another name)"
+                      % (vg, dev), [self._bin("vgchange"), "-an", vg], fail="cannot deactivate volume group %s" % vg)
         for name in stop:
             target = dev if name == kname else "/dev/" + name
             self._act("stop %s (assembled from the restored members by udev, or left inactive) so that %s is "
                       "assembled in the recorded order" % (target, dev), [self._bin("mdadm"), "--stop", target],
                       fail="cannot stop %s" % target)
-        self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members,
-                  fail="mdadm could not assemble %s" % dev)
+        if update:
+            self._act("assemble %s with a new UUID (a copy of array %s)" % (dev, md["clone_of"]),
+                      [self._bin("mdadm"), "--assemble", dev, "--update=uuid"] + members,
+                      fail="mdadm could not assemble %s" % dev)
+        else:
+            self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members,
+                      fail="mdadm could not assemble %s" % dev)
         if not self.check_mode:
             detail = self._md_detail(dev)
             if detail is None:
                 raise StillpointError("%s is not running after mdadm --assemble returned 0" % dev)
             self._check_running(md, detail, members)
+
+    def _refuse_beside_source(self, layout, devices):
+        """Refuse (before anything is assembled) to bring up an md array whose recorded UUID is already
+        running on this host under another name over other devices: its source or another copy."""
+        candidates = [md for md in layout.md if md["uuid"] and not md["clone_of"]]
+        if not candidates:
+            return
+        try:
+            names = sorted(n for n in os.listdir(os.path.join(self.resolver.sys_root, "block")) if n.startswith("md"))
+        except OSError:
+            return
+        ours = set()
+        for md in candidates:
+            ours.add(self._kernel_name(md["device"]))
+            for i in md["members"]:
+                if not devices[i].startswith("<"):
+                    ours.update(self._holders(devices[i]))
+        for name in names:
+            if name in ours or self._md_state("/dev/" + name) in (None, "inactive"):
+                continue
+            detail = self._md_detail("/dev/" + name) or {}
+            for md in candidates:
+                if md_uuid_key(detail.get("MD_UUID")) == md_uuid_key(md["uuid"]):
+                    raise StillpointError(
+                        "The set's md array %s (UUID %s) is already running on this host as /dev/%s over %s: its "
+                        "source, or another copy. The restored copy carries the same md, LVM and filesystem UUIDs; "
+                        "refusing to assemble it beside (nothing was assembled). To do so, %s."
+                        % (md["device"], md["uuid"], name,
+                           ", ".join(d["dev"] for d in md_detail_devices(detail)) or "unknown devices", _BESIDE_HINT))
+
+    def _auto_activated_vgs(self, holders):
+        """Volume groups of this layout whose LVs are all of ``holders`` (device-mapper names such as
+        ``dm-0``), none of them mounted or open; None when a holder is anything else."""
+        if not holders:
+            return None
+        by_uuid = dict((lvm_uuid_key(vg["uuid"]), vg["vg"]) for vg in self._layout_lvm if vg["uuid"])
+        found = []
+        for holder in holders:
+            dm_uuid = self._sysread(holder, "dm", "uuid") or ""
+            # an LV's dm uuid is "LVM-" + the VG UUID and the LV UUID, without dashes (32 characters each)
+            vg = by_uuid.get(dm_uuid[4:36]) if dm_uuid.startswith("LVM-") else None
+            if vg is None or self._holders("/dev/" + holder) or \
+                    self._visible_by_majmin(self._majmin("/dev/" + holder)) or self.claimed(self._dev("/dev/" + holder)):
+                return None
+            if vg not in found:
+                found.append(vg)
+        return found
+
+    def _sysread(self, name, *parts):
+        p = self._sysblock(name, *parts)
+        if not p or not os.path.exists(p):
+            return None
+        with open(p) as f:
+            return f.read().strip()
 
     def _visible_by_majmin(self, majmin):
         return majmin is not None and any(m["majmin"] == majmin for m in self._mounts())
@@ -897,6 +1062,12 @@ class HostOps:
         have = md_detail_devices(detail)
         have_real = set(os.path.realpath(self._dev(d["dev"])) for d in have)
         want_real = set(os.path.realpath(self._dev(m)) for m in members)
+        if want_uuid and md_uuid_key(detail.get("MD_UUID")) == want_uuid and have and have_real != want_real:
+            raise StillpointError(
+                "%s is running the set's array %s over %s, not over the restored members %s: its source (or another "
+                "copy) is up on this host, and the restored copy carries the same md, LVM and filesystem UUIDs. "
+                "Refusing to assemble it beside; %s."
+                % (dev, md["uuid"], ", ".join(d["dev"] for d in have), ", ".join(members), _BESIDE_HINT))
         if (want_uuid and md_uuid_key(detail.get("MD_UUID")) != want_uuid) or (have and have_real != want_real):
             raise StillpointError(
                 "%s is running as array %s over %s, not the set's array %s over the restored members %s. Refusing "
@@ -944,9 +1115,21 @@ class HostOps:
         pending = self.check_mode and (any(p.startswith("<") for p in devices.values()) or
                                        any(s["what"].startswith("assemble ") for s in self.plan))
         if pending:  # what it sits on is only planned
+            if vg["clone_of"]:
+                self._act("import volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
+                          [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices))
             self._act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
             return
         found = self._find_vg(self._vgs(), vg)
+        if found is None and vg["clone_of"]:
+            # the copy's PVs still carry the source's PV and VG UUIDs: new UUIDs and the new name
+            self._act("import the copy of volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
+                      [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices),
+                      fail="vgimportclone could not import the copy as %s" % vg["vg"])
+            if self.check_mode:
+                self._act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
+                return
+            found = self._find_vg(self._vgs(), vg)
         if found is None:
             raise StillpointError(
                 "Volume group %s is not visible on this host after the restore: its PVs (%s) do not carry it, or LVM "
@@ -979,8 +1162,10 @@ class HostOps:
         if have != want:
             raise StillpointError(
                 "Volume group %s sits on %s, but the set records it on %s (the restored volumes). Refusing to activate "
-                "it: it would mix volumes that are not this restore's." % (
-                    vg["vg"], ", ".join(r["pv_name"] for r in rows) or "nothing", ", ".join(self._pv_paths(vg, devices))))
+                "it: it would mix volumes that are not this restore's. If that is its source (or another copy) on this "
+                "host, the restored copy carries the same PV and VG UUIDs: %s." % (
+                    vg["vg"], ", ".join(r["pv_name"] for r in rows) or "nothing", ", ".join(self._pv_paths(vg, devices)),
+                    _BESIDE_HINT))
 
     def _verify(self, fs, sources, devices):
         base = CHECKS.get(fs["fstype"])
@@ -1089,3 +1274,208 @@ class HostOps:
             out["plan"] = self.plan
         out.update(extra)
         return out
+
+
+# -- discovery at backup time ---------------------------------------------------------------
+
+
+def _sysfs_node(resolver, majmin):
+    p = os.path.join(resolver.sys_root, "dev", "block", majmin)
+    return os.path.realpath(p) if os.path.exists(p) else None
+
+
+def _read_sys(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _slaves(node):
+    try:
+        return sorted(os.listdir(os.path.join(node, "slaves")))
+    except OSError:
+        return []
+
+
+def _chunk_text(chunk_bytes):
+    """sysfs ``md/chunk_size`` (bytes) -> ``"512K"`` as mdadm prints it; None for 0 or unknown."""
+    if not chunk_bytes or not chunk_bytes.isdigit() or int(chunk_bytes) == 0:
+        return None
+    return "%dK" % (int(chunk_bytes) // 1024)
+
+
+class StackDiscovery:
+    """What a set's filesystems sit on, at backup time: md arrays (``mdadm --detail --export``) and
+    LVM (``pvs``/``lvs --reportformat json``), found by walking sysfs from each mount's device.
+
+    ``discover(mount)`` takes an entry of :meth:`DeviceResolver.resolve` and returns
+    ``{"device", "partition", "md": [...], "lvm": [...], "volume_ids": [...]}`` with md members and
+    LVM PVs named by EBS volume id (or, for a PV on an md array, by md device); ``volume_ids`` is
+    the stack's member order (md role order, PVs in the order LVM lists them, every PV of the
+    volume group, not only those under this LV). Returns None (and adds a warning) for stacks a
+    restore cannot rebuild from whole volumes (partitions under md/LVM, dm-crypt, multipath).
+    A filesystem directly on a volume returns ``{"device": None, "partition": N or None, ...}``.
+    """
+
+    def __init__(self, runner, resolver):
+        self.run = runner
+        self.resolver = resolver
+        self.warnings = []
+        self._by_id = None
+        self._lvm = None
+
+    def _vol(self, kname):
+        if self._by_id is None:
+            self._by_id = self.resolver.by_id_volumes()
+        return self.resolver.volume_id(kname, _by_id=self._by_id)
+
+    def _node(self, kname):
+        for base in ("class/block", "block"):
+            p = os.path.join(self.resolver.sys_root, base, kname)
+            if os.path.exists(p):
+                return os.path.realpath(p)
+        return None
+
+    def _kname(self, path):
+        """Kernel name of a /dev path (``/dev/data/pg`` -> ``dm-0``, ``/dev/md/0`` -> ``md127``)."""
+        if path.startswith("/dev/") and self.resolver.dev_root != "/dev":
+            path = os.path.join(self.resolver.dev_root, path[len("/dev/"):])
+        return os.path.basename(os.path.realpath(path))
+
+    def _lvm_reports(self):
+        if self._lvm is None:
+            rc, out, err = self.run([self.run.bin("lvs"), "--reportformat", "json", "-o",
+                                     "vg_name,vg_uuid,lv_name,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_attr"],
+                                    check=False)
+            if rc != 0:
+                raise StillpointError("lvs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out,
+                                      stderr=err)
+            lvs = parse_lvm_report(out, "lv")
+            rc, out, err = self.run([self.run.bin("pvs"), "--reportformat", "json", "-o",
+                                     "pv_name,pv_uuid,vg_name,vg_uuid"], check=False)
+            if rc != 0:
+                raise StillpointError("pvs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out,
+                                      stderr=err)
+            self._lvm = (lvs, parse_lvm_report(out, "pv"))
+        return self._lvm
+
+    def _whole_volume(self, kname, what):
+        """The volume id of a whole disk; None (and a warning) for anything else."""
+        node = self._node(kname)
+        if node is None or os.path.exists(os.path.join(node, "partition")) or _slaves(node):
+            self.warnings.append(
+                "%s sits on %s, which is not a whole EBS volume (a partition, or another device-mapper layer): "
+                "the md/LVM layout is not recorded, a restore must be given it by hand" % (what, kname))
+            return None
+        vol = self._vol(kname)
+        if vol is None:
+            self.warnings.append("%s sits on %s, which has no EBS volume id; the md/LVM layout is not recorded"
+                                 % (what, kname))
+        return vol
+
+    def _md(self, kname, node):
+        dev = "/dev/" + kname
+        rc, out, err = self.run([self.run.bin("mdadm"), "--detail", "--export", dev], check=False)
+        if rc != 0:
+            raise StillpointError("mdadm --detail --export %s failed (rc=%s): %s" % (dev, rc, (err or out).strip()),
+                                  rc=rc, stdout=out, stderr=err)
+        detail = parse_export(out)
+        if not detail.get("MD_UUID"):
+            raise StillpointError("mdadm --detail --export %s printed no MD_UUID; is it a running md array?" % dev,
+                                  stdout=out)
+        members = []
+        for d in md_detail_devices(detail):
+            if not isinstance(d["role"], int):
+                continue  # spares and faulty devices are not part of the data
+            vol = self._whole_volume(self._kname(d["dev"]), dev)
+            if vol is None:
+                return None
+            members.append(vol)
+        expected = detail.get("MD_DEVICES")
+        if expected and expected.isdigit() and int(expected) != len(members):
+            self.warnings.append("%s has %s raid devices but %d active members: the set holds a degraded array"
+                                 % (dev, expected, len(members)))
+        return dict(device=dev, uuid=detail["MD_UUID"], level=detail.get("MD_LEVEL") or None,
+                    chunk=_chunk_text(_read_sys(os.path.join(node, "md", "chunk_size"))), members=members)
+
+    def _pv_entry(self, kname, vg, mds):
+        node = self._node(kname)
+        if node is not None and os.path.isdir(os.path.join(node, "md")):
+            md = self._md(kname, node)
+            if md is None:
+                return None
+            if md["device"] not in [m["device"] for m in mds]:
+                mds.append(md)
+            return md["device"]
+        return self._whole_volume(kname, "volume group %s" % vg)
+
+    def _lv(self, kname, node, top):
+        majmin = _read_sys(os.path.join(node, "dev"))
+        lvs, pvs = self._lvm_reports()
+        rows = [r for r in lvs if "%s:%s" % (r.get("lv_kernel_major"), r.get("lv_kernel_minor")) == majmin]
+        if len(rows) != 1:
+            self.warnings.append("%s (%s) is a device-mapper device LVM does not report as one LV; its layout is "
+                                 "not recorded" % (top["mountpoint"], kname))
+            return None
+        row = rows[0]
+        vg = row["vg_name"]
+        mds, pv_entries, order = [], [], []
+        vg_pvs = [p for p in pvs if p.get("vg_name") == vg]
+        if not vg_pvs:
+            raise StillpointError("pvs lists no physical volume of volume group %s" % vg)
+        for pv in vg_pvs:
+            entry = self._pv_entry(self._kname(pv["pv_name"]), vg, mds)
+            if entry is None:
+                return None
+            pv_entries.append(entry)
+        for entry in pv_entries:
+            if entry.startswith("/dev/"):
+                order.extend(v for v in [m for m in mds if m["device"] == entry][0]["members"] if v not in order)
+            elif entry not in order:
+                order.append(entry)
+        lv_names = [r["lv_name"] for r in lvs if r.get("vg_name") == vg and r.get("lv_name")]
+        return dict(device="/dev/%s/%s" % (vg, row["lv_name"]), partition=None, md=mds,
+                    lvm=[dict(vg=vg, uuid=row.get("vg_uuid") or None, pvs=pv_entries, lvs=lv_names)],
+                    volume_ids=order)
+
+    def discover(self, mount):
+        node = _sysfs_node(self.resolver, mount["majmin"]) if mount.get("majmin") else None
+        if node is None or mount["majmin"].split(":")[0] == "0":  # btrfs (anonymous dev) and the like
+            return dict(device=None, partition=None, md=[], lvm=[], volume_ids=list(mount["volume_ids"]))
+        kname = os.path.basename(node)
+        if os.path.exists(os.path.join(node, "partition")):
+            parent = os.path.basename(os.path.dirname(node))
+            number = _read_sys(os.path.join(node, "partition"))
+            if _slaves(os.path.dirname(node)) or not (number or "").isdigit():
+                self.warnings.append("%s is on partition %s of a stacked device; its layout is not recorded"
+                                     % (mount["mountpoint"], kname))
+                return None
+            return dict(device=None, partition=int(number), md=[], lvm=[], volume_ids=[self._vol(parent)])
+        if os.path.isdir(os.path.join(node, "md")):
+            md = self._md(kname, node)
+            if md is None:
+                return None
+            return dict(device=md["device"], partition=None, md=[md], lvm=[], volume_ids=list(md["members"]))
+        if os.path.isdir(os.path.join(node, "dm")):
+            uuid = _read_sys(os.path.join(node, "dm", "uuid")) or ""
+            if not uuid.startswith("LVM-"):
+                self.warnings.append("%s is on device-mapper device %s (%s), not an LVM logical volume; its layout "
+                                     "is not recorded" % (mount["mountpoint"], kname, uuid.split("-")[0] or "no uuid"))
+                return None
+            return self._lv(kname, node, mount)
+        return dict(device=None, partition=None, md=[], lvm=[], volume_ids=list(mount["volume_ids"]))
+
+
+def discover_stacks(runner, resolver, mounts):
+    """Add ``stack`` (see :class:`StackDiscovery`) to each resolved mount and put its
+    ``volume_ids`` in stack order (every PV of a volume group included). Returns the warnings."""
+    disc = StackDiscovery(runner, resolver)
+    for mount in mounts:
+        stack = disc.discover(mount)
+        mount["stack"] = stack
+        if stack is not None:
+            ordered = [v for v in stack["volume_ids"] if v]
+            mount["volume_ids"] = ordered + [v for v in mount["volume_ids"] if v not in ordered]
+    return disc.warnings

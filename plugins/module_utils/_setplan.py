@@ -10,6 +10,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs a
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import discover_stacks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._imds import Imds
 
 ARGUMENT_SPEC = dict(
@@ -43,16 +44,21 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def resolve_on_host(params, protect_paths=()):
-    """Host side: mountpoints -> EBS volumes, and the freeze plan (all refusals happen here)."""
-    resolver = DeviceResolver(by_id_dir=params["by_id_dir"])
+def resolve_on_host(params, protect_paths=(), runner=None, resolver=None):
+    """Host side: mountpoints -> EBS volumes, and the freeze plan (all refusals happen here).
+
+    With a ``runner`` (a CommandRunner), the md arrays and LVM volume groups under the mountpoints
+    are discovered too (each mount gets a ``stack``, see ``_hostops.StackDiscovery``), and the
+    mounts' volume ids follow the stack order (md role order, PV order; every PV of a volume group)."""
+    resolver = resolver or DeviceResolver(by_id_dir=params["by_id_dir"])
     mounts = resolver.resolve(params["mountpoints"]) if params["mountpoints"] else []
+    warnings = discover_stacks(runner, resolver, mounts) if runner is not None and mounts else []
     excluded = resolver.resolve(params["exclude_mountpoints"]) if params["exclude_mountpoints"] else []
     freeze_plan = None
     if params["freeze"] and params["mountpoints"]:
         freeze_plan = _freeze.check_mountpoints(params["mountpoints"],
                                                 protect_paths=list(params["protect_paths"]) + list(protect_paths))
-    return {"mounts": mounts, "exclude_mounts": excluded, "freeze_plan": freeze_plan}
+    return {"mounts": mounts, "exclude_mounts": excluded, "freeze_plan": freeze_plan, "warnings": warnings}
 
 
 def build_plan(client, params, host, instance_id=None):
@@ -85,8 +91,13 @@ def build_plan(client, params, host, instance_id=None):
     if instance_id is None:
         raise StillpointError("no instance: give instance_id, mountpoints or volume_ids")
     instance = ebs.describe_instance(client, instance_id)
+    # members in array order: the given volume_ids, then the discovered md/LVM order
+    order = list(params["volume_ids"])
+    for mount in host["mounts"]:
+        if mount.get("stack") and (mount["stack"]["md"] or mount["stack"]["lvm"]):
+            order.extend(v for v in mount["volume_ids"] if v not in order)
     members = ebs.plan_members(instance, include, exclude, params["exclude_boot_volume"],
-                               member_order=params["volume_ids"] or None)
+                               member_order=order or None)
     frozen = host["freeze_plan"] is not None
     covered = frozen and all(m["volume_id"] in mounts_by_volume for m in members["members"])
     if covered:
@@ -102,23 +113,60 @@ def build_plan(client, params, host, instance_id=None):
 def layout(array, mounts, members):
     """The array descriptor recorded in the catalog: what the user gave, plus the filesystems that
     live on the members (mountpoint, type, mount options, member indexes in disk order), which a
-    restore needs to bring them back (docs/catalog.md)."""
+    restore needs to bring them back, plus the md arrays and LVM volume groups discovered under them
+    (keys ``md``, ``lvm`` and each filesystem's ``device``/``partition``, as ``_hostops.Layout``
+    reads them; docs/catalog.md). A key the user gave is never replaced: when the user's ``array``
+    has ``md`` or ``lvm``, nothing discovered about the stacks is added."""
     out = dict(array or {})
     index = dict((m["volume_id"], m["index"]) for m in members["members"])
-    filesystems = []
+    stacks = "md" not in out and "lvm" not in out and any(m.get("stack") for m in mounts)
+    mds, vgs, filesystems = [], [], []
     for mount in mounts:
-        filesystems.append({"mountpoint": mount["mountpoint"], "fstype": mount["fstype"],
-                            "options": mount.get("options", ""),
-                            "members": [index[v] for v in mount["volume_ids"] if v in index]})
+        entry = {"mountpoint": mount["mountpoint"], "fstype": mount["fstype"],
+                 "options": mount.get("options", ""),
+                 "members": [index[v] for v in mount["volume_ids"] if v in index]}
+        stack = mount.get("stack") if stacks else None
+        if stack:
+            _member_indexes(stack["volume_ids"], index, mount["mountpoint"])
+            if stack["device"]:
+                entry["device"] = stack["device"]
+            if stack["partition"]:
+                entry["partition"] = stack["partition"]
+            for md in stack["md"]:
+                if md["device"] not in [m["device"] for m in mds]:
+                    mds.append(dict(md, members=_member_indexes(md["members"], index, mount["mountpoint"])))
+            for vg in stack["lvm"]:
+                if vg["vg"] not in [v["vg"] for v in vgs]:
+                    pvs = [pv if pv.startswith("/dev/") else _member_indexes([pv], index, mount["mountpoint"])[0]
+                           for pv in vg["pvs"]]
+                    vgs.append(dict(vg, pvs=pvs))
+        filesystems.append(entry)
+    if mds:
+        out["md"] = mds
+    if vgs:
+        out["lvm"] = vgs
     if filesystems:
         out.setdefault("filesystems", filesystems)
     return out or None
 
 
-def host_plan(client, params, protect_paths=()):
-    """Host mode: resolve here, find the instance from IMDS if needed, plan."""
-    host = resolve_on_host(params, protect_paths)
+def _member_indexes(volume_ids, index, mountpoint):
+    missing = [v for v in volume_ids if v not in index]
+    if missing:
+        raise StillpointError(
+            "%s sits on an md array or LVM volume group that also uses %s, which is not a member of the set "
+            "(excluded?). A restore could not assemble or activate it from part of its volumes; drop the "
+            "exclusion." % (mountpoint, ", ".join(missing)))
+    return [index[v] for v in volume_ids]
+
+
+def host_plan(client, params, protect_paths=(), runner=None):
+    """Host mode: resolve here (with ``runner``, md/LVM discovery too), find the instance from IMDS
+    if needed, plan. The plan's ``warnings`` are the discovery's."""
+    host = resolve_on_host(params, protect_paths, runner=runner)
     instance_id = params["instance_id"]
     if instance_id is None:  # the instance this module runs on
         instance_id = Imds(params["imds_endpoint"]).instance_identity()["instance_id"]
-    return build_plan(client, params, host, instance_id)
+    plan = build_plan(client, params, host, instance_id)
+    plan["warnings"] = list(host.get("warnings") or [])
+    return plan

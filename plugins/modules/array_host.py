@@ -22,6 +22,12 @@ description:
     recorded one), activates each volume group (C(vgchange -ay), refused when its UUID is not the recorded one),
     checks each filesystem read-only (I(verify)), mounts it, checks I(sentinel) and I(checksum_command), and runs
     I(start_command).
+  - A restored copy whose md array (same UUID) is already running on the host over other volumes, whose volume group
+    is up from other PVs, or whose mountpoint is in use, is refused. Such a copy sits beside its source (or another
+    copy) and carries the same md, LVM and filesystem UUIDs. I(import_clone) brings such a copy up under new UUIDs and names.
+  - An md array that udev assembled from the restored volumes under another name (C(/dev/md127)), even with its volume
+    group already activated by LVM's event activation, is taken over when nothing uses it (C(vgchange -an),
+    C(mdadm --stop)), then assembled in the recorded order at the recorded device.
   - Refusals that can be known in advance come before anything is changed.
   - Never reads or writes C(/etc/fstab) (nor C(mdadm.conf) or the LVM configuration); mounts are made for the running
     system only. Keep C(/etc/fstab) entries of restored filesystems by UUID or label, or add them yourself.
@@ -124,6 +130,36 @@ options:
     type: list
     elements: str
     default: []
+  import_clone:
+    description:
+      - Bring the restored volumes up B(beside their source) on the same host, under new identities. The copy carries
+        the source's md UUID, LVM PV and VG UUIDs and filesystem UUIDs; without this option a copy whose array, volume
+        group or mountpoint is already up on the host from other volumes is refused.
+      - Each md array is assembled at I(md_map) (default C(/dev/md/<name>_clone), for example
+        C(/dev/md/md0_clone)) with a new random UUID (C(mdadm --assemble --update=uuid)); each volume group is
+        renamed to I(vg_map) (default C(<vg>_clone)) with new PV and VG UUIDs (C(vgimportclone --basevgname)), so
+        its logical volumes become C(/dev/<new vg>/<lv>); each filesystem is mounted at its I(mountpoint_map) entry,
+        XFS with C(nouuid) (its UUID stays the source's). Members that no longer carry the source's md UUID (a re-run
+        or a reboot) are taken as already imported.
+      - Use the same options with I(state=down) to take the copy down again; the source is never touched.
+      - The new UUIDs are written to the restored volumes only, never to the source or the snapshots.
+    type: bool
+    default: false
+  mountpoint_map:
+    description:
+      - With I(import_clone), the new mountpoint of each filesystem of the set (recorded mountpoint -> new
+        mountpoint). Required for every filesystem; a new mountpoint may not be one of the set's own mountpoints.
+      - Only with I(import_clone).
+    type: dict
+    default: {}
+  vg_map:
+    description: With I(import_clone), the new name of each volume group (recorded name -> new name).
+    type: dict
+    default: {}
+  md_map:
+    description: With I(import_clone), the new device of each md array (recorded device -> new device).
+    type: dict
+    default: {}
   force_unmount:
     description:
       - With I(state=down), unmount a busy filesystem lazily (C(umount -l)) instead of refusing. The filesystem lives
@@ -173,6 +209,16 @@ EXAMPLES = r"""
     start_command: [systemctl, start, postgresql]
   become: true
   register: host_up
+
+- name: A copy of the set beside its source on the same host, mounted under /mnt/restore
+  stillpoint.snapshots.array_host:
+    state: up
+    layout: "{{ restore_from.sets[0].array }}"
+    volume_ids: "{{ restored.volume_ids }}"
+    import_clone: true
+    mountpoint_map: {/srv/pg: /mnt/restore/pg}
+    vg_map: {data: data_restore}
+  become: true
 
 - name: An md RAID0 with LVM on top, as a layout
   stillpoint.snapshots.array_host:
@@ -245,6 +291,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import HostOps
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import Layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import clone_layout
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 
 
@@ -265,6 +312,10 @@ def main():
             checksum_command=dict(type="list", elements="str", default=[]),
             mount_options_extra=dict(type="list", elements="str", default=[]),
             force_unmount=dict(type="bool", default=False),
+            import_clone=dict(type="bool", default=False),
+            mountpoint_map=dict(type="dict", default={}),
+            vg_map=dict(type="dict", default={}),
+            md_map=dict(type="dict", default={}),
         ),
         supports_check_mode=True,
     )
@@ -274,7 +325,13 @@ def main():
                   which=module.get_bin_path)
     result = dict(changed=False)
     try:
-        layout = Layout(p["layout"])
+        if p["import_clone"]:
+            layout = Layout(clone_layout(p["layout"], p["mountpoint_map"], p["vg_map"], p["md_map"]))
+        elif p["mountpoint_map"] or p["vg_map"] or p["md_map"]:
+            raise StillpointError("mountpoint_map, vg_map and md_map only apply with import_clone: true (a copy "
+                                  "brought up beside its source under new names).")
+        else:
+            layout = Layout(p["layout"])
         hooks = None
         if p["stop_command"] or p["start_command"]:
             hooks = Hooks(lambda argv: runner(argv, check=False), pre=p["stop_command"], post=p["start_command"],

@@ -93,6 +93,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import resolve_on_host
 
@@ -110,9 +111,12 @@ def main():
     )
     params = dict(module.params, freeze=module.params["check_freeze"])
     try:
-        host = resolve_on_host(params, protect_paths=[module.tmpdir])
+        # with a runner, the md arrays and LVM volume groups under the mountpoints are discovered too
+        host = resolve_on_host(params, protect_paths=[module.tmpdir], runner=CommandRunner.from_module(module))
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
+    for warning in host.pop("warnings"):
+        module.warn(warning)
     module.exit_json(changed=False, hostname=socket.gethostname(), **host)
 
 

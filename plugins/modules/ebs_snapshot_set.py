@@ -122,6 +122,10 @@ options:
       - "Array descriptor recorded in the catalog, for example C({\"kind\": \"md\", \"level\": \"raid0\"})."
       - The filesystems found under I(mountpoints) are added to it as C(filesystems) (mountpoint, type, mount
         options, member indexes), which a restore uses.
+      - In C(host) mode the md arrays (C(mdadm --detail --export)) and LVM volume groups (C(pvs)/C(lvs)
+        C(--reportformat json)) under I(mountpoints) are discovered and added as C(md) and C(lvm), with each
+        filesystem's C(device); every PV of such a volume group becomes a member, and the members are numbered in
+        md role order and PV order. Nothing is discovered when I(array) already has C(md) or C(lvm).
     type: dict
   procedure:
     description: Name of the procedure recorded in the catalog.
@@ -299,7 +303,9 @@ def main():
             if found is not None:
                 module.exit_json(**found)
         runner = CommandRunner.from_module(module)
-        plan = host_plan(client, params, protect_paths=[module.tmpdir])
+        plan = host_plan(client, params, protect_paths=[module.tmpdir], runner=runner)
+        for warning in plan["warnings"]:
+            module.warn(warning)
         result["plan"] = plan["public"]
         result["instance_id"] = plan["members"]["instance_id"]
         if module.check_mode:

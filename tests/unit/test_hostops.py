@@ -29,6 +29,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops impo
     lvm_uuid_key,
     parse_export,
     parse_fuser_pids,
+    clone_layout,
     parse_lvm_report,
     validate_volume_ids,
 )
@@ -843,3 +844,199 @@ def test_down_stop_hook_failure_unmounts_nothing(host):
         ops.down(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec))
     rec.done()  # no umount, no vgchange, no mdadm --stop
     assert ops.changed is False
+
+
+# -- a copy beside its source: refused by default, import_clone when asked --------------------
+
+
+def md_lvm_raw(mountpoint):
+    return {
+        "md": [{"device": "/dev/md0", "uuid": MD_UUID, "level": "raid0", "chunk": "512K", "members": [0, 1, 2, 3]}],
+        "lvm": [{"vg": "data", "uuid": VG_UUID, "pvs": ["/dev/md0"], "lvs": ["pg"]}],
+        "filesystems": [{"mountpoint": mountpoint, "fstype": "xfs", "options": "rw,noatime", "members": [0, 1, 2, 3],
+                         "device": "/dev/data/pg"}],
+    }
+
+
+def test_clone_layout_renames_everything_and_keeps_the_source_uuids():
+    raw = clone_layout(md_lvm_raw("/srv/pg"), {"/srv/pg/": "/mnt/copy/pg"})
+    assert raw["md"] == [{"device": "/dev/md/md0_clone", "uuid": None, "clone_of": MD_UUID, "level": "raid0",
+                          "chunk": "512K", "members": [0, 1, 2, 3]}]
+    assert raw["lvm"] == [{"vg": "data_clone", "uuid": None, "clone_of": VG_UUID, "pvs": ["/dev/md/md0_clone"],
+                           "lvs": ["pg"]}]
+    assert raw["filesystems"] == [{"mountpoint": "/mnt/copy/pg", "fstype": "xfs", "options": ["rw", "noatime", "nouuid"],
+                                   "members": [0, 1, 2, 3], "device": "/dev/data_clone/pg"}]
+    layout = Layout(raw)
+    assert layout.filesystems[0]["kind"] == "lv" and layout.md[0]["clone_of"] == MD_UUID
+    named = clone_layout(md_lvm_raw("/srv/pg"), {"/srv/pg": "/mnt/pg"}, vg_map={"data": "pgcopy"},
+                         md_map={"/dev/md0": "/dev/md9"})
+    assert (named["md"][0]["device"], named["lvm"][0]["vg"], named["filesystems"][0]["device"]) == (
+        "/dev/md9", "pgcopy", "/dev/pgcopy/pg")
+    assert named["lvm"][0]["pvs"] == ["/dev/md9"]
+
+
+@pytest.mark.parametrize("maps, message", [
+    (({},), r"mountpoint_map to name a new mountpoint for every filesystem of the set; missing: /srv/pg"),
+    (({"/srv/pg": "/srv/pg"},), r"/srv/pg is a mountpoint of the set: the copy would be mounted over its source"),
+    (({"/srv/pg": "/mnt/pg", "/srv/other": "/mnt/o"},), r"mountpoint_map names /srv/other, which is not a filesystem"),
+    (({"/srv/pg": "relative"},), r"must be an absolute path other than /"),
+    (({"/srv/pg": "/mnt/pg"}, {"data": "data"}), r"vg_map\[data\] must be another volume group name"),
+    (({"/srv/pg": "/mnt/pg"}, {}, {"/dev/md0": "/dev/md0"}), r"md_map\[/dev/md0\] must be another md device"),
+])
+def test_clone_layout_refuses(maps, message):
+    with pytest.raises(StillpointError, match=message):
+        clone_layout(md_lvm_raw("/srv/pg"), *maps)
+
+
+def clone_host(host):
+    """The source up: md0 over four other disks, its LV dm-0 mounted at host.mp."""
+    for i, name in enumerate(["nvme5n1", "nvme6n1", "nvme7n1", "nvme8n1"]):
+        host.disk(name, "259:%d" % (50 + i), serial="vol-0500000000000000%d" % i)
+    host.md_state("md0", "clean")
+    host.stack("md0", ["nvme5n1", "nvme6n1", "nvme7n1", "nvme8n1"])
+    host.lv()
+    host.mount("253:0", host.mp, "xfs", "/dev/mapper/data-pg")
+    host.copy_mp = os.path.join(host.root, "mnt", "pg")
+    os.makedirs(host.copy_mp)
+    return Layout(clone_layout(md_lvm_raw(host.mp), {host.mp: host.copy_mp}))
+
+
+def test_up_import_clone_assembles_with_a_new_uuid_imports_the_vg_and_mounts_elsewhere(host):
+    layout = clone_host(host)
+
+    def assembled_clone():
+        host.md("md127", "9:127", state="clean")
+        host.stack("md127", DISKS)
+        os.makedirs(host.d("md"), exist_ok=True)
+        os.symlink("../md127", host.d("md/md0_clone"))
+
+    lvs = ["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr", "data_clone"]
+    script = examine_all(host) + [
+        cmd(["mdadm", "--assemble", "/dev/md/md0_clone", "--update=uuid"] + [host.d(n) for n in DISKS],
+            effect=assembled_clone),
+        cmd(["mdadm", "--detail", "--export", "/dev/md/md0_clone"], section("mdadm.txt", "detail-clone")),
+        cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs")),
+        cmd(["vgimportclone", "--basevgname", "data_clone", "/dev/md/md0_clone"]),
+        cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs-clone")),
+        cmd(["pvs", "--reportformat", "json", "-o", "pv_name,vg_name,vg_uuid"], section("lvm.txt", "pvs-clone")),
+        cmd(lvs, section("lvm.txt", "lvs-clone-inactive")),
+        cmd(["vgchange", "-ay", "data_clone"],
+            effect=lambda: host.lv(vg="data_clone", dm="dm-1", majmin="253:1", on=("md127",))),
+        cmd(["xfs_repair", "-n", "/dev/data_clone/pg"], ok()),
+        cmd(["mount", "-t", "xfs", "-o", "rw,noatime,nouuid", "/dev/data_clone/pg", host.copy_mp],
+            effect=lambda: host.mount("253:1", host.copy_mp, "xfs", "/dev/mapper/data_clone-pg")),
+    ]
+    ops, rec = ops_for(host, script)
+    result = ops.up(layout, VOLS)
+    rec.done()
+    assert [s["what"].split(" ")[0] for s in result["steps"]] == [
+        "wait", "assemble", "import", "activate", "check", "mount"]
+    assert result["mounts"][0]["source"] == "/dev/mapper/data_clone-pg"
+    assert ops.warnings == []
+    # the source was not touched: still mounted from its own LV
+    assert HostOps._visible(host.resolver().mounts(), host.mp)["majmin"] == "253:0"
+
+    again = [
+        cmd(["mdadm", "--detail", "--export", "/dev/md/md0_clone"], section("mdadm.txt", "detail-clone")),
+        cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs-clone")),
+        cmd(["pvs", "--reportformat", "json", "-o", "pv_name,vg_name,vg_uuid"], section("lvm.txt", "pvs-clone")),
+        cmd(lvs, section("lvm.txt", "lvs-clone-active")),
+    ]
+    ops, rec = ops_for(host, again)
+    assert ops.up(layout, VOLS)["changed"] is False
+    rec.done()
+
+
+def test_up_import_clone_after_a_reboot_assembles_without_a_new_uuid(host):
+    layout = clone_host(host)
+    examined = []
+    for i in range(4):
+        rc, out, err = section("mdadm.txt", "examine-role%d" % i)
+        examined.append(cmd(["mdadm", "--examine", "--export", host.d(DISKS[i])],
+                            (rc, out.replace("MD_UUID=" + MD_UUID, "MD_UUID=9e1d7c35:0a6b4f21:d83c5e90:47b2a6f1"), err)))
+    ops, rec = ops_for(host, examined + [
+        cmd(["mdadm", "--assemble", "/dev/md/md0_clone"] + [host.d(n) for n in DISKS], (1, "", "stop here"))])
+    with pytest.raises(StillpointError, match="mdadm could not assemble /dev/md/md0_clone"):
+        ops.up(layout, VOLS)
+    rec.done()
+
+
+def test_up_refuses_a_copy_beside_its_source_running_under_another_name(host):
+    host.md("md127", "9:127", state="clean")
+    for i, name in enumerate(["nvme5n1", "nvme6n1", "nvme7n1", "nvme8n1"]):
+        host.disk(name, "259:%d" % (50 + i), serial="vol-0500000000000000%d" % i)
+    host.stack("md127", ["nvme5n1", "nvme6n1", "nvme7n1", "nvme8n1"])
+    ops, rec = ops_for(host, [cmd(["mdadm", "--detail", "--export", "/dev/md127"],
+                                  section("mdadm.txt", "detail-source"))])
+    with pytest.raises(StillpointError) as err:
+        ops.up(md_lvm_layout(host.mp), VOLS)
+    rec.done()  # no examine, no assemble
+    assert "already running on this host as /dev/md127 over /dev/nvme5n1" in err.value.msg
+    assert "set import_clone: true with a mountpoint_map" in err.value.msg
+    assert ops.changed is False
+
+
+def test_up_refuses_a_copy_when_md0_runs_its_source(host):
+    host.md_state("md0", "clean")
+    ops, rec = ops_for(host, [cmd(["mdadm", "--detail", "--export", "/dev/md0"],
+                                  section("mdadm.txt", "detail-source"))])
+    with pytest.raises(StillpointError, match=r"/dev/md0 is running the set's array .* its source \(or another copy\) "
+                                              r"is up on this host.*import_clone: true"):
+        ops.up(md_lvm_layout(host.mp), VOLS)
+    rec.done()
+
+
+def test_up_takes_over_a_udev_copy_whose_volume_group_lvm_autoactivated(host):
+    """What a real kernel does when restored volumes are hot-plugged (seen in the lab): udev assembles
+    them as md127 and LVM's event activation activates the volume group on it."""
+    host.md("md127", "9:127", state="clean")
+    host.stack("md127", DISKS)
+    host.lv(on=("md127",))
+    os.makedirs(os.path.join(host.sys, "block", "dm-0", "dm"))
+    with open(os.path.join(host.sys, "block", "dm-0", "dm", "uuid"), "w") as f:
+        f.write("LVM-" + lvm_uuid_key(VG_UUID) + "Zq0w1e2r3t4y5u6i7o8p9a0s1d2f3g4h\n")
+
+    def deactivated():
+        host.no_lv()
+
+    def stopped():
+        host.unstack("md127")
+        host.md_state("md127", "clear")
+
+    script = examine_all(host) + [
+        cmd(["mdadm", "--detail", "--export", "/dev/md127"], section("mdadm.txt", "detail-md127")),
+        cmd(["vgchange", "-an", "data"], effect=deactivated),
+        cmd(["mdadm", "--stop", "/dev/md127"], effect=stopped),
+    ] + up_script(host, start=False)[4:]
+    ops, rec = ops_for(host, script)
+    result = ops.up(md_lvm_layout(host.mp), VOLS)
+    rec.done()
+    assert [s["argv"][:3] for s in result["steps"][1:4]] == [
+        ["vgchange", "-an", "data"], ["mdadm", "--stop", "/dev/md127"], ["mdadm", "--assemble", "/dev/md0"]]
+    assert result["mounts"][0]["mounted"] is True
+
+
+def test_up_refuses_a_udev_copy_whose_lv_is_mounted(host):
+    host.md("md127", "9:127", state="clean")
+    host.stack("md127", DISKS)
+    host.lv(on=("md127",))
+    os.makedirs(os.path.join(host.sys, "block", "dm-0", "dm"))
+    with open(os.path.join(host.sys, "block", "dm-0", "dm", "uuid"), "w") as f:
+        f.write("LVM-" + lvm_uuid_key(VG_UUID) + "Zq0w1e2r3t4y5u6i7o8p9a0s1d2f3g4h\n")
+    host.mount("253:0", "/elsewhere", "xfs", "/dev/mapper/data-pg")
+    script = examine_all(host) + [
+        cmd(["mdadm", "--detail", "--export", "/dev/md127"], section("mdadm.txt", "detail-md127"))]
+    ops, rec = ops_for(host, script)
+    with pytest.raises(StillpointError, match=r"held by /dev/md127 .*in use\)\. Refusing to take it over"):
+        ops.up(md_lvm_layout(host.mp), VOLS)
+    rec.done()
+
+
+def test_module_import_clone_needs_a_mountpoint_map_and_maps_need_import_clone(monkeypatch):
+    raw = md_lvm_raw("/srv/pg")
+    for args, message in ((dict(import_clone=True), "missing: /srv/pg"),
+                          (dict(mountpoint_map={"/srv/pg": "/mnt/pg"}), "only apply with import_clone: true")):
+        with set_module_args(dict(state="up", layout=raw, volume_ids=VOLS, **args)), patched_exits(monkeypatch):
+            with pytest.raises(AnsibleFailJson) as failed:
+                array_host.main()
+        assert message in failed.value.result["msg"]
