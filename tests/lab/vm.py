@@ -229,14 +229,20 @@ class VM:
             self.ssh("systemctl poweroff", check=False, timeout=15)
         except subprocess.TimeoutExpired:
             pass
-        if self._wait_gone(pid, timeout):
+        if not self._wait_gone(pid, timeout):
+            self.quit(10)
+
+    def quit(self, timeout=5):
+        """QMP ``quit`` (the plug pulled), then SIGKILL if the process is still there after ``timeout``."""
+        pid = self.pid
+        if pid is None:
             return
         try:
             with self.qmp() as q:
                 q.execute("quit")
         except QMPError:
             pass
-        if not self._wait_gone(pid, 10):
+        if not self._wait_gone(pid, timeout):
             self.kill()
 
     def kill(self):
@@ -332,13 +338,4 @@ class Lab:
     def teardown(self):
         """Stop every VM of this lab that still runs: QMP quit, then SIGKILL, by PID."""
         for vm in self.vms:
-            pid = vm.pid
-            if pid is None:
-                continue
-            try:
-                with vm.qmp() as q:
-                    q.execute("quit")
-            except QMPError:
-                pass
-            if not vm._wait_gone(pid, 5):
-                vm.kill()
+            vm.quit()
