@@ -345,10 +345,16 @@ def test_layout_order_and_members():
 # -- up: md, LVM, xfs -----------------------------------------------------------------------
 
 
-def up_script(host, start=True):
-    steps = examine_all(host) + [
+def assemble_md0(host):
+    """mdadm assembling md0 over the four members in the recorded order, then its detail."""
+    return [
         cmd(["mdadm", "--assemble", "/dev/md0"] + [host.d(n) for n in DISKS], effect=assembled(host)),
         cmd(["mdadm", "--detail", "--export", "/dev/md0"], section("mdadm.txt", "detail-md0")),
+    ]
+
+
+def up_script(host, start=True):
+    steps = examine_all(host) + assemble_md0(host) + [
         cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs")),
         cmd(["pvs", "--reportformat", "json", "-o", "pv_name,vg_name,vg_uuid"], section("lvm.txt", "pvs")),
         cmd(["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr", "data"], section("lvm.txt", "lvs-inactive")),
@@ -443,9 +449,7 @@ def test_up_takes_over_the_copy_udev_assembled_as_md127(host):
     script = examine_all(host) + [
         cmd(["mdadm", "--detail", "--export", "/dev/md127"], section("mdadm.txt", "detail-md127")),
         cmd(["mdadm", "--stop", "/dev/md127"], effect=moved),
-        cmd(["mdadm", "--assemble", "/dev/md0"] + [host.d(n) for n in DISKS], effect=assembled(host)),
-        cmd(["mdadm", "--detail", "--export", "/dev/md0"], section("mdadm.txt", "detail-md0")),
-    ]
+    ] + assemble_md0(host)
     ops, rec = ops_for(host, script)
     layout = Layout({"md": [{"device": "/dev/md0", "uuid": MD_UUID, "members": [0, 1, 2, 3]}]})
     result = ops.up(layout, VOLS)
@@ -481,9 +485,7 @@ def test_up_warns_when_the_recorded_order_is_not_the_md_order(host):
 
 
 def test_up_refuses_another_volume_group_of_the_same_name(host):
-    script = examine_all(host) + [
-        cmd(["mdadm", "--assemble", "/dev/md0"] + [host.d(n) for n in DISKS], effect=assembled(host)),
-        cmd(["mdadm", "--detail", "--export", "/dev/md0"], section("mdadm.txt", "detail-md0")),
+    script = examine_all(host) + assemble_md0(host) + [
         cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs-other-uuid")),
     ]
     ops, rec = ops_for(host, script)
@@ -493,9 +495,7 @@ def test_up_refuses_another_volume_group_of_the_same_name(host):
 
 
 def test_up_says_how_to_fix_an_invisible_volume_group(host):
-    script = examine_all(host) + [
-        cmd(["mdadm", "--assemble", "/dev/md0"] + [host.d(n) for n in DISKS], effect=assembled(host)),
-        cmd(["mdadm", "--detail", "--export", "/dev/md0"], section("mdadm.txt", "detail-md0")),
+    script = examine_all(host) + assemble_md0(host) + [
         cmd(["vgs", "--reportformat", "json", "-o", "vg_name,vg_uuid"], section("lvm.txt", "vgs-empty")),
     ]
     ops, rec = ops_for(host, script)
