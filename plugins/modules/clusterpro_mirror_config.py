@@ -1,0 +1,228 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: clusterpro_mirror_config
+short_description: Remove a CLUSTERPRO mirror disk resource and add it back without initial mirror construction
+version_added: 0.1.0
+description:
+  - The configuration steps of the seed 001 restore. The cluster configuration is pulled with C(clpcfctrl --pull),
+    edited, and pushed back with C(clpcfctrl --push).
+  - O(state=absent) removes mirror disk resource O(name) from the configuration, with its place in its group, the
+    dependencies other resources had on it and its mirror monitors (C(mdw), C(mdnw)), and saves all of that to
+    O(saved_definition) so it can be put back unchanged.
+  - O(state=present) puts it back from O(saved_definition), every setting as it was, except initial mirror
+    construction (C(parameters/fullcopy)), which is set from O(initial_mirror_construction). If the resource is
+    already configured, only that setting is changed.
+  - Turning initial mirror construction off is refused unless O(same_backup_set) proves that both servers' mirror
+    volumes were created from one snapshot of one backup set (DOMAIN.md refusal 3). Otherwise the two copies may
+    differ and the mirror would show GREEN over different data.
+  - Adding or removing a mirror disk resource needs the cluster stopped; refused while the cluster service runs
+    unless O(stop_cluster=true), which stops it on every server first (C(clpcl -t -a)).
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  name:
+    description: The mirror disk resource.
+    type: str
+    required: true
+  state:
+    description:
+      - V(absent) - remove it and save its definition; V(present) - add it back from the saved definition, or
+        set initial mirror construction on the configured resource.
+    type: str
+    choices: [absent, present]
+    default: present
+  saved_definition:
+    description:
+      - A file on the server where O(state=absent) saves the removed resource's definition (JSON) and from which
+        O(state=present) restores it. Keep it until the resource is back.
+    type: path
+    required: true
+  initial_mirror_construction:
+    description:
+      - Whether the mirror is built by a full copy from the active server when the resource is added. Turning it
+        off needs O(same_backup_set).
+    type: bool
+    default: true
+  same_backup_set:
+    description:
+      - The proof that both mirror volumes come from one snapshot of one backup set. Required when
+        O(initial_mirror_construction=false).
+    type: dict
+    suboptions:
+      set_id:
+        description: The backup set id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)).
+        type: str
+        required: true
+      volumes:
+        description: One entry per server of the cluster.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          server:
+            description: The cluster server the volume is attached to.
+            type: str
+            required: true
+          volume_id:
+            description: The EBS volume holding the server's mirror partitions.
+            type: str
+            required: true
+          snapshot_id:
+            description: The snapshot the volume was created from. Must be the same for every server.
+            type: str
+            required: true
+          set_id:
+            description: The backup set the snapshot belongs to. Must equal O(same_backup_set.set_id).
+            type: str
+            required: true
+  stop_cluster:
+    description:
+      - Stop the cluster service on every server (C(clpcl -t -a)) when it runs and a push needs it stopped.
+    type: bool
+    default: false
+  edition:
+    description: The CLUSTERPRO edition; selects the command lines.
+    type: str
+    choices: [linux, windows]
+    default: linux
+  version:
+    description: The CLUSTERPRO X version (C(4), C(5.1) ...); only the major version matters.
+    type: str
+    default: "4"
+attributes:
+  check_mode:
+    support: full
+    description: Pulls and edits the configuration and reports the result without saving or pushing anything.
+  diff_mode:
+    support: none
+    description: The result has C(before) and C(after) of the resource instead.
+  idempotent:
+    support: full
+    description: A resource already absent, or present with the requested setting, is left alone (C(changed=false)).
+notes:
+  - Run it on one cluster server (the configuration is distributed to all by C(clpcfctrl --push)); needs root
+    (Linux) or Administrator (Windows).
+  - The group startup attribute (seed 001 sets the group to manual startup while the resource is removed) is not
+    changed by this module.
+seealso:
+  - module: stillpoint.snapshots.clusterpro_info
+  - module: stillpoint.snapshots.clusterpro_control
+"""
+
+EXAMPLES = r"""
+- name: Seed 001 restore step 1 - remove the mirror disk resource (cluster stopped first)
+  stillpoint.snapshots.clusterpro_mirror_config:
+    name: md1
+    state: absent
+    saved_definition: /var/lib/stillpoint/md1.json
+    stop_cluster: true
+  become: true
+
+# ... both servers' volumes replaced by volumes created from the standby's snapshot ...
+
+- name: Seed 001 restore step 5 - add it back without initial mirror construction
+  stillpoint.snapshots.clusterpro_mirror_config:
+    name: md1
+    state: present
+    saved_definition: /var/lib/stillpoint/md1.json
+    initial_mirror_construction: false
+    same_backup_set:
+      set_id: bs-20261121T101500Z-3f2a1c
+      volumes:
+        - {server: server1, volume_id: vol-0a1b2c3d4e5f60718, snapshot_id: snap-0123456789abcdef0,
+           set_id: bs-20261121T101500Z-3f2a1c}
+        - {server: server2, volume_id: vol-0f1e2d3c4b5a69788, snapshot_id: snap-0123456789abcdef0,
+           set_id: bs-20261121T101500Z-3f2a1c}
+  become: true
+"""
+
+RETURN = r"""
+name:
+  description: The mirror disk resource.
+  returned: always
+  type: str
+  sample: md1
+before:
+  description: The resource in the configuration before (group, initial_mirror_construction, data_partition,
+    cluster_partition, mount_point); null when absent.
+  returned: always
+  type: dict
+  sample: {group: failover, initial_mirror_construction: true, data_partition: /dev/xvdb2}
+after:
+  description: The same after the change (or as it would be in check mode); null when absent.
+  returned: always
+  type: dict
+  sample: {group: failover, initial_mirror_construction: false, data_partition: /dev/xvdb2}
+pushed:
+  description: Whether a configuration was pushed with clpcfctrl.
+  returned: always
+  type: bool
+stopped_cluster:
+  description: Whether the module stopped the cluster service (O(stop_cluster)).
+  returned: always
+  type: bool
+saved_definition:
+  description: The path of the saved definition.
+  returned: always
+  type: str
+definition:
+  description: The removed resource's saved definition (resource XML, group and position, dependents, monitors).
+  returned: when state=absent and the resource was removed
+  type: dict
+snapshot_id:
+  description: The one snapshot both mirror volumes come from, when initial mirror construction was turned off.
+  returned: when initial_mirror_construction was turned off
+  type: str
+  sample: snap-0123456789abcdef0
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
+
+VOLUME_SPEC = dict(
+    server=dict(type="str", required=True),
+    volume_id=dict(type="str", required=True),
+    snapshot_id=dict(type="str", required=True),
+    set_id=dict(type="str", required=True),
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", choices=["absent", "present"], default="present"),
+            saved_definition=dict(type="path", required=True),
+            initial_mirror_construction=dict(type="bool", default=True),
+            same_backup_set=dict(type="dict", options=dict(
+                set_id=dict(type="str", required=True),
+                volumes=dict(type="list", elements="dict", required=True, options=VOLUME_SPEC),
+            )),
+            stop_cluster=dict(type="bool", default=False),
+            edition=dict(type="str", choices=["linux", "windows"], default="linux"),
+            version=dict(type="str", default="4"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        result = clp.mirror_config(CommandRunner.from_module(module), p["edition"], p["version"], p["name"], p["state"],
+                                   p["saved_definition"], initial_mirror_construction=p["initial_mirror_construction"],
+                                   same_backup_set=p["same_backup_set"], stop_cluster=p["stop_cluster"],
+                                   check_mode=module.check_mode)
+    except StillpointError as exc:
+        module.fail_json(**exc.fail_kwargs())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""clusterpro_info, clusterpro_control and clusterpro_mirror_config against the FAKE CLUSTERPRO.
+
+The FAKE (tests/fakes/clusterpro, not NEC software) is put on PATH: the modules run their real
+command lines (clpstat, clpgrp, clprsc, clpcl, clpdown, clpmdstat, clpmdctrl, clpcfctrl) as
+subprocesses through AnsibleModule.run_command, in-process with the set_module_args pattern, and
+once through ansible-playbook. What the cluster did is read back from the fake's state file and
+its event log, never from the modules' own answers alone. Seed 001 is followed: backup by standby
+shutdown, recovery when the standby returns, and the restore of both servers from one snapshot
+with initial mirror construction off.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_control
+from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_info
+from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_mirror_config
+from tests.fakes.clusterpro import install
+from tests.fakes.clusterpro import locked
+from tests.fakes.clusterpro import read_state
+from tests.fakes.clusterpro.state import read_topology
+from tests.support.world import run_playbook
+from tests.support.world import task
+from tests.support.world import write_playbook
+from tests.unit.utils import run_module
+
+SET = "bs-20261121T101500Z-3f2a1c"
+SNAP = "snap-0123456789abcdef0"
+
+
+class Fake:
+    """One FAKE CLUSTERPRO cluster for a test: state file, environment, helpers."""
+
+    def __init__(self, tmp_path, monkeypatch, **kw):
+        self.path, self.env = install(tmp_path, **kw)
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        self.tmp = tmp_path
+
+    @property
+    def state(self):
+        return read_state(self.path)
+
+    def events(self, kind=None):
+        return [e for e in self.state["log"] if kind is None or e["event"] == kind]
+
+    def do(self, action, *args):
+        with locked(self.path) as cluster:
+            return getattr(cluster, action)(*args)
+
+    def cli(self, *argv):
+        env = dict(os.environ)
+        env.update(self.env)
+        return subprocess.run(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              check=False)
+
+    def colors(self, md="md1"):
+        with locked(self.path) as cluster:
+            return dict((s, cluster.color(md, s)) for s in cluster.topo["servers"])
+
+    def online(self, group="failover"):
+        record = self.state["groups"][group]
+        return record["current"], sorted(record["online"])
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    return Fake(tmp_path, monkeypatch)
+
+
+def info(monkeypatch, **args):
+    return run_module(monkeypatch, clusterpro_info.main, args)
+
+
+def control(monkeypatch, check_mode=False, **args):
+    return run_module(monkeypatch, clusterpro_control.main, args, check_mode=check_mode)
+
+
+def mirror_config(monkeypatch, check_mode=False, **args):
+    return run_module(monkeypatch, clusterpro_mirror_config.main, args, check_mode=check_mode)
+
+
+def test_info_reports_what_the_cluster_holds(fake, monkeypatch):
+    fake.cli("clpgrp", "-s", "failover", "-h", "server1")
+    result = info(monkeypatch)
+    assert not result.get("failed"), result
+    topo = read_topology(fake.state["conf"])
+    assert sorted(result["servers"]) == sorted(topo["servers"]) and result["local_server"] == "server1"
+    assert result["groups"]["failover"]["current"] == fake.online()[0] == "server1"
+    assert sorted(result["groups"]["failover"]["resources"]) == sorted(topo["groups"]["failover"])
+    assert result["resources"]["md1"] == {"group": "failover", "status": "Online", "server": "server1"}
+    assert result["mirrors"]["md1"]["colors"] == fake.colors() and result["clean"] is True
+    assert result["changed"] is False
+
+
+def test_seed001_backup_by_standby_shutdown_and_differential_recovery(fake, monkeypatch):
+    fake.cli("clpgrp", "-s", "failover", "-h", "server1")
+    # step 1: stop the mirror disk resource on the active server; its dependents go with it (-f)
+    args = dict(kind="resource", name="md1", server="server1", state="stopped")
+    refused = fake.cli("clprsc", "-t", "md1", "-h", "server1")
+    assert refused.returncode != 0 and "depend" in refused.stderr  # the FAKE rejects it as CLUSTERPRO does
+    check = control(monkeypatch, check_mode=True, stop_dependents=True, **args)
+    assert check["changed"] and check["command"] == ["clprsc", "-t", "md1", "-f", "-h", "server1"]
+    assert "md1" in fake.online()[1], "check mode changed nothing"
+    done = control(monkeypatch, stop_dependents=True, **args)
+    assert done["changed"] and done["after"]["status"] == "Offline"
+    assert fake.online() == ("server1", ["fip1"])
+    assert control(monkeypatch, stop_dependents=True, **args)["changed"] is False
+    # step 2: shut the standby down (mirror clean)
+    down = control(monkeypatch, kind="server", server="server2", state="shutdown")
+    assert down["changed"] and fake.state["servers"]["server2"] == {"up": False, "service": False}
+    assert control(monkeypatch, kind="server", server="server2", state="shutdown")["changed"] is False
+    # step 3: the mirror disk resource and its dependents start again on the active server
+    for name in ("md1", "exec1"):
+        assert control(monkeypatch, kind="resource", name=name, server="server1", state="started")["changed"]
+    assert fake.online() == ("server1", ["exec1", "fip1", "md1"])
+    # the application writes while the standby is away (step 4 snapshots the standby meanwhile)
+    written = fake.do("write", "md1")
+    assert info(monkeypatch)["mirrors"]["md1"]["colors"] == {"server1": "GREEN", "server2": "GRAY"}
+    # step 5: the standby boots and returns; the bitmap allows a differential recovery
+    fake.do("boot", "server2")
+    recovery = fake.events("mirror_recovery")
+    assert [(e["source"], e["target"], e["mode"]) for e in recovery] == [("server1", "server2", "differential")]
+    assert fake.state["disks"]["server2"]["md1"]["content"] == written
+    assert info(monkeypatch, require_clean=True)["clean"] is True
+
+
+def test_shutdown_refused_while_the_mirror_recovers(tmp_path, monkeypatch):
+    fake = Fake(tmp_path, monkeypatch, recovery_steps=50)
+    fake.cli("clpgrp", "-s", "failover", "-h", "server1")
+    fake.cli("clpcl", "-t", "-h", "server2")
+    fake.do("write", "md1")
+    fake.cli("clpcl", "-s", "-h", "server2")
+    assert fake.colors()["server2"] == "YELLOW"
+    result = control(monkeypatch, kind="server", server="server2", state="shutdown")
+    assert result["failed"] and "not clean" in result["msg"] and "YELLOW" in result["msg"]
+    assert fake.state["servers"]["server2"]["up"] is True
+    failed = info(monkeypatch, require_clean=True)
+    assert failed["failed"] and "md1" in failed["mirrors"]
+
+
+def test_wrong_node_refusals(tmp_path, monkeypatch):
+    fake = Fake(tmp_path, monkeypatch)
+    with locked(fake.path) as cluster:
+        cluster.state["auto_recovery"] = False
+    fake.cli("clpgrp", "-s", "failover", "-h", "server1")
+    fake.cli("clpcl", "-t", "-h", "server2")
+    fake.do("write", "md1")
+    fake.cli("clpgrp", "-t", "failover", "-h", "server1")
+    fake.cli("clpcl", "-s", "-h", "server2")
+    assert fake.colors() == {"server1": "GREEN", "server2": "RED"}
+    # activation on the stale copy: refused by the module, and by the FAKE when forced through
+    result = control(monkeypatch, kind="group", name="failover", server="server2", state="started")
+    assert result["failed"] and "not GREEN" in result["msg"]
+    direct = fake.cli("clpgrp", "-s", "failover", "-h", "server2")
+    assert direct.returncode != 0 and "RED" in direct.stderr and fake.online() == (None, [])
+    # forced recovery from the stale copy: refused by both
+    result = control(monkeypatch, kind="mirror", name="md1", server="server2", state="recovered", force=True)
+    assert result["failed"] and "only a GREEN copy" in result["msg"]
+    direct = fake.cli("clpmdctrl", "-f", "server2", "md1")
+    assert direct.returncode != 0 and not fake.events("mirror_recovery")
+    # forced recovery from the latest copy works: a full copy server1 -> server2
+    check = control(monkeypatch, check_mode=True, kind="mirror", name="md1", server="server1", state="recovered",
+                    force=True)
+    assert check["command"] == ["clpmdctrl", "-f", "server1", "md1"] and not fake.events("mirror_recovery")
+    done = control(monkeypatch, kind="mirror", name="md1", server="server1", state="recovered", force=True)
+    assert done["changed"] and done["after"]["colors"] == {"server1": "GREEN", "server2": "GREEN"}
+    assert [(e["source"], e["mode"], e["forced"]) for e in fake.events("mirror_recovery")] == [("server1", "full", True)]
+    assert control(monkeypatch, kind="mirror", name="md1", state="recovered")["changed"] is False
+
+
+def test_replaced_disk_means_full_recovery(fake, monkeypatch):
+    fake.cli("clpgrp", "-s", "failover", "-h", "server1")
+    fake.cli("clpdown", "-h", "server2")
+    fake.do("write", "md1")
+    fake.do("replace_disk", "server2", "md1", "disk-new", "empty")
+    fake.do("boot", "server2")
+    assert [e["mode"] for e in fake.events("mirror_recovery")] == ["full"]
+    assert info(monkeypatch)["mirrors"]["md1"]["clean"]
+
+
+def restore_both_from(fake, snapshot):
+    """Seed 001 restore steps 2-4: both servers get a volume created from one snapshot."""
+    for server in ("server1", "server2"):
+        fake.do("replace_disk", server, "md1", "vol-from-%s-%s" % (snapshot, server), snapshot)
+
+
+def volumes(snap_b=SNAP, set_b=SET):
+    return dict(set_id=SET, volumes=[
+        dict(server="server1", volume_id="vol-0a1b2c3d4e5f60718", snapshot_id=SNAP, set_id=SET),
+        dict(server="server2", volume_id="vol-0f1e2d3c4b5a69788", snapshot_id=snap_b, set_id=set_b)])
+
+
+def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch):
+    saved = str(fake.tmp / "md1.json")
+    base = dict(name="md1", saved_definition=saved)
+    conf_before = fake.state["conf"]
+    # step 1: remove the resource; refused while the cluster runs unless stop_cluster
+    refused = mirror_config(monkeypatch, state="absent", **base)
+    assert refused["failed"] and "cluster stopped" in refused["msg"] and fake.state["conf"] == conf_before
+    check = mirror_config(monkeypatch, check_mode=True, state="absent", stop_cluster=True, **base)
+    assert check["changed"] and check["after"] is None and not os.path.exists(saved)
+    assert fake.state["conf"] == conf_before and all(s["service"] for s in fake.state["servers"].values())
+    removed = mirror_config(monkeypatch, state="absent", stop_cluster=True, **base)
+    assert removed["changed"] and removed["pushed"] and removed["stopped_cluster"]
+    topo = read_topology(fake.state["conf"])
+    assert "md1" not in topo["mirrors"] and topo["depends"]["exec1"] == []
+    assert ("mdw", "mdw1") not in topo["monitors"] and "md1" not in fake.state["mirrors"]
+    with open(saved) as handle:
+        assert json.load(handle)["dependents"] == [{"type": "exec", "name": "exec1"}]
+    again = mirror_config(monkeypatch, state="absent", **base)
+    assert again["changed"] is False and not again.get("failed")
+    # steps 2-4: both volumes from the standby's snapshot
+    restore_both_from(fake, SNAP)
+    # step 5: add it back without initial construction: refused without proof, or with a wrong one
+    for bad, why in ((None, "only when both mirror volumes"), (volumes(snap_b="snap-0fedcba987654321f"), "different"),
+                     (volumes(set_b="bs-20261120T000000Z-aaaaaa"), "same set")):
+        args = dict(base, state="present", initial_mirror_construction=False)
+        if bad:
+            args["same_backup_set"] = bad
+        result = mirror_config(monkeypatch, **args)
+        assert result["failed"] and why in result["msg"], result
+        assert "md1" not in read_topology(fake.state["conf"])["mirrors"]
+    added = mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
+                          same_backup_set=volumes(), **base)
+    assert added["changed"] and added["snapshot_id"] == SNAP and added["after"]["initial_mirror_construction"] is False
+    topo = read_topology(fake.state["conf"])
+    assert topo["mirrors"]["md1"]["fullcopy"] == "0" and topo["depends"]["exec1"] == ["md1"]
+    assert ("mdw", "mdw1") in topo["monitors"] and topo["groups"]["failover"] == ["fip1", "md1", "exec1"]
+    assert mirror_config(monkeypatch, state="present", initial_mirror_construction=False, same_backup_set=volumes(),
+                         **base)["changed"] is False
+    # step 6: start the cluster and the group; no copy was made, the copies are identical
+    for server in ("server1", "server2"):
+        assert control(monkeypatch, kind="cluster_service", server=server, state="started")["changed"]
+    construction = fake.events("initial_construction")
+    assert construction == [{"event": "initial_construction", "md": "md1", "mode": "skipped", "copies_identical": True}]
+    assert not fake.events("mirror_recovery")
+    assert control(monkeypatch, kind="group", name="failover", server="server1", state="started")["changed"]
+    assert fake.online() == ("server1", ["exec1", "fip1", "md1"])
+    assert fake.colors() == {"server1": "GREEN", "server2": "GREEN"}
+
+
+def test_readding_with_initial_construction_copies_everything(fake, monkeypatch):
+    saved = str(fake.tmp / "md1.json")
+    mirror_config(monkeypatch, name="md1", saved_definition=saved, state="absent", stop_cluster=True)
+    restore_both_from(fake, SNAP)
+    fake.do("replace_disk", "server2", "md1", "vol-other", "snap-0fedcba987654321f")
+    added = mirror_config(monkeypatch, name="md1", saved_definition=saved, state="present")
+    assert added["changed"] and added["after"]["initial_mirror_construction"] is True
+    fake.cli("clpcl", "-s", "-a")
+    assert [(e["mode"], e["source"], e["target"]) for e in fake.events("initial_construction")] == \
+        [("full", "server1", "server2")]
+    assert fake.state["disks"]["server2"]["md1"]["content"] == SNAP
+
+
+@pytest.mark.parametrize("edition,version,flag", [("windows", "4.3.0", "-w"), ("linux", "5.1.2", None)])
+def test_editions_and_versions_use_their_own_clpcfctrl_line(tmp_path, monkeypatch, edition, version, flag):
+    fake = Fake(tmp_path, monkeypatch, edition=edition, version=version)
+    saved = str(tmp_path / "md1.json")
+    args = dict(name="md1", saved_definition=saved, state="absent", stop_cluster=True, edition=edition)
+    wrong = mirror_config(monkeypatch, version="5" if version.startswith("4") else "4", **args)
+    assert wrong["failed"] and "Invalid option" in wrong["msg"], "the FAKE rejects the other version's line"
+    assert "md1" in read_topology(fake.state["conf"])["mirrors"]
+    fake.cli("clpcl", "-s", "-a")
+    done = mirror_config(monkeypatch, version=version, **args)
+    assert done["pushed"] and "md1" not in read_topology(fake.state["conf"])["mirrors"]
+    lines = [e["argv"] for e in fake.events("command") if e["argv"][0] == "clpcfctrl"]
+    third = [flag] if flag else ["-x"]
+    assert [line[:3] for line in lines] == [["clpcfctrl", "--pull"] + third, ["clpcfctrl", "--push"] + third]
+    assert all(not os.path.exists(line[-1]) for line in lines), "the work directory is removed afterwards"
+
+
+class NoEndpoint:
+    """run_playbook's endpoint: these modules talk to no AWS endpoint."""
+
+    @staticmethod
+    def env():
+        return {}
+
+
+def test_modules_through_ansible_playbook(fake, tmp_path):
+    playbook = write_playbook(tmp_path, [
+        {"name": "info", "stillpoint.snapshots.clusterpro_info": {}, "register": "cluster"},
+        {"name": "start group (check)", "check_mode": True,
+         "stillpoint.snapshots.clusterpro_control": {"kind": "group", "name": "failover", "server": "server1",
+                                                     "state": "started"}},
+        {"name": "start group", "stillpoint.snapshots.clusterpro_control": {
+            "kind": "group", "name": "{{ cluster.groups | first }}", "server": "{{ cluster.local_server }}",
+            "state": "started"}},
+        {"name": "start group again", "stillpoint.snapshots.clusterpro_control": {
+            "kind": "group", "name": "failover", "server": "server1", "state": "started"}},
+    ])
+    rc, results, _raw = run_playbook(playbook, NoEndpoint(), env=fake.env, timeout=120)
+    assert rc == 0, results
+    assert task(results, "info")["mirrors"]["md1"]["clean"] is True
+    assert task(results, "start group (check)")["changed"] is True
+    assert task(results, "start group")["command"] == ["clpgrp", "-s", "failover", "-h", "server1"]
+    assert task(results, "start group again")["changed"] is False
+    assert fake.online() == ("server1", ["exec1", "fip1", "md1"])
+
+
+def test_stopping_the_local_cluster_service(fake, monkeypatch):
+    result = control(monkeypatch, kind="cluster_service", server="server1", state="stopped")
+    assert result["changed"] and result["command"] == ["clpcl", "-t", "-h", "server1"]
+    assert fake.state["servers"]["server1"] == {"up": True, "service": False}
+    # clpstat fails on a server whose service is stopped; starting it still works, once
+    started = control(monkeypatch, kind="cluster_service", server="server1", state="started")
+    assert started["changed"] and started["after"]["status"] == "Online"
+    assert control(monkeypatch, kind="cluster_service", server="server1", state="started")["changed"] is False
