@@ -198,7 +198,7 @@ class ActionModule(ActionBase):
             quiescer = RemoteQuiescer(self, task_vars, [p["mountpoint"] for p in plan["freeze_plan"]],
                                       params["freeze_deadline"], params["protect_paths"], plan["public"]["level"])
         else:
-            quiescer = ebs.NoQuiesce()
+            quiescer = ebs.NoQuiesce(plan["public"]["level"])
         hooks = None
         if params["pre_hook"] or params["post_hook"]:
             hooks = RemoteHooks(self, params["pre_hook"], params["post_hook"], params["hook_timeout"],

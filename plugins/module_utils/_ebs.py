@@ -311,9 +311,10 @@ def rollback(client, snapshot_ids):
 # --------------------------------------------------------------------------- the procedure
 
 class NoQuiesce:
-    """Crash-consistent run: nothing to freeze."""
+    """Nothing to freeze: crash-consistent, unless the data was quiesced before (``level``)."""
 
-    level = "crash"
+    def __init__(self, level="crash"):
+        self.level = level
 
     def freeze(self):
         return {"mounts": []}

@@ -33,6 +33,7 @@ ARGUMENT_SPEC = dict(
     copy_tags_from_source=dict(type="bool", default=False),
     array=dict(type="dict"),
     procedure=dict(type="str", default="ebs_snapshot_set"),
+    quiesced_level=dict(type="str", choices=["crash", "filesystem", "application"]),
     pre_hook=dict(type="list", elements="str", default=[]),
     post_hook=dict(type="list", elements="str", default=[]),
     hook_timeout=dict(type="float", default=30.0),
@@ -104,6 +105,12 @@ def build_plan(client, params, host, instance_id=None):
         level = "application" if params["pre_hook"] else "filesystem"
     else:
         level = "crash"
+    if params.get("quiesced_level"):
+        if frozen:
+            raise StillpointError(
+                "quiesced_level is for sets taken without a freeze (volumes nobody writes to now); this run freezes "
+                "%s: drop quiesced_level or set freeze: false" % ", ".join(p["mountpoint"] for p in host["freeze_plan"]))
+        level = params["quiesced_level"]
     public = dict(members, freeze=[p["mountpoint"] for p in (host["freeze_plan"] or [])], level=level,
                   mountpoints_by_volume=mounts_by_volume)
     return {"members": members, "freeze_plan": host["freeze_plan"], "mounts_by_volume": mounts_by_volume,

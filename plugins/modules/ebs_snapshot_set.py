@@ -127,6 +127,16 @@ options:
         filesystem's C(device); every PV of such a volume group becomes a member, and the members are numbered in
         md role order and PV order. Nothing is discovered when I(array) already has C(md) or C(lvm).
     type: dict
+  quiesced_level:
+    description:
+      - The consistency level the member volumes' data already has although this run freezes nothing, because
+        nobody writes to them any more and they were quiesced before, for example a DRBD secondary split off
+        while the primary's filesystem was frozen (M(stillpoint.snapshots.drbd_resource)), or a cluster standby
+        shut down after its mirror resource was stopped. Recorded as the set's level instead of C(crash).
+      - Only without a freeze (I(freeze=false) or no I(mountpoints)). Claim it only when it is true; the roles of
+        this collection set it from what they did and record how in I(array).
+    type: str
+    choices: [crash, filesystem, application]
   procedure:
     description: Name of the procedure recorded in the catalog.
     type: str
@@ -322,7 +332,7 @@ def main():
         if plan["freeze_plan"]:
             quiescer = GuardianQuiescer(plan["freeze_plan"], params["freeze_deadline"], level=plan["public"]["level"])
         else:
-            quiescer = NoQuiesce()
+            quiescer = NoQuiesce(plan["public"]["level"])
         run = ebs.SnapshotSetRun(
             client, plan["members"], set_id, name=params["name"], host=socket.gethostname(),
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],

@@ -202,6 +202,24 @@ def test_no_mountpoints_is_crash_consistent(tmp_path, ec2, inst):
     assert [m["volume_id"] for m in res["members"]] == inst.volume_ids[:2]
 
 
+def test_quiesced_level_is_recorded_without_a_freeze_and_refused_with_one(tmp_path, ec2, inst):
+    # volumes quiesced elsewhere (a DRBD secondary split off under a freeze): the set says so
+    rc, res = run(tmp_path, ec2, inst, mountpoints=[], volume_ids=inst.volume_ids[:1], quiesced_level="filesystem",
+                  procedure="drbd_mirror_backup")
+    assert rc == 0, res.get("msg")
+    assert res["level"] == "filesystem"
+    tags = {t["Key"]: t["Value"] for t in set_snapshots(ec2, res["set_id"])[0]["Tags"]}
+    assert tags["stillpoint:level"] == "filesystem"
+    assert tags["stillpoint:procedure"] == "drbd_mirror_backup"
+    # with a freeze of its own the run decides the level itself: the claim is refused before anything
+    calls = len(ec2.calls("CreateSnapshots"))
+    rc, res = run(tmp_path, ec2, inst, quiesced_level="filesystem")
+    assert rc != 0
+    assert "quiesced_level is for sets taken without a freeze" in res["msg"]
+    assert len(ec2.calls("CreateSnapshots")) == calls
+    assert_thawed(inst)
+
+
 def test_refuses_root_filesystem(tmp_path, ec2, inst):
     rc, res = run(tmp_path, ec2, inst, mountpoints=["/"], exclude_boot_volume=True)
     assert rc != 0
