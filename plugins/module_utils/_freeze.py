@@ -122,6 +122,22 @@ def _default_protect_paths():
     return out
 
 
+def module_protect_paths(module, extra=()):
+    """The paths a module must never freeze: ``protect_paths`` (if the module has that option), anything
+    in ``extra``, Ansible's remote and module tmp dirs and the directory the module runs from."""
+    listed = (getattr(module, "params", None) or {}).get("protect_paths") or []
+    paths = [(p, "listed in protect_paths") for p in list(listed) + list(extra)]
+    remote_tmp = getattr(module, "_remote_tmp", None)
+    if remote_tmp:
+        paths.append((remote_tmp, "Ansible's remote tmp dir"))  # check_mountpoints expands ~ and $VARS
+    tmpdir = getattr(module, "_tmpdir", None)
+    if tmpdir:
+        paths.append((tmpdir, "Ansible's module tmp dir"))
+    if sys.argv and sys.argv[0] and os.path.isabs(sys.argv[0]):
+        paths.append((os.path.dirname(sys.argv[0]), "the directory the module runs from"))
+    return paths
+
+
 def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
     """Validate a freeze plan without touching anything.
 

@@ -576,3 +576,37 @@ def create_missing(client, plan, wait=True, wait_timeout=900, sleep=time.sleep, 
                 restore_id=rid, created=created, volumes=[records[i] for i in sorted(records)])
     return {"restore_id": rid, "set_id": plan["set_id"], "availability_zone": plan["availability_zone"],
             "volumes": [records[i] for i in sorted(records)], "created": created}
+
+
+def same_snapshot_proof(client, set_id, volume_ids):
+    """Prove that ``volume_ids`` (two or more: the two sides of a mirror) were all created from one
+    snapshot of the complete backup set ``set_id``: what skipping a mirror's initial resync needs.
+
+    Returns ``{"same_snapshot": True, "set_id", "snapshot_id", "member_index", "volumes"}``; raises
+    :class:`StillpointError` saying which volume breaks the proof.
+    """
+    volume_ids = list(dict.fromkeys(volume_ids or ()))
+    if len(volume_ids) < 2:
+        raise StillpointError("the proof needs the backing volumes of both sides of the mirror (got %s)"
+                              % (volume_ids or "none"))
+    rec = load_set(client, set_id)
+    found = {v["VolumeId"]: v for v in describe_volumes(client, [{"Name": "volume-id", "Values": volume_ids}])}
+    missing = [v for v in volume_ids if v not in found]
+    if missing:
+        raise StillpointError("volumes %s do not exist (DescribeVolumes): nothing proves where their data came from"
+                              % ", ".join(missing), volume_ids=volume_ids)
+    sources = {v: found[v].get("SnapshotId") or None for v in volume_ids}
+    members = {m["snapshot_id"]: m["index"] for m in rec["members"]}
+    foreign = ["%s (from %s)" % (v, s or "no snapshot") for v, s in sources.items() if s not in members]
+    if foreign:
+        raise StillpointError(
+            "volumes %s were not created from a snapshot of backup set %s (its snapshots: %s): the two sides are "
+            "not proved identical" % (", ".join(foreign), set_id, ", ".join(sorted(members))),
+            sources=sources, set_id=set_id)
+    if len(set(sources.values())) != 1:
+        raise StillpointError(
+            "the volumes come from different snapshots of set %s (%s): the sides are not bit-identical"
+            % (set_id, ", ".join("%s <- %s" % kv for kv in sorted(sources.items()))), sources=sources, set_id=set_id)
+    snapshot_id = next(iter(sources.values()))
+    return {"same_snapshot": True, "set_id": set_id, "snapshot_id": snapshot_id,
+            "member_index": members[snapshot_id], "volumes": sources, "level": rec["level"]}

@@ -197,7 +197,6 @@ guardian:
   sample: running
 """
 
-import os
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
@@ -206,22 +205,9 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freez
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 
-def _protect_paths(module):
-    paths = [(p, "listed in protect_paths") for p in module.params["protect_paths"] or []]
-    remote_tmp = getattr(module, "_remote_tmp", None)
-    if remote_tmp:
-        paths.append((remote_tmp, "Ansible's remote tmp dir"))  # the library expands ~ and $VARS
-    tmpdir = getattr(module, "_tmpdir", None)
-    if tmpdir:
-        paths.append((tmpdir, "Ansible's module tmp dir"))
-    if sys.argv and sys.argv[0] and os.path.isabs(sys.argv[0]):
-        paths.append((os.path.dirname(sys.argv[0]), "the directory the module runs from"))
-    return paths
-
-
 def run_freeze(module, result):
     params = module.params
-    plan = _freeze.check_mountpoints(params["mountpoints"], protect_paths=_protect_paths(module))
+    plan = _freeze.check_mountpoints(params["mountpoints"], protect_paths=_freeze.module_protect_paths(module))
     result["plan"] = plan
     result["python"] = sys.executable
     if module.check_mode:
