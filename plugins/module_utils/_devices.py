@@ -428,6 +428,16 @@ class DeviceResolver:
                 entry["volume_ids"].append(vol)
         results.append(entry)
 
+    def volume_for_path(self, path):
+        """EBS volume id of the disk behind ``path`` (a ``/dev`` node or a link to one; a partition counts
+        as its disk), or None when it is not an EBS volume."""
+        name = os.path.basename(os.path.realpath(path))
+        if not os.path.isdir(self._sys("block", name)):
+            parent = os.path.basename(os.path.dirname(os.path.realpath(self._sys("class", "block", name))))
+            if os.path.isdir(self._sys("block", parent)):
+                name = parent
+        return self.volume_id(name)
+
     def devices_for_volume(self, volume_id):
         """``/dev/<disk>`` paths of the disks that are EBS volume ``volume_id`` (by NVMe serial or
         by-id link; never by name or enumeration order). Empty when the volume is not attached."""

@@ -271,20 +271,36 @@ def same_generation(a, b):
 
 
 def resource_summary(res):
-    """One line of truth for a two-node resource: the first device and the first peer device."""
+    """One line of truth for a resource: its first volume, the first peer's figures, and over EVERY peer
+    (three or more nodes): ``peers`` (each one's connection, role, disk, replication), ``any_peer_primary``,
+    ``any_peer_good`` (a peer with an UpToDate or Consistent disk) and ``in_sync`` (all peers connected and
+    UpToDate, nothing resyncing). The refusals read these, so no peer is overlooked."""
     dev = res["devices"][0] if res["devices"] else {}
-    conn = res["connections"][0] if res["connections"] else {}
-    pd = (conn.get("peer_devices") or [{}])[0]
-    connection = conn.get("connection") or "StandAlone"
-    replication = pd.get("replication") or ("Established" if connection == "Connected" else "Off")
+    peers = []
+    for conn in res["connections"]:
+        pd = (conn.get("peer_devices") or [{}])[0]
+        connection = conn.get("connection") or "StandAlone"
+        peers.append({"peer": conn.get("peer"), "connection": connection,
+                      "peer_role": conn.get("peer_role") or "Unknown",
+                      "peer_disk": pd.get("peer_disk") or "DUnknown",
+                      "replication": pd.get("replication") or ("Established" if connection == "Connected" else "Off"),
+                      "out_of_sync_kib": pd.get("out_of_sync_kib"), "received_kib": pd.get("received_kib"),
+                      "sent_kib": pd.get("sent_kib"), "sync_percent": pd.get("sync_percent")})
+    first = peers[0] if peers else {"peer": None, "connection": "StandAlone", "peer_role": "Unknown",
+                                    "peer_disk": "DUnknown", "replication": "Off", "out_of_sync_kib": None,
+                                    "received_kib": None, "sent_kib": None, "sync_percent": None}
     out = {"name": res["name"], "role": res["role"], "disk": dev.get("disk"), "minor": dev.get("minor"),
-           "size_kib": dev.get("size_kib"), "peer": conn.get("peer"), "connection": connection,
-           "peer_role": conn.get("peer_role") or "Unknown", "peer_disk": pd.get("peer_disk") or "DUnknown",
-           "replication": replication, "out_of_sync_kib": pd.get("out_of_sync_kib"),
-           "received_kib": pd.get("received_kib"), "sent_kib": pd.get("sent_kib"),
-           "syncing": replication in SYNC_STATES, "sync_percent": pd.get("sync_percent")}
-    out["in_sync"] = (out["disk"] == "UpToDate" and out["peer_disk"] == "UpToDate" and connection == "Connected"
-                      and not out["syncing"])
+           "size_kib": dev.get("size_kib")}
+    out.update(first)
+    syncing = [p for p in peers if p["replication"] in SYNC_STATES]
+    out["syncing"] = bool(syncing)
+    if syncing and out["replication"] not in SYNC_STATES:
+        out.update(replication=syncing[0]["replication"], sync_percent=syncing[0]["sync_percent"])
+    out["peers"] = peers
+    out["any_peer_primary"] = any(p["peer_role"] == "Primary" for p in peers)
+    out["any_peer_good"] = any(p["peer_disk"] in ("UpToDate", "Consistent") for p in peers)
+    out["in_sync"] = bool(peers) and out["disk"] == "UpToDate" and not syncing and all(
+        p["connection"] == "Connected" and p["peer_disk"] == "UpToDate" for p in peers)
     return out
 
 
@@ -524,7 +540,7 @@ class Resource:
             raise StillpointError("resource %s is not up: bring it up (state: up) before promoting it" % self.name)
         if st["role"] == "Primary":
             return False
-        if st["peer_role"] == "Primary" and not self.drbd.two_primaries_allowed(self.name):
+        if st.get("any_peer_primary") and not self.drbd.two_primaries_allowed(self.name):
             raise StillpointError(
                 "refusing to promote %s: the peer is Primary and dual-primary is not configured (allow-two-primaries). "
                 "Demote the peer first (role: secondary there)." % self.name, status=st)
@@ -539,11 +555,13 @@ class Resource:
         if st["disk"] == "Diskless":
             raise StillpointError("refusing to promote %s with force: there is no local disk (Diskless)" % self.name,
                                   status=st)
-        if st["peer_disk"] in ("UpToDate", "Consistent"):
+        if st.get("any_peer_good"):
+            good = ["%s (%s)" % (p["peer"], p["peer_disk"]) for p in st["peers"]
+                    if p["peer_disk"] in ("UpToDate", "Consistent")]
             raise StillpointError(
-                "refusing to force %s primary: the peer's disk is %s, it holds a good copy. Forcing this %s disk "
-                "primary would make it the sync source and overwrite the peer (seed 003). Promote the peer instead."
-                % (self.name, st["peer_disk"], st["disk"]), status=st)
+                "refusing to force %s primary: peer %s holds a good copy. Forcing this %s disk primary would make it "
+                "the sync source and overwrite that peer (seed 003). Promote that peer instead."
+                % (self.name, ", ".join(good), st["disk"]), status=st)
         disk = self.drbd.backing_disk(self.name)
         found = self.drbd.signature(disk)
         if not found or found.get("TYPE") == "drbd":

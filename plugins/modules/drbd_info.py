@@ -20,6 +20,11 @@ options:
   name:
     description: Only this resource. A resource that is not up is returned with C(configured=false).
     type: str
+  backing:
+    description: With O(name), also report the backing disk (C(drbdadm sh-ll-dev)) and its EBS volume id (by NVMe
+      serial or C(/dev/disk/by-id) link), even when the resource is down.
+    type: bool
+    default: true
   gi:
     description: Also read each resource's generation identifiers (current, bitmap, history UUIDs and flags).
     type: bool
@@ -75,6 +80,13 @@ summary:
   type: dict
   sample: {name: r0, configured: true, role: Primary, disk: UpToDate, connection: Connected, peer_role: Secondary,
            peer_disk: UpToDate, replication: Established, out_of_sync_kib: 0, syncing: false, in_sync: true}
+  contains:
+    backing_disk:
+      description: The backing disk as configured (C(drbdadm sh-ll-dev)).
+      type: str
+    volume_id:
+      description: The EBS volume of the backing disk; null when it is not an EBS volume.
+      type: str
 summaries:
   description: The summary of every resource, by name.
   returned: always
@@ -89,11 +101,13 @@ gi:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._drbd import Drbd, resource_summary
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(name=dict(type="str"), gi=dict(type="bool", default=False)),
+    module = AnsibleModule(argument_spec=dict(name=dict(type="str"), gi=dict(type="bool", default=False),
+                                              backing=dict(type="bool", default=True)),
                            supports_check_mode=True)
     drbd = Drbd(CommandRunner.from_module(module))
     name = module.params["name"]
@@ -104,6 +118,10 @@ def main():
         result["summaries"] = {r["name"]: dict(resource_summary(r), configured=True) for r in resources}
         if name:
             result["summary"] = drbd.status(name)
+            if module.params["backing"]:
+                disk = drbd.backing_disk(name)
+                result["summary"]["backing_disk"] = disk
+                result["summary"]["volume_id"] = DeviceResolver().volume_for_path(disk) if disk else None
         if module.params["gi"]:
             names = [name] if name else [r["name"] for r in resources]
             result["gi"] = {n: drbd.gi(n) for n in names}

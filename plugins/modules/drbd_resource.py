@@ -218,7 +218,7 @@ def _prove(module, res, params):
     proof_in = params["skip_initial_sync"]
     local = res.drbd.backing_disk(res.name)
     resolver = DeviceResolver()
-    local_volume = resolver.volume_id(local)
+    local_volume = resolver.volume_for_path(local)
     if local_volume not in proof_in["volume_ids"]:
         raise StillpointError("this host's backing disk %s is volume %s, which is not among skip_initial_sync."
                               "volume_ids %s" % (local, local_volume, proof_in["volume_ids"]))
