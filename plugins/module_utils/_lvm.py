@@ -14,21 +14,31 @@ A set is found by its LVM tags, never by names alone. Every member carries:
 * ``stillpoint-level.<crash|filesystem>``: the consistency the member reached;
 * ``stillpoint-xlv.<yes|no>``: whether the members were consistent with each other.
 
-Consistency. Measured in the lab (Debian bookworm, kernel 6.1.0-56-cloud-amd64, lvm2 2.03.16;
-tests/lab/test_lvm_snapshot_set.py, fixtures/lvm/*.cmd.json):
+Consistency. Measured in the lab (Debian bookworm, lvm2 2.03.16; kernel 6.1.0-56-cloud-amd64 in
+tests/lab/test_lvm_snapshot_set.py and fixtures/lvm/*.cmd.json, bookworm-backports' 6.12.95 in
+tests/lab/test_lvm_cross_lv.py):
 
 * ``lvcreate --snapshot`` suspends the origin, and device-mapper freezes the filesystem on it for
   that moment: the ext4 inside a classic or thin snapshot of a mounted, written ext4 has no
   ``needs_recovery`` flag while its origin has. So a member of a mounted freezable filesystem is
   filesystem-consistent (fsfreeze(8) and the RHEL/Oracle XFS guides document the same).
-* A filesystem frozen beforehand with ``fsfreeze -f`` cannot be snapshot on this kernel, classic
-  or thin: the suspend fails with EBUSY (the kernel's FIFREEZE and device-mapper's freeze do not
-  nest), and the classic case leaves a half-made LV and a ``<vg>-<lv>-real`` node behind. So the
-  filesystems of several LVs cannot be held frozen across the whole set with LVM snapshots here.
-* The members are therefore taken one after another (about 1-2 s apart in the lab) and are NOT
-  consistent with each other unless nothing could write between them: a single member, or no
-  member open. The result says so (``cross_lv_consistent``); a writer appending the same records
-  to two LVs showed its snapshots dozens of records apart.
+* On 6.1 a filesystem frozen beforehand with ``fsfreeze -f`` cannot be snapshot, classic or thin:
+  the suspend fails with EBUSY (the kernel's FIFREEZE and device-mapper's freeze do not nest), and
+  the classic case leaves a half-made LV and a ``<vg>-<lv>-real`` node behind. There the members
+  are taken one after another (about 1-2 s apart in the lab) and are NOT consistent with each other
+  unless nothing could write between them (at most one member in use); a writer appending the same
+  records to two LVs showed its snapshots dozens of records apart.
+* From 6.6 the two freezes nest (the kernel counts user and kernel freezes separately): on 6.12 both
+  filesystems of the set, frozen by FIFREEZE, were snapshot and the copies held the same records.
+
+``cross_lv`` picks the mechanism (:meth:`SnapshotSets._choose`): ``freeze`` holds every mounted
+filesystem of the members frozen through a guardian (:class:`GuardianFreezer`, the dead-man thaw of
+``_freeze``: refusals of ``check_mountpoints`` first, thaw at the deadline or when this process
+dies) from before the first ``lvcreate`` to after the last, thaws in ``finally`` and only then rolls
+back a failure; the set is ``cross_lv_consistent``. It is refused on kernels older than 6.6 before
+anything is done. ``auto`` freezes on kernels >= 6.6 when more than one member is in use (all of
+them mounted), else it is ``sequential``. A set whose freeze ended at the deadline (or was thawed
+by someone else) before its last member is rolled back: it is not of one instant.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError, lower_level, ms_since
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import FREEZABLE_FSTYPES
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import (
+    DEFAULT_DEADLINE, FREEZABLE_FSTYPES, MAX_DEADLINE, Guardian, check_mountpoints)
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import parse_lvm_report
 
 TAG_SET = "stillpoint-set."
@@ -59,6 +70,12 @@ FREEZABLE = FREEZABLE_FSTYPES
 # mount options that keep a read-only mount of a snapshot from writing to it (no log replay), and
 # let XFS mount a copy whose UUID is already mounted (the origin)
 RO_OPTIONS = {"xfs": ["ro", "nouuid", "norecovery"], "ext3": ["ro", "noload"], "ext4": ["ro", "noload"]}
+
+# cross_lv choices; the first kernel whose device-mapper snapshots a filesystem frozen by FIFREEZE
+# (the kernel's freeze and device-mapper's nest since 6.6: measured on 6.1 (EBUSY) and 6.12 (works))
+CROSS_LV = ("auto", "freeze", "sequential")
+NESTED_FREEZE_KERNEL = (6, 6)
+_KERNEL_RE = re.compile(r"^(\d+)\.(\d+)")
 
 _SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _LV_NAME_RE = re.compile(r"^[A-Za-z0-9_.+][A-Za-z0-9_.+-]*$")
@@ -408,6 +425,65 @@ def check_space(state, plan, thin_max_percent):
     return report
 
 
+# -- the kernel and the freeze across the set ------------------------------------------------
+
+
+def running_kernel():
+    """The running kernel's release (``uname -r``)."""
+    return os.uname().release
+
+
+def kernel_version(release):
+    """``(major, minor)`` of a kernel release such as ``6.12.95+deb12-cloud-amd64``; None if unreadable."""
+    m = _KERNEL_RE.match(release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def kernel_nests_freeze(release):
+    """True when device-mapper can snapshot a filesystem frozen by FIFREEZE (Linux >= 6.6)."""
+    version = kernel_version(release)
+    return version is not None and version >= NESTED_FREEZE_KERNEL
+
+
+def _context(cross, freeze):
+    """The ``cross_lv`` and ``freeze`` details of an error, when there are any."""
+    out = {}
+    if cross is not None:
+        out["cross_lv"] = cross
+    if freeze is not None:
+        out["freeze"] = freeze
+    return out
+
+
+class GuardianFreezer:
+    """The freeze of a set: :func:`~._freeze.check_mountpoints`'s refusals when built (nothing is
+    frozen yet), then FIFREEZE through a guardian (dead-man thaw at ``deadline``) in :meth:`freeze`,
+    and the thaw record from :meth:`thaw`."""
+
+    def __init__(self, mountpoints, deadline, protect_paths=(), mountinfo=None):
+        self.plan = check_mountpoints(mountpoints, protect_paths=protect_paths, mountinfo=mountinfo)
+        self.deadline = deadline
+        self._guardian = None
+
+    def freeze(self):
+        self._guardian = Guardian.start(self.plan, deadline=self.deadline)
+        try:
+            return self._guardian.freeze()
+        except BaseException:
+            guardian, self._guardian = self._guardian, None
+            guardian.close()  # the guardian thawed what it froze in this call
+            raise
+
+    def thaw(self):
+        guardian, self._guardian = self._guardian, None
+        if guardian is None:
+            return {}
+        try:
+            return guardian.thaw()
+        finally:
+            guardian.close()
+
+
 # -- the engine ------------------------------------------------------------------------------
 
 
@@ -416,13 +492,20 @@ class SnapshotSets:
 
     ``check_mode``: LVM's ``--test`` stands in for every change LVM can dry-run; mounts and
     unmounts are only planned. ``mountinfo`` returns the parsed mount table (tests inject it).
+    ``kernel_release`` returns the running kernel's release (default: ``os.uname()``);
+    ``freezer(mountpoints, deadline, protect_paths, mountinfo)`` builds the freeze of a set
+    (default :class:`GuardianFreezer`); ``protect_paths`` are never frozen (the module's own dirs).
     """
 
-    def __init__(self, runner, check_mode=False, mountinfo=None, makedirs=None):
+    def __init__(self, runner, check_mode=False, mountinfo=None, makedirs=None, kernel_release=None, freezer=None,
+                 protect_paths=()):
         self.run = runner
         self.check_mode = check_mode
         self._mountinfo = mountinfo or read_mountinfo
         self._makedirs = makedirs or os.makedirs
+        self._kernel_release = kernel_release or running_kernel
+        self._freezer = freezer or GuardianFreezer
+        self._protect_paths = list(protect_paths or ())
         self.changed = False
         self.actions = []
         self.warnings = []
@@ -476,9 +559,27 @@ class SnapshotSets:
 
     # present ---------------------------------------------------------------------------
 
-    def present(self, set_name, volumes, thin_max_percent=80.0):
+    def present(self, set_name, volumes, thin_max_percent=80.0, cross_lv="auto", freeze_deadline=DEFAULT_DEADLINE):
+        """Create the set. ``cross_lv``: ``auto``, ``freeze`` or ``sequential`` (see the module docstring)."""
         validate_set_name(set_name)
         volumes = normalize_volumes(volumes)
+        if cross_lv not in CROSS_LV:
+            raise StillpointError("cross_lv must be one of %s, not %r" % (", ".join(CROSS_LV), cross_lv))
+        freeze_deadline = _float(freeze_deadline)
+        if freeze_deadline is None or not 0 < freeze_deadline <= MAX_DEADLINE:
+            raise StillpointError("freeze_deadline must be a number of seconds in (0, %g], not %r: writers on a "
+                                  "frozen filesystem block until the thaw" % (MAX_DEADLINE, freeze_deadline))
+        release = self._kernel_release()
+        nests = kernel_nests_freeze(release)
+        if cross_lv == "freeze" and not nests:
+            raise StillpointError(
+                "cross_lv=freeze refused on kernel %s, nothing was done: before Linux 6.6 device-mapper cannot "
+                "snapshot a filesystem held frozen by fsfreeze (FIFREEZE): lvcreate --snapshot fails with EBUSY "
+                "(\"Device or resource busy\") and a classic snapshot leaves a half-made LV and a <vg>-<lv>-real node "
+                "behind (measured on Debian 12's 6.1 kernel, classic and thin). Use cross_lv=auto or sequential "
+                "(each member filesystem-consistent, not consistent with each other while several are in use), "
+                "quiesce the application across the LVs yourself, or boot a kernel >= 6.6 (e.g. bookworm-backports' "
+                "linux-image-cloud-amd64)." % (release or "unknown"), kernel=release)
         state = self.read()
         desc = state.describe_set(set_name)
         wanted = [(v["vg"], v["lv"]) for v in volumes]
@@ -514,66 +615,200 @@ class SnapshotSets:
                 "another set_name." % (", ".join("%s/%s" % (m["vg"], m["snapshot"]) for m in clash), set_name,
                                        set_tag(set_name)))
         space = check_space(state, plan, thin_max_percent)
-        # consistency: what each member gets, and whether anything could write between the members
-        open_members = []
-        for member in plan:
-            origin = state.lv(member["vg"], member["lv"])
-            member["level"], member["basis"] = member_level(state, origin)
-            if is_open(origin) or state.mounts_of(origin):
-                open_members.append("%s/%s" % (member["vg"], member["lv"]))
-        xlv = len(plan) == 1 or not open_members
+        # consistency: what each member gets, whether anything could write between the members, and how
+        # the members are made one instant (a freeze across all of them, or nothing to hold still)
+        use = self._usage(state, plan)
+        mechanism, reason, freezer = self._choose(cross_lv, release, nests, use, state, freeze_deadline)
+        xlv = mechanism == "freeze" or len(plan) == 1 or len(use["open"]) <= 1
+        if mechanism == "freeze":
+            for member, mounts in use["mounted"]:
+                if member["level"] == "filesystem":
+                    member["basis"] = ("%s on %s: frozen (FIFREEZE under the guardian) from before the first snapshot "
+                                       "of the set to after the last" % (mounts[0]["fstype"], mounts[0]["mountpoint"]))
         tags = [set_tag(set_name), TAG_COUNT + str(len(plan)), TAG_XLV + ("yes" if xlv else "no")]
-        result = dict(space=space, plan=plan, rolled_back=[])
-        made = []
-        for member in plan:
-            argv = self._create_argv(member, tags + [TAG_LEVEL + member["level"]])
-            test = argv[:1] + ["--test"] + argv[1:]
-            what = "create %s snapshot %s/%s of %s/%s" % (member["kind"], member["vg"], member["snapshot"],
-                                                          member["vg"], member["lv"])
-            res = self._act(what, argv, test=test)
-            if self.check_mode:
-                continue
-            rc, out, err = res
-            member["create_ms"] = self.actions[-1]["ms"]
-            if rc != 0:
-                if "Manual intervention required" in (err or "") + (out or ""):
-                    self.warnings.append(
-                        "lvcreate failed half way and asked for manual intervention; its half-made LV %s/%s is rolled "
-                        "back with the other members. A device-mapper node %s-%s-real may stay until the next snapshot "
-                        "of %s/%s, which reuses it (seen with lvm2 2.03.16)." % (
-                            member["vg"], member["snapshot"], member["vg"].replace("-", "--"),
-                            member["lv"].replace("-", "--"), member["vg"], member["lv"]))
-                rolled, left = self._rollback(set_name, made + [member])
-                raise StillpointError(
-                    "Creating snapshot %s/%s of %s/%s failed (rc=%s): %s. All or nothing: rolled back %s%s." % (
-                        member["vg"], member["snapshot"], member["vg"], member["lv"], rc, (err or out).strip(),
-                        ", ".join(rolled) or "nothing (no member was made)",
-                        ("; COULD NOT REMOVE %s: remove them by hand (lvremove)" % ", ".join(left)) if left else ""),
-                    rc=rc, stdout=out, stderr=err, cmd=argv, rolled_back=rolled, left_behind=left,
-                    actions=self.actions)
-            made.append(member)
+        cross = dict(requested=cross_lv, mechanism=mechanism, reason=reason, kernel=release, kernel_nests_freeze=nests)
+        if freezer is not None:
+            cross.update(freeze_mountpoints=[m["mountpoint"] for m in freezer.plan], freeze_deadline=freeze_deadline)
+        result = dict(space=space, plan=plan, rolled_back=[], cross_lv=cross)
         if self.check_mode:
-            result.update(changed=True, msg=("check mode: would create %d snapshot(s) of set %s (LVM --test accepted "
-                                             "every one)" % (len(plan), set_name)))
+            for member in plan:
+                argv = self._create_argv(member, tags + [TAG_LEVEL + member["level"]])
+                self._act(self._create_what(member), argv, test=argv[:1] + ["--test"] + argv[1:])
+            how = ("freezing %s across all the lvcreate calls" % ", ".join(cross["freeze_mountpoints"])
+                   if freezer is not None else "one after another")
+            result.update(changed=True, msg=("check mode: would create %d snapshot(s) of set %s %s (mechanism %s: "
+                                             "%s; LVM --test accepted every one)"
+                                             % (len(plan), set_name, how, mechanism, reason)))
             result["snapshot_set"] = dict(name=set_name, tag=set_tag(set_name), exists=False, complete=False,
                                           expected_members=len(plan), members=[], level=None,
                                           cross_lv_consistent=xlv)
             return result
+        made, failure = self._create_members(plan, tags, freezer, result)
+        if failure is not None:
+            member, rc, out, err, argv = failure
+            if "Manual intervention required" in (err or "") + (out or ""):
+                self.warnings.append(
+                    "lvcreate failed half way and asked for manual intervention; its half-made LV %s/%s is rolled "
+                    "back with the other members. A device-mapper node %s-%s-real may stay until the next snapshot "
+                    "of %s/%s, which reuses it (seen with lvm2 2.03.16)." % (
+                        member["vg"], member["snapshot"], member["vg"].replace("-", "--"),
+                        member["lv"].replace("-", "--"), member["vg"], member["lv"]))
+            rolled, left = self._rollback(set_name, made + [member])
+            thawed = " The filesystems were thawed before the rollback." if freezer is not None else ""
+            raise StillpointError(
+                "Creating snapshot %s/%s of %s/%s failed (rc=%s): %s. All or nothing: rolled back %s%s.%s" % (
+                    member["vg"], member["snapshot"], member["vg"], member["lv"], rc, (err or out).strip(),
+                    ", ".join(rolled) or "nothing (no member was made)",
+                    ("; COULD NOT REMOVE %s: remove them by hand (lvremove)" % ", ".join(left)) if left else "",
+                    thawed),
+                rc=rc, stdout=out, stderr=err, cmd=argv, rolled_back=rolled, left_behind=left,
+                actions=self.actions, **_context(cross, result.get("freeze")))
+        freeze = result.get("freeze")
+        if freeze is not None and (freeze["deadline_thawed"] or freeze["externally_thawed"] or freeze["thaw_errors"]):
+            rolled, left = self._rollback(set_name, made)
+            if freeze["thaw_errors"]:
+                why = ("thawing %s FAILED: check them now and thaw with `fsfreeze -u` (or stillpoint.snapshots.fsfreeze "
+                       "state=thawed force=true) if they are still frozen" % ", ".join(freeze["thaw_errors"]))
+            elif freeze["deadline_thawed"]:
+                why = ("the freeze outlived freeze_deadline (%gs): the guardian thawed the filesystems before this run "
+                       "did, so later members may be of a later instant than earlier ones. Raise freeze_deadline "
+                       "(the window took %s ms)" % (freeze_deadline, freeze["window_ms"]))
+            else:
+                why = ("someone else thawed %s while the set was being taken, so the members may be of different "
+                       "instants" % ", ".join(freeze["externally_thawed"]))
+            raise StillpointError(
+                "Snapshot set %s is not of one instant: %s. All or nothing: rolled back %s%s." % (
+                    set_name, why, ", ".join(rolled) or "nothing",
+                    ("; COULD NOT REMOVE %s: remove them by hand (lvremove)" % ", ".join(left)) if left else ""),
+                rolled_back=rolled, left_behind=left, actions=self.actions, **_context(cross, freeze))
         after = self.read()
         desc = after.describe_set(set_name)
         if not desc["complete"]:
             raise StillpointError("Snapshot set %s is not complete after creating it: %r" % (set_name, desc),
-                                  snapshot_set=desc)
+                                  snapshot_set=desc, **_context(cross, freeze))
         result.update(changed=True, snapshot_set=desc)
         if not xlv:
             self.warnings.append(
                 "the members of set %s were taken one after another while %s were in use: each is %s-consistent on "
-                "its own, but they are not consistent with each other (this kernel's device-mapper cannot snapshot a "
-                "filesystem held frozen by fsfreeze). Quiesce the application across all of them if it needs that."
-                % (set_name, ", ".join(open_members), desc["level"]))
-        result["msg"] = "created snapshot set %s (%d members, level %s per LV, %s across LVs)" % (
-            set_name, len(plan), desc["level"], "consistent" if xlv else "NOT consistent")
+                "its own, but they are not consistent with each other (%s). Quiesce the application across all of "
+                "them if it needs that." % (set_name, ", ".join(use["open"]), desc["level"], reason))
+        result["msg"] = "created snapshot set %s (%d members, level %s per LV, %s across LVs; mechanism %s%s)" % (
+            set_name, len(plan), desc["level"], "consistent" if xlv else "NOT consistent", mechanism,
+            ", frozen %s ms" % freeze["window_ms"] if freeze else "")
         return result
+
+    @staticmethod
+    def _create_what(member):
+        return "create %s snapshot %s/%s of %s/%s" % (member["kind"], member["vg"], member["snapshot"],
+                                                      member["vg"], member["lv"])
+
+    @staticmethod
+    def _usage(state, plan):
+        """Which origins are in use: ``open`` (names), ``mounted`` [(member, mounts)], ``raw`` (open, not mounted)."""
+        use = dict(open=[], mounted=[], raw=[])
+        for member in plan:
+            origin = state.lv(member["vg"], member["lv"])
+            member["level"], member["basis"] = member_level(state, origin)
+            name = "%s/%s" % (member["vg"], member["lv"])
+            mounts = state.mounts_of(origin)
+            if mounts:
+                use["open"].append(name)
+                use["mounted"].append((member, mounts))
+            elif is_open(origin):
+                use["open"].append(name)
+                use["raw"].append(name)
+        return use
+
+    def _choose(self, cross_lv, release, nests, use, state, deadline):
+        """(mechanism, reason, freezer or None) for ``cross_lv``; raises what ``freeze`` cannot do."""
+        if cross_lv == "sequential":
+            return "sequential", "cross_lv=sequential: members taken one after another", None
+        if cross_lv == "auto":
+            if not nests:
+                return "sequential", ("kernel %s is older than 6.6, where device-mapper cannot snapshot a filesystem "
+                                      "held frozen by fsfreeze (EBUSY)" % release), None
+            if len(use["open"]) <= 1:
+                return "sequential", ("at most one member is in use (%s): nothing else can change between the "
+                                      "members, no freeze is needed" % (", ".join(use["open"]) or "none")), None
+            if use["raw"]:
+                return "sequential", ("%s %s open but not mounted (a raw device): a freeze holds only filesystems"
+                                      % (", ".join(use["raw"]), "is" if len(use["raw"]) == 1 else "are")), None
+        elif use["raw"]:
+            raise StillpointError(
+                "cross_lv=freeze refused, nothing was done: %s %s open but not mounted (used as a raw device), and a "
+                "freeze holds only mounted filesystems, so whatever writes there could write between the snapshots. "
+                "Stop that writer, or use cross_lv=sequential (and quiesce the application yourself)."
+                % (", ".join(use["raw"]), "is" if len(use["raw"]) == 1 else "are"))
+        elif not use["mounted"]:
+            return "sequential", "no member is mounted or open: nothing to freeze, nothing can write between them", None
+        mountpoints, seen = [], set()
+        for dummy, mounts in use["mounted"]:
+            if mounts[0]["majmin"] not in seen:
+                seen.add(mounts[0]["majmin"])
+                mountpoints.append(mounts[0]["mountpoint"])
+        try:
+            freezer = self._freezer(mountpoints, deadline, self._protect_paths, state.mounts)
+        except StillpointError as exc:
+            if cross_lv == "freeze":
+                raise StillpointError("cross_lv=freeze: %s" % exc.msg, **exc.details)
+            self.warnings.append("cross_lv=auto falls back to taking the members one after another: %s" % exc.msg)
+            return "sequential", "the freeze was refused: %s" % exc.msg, None
+        why = "kernel %s (>= 6.6) snapshots filesystems held frozen by fsfreeze" % release
+        if cross_lv == "auto":
+            why += "; %d members in use" % len(use["open"])
+        return "freeze", why, freezer
+
+    def _create_members(self, plan, tags, freezer, result):
+        """lvcreate every member, inside the freeze when there is one (thawed in ``finally``, before any
+        rollback). Returns (made, failure) with failure = (member, rc, out, err, argv) or None."""
+        made, failure, frozen, thaw_error = [], None, None, None
+        if freezer is not None:
+            frozen = freezer.freeze()  # refused (EBUSY, EPERM, ...): nothing was frozen or created
+        try:
+            for member in plan:
+                argv = self._create_argv(member, tags + [TAG_LEVEL + member["level"]])
+                rc, out, err = self._act(self._create_what(member), argv)
+                member["create_ms"] = self.actions[-1]["ms"]
+                if rc != 0:
+                    failure = (member, rc, out, err, argv)
+                    break
+                made.append(member)
+        finally:
+            if frozen is not None:
+                try:
+                    record = freezer.thaw()
+                except StillpointError as exc:
+                    thaw_error = exc
+                    record = exc.details.get("record") or {}
+                result["freeze"] = self._freeze_report(frozen, record, freezer)
+        if thaw_error is not None:
+            rolled, left = self._rollback(self._set_of(tags), made + ([failure[0]] if failure else []))
+            raise StillpointError(
+                "Thawing after the snapshots failed: %s. The set cannot be trusted; rolled back %s%s." % (
+                    thaw_error.msg, ", ".join(rolled) or "nothing",
+                    ("; COULD NOT REMOVE %s: remove them by hand (lvremove)" % ", ".join(left)) if left else ""),
+                rolled_back=rolled, left_behind=left, actions=self.actions, **_context(None, result.get("freeze")))
+        return made, failure
+
+    @staticmethod
+    def _set_of(tags):
+        return tags[0][len(TAG_SET):]
+
+    @staticmethod
+    def _freeze_report(frozen, record, freezer):
+        thawed = dict((m["mountpoint"], m) for m in record.get("mounts", []))
+        mounts = []
+        for m in frozen.get("mounts", []):
+            item = dict(mountpoint=m["mountpoint"], freeze_ms=m.get("freeze_ms"))
+            if m["mountpoint"] in thawed:
+                item["thaw_ms"] = thawed[m["mountpoint"]].get("thaw_ms")
+                if thawed[m["mountpoint"]].get("error"):
+                    item["error"] = thawed[m["mountpoint"]]["error"]
+            mounts.append(item)
+        return dict(mounts=mounts, window_ms=record.get("window_ms"), presync_ms=frozen.get("presync_ms"),
+                    deadline_s=getattr(freezer, "deadline", None), deadline_thawed=bool(record.get("deadline_thawed")),
+                    externally_thawed=list(record.get("externally_thawed") or []),
+                    thaw_errors=list(record.get("thaw_errors") or []))
 
     def _create_argv(self, member, tags):
         argv = [self.run.bin("lvcreate"), "--snapshot", "--name", member["snapshot"]]

@@ -3,12 +3,21 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab's guest image: Debian bookworm by mmdebstrap, booted with -kernel/-initrd.
 
-    python -m tests.lab.image [--cache-dir DIR] [--force]
+    python -m tests.lab.image [--cache-dir DIR] [--force] [--kernel default|backports]
 
 The image lives in a cache directory outside the work tree (``$STILLPOINT_LAB_CACHE``, else
 ``~/.cache/stillpoint-lab``), in a subdirectory named by the hash of every build input (package
 list, hook scripts, suite, the host's apt sources, image size). It is rebuilt only when that hash
 changes; a lock file keeps two builds of the same inputs from racing.
+
+Kernel variants (``build(kernel=...)``), each with its own cache key:
+
+* ``default``: bookworm's ``linux-image-cloud-amd64`` (6.1); its key is what it always was.
+* ``backports``: bookworm-backports' ``linux-image-cloud-amd64`` (6.12 when this was written; a
+  kernel >= 6.6 nests FIFREEZE and device-mapper's freeze). The backports mirror is added to
+  mmdebstrap's sources. Under qemu 7.2 TCG it oopses at boot with ``-cpu max`` and double-faults
+  (in SLUB's ``cmpxchg16b``) with any model that has CX16: boot it with
+  ``cpu=KERNELS["backports"]["cpu"]`` (the VM spec's ``cpu`` key; qemu64 plus SSE4.2, minus CX16).
 
 A finished build holds ``base.raw`` (ext4, label ``vmroot``), ``vmlinuz``, ``initrd.img``, the SSH
 key pair whose public half is root's ``authorized_keys`` in the image (``id_ed25519``) and
@@ -41,6 +50,15 @@ PACKAGES = [
     "thin-provisioning-tools", "mdadm", "drbd-utils", "xfsprogs", "util-linux", "kmod", "iproute2",
     "e2fsprogs", "procps", "initramfs-tools", "linux-image-cloud-amd64",
 ]
+# kernel variant -> the kernel package (replaces PACKAGES' last entry), extra mirrors for mmdebstrap,
+# and the -cpu the kernel boots with under TCG
+KERNELS = {
+    "default": {"package": "linux-image-cloud-amd64", "mirrors": [], "cpu": "max"},
+    "backports": {"package": "linux-image-cloud-amd64/bookworm-backports",
+                  "mirrors": ["deb http://deb.debian.org/debian bookworm-backports main"],
+                  # -cx16: with CMPXCHG16B, SLUB's per-cpu cmpxchg16b double-faults under qemu 7.2 TCG at boot
+                  "cpu": "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,-cx16"},
+}
 MGMT_MAC = "52:54:00:12:34:56"
 MGMT_ADDRESS = "10.0.2.15"
 LINK_MAC = "52:54:00:77:00:%02x"
@@ -118,10 +136,24 @@ def default_cache_dir():
     return os.environ.get("STILLPOINT_LAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "stillpoint-lab")
 
 
-def inputs_hash():
-    """Hash of everything the image is made from (a change rebuilds it)."""
+def _variant(kernel):
+    if kernel not in KERNELS:
+        raise ImageError("unknown kernel variant %r: choose one of %s" % (kernel, ", ".join(sorted(KERNELS))))
+    return KERNELS[kernel]
+
+
+def packages(kernel="default"):
+    """The package list of a kernel variant (``default``: PACKAGES as they are)."""
+    return PACKAGES[:-1] + [_variant(kernel)["package"]]
+
+
+def inputs_hash(kernel="default"):
+    """Hash of everything the image is made from (a change rebuilds it).
+
+    The default variant hashes exactly what it always did (CI's cache stays valid); another variant
+    differs by its package list (its kernel package)."""
     h = hashlib.sha256()
-    for part in (SUITE, IMAGE_SIZE, " ".join(PACKAGES), SETUP_HOOK, CUSTOMIZE_HOOK, " ".join(EXCLUDES),
+    for part in (SUITE, IMAGE_SIZE, " ".join(packages(kernel)), SETUP_HOOK, CUSTOMIZE_HOOK, " ".join(EXCLUDES),
                  MGMT_MAC, MGMT_ADDRESS, LINK_MAC, LINK_ADDRESS, str(MAX_LINK_HOSTS)):
         h.update(part.encode() + b"\0")
     try:
@@ -160,21 +192,24 @@ def _need_tools():
                          "qemu-utils mmdebstrap e2fsprogs openssh-client" % ", ".join(missing))
 
 
-def build(cache_dir=None, force=False, log=None):
-    """The image for the current inputs, built if not cached. Returns an :class:`Image`."""
+def build(cache_dir=None, force=False, log=None, kernel="default"):
+    """The image for the current inputs and ``kernel`` variant (see :data:`KERNELS`), built if not
+    cached. Returns an :class:`Image`."""
+    variant = _variant(kernel)
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-    path = os.path.join(cache_dir, inputs_hash())
+    path = os.path.join(cache_dir, inputs_hash(kernel))
     os.makedirs(cache_dir, exist_ok=True)
     with open(os.path.join(cache_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _complete(path) and not force:
             return Image(path)
         _need_tools()
-        _build(path, log or sys.stderr)
+        _build(path, log or sys.stderr, packages(kernel), variant["mirrors"], kernel)
     return Image(path)
 
 
-def _build(path, log):
+def _build(path, log, package_list=None, mirrors=(), kernel="default"):
+    package_list = package_list or PACKAGES
     t0 = time.monotonic()
     work = path + ".work"
     shutil.rmtree(work, ignore_errors=True)
@@ -187,13 +222,14 @@ def _build(path, log):
         pubkey = f.read().strip()
     env = dict(os.environ, PUBKEY=pubkey, MGMT_MAC=MGMT_MAC, MGMT_ADDRESS=MGMT_ADDRESS, LINK_MAC=LINK_MAC,
                LINK_ADDRESS=LINK_ADDRESS, MAX_LINK_HOSTS=str(MAX_LINK_HOSTS))
-    cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(PACKAGES),
+    cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--include=" + ",".join(package_list),
            "--aptopt=Acquire::Check-Valid-Until \"false\""]
     cmd += ["--dpkgopt=path-exclude=" + e for e in EXCLUDES]
     cmd += ["--setup-hook=" + SETUP_HOOK, "--customize-hook=" + CUSTOMIZE_HOOK, SUITE, rootfs]
     if os.path.exists(SOURCES):
         cmd.append(SOURCES)
-    log.write("lab image: mmdebstrap %s (%d packages) into %s\n" % (SUITE, len(PACKAGES), rootfs))
+    cmd += list(mirrors)
+    log.write("lab image: mmdebstrap %s (%d packages) into %s\n" % (SUITE, len(package_list), rootfs))
     log.flush()
     r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     if r.returncode != 0:
@@ -210,7 +246,8 @@ def _build(path, log):
     subprocess.run(["truncate", "-s", IMAGE_SIZE, base], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "vmroot", "-d", rootfs, base], check=True)
     shutil.rmtree(rootfs)
-    info = {"suite": SUITE, "kernel": version, "packages": PACKAGES, "inputs": os.path.basename(path),
+    info = {"suite": SUITE, "kernel": version, "variant": kernel, "cpu": KERNELS[kernel]["cpu"],
+            "packages": package_list, "inputs": os.path.basename(path),
             "build_seconds": round(time.monotonic() - t0, 1), "mmdebstrap_seconds": round(t_debootstrap, 1)}
     with open(os.path.join(work, "image.json"), "w") as f:
         json.dump(info, f, indent=1)
@@ -222,9 +259,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tests.lab.image", description=__doc__.split("\n", 1)[0])
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if the cached image is complete")
+    p.add_argument("--kernel", default="default", choices=sorted(KERNELS), help="kernel variant")
     args = p.parse_args(argv)
     try:
-        image = build(args.cache_dir, force=args.force)
+        image = build(args.cache_dir, force=args.force, kernel=args.kernel)
     except ImageError as e:
         sys.exit("lab image: %s" % e)
     print(json.dumps(dict(image.info, path=image.path)))

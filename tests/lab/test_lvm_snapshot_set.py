@@ -256,3 +256,27 @@ def test_set_lifecycle(lab, lab_timer):
         res = run_module(inv, {"set_name": "weekly", "state": "absent"})
     assert res.get("changed") is True and res["removed"] == ["%s/ext-snap-weekly" % VG], res
     assert snapshot_lvs(vm) == []
+
+
+def test_cross_lv_freeze_refused_on_61(lab, lab_timer):
+    """On this kernel (6.1) a freeze across the members cannot be combined with lvcreate (EBUSY, a half-made
+    LV): cross_lv=freeze is refused before anything is frozen or created; auto plans sequential members.
+    The freeze mechanism itself is run on 6.12 by test_lvm_cross_lv.py."""
+    vm, inv = lab
+    assert vm.ssh("uname -r").stdout.startswith("6.1.")
+    before = snapshot_lvs(vm)
+    with lab_timer("6.1: cross_lv=freeze refused"):
+        res = run_module(inv, {"set_name": "xlv", "volumes": VOLUMES, "cross_lv": "freeze"})
+    assert res.get("failed"), res
+    assert "EBUSY" in res["msg"] and "6.6" in res["msg"] and "nothing was done" in res["msg"], res["msg"]
+    assert res["actions"] == [] and "freeze" not in res, res
+    assert snapshot_lvs(vm) == before
+    assert guest(vm, "grep -c stillpoint-freeze /proc/net/unix || true").stdout.strip() == "0"
+    assert guest(vm, "timeout 10 sh -c 'for f in /srv/ext/probe /srv/xfs/probe; do echo x > $f && sync -f $f; done'",
+                 check=False).returncode == 0, "a filesystem is left frozen"
+    with lab_timer("6.1: cross_lv=auto check mode (plans sequential)"):
+        res = run_module(inv, {"set_name": "xlv", "volumes": VOLUMES}, check=True)
+    assert res.get("changed") is True and not res.get("failed"), res
+    assert res["cross_lv"]["mechanism"] == "sequential" and "6.6" in res["cross_lv"]["reason"], res["cross_lv"]
+    assert res["snapshot_set"]["cross_lv_consistent"] is False
+    assert snapshot_lvs(vm) == before

@@ -73,7 +73,8 @@ def nvme_serial(volume_id):
 
 class VM:
     """One qemu guest. ``spec`` keys: name, dir, image (the image directory), ssh_port, memory,
-    smp, links [{"index", "local_port", "peer_port"}], forwards [{"guest_port", "host_port"}]."""
+    smp, links [{"index", "local_port", "peer_port"}], forwards [{"guest_port", "host_port"}], cpu (qemu's
+    ``-cpu``, default ``max``; the backports kernel image needs ``image.KERNELS["backports"]["cpu"]``)."""
 
     def __init__(self, spec):
         self.spec = dict(spec)
@@ -129,7 +130,7 @@ class VM:
             relay = "%s %s %d" % (sys.executable, RELAY, fwd["host_port"])
             mgmt += ",guestfwd=tcp:%s:%d-cmd:%s" % (HOST_ALIAS, fwd["guest_port"], relay)
         cmd = [
-            "qemu-system-x86_64", "-name", self.marker, "-machine", "pc,accel=tcg", "-cpu", "max",
+            "qemu-system-x86_64", "-name", self.marker, "-machine", "pc,accel=tcg", "-cpu", s.get("cpu") or "max",
             "-smp", str(s.get("smp", 1)), "-m", str(s.get("memory", 1024)), "-nodefaults", "-vga", "none",
             "-display", "none", "-serial", "file:" + self.console,
             "-kernel", os.path.join(self.image, "vmlinuz"), "-initrd", os.path.join(self.image, "initrd.img"),

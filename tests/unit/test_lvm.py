@@ -66,7 +66,11 @@ def read(lvs, vgs):
             (["vgs", "--reportformat", "json"], (0, fx(vgs + ".vgs.json"), ""))]
 
 
-def engine(steps, mountinfo=("base",), check_mode=False):
+KERNEL_61 = "6.1.0-56-cloud-amd64"      # the lab image's kernel, where the fixtures were captured
+KERNEL_612 = "6.12.95+deb12-cloud-amd64"  # bookworm-backports' cloud kernel
+
+
+def engine(steps, mountinfo=("base",), check_mode=False, kernel=KERNEL_61, freezer=None):
     script = Script(steps)
     tables = [mounts(m) for m in mountinfo]
 
@@ -74,7 +78,8 @@ def engine(steps, mountinfo=("base",), check_mode=False):
         return tables.pop(0) if len(tables) > 1 else tables[0]
     made = []
     sets = _lvm.SnapshotSets(CommandRunner(script), check_mode=check_mode, mountinfo=mountinfo_fn,
-                             makedirs=lambda path, exist_ok: made.append(path))
+                             makedirs=lambda path, exist_ok: made.append(path), kernel_release=lambda: kernel,
+                             freezer=freezer)
     return sets, script, made
 
 
@@ -434,17 +439,274 @@ def test_info_lists_sets():
     assert [s["name"] for s in res["sets"]] == ["nightly"] and res["changed"] is False
 
 
+# -- across LVs: the kernel decides, the freeze wraps every lvcreate -----------------------------
+
+
+class FakeFreezer:
+    """Stands in for the guardian (no FIFREEZE on LVM here): records freeze/thaw in the command
+    sequence, and refuses like check_mountpoints/the guardian when told to."""
+
+    instances = []
+
+    def __init__(self, script, refuse=None, busy=False, thaw_record=None):
+        self.script, self.refuse, self.busy, self.thaw_record = script, refuse, busy, thaw_record
+
+    def __call__(self, mountpoints, deadline, protect_paths, mountinfo):
+        if self.refuse:
+            raise StillpointError("refusing to freeze, nothing was frozen: %s" % self.refuse)
+        self.mountpoints, self.deadline, self.protect_paths = list(mountpoints), deadline, protect_paths
+        self.plan = [{"mountpoint": m} for m in mountpoints]
+        self.frozen = False
+        FakeFreezer.instances.append(self)
+        return self
+
+    def freeze(self):
+        if self.busy:
+            raise StillpointError("%s is already frozen by someone else (FIFREEZE returned EBUSY)" % self.mountpoints[0])
+        self.script.calls.append(["<freeze>"] + self.mountpoints)
+        self.frozen = True
+        return {"mounts": [{"mountpoint": m, "freeze_ms": 1.5} for m in self.mountpoints], "presync_ms": 0.5,
+                "frozen_at": 1.0, "deadline": 2.0}
+
+    def thaw(self):
+        self.script.calls.append(["<thaw>"] + self.mountpoints[::-1])
+        self.frozen = False
+        return self.thaw_record or {"mounts": [{"mountpoint": m, "thaw_ms": 0.2} for m in self.mountpoints[::-1]],
+                                    "window_ms": 42.0, "deadline_thawed": False, "externally_thawed": [],
+                                    "thaw_errors": []}
+
+
+def frozen_engine(steps, kernel=KERNEL_612, check_mode=False, **fake):
+    """An engine whose freezer logs into the same call list as the commands."""
+    sets, script, made = engine(steps, kernel=kernel, check_mode=check_mode)
+    freezer = FakeFreezer(script, **fake)
+    sets._freezer = freezer
+    return sets, script, freezer
+
+
+@pytest.mark.parametrize("release, version, nests", [
+    ("6.1.0-56-cloud-amd64", (6, 1), False), ("6.5.13", (6, 5), False), ("6.6.0", (6, 6), True),
+    ("6.12.95+deb12-cloud-amd64", (6, 12), True), ("7.0-rc1", (7, 0), True), ("5.15.0-1051-aws", (5, 15), False),
+    ("4.19.0", (4, 19), False), ("garbage", None, False), ("", None, False),
+])
+def test_kernel_probe(release, version, nests):
+    assert _lvm.kernel_version(release) == version
+    assert _lvm.kernel_nests_freeze(release) is nests
+
+
+def test_running_kernel_is_the_probe_by_default():
+    sets = _lvm.SnapshotSets(CommandRunner(Script([])))
+    assert sets._kernel_release() == os.uname().release
+
+
+STEPS_OK = [
+    (["lvcreate", "--snapshot", "--name", "ext-snap-nightly"], ok()),
+    (["lvcreate", "--snapshot", "--name", "xfs-snap-nightly"], ok()),
+    (["lvcreate", "--snapshot", "--name", "thin-snap-nightly"], ok()),
+]
+
+
+def test_auto_on_a_nesting_kernel_freezes_around_every_lvcreate():
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set"))
+    res = sets.present("nightly", VOLUMES)
+    script.done()
+    # the freeze is the first thing after reading, the thaw the first after the last lvcreate
+    kinds = [c[0] for c in script.calls]
+    assert kinds == ["lvs", "vgs", "<freeze>", "lvcreate", "lvcreate", "lvcreate", "<thaw>", "lvs", "vgs"]
+    mounted = dict((m["mountpoint"], m["fstype"]) for m in mounts("base"))
+    assert freezer.mountpoints == ["/srv/ext", "/srv/xfs", "/srv/thin"]
+    assert all(mounted[m] in _lvm.FREEZABLE for m in freezer.mountpoints)
+    assert script.calls[6][1:] == ["/srv/thin", "/srv/xfs", "/srv/ext"]  # thawed in reverse
+    assert freezer.deadline == _lvm.DEFAULT_DEADLINE
+    tags = [script.calls[3][i + 1] for i, a in enumerate(script.calls[3]) if a == "--addtag"]
+    assert "stillpoint-xlv.yes" in tags
+    cross = res["cross_lv"]
+    assert cross["requested"] == "auto" and cross["mechanism"] == "freeze" and cross["kernel"] == KERNEL_612
+    assert cross["freeze_mountpoints"] == freezer.mountpoints and cross["kernel_nests_freeze"] is True
+    assert res["freeze"]["window_ms"] == 42.0 and res["freeze"]["presync_ms"] == 0.5
+    assert [(m["mountpoint"], m["freeze_ms"], m["thaw_ms"]) for m in res["freeze"]["mounts"]] == [
+        (m, 1.5, 0.2) for m in freezer.mountpoints]
+    assert all("frozen (FIFREEZE under the guardian)" in m["basis"] for m in res["plan"])
+    assert not any("not consistent" in w for w in sets.warnings)
+    assert "mechanism freeze, frozen 42.0 ms" in res["msg"]
+
+
+def test_auto_on_61_stays_sequential_and_says_why():
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set"), kernel=KERNEL_61)
+    res = sets.present("nightly", VOLUMES)
+    script.done()
+    assert "<freeze>" not in [c[0] for c in script.calls] and freezer not in FakeFreezer.instances
+    assert res["cross_lv"]["mechanism"] == "sequential" and "older than 6.6" in res["cross_lv"]["reason"]
+    assert "freeze" not in res
+    assert any("not consistent with each other" in w and "older than 6.6" in w for w in sets.warnings)
+
+
+def test_sequential_when_asked_even_on_a_nesting_kernel():
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set"))
+    res = sets.present("nightly", VOLUMES, cross_lv="sequential")
+    script.done()
+    assert [c[0] for c in script.calls].count("<freeze>") == 0
+    assert res["cross_lv"]["mechanism"] == "sequential"
+    tags = [script.calls[2][i + 1] for i, a in enumerate(script.calls[2]) if a == "--addtag"]
+    assert "stillpoint-xlv.no" in tags
+
+
+def test_auto_with_one_member_in_use_needs_no_freeze():
+    # only /srv/ext is mounted and open: the other origins cannot change between the members
+    table = [m for m in mounts("base") if m["mountpoint"] not in ("/srv/xfs", "/srv/thin")]
+    base = json.loads(fx("base.lvs.json"))
+    for row in base["report"][0]["lv"]:
+        if row["lv_name"] in ("xfs", "thin"):
+            row["lv_attr"] = row["lv_attr"][:5] + "-" + row["lv_attr"][6:]
+    steps = [(["lvs", "--reportformat", "json"], ok(json.dumps(base))),
+             (["vgs", "--reportformat", "json"], ok(fx("base.vgs.json")))] + STEPS_OK + read("set", "set")
+    script = Script(steps)
+    sets = _lvm.SnapshotSets(CommandRunner(script), mountinfo=lambda: table, kernel_release=lambda: KERNEL_612,
+                             freezer=FakeFreezer(script))
+    res = sets.present("nightly", VOLUMES)
+    script.done()
+    assert res["cross_lv"]["mechanism"] == "sequential" and "at most one member is in use" in res["cross_lv"]["reason"]
+    tags = [script.calls[2][i + 1] for i, a in enumerate(script.calls[2]) if a == "--addtag"]
+    assert "stillpoint-xlv.yes" in tags and "<freeze>" not in [c[0] for c in script.calls]
+
+
+def test_freeze_is_refused_on_61_before_anything_is_done():
+    sets, script, freezer = frozen_engine([], kernel=KERNEL_61)
+    with pytest.raises(StillpointError) as info:
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    script.done()
+    msg = info.value.msg
+    assert "kernel %s" % KERNEL_61 in msg and "nothing was done" in msg
+    assert "EBUSY" in msg and "half-made LV" in msg and "6.6" in msg and "cross_lv=auto or sequential" in msg
+    assert script.calls == [] and sets.actions == [] and freezer not in FakeFreezer.instances
+
+
+def test_freeze_refusals_of_the_guardian_apply():
+    sets, script, freezer = frozen_engine(read("base", "base"), refuse="/srv/ext holds the module's tmp dir")
+    with pytest.raises(StillpointError, match="cross_lv=freeze: refusing to freeze, nothing was frozen"):
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    script.done()
+    assert sets.actions == []
+    # auto falls back to one after another, and says so
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set"),
+                                          refuse="/srv/ext holds the module's tmp dir")
+    res = sets.present("nightly", VOLUMES)
+    script.done()
+    assert res["cross_lv"]["mechanism"] == "sequential" and "the freeze was refused" in res["cross_lv"]["reason"]
+    assert any("falls back" in w for w in sets.warnings)
+
+
+def test_freeze_busy_creates_nothing():
+    sets, script, freezer = frozen_engine(read("base", "base"), busy=True)
+    with pytest.raises(StillpointError, match="EBUSY"):
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    script.done()
+    assert sets.actions == [] and not freezer.frozen
+
+
+def test_thaw_comes_before_the_rollback_when_a_member_fails():
+    sets, script, freezer = frozen_engine(read("base", "base") + [
+        (["lvcreate", "--snapshot", "--name", "ext-snap-nightly"], ok()),
+        (["lvcreate", "--snapshot", "--name", "xfs-snap-nightly"], (5, "", "  Insufficient free space")),
+    ] + read("partial", "set") + [
+        (["lvremove", "--yes", "%s/xfs-snap-nightly" % VG], ok()),
+        (["lvremove", "--yes", "%s/ext-snap-nightly" % VG], ok()),
+    ])
+    with pytest.raises(StillpointError) as info:
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    script.done()
+    kinds = [c[0] for c in script.calls]
+    assert kinds == ["lvs", "vgs", "<freeze>", "lvcreate", "lvcreate", "<thaw>", "lvs", "vgs", "lvremove", "lvremove"]
+    assert not freezer.frozen
+    err = info.value
+    assert "thawed before the rollback" in err.msg and err.details["freeze"]["window_ms"] == 42.0
+    assert err.details["rolled_back"] == ["%s/xfs-snap-nightly" % VG, "%s/ext-snap-nightly" % VG]
+
+
+def test_thaw_even_when_lvcreate_blows_up():
+    def explode(argv, **kwargs):
+        raise RuntimeError("runner died")
+    sets, script, freezer = frozen_engine(read("base", "base"))
+    steps = script.steps
+    runner = CommandRunner(lambda argv, **kw: script(argv, **kw) if argv[0] != "lvcreate" else explode(argv))
+    sets.run = runner
+    with pytest.raises(RuntimeError):
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    assert steps == [] and [c[0] for c in script.calls][-1] == "<thaw>" and not freezer.frozen
+
+
+def test_deadline_thaw_rolls_the_set_back():
+    record = {"mounts": [], "window_ms": 10500.0, "deadline_thawed": True, "externally_thawed": [], "thaw_errors": []}
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set") + [
+        (["lvremove", "--yes", s], ok()) for s in reversed(
+            ["%s/ext-snap-nightly" % VG, "%s/xfs-snap-nightly" % VG, "%s/thin-snap-nightly" % VG])],
+        thaw_record=record)
+    with pytest.raises(StillpointError, match="outlived freeze_deadline .*Raise freeze_deadline") as info:
+        sets.present("nightly", VOLUMES, freeze_deadline=10)
+    script.done()
+    assert len(info.value.details["rolled_back"]) == 3
+
+
+def test_freeze_refused_for_a_raw_open_member():
+    # xfs open (attr o) but not mounted: a freeze cannot hold what writes to it
+    table = [m for m in mounts("base") if m["mountpoint"] != "/srv/xfs"]
+    sets, script, freezer = frozen_engine(read("base", "base"))
+    sets._mountinfo = lambda: table
+    with pytest.raises(StillpointError, match="vgsp/xfs is open but not mounted"):
+        sets.present("nightly", VOLUMES, cross_lv="freeze")
+    sets, script, freezer = frozen_engine(read("base", "base") + STEPS_OK + read("set", "set"))
+    sets._mountinfo = lambda: table
+    res = sets.present("nightly", VOLUMES)
+    assert res["cross_lv"]["mechanism"] == "sequential" and "raw device" in res["cross_lv"]["reason"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cross_lv": "both"}, "cross_lv must be one of"), ({"freeze_deadline": 0}, "freeze_deadline must be"),
+    ({"freeze_deadline": 301}, "freeze_deadline must be"),
+])
+def test_cross_lv_option_validation(kwargs, message):
+    sets, script, freezer = frozen_engine([])
+    with pytest.raises(StillpointError, match=message):
+        sets.present("nightly", VOLUMES, **kwargs)
+
+
+def test_check_mode_plans_the_freeze_and_freezes_nothing():
+    answer = cmd("lvcreate-test")
+    sets, script, freezer = frozen_engine(read("base", "base") + [
+        (["lvcreate", "--test", "--snapshot"], (answer["rc"], answer["stdout"], answer["stderr"]))] * 3,
+        check_mode=True)
+    res = sets.present("nightly", VOLUMES)
+    script.done()
+    assert "<freeze>" not in [c[0] for c in script.calls] and not freezer.frozen
+    assert res["cross_lv"]["mechanism"] == "freeze" and "freeze" not in res
+    assert "would create 3 snapshot(s) of set nightly freezing /srv/ext, /srv/xfs, /srv/thin" in res["msg"]
+    assert res["snapshot_set"]["cross_lv_consistent"] is True
+
+
 # -- the module ------------------------------------------------------------------------------
 
 
-def _module(monkeypatch, steps, args, check_mode=False, mountinfo="base", module=lvm_snapshot_set):
+def _module(monkeypatch, steps, args, check_mode=False, mountinfo="base", module=lvm_snapshot_set, kernel=KERNEL_61):
     script = Script(steps)
     monkeypatch.setattr(module.AnsibleModule, "run_command", lambda self, argv, **kw: script(argv, **kw))
     monkeypatch.setattr(module.AnsibleModule, "get_bin_path", lambda self, name, required=False: name)
     monkeypatch.setattr(_lvm, "read_mountinfo", lambda: mounts(mountinfo))
+    monkeypatch.setattr(_lvm, "running_kernel", lambda: kernel)
     result = run_module(monkeypatch, module.main, args, check_mode=check_mode)
     script.done()
     return result
+
+
+def test_module_refuses_freeze_on_61(monkeypatch):
+    res = _module(monkeypatch, [], {"set_name": "nightly", "volumes": VOLUMES, "cross_lv": "freeze"})
+    assert res["failed"] and "EBUSY" in res["msg"] and res["kernel"] == KERNEL_61 and res["actions"] == []
+
+
+def test_module_check_mode_reports_the_mechanism(monkeypatch):
+    answer = cmd("lvcreate-test")
+    steps = read("base", "base") + [(["lvcreate", "--test"], (answer["rc"], answer["stdout"], answer["stderr"]))] * 3
+    res = _module(monkeypatch, steps, {"set_name": "nightly", "volumes": VOLUMES}, check_mode=True)
+    assert res["changed"] and res["cross_lv"]["mechanism"] == "sequential" and res["cross_lv"]["kernel"] == KERNEL_61
 
 
 def test_module_idempotent_present(monkeypatch):
