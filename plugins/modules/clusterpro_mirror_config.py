@@ -52,12 +52,16 @@ options:
     default: true
   same_backup_set:
     description:
-      - The proof that both mirror volumes come from one snapshot of one backup set. Required when
-        O(initial_mirror_construction=false).
+      - The volumes whose common origin must be proved before initial mirror construction is turned off. Required
+        when O(initial_mirror_construction=false).
+      - The proof is read from EC2, never taken from the operator. C(DescribeVolumes) gives the snapshot each volume
+        was created from. The backup catalog (snapshot tags) must show that this snapshot is a member of the
+        complete backup set O(same_backup_set.set_id), and every volume must come from that same snapshot.
+      - Needs AWS access (boto3 and credentials) on the cluster server that runs the task.
     type: dict
     suboptions:
       set_id:
-        description: The backup set id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)).
+        description: The backup set id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)) both volumes were restored from.
         type: str
         required: true
       volumes:
@@ -67,21 +71,18 @@ options:
         required: true
         suboptions:
           server:
-            description: The cluster server the volume is attached to.
+            description: The cluster server the volume belongs to.
             type: str
             required: true
           volume_id:
             description: The EBS volume holding the server's mirror partitions.
             type: str
             required: true
-          snapshot_id:
-            description: The snapshot the volume was created from. Must be the same for every server.
+          instance_id:
+            description:
+              - The server's EC2 instance. When given, the volume must be attached to it (C(DescribeVolumes)),
+                so that the proof is about the disk the server really uses.
             type: str
-            required: true
-          set_id:
-            description: The backup set the snapshot belongs to. Must equal O(same_backup_set.set_id).
-            type: str
-            required: true
   stop_cluster:
     description:
       - Stop the cluster service on every server (C(clpcl -t -a)) when it runs and a push needs it stopped.
@@ -96,6 +97,10 @@ options:
     description: The CLUSTERPRO X version (C(4), C(5.1) ...); only the major version matters.
     type: str
     default: "4"
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
 attributes:
   check_mode:
     support: full
@@ -109,6 +114,8 @@ attributes:
 notes:
   - Run it on one cluster server (the configuration is distributed to all by C(clpcfctrl --push)); needs root
     (Linux) or Administrator (Windows).
+  - AWS access (boto3, credentials; C(ec2:DescribeVolumes) and C(ec2:DescribeSnapshots)) is needed only for
+    O(same_backup_set).
   - The group startup attribute (seed 001 sets the group to manual startup while the resource is removed) is not
     changed by this module.
 seealso:
@@ -136,10 +143,8 @@ EXAMPLES = r"""
     same_backup_set:
       set_id: bs-20261121T101500Z-3f2a1c
       volumes:
-        - {server: server1, volume_id: vol-0a1b2c3d4e5f60718, snapshot_id: snap-0123456789abcdef0,
-           set_id: bs-20261121T101500Z-3f2a1c}
-        - {server: server2, volume_id: vol-0f1e2d3c4b5a69788, snapshot_id: snap-0123456789abcdef0,
-           set_id: bs-20261121T101500Z-3f2a1c}
+        - {server: server1, volume_id: vol-0a1b2c3d4e5f60718, instance_id: i-0123456789abcdef0}
+        - {server: server2, volume_id: vol-0f1e2d3c4b5a69788, instance_id: i-0fedcba9876543210}
   become: true
 """
 
@@ -181,23 +186,66 @@ snapshot_id:
   returned: when initial_mirror_construction was turned off
   type: str
   sample: snap-0123456789abcdef0
+proof:
+  description: What EC2 answered for O(same_backup_set) - the set, the one snapshot, its member index, and per volume
+    the snapshot it was created from.
+  returned: when O(same_backup_set) was checked
+  type: dict
+  sample: {set_id: bs-20261121T101500Z-3f2a1c, snapshot_id: snap-0123456789abcdef0, member_index: 0,
+           volumes: {vol-0a1b2c3d4e5f60718: snap-0123456789abcdef0, vol-0f1e2d3c4b5a69788: snap-0123456789abcdef0}}
 """
 
-from ansible.module_utils.basic import AnsibleModule
+try:
+    import botocore.exceptions
+    AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+except ImportError:
+    AWS_ERRORS = ()  # module.client() reports a missing boto3/botocore when AWS is needed
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 VOLUME_SPEC = dict(
     server=dict(type="str", required=True),
     volume_id=dict(type="str", required=True),
-    snapshot_id=dict(type="str", required=True),
-    set_id=dict(type="str", required=True),
+    instance_id=dict(type="str"),
 )
 
 
+def prove_from_ec2(module, spec):
+    """The same_backup_set proof, read from EC2: each volume's origin snapshot (DescribeVolumes), that
+    snapshot's membership of the complete set (catalog tags), one snapshot for all, and each volume
+    attached to its server's instance when one is named."""
+    volumes = spec["volumes"] or []
+    ids = [v["volume_id"] for v in volumes]
+    client = module.client("ec2", retry_decorator=ebs.RETRY)
+    try:
+        proof = restore.same_snapshot_proof(client, spec["set_id"], ids)
+    except StillpointError as exc:
+        exc.msg = ("Refused: initial mirror construction stays on, the mirror volumes are not proved to come from one "
+                   "snapshot of backup set %s: %s" % (spec["set_id"], exc.msg))
+        raise
+    described = dict((v["VolumeId"], v) for v in restore.describe_volumes(client, [{"Name": "volume-id", "Values": ids}]))
+    for vol in volumes:
+        if not vol.get("instance_id"):
+            continue
+        attached = [a.get("InstanceId") for a in described[vol["volume_id"]].get("Attachments") or []
+                    if a.get("State") in ("attaching", "attached")]
+        if vol["instance_id"] not in attached:
+            raise StillpointError("Refused: volume %s of server %s is not attached to instance %s (attached to: %s); "
+                                  "the proof must be about the disks the servers use." % (
+                                      vol["volume_id"], vol["server"], vol["instance_id"], ", ".join(attached) or "none"))
+    checked = dict(set_id=spec["set_id"], volumes=[
+        dict(server=v["server"], volume_id=v["volume_id"], snapshot_id=proof["volumes"][v["volume_id"]],
+             set_id=spec["set_id"]) for v in volumes])
+    return checked, proof
+
+
 def main():
-    module = AnsibleModule(
+    module = AnsibleAWSModule(
         argument_spec=dict(
             name=dict(type="str", required=True),
             state=dict(type="str", choices=["absent", "present"], default="present"),
@@ -212,15 +260,27 @@ def main():
             version=dict(type="str", default="4"),
         ),
         supports_check_mode=True,
+        check_boto3=False,
     )
     p = module.params
+    proof = checked = None
     try:
+        if p["same_backup_set"] and p["state"] == "present" and not p["initial_mirror_construction"]:
+            try:
+                checked, proof = prove_from_ec2(module, p["same_backup_set"])
+            except AWS_ERRORS as exc:
+                module.fail_json_aws(exc, msg="Refused: initial mirror construction stays on, EC2 could not be read to "
+                                              "prove that the mirror volumes come from one snapshot of backup set %s "
+                                              "(DescribeVolumes, DescribeSnapshots); nothing was changed"
+                                              % p["same_backup_set"]["set_id"])
         result = clp.mirror_config(CommandRunner.from_module(module), p["edition"], p["version"], p["name"], p["state"],
                                    p["saved_definition"], initial_mirror_construction=p["initial_mirror_construction"],
-                                   same_backup_set=p["same_backup_set"], stop_cluster=p["stop_cluster"],
+                                   same_backup_set=checked, stop_cluster=p["stop_cluster"],
                                    check_mode=module.check_mode)
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
+    if proof is not None:
+        result["proof"] = proof
     module.exit_json(**result)
 
 

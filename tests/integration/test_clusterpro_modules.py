@@ -9,15 +9,21 @@ subprocesses through AnsibleModule.run_command, in-process with the set_module_a
 once through ansible-playbook. What the cluster did is read back from the fake's state file and
 its event log, never from the modules' own answers alone. Seed 001 is followed: backup by standby
 shutdown, recovery when the standby returns, and the restore of both servers from one snapshot
-with initial mirror construction off.
+with initial mirror construction off, proved from real volumes and backup sets on the strict EC2
+endpoint (127.0.0.1).
 """
 
 import json
 import os
+import socket
 import subprocess
 
 import pytest
 
+from ansible_collections.amazon.aws.plugins.module_utils.retries import RetryingBotoClientWrapper
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_control
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_info
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_mirror_config
@@ -30,8 +36,8 @@ from tests.support.world import task
 from tests.support.world import write_playbook
 from tests.unit.utils import run_module
 
-SET = "bs-20261121T101500Z-3f2a1c"
-SNAP = "snap-0123456789abcdef0"
+SNAP = "snap-0123456789abcdef0"  # the fake's disks only (no EC2 behind them)
+AZ = "eu-west-1a"
 
 
 class Fake:
@@ -191,13 +197,52 @@ def restore_both_from(fake, snapshot):
         fake.do("replace_disk", server, "md1", "vol-from-%s-%s" % (snapshot, server), snapshot)
 
 
-def volumes(snap_b=SNAP, set_b=SET):
-    return dict(set_id=SET, volumes=[
-        dict(server="server1", volume_id="vol-0a1b2c3d4e5f60718", snapshot_id=SNAP, set_id=SET),
-        dict(server="server2", volume_id="vol-0f1e2d3c4b5a69788", snapshot_id=snap_b, set_id=set_b)])
+@pytest.fixture(scope="module")
+def proof_sets(ec2_endpoint):
+    """Two complete backup sets of one two-volume instance on the strict EC2 endpoint, made by
+    ebs_snapshot_set's own library (one CreateSnapshots, member tags, wait, complete mark), and a way to
+    create volumes from their snapshots: what clusterpro_mirror_config's same_backup_set is proved from."""
+    ec2_endpoint.reset()
+    raw = ec2_endpoint.client()
+    client = RetryingBotoClientWrapper(raw, ebs.RETRY)
+    world = ec2_endpoint.create_instance(az=AZ, volumes=[{"size": 1, "device": d} for d in ("/dev/sdf", "/dev/sdg")])
+    sets = {}
+    for label in ("a", "b"):
+        plan = ebs.plan_members(ebs.describe_instance(client, world["instance_id"]))
+        set_id = catalog.new_set_id()
+        ec2_endpoint.pending(0, calls=1)  # this set's snapshots complete at once
+        result = ebs.SnapshotSetRun(client, plan, set_id, name="clusterpro", host="server2",
+                                    procedure="clusterpro-standby").run(ebs.NoQuiesce(), wait=True, wait_timeout=30,
+                                                                         poll_interval=0.1)
+        assert result["state"] == "complete", result
+        sets[label] = (set_id, [m["snapshot_id"] for m in result["members"]])
+
+    def volume(snapshot_id=None):
+        kw = dict(SnapshotId=snapshot_id) if snapshot_id else dict(Size=1)
+        return raw.create_volume(AvailabilityZone=AZ, VolumeType="gp3", **kw)["VolumeId"]
+    return dict(raw=raw, sets=sets, volume=volume, instance_id=world["instance_id"])
 
 
-def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch):
+def aws_args(ec2):
+    return dict(endpoint_url=ec2.url, region=ec2.region, access_key="testing", secret_key="testing")
+
+
+def same_set(set_id, **volume_ids):
+    """same_backup_set as the restore role passes it: the set, and per server only its volume (and instance)."""
+    return dict(set_id=set_id, volumes=[dict(server=server, **(v if isinstance(v, dict) else dict(volume_id=v)))
+                                        for server, v in sorted(volume_ids.items())])
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, ec2, proof_sets):
+    m = proof_sets
+    set_a, (snap, other_snap) = m["sets"]["a"]
+    set_b, (snap_b, _) = m["sets"]["b"]
     saved = str(fake.tmp / "md1.json")
     base = dict(name="md1", saved_definition=saved)
     conf_before = fake.state["conf"]
@@ -216,25 +261,64 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch):
         assert json.load(handle)["dependents"] == [{"type": "exec", "name": "exec1"}]
     again = mirror_config(monkeypatch, state="absent", **base)
     assert again["changed"] is False and not again.get("failed")
-    # steps 2-4: both volumes from the standby's snapshot
-    restore_both_from(fake, SNAP)
-    # step 5: add it back without initial construction: refused without proof, or with a wrong one
-    for bad, why in ((None, "only when both mirror volumes"), (volumes(snap_b="snap-0fedcba987654321f"), "different"),
-                     (volumes(set_b="bs-20261120T000000Z-aaaaaa"), "same set")):
-        args = dict(base, state="present", initial_mirror_construction=False)
+    # steps 2-4: both servers get a real EBS volume created from the set's one snapshot (the standby's)
+    vols = dict(server1=m["volume"](snap), server2=m["volume"](snap))
+    for server, vid in vols.items():
+        fake.do("replace_disk", server, "md1", vid, snap)  # the fake's content: what the volume was made from
+    # step 5: add it back without initial construction: refused without proof, or when EC2 does not prove it
+    other_member, from_set_b, blank = m["volume"](other_snap), m["volume"](snap_b), m["volume"]()
+    ec2.clear_calls()
+    refusals = (
+        (None, "only when both mirror volumes"),
+        (same_set(set_a, server1=vols["server1"], server2=other_member), "different snapshots of set %s" % set_a),
+        (same_set(set_a, server1=vols["server1"], server2=from_set_b), "%s (from %s) were not created from a snapshot "
+                                                                       "of backup set %s" % (from_set_b, snap_b, set_a)),
+        (same_set(set_a, server1=vols["server1"], server2=blank), "%s (from no snapshot)" % blank),
+        (same_set(set_b, **vols), "were not created from a snapshot of backup set %s" % set_b),  # the wrong set named
+        (same_set(set_a, server1=vols["server1"], server2=vols["server1"]), "needs the backing volumes of both sides"),
+        (same_set(set_a, server1=vols["server1"], server2="vol-0123456789abcdef0"), "vol-0123456789abcdef0 do not exist"),
+        (same_set(catalog.new_set_id(), **vols), "is not in the catalog"),
+        (same_set(set_a, server1=dict(volume_id=vols["server1"], instance_id=m["instance_id"]), server2=vols["server2"]),
+         "is not attached to instance %s" % m["instance_id"]),
+    )
+    for bad, why in refusals:
+        args = dict(base, state="present", initial_mirror_construction=False, **aws_args(ec2))
         if bad:
             args["same_backup_set"] = bad
         result = mirror_config(monkeypatch, **args)
-        assert result["failed"] and why in result["msg"], result
+        assert result["failed"] and why in result["msg"], (why, result)
+        assert bad is None or result["msg"].startswith("Refused"), result["msg"]
         assert "md1" not in read_topology(fake.state["conf"])["mirrors"]
+    # EC2 errors during the proof are refusals too; nothing changes
+    ec2.fail_next("DescribeVolumes", "UnauthorizedOperation", "injected: not allowed", status=403)
+    denied = mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
+                           same_backup_set=same_set(set_a, **vols), **dict(base, **aws_args(ec2)))
+    assert denied["failed"] and "UnauthorizedOperation" in denied["msg"], denied
+    assert denied["msg"].startswith("Refused: initial mirror construction stays on")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    unreachable = mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
+                                same_backup_set=same_set(set_a, **vols),
+                                **dict(base, **dict(aws_args(ec2), endpoint_url="http://127.0.0.1:%d" % closed_port())))
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    assert unreachable["failed"] and unreachable["msg"].startswith(
+        "Refused: initial mirror construction stays on, EC2 could not be read"), unreachable
+    assert "Could not connect" in unreachable["msg"] and "boto3_version" in unreachable  # fail_json_aws
+    assert "md1" not in read_topology(fake.state["conf"])["mirrors"]
+    # proved from EC2: both volumes come from the one snapshot of the complete set
     added = mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
-                          same_backup_set=volumes(), **base)
-    assert added["changed"] and added["snapshot_id"] == SNAP and added["after"]["initial_mirror_construction"] is False
+                          same_backup_set=same_set(set_a, **vols), **dict(base, **aws_args(ec2)))
+    assert added["changed"] and added["snapshot_id"] == snap and added["after"]["initial_mirror_construction"] is False
+    sources = dict((v["VolumeId"], v["SnapshotId"]) for v in m["raw"].describe_volumes(VolumeIds=list(vols.values()))[
+        "Volumes"])  # what EC2 says, read back independently of the module
+    assert added["proof"]["volumes"] == sources == {vols["server1"]: snap, vols["server2"]: snap}
+    assert added["proof"]["set_id"] == set_a and added["proof"]["member_index"] == 0
     topo = read_topology(fake.state["conf"])
     assert topo["mirrors"]["md1"]["fullcopy"] == "0" and topo["depends"]["exec1"] == ["md1"]
     assert ("mdw", "mdw1") in topo["monitors"] and topo["groups"]["failover"] == ["fip1", "md1", "exec1"]
-    assert mirror_config(monkeypatch, state="present", initial_mirror_construction=False, same_backup_set=volumes(),
-                         **base)["changed"] is False
+    assert mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
+                         same_backup_set=same_set(set_a, **vols), **dict(base, **aws_args(ec2)))["changed"] is False
+    # the proof only reads EC2
+    assert [c["action"] for c in ec2.calls() if not c["action"].startswith("Describe")] == []
     # step 6: start the cluster and the group; no copy was made, the copies are identical
     for server in ("server1", "server2"):
         assert control(monkeypatch, kind="cluster_service", server=server, state="started")["changed"]
