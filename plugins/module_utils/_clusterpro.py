@@ -107,7 +107,7 @@ def check_edition(edition, version):
     edition = (edition or "").lower()
     if edition not in EDITIONS:
         raise StillpointError("Unknown CLUSTERPRO edition %r: use one of %s." % (edition, ", ".join(EDITIONS)))
-    major = str(version or "").split(".")[0]
+    major = str(version or "").split(".", maxsplit=1)[0]
     if major not in VERSIONS:
         raise StillpointError("Unsupported CLUSTERPRO version %r: this collection knows the command lines of the "
                               "major versions %s (X 4.x, X 5.x)." % (version, ", ".join(VERSIONS)))

@@ -292,6 +292,8 @@ def resource_summary(res):
     out = {"name": res["name"], "role": res["role"], "disk": dev.get("disk"), "minor": dev.get("minor"),
            "size_kib": dev.get("size_kib")}
     out.update(first)
+    if out["out_of_sync_kib"] is None and dev.get("out_of_sync_kib") is not None:
+        out["out_of_sync_kib"] = dev["out_of_sync_kib"]  # StandAlone on 8.4: /proc/drbd's oos
     syncing = [p for p in peers if p["replication"] in SYNC_STATES]
     out["syncing"] = bool(syncing)
     if syncing and out["replication"] not in SYNC_STATES:
@@ -344,6 +346,8 @@ class Drbd:
                     for key in ("sync_eta_s", "sync_speed_kib_s", "sync_percent"):
                         if key in extra:
                             dev[key] = extra[key]
+                    if "oos" in extra:  # the only place 8.4 shows it while StandAlone
+                        dev["out_of_sync_kib"] = extra["oos"]
         return found
 
     @staticmethod
@@ -385,14 +389,29 @@ class Drbd:
         return bool(re.search(r"allow-two-primaries\s+yes", out))
 
     def signature(self, device):
-        """What ``blkid -p`` finds on ``device``: ``{"TYPE": ...}`` or ``{}`` (nothing found)."""
+        """The signatures on ``device``: ``{"TYPE", "TYPES", ...}`` or ``{}`` (nothing found).
+
+        ``blkid -p`` names one signature, and on a DRBD backing disk with internal metadata it names DRBD's
+        (``TYPE=drbd``) even when a filesystem starts the disk (seen in the lab on a restored disk), or answers
+        ambivalent (rc 8). So whenever it does not name a plain filesystem, ``wipefs --no-act`` (lists, never
+        erases) lists them all: ``TYPE`` is then the first that is not DRBD metadata, ``TYPES`` all of them."""
         rc, out, err = self.run([self.run.bin("blkid"), "-p", "-o", "export", device], check=False)
         if rc == 2:
             return {}
-        if rc != 0:
+        if rc not in (0, 8):
             raise StillpointError("blkid -p %s failed (rc=%s): %s" % (device, rc, (err or out).strip()),
                                   rc=rc, stdout=out, stderr=err)
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line) if rc == 0 else {}
+        if rc == 0 and found.get("TYPE") != "drbd":
+            return found
+        _rc, listed, _err = self.run([self.run.bin("wipefs"), "--no-act", "--noheadings", "--output", "TYPE",
+                                      device], what="wipefs --no-act %s (list the signatures)" % device)
+        types = [t.strip() for t in listed.splitlines() if t.strip()]
+        data = [t for t in types if t != "drbd"]
+        found.update(TYPE=(data or types or ["drbd"])[0], TYPES=",".join(types))
+        if data:
+            found["USAGE"] = "filesystem or other data, and DRBD metadata"
+        return found
 
 
 def _read_proc():

@@ -35,10 +35,12 @@ attributes:
     description: Reads only.
   diff_mode:
     support: none
+    description: Reads only.
   idempotent:
     support: full
+    description: Reads only; the same state gives the same answer.
 author:
-  - stillpoint.snapshots contributors
+  - stillpoint.snapshots maintainers (@stillpoint)
 """
 
 EXAMPLES = r"""

@@ -10,10 +10,10 @@ module: drbd_resource
 short_description: Bring a DRBD resource up or down, connect, switch roles, create metadata, wait for sync, safely
 version_added: 0.1.0
 description:
-  - Drives one DRBD resource (defined in C(/etc/drbd.d)) on this host towards the wanted state, in this order:
+  - "Drives one DRBD resource (defined in C(/etc/drbd.d)) on this host towards the wanted state, in this order:
     metadata (O(create_md)), up/attach (O(state=up)), O(connection=connected), skipping the initial resync
     (O(skip_initial_sync)), O(role=secondary), O(connection=disconnected) (optionally inside a freeze),
-    O(role=primary), O(wait_sync). O(state=down) demotes (O(role=secondary)) and takes the resource down.
+    O(role=primary), O(wait_sync). O(state=down) demotes (O(role=secondary)) and takes the resource down."
   - "Refuses what would lose data (seed 003, DOMAIN.md): promoting a disk that is not UpToDate (Inconsistent,
     Outdated, Diskless) unless O(force); even with O(force), promoting when the peer's disk is UpToDate (that
     would make this side the sync source and overwrite the good copy: promote the survivor instead) or when
@@ -71,7 +71,7 @@ options:
     default: false
   replaced_disk:
     description:
-      - The backing disk that was replaced or restored, whose metadata may be (re)created over what it holds: a
+      - The backing disk that was replaced or restored, whose metadata may be (re)created over what it holds, as a
         device path or an EBS volume id (resolved on this host by NVMe serial). Must be this resource's disk
         (C(drbdadm sh-ll-dev)).
     type: str
@@ -119,7 +119,7 @@ attributes:
     support: full
     description: A resource already in the wanted state is left alone.
 author:
-  - stillpoint.snapshots contributors
+  - stillpoint.snapshots maintainers (@stillpoint)
 """
 
 EXAMPLES = r"""
@@ -170,11 +170,6 @@ proof:
 """
 
 import time
-
-try:
-    import botocore  # noqa: F401  pylint: disable=unused-import
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore when AWS is needed
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 

@@ -25,6 +25,7 @@ import time
 import traceback
 import uuid
 from urllib.parse import parse_qsl
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from . import _world
@@ -33,6 +34,24 @@ CONTROL_PREFIX = "/_stillpoint/"
 _SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/([^/,]+)/([^/,]+)/aws4_request")
 _CODE = re.compile(rb"<Code>(.*?)</Code>", re.S)
 _MESSAGE = re.compile(rb"<Message>(.*?)</Message>", re.S)
+_XMLNS = re.compile(rb'xmlns="([^"]+)"')
+
+
+def _volumes_have_snapshot_id(body):
+    """EC2's DescribeVolumes gives every volume a ``snapshotId`` (empty when it was not created from a
+    snapshot); moto leaves the element out, and clients that index it (amazon.aws ec2_vol_info) crash."""
+    m = _XMLNS.search(body)
+    if m is None or b"<volumeSet>" not in body:
+        return body
+    ns = m.group(1).decode()
+    ElementTree.register_namespace("", ns)
+    root = ElementTree.fromstring(body)
+    changed = False
+    for item in root.findall("{%s}volumeSet/{%s}item" % (ns, ns)):
+        if item.find("{%s}snapshotId" % ns) is None:
+            ElementTree.SubElement(item, "{%s}snapshotId" % ns).text = ""
+            changed = True
+    return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True) if changed else body
 
 
 def _status_line(status):
@@ -129,6 +148,8 @@ class Middleware:
         if backend is not None:
             entry["backend"] = backend
         entry["status"] = int(status.split(None, 1)[0])
+        if action == "DescribeVolumes" and entry["status"] == 200:
+            body = _volumes_have_snapshot_id(body)
         entry["error_code"] = entry["error_message"] = None
         if entry["status"] >= 400:
             code = _CODE.search(body)

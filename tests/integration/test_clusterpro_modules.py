@@ -212,8 +212,8 @@ def proof_sets(ec2_endpoint):
         set_id = catalog.new_set_id()
         ec2_endpoint.pending(0, calls=1)  # this set's snapshots complete at once
         result = ebs.SnapshotSetRun(client, plan, set_id, name="clusterpro", host="server2",
-                                    procedure="clusterpro-standby").run(ebs.NoQuiesce(), wait=True, wait_timeout=30,
-                                                                         poll_interval=0.1)
+                                    procedure="clusterpro-standby")
+        result = result.run(ebs.NoQuiesce(), wait=True, wait_timeout=30, poll_interval=0.1)
         assert result["state"] == "complete", result
         sets[label] = (set_id, [m["snapshot_id"] for m in result["members"]])
 
@@ -242,7 +242,7 @@ def closed_port():
 def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, ec2, proof_sets):
     m = proof_sets
     set_a, (snap, other_snap) = m["sets"]["a"]
-    set_b, (snap_b, _) = m["sets"]["b"]
+    set_b, (snap_b, _vol_b) = m["sets"]["b"]
     saved = str(fake.tmp / "md1.json")
     base = dict(name="md1", saved_definition=saved)
     conf_before = fake.state["conf"]

@@ -445,3 +445,17 @@ def test_imds_reports_the_identity_set_through_the_control_api(ec2):
     assert info.value.code == 401
     assert ec2.env()["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == ec2.imds_url
     assert "AWS_ENDPOINT_URL" not in ec2.env()
+
+
+def test_describe_volumes_gives_every_volume_a_snapshot_id(ec2):
+    # EC2 answers snapshotId "" for a volume not made from a snapshot; moto omits it (amazon.aws ec2_vol_info
+    # indexes it). A volume made from a snapshot keeps its id.
+    client = ec2.client()
+    blank = client.create_volume(AvailabilityZone=ec2.region + "a", Size=1)["VolumeId"]
+    snap = client.create_snapshot(VolumeId=blank)["SnapshotId"]
+    wait_state(client, [snap])
+    copy = client.create_volume(AvailabilityZone=ec2.region + "a", SnapshotId=snap)["VolumeId"]
+    vols = {v["VolumeId"]: v for v in client.describe_volumes(VolumeIds=[blank, copy])["Volumes"]}
+    assert vols[blank]["SnapshotId"] == ""
+    assert vols[copy]["SnapshotId"] == snap
+    assert vols[copy]["Size"] == 1 and vols[blank]["State"] == "available"

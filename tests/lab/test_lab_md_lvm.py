@@ -40,13 +40,6 @@ TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call
 HERE = "test_lab_md_lvm"
 
 
-def _credentials(inst):
-    env = inst.guest_env()
-    inst.vm.ssh("mkdir -p /root/.aws && printf '[default]\\naws_access_key_id = %s\\naws_secret_access_key = %s\\n'"
-                " > /root/.aws/credentials && printf '[default]\\nregion = %s\\n' > /root/.aws/config"
-                % (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_DEFAULT_REGION"]))
-
-
 @pytest.fixture(scope="module")
 def world(lab_image, tmp_path_factory):
     w = LabWorld(tmp_path_factory.mktemp("labmdlvm"), image=lab_image, pending_seconds=0.5)
@@ -59,7 +52,7 @@ def world(lab_image, tmp_path_factory):
         record_timing(HERE, "boot 2 VMs (2 volumes on the first) to SSH", time.monotonic() - t0)
         t0 = time.monotonic()
         for inst in w.instances:
-            _credentials(inst)
+            inst.write_aws_credentials()
         disks = [src.devices_for_volume(v)[0] for v in src.volume_ids]
         # md role 0 is the volume at /dev/sdg, role 1 the one at /dev/sdf
         src.vm.ssh("mdadm --create /dev/md0 --run --level=0 --chunk=64 --raid-devices=2 %s %s"

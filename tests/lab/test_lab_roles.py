@@ -37,10 +37,7 @@ def world(lab_image, tmp_path_factory):
         w.boot()
         record_timing("test_lab_roles", "boot 1 VM with 2 volumes (to SSH)", time.monotonic() - t0)
         t0 = time.monotonic()
-        env = inst.guest_env()
-        inst.vm.ssh("mkdir -p /root/.aws && printf '[default]\\naws_access_key_id = %s\\naws_secret_access_key = %s\\n'"
-                    " > /root/.aws/credentials && printf '[default]\\nregion = %s\\n' > /root/.aws/config"
-                    % (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_DEFAULT_REGION"]))
+        inst.write_aws_credentials()
         for vol, mnt in zip(inst.volume_ids, MOUNTS):
             disk, = inst.devices_for_volume(vol)
             inst.vm.ssh("mkfs.xfs -q -f %s && mkdir -p %s && mount %s %s" % (disk, mnt, disk, mnt))

@@ -74,6 +74,14 @@ class LabInstance:
         env["AWS_EC2_METADATA_DISABLED"] = "false"
         return env
 
+    def write_aws_credentials(self):
+        """The endpoint's credentials and region as root's AWS config in the guest (what an instance profile
+        would give), so that modules running there in host mode reach the endpoint."""
+        env = self.guest_env()
+        self.vm.ssh("mkdir -p /root/.aws && printf '[default]\\naws_access_key_id = %s\\naws_secret_access_key = %s\\n'"
+                    " > /root/.aws/credentials && printf '[default]\\nregion = %s\\n' > /root/.aws/config"
+                    % (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_DEFAULT_REGION"]))
+
     def ship_collection(self):
         """Copy the collection's plugins into the guest (``/opt/stillpoint``) so that guest-side
         checks use the product's own code (e.g. its device resolver), not a test copy."""

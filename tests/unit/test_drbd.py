@@ -376,7 +376,7 @@ class Lab:
     ``/proc/drbd`` reader: a status step carries the /proc capture of its moment, shown from then on."""
 
     def __init__(self, steps, proc="84-proc-uptodate"):
-        self.steps = list(steps)
+        self.steps = [one for step in steps for one in (step if isinstance(step, list) else [step])]
         self.calls = []
         self.log = []  # commands and freezer events, in order
         self.proc_text = out(proc) if proc else None
@@ -417,8 +417,15 @@ def adm(*args, answer=(0, "", "")):
 SH_LL_DEV = adm("sh-ll-dev", answer=(0, DISK + "\n", ""))
 
 
-def blkid(name, device=DISK):
-    return (["blkid", "-p", "-o", "export", device], cap(name))
+def blkid(name, device=DISK, wipefs=None):
+    """blkid -p's captured answer; where it names DRBD metadata (or is ambivalent) the library also lists every
+    signature with wipefs: ``wipefs`` is that listing (its format as seen in test_lab_drbd.py, one type a line;
+    default: DRBD metadata alone)."""
+    step = (["blkid", "-p", "-o", "export", device], cap(name))
+    if "TYPE=drbd" not in step[1][1] and step[1][0] != 8:
+        return step
+    return [step, (["wipefs", "--no-act", "--noheadings", "--output", "TYPE", device],
+                   (0, wipefs if wipefs is not None else "drbd\n", ""))]
 
 
 def dump(text=DUMP):
@@ -810,7 +817,8 @@ def test_demote_mounted_passes_drbds_refusal_on():
 # -- check mode ---------------------------------------------------------------------------------------------
 
 def test_check_mode_runs_no_changing_command():
-    """Every change is planned in check mode; only reads (status, sh-ll-dev, blkid, dump, get-gi) run."""
+    """Every change is planned in check mode; only reads (status, sh-ll-dev, blkid, wipefs --no-act, dump,
+    get-gi) run."""
     cases = [
         ("promote", {}, [status("84-status-standalone-b")]),
         ("promote", {"force": True}, [status("84-status-outdated-b"), SH_LL_DEV, blkid("84-blkid-xfs")]),
@@ -824,7 +832,7 @@ def test_check_mode_runs_no_changing_command():
         ("clear_bitmap", {"proof": PROOF}, [status("84-status-connected-inconsistent"),
                                             (GET_GI, cap("84-getgi-both-fresh"))]),
     ]
-    reads = ("drbdsetup status", "drbdadm sh-ll-dev", "blkid -p", "drbdadm dump", "drbdadm get-gi")
+    reads = ("drbdsetup status", "drbdadm sh-ll-dev", "blkid -p", "wipefs --no-act", "drbdadm dump", "drbdadm get-gi")
     for method, kwargs, steps in cases:
         res, lab = resource(steps, check_mode=True)
         result = getattr(res, method)(**kwargs)
@@ -913,3 +921,26 @@ def test_wait_sync_standalone_cannot_sync():
     with pytest.raises(StillpointError, match="cannot sync: StandAlone"):
         res.wait_sync(timeout=60)
     assert clock.slept == []
+
+
+def test_promote_force_on_a_restored_disk_with_two_signatures():
+    """A restored backing disk carries XFS at the start and DRBD metadata at the end; blkid -p may answer rc 8
+    (ambivalent), so the signatures are listed with wipefs --no-act; the XFS makes it data, so a forced
+    promotion may go ahead."""
+    res, lab = resource([status("84-status-outdated-b"), SH_LL_DEV,
+                         (["blkid", "-p", "-o", "export", DISK], (8, "", "")),
+                         (["wipefs", "--no-act", "--noheadings", "--output", "TYPE", DISK], (0, "drbd\nxfs\n", "")),
+                         (["drbdadm", "primary", "--force", RES], cap("84-primary-force"))])
+    assert res.promote(force=True) is True
+    lab.done()
+    assert "xfs" in res.actions[-1]["what"]
+
+
+def test_promote_force_when_blkid_names_only_the_drbd_metadata():
+    """What blkid -p printed in the lab for a restored backing disk (TYPE=drbd, rc 0) although XFS starts it;
+    wipefs lists both (the answer test_lab_drbd.py asserts on a real restored disk)."""
+    res, lab = resource([status("84-status-outdated-b"), SH_LL_DEV, blkid("84-blkid-b", wipefs="drbd\nxfs\n"),
+                         (["drbdadm", "primary", "--force", RES], cap("84-primary-force"))])
+    assert res.promote(force=True) is True
+    lab.done()
+    assert "xfs" in res.actions[-1]["what"]

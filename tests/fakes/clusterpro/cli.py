@@ -96,8 +96,8 @@ def render_mdstat(cluster, md):
         return "  " + label.ljust(21) + "".join(str(v).ljust(21) for v in values).rstrip()
 
     lines = [" Mirror Status: %s" % status, "", row(md, topo["servers"]), " " + "-" * 62, row("Mirror Color", colors),
-             row("Lastupdate Time", ["--" for _ in colors]), row("Break Time", ["--" for _ in colors]),
-             row("Disk Error", ["OK" for _ in colors]),
+             row("Lastupdate Time", ["--"] * len(colors)), row("Break Time", ["--"] * len(colors)),
+             row("Disk Error", ["OK"] * len(colors)),
              row("Difference Percent", ["%d%%" % (100 if c in ("RED", "YELLOW") else 0) for c in colors])]
     return "\n".join(lines) + "\n"
 

@@ -100,7 +100,7 @@ def read_topology(text):
     for group in root.findall("group"):
         names = []
         for entry in group.findall("resource"):
-            rtype, _, rname = (entry.get("name") or "").partition("@")
+            rtype, _sep, rname = (entry.get("name") or "").partition("@")
             names.append(rname)
             types[rname] = rtype
         groups[group.get("name")] = names
@@ -174,7 +174,7 @@ class Cluster:
 
     @property
     def major(self):
-        return str(self.state["version"]).split(".")[0]
+        return str(self.state["version"]).split(".", maxsplit=1)[0]
 
     def running(self, server):
         s = self.state["servers"].get(server)
