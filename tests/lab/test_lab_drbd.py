@@ -72,7 +72,7 @@ def world(lab_image, tmp_path_factory):
         a.vm.ssh("drbdsetup wait-connect 0 --wfc-timeout=60 --degr-wfc-timeout=60 --outdated-wfc-timeout=60"
                  " && drbdadm new-current-uuid --clear-bitmap r0 && drbdadm primary r0 && mkfs.xfs -q -f /dev/drbd0"
                  " && mkdir -p %s && mount /dev/drbd0 %s" % (MNT, MNT))
-        record_timing(HERE, "partition, create-md, up, skip initial sync, mkfs.xfs", time.monotonic() - t0)
+        record_timing(HERE, "create-md, up, skip initial sync, mkfs.xfs", time.monotonic() - t0)
         w.inventory(str(w.workdir) + "/inventory.yml")
         yield w
     finally:
