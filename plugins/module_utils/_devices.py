@@ -456,3 +456,47 @@ class DeviceResolver:
             if vol == want and disk not in found:
                 found.append(disk)
         return [os.path.join(self.dev_root, d) for d in found]
+
+    def _mounts_by_disk(self):
+        """``[(mountpoint, [leaf disk, ...])]`` of every mount on a block device, the last mounted
+        first (the order to unmount them in). Mounts whose device is gone from sysfs are left out."""
+        out = []
+        for mount in reversed(self.mounts()):
+            if mount["major"] == 0 and mount["fstype"] != "btrfs":
+                continue
+            try:
+                disks = self.disks_for_mount(mount)
+            except StillpointError:
+                continue
+            out.append((mount["mountpoint"], disks))
+        return out
+
+    def volume_mounts(self, volume_ids):
+        """For each EBS volume id, in the given order: ``{"volume_id", "devices", "mountpoints",
+        "present"}``.
+
+        ``devices`` are the ``/dev/<disk>`` paths of :meth:`devices_for_volume` (NVMe serial or by-id
+        link, never a device name); ``present`` is true when there is at least one. ``mountpoints``
+        lists every mount of a filesystem on those disks, directly, on a partition, or on a stacked
+        device above them (device-mapper, md), bind mounts included; one entry per mount, the last
+        mounted first, so unmounting them in this order works. ``volume_id`` is given in its dashed
+        form. Raises StillpointError naming every argument that is not a volume id.
+        """
+        bad = [v for v in volume_ids if ebs_id_from_serial(v) is None]
+        if bad:
+            raise StillpointError(
+                "Not EBS volume ids: %s. Give ids such as vol-0123456789abcdef0 (from EC2, e.g. the instance's "
+                "block device mappings)." % ", ".join(repr(v) for v in bad),
+                invalid=bad,
+            )
+        out = []
+        for vid in volume_ids:
+            devices = self.devices_for_volume(vid)
+            out.append(dict(volume_id=ebs_id_from_serial(vid), devices=devices, mountpoints=[],
+                            present=bool(devices)))
+        if any(entry["present"] for entry in out):
+            mounts = self._mounts_by_disk()
+            for entry in out:
+                names = set(os.path.basename(d) for d in entry["devices"])
+                entry["mountpoints"] = [mp for mp, disks in mounts if names.intersection(disks)]
+        return out

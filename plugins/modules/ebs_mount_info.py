@@ -8,13 +8,16 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: ebs_mount_info
-short_description: Find the EBS volumes under mountpoints, and check whether they may be frozen
+short_description: Find the EBS volumes under mountpoints, or the disks and mounts of EBS volumes
 version_added: 0.1.0
 description:
   - Resolves each mountpoint to its block devices (through partitions, md and LVM) and their EBS volume ids,
     by NVMe serial or the udev links C(nvme-Amazon_Elastic_Block_Store_vol...), never by device name or order.
   - With I(check_freeze), also validates that the filesystems may be frozen (not C(/), not the filesystem
     holding Ansible's remote tmp dir, the Python interpreter or the working directory, a freezable type).
+  - With I(volume_ids), the other way round - finds each volume's disks on this host (by NVMe serial or
+    the udev links in I(by_id_dir), never by device name) and what is mounted from them, for example to
+    unmount a disk before it is detached, or to wait until an attached volume shows up.
   - Needs no AWS access; M(stillpoint.snapshots.ebs_snapshot_set) runs it on the host in controller mode.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
@@ -28,6 +31,13 @@ options:
     description: Mountpoints to resolve as well, reported separately (their volumes are excluded from sets).
     type: list
     elements: path
+    default: []
+  volume_ids:
+    description:
+      - EBS volume ids (C(vol-...)) to look for on this host; the result is in C(volumes), in this order.
+      - A volume that is not attached (or not yet visible) is returned with C(present=false); it is not an error.
+    type: list
+    elements: str
     default: []
   by_id_dir:
     description: Where the udev links for EBS volumes are.
@@ -63,6 +73,25 @@ EXAMPLES = r"""
 - name: Show them
   ansible.builtin.debug:
     msg: "{{ data_volumes.mounts[0].volume_ids }}"
+
+- name: Unmount everything that is mounted from a volume before it is detached
+  stillpoint.snapshots.ebs_mount_info:
+    volume_ids: [vol-0123456789abcdef0]
+  register: old_disk
+
+- name: Unmount it (the last mounted first)
+  when: old_disk.volumes[0].mountpoints | length > 0
+  ansible.builtin.command:
+    argv: "{{ ['umount'] + old_disk.volumes[0].mountpoints }}"
+  changed_when: true
+
+- name: Wait until an attached volume shows up on the host
+  stillpoint.snapshots.ebs_mount_info:
+    volume_ids: [vol-0fedcba9876543210]
+  register: new_disk
+  until: new_disk.volumes[0].present
+  retries: 120
+  delay: 1
 """
 
 RETURN = r"""
@@ -83,6 +112,33 @@ freeze_plan:
   returned: when check_freeze
   type: list
   elements: dict
+volumes:
+  description: One entry per item of I(volume_ids), in the given order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    volume_id:
+      description: The volume id (with the dash).
+      type: str
+      sample: vol-0123456789abcdef0
+    devices:
+      description: The C(/dev) paths of the whole disks that are this volume (found by NVMe serial or by-id link).
+      type: list
+      elements: str
+      sample: [/dev/nvme1n1]
+    mountpoints:
+      description:
+        - Every mount of a filesystem on those disks, on their partitions, or on a device-mapper or md device above
+          them (bind mounts too).
+        - One entry per mount, the last mounted first (the order to unmount them in).
+      type: list
+      elements: str
+      sample: [/srv/export, /data]
+    present:
+      description: Whether the volume's disk is on this host.
+      type: bool
+      sample: true
 hostname:
   description: The host's name, as recorded in the catalog.
   returned: always
@@ -95,6 +151,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import resolve_on_host
 
 
@@ -102,6 +159,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             mountpoints=dict(type="list", elements="path", default=[]),
+            volume_ids=dict(type="list", elements="str", default=[]),
             exclude_mountpoints=dict(type="list", elements="path", default=[]),
             by_id_dir=dict(type="path", default="/dev/disk/by-id"),
             check_freeze=dict(type="bool", default=False),
@@ -110,9 +168,12 @@ def main():
         supports_check_mode=True,
     )
     params = dict(module.params, freeze=module.params["check_freeze"])
+    resolver = DeviceResolver(by_id_dir=module.params["by_id_dir"])
     try:
         # with a runner, the md arrays and LVM volume groups under the mountpoints are discovered too
-        host = resolve_on_host(params, protect_paths=[module.tmpdir], runner=CommandRunner.from_module(module))
+        host = resolve_on_host(params, protect_paths=[module.tmpdir], runner=CommandRunner.from_module(module),
+                               resolver=resolver)
+        host["volumes"] = resolver.volume_mounts(module.params["volume_ids"])
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
     for warning in host.pop("warnings"):
