@@ -88,6 +88,9 @@ VERIFIED = {
     "mirror_force_recover": "linux verified (clpmdctrl -f <server> <md>, EXPRESSCLUSTER iSCSI guide); windows inferred",
     "config_pull": "verified 4.x Linux (-l -x) and Windows (-x); 5.x without -l/-w inferred from 5.1 push",
     "config_push": "verified 4.x Linux (-l -x), Windows (-w -x), 5.1 Linux (-x, EXPRESSCLUSTER/Ansible)",
+    # not a command line: the clp.conf element seed 001 steps 1 and 5 edit (pushed with config_push)
+    "conf_group_start": "verified 4.x Linux/Windows (root/group@name/start 0 manual, 1 or absent automatic: "
+                        "EXPRESSCLUSTER/CreateClusterOnLinux GroupParameters docs, clpcfset grpparam); 5.x UNVERIFIED",
 }
 
 MIRROR_COLORS = ("GREEN", "YELLOW", "RED", "ORANGE", "GRAY", "BLACK", "BLUE")
@@ -530,18 +533,29 @@ def _monitor_targets(element, md):
     return any((node.text or "").strip() == md for node in element.iter() if node is not element)
 
 
-def remove_md(text, md):
+def remove_md(text, md, manual_start=True):
     """Remove mirror disk resource ``md`` from clp.conf text. Returns ``(new_text, definition)``
     where ``definition`` holds everything needed to put it back unchanged: the resource element,
     its group entry and position, the dependencies other resources had on it, and the monitors of
-    type mdw/mdnw that watched it (removed with it, as the WebUI does)."""
+    type mdw/mdnw that watched it (removed with it, as the WebUI does).
+
+    With ``manual_start`` (seed 001 restore step 1) the groups that hold ``md`` or depend on it
+    (:func:`mirror_start_groups`) are set to manual startup in the same text, and their previous
+    start attribute is kept in ``definition["group_start"]`` for :func:`add_md` to put back."""
     root = _parse_conf(text)
     resources = root.find("resource")
     element = resources.find("md[@name='%s']" % md) if resources is not None else None
     if element is None:
         raise StillpointError("clp.conf has no mirror disk resource %r." % md)
     definition = dict(format=DEFINITION_FORMAT, name=md, element=ET.tostring(element, encoding="unicode"),
-                      group=None, group_index=None, dependents=[], monitors=[], servers=conf_servers(text))
+                      group=None, group_index=None, dependents=[], monitors=[], servers=conf_servers(text),
+                      group_start=[])
+    if manual_start:
+        for name in _start_groups(root, md):
+            group = _find_group(root, name)
+            _group_start(group)  # refuses a value it does not know before anything is saved
+            definition["group_start"].append(dict(group=name, start=_raw_start(group)))
+            _put_raw_start(group, GROUP_START_RAW["manual"])
     for group in root.findall("group"):
         for index, entry in enumerate(group.findall("resource")):
             if entry.get("name") == "md@" + md:
@@ -602,6 +616,15 @@ def add_md(text, definition, initial_mirror_construction):
             monitors = ET.SubElement(root, "monitor")
         for mon in definition["monitors"]:
             monitors.append(ET.fromstring(mon))
+    for saved in definition.get("group_start") or []:
+        group = _find_group(root, saved.get("group"))
+        if group is None:
+            continue  # a group that is gone has no start attribute to put back (reported by mirror_config)
+        raw = saved.get("start")
+        if raw is not None and raw not in GROUP_START_VALUES:
+            raise StillpointError("The saved definition gives group %s the start attribute %r; expected 0 or 1."
+                                  % (saved.get("group"), raw))
+        _put_raw_start(group, raw)
     return _serialize(root)
 
 
@@ -622,6 +645,105 @@ def set_md_fullcopy(text, md, initial_mirror_construction):
         raise StillpointError("clp.conf has no mirror disk resource %r." % md)
     set_fullcopy(element, initial_mirror_construction)
     return _serialize(root)
+
+
+# -- clp.conf: a group's start attribute -----------------------------------------------------
+#
+# root/group@<name>/start: 0 = manual startup, 1 = automatic startup; no element = automatic (the
+# default). Seen in EXPRESSCLUSTER/CreateClusterOnLinux doc/jp/GroupParameters_{Linux,Windows}_jp.md
+# ("start: グループ起動属性 0: 手動起動 1: 自動起動 (default)") for clpcreate/clpcfset
+# ``add grpparam failover <group> start 0``, which writes /root/group@<group>/start (src/v2/clpcfset.c).
+# The same tool documents group startup waits as root/group@<name>/depend/act/depend@<other group>.
+# X 4.x (clpcfset, X 4.3+); X 5.x uses the same clp.conf but the element was not seen in a 5.x sample.
+
+GROUP_START_VALUES = {"0": "manual", "1": "automatic"}
+GROUP_START_RAW = {"manual": "0", "automatic": "1"}
+GROUP_START_DEFAULT = "automatic"
+
+
+def _find_group(root, name):
+    return next((g for g in root.findall("group") if g.get("name") == name), None)
+
+
+def _raw_start(group):
+    node = group.find("start")
+    return None if node is None else (node.text or "").strip()
+
+
+def _group_start(group):
+    raw = _raw_start(group)
+    if raw is None:
+        return GROUP_START_DEFAULT
+    if raw not in GROUP_START_VALUES:
+        raise StillpointError("Group %s has the start attribute %r in clp.conf; this collection knows 0 (manual "
+                              "startup) and 1 (automatic startup). Set it in the Cluster WebUI and try again."
+                              % (group.get("name"), raw))
+    return GROUP_START_VALUES[raw]
+
+
+def _put_raw_start(group, raw):
+    """``raw`` None removes the element (the default, automatic); otherwise sets its text."""
+    node = group.find("start")
+    if raw is None:
+        if node is not None:
+            group.remove(node)
+        return
+    if node is None:
+        node = ET.SubElement(group, "start")
+    node.text = raw
+
+
+def conf_group_start(text, group=None):
+    """The start attribute (``automatic`` or ``manual``) of ``group``, or of every group as a dict."""
+    root = _parse_conf(text)
+    if group is None:
+        return dict((g.get("name"), _group_start(g)) for g in root.findall("group"))
+    element = _find_group(root, group)
+    if element is None:
+        raise StillpointError("clp.conf has no group %r." % (group,))
+    return _group_start(element)
+
+
+def set_group_start(text, group, start):
+    """clp.conf text with ``group``'s start attribute set to ``automatic`` or ``manual``."""
+    if start not in GROUP_START_RAW:
+        raise StillpointError("Group start attribute %r: use automatic or manual." % (start,))
+    root = _parse_conf(text)
+    element = _find_group(root, group)
+    if element is None:
+        raise StillpointError("clp.conf has no group %r." % (group,))
+    _put_raw_start(element, GROUP_START_RAW[start])
+    return _serialize(root)
+
+
+def _start_groups(root, md):
+    """The group holding ``md``, the groups of the resources that depend on it, and every group whose
+    startup waits for one of those (group/depend/act/depend@name), in clp.conf order."""
+    entries = {}
+    for group in root.findall("group"):
+        for entry in group.findall("resource"):
+            entries[entry.get("name", "").partition("@")[2]] = group.get("name")
+    wanted = set()
+    if md in entries:
+        wanted.add(entries[md])
+    resources = root.find("resource")
+    for other in (list(resources) if resources is not None else []):
+        if any(d.get("name") == md for d in other.findall("depend")) and other.get("name") in entries:
+            wanted.add(entries[other.get("name")])
+    changed = True
+    while changed:
+        changed = False
+        for group in root.findall("group"):
+            name = group.get("name")
+            if name not in wanted and any(d.get("name") in wanted for d in group.findall("depend/act/depend")):
+                wanted.add(name)
+                changed = True
+    return [g.get("name") for g in root.findall("group") if g.get("name") in wanted]
+
+
+def mirror_start_groups(text, md):
+    """The groups whose start attribute seed 001 sets to manual while ``md`` is removed."""
+    return _start_groups(_parse_conf(text), md)
 
 
 # -- refusal 3: initial mirror construction off ---------------------------------------------
@@ -715,11 +837,21 @@ def _write_definition(path, definition):
     os.replace(tmp, path)
 
 
+def _start_changes(text, new_text, definition):
+    """{group: dict(before, after)} for the groups in ``definition["group_start"]`` (None: no such group)."""
+    before, after = conf_group_start(text), conf_group_start(new_text)
+    return dict((g["group"], dict(before=before.get(g["group"]), after=after.get(g["group"])))
+                for g in definition.get("group_start") or [])
+
+
 def mirror_config(runner, edition, version, name, state, saved_definition, initial_mirror_construction=True,
                   same_backup_set=None, stop_cluster=False, check_mode=False, workdir=None):
     """Remove (``state=absent``) or add back (``state=present``) mirror disk resource ``name``
     through clpcfctrl pull/push. Removal saves the resource's definition to ``saved_definition``
     (a JSON file); adding back restores it unchanged except initial mirror construction.
+    In the push that removes it, the groups that hold it or depend on it get manual startup (seed
+    001 step 1); the push that adds it back restores their saved start attribute (step 5). Both are
+    reported in ``group_start`` ({group: dict(before, after)}), in check mode too.
     A push that adds or removes a mirror disk resource needs the cluster service stopped on
     every server: refused unless ``stop_cluster`` (then ``clpcl -t -a`` runs first)."""
     check_edition(edition, version)
@@ -736,7 +868,7 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
         mirrors = conf_mirrors(text)
         before = copy.deepcopy(mirrors.get(name))
         result = dict(changed=False, name=name, before=before, after=before, pushed=False, stopped_cluster=False,
-                      saved_definition=saved_definition)
+                      saved_definition=saved_definition, group_start={})
         new_text = None
         if state == "absent":
             if name not in mirrors:
@@ -748,6 +880,7 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
                                       "first (it may be the only copy of an earlier removal)." % (saved_definition, name))
             result["after"] = None
             result["definition"] = definition
+            result["group_start"] = _start_changes(text, new_text, definition)
         else:
             if name in mirrors:
                 if mirrors[name]["initial_mirror_construction"] == initial_mirror_construction:
@@ -765,6 +898,7 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
                 if not initial_mirror_construction:
                     result["snapshot_id"] = validate_same_backup_set(same_backup_set, definition.get("servers") or conf_servers(text))
                 new_text = add_md(text, definition, initial_mirror_construction)
+                result["group_start"] = _start_changes(text, new_text, definition)
             result["after"] = conf_mirrors(new_text).get(name)
         result["changed"] = True
         if check_mode:

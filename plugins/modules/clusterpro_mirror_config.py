@@ -24,6 +24,11 @@ description:
     differ and the mirror would show GREEN over different data.
   - Adding or removing a mirror disk resource needs the cluster stopped; refused while the cluster service runs
     unless O(stop_cluster=true), which stops it on every server first (C(clpcl -t -a)).
+  - The group start attribute follows seed 001. In the push that removes the resource, the groups that hold it or
+    depend on it (the groups of resources that depend on it, and groups whose startup waits for one of those) are
+    set to manual startup, so that nothing starts by itself without the mirror disk. Their previous attribute is
+    saved in O(saved_definition). The push that adds the resource back restores it (automatic startup, unless a
+    group was manual before). In clp.conf this is C(group/start), C(0) manual and C(1) (or no element) automatic.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -106,8 +111,8 @@ attributes:
     support: full
     description: Pulls and edits the configuration and reports the result without saving or pushing anything.
   diff_mode:
-    support: none
-    description: The result has C(before) and C(after) of the resource instead.
+    support: full
+    description: C(diff) holds the resource and the start attribute of the groups it changes, before and after.
   idempotent:
     support: full
     description: A resource already absent, or present with the requested setting, is left alone (C(changed=false)).
@@ -116,15 +121,17 @@ notes:
     (Linux) or Administrator (Windows).
   - AWS access (boto3, credentials; C(ec2:DescribeVolumes) and C(ec2:DescribeSnapshots)) is needed only for
     O(same_backup_set).
-  - The group startup attribute (seed 001 sets the group to manual startup while the resource is removed) is not
-    changed by this module.
+  - The group start attribute is set to manual only together with the removal, and put back only together with
+    the addition from O(saved_definition). A resource removed with this module and never added back leaves its
+    groups on manual startup.
+  - The clp.conf element of the group start attribute is verified for X 4.x; for X 5.x the same element is assumed.
 seealso:
   - module: stillpoint.snapshots.clusterpro_info
   - module: stillpoint.snapshots.clusterpro_control
 """
 
 EXAMPLES = r"""
-- name: Seed 001 restore step 1 - remove the mirror disk resource (cluster stopped first)
+- name: Seed 001 restore step 1 - remove the mirror disk resource (cluster stopped first; dependent groups set to manual start)
   stillpoint.snapshots.clusterpro_mirror_config:
     name: md1
     state: absent
@@ -134,7 +141,7 @@ EXAMPLES = r"""
 
 # ... both servers' volumes replaced by volumes created from the standby's snapshot ...
 
-- name: Seed 001 restore step 5 - add it back without initial mirror construction
+- name: Seed 001 restore step 5 - add it back without initial mirror construction (group start attribute back to automatic)
   stillpoint.snapshots.clusterpro_mirror_config:
     name: md1
     state: present
@@ -165,6 +172,15 @@ after:
   returned: always
   type: dict
   sample: {group: failover, initial_mirror_construction: false, data_partition: /dev/xvdb2}
+group_start:
+  description:
+    - The start attribute (V(automatic) or V(manual)) of each group this run changes, before and after (or as it
+      would be in check mode). Removal sets the groups that hold the resource or depend on it to V(manual); adding
+      back restores the saved attribute. A group that no longer exists has null values.
+    - Empty when no group start attribute is touched (nothing to do, or only initial mirror construction changed).
+  returned: always
+  type: dict
+  sample: {failover: {before: automatic, after: manual}}
 pushed:
   description: Whether a configuration was pushed with clpcfctrl.
   returned: always
@@ -178,7 +194,8 @@ saved_definition:
   returned: always
   type: str
 definition:
-  description: The removed resource's saved definition (resource XML, group and position, dependents, monitors).
+  description: The removed resource's saved definition (resource XML, group and position, dependents, monitors,
+    and the previous start attribute of the groups set to manual startup, C(group_start), raw clp.conf values).
   returned: when state=absent and the resource was removed
   type: dict
 snapshot_id:
@@ -281,6 +298,10 @@ def main():
         module.fail_json(**exc.fail_kwargs())
     if proof is not None:
         result["proof"] = proof
+    if module._diff:
+        result["diff"] = dict(
+            before=dict(mirror=result["before"], group_start=dict((g, v["before"]) for g, v in result["group_start"].items())),
+            after=dict(mirror=result["after"], group_start=dict((g, v["after"]) for g, v in result["group_start"].items())))
     module.exit_json(**result)
 
 

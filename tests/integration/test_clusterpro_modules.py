@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import subprocess
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -27,6 +28,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs a
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_control
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_info
 from ansible_collections.stillpoint.snapshots.plugins.modules import clusterpro_mirror_config
+from tests.fakes.clusterpro import build_conf
 from tests.fakes.clusterpro import install
 from tests.fakes.clusterpro import locked
 from tests.fakes.clusterpro import read_state
@@ -249,13 +251,22 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, 
     # step 1: remove the resource; refused while the cluster runs unless stop_cluster
     refused = mirror_config(monkeypatch, state="absent", **base)
     assert refused["failed"] and "cluster stopped" in refused["msg"] and fake.state["conf"] == conf_before
-    check = mirror_config(monkeypatch, check_mode=True, state="absent", stop_cluster=True, **base)
+    assert read_topology(conf_before)["group_start"] == {"failover": "1"}  # no <start>: automatic, the default
+    check = mirror_config(monkeypatch, check_mode=True, state="absent", stop_cluster=True, _ansible_diff=True, **base)
     assert check["changed"] and check["after"] is None and not os.path.exists(saved)
+    assert check["group_start"] == {"failover": {"before": "automatic", "after": "manual"}}
+    assert check["diff"]["before"]["group_start"] == {"failover": "automatic"}
+    assert check["diff"]["after"] == {"mirror": None, "group_start": {"failover": "manual"}}
     assert fake.state["conf"] == conf_before and all(s["service"] for s in fake.state["servers"].values())
     removed = mirror_config(monkeypatch, state="absent", stop_cluster=True, **base)
     assert removed["changed"] and removed["pushed"] and removed["stopped_cluster"]
     topo = read_topology(fake.state["conf"])
     assert "md1" not in topo["mirrors"] and topo["depends"]["exec1"] == []
+    # step 1 "dependent groups set to manual start": in the same push that removed md1
+    assert topo["group_start"] == {"failover": "0"} and removed["group_start"]["failover"]["after"] == "manual"
+    assert [e["group_start"] for e in fake.events("config_push")] == [{"failover": "manual"}]
+    with open(saved) as handle:
+        assert json.load(handle)["group_start"] == [{"group": "failover", "start": None}]  # it had no element
     assert ("mdw", "mdw1") not in topo["monitors"] and "md1" not in fake.state["mirrors"]
     with open(saved) as handle:
         assert json.load(handle)["dependents"] == [{"type": "exec", "name": "exec1"}]
@@ -315,17 +326,28 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, 
     topo = read_topology(fake.state["conf"])
     assert topo["mirrors"]["md1"]["fullcopy"] == "0" and topo["depends"]["exec1"] == ["md1"]
     assert ("mdw", "mdw1") in topo["monitors"] and topo["groups"]["failover"] == ["fip1", "md1", "exec1"]
+    # step 5 "group start attribute back to automatic", in the push that added md1; the clp.conf group is as before
+    assert topo["group_start"] == {"failover": "1"} and added["group_start"] == {
+        "failover": {"before": "manual", "after": "automatic"}}
+    assert fake.events("config_push")[-1]["added"] == ["md1"]
+    assert fake.events("config_push")[-1]["group_start"] == {"failover": "automatic"}
+    assert [ET.canonicalize(ET.tostring(g, encoding="unicode")) for g in ET.fromstring(fake.state["conf"]).findall("group")] == \
+        [ET.canonicalize(ET.tostring(g, encoding="unicode")) for g in ET.fromstring(conf_before).findall("group")]
     assert mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
                          same_backup_set=same_set(set_a, **vols), **dict(base, **aws_args(ec2)))["changed"] is False
     # the proof only reads EC2
     assert [c["action"] for c in ec2.calls() if not c["action"].startswith("Describe")] == []
-    # step 6: start the cluster and the group; no copy was made, the copies are identical
-    for server in ("server1", "server2"):
-        assert control(monkeypatch, kind="cluster_service", server=server, state="started")["changed"]
+    # step 6: start the cluster; no copy was made, the copies are identical. The group's start attribute is
+    # automatic again, so it starts by itself on its first server once md1 is GREEN there (after the
+    # construction, when the second server joins); starting it by hand then changes nothing
+    assert control(monkeypatch, kind="cluster_service", server="server1", state="started")["changed"]
+    assert fake.online() == (None, []), "md1 is not constructed yet (GRAY): the group waits"
+    assert control(monkeypatch, kind="cluster_service", server="server2", state="started")["changed"]
     construction = fake.events("initial_construction")
     assert construction == [{"event": "initial_construction", "md": "md1", "mode": "skipped", "copies_identical": True}]
     assert not fake.events("mirror_recovery")
-    assert control(monkeypatch, kind="group", name="failover", server="server1", state="started")["changed"]
+    assert [(e["server"], e.get("reason")) for e in fake.events("group_start")] == [("server1", "automatic startup")]
+    assert control(monkeypatch, kind="group", name="failover", server="server1", state="started")["changed"] is False
     assert fake.online() == ("server1", ["exec1", "fip1", "md1"])
     assert fake.colors() == {"server1": "GREEN", "server2": "GREEN"}
 
@@ -341,6 +363,45 @@ def test_readding_with_initial_construction_copies_everything(fake, monkeypatch)
     assert [(e["mode"], e["source"], e["target"]) for e in fake.events("initial_construction")] == \
         [("full", "server1", "server2")]
     assert fake.state["disks"]["server2"]["md1"]["content"] == SNAP
+
+
+def conf_with_start_attributes():
+    """failover (md1) may start on server2 first (policy); app waits for failover at startup and is manual
+    already; other has nothing to do with md1."""
+    root = ET.fromstring(build_conf(groups={"failover": [("fip", "fip1"), ("md", "md1"), ("exec", "exec1")],
+                                            "app": [("exec", "exec2")], "other": [("exec", "exec3")]}))
+    groups = dict((g.get("name"), g) for g in root.findall("group"))
+    for order, server in enumerate(("server2", "server1")):
+        ET.SubElement(ET.SubElement(groups["failover"], "policy", {"name": server}), "order").text = str(order)
+    ET.SubElement(groups["app"], "start").text = "0"
+    ET.SubElement(ET.SubElement(ET.SubElement(groups["app"], "depend"), "act"), "depend", {"name": "failover"})
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_group_start_attribute_while_the_mirror_disk_is_removed(tmp_path, monkeypatch):
+    fake = Fake(tmp_path, monkeypatch, conf=conf_with_start_attributes())
+    args = dict(name="md1", saved_definition=str(tmp_path / "md1.json"), stop_cluster=True)
+    removed = mirror_config(monkeypatch, state="absent", **args)
+    assert removed["group_start"] == {"failover": {"before": "automatic", "after": "manual"},
+                                      "app": {"before": "manual", "after": "manual"}}
+    assert read_topology(fake.state["conf"])["group_start"] == {"failover": "0", "app": "0", "other": "1"}
+    # the cluster starts without md1: only the unrelated automatic group starts by itself
+    fake.cli("clpcl", "-s", "-a")
+    assert [(e["group"], e["server"]) for e in fake.events("group_start")] == [("other", "server1")]
+    assert fake.online("failover") == (None, []) and fake.online("app") == (None, [])
+    added = mirror_config(monkeypatch, state="present", **args)
+    assert added["changed"] and added["stopped_cluster"]
+    assert added["group_start"] == {"failover": {"before": "manual", "after": "automatic"},
+                                    "app": {"before": "manual", "after": "manual"}}
+    assert read_topology(fake.state["conf"])["group_start"] == {"failover": "1", "app": "0", "other": "1"}
+    again = mirror_config(monkeypatch, state="present", **args)
+    assert again["changed"] is False and again["group_start"] == {}
+    # now failover starts by itself, on the first server of its policy once md1 is constructed there
+    fake.cli("clpcl", "-s", "-a")
+    assert [e["mode"] for e in fake.events("initial_construction")] == ["full"]
+    assert [(e["group"], e["server"], e.get("reason")) for e in fake.events("group_start")][1:] == [
+        ("other", "server1", "automatic startup"), ("failover", "server2", "automatic startup")]
+    assert fake.online("failover") == ("server2", ["exec1", "fip1", "md1"]) and fake.online("app") == (None, [])
 
 
 @pytest.mark.parametrize("edition,version,flag", [("windows", "4.3.0", "-w"), ("linux", "5.1.2", None)])

@@ -27,6 +27,7 @@ import pytest
 from tests.fakes.clusterpro import install
 from tests.fakes.clusterpro import locked
 from tests.fakes.clusterpro import read_state
+from tests.fakes.clusterpro.state import read_topology
 from tests.support.loopfs import missing_requirements
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
@@ -366,5 +367,20 @@ def test_restore_both_servers_from_one_set_without_a_full_copy(backed_up, ec2):
         assert vid != em.volume_ids[0]
         assert client.describe_volumes(VolumeIds=[vid])["Volumes"][0]["SnapshotId"] == taken["snapshot_ids"][0]
         assert state["disks"][server][MD]["id"] == vid
-    added = task(res, "Step 5 - add the mirror disk resource back without initial mirror construction (proved from EC2)")
+    added = task(res, "Step 5 - add the mirror disk resource back without initial mirror construction, group start "
+                      "attribute back to automatic")
     assert added["proof"]["snapshot_id"] == taken["snapshot_ids"][0]
+    # the group start attribute in the clp.conf of each push: manual in step 1's (md1 removed), automatic again in
+    # step 5's (md1 added), and automatic in the cluster's configuration at the end
+    pushes = [(e["removed"], e["added"], e["group_start"]) for e in new if e["event"] == "config_push"]
+    assert pushes == [([MD], [], {"failover": "manual"}), ([], [MD], {"failover": "automatic"})]
+    removed = task(res, "Step 1 - remove the mirror disk resource, dependent groups set to manual start (cluster stopped "
+                        "first; definition saved)")
+    assert removed["group_start"] == {"failover": {"before": "automatic", "after": "manual"}}
+    assert added["group_start"] == {"failover": {"before": "manual", "after": "automatic"}}
+    assert read_topology(state["conf"])["group_start"] == {"failover": "1"}
+    # with automatic start the group started by itself on server1 once md1 was GREEN there; step 6's start of the
+    # group on server1 then found it started and changed nothing
+    starts = [(e["server"], e.get("reason")) for e in new if e["event"] == "group_start"]
+    assert starts == [("server1", "automatic startup")]
+    assert task(res, "Step 6 - start the group")["changed"] is False

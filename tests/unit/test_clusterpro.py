@@ -208,6 +208,79 @@ def test_add_md_refuses_a_foreign_definition_and_a_duplicate():
         clp.add_md(text, definition, True)
 
 
+def with_groups(text, *extra):
+    """The sample with more groups: ``extra`` is XML of <group> elements, put after the first group."""
+    head, sep, tail = text.partition("</group>")
+    return head + sep + "".join(extra) + tail
+
+
+def test_group_start_attribute_read_and_set():
+    text = with_groups(sample("clp.conf"), '<group name="batch"><start>0</start></group>',
+                       '<group name="web"><start>1</start></group>')
+    # no <start> element: automatic startup, the documented default
+    assert clp.conf_group_start(text) == {"failover-db": "automatic", "batch": "manual", "web": "automatic"}
+    manual = clp.set_group_start(text, "failover-db", "manual")
+    assert ET.fromstring(manual).find("group[@name='failover-db']/start").text == "0"
+    assert clp.conf_group_start(manual, "failover-db") == "manual"
+    back = clp.set_group_start(manual, "failover-db", "automatic")
+    assert ET.fromstring(back).find("group[@name='failover-db']/start").text == "1"
+    assert clp.conf_group_start(back) == clp.conf_group_start(text)
+    assert clp.conf_group_start(clp.set_group_start(text, "batch", "manual"), "batch") == "manual"
+    # nothing else in the document moves
+    assert canonical(clp.set_group_start(back, "failover-db", "automatic")) == canonical(back)
+
+
+@pytest.mark.parametrize("group,start,match", [("nope", "manual", "no group 'nope'"),
+                                               ("failover-db", "0", "use automatic or manual"),
+                                               ("failover-db", "auto", "use automatic or manual")])
+def test_group_start_bad_input(group, start, match):
+    with pytest.raises(StillpointError, match=match):
+        clp.set_group_start(sample("clp.conf"), group, start)
+
+
+def test_group_start_unknown_value_is_an_error():
+    text = with_groups(sample("clp.conf"), '<group name="odd"><start>2</start></group>')
+    with pytest.raises(StillpointError, match="start attribute '2'"):
+        clp.conf_group_start(text, "odd")
+    with pytest.raises(StillpointError, match="no group"):
+        clp.conf_group_start(text, "missing")
+
+
+def test_removal_sets_the_groups_of_the_mirror_to_manual_and_adding_back_restores_them():
+    waits = '<group name="report"><start>0</start><depend><act><depend name="failover-db"/></act></depend></group>'
+    chain = '<group name="mail"><depend><act><depend name="report"/></act></depend></group>'
+    text = with_groups(sample("clp.conf"), waits, chain, '<group name="other"/>')
+    assert clp.mirror_start_groups(text, "md-data") == ["failover-db", "report", "mail"]
+    removed, definition = clp.remove_md(text, "md-data")
+    assert clp.conf_group_start(removed) == {"failover-db": "manual", "report": "manual", "mail": "manual",
+                                             "other": "automatic"}
+    assert definition["group_start"] == [{"group": "failover-db", "start": None}, {"group": "report", "start": "0"},
+                                         {"group": "mail", "start": None}]
+    back = clp.add_md(removed, definition, initial_mirror_construction=True)
+    assert clp.conf_group_start(back) == clp.conf_group_start(text)
+    orig, new = ET.fromstring(text), ET.fromstring(back)
+    for name in ("failover-db", "report", "mail", "other"):  # the group elements are the original ones again
+        assert canonical(ET.tostring(orig.find("group[@name='%s']" % name), encoding="unicode")) == \
+            canonical(ET.tostring(new.find("group[@name='%s']" % name), encoding="unicode"))
+    # without manual_start (and for definitions saved before group_start existed) no group is touched
+    kept, plain = clp.remove_md(text, "md-data", manual_start=False)
+    assert plain["group_start"] == [] and clp.conf_group_start(kept) == clp.conf_group_start(text)
+    plain.pop("group_start")
+    assert clp.conf_group_start(clp.add_md(removed, plain, True))["failover-db"] == "manual"
+
+
+def test_removal_refuses_an_unknown_start_value_before_saving_anything():
+    text = sample("clp.conf").replace('<group name="failover-db">', '<group name="failover-db"><start>x</start>')
+    with pytest.raises(StillpointError, match="start attribute 'x'"):
+        clp.remove_md(text, "md-data")
+    removed, definition = clp.remove_md(sample("clp.conf"), "md-data")
+    definition["group_start"] = [{"group": "failover-db", "start": "manual"}]
+    with pytest.raises(StillpointError, match="expected 0 or 1"):
+        clp.add_md(removed, definition, True)
+    definition["group_start"] = [{"group": "gone", "start": "1"}]  # a group that is gone is skipped
+    assert "md-data" in clp.conf_mirrors(clp.add_md(removed, definition, True))
+
+
 def test_conf_that_is_not_clusterpro():
     with pytest.raises(StillpointError, match="not <root>"):
         clp.conf_mirrors("<config/>")

@@ -90,13 +90,26 @@ def build_conf(cluster="cluster", servers=("server1", "server2"), edition="linux
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
 
 
+GROUP_START = {"0": "manual", "1": "automatic"}  # group/start; no element = automatic
+
+
+def _priority(server):
+    try:
+        return int(server.findtext("priority"))
+    except (TypeError, ValueError):
+        return 1 << 30
+
+
 def read_topology(text):
-    """clp.conf -> servers (in order), groups {name: [resources]}, types, depends, mirrors."""
+    """clp.conf -> servers (in order), groups {name: [resources]}, types, depends, mirrors, and per
+    group its start attribute (raw ``group/start``, "1" when absent) and startup server order
+    (``group/policy@server/order``, else every server by ``server/priority``)."""
     root = ET.fromstring(text)
     if root.tag != "root":
         raise FakeError("clp.conf: the root element must be <root>.", rc=11)
     servers = [s.get("name") for s in root.findall("server")]
-    groups, types = {}, {}
+    by_priority = [s.get("name") for s in sorted(root.findall("server"), key=_priority)]
+    groups, types, group_start, start_order = {}, {}, {}, {}
     for group in root.findall("group"):
         names = []
         for entry in group.findall("resource"):
@@ -104,6 +117,11 @@ def read_topology(text):
             names.append(rname)
             types[rname] = rtype
         groups[group.get("name")] = names
+        start = group.find("start")
+        group_start[group.get("name")] = "1" if start is None else (start.text or "").strip()
+        policy = sorted(((int(p.findtext("order") or 0), p.get("name")) for p in group.findall("policy")
+                         if (p.findtext("order") or "0").strip().isdigit()))
+        start_order[group.get("name")] = [name for _order, name in policy if name in servers] or by_priority
     depends, mirrors = {}, {}
     for element in root.findall("resource/*"):
         depends[element.get("name")] = [d.get("name") for d in element.findall("depend")]
@@ -111,7 +129,7 @@ def read_topology(text):
             mirrors[element.get("name")] = dict(fullcopy=(element.findtext("parameters/fullcopy") or "1").strip())
     monitors = [(m.tag, m.get("name")) for m in root.findall("monitor/*")]
     return dict(cluster=root.findtext("cluster/name"), servers=servers, groups=groups, types=types, depends=depends,
-                mirrors=mirrors, monitors=monitors)
+                mirrors=mirrors, monitors=monitors, group_start=group_start, start_order=start_order)
 
 
 # -- the state file ----------------------------------------------------------------------------
@@ -265,6 +283,47 @@ class Cluster:
                 if self.running(target) and mirror["stale"][target] and not mirror["recovering"].get(target) and sources:
                     mode = "differential" if mirror["bitmap_valid"][target] else "full"
                     self._start_recovery(md, sources[0], target, mode)
+        self._auto_start(topo)
+
+    # -- automatic startup of groups (group/start = 1) when the cluster starts
+    def _cluster_stopped(self):
+        return not any(self.running(s) for s in self.state["servers"])
+
+    def _cluster_starts(self):
+        """The first cluster service starts after all were stopped: every offline group whose start
+        attribute is automatic is due to start (``state["autostart"]``)."""
+        topo = self.topo
+        due = [g for g in topo["groups"] if topo["group_start"].get(g) == "1" and not self.state["groups"][g]["online"]]
+        self.state["autostart"] = due
+        if due:
+            self.log(event="cluster_start", autostart=due)
+
+    def _drop_autostart(self, group):
+        if group in self.state.get("autostart", []):
+            self.state["autostart"].remove(group)
+
+    def _auto_start(self, topo):
+        """A due group starts on the first running server of its startup order once every mirror disk
+        of the group is GREEN there (e.g. after initial construction); until then it stays due."""
+        for group in list(self.state.get("autostart", [])):
+            if group not in topo["groups"] or topo["group_start"].get(group) != "1":
+                self._drop_autostart(group)
+                continue
+            record = self.state["groups"][group]
+            if record["online"]:
+                self._drop_autostart(group)
+                continue
+            server = next((s for s in topo["start_order"][group] if self.running(s)), None)
+            if server is None:
+                continue
+            mirrors = [n for n in topo["groups"][group] if topo["types"].get(n) == "md"]
+            if any(self.color(md, server) != "GREEN" for md in mirrors):
+                continue
+            for name in self._dependency_order(topo["groups"][group], topo):
+                record["online"].append(name)
+            record["current"] = server
+            self._drop_autostart(group)
+            self.log(event="group_start", group=group, server=server, reason="automatic startup")
 
     def _construct(self, md, mirror, topo):
         servers = topo["servers"]
@@ -312,8 +371,11 @@ class Cluster:
     def boot(self, server):
         """The instance starts; the cluster service starts with it."""
         self.check_server(server)
+        cluster_start = self._cluster_stopped()
         self.state["servers"][server] = dict(up=True, service=True)
         self.log(event="boot", server=server)
+        if cluster_start:
+            self._cluster_starts()
         self.reconcile()
 
     def active_server(self, md):
@@ -342,6 +404,7 @@ class Cluster:
             if name not in record["online"]:
                 record["online"].append(name)
         record["current"] = server
+        self._drop_autostart(group)
         self.log(event="group_start", group=group, server=server)
 
     def group_stop(self, group, server):
@@ -353,6 +416,7 @@ class Cluster:
             raise FakeError("The group is not started on server %s. (%s)" % (server, group), rc=5)
         record["online"] = []
         record["current"] = None
+        self._drop_autostart(group)
         self.log(event="group_stop", group=group, server=server)
 
     def resource_start(self, resource, server):
@@ -374,6 +438,7 @@ class Cluster:
             self._require_activation(resource, server)
         record["online"].append(resource)
         record["current"] = server
+        self._drop_autostart(group)
         self.log(event="resource_start", resource=resource, server=server)
 
     def resource_stop(self, resource, server, force=False):
@@ -400,8 +465,11 @@ class Cluster:
             raise FakeError("Could not connect to server %s." % server, rc=12)
         if self.state["servers"][server]["service"]:
             raise FakeError("The cluster service has already been started on %s." % server, rc=5)
+        cluster_start = self._cluster_stopped()
         self.state["servers"][server]["service"] = True
         self.log(event="service_start", server=server)
+        if cluster_start:
+            self._cluster_starts()
         self.reconcile()
 
     def service_stop(self, server):
@@ -411,6 +479,8 @@ class Cluster:
         self._stop_groups_on(server)
         self.state["servers"][server]["service"] = False
         self.log(event="service_stop", server=server)
+        if self._cluster_stopped():
+            self.state["autostart"] = []
 
     def shutdown(self, server):
         self.check_server(server)
@@ -419,6 +489,8 @@ class Cluster:
         self._stop_groups_on(server)
         self.state["servers"][server] = dict(up=False, service=False)
         self.log(event="shutdown", server=server)
+        if self._cluster_stopped():
+            self.state["autostart"] = []
 
     def _stop_groups_on(self, server):
         for group, record in self.state["groups"].items():
@@ -478,6 +550,9 @@ class Cluster:
         except ET.ParseError as e:
             raise FakeError("clp.conf is not valid XML: %s" % e, rc=11)
         old = self.topo
+        bad = dict((g, v) for g, v in new["group_start"].items() if v not in GROUP_START)
+        if bad:
+            raise FakeError("clp.conf: invalid group start attribute %s (0 or 1)." % bad, rc=11)
         if new["servers"] != old["servers"]:
             raise FakeError("The servers of the configuration differ from the cluster's; this fake does not add or "
                             "remove servers.", rc=11)
@@ -500,7 +575,9 @@ class Cluster:
             self.state["groups"].setdefault(group, dict(current=None, online=[]))
         for group, record in self.state["groups"].items():
             record["online"] = [r for r in record["online"] if r in new["groups"].get(group, [])]
-        self.log(event="config_push", added=added, removed=removed)
+        self.state["autostart"] = [g for g in self.state.get("autostart", []) if new["group_start"].get(g) == "1"]
+        self.log(event="config_push", added=added, removed=removed,
+                 group_start=dict((g, GROUP_START[v]) for g, v in new["group_start"].items()))
         self.reconcile()
 
     @staticmethod
