@@ -17,6 +17,8 @@ and the Nitro hypervisor do to an instance:
   ``pending`` with the job's real progress until the job concludes.
 * StopInstances / StartInstances / TerminateInstances power the VM off (``stopping``: SSH
   poweroff, QMP quit, SIGKILL), boot it (``pending`` until qemu runs) or kill it.
+* A guest that powers itself off (``shutdown -h`` inside it, e.g. CLUSTERPRO's ``clpdown``) makes its
+  instance ``stopped``, as EC2 does with the default InstanceInitiatedShutdownBehavior ``stop``.
 
 Threads and locks. Moto's models are only touched under ``World.lock`` (EC2 requests hold it);
 QMP is only used under the VM's own ``lock`` (one persistent connection per VM on
@@ -250,6 +252,7 @@ class QemuVM:
         self.powering_off = False
         self.terminating = False
         self.booted_pids = set()
+        self.seen_pid = None  # the VM's qemu as the poller last saw it running
         self.events = []  # what the worker did outside any API call (sync after a restart), last 20
         self.queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="stillpoint-qemu-%s" % self.instance_id, daemon=True)
@@ -807,13 +810,36 @@ class QemuBackend:
             self._finish(job, error)
 
     def _watch(self):
-        """A VM started (again) by someone else gets its attached volumes plugged (``sync``)."""
+        """A VM started (again) by someone else gets its attached volumes plugged (``sync``); a VM that
+        powered itself off (an OS shutdown in the guest) makes its instance ``stopped``, as EC2 does with
+        the default InstanceInitiatedShutdownBehavior ``stop``."""
         for q in list(self.vms.values()):
             if q.terminating or q.powering_off or not q.queue.empty():
                 continue
             pid = q.vm.pid
-            if pid is not None and pid != q.conn_pid:
-                q.submit("sync", self._op_sync, q)
+            if pid is not None:
+                q.seen_pid = pid
+                if pid != q.conn_pid:
+                    q.submit("sync", self._op_sync, q)
+            elif q.seen_pid is not None:
+                q.submit("guest-shutdown", self._op_guest_shutdown, q, q.seen_pid)
+                q.seen_pid = None
+
+    def _op_guest_shutdown(self, q, pid):
+        if q.vm.pid is not None or q.powering_off:
+            return  # started again, or stopped through the API meanwhile
+        with q.lock:
+            q._drop()
+            for disk in list(q.disks.values()):
+                disk.present = False
+        self._save()
+        self._copy_deferred(q)
+        with self.world.lock:
+            state = q.instance._state
+            was = state.name
+            if was in ("running", "stopping"):
+                state.name, state.code = "stopped", 80
+        q.events = (q.events + [{"op": "guest-shutdown", "pid": pid, "state_was": was, "at": time.monotonic()}])[-20:]
 
     def _op_sync(self, q):
         with q.lock:
@@ -920,6 +946,7 @@ class QemuBackend:
             q._drop()
             for disk in list(q.disks.values()):
                 disk.present = False
+            q.seen_pid = None  # stopped through the API: not a shutdown from inside the guest
             q.powering_off = False
         self._save()
         self._copy_deferred(q)
