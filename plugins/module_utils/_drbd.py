@@ -339,6 +339,7 @@ class Drbd:
             if rc != 0:
                 return self._missing(name, rc, out, err, argv)
             found = parse_status_text(out)
+            # read again after the status command: its resync figures go with that status
             proc = parse_proc_drbd(self._proc() or "")["minors"]
             for res in found:
                 for dev in res["devices"]:
@@ -357,9 +358,10 @@ class Drbd:
         raise StillpointError("%s failed (rc=%s): %s" % (" ".join(argv), rc, (err or out).strip()),
                               rc=rc, stdout=out, stderr=err)
 
-    def status(self, name):
-        """The summary of resource ``name``, or ``{"name", "configured": False}`` when it is down."""
-        found = [r for r in self.resources(name) if r["name"] == name]
+    def status(self, name, resources=None):
+        """The summary of resource ``name``, or ``{"name", "configured": False}`` when it is down;
+        ``resources`` is :meth:`resources`' answer when the caller already read it."""
+        found = [r for r in (self.resources(name) if resources is None else resources) if r["name"] == name]
         if not found:
             return {"name": name, "configured": False, "role": None, "disk": None, "connection": None,
                     "peer_role": None, "peer_disk": None, "in_sync": False, "syncing": False}

@@ -119,7 +119,7 @@ def main():
         result["resources"] = resources
         result["summaries"] = {r["name"]: dict(resource_summary(r), configured=True) for r in resources}
         if name:
-            result["summary"] = drbd.status(name)
+            result["summary"] = drbd.status(name, resources)
             if module.params["backing"]:
                 disk = drbd.backing_disk(name)
                 result["summary"]["backing_disk"] = disk

@@ -944,3 +944,12 @@ def test_promote_force_when_blkid_names_only_the_drbd_metadata():
     assert res.promote(force=True) is True
     lab.done()
     assert "xfs" in res.actions[-1]["what"]
+
+
+def test_drbd_status_of_resources_already_read_runs_no_command():
+    res, lab = resource([status("84-status-syncsource-verbose", proc="84-proc-syncsource")])
+    found = res.drbd.resources(RES)
+    lab.done()  # every step used: the status below must not read again
+    st = res.drbd.status(RES, found)
+    assert st == res.drbd.status(RES, [dict(r) for r in found]) and st["syncing"] is True
+    assert res.drbd.status("other", found)["configured"] is False
