@@ -9,7 +9,7 @@ inventory of that VM, in host mode: the collection's modules run in the guest, a
 reaches the endpoint and the instance's own metadata service through qemu's guestfwd (the guest
 can reach nothing else). The backup freezes the guest's filesystems for real while a writer keeps
 writing; the snapshots are qemu backup jobs; the restore creates volumes from them and hot-plugs
-them at the recorded device names. A second restore run changes nothing.
+them at the recorded device names.
 """
 
 import json
@@ -108,10 +108,5 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
                for m in i["BlockDeviceMappings"]}
     assert devices["/dev/sdf"] not in inst.volume_ids and devices["/dev/sdg"] not in inst.volume_ids
 
-    with lab_timer("restore.yml again (nothing to do)"):
-        rc, results, data = _playbook(world, "restore.yml", restore_vars)
-    assert rc == 0
-    changed = [t["task"]["name"] for p in data["plays"] for t in p["tasks"]
-               for h in t["hosts"].values() if h.get("changed")]
-    assert changed == [], changed
-    assert _sums(inst) == before
+    # a second run changing nothing is shown over SSH by test_lab_md_lvm.py (md + LVM, the harder layout) and for
+    # these plain filesystems by tests/integration/test_restore_playbook.py: not repeated here (lab time)
