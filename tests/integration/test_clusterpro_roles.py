@@ -391,7 +391,6 @@ def test_windows_play_host_is_refused_before_anything(ec2, tmp_path, playbook):
     """The CLUSTERPRO modules are Python: on a Windows play host (PowerShell shell) both roles refuse at once,
     before any EC2 call or CLUSTERPRO command, instead of failing in the middle with an interpreter error."""
     fake_path, fake_env = install(tmp_path, node="server1")
-    ec2.clear_calls()
     rc, res, _raw = run_playbook(playbook, ec2, dict(
         clusterpro_hosts="localhost", clusterpro_become=False, ansible_shell_type="powershell",
         clusterpro_mirror_restore_set_id="bs-0123",
@@ -402,4 +401,7 @@ def test_windows_play_host_is_refused_before_anything(ec2, tmp_path, playbook):
     refused = task(res, "Refuse a Windows play host (the CLUSTERPRO modules are Python; Ansible runs only PowerShell "
                         "modules there)")
     assert refused["failed"] and "Refused before any change: localhost is a Windows host" in refused["msg"]
-    assert ec2.calls() == [] and [e for e in read_state(fake_path)["log"] if e["event"] == "command"] == []
+    # nothing ran after it: no other task (so no EC2 call; another test's bridge may be polling EC2 meanwhile, so
+    # the endpoint's call log is not the judge) and no CLUSTERPRO command
+    assert [t for t in res if "Refuse a Windows play host" not in t and "Validating arguments" not in t] == []
+    assert [e for e in read_state(fake_path)["log"] if e["event"] == "command"] == []
