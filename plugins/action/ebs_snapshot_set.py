@@ -23,7 +23,6 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argument_spec
-from ansible_collections.amazon.aws.plugins.plugin_utils.base import AWSPluginBase
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
@@ -32,6 +31,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import build_plan
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 
 display = Display()
 
@@ -42,21 +42,6 @@ PROGRESS_STEP = 60  # seconds per waiting module run in host mode
 def progress_line(set_id, sample):
     parts = ["%s %s" % (sid, sample["progress"].get(sid) or sample["states"][sid]) for sid in sorted(sample["states"])]
     return "set %s after %ss: %s" % (set_id, sample["elapsed_s"], ", ".join(parts))
-
-
-class _AWS(AWSPluginBase):
-    """amazon.aws's plugin helper: credentials, region, endpoint_url, CA bundle as modules take them."""
-
-    ansible_name = MODULE
-
-    def __init__(self, params):
-        self._params = params
-
-    def get_options(self):
-        return self._params
-
-    def _do_fail(self, message):
-        raise StillpointError(message)
 
 
 class RemoteQuiescer:
@@ -172,7 +157,7 @@ class ActionModule(ActionBase):
 
     # ------------------------------------------------------------------ controller mode
     def _controller(self, params, task_vars):
-        client = _AWS(params).client("ec2", retry_decorator=ebs.RETRY)
+        client = TaskAWS(MODULE, params).client("ec2", retry_decorator=ebs.RETRY)
         if params["set_id"]:
             found = ebs.existing_set(client, params["set_id"], self._task.check_mode, False)
             if found is not None:
@@ -209,7 +194,7 @@ class ActionModule(ActionBase):
             description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
             procedure=params["procedure"], array=plan["layout"], mountpoints_by_volume=plan["mounts_by_volume"],
             extra_tags=params["tags"], log=display.vvv,
-            call_client=_AWS(params).client("ec2", config=ebs.no_retry_config()))
+            call_client=TaskAWS(MODULE, params).client("ec2", config=ebs.no_retry_config()))
         res = run.run(quiescer, hooks=hooks, wait=False)
         for warning in res.pop("warnings"):
             display.warning(warning)

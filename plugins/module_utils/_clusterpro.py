@@ -23,6 +23,7 @@ Refusals (DOMAIN.md "What the automation must refuse"):
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -799,20 +800,137 @@ def validate_same_backup_set(proof, servers):
 
 
 # -- pull / push ----------------------------------------------------------------------------
+#
+# The files clp.conf (in clpcfctrl's work directory) and saved_definition live on the cluster server.
+# A module running there uses LocalFiles; the action plugins' Windows path passes ModuleFiles, which
+# reaches the server through modules (win_tempfile, win_stat, slurp, win_copy, win_file).
 
 
-def pull_config(runner, edition, version, workdir):
+class LocalFiles:
+    """File operations on this machine (the module runs on the cluster server)."""
+
+    join = staticmethod(os.path.join)
+
+    @staticmethod
+    def make_workdir():
+        return tempfile.mkdtemp(prefix="stillpoint-clpconf-")
+
+    @staticmethod
+    def remove_workdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def read(path):
+        """The text of ``path``, or None when there is no such file."""
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+
+    @staticmethod
+    def write(path, text):
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+
+
+class ModuleRunner:
+    """A runner (see CommandRunner) that runs each argv through a command module on the target.
+
+    ``execute(module, args)`` runs one module and returns its result dict (the action plugin's
+    ``_execute_module``); ``module`` takes ``argv`` (and ``stdin``) and returns ``rc``, ``stdout``,
+    ``stderr``, as ansible.windows.win_command and ansible.builtin.command do. Programs are
+    found on the target's PATH (``bin(name)`` is ``name``)."""
+
+    def __init__(self, execute, module):
+        self._execute = execute
+        self.module = module
+
+    @staticmethod
+    def bin(name):
+        return name
+
+    def __call__(self, argv, check=True, data=None, what=None):
+        args = dict(argv=[str(a) for a in argv])
+        if data is not None:
+            args["stdin"] = data
+        res = self._execute(self.module, args)
+        if res.get("rc") is None:
+            raise StillpointError("%s could not run %s on the server: %s"
+                                  % (self.module, " ".join(args["argv"]), res.get("msg") or "no return code"),
+                                  cmd=args["argv"], result=res)
+        rc, out, err = res["rc"], res.get("stdout") or "", res.get("stderr") or ""
+        if check and rc != 0:
+            raise StillpointError(
+                "%s failed (rc=%s): %s" % (what or argv[0], rc, (err or out).strip()),
+                rc=rc, stdout=out, stderr=err, cmd=args["argv"],
+            )
+        return rc, out, err
+
+
+class ModuleFiles:
+    """File operations on the target through modules, for a target that cannot run this library.
+
+    ``execute(module, args)`` runs one module and returns its result; ``modules`` maps ``tempfile``,
+    ``stat``, ``slurp`` and ``file`` to module names (ansible.windows.win_tempfile, win_stat,
+    ansible.builtin.slurp, ansible.windows.win_file); ``write(path, text)`` writes a file on the target
+    (the win_copy action with ``content``); ``join`` joins the target's paths (``ntpath.join``).
+    A work directory that cannot be removed is reported in ``warnings``, not raised."""
+
+    def __init__(self, execute, modules, write, join):
+        self._execute = execute
+        self.modules = modules
+        self._write = write
+        self.join = join
+        self.warnings = []
+
+    def _run(self, key, args, what):
+        res = self._execute(self.modules[key], args)
+        if res.get("failed"):
+            raise StillpointError("%s on the server failed (%s): %s" % (what, self.modules[key], res.get("msg")),
+                                  result=res)
+        return res
+
+    def make_workdir(self):
+        res = self._run("tempfile", dict(state="directory", prefix="stillpoint-clpconf-"), "creating a work directory")
+        if not res.get("path"):
+            raise StillpointError("%s returned no path for the work directory." % self.modules["tempfile"], result=res)
+        return res["path"]
+
+    def remove_workdir(self, path):
+        res = self._execute(self.modules["file"], dict(path=path, state="absent"))
+        if res.get("failed"):
+            self.warnings.append("could not remove the work directory %s on the server: %s" % (path, res.get("msg")))
+
+    def read(self, path):
+        stat = self._run("stat", dict(path=path, get_checksum=False), "reading %s" % path).get("stat") or {}
+        if not stat.get("exists"):
+            return None
+        res = self._run("slurp", dict(src=path), "reading %s" % path)
+        try:
+            return base64.b64decode(res["content"]).decode("utf-8")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StillpointError("%s returned no readable UTF-8 content for %s (%s)." % (self.modules["slurp"], path, exc))
+
+    def write(self, path, text):
+        res = self._write(path, text)
+        if res.get("failed"):
+            raise StillpointError("writing %s on the server failed: %s" % (path, res.get("msg")), result=res)
+
+
+def pull_config(runner, edition, version, workdir, files=None):
+    files = files or LocalFiles()
     run(runner, "config_pull", edition, version, dir=workdir)
-    path = os.path.join(workdir, "clp.conf")
-    if not os.path.exists(path):
+    text = files.read(files.join(workdir, "clp.conf"))
+    if text is None:
         raise StillpointError("clpcfctrl --pull left no clp.conf in %s." % workdir)
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
+    return text
 
 
-def push_config(runner, edition, version, workdir, text):
-    with open(os.path.join(workdir, "clp.conf"), "w", encoding="utf-8") as handle:
-        handle.write(text)
+def push_config(runner, edition, version, workdir, text, files=None):
+    files = files or LocalFiles()
+    files.write(files.join(workdir, "clp.conf"), text)
     run(runner, "config_push", edition, version, dir=workdir)
 
 
@@ -820,21 +938,18 @@ def _services_running(info):
     return sorted(s for s, r in info["servers"].items() if r["status"] == "Online")
 
 
-def _read_definition(path):
-    if not path or not os.path.exists(path):
+def _read_definition(path, files):
+    text = files.read(path) if path else None
+    if text is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except ValueError:
-            raise StillpointError("%s is not a saved mirror disk resource definition (not JSON)." % path)
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise StillpointError("%s is not a saved mirror disk resource definition (not JSON)." % path)
 
 
-def _write_definition(path, definition):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(definition, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+def _write_definition(path, definition, files):
+    files.write(path, json.dumps(definition, indent=1, sort_keys=True))
 
 
 def _start_changes(text, new_text, definition):
@@ -845,7 +960,7 @@ def _start_changes(text, new_text, definition):
 
 
 def mirror_config(runner, edition, version, name, state, saved_definition, initial_mirror_construction=True,
-                  same_backup_set=None, stop_cluster=False, check_mode=False, workdir=None):
+                  same_backup_set=None, stop_cluster=False, check_mode=False, workdir=None, files=None):
     """Remove (``state=absent``) or add back (``state=present``) mirror disk resource ``name``
     through clpcfctrl pull/push. Removal saves the resource's definition to ``saved_definition``
     (a JSON file); adding back restores it unchanged except initial mirror construction.
@@ -853,7 +968,8 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
     001 step 1); the push that adds it back restores their saved start attribute (step 5). Both are
     reported in ``group_start`` ({group: dict(before, after)}), in check mode too.
     A push that adds or removes a mirror disk resource needs the cluster service stopped on
-    every server: refused unless ``stop_cluster`` (then ``clpcl -t -a`` runs first)."""
+    every server: refused unless ``stop_cluster`` (then ``clpcl -t -a`` runs first).
+    ``files`` reaches clp.conf's work directory and ``saved_definition`` (default :class:`LocalFiles`)."""
     check_edition(edition, version)
     validate_name("mirror disk resource", name)
     if state not in ("absent", "present"):
@@ -861,10 +977,11 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
     if not saved_definition:
         raise StillpointError("saved_definition (a file path on the server) is required: removal writes the "
                               "resource's definition there and adding back reads it.")
+    files = files or LocalFiles()
     own_dir = workdir is None
-    workdir = workdir or tempfile.mkdtemp(prefix="stillpoint-clpconf-")
+    workdir = workdir or files.make_workdir()
     try:
-        text = pull_config(runner, edition, version, workdir)
+        text = pull_config(runner, edition, version, workdir, files)
         mirrors = conf_mirrors(text)
         before = copy.deepcopy(mirrors.get(name))
         result = dict(changed=False, name=name, before=before, after=before, pushed=False, stopped_cluster=False,
@@ -874,7 +991,7 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
             if name not in mirrors:
                 return result
             new_text, definition = remove_md(text, name)
-            previous = _read_definition(saved_definition)
+            previous = _read_definition(saved_definition, files)
             if previous is not None and previous.get("element") != definition["element"]:
                 raise StillpointError("Refused: %s already holds a different saved definition of %s; move it away "
                                       "first (it may be the only copy of an earlier removal)." % (saved_definition, name))
@@ -889,7 +1006,7 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
                     result["snapshot_id"] = validate_same_backup_set(same_backup_set, conf_servers(text))
                 new_text = set_md_fullcopy(text, name, initial_mirror_construction)
             else:
-                definition = _read_definition(saved_definition)
+                definition = _read_definition(saved_definition, files)
                 if definition is None:
                     raise StillpointError("Cannot add %s back: no saved definition at %s (remove it with state=absent "
                                           "first, which saves it)." % (name, saved_definition))
@@ -917,10 +1034,10 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
             run(runner, "service_stop_all", edition, version)
             result["stopped_cluster"] = True
         if state == "absent":
-            _write_definition(saved_definition, result["definition"])
-        push_config(runner, edition, version, workdir, new_text)
+            _write_definition(saved_definition, result["definition"], files)
+        push_config(runner, edition, version, workdir, new_text, files)
         result["pushed"] = True
         return result
     finally:
         if own_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            files.remove_workdir(workdir)

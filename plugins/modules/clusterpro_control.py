@@ -93,6 +93,9 @@ notes:
     (Windows).
   - On Windows forced mirror recovery (C(clpmdctrl --force)) acts from the server it runs on, so run the task on
     O(server).
+  - On a Windows host (PowerShell shell) the module's action plugin runs its code on the controller and each
+    CLUSTERPRO command on the host through M(ansible.windows.win_command); needs the ansible.windows collection
+    on the controller (docs/clusterpro.md, "Windows cluster servers"). Not tested on a real Windows host.
 seealso:
   - module: stillpoint.snapshots.clusterpro_info
   - module: stillpoint.snapshots.clusterpro_mirror_config
@@ -160,35 +163,44 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clust
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 
+ARGUMENT_SPEC = dict(
+    kind=dict(type="str", required=True, choices=list(clp.KINDS)),
+    name=dict(type="str"),
+    server=dict(type="str"),
+    state=dict(type="str", required=True, choices=["started", "stopped", "shutdown", "recovered"]),
+    stop_dependents=dict(type="bool", default=False),
+    force=dict(type="bool", default=False),
+    require_clean_mirrors=dict(type="bool", default=True),
+    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
+    version=dict(type="str", default="4"),
+)
+
+# keyword arguments of AnsibleModule / ArgumentSpecValidator besides the spec
+ARGUMENT_RULES = dict(
+    required_if=[
+        ("kind", "group", ("name", "server")),
+        ("kind", "resource", ("name", "server")),
+        ("kind", "cluster_service", ("server",)),
+        ("kind", "server", ("server",)),
+        ("kind", "mirror", ("name",)),
+        ("force", True, ("server",)),
+    ],
+)
+
+
+def run_control(params, runner, check_mode):
+    """The module's result for ``params`` (validated against ARGUMENT_SPEC and ARGUMENT_RULES); raises
+    StillpointError. Shared with the action plugin's Windows path."""
+    return clp.control(runner, params["edition"], params["version"], params["kind"], params["state"],
+                       name=params["name"], server=params["server"], stop_dependents=params["stop_dependents"],
+                       force=params["force"], require_clean_mirrors=params["require_clean_mirrors"],
+                       check_mode=check_mode)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            kind=dict(type="str", required=True, choices=list(clp.KINDS)),
-            name=dict(type="str"),
-            server=dict(type="str"),
-            state=dict(type="str", required=True, choices=["started", "stopped", "shutdown", "recovered"]),
-            stop_dependents=dict(type="bool", default=False),
-            force=dict(type="bool", default=False),
-            require_clean_mirrors=dict(type="bool", default=True),
-            edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-            version=dict(type="str", default="4"),
-        ),
-        required_if=[
-            ("kind", "group", ("name", "server")),
-            ("kind", "resource", ("name", "server")),
-            ("kind", "cluster_service", ("server",)),
-            ("kind", "server", ("server",)),
-            ("kind", "mirror", ("name",)),
-            ("force", True, ("server",)),
-        ],
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
     try:
-        result = clp.control(CommandRunner.from_module(module), p["edition"], p["version"], p["kind"], p["state"],
-                             name=p["name"], server=p["server"], stop_dependents=p["stop_dependents"],
-                             force=p["force"], require_clean_mirrors=p["require_clean_mirrors"],
-                             check_mode=module.check_mode)
+        result = run_control(module.params, CommandRunner.from_module(module), module.check_mode)
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
     module.exit_json(**result)

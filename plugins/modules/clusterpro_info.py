@@ -53,8 +53,9 @@ attributes:
 notes:
   - Run it on a cluster server with the cluster service started; C(clpstat) fails on a server whose service is
     stopped. The CLUSTERPRO commands need Administrator (Windows) or root (Linux) rights.
-  - On Windows run it through a Python interpreter on the server, or read the same commands with
-    ansible.windows.win_command and parse them in a playbook; this module itself is Python.
+  - On a Windows host (PowerShell shell) the module's action plugin runs its code on the controller and each
+    CLUSTERPRO command on the host through M(ansible.windows.win_command); needs the ansible.windows collection
+    on the controller (docs/clusterpro.md, "Windows cluster servers"). Not tested on a real Windows host.
 seealso:
   - module: stillpoint.snapshots.clusterpro_control
   - module: stillpoint.snapshots.clusterpro_mirror_config
@@ -126,26 +127,33 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clust
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 
+ARGUMENT_SPEC = dict(
+    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
+    version=dict(type="str", default="4"),
+    mirrors=dict(type="list", elements="str"),
+    require_clean=dict(type="bool", default=False),
+)
+
+
+def run_info(params, runner):
+    """The module's result for ``params`` (validated against ARGUMENT_SPEC); raises StillpointError.
+    Shared with the action plugin's Windows path, which passes a runner that works through win_command."""
+    clp.check_edition(params["edition"], params["version"])
+    info = clp.cluster_info(runner, params["edition"], params["version"], mirrors=params["mirrors"])
+    if params["require_clean"]:
+        clp.assert_mirrors_clean(info)
+    info["clean"] = all(m["clean"] for m in info["mirrors"].values())
+    info["changed"] = False
+    return info
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-            version=dict(type="str", default="4"),
-            mirrors=dict(type="list", elements="str"),
-            require_clean=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        clp.check_edition(p["edition"], p["version"])
-        info = clp.cluster_info(CommandRunner.from_module(module), p["edition"], p["version"], mirrors=p["mirrors"])
-        if p["require_clean"]:
-            clp.assert_mirrors_clean(info)
+        result = run_info(module.params, CommandRunner.from_module(module))
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
-    info["clean"] = all(m["clean"] for m in info["mirrors"].values())
-    module.exit_json(changed=False, **info)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

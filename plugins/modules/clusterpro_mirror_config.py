@@ -62,7 +62,8 @@ options:
       - The proof is read from EC2, never taken from the operator. C(DescribeVolumes) gives the snapshot each volume
         was created from. The backup catalog (snapshot tags) must show that this snapshot is a member of the
         complete backup set O(same_backup_set.set_id), and every volume must come from that same snapshot.
-      - Needs AWS access (boto3 and credentials) on the cluster server that runs the task.
+      - Needs AWS access (boto3 and credentials) on the cluster server that runs the task (on the controller when
+        the server is a Windows host).
     type: dict
     suboptions:
       set_id:
@@ -125,6 +126,12 @@ notes:
     the addition from O(saved_definition). A resource removed with this module and never added back leaves its
     groups on manual startup.
   - The clp.conf element of the group start attribute is verified for X 4.x; for X 5.x the same element is assumed.
+  - On a Windows host (PowerShell shell) the module's action plugin runs its code on the controller. The
+    CLUSTERPRO commands run on the host through M(ansible.windows.win_command); clp.conf's work directory and
+    O(saved_definition) are reached with M(ansible.windows.win_tempfile), M(ansible.windows.win_stat),
+    M(ansible.builtin.slurp), M(ansible.windows.win_copy) and M(ansible.windows.win_file). The O(same_backup_set)
+    proof then reads EC2 from the controller (boto3 and credentials there). Needs the ansible.windows collection on
+    the controller (docs/clusterpro.md, "Windows cluster servers"). Not tested on a real Windows host.
 seealso:
   - module: stillpoint.snapshots.clusterpro_info
   - module: stillpoint.snapshots.clusterpro_control
@@ -261,47 +268,60 @@ def prove_from_ec2(module, spec):
     return checked, proof
 
 
-def main():
-    module = AnsibleAWSModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            state=dict(type="str", choices=["absent", "present"], default="present"),
-            saved_definition=dict(type="path", required=True),
-            initial_mirror_construction=dict(type="bool", default=True),
-            same_backup_set=dict(type="dict", options=dict(
-                set_id=dict(type="str", required=True),
-                volumes=dict(type="list", elements="dict", required=True, options=VOLUME_SPEC),
-            )),
-            stop_cluster=dict(type="bool", default=False),
-            edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-            version=dict(type="str", default="4"),
-        ),
-        supports_check_mode=True,
-        check_boto3=False,
-    )
-    p = module.params
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", choices=["absent", "present"], default="present"),
+    saved_definition=dict(type="path", required=True),
+    initial_mirror_construction=dict(type="bool", default=True),
+    same_backup_set=dict(type="dict", options=dict(
+        set_id=dict(type="str", required=True),
+        volumes=dict(type="list", elements="dict", required=True, options=VOLUME_SPEC),
+    )),
+    stop_cluster=dict(type="bool", default=False),
+    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
+    version=dict(type="str", default="4"),
+)
+
+EC2_UNREADABLE = ("Refused: initial mirror construction stays on, EC2 could not be read to prove that the mirror "
+                  "volumes come from one snapshot of backup set %s (DescribeVolumes, DescribeSnapshots); nothing "
+                  "was changed")
+
+
+def needs_proof(params):
+    return bool(params["same_backup_set"]) and params["state"] == "present" and not params["initial_mirror_construction"]
+
+
+def run_mirror_config(params, runner, aws, check_mode, diff, files=None):
+    """The module's result for ``params`` (validated against ARGUMENT_SPEC and amazon.aws's options).
+    ``aws`` has ``client(service, retry_decorator=...)`` (the AnsibleAWSModule, or amazon.aws's
+    AWSPluginBase on the controller); ``files`` reaches the server's files (default: local).
+    Raises StillpointError; botocore errors of the proof (AWS_ERRORS) are left to the caller,
+    whose message is EC2_UNREADABLE. Shared with the action plugin's Windows path."""
     proof = checked = None
-    try:
-        if p["same_backup_set"] and p["state"] == "present" and not p["initial_mirror_construction"]:
-            try:
-                checked, proof = prove_from_ec2(module, p["same_backup_set"])
-            except AWS_ERRORS as exc:
-                module.fail_json_aws(exc, msg="Refused: initial mirror construction stays on, EC2 could not be read to "
-                                              "prove that the mirror volumes come from one snapshot of backup set %s "
-                                              "(DescribeVolumes, DescribeSnapshots); nothing was changed"
-                                              % p["same_backup_set"]["set_id"])
-        result = clp.mirror_config(CommandRunner.from_module(module), p["edition"], p["version"], p["name"], p["state"],
-                                   p["saved_definition"], initial_mirror_construction=p["initial_mirror_construction"],
-                                   same_backup_set=checked, stop_cluster=p["stop_cluster"],
-                                   check_mode=module.check_mode)
-    except StillpointError as exc:
-        module.fail_json(**exc.fail_kwargs())
+    if needs_proof(params):
+        checked, proof = prove_from_ec2(aws, params["same_backup_set"])
+    result = clp.mirror_config(runner, params["edition"], params["version"], params["name"], params["state"],
+                               params["saved_definition"], initial_mirror_construction=params["initial_mirror_construction"],
+                               same_backup_set=checked, stop_cluster=params["stop_cluster"], check_mode=check_mode,
+                               files=files)
     if proof is not None:
         result["proof"] = proof
-    if module._diff:
+    if diff:
         result["diff"] = dict(
             before=dict(mirror=result["before"], group_start=dict((g, v["before"]) for g, v in result["group_start"].items())),
             after=dict(mirror=result["after"], group_start=dict((g, v["after"]) for g, v in result["group_start"].items())))
+    return result
+
+
+def main():
+    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, check_boto3=False)
+    p = module.params
+    try:
+        result = run_mirror_config(p, CommandRunner.from_module(module), module, module.check_mode, module._diff)
+    except AWS_ERRORS as exc:
+        module.fail_json_aws(exc, msg=EC2_UNREADABLE % p["same_backup_set"]["set_id"])
+    except StillpointError as exc:
+        module.fail_json(**exc.fail_kwargs())
     module.exit_json(**result)
 
 

@@ -384,24 +384,3 @@ def test_restore_both_servers_from_one_set_without_a_full_copy(backed_up, ec2):
     starts = [(e["server"], e.get("reason")) for e in new if e["event"] == "group_start"]
     assert starts == [("server1", "automatic startup")]
     assert task(res, "Step 6 - start the group")["changed"] is False
-
-
-@pytest.mark.parametrize("playbook", [BACKUP, RESTORE])
-def test_windows_play_host_is_refused_before_anything(ec2, tmp_path, playbook):
-    """The CLUSTERPRO modules are Python: on a Windows play host (PowerShell shell) both roles refuse at once,
-    before any EC2 call or CLUSTERPRO command, instead of failing in the middle with an interpreter error."""
-    fake_path, fake_env = install(tmp_path, node="server1")
-    rc, res, _raw = run_playbook(playbook, ec2, dict(
-        clusterpro_hosts="localhost", clusterpro_become=False, ansible_shell_type="powershell",
-        clusterpro_mirror_restore_set_id="bs-0123",
-        clusterpro_mirror_backup_active=dict(server="server1", instance_id="i-0123456789abcdef0", volume_id="vol-01234567"),
-        clusterpro_mirror_backup_standby=dict(server="server2", instance_id="i-0123456789abcdef1", volume_id="vol-89abcdef"),
-        **aws({"ec2": ec2}, "clusterpro_mirror_backup_")), env=fake_env)
-    assert rc != 0
-    refused = task(res, "Refuse a Windows play host (the CLUSTERPRO modules are Python; Ansible runs only PowerShell "
-                        "modules there)")
-    assert refused["failed"] and "Refused before any change: localhost is a Windows host" in refused["msg"]
-    # nothing ran after it: no other task (so no EC2 call; another test's bridge may be polling EC2 meanwhile, so
-    # the endpoint's call log is not the judge) and no CLUSTERPRO command
-    assert [t for t in res if "Refuse a Windows play host" not in t and "Validating arguments" not in t] == []
-    assert [e for e in read_state(fake_path)["log"] if e["event"] == "command"] == []
