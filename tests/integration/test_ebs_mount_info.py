@@ -7,31 +7,20 @@ by-id directory of the test's own (loop devices have no NVMe serial)."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.modules import ebs_mount_info
 from tests.support.loopfs import missing_requirements
-from tests.unit.test_devices import _image
 from tests.unit.test_devices import _run
+from tests.unit.test_devices import loop_disks
 from tests.unit.utils import run_module
 
 pytestmark = pytest.mark.skipif(missing_requirements("ext4") is not None, reason=str(missing_requirements("ext4")))
 
 
 def test_volume_ids_find_disks_and_mounts(monkeypatch, tmp_path):
-    loops, mounted = [], []
-    try:
-        plain, parted = str(tmp_path / "plain.img"), str(tmp_path / "parted.img")
-        _image(plain, False)
-        _image(parted, True)
-        loops.append(_run("losetup", "--find", "--show", plain))
-        loops.append(_run("losetup", "--find", "--show", "--partscan", parted))
-        lplain, lparted = loops
-        if not os.path.exists("/sys/class/block/%sp1" % os.path.basename(lparted)):
-            _run("partx", "-a", lparted)
-        part = lparted + "p1"
+    with loop_disks(tmp_path) as (lplain, lparted, part, mounted):
         _run("mkfs.ext4", "-q", "-F", part)
         m_part, m_bind = tmp_path / "mirror data", tmp_path / "bind"
         m_part.mkdir()
@@ -69,8 +58,3 @@ def test_volume_ids_find_disks_and_mounts(monkeypatch, tmp_path):
 
         bad = run_module(monkeypatch, ebs_mount_info.main, dict(args, volume_ids=[vol_plain, os.path.basename(lplain)]))
         assert bad["failed"] and bad["invalid"] == [os.path.basename(lplain)] and "Not EBS volume ids" in bad["msg"]
-    finally:
-        for mp in reversed(mounted):
-            subprocess.run(["umount", mp], capture_output=True, check=False)
-        for dev in reversed(loops):
-            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)

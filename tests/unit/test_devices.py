@@ -10,6 +10,7 @@ for EBS volumes through a by-id directory of the test's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
@@ -330,8 +331,11 @@ def _image(path, partitioned):
             f.write(mbr)
 
 
-@needs_loop
-def test_real_loop_devices(tmp_path):
+@contextlib.contextmanager
+def loop_disks(tmp_path):
+    """Two loop devices as EBS stand-ins: ``(plain disk, partitioned disk, its partition 1, mounted)``.
+    Mountpoints the caller appends to ``mounted`` are unmounted on the way out (the last first), then the
+    loop devices are detached."""
     loops, mounted = [], []
     try:
         plain, parted = str(tmp_path / "plain.img"), str(tmp_path / "parted.img")
@@ -342,7 +346,17 @@ def test_real_loop_devices(tmp_path):
         lplain, lparted = loops
         if not os.path.exists("/sys/class/block/%sp1" % os.path.basename(lparted)):
             _run("partx", "-a", lparted)  # kernels without the msdos parser: add it by BLKPG
-        part = lparted + "p1"
+        yield lplain, lparted, lparted + "p1", mounted
+    finally:
+        for mp in reversed(mounted):
+            subprocess.run(["umount", mp], capture_output=True, check=False)
+        for dev in reversed(loops):
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+
+
+@needs_loop
+def test_real_loop_devices(tmp_path):
+    with loop_disks(tmp_path) as (lplain, lparted, part, mounted):
         _run("mkfs.ext4", "-q", "-F", lplain)
         _run("mkfs.ext4", "-q", "-F", part)
         m1, m2 = tmp_path / "m1", tmp_path / "m2 with space"
@@ -381,8 +395,3 @@ def test_real_loop_devices(tmp_path):
         assert os.path.basename(lparted) in problems[0] and "cannot be snapshotted" in problems[0]
         assert "is not a mountpoint" in problems[1]
         assert r.devices_for_volume(vol2) == []
-    finally:
-        for mp in reversed(mounted):
-            subprocess.run(["umount", mp], capture_output=True, check=False)
-        for dev in reversed(loops):
-            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
