@@ -86,3 +86,95 @@ class CommandRunner:
     @classmethod
     def from_module(cls, module):
         return cls(module.run_command, module.get_bin_path)
+
+
+class Recorder:
+    """The one change recorder of the library: every command that changes state goes through
+    :meth:`act`, every step that runs no command through :meth:`note`.
+
+    ``actions`` is the result shape every module returns::
+
+        [{"what": "assemble /dev/md0", "cmd": [...], "rc": 0, "ms": 12.5, "planned": False}, ...]
+
+    In check mode an action is recorded with ``planned: True`` (``rc``/``ms`` None) and nothing runs,
+    unless ``dry_run`` names the tool's own dry run (LVM's ``--test``), which then runs and is
+    recorded as ``dry_run``/``dry_run_rc``/``dry_run_ms`` on the same entry.
+    """
+
+    def __init__(self, runner, check_mode=False, clock=time.monotonic):
+        self.run = runner
+        self.check_mode = check_mode
+        self.clock = clock
+        self.actions = []
+        self.changed = False
+
+    def probe(self, argv, data=None):
+        """A read-only command (runs in check mode too); returns (rc, stdout, stderr)."""
+        return self.run(list(argv), check=False, data=data)
+
+    def act(self, what, argv, fail=None, changes=True, dry_run=None, data=None, **extra):
+        """A command that changes state: planned in check mode, else run and recorded.
+
+        Returns (rc, out, err); None in check mode (or the dry run's result when ``dry_run`` is
+        given). A non-zero rc raises :class:`StillpointError` carrying ``actions`` - its message is
+        ``fail`` (or "<what> failed") completed with the command and its output - unless ``fail``
+        is False, in which case the caller judges the rc.
+        """
+        argv = list(argv)
+        entry = dict(what=what, cmd=argv, rc=None, ms=None, planned=self.check_mode)
+        entry.update(extra)
+        self.actions.append(entry)
+        if self.check_mode:
+            if changes:
+                self.changed = True
+            if dry_run is None:
+                return None
+            t0 = self.clock()
+            rc, out, err = self.run(list(dry_run), check=False, data=data)
+            entry.update(dry_run=list(dry_run), dry_run_rc=rc, dry_run_ms=ms_since(t0, self.clock()))
+            if rc != 0 and fail is not False:
+                raise StillpointError(
+                    "%s: the tool's own dry run refuses it (rc=%s): %s. Nothing was changed."
+                    % (fail or what, rc, (err or out).strip()),
+                    rc=rc, stdout=out, stderr=err, cmd=list(dry_run), actions=self.actions)
+            return rc, out, err
+        t0 = self.clock()
+        rc, out, err = self.run(argv, check=False, data=data)
+        entry.update(rc=rc, ms=ms_since(t0, self.clock()))
+        if rc == 0 and changes:
+            self.changed = True
+        if rc != 0 and fail is not False:
+            raise StillpointError(
+                "%s: %s (rc=%s): %s" % (fail or ("%s failed" % what), " ".join(argv), rc, (err or out).strip()),
+                rc=rc, stdout=out, stderr=err, cmd=argv, actions=self.actions)
+        return rc, out, err
+
+    def note(self, what, **extra):
+        """A step that runs no command (a wait, a check), in the same list and shape."""
+        entry = dict(what=what, cmd=[], rc=None, ms=None, planned=self.check_mode)
+        entry.update(extra)
+        self.actions.append(entry)
+        return entry
+
+    @property
+    def planned(self):
+        """The actions that check mode only planned."""
+        return [a for a in self.actions if a["planned"]]
+
+
+# The RETURN block of ``actions`` for every module that runs commands (plugins/doc_fragments
+# cannot hold RETURN; modules paste this text through their RETURN string).
+ACTIONS_RETURN_DOC = """
+actions:
+  description:
+    - Every change this run made, or in check mode planned, in order, and the steps that ran no command.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    what: {description: What the step does., type: str}
+    cmd: {description: The command (argv); empty for a step that runs none., type: list, elements: str}
+    rc: {description: Its exit code; null when planned or when no command ran., type: int}
+    ms: {description: How long it took in milliseconds; null when planned., type: float}
+    planned: {description: True in check mode, where nothing ran., type: bool}
+"""
