@@ -161,20 +161,3 @@ class Recorder:
         """The actions that check mode only planned."""
         return [a for a in self.actions if a["planned"]]
 
-
-# The RETURN block of ``actions`` for every module that runs commands (plugins/doc_fragments
-# cannot hold RETURN; modules paste this text through their RETURN string).
-ACTIONS_RETURN_DOC = """
-actions:
-  description:
-    - Every change this run made, or in check mode planned, in order, and the steps that ran no command.
-  returned: always
-  type: list
-  elements: dict
-  contains:
-    what: {description: What the step does., type: str}
-    cmd: {description: The command (argv); empty for a step that runs none., type: list, elements: str}
-    rc: {description: Its exit code; null when planned or when no command ran., type: int}
-    ms: {description: How long it took in milliseconds; null when planned., type: float}
-    planned: {description: True in check mode, where nothing ran., type: bool}
-"""
