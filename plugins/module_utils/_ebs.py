@@ -47,8 +47,23 @@ def error_code(exc):
         return None
 
 
+AWS_CHECK = "check endpoint_url, the credentials and the region"
+
+
+def aws_errors():
+    """Every exception an EC2 call can raise through botocore: the service's answer (ClientError),
+    no answer at all (BotoCoreError: no network, a bad endpoint, no credentials) and an answer that
+    is not EC2's (ResponseParserError)."""
+    return (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError)
+
+
 def aws_error(msg, exc):
+    """A StillpointError for a failed EC2 call. ``msg`` names the call and what it was for; an
+    error without a service answer (botocore's own) also says what to check."""
     code = error_code(exc)
+    if code is None:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return StillpointError("%s: %s: %s (%s)" % (msg, type(exc).__name__, first, AWS_CHECK))
     return StillpointError("%s: %s" % (msg, exc), error_code=code)
 
 
