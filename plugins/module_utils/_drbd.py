@@ -27,8 +27,11 @@ The safety rules (``../shared/DOMAIN.md``, seed 003) are enforced by :class:`Res
 * ``create-md`` only on a device that holds neither data nor metadata, unless it is declared the
   replaced disk;
 * ``new-current-uuid --clear-bitmap`` only on freshly created metadata, both sides connected and
-  Inconsistent, with the caller's proof that both backing devices come from one snapshot
-  (checked against the catalog by the module).
+  Inconsistent, with the proof that both backing devices come from one snapshot (checked against
+  the EC2 catalog by :func:`same_snapshot`).
+
+:func:`ensure` is the whole of ``drbd_resource`` (the order of the steps, the split inside a freeze,
+the proof, the result); :func:`info` the whole of ``drbd_info``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ import os
 import re
 import time
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError, ms_since
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze  # the split inside a freeze
+# restore side on purpose: skipping the initial resync needs the proof that both sides' volumes were restored
+# from one snapshot of one backup set, which is what the restore library checks (same_snapshot_proof)
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder, StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 
 JUST_CREATED = "0000000000000004"
 GOOD_DISK = ("UpToDate",)
@@ -427,7 +436,8 @@ def _read_proc():
 class Resource:
     """Drive one DRBD resource towards a wanted state, refusing what would lose data.
 
-    Every change goes through :meth:`_do`, which records it and, in check mode, only records it.
+    Every change goes through :meth:`_do` (the collection's :class:`Recorder`): recorded with its
+    command, rc and duration, and in check mode only recorded (``planned``).
     """
 
     def __init__(self, drbd, name, check_mode=False, sleep=time.sleep, clock=time.monotonic):
@@ -435,24 +445,18 @@ class Resource:
         self.run = drbd.run
         self.name = name
         self.check_mode = check_mode
-        self.actions = []
+        self.recorder = Recorder(drbd.run, check_mode=check_mode, clock=clock)
         self.warnings = []
         self._sleep = sleep
         self._clock = clock
 
-    def _do(self, what, argv, data=None):
-        entry = {"what": what, "cmd": argv}
-        self.actions.append(entry)
-        if self.check_mode:
-            return None
-        t0 = self._clock()
-        rc, out, err = self.run(argv, check=False, data=data)
-        entry["ms"] = ms_since(t0, self._clock())
-        entry["rc"] = rc
-        if rc != 0:
-            raise StillpointError("%s failed (rc=%s): %s" % (what, rc, (err or out).strip()), rc=rc, stdout=out,
-                                  stderr=err, cmd=argv, actions=self.actions)
-        return out
+    @property
+    def actions(self):
+        return self.recorder.actions
+
+    def _do(self, what, argv, data=None, fail=None):
+        """Run (or, in check mode, plan) a changing command; returns its (rc, out, err), None in check mode."""
+        return self.recorder.act(what, argv, fail=fail, data=data)
 
     def adm(self, *args):
         return [self.run.bin("drbdadm")] + list(args) + [self.name]
@@ -480,18 +484,18 @@ class Resource:
                 "refusing create-md on %s (resource %s): it holds %s. Creating metadata over it would lose that or "
                 "make it look like a new, empty disk. If this disk was replaced or restored and its metadata must be "
                 "recreated, set replaced_disk: %s." % (disk, self.name, what, disk), device=disk, signature=found)
-        argv = self.adm("create-md") if not declared else [self.run.bin("drbdadm"), "create-md", "--force", self.name]
-        if not declared and not self.check_mode:
-            # drbdmeta looks beyond signatures ("Found some data"); without --force it refuses on a TTY-less stdin
-            rc, out, err = self.run(argv, check=False, data="")
-            self.actions.append({"what": "create metadata on %s" % disk, "cmd": argv, "rc": rc})
-            if rc != 0:
-                raise StillpointError(
-                    "refusing create-md on %s (resource %s): drbdmeta found data on it: %s. If this disk was replaced "
-                    "and may be overwritten, set replaced_disk: %s." % (disk, self.name, _one_line(out + err), disk),
-                    rc=rc, stdout=out, stderr=err, device=disk)
+        if declared:
+            self._do("create metadata on %s (declared replaced)" % disk,
+                     [self.run.bin("drbdadm"), "create-md", "--force", self.name])
             return True
-        self._do("create metadata on %s%s" % (disk, " (declared replaced)" if declared else ""), argv)
+        # drbdmeta looks beyond signatures ("Found some data"); without --force it refuses on a TTY-less stdin
+        done = self._do("create metadata on %s" % disk, self.adm("create-md"), data="", fail=False)
+        if done is not None and done[0] != 0:
+            rc, out, err = done
+            raise StillpointError(
+                "refusing create-md on %s (resource %s): drbdmeta found data on it: %s. If this disk was replaced "
+                "and may be overwritten, set replaced_disk: %s." % (disk, self.name, _one_line(out + err), disk),
+                rc=rc, stdout=out, stderr=err, device=disk)
         return True
 
     # -- up/down, connection -----------------------------------------------------------------
@@ -535,8 +539,7 @@ class Resource:
                 "Wait for the resync to finish." % (self.name, st["disk"], st["peer_disk"], st["replication"]))
         argv = self.adm("disconnect")
         if self.check_mode:
-            self.actions.append({"what": "disconnect %s%s" % (self.name, " inside a freeze" if freezer else ""),
-                                 "cmd": argv})
+            self._do("disconnect %s%s" % (self.name, " inside a freeze" if freezer else ""), argv)
             return {"planned": True}
         out = {}
         if freezer is not None:
@@ -633,7 +636,26 @@ class Resource:
                  [self.run.bin("drbdadm"), "new-current-uuid", "--clear-bitmap", self.name])
         return True
 
+    def plan_clear_bitmap(self, proof):
+        """Check mode's :meth:`clear_bitmap`: the connection it needs is only planned, so only the proof and
+        whether the resource is already in sync decide."""
+        if self.drbd.status(self.name)["in_sync"]:
+            return False
+        self._do("skip the initial resync of %s (snapshot %s)" % (self.name, proof["snapshot_id"]),
+                 [self.run.bin("drbdadm"), "new-current-uuid", "--clear-bitmap", self.name])
+        return True
+
     # -- waiting -------------------------------------------------------------------------------
+
+    def wait_connected(self, timeout, interval=1.0):
+        """Poll until the peer is connected or ``timeout`` seconds passed; returns the last status (the
+        caller's refusals judge it)."""
+        deadline = self._clock() + timeout
+        while True:
+            st = self.drbd.status(self.name)
+            if st["connection"] == "Connected" or self._clock() > deadline:
+                return st
+            self._sleep(interval)
 
     def wait_sync(self, timeout, interval=1.0, on_progress=None):
         """Until both disks are UpToDate and connected. Returns the observed resync figures."""
@@ -662,6 +684,134 @@ class Resource:
         return {"seconds": round(self._clock() - t0, 3), "start": start, "progress": progress,
                 "received_kib": _delta(st.get("received_kib"), start["received_kib"]),
                 "sent_kib": _delta(st.get("sent_kib"), start["sent_kib"]), "status": st}
+
+
+# -- the modules' runs -------------------------------------------------------------------------------
+
+def ensure(drbd, params, check_mode=False, diff=False, ec2=None, protect_paths=(), resolver=None,
+           sleep=time.sleep, clock=time.monotonic):
+    """What ``drbd_resource`` does: drive resource ``params["name"]`` towards ``params`` (the module's options)
+    and return the module's result (``changed``, ``status``, ``actions``, and ``proof``, ``freeze_plan``,
+    ``split``, ``sync``, ``warnings``, ``diff`` where they apply).
+
+    ``ec2`` makes the EC2 client (called only for ``skip_initial_sync``); ``protect_paths`` are ``(path, why)``
+    never to freeze; ``resolver`` maps disks to EBS volumes (a :class:`DeviceResolver` by default). A refusal
+    or failure raises :class:`StillpointError` carrying the ``actions`` taken so far.
+    """
+    if params["freeze"] and params["connection"] != "disconnected":
+        raise StillpointError("freeze is only used to split the mirror: set connection: disconnected with it")
+    if params["replaced_disk"] and not params["create_md"]:
+        raise StillpointError("replaced_disk only means something with create_md: true")
+    res = Resource(drbd, params["name"], check_mode=check_mode, sleep=sleep, clock=clock)
+    result = {}
+    try:
+        before = drbd.status(res.name)
+        result["changed"] = _converge(res, params, result, ec2, protect_paths, resolver or DeviceResolver())
+        after = drbd.status(res.name)
+    except StillpointError as e:
+        e.details.setdefault("actions", res.actions)
+        raise
+    result.update(status=after, actions=res.actions)
+    if res.warnings:
+        result["warnings"] = res.warnings
+    if diff:
+        result["diff"] = dict(before=before, after=after)
+    return result
+
+
+def _converge(res, params, result, ec2, protect_paths, resolver):
+    """The steps in their one safe order (see drbd_resource's description); returns whether anything changed."""
+    changed = False
+    if params["state"] == "down":
+        if params["role"] == "secondary":
+            changed |= res.demote()
+        return res.down() or changed
+    if params["create_md"]:
+        changed |= res.create_md(replaced_disk=_disk_path(params["replaced_disk"], resolver))
+    changed |= res.up()
+    if params["connection"] == "connected":
+        changed |= res.connect()
+    if params["skip_initial_sync"]:
+        result["proof"] = same_snapshot(res, params["skip_initial_sync"], ec2, resolver)
+        if res.check_mode:
+            changed |= res.plan_clear_bitmap(result["proof"])
+        else:
+            res.wait_connected(params["connect_timeout"])
+            changed |= res.clear_bitmap(result["proof"])
+    if params["role"] == "secondary":
+        changed |= res.demote()
+    if params["connection"] == "disconnected":
+        changed |= _split(res, params, result, protect_paths)
+    if params["role"] == "primary":
+        changed |= res.promote(force=params["force"])
+    if params["wait_sync"] and not res.check_mode:
+        result["sync"] = res.wait_sync(params["sync_timeout"])
+    return changed
+
+
+def _split(res, params, result, protect_paths):
+    """Disconnect, inside a freeze of ``params["freeze"]`` (through the guardian) when it names filesystems."""
+    freezer = None
+    if params["freeze"]:
+        plan = _freeze.check_mountpoints(params["freeze"], protect_paths=protect_paths)
+        freezer = True if res.check_mode else _freeze.Guardian.start(plan, deadline=params["freeze_deadline"])
+        result["freeze_plan"] = plan
+    try:
+        split = res.disconnect(freezer=freezer)
+    finally:
+        if freezer not in (None, True):
+            freezer.close()
+    if split is None:
+        return False
+    result["split"] = {k: v for k, v in split.items() if k != "planned"}
+    return True
+
+
+def _disk_path(value, resolver):
+    """``replaced_disk`` as a device path: an EBS volume id is resolved to its disk on this host."""
+    if value and value.startswith("vol-"):
+        found = resolver.devices_for_volume(value)
+        if not found:
+            raise StillpointError("replaced_disk %s: no disk of this EBS volume is attached to this host" % value)
+        return found[0]
+    return value
+
+
+def same_snapshot(res, proof_in, ec2, resolver):
+    """The catalog's proof that this host's backing volume and the others in ``proof_in["volume_ids"]`` were
+    created from one snapshot of backup set ``proof_in["set_id"]`` (``restore.same_snapshot_proof``), plus
+    ``local_volume``. Every EC2 failure becomes a :class:`StillpointError` naming the calls."""
+    local = res.drbd.backing_disk(res.name)
+    local_volume = resolver.volume_for_path(local)
+    if local_volume not in proof_in["volume_ids"]:
+        raise StillpointError("this host's backing disk %s is volume %s, which is not among skip_initial_sync."
+                              "volume_ids %s" % (local, local_volume, proof_in["volume_ids"]))
+    try:
+        proof = restore.same_snapshot_proof(ec2(), proof_in["set_id"], proof_in["volume_ids"])
+    except ebs.aws_errors() as e:
+        raise ebs.aws_error("DescribeSnapshots/DescribeVolumes (the skip_initial_sync proof from backup set %s)"
+                            % proof_in["set_id"], e)
+    proof["local_volume"] = local_volume
+    return proof
+
+
+def info(drbd, name=None, backing=True, gi=False, resolver=None):
+    """What ``drbd_info`` returns: ``kernel_version``, ``resources``, ``summaries`` and, with ``name``,
+    ``summary`` (with ``backing``: its backing disk and EBS volume), with ``gi`` the generation identifiers."""
+    result = dict(changed=False, kernel_version=drbd.kernel_version())
+    resources = drbd.resources(name)
+    result["resources"] = resources
+    result["summaries"] = {r["name"]: dict(resource_summary(r), configured=True) for r in resources}
+    if name:
+        result["summary"] = drbd.status(name, resources)
+        if backing:
+            disk = drbd.backing_disk(name)
+            result["summary"]["backing_disk"] = disk
+            result["summary"]["volume_id"] = (resolver or DeviceResolver()).volume_for_path(disk) if disk else None
+    if gi:
+        names = [name] if name else [r["name"] for r in resources]
+        result["gi"] = {n: drbd.gi(n) for n in names}
+    return result
 
 
 def _delta(after, before):

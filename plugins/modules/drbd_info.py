@@ -13,12 +13,12 @@ description:
   - Reads DRBD's own status on the host. DRBD 9 with C(drbdsetup status --json); DRBD 8.4 with
     C(drbdsetup status --verbose --statistics) (what C(drbdadm status) prints, with counters) and C(/proc/drbd)
     for the resync speed and time left.
-  - Each resource comes whole (devices, connections, peer devices) and as a two-node C(summary) (role, disk,
+  - Each resource comes whole (devices, connections, peer devices) and as a two-node RV(summary) (role, disk,
     connection, peer role and disk, replication state, out-of-sync KiB, sync percent, C(in_sync)).
-  - Generation identifiers (C(drbdadm get-gi)) on request.
+  - Generation identifiers (C(drbdadm get-gi)) on request (O(gi)).
 options:
   name:
-    description: Only this resource. A resource that is not up is returned with C(configured=false).
+    description: Only this resource. A resource that is not up is returned with RV(summary.configured=false).
     type: str
   backing:
     description: With O(name), also report the backing disk (C(drbdadm sh-ll-dev)) and its EBS volume id (by NVMe
@@ -29,16 +29,8 @@ options:
     description: Also read each resource's generation identifiers (current, bitmap, history UUIDs and flags).
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    description: Reads only.
-  diff_mode:
-    support: none
-    description: Reads only.
-  idempotent:
-    support: full
-    description: Reads only; the same state gives the same answer.
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes.info_module
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 """
@@ -83,11 +75,25 @@ summary:
   sample: {name: r0, configured: true, role: Primary, disk: UpToDate, connection: Connected, peer_role: Secondary,
            peer_disk: UpToDate, replication: Established, out_of_sync_kib: 0, syncing: false, in_sync: true}
   contains:
+    configured:
+      description: Whether the resource is up; when false the state keys are null.
+      type: bool
+    in_sync:
+      description: Every peer connected and UpToDate, the local disk UpToDate, nothing resyncing.
+      type: bool
+    syncing:
+      description: A resync runs with some peer.
+      type: bool
+    peers:
+      description: Every peer's C(peer), C(connection), C(peer_role), C(peer_disk), C(replication) and counters (three
+        or more nodes; the top-level peer keys are the first peer's).
+      type: list
+      elements: dict
     backing_disk:
-      description: The backing disk as configured (C(drbdadm sh-ll-dev)).
+      description: With O(backing), the backing disk as configured (C(drbdadm sh-ll-dev)).
       type: str
     volume_id:
-      description: The EBS volume of the backing disk; null when it is not an EBS volume.
+      description: With O(backing), the EBS volume of the backing disk; null when it is not an EBS volume.
       type: str
 summaries:
   description: The summary of every resource, by name.
@@ -102,31 +108,18 @@ gi:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drbd
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._drbd import Drbd, resource_summary
 
 
 def main():
     module = AnsibleModule(argument_spec=dict(name=dict(type="str"), gi=dict(type="bool", default=False),
                                               backing=dict(type="bool", default=True)),
                            supports_check_mode=True)
-    drbd = Drbd(CommandRunner.from_module(module))
-    name = module.params["name"]
+    params = module.params
     try:
-        result = dict(changed=False, kernel_version=drbd.kernel_version())
-        resources = drbd.resources(name)
-        result["resources"] = resources
-        result["summaries"] = {r["name"]: dict(resource_summary(r), configured=True) for r in resources}
-        if name:
-            result["summary"] = drbd.status(name, resources)
-            if module.params["backing"]:
-                disk = drbd.backing_disk(name)
-                result["summary"]["backing_disk"] = disk
-                result["summary"]["volume_id"] = DeviceResolver().volume_for_path(disk) if disk else None
-        if module.params["gi"]:
-            names = [name] if name else [r["name"] for r in resources]
-            result["gi"] = {n: drbd.gi(n) for n in names}
+        result = _drbd.info(_drbd.Drbd(CommandRunner.from_module(module)), name=params["name"],
+                            backing=params["backing"], gi=params["gi"])
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
     module.exit_json(**result)

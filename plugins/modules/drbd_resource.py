@@ -30,7 +30,7 @@ options:
     required: true
   state:
     description:
-      - C(up) brings the resource up (C(drbdadm up)) or attaches a Diskless one; C(down) takes it down
+      - V(up) brings the resource up (C(drbdadm up)) or attaches a Diskless one; V(down) takes it down
         (refused while Primary unless O(role=secondary) is also asked).
     type: str
     choices: [up, down]
@@ -46,8 +46,8 @@ options:
     type: bool
     default: false
   connection:
-    description: C(connected) connects a StandAlone resource; C(disconnected) disconnects it (the peer keeps its
-      disk state; the bitmap records what changes meanwhile, so a later C(connected) resyncs only that).
+    description: V(connected) connects a StandAlone resource; V(disconnected) disconnects it (the peer keeps its
+      disk state; the bitmap records what changes meanwhile, so a later V(connected) resyncs only that).
     type: str
     choices: [connected, disconnected]
   freeze:
@@ -73,12 +73,12 @@ options:
     description:
       - The backing disk that was replaced or restored, whose metadata may be (re)created over what it holds, as a
         device path or an EBS volume id (resolved on this host by NVMe serial). Must be this resource's disk
-        (C(drbdadm sh-ll-dev)).
+        (C(drbdadm sh-ll-dev)). Only with O(create_md=true).
     type: str
   skip_initial_sync:
     description:
       - Skip the initial resync (C(drbdadm new-current-uuid --clear-bitmap)) after both sides were restored from
-        the same snapshot and their metadata recreated. The EC2 catalog must prove it.
+        the same snapshot and their metadata recreated. The EC2 catalog must prove it (RV(proof)).
     type: dict
     suboptions:
       set_id:
@@ -95,7 +95,7 @@ options:
     type: int
     default: 120
   wait_sync:
-    description: Wait until both disks are UpToDate, reporting progress and the amount resynced.
+    description: Wait until both disks are UpToDate, reporting progress and the amount resynced (RV(sync)).
     type: bool
     default: false
   sync_timeout:
@@ -106,18 +106,24 @@ extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 notes:
   - AWS access (boto3 and credentials on this host) is needed only for O(skip_initial_sync).
+  - Every EC2 failure of the proof (the service's answer, or none at all - no network, a bad O(endpoint_url), no
+    credentials) fails the task with a message that names the calls and what to check; nothing is changed.
 attributes:
   check_mode:
     support: full
-    description: Reads the state, checks every refusal and returns the planned C(actions); changes nothing.
+    details:
+      - Reads the state, checks every refusal and returns the planned RV(actions) (RV(actions[].planned=true));
+        nothing is changed, frozen or waited for. With O(skip_initial_sync) the catalog proof is checked too.
   diff_mode:
     support: full
-    description: C(before)/C(after) of the resource summary.
+    details: C(before)/C(after) of the resource summary (as RV(status)).
   idempotent:
     support: full
-    description: A resource already in the wanted state is left alone.
+    details: A resource already in the wanted state is left alone (RV(actions) empty, C(changed=false)).
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 """
@@ -140,45 +146,143 @@ EXAMPLES = r"""
     name: r0
     connection: disconnected
     freeze: [/srv/data]
+
+- name: Both sides restored from one snapshot - skip the initial resync (AWS options from module_defaults)
+  module_defaults:
+    group/stillpoint.snapshots.aws:
+      region: eu-west-1
+  stillpoint.snapshots.drbd_resource:
+    name: r0
+    create_md: true
+    replaced_disk: vol-0123456789abcdef0
+    connection: connected
+    skip_initial_sync:
+      set_id: 20240101T000000Z-1a2b3c4d
+      volume_ids: [vol-0123456789abcdef0, vol-0fedcba9876543210]
 """
 
 RETURN = r"""
 status:
-  description: The resource summary after the run (see M(stillpoint.snapshots.drbd_info) C(summary)).
+  description: The resource summary after the run, the same as RV(stillpoint.snapshots.drbd_info#module:summary).
   returned: always
   type: dict
 actions:
-  description: What was done (or would be, in check mode), in order, with the command and its duration.
+  description:
+    - What was done (in check mode, what would be done), in order, one entry a command.
   returned: always
   type: list
   elements: dict
-  sample: [{what: "promote r0", cmd: ["/usr/sbin/drbdadm", "primary", "r0"], rc: 0, ms: 140.2}]
+  contains:
+    what:
+      description: What the command was for.
+      type: str
+      sample: promote r0
+    cmd:
+      description: The command, as a list.
+      type: list
+      elements: str
+      sample: [/usr/sbin/drbdadm, primary, r0]
+    rc:
+      description: Its exit code; null when it did not run (check mode).
+      type: int
+      sample: 0
+    ms:
+      description: Its duration in milliseconds; null when it did not run (check mode).
+      type: float
+      sample: 140.2
+    planned:
+      description: True in check mode, where the command was only planned.
+      type: bool
+      sample: false
+  sample: [{what: "promote r0", cmd: ["/usr/sbin/drbdadm", "primary", "r0"], rc: 0, ms: 140.2, planned: false}]
 split:
-  description: With O(connection=disconnected), when the split happened (C(split_time), UTC) and, with O(freeze),
-    the freeze window (C(window_ms)) and whether the deadline thawed (C(deadline_thawed)).
-  returned: when the resource was disconnected
+  description:
+    - With O(connection=disconnected), when the split happened and, with O(freeze), the freeze window.
+    - In check mode an empty dict (nothing was split).
+  returned: when the resource was (or, in check mode, would be) disconnected
   type: dict
+  contains:
+    split_time:
+      description: When the mirror was split (UTC).
+      type: str
+      sample: "2024-01-01T00:00:00Z"
+    window_ms:
+      description: With O(freeze), how long the filesystems were frozen.
+      type: float
+    deadline_thawed:
+      description: With O(freeze), whether the guardian's deadline thawed before the disconnect ended (the split is
+        then crash level only).
+      type: bool
+    freeze:
+      description: With O(freeze), the guardian's freeze record (C(mounts)).
+      type: dict
+    thaw:
+      description: With O(freeze), the guardian's thaw record (C(mounts), C(window_ms), C(thawed_by)).
+      type: dict
+freeze_plan:
+  description: With O(freeze), the checked freeze plan, in order (C(mountpoint), C(fstype), C(source), C(dev),
+    C(mount_id) of each filesystem).
+  returned: when O(freeze) is set
+  type: list
+  elements: dict
 sync:
-  description: With O(wait_sync), C(seconds), the out-of-sync amount at the start (C(start.out_of_sync_kib)),
-    C(received_kib)/C(sent_kib) during the wait (DRBD's own counters) and C(progress).
-  returned: when O(wait_sync=true)
+  description: With O(wait_sync), what the wait saw.
+  returned: when O(wait_sync=true), not in check mode
   type: dict
+  contains:
+    seconds:
+      description: How long the wait took.
+      type: float
+    start:
+      description: C(out_of_sync_kib), C(received_kib) and C(sent_kib) at the start.
+      type: dict
+    received_kib:
+      description: KiB received during the wait (DRBD's own counter; null when DRBD shows none).
+      type: int
+    sent_kib:
+      description: KiB sent during the wait (DRBD's own counter; null when DRBD shows none).
+      type: int
+    progress:
+      description: C(t_s), C(percent) and C(out_of_sync_kib) each time the sync percentage moved.
+      type: list
+      elements: dict
+    status:
+      description: The resource summary at the end of the wait.
+      type: dict
 proof:
-  description: With O(skip_initial_sync), what the catalog proved (set, snapshot, volumes).
+  description: With O(skip_initial_sync), what the catalog proved.
   returned: when O(skip_initial_sync) is set
   type: dict
+  contains:
+    same_snapshot:
+      description: Always true (otherwise the module fails).
+      type: bool
+    set_id:
+      description: The backup set.
+      type: str
+    snapshot_id:
+      description: The one snapshot every listed volume was created from.
+      type: str
+    member_index:
+      description: That snapshot's member index in the set.
+      type: int
+    volumes:
+      description: Each listed volume's source snapshot, as EC2 reports it.
+      type: dict
+    level:
+      description: The consistency level the set recorded.
+      type: str
+    local_volume:
+      description: This host's backing volume.
+      type: str
 """
-
-import time
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drbd
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._drbd import Drbd, Resource
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -200,110 +304,15 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def _disk_path(value):
-    if value and value.startswith("vol-"):
-        found = DeviceResolver().devices_for_volume(value)
-        if not found:
-            raise StillpointError("replaced_disk %s: no disk of this EBS volume is attached to this host" % value)
-        return found[0]
-    return value
-
-
-def _prove(module, res, params):
-    proof_in = params["skip_initial_sync"]
-    local = res.drbd.backing_disk(res.name)
-    resolver = DeviceResolver()
-    local_volume = resolver.volume_for_path(local)
-    if local_volume not in proof_in["volume_ids"]:
-        raise StillpointError("this host's backing disk %s is volume %s, which is not among skip_initial_sync."
-                              "volume_ids %s" % (local, local_volume, proof_in["volume_ids"]))
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    proof = restore.same_snapshot_proof(client, proof_in["set_id"], proof_in["volume_ids"])
-    proof["local_volume"] = local_volume
-    return proof
-
-
-def _wait_connected(res, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = res.drbd.status(res.name)
-        if st["connection"] == "Connected" or time.monotonic() > deadline:
-            return st
-        time.sleep(1.0)
-
-
-def run(module, res, params, result):
-    changed = False
-    if params["state"] == "down":
-        if params["role"] == "secondary":
-            changed |= res.demote()
-        changed |= res.down()
-        return changed
-    if params["create_md"]:
-        changed |= res.create_md(replaced_disk=_disk_path(params["replaced_disk"]))
-    changed |= res.up()
-    if params["connection"] == "connected":
-        changed |= res.connect()
-    if params["skip_initial_sync"]:
-        result["proof"] = _prove(module, res, params)
-        if not res.check_mode:
-            _wait_connected(res, params["connect_timeout"])
-        changed |= res.clear_bitmap(result["proof"]) if not res.check_mode else _planned_clear(res, result["proof"])
-    if params["role"] == "secondary":
-        changed |= res.demote()
-    if params["connection"] == "disconnected":
-        freezer = None
-        if params["freeze"]:
-            plan = _freeze.check_mountpoints(params["freeze"], protect_paths=_freeze.module_protect_paths(module))
-            freezer = None if res.check_mode else _freeze.Guardian.start(plan, deadline=params["freeze_deadline"])
-            result["freeze_plan"] = plan
-        try:
-            split = res.disconnect(freezer=freezer if freezer is not None else (True if params["freeze"] else None))
-        finally:
-            if freezer is not None:
-                freezer.close()
-        if split is not None:
-            result["split"] = {k: v for k, v in split.items() if k != "planned"}
-            changed = True
-    if params["role"] == "primary":
-        changed |= res.promote(force=params["force"])
-    if params["wait_sync"] and not res.check_mode:
-        result["sync"] = res.wait_sync(params["sync_timeout"])
-    return changed
-
-
-def _planned_clear(res, proof):
-    st = res.drbd.status(res.name)
-    if st["in_sync"]:
-        return False
-    res.actions.append({"what": "skip the initial resync of %s (snapshot %s)" % (res.name, proof["snapshot_id"]),
-                        "cmd": ["drbdadm", "new-current-uuid", "--clear-bitmap", res.name]})
-    return True
-
-
 def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, check_boto3=False)
-    params = module.params
-    if params["freeze"] and params["connection"] != "disconnected":
-        module.fail_json(msg="freeze is only used to split the mirror: set connection: disconnected with it")
-    if params["replaced_disk"] and not params["create_md"]:
-        module.fail_json(msg="replaced_disk only means something with create_md: true")
-    drbd = Drbd(CommandRunner.from_module(module))
-    res = Resource(drbd, params["name"], check_mode=module.check_mode)
-    result = dict(changed=False)
+    drbd = _drbd.Drbd(CommandRunner.from_module(module))
     try:
-        before = drbd.status(params["name"])
-        result["changed"] = bool(run(module, res, params, result))
-        after = drbd.status(params["name"])
+        result = _drbd.ensure(drbd, module.params, check_mode=module.check_mode, diff=module._diff,
+                              ec2=lambda: module.client("ec2", retry_decorator=ebs.RETRY),
+                              protect_paths=_freeze.module_protect_paths(module))
     except StillpointError as e:
-        kwargs = e.fail_kwargs()
-        kwargs.setdefault("actions", res.actions)
-        module.fail_json(**kwargs)
-    result.update(status=after, actions=res.actions, warnings=res.warnings or None)
-    if not result["warnings"]:
-        result.pop("warnings")
-    if module._diff:
-        result["diff"] = dict(before=before, after=after)
+        module.fail_json(**e.fail_kwargs())
     module.exit_json(**result)
 
 

@@ -16,11 +16,17 @@ status reading.
 import json
 import os
 import re
+import socket
 
 import pytest
 
+from ansible.module_utils import basic
+
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drbd
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.modules import drbd_info, drbd_resource
+
+from tests.unit.utils import run_module
 
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "drbd")
 LAB = os.path.join(FIX, "lab84")
@@ -636,11 +642,13 @@ def test_create_md_clean_disk_but_drbdmeta_finds_data():
 
 
 def test_create_md_clean_disk():
+    clock = Clock()  # a clock that stands still: the command took 0 ms
     res, lab = resource([status("84-status-diskless-b"), SH_LL_DEV, blkid("84-blkid-empty"),
-                         adm("create-md", answer=cap("84-create-md"))])
+                         adm("create-md", answer=cap("84-create-md"))], clock=clock, sleep=clock.sleep)
     assert res.create_md() is True
     lab.done()
-    assert res.actions == [{"what": "create metadata on %s" % DISK, "cmd": ["drbdadm", "create-md", RES], "rc": 0}]
+    assert res.actions == [{"what": "create metadata on %s" % DISK, "cmd": ["drbdadm", "create-md", RES], "rc": 0,
+                            "ms": 0.0, "planned": False}]
 
 
 def test_create_md_attached_is_left_alone():
@@ -839,7 +847,10 @@ def test_check_mode_runs_no_changing_command():
         lab.done()
         assert all(c.startswith(reads) for c in lab.log), (method, lab.log)
         assert result, method
-        assert len(res.actions) == 1 and "rc" not in res.actions[0], (method, res.actions)
+        assert len(res.actions) == 1, (method, res.actions)
+        assert (res.actions[0]["planned"], res.actions[0]["rc"], res.actions[0]["ms"]) == (True, None, None), (
+            method, res.actions)
+        assert sorted(res.actions[0]) == ["cmd", "ms", "planned", "rc", "what"], (method, res.actions)
 
 
 def test_check_mode_disconnect_with_freezer_does_not_freeze():
@@ -915,6 +926,25 @@ def test_wait_sync_timeout():
     assert clock.now - 100.0 == 30.0
 
 
+def test_wait_connected_polls_until_the_peer_answers():
+    clock = Clock()
+    steps = [status("84-status-wfconnection"), status("84-status-wfconnection"),
+             status("84-status-connected-inconsistent")]
+    res, lab = resource(steps, clock=clock, sleep=clock.sleep)
+    st = res.wait_connected(timeout=120)
+    lab.done()
+    assert st["connection"] == "Connected" and clock.slept == [1.0, 1.0] and res.actions == []
+
+
+def test_wait_connected_gives_up_after_the_timeout():
+    """The last status comes back unconnected; clear_bitmap's refusal ("not connected") then says why."""
+    clock = Clock()
+    res, lab = resource([status("84-status-wfconnection")] * 4, clock=clock, sleep=clock.sleep)
+    st = res.wait_connected(timeout=2.5)
+    lab.done()
+    assert st["connection"] == "Connecting" and clock.slept == [1.0, 1.0, 1.0] and clock.now - 100.0 == 3.0
+
+
 def test_wait_sync_standalone_cannot_sync():
     clock = Clock()
     res, lab = resource([status("84-status-standalone-b")], clock=clock, sleep=clock.sleep)
@@ -953,3 +983,172 @@ def test_drbd_status_of_resources_already_read_runs_no_command():
     st = res.drbd.status(RES, found)
     assert st == res.drbd.status(RES, [dict(r) for r in found]) and st["syncing"] is True
     assert res.drbd.status("other", found)["configured"] is False
+
+
+# -- the modules: main() builds the runner and calls the library; the result and its actions ---------------
+
+ACTION_KEYS = ["cmd", "ms", "planned", "rc", "what"]
+
+
+class Volumes:
+    """A DeviceResolver stand-in: the EBS volume behind each disk path."""
+
+    def __init__(self, volumes):
+        self.volumes = volumes
+
+    def volume_for_path(self, path):
+        return self.volumes.get(path)
+
+    def devices_for_volume(self, volume_id):
+        return [p for p, v in self.volumes.items() if v == volume_id]
+
+
+def run_drbd_module(monkeypatch, module, steps, args, check_mode=False, proc="84-proc-uptodate", volumes=None):
+    """Run ``module.main`` in-process against the replayed lab commands; returns (result, lab)."""
+    lab = Lab(steps, proc=proc)
+    monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, argv, **kw: lab(argv, **kw))
+    monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, name, required=False, opt_dirs=None: name)
+    monkeypatch.setattr(_drbd, "_read_proc", lab.proc)
+    monkeypatch.setattr(_drbd, "DeviceResolver", lambda: Volumes(volumes or {}))
+    return run_module(monkeypatch, module.main, args, check_mode=check_mode), lab
+
+
+def test_module_promote_and_connect_actions_shape(monkeypatch):
+    """A real run: every action carries what, cmd, rc, ms and planned false; status is read before and after."""
+    steps = [status("84-status-standalone-b"), status("84-status-standalone-b"),  # before, up()
+             status("84-status-standalone-b"), adm("connect", answer=cap("84-connect-b")),
+             status("84-status-standalone-b"), adm("primary"),  # promote() reads before the peer answered
+             status("84-status-wfconnection-primary")]  # after
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, connection="connected",
+                                                                         role="primary"))
+    lab.done()
+    assert result["changed"] is True and "failed" not in result, result
+    assert [a["cmd"] for a in result["actions"]] == [["drbdadm", "connect", RES], ["drbdadm", "primary", RES]]
+    for action in result["actions"]:
+        assert sorted(action) == ACTION_KEYS and action["rc"] == 0 and action["planned"] is False
+        assert isinstance(action["ms"], float) and action["ms"] >= 0
+    assert (result["status"]["role"], result["status"]["disk"]) == ("Primary", "UpToDate")
+    assert "diff" not in result and "warnings" not in result
+
+
+def test_module_check_mode_plans_and_diffs(monkeypatch):
+    steps = [status("84-status-standalone-b"), status("84-status-standalone-b"), status("84-status-standalone-b"),
+             status("84-status-standalone-b")]  # before, up(), promote(), after: nothing else runs
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, role="primary", _ansible_diff=True),
+                                  check_mode=True)
+    lab.done()
+    assert result["changed"] is True
+    assert result["actions"] == [{"what": "promote %s" % RES, "cmd": ["drbdadm", "primary", RES], "rc": None,
+                                  "ms": None, "planned": True}]
+    assert result["diff"]["before"] == result["diff"]["after"] == result["status"]
+    assert result["status"]["role"] == "Secondary"
+
+
+def test_module_idempotent(monkeypatch):
+    steps = [status("84-status-uptodate-verbose")] * 4  # before, up(), promote(), after
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, role="primary"))
+    lab.done()
+    assert result["changed"] is False and result["actions"] == []
+
+
+def test_module_refusal_carries_the_actions_so_far(monkeypatch):
+    """Connected first, then the promotion is refused (peer Primary, no dual-primary): the failure says why and
+    lists the connect that did run."""
+    steps = [status("84-status-standalone-b"), status("84-status-standalone-b"),
+             status("84-status-standalone-b"), adm("connect", answer=cap("84-connect-b")),
+             status("84-status-synctarget-verbose"), dump()]
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, connection="connected",
+                                                                         role="primary"))
+    lab.done()
+    assert result["failed"] and "peer is Primary and dual-primary is not configured" in result["msg"], result
+    assert [(a["cmd"], a["rc"], a["planned"]) for a in result["actions"]] == [(["drbdadm", "connect", RES], 0, False)]
+
+
+def test_module_failed_command_carries_rc_and_actions(monkeypatch):
+    steps = [status("84-status-uptodate-verbose"), status("84-status-uptodate-verbose"),
+             status("84-status-uptodate-verbose"), adm("secondary", answer=cap("84-secondary-mounted"))]
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, role="secondary"))
+    lab.done()
+    assert result["failed"] and "held open by someone" in result["msg"]
+    assert result["rc"] == cap("84-secondary-mounted")[0]
+    assert result["cmd"] == ["drbdadm", "secondary", RES]
+    assert [(a["what"], a["rc"]) for a in result["actions"]] == [("demote %s" % RES, result["rc"])]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (dict(freeze=["/srv/data"]), "freeze is only used to split the mirror: set connection: disconnected with it"),
+    (dict(replaced_disk=DISK), "replaced_disk only means something with create_md: true")])
+def test_module_refuses_options_that_mean_nothing(monkeypatch, args, msg):
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, [], dict(name=RES, **args))
+    lab.done()
+    assert result["failed"] and result["msg"] == msg and lab.calls == []
+
+
+def test_module_create_md_on_a_volume_id(monkeypatch):
+    """replaced_disk as an EBS volume id is resolved to this host's disk (by the resolver) and must be the
+    resource's backing disk."""
+    volume = "vol-0123456789abcdef0"
+    steps = [status("84-status-unconfigured"), status("84-status-unconfigured"), SH_LL_DEV, blkid("84-blkid-b"),
+             (["drbdadm", "create-md", "--force", RES], cap("84-create-md")),
+             status("84-status-unconfigured"), adm("up", answer=cap("84-up-b")), status("84-status-wfconnection")]
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, create_md=True,
+                                                                         replaced_disk=volume),
+                                  volumes={DISK: volume})
+    lab.done()
+    assert result["changed"] is True
+    assert [a["what"] for a in result["actions"]] == ["create metadata on %s (declared replaced)" % DISK,
+                                                      "bring %s up (attach + connect)" % RES]
+    missing, lab = run_drbd_module(monkeypatch, drbd_resource, [status("84-status-unconfigured")],
+                                   dict(name=RES, create_md=True, replaced_disk=volume))
+    assert missing["failed"] and "no disk of this EBS volume is attached" in missing["msg"]
+    assert missing["actions"] == []
+
+
+def test_module_proof_refused_when_this_disk_is_not_listed(monkeypatch):
+    steps = [status("84-status-connected-inconsistent"), status("84-status-connected-inconsistent"), SH_LL_DEV]
+    args = dict(name=RES, skip_initial_sync=dict(set_id="set-x", volume_ids=["vol-0aaaaaaaaaaaaaaa1",
+                                                                              "vol-0aaaaaaaaaaaaaaa2"]))
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, args, volumes={DISK: "vol-0bbbbbbbbbbbbbbb1"})
+    lab.done()
+    assert result["failed"] and "is volume vol-0bbbbbbbbbbbbbbb1, which is not among skip_initial_sync.volume_ids" \
+        in result["msg"]
+
+
+def test_module_unreachable_ec2_is_a_clear_failure(monkeypatch):
+    """No EC2 answer at all (nothing listens at endpoint_url): a failure naming the calls and what to check,
+    not a traceback; nothing was changed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    volumes = ["vol-0aaaaaaaaaaaaaaa1", "vol-0aaaaaaaaaaaaaaa2"]
+    steps = [status("84-status-connected-inconsistent"), status("84-status-connected-inconsistent"), SH_LL_DEV]
+    args = dict(name=RES, skip_initial_sync=dict(set_id="set-x", volume_ids=volumes),
+                endpoint_url="http://127.0.0.1:%d" % port, region="eu-west-1", access_key="testing",
+                secret_key="testing")
+    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, args, volumes={DISK: volumes[0]})
+    lab.done()
+    assert result["failed"], result
+    assert result["msg"].startswith("DescribeSnapshots") and "EndpointConnectionError: " in result["msg"], result["msg"]
+    assert "127.0.0.1:%d" % port in result["msg"] and "check endpoint_url, the credentials and the region" in \
+        result["msg"]
+    assert result["actions"] == [] and "exception" not in result
+
+
+def test_info_module(monkeypatch):
+    steps = [status("84-status-syncsource-verbose", proc="84-proc-syncsource"), SH_LL_DEV,
+             (GET_GI, cap("84-getgi-syncing"))]
+    result, lab = run_drbd_module(monkeypatch, drbd_info, steps, dict(name=RES, gi=True),
+                                  volumes={DISK: "vol-0aaaaaaaaaaaaaaa1"})
+    lab.done()
+    assert result["changed"] is False and result["kernel_version"] == "8.4.11"
+    assert [r["name"] for r in result["resources"]] == [RES] and result["summaries"][RES]["configured"] is True
+    s = result["summary"]
+    assert (s["replication"], s["sync_percent"], s["sync_eta_s"]) == ("SyncSource", 21.10, 44)
+    assert (s["backing_disk"], s["volume_id"]) == (DISK, "vol-0aaaaaaaaaaaaaaa1")
+    assert result["gi"] == {RES: _drbd.parse_gi(out("84-getgi-syncing"))}
+
+
+def test_info_module_not_loaded(monkeypatch):
+    result, lab = run_drbd_module(monkeypatch, drbd_info, [], dict(), proc=None)
+    assert result["failed"] and "modprobe drbd" in result["msg"] and lab.calls == []
