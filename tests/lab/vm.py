@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 
+from . import resume
 from .image import HOST_ALIAS, LINK_ADDRESS, LINK_MAC, MGMT_MAC
 from .qmp import QMP, QMPError
 
@@ -89,6 +90,9 @@ class VM:
         self.console = os.path.join(self.dir, "console.log")
         self.overlay = os.path.join(self.dir, "root.qcow2")
         self.boot_seconds = None
+        self.boot_mode = None  # "cold" or "resumed" (from a saved state, tests/lab/resume.py)
+        self.resume_error = None  # why a resume fell back to a cold boot
+        self.resume_seconds = None  # load / plug / adopt phases of a resume
 
     @classmethod
     def from_spec(cls, spec):
@@ -123,7 +127,9 @@ class VM:
     def running(self):
         return self.pid is not None
 
-    def command(self, disks=()):
+    def command(self, disks=(), template=None):
+        """qemu's command line; with ``template`` (a resume template directory) the guest's state is
+        loaded from it, and links and disks are left out (``resume.hot_plug`` adds them)."""
         s = self.spec
         mgmt = "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % self.ssh_port
         for fwd in s.get("forwards", []):
@@ -139,7 +145,11 @@ class VM:
             "-drive", "file=%s,if=none,id=root,format=qcow2,cache=unsafe" % self.overlay,
             "-device", "virtio-blk-pci,drive=root",
             "-netdev", mgmt, "-device", "virtio-net-pci,netdev=mgmt,mac=%s" % MGMT_MAC,
+            # a new generation id at every qemu start: a guest resumed from a saved state reseeds its RNG
+            "-device", "vmgenid,guid=auto",
         ]
+        if template is not None:
+            return cmd + resume.incoming_args(template) + self._control_args()
         for i, link in enumerate(s.get("links", [])):
             cmd += ["-netdev", "socket,id=link%d,udp=127.0.0.1:%d,localaddr=127.0.0.1:%d"
                     % (i, link["peer_port"], link["local_port"]),
@@ -147,10 +157,12 @@ class VM:
         for disk in disks:
             cmd += ["-blockdev", json.dumps(disk_node(disk["node"], disk["file"])),
                     "-device", "nvme,drive=%s,serial=%s,id=%s" % (disk["node"], disk["serial"], disk["id"])]
-        cmd += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+        return cmd + self._control_args()
+
+    def _control_args(self):
+        return ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
                 "-qmp", "unix:%s,server=on,wait=off" % self.lab_qmp_path,
                 "-pidfile", self.pidfile, "-daemonize"]
-        return cmd
 
     def start(self, disks=()):
         """Boot (returns once qemu runs; ``wait_ssh`` waits for the guest). ``disks``: NVMe disks
@@ -158,18 +170,50 @@ class VM:
         if self.running():
             raise LabError("%s is already running (pid %s)" % (self.name, self.pid))
         os.makedirs(self.dir, exist_ok=True)
+        self._t_start = time.monotonic()
+        # only a VM's first start resumes (tests/lab/resume.py); a restart boots its disk for real
+        template = None if os.path.exists(self.overlay) or self.spec.get("resume") is False else resume.find(self.spec)
+        if template is not None:
+            try:
+                return self._resume(template, disks)
+            except (LabError, resume.ResumeError, QMPError, OSError, subprocess.SubprocessError) as e:
+                self.resume_error = str(e)
+                self.kill()
+                os.unlink(self.overlay)
+        self.boot_mode = "cold"
         if not os.path.exists(self.overlay):
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                             os.path.join(self.image, "base.raw"), self.overlay], check=True)
+        self._launch(self.command(disks))
+        return self
+
+    def _launch(self, cmd):
         for path in (self.qmp_path, self.lab_qmp_path, self.pidfile):
             if os.path.exists(path):
                 os.unlink(path)
         with open(os.path.join(self.dir, "spec.json"), "w") as f:
             json.dump(self.spec, f, indent=1)
-        self._t_start = time.monotonic()
-        r = subprocess.run(self.command(disks), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         if r.returncode != 0:
             raise LabError("qemu for %s failed (rc %d): %s" % (self.name, r.returncode, r.stdout.strip()))
+
+    def _resume(self, template, disks):
+        """First start from the saved state of ``template``: load it, plug links and disks, give the
+        guest this VM's identity; returns once the guest sees all of it (SSH is up by then)."""
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        os.path.join(template, resume.ROOT), self.overlay], check=True)
+        t = [time.monotonic()]
+        self._launch(self.command(template=template))
+        resume.wait_resumed(self)
+        t.append(time.monotonic())
+        resume.hot_plug(self, self.spec.get("links", []), list(disks), LINK_MAC, disk_node)
+        t.append(time.monotonic())
+        self.wait_ssh()
+        resume.adopt(self, list(disks), self.link_addresses)
+        t.append(time.monotonic())
+        self.boot_mode = "resumed"
+        self.resume_seconds = {"load": round(t[1] - t[0], 1), "plug": round(t[2] - t[1], 1),
+                               "adopt": round(t[3] - t[2], 1)}
         return self
 
     def ssh_command(self, command):

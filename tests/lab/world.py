@@ -40,6 +40,7 @@ import threading
 import time
 
 from tests.ec2_endpoint import Endpoint
+from tests.lab import resume
 from tests.lab.image import build as build_image
 from tests.lab.vm import VM, Lab, LabError
 
@@ -127,6 +128,9 @@ class LabWorld:
         t0 = time.monotonic()
         self.image = self.image or build_image()
         self.timings["image"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        resume.ensure(self.image.path, memory=self.memory)  # first boots resume from it (tests/lab/resume.py)
+        self.timings["resume template"] = time.monotonic() - t0
         self.lab = Lab(os.path.join(self.workdir, "vms"), self.image, memory=self.memory)
         self.endpoint.start(os.path.join(self.workdir, "endpoint"), pending_seconds=self.pending_seconds,
                             detached=detached)
