@@ -35,7 +35,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 PATTERN_AT = 512  # MiB: written before the snapshot
 LATE_AT = 768  # MiB: written after the CreateSnapshot call, while the job still runs
-BACKUP_SPEED = 128 * MiB  # bytes/s: 1 GiB takes 8 s, so the job is seen pending and the late write is ahead of it
+BACKUP_SPEED = 128 * MiB  # bytes/s: 1 GiB takes 8 s, so the job is seen pending with rising progress
+CRAWL_SPEED = 1 * MiB  # bytes/s while the guest makes its late write: the job stays well behind LATE_AT
 BY_ID = "/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_%s"
 ZEROS_SHA = hashlib.sha256(bytes(MiB)).hexdigest()
 MODULE = "test_endpoint_qemu"
@@ -227,10 +228,15 @@ def test_snapshot_is_a_backup_job_at_the_point_of_the_call(lab):
         snap = lab.ec2.create_snapshot(VolumeId=volume_id)
         snapshot_id = snap["SnapshotId"]
         assert snap["State"] == "pending"
+        # the job crawls while the guest writes (a slow guest on a loaded host cannot let the job pass
+        # the block first: the test checks where the job was, it does not assume it)
+        crawl = lab.endpoint.qemu_backup_speed(CRAWL_SPEED)
+        assert snapshot_id in crawl["running_jobs"], crawl
         # the guest overwrites a block the job has not copied yet: the snapshot keeps the old content
         lab.vm.ssh("dd of=%s bs=1M seek=%d count=1 iflag=fullblock oflag=direct conv=notrunc status=none"
                    % (dev, LATE_AT), input=late.decode())
         late_progress = lab.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["Progress"]
+        lab.endpoint.qemu_backup_speed(BACKUP_SPEED)
         seen = []
 
         def completed():
