@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The backup catalog: tag schema v1 (docs/catalog.md), grouping snapshots into sets.
 
-Pure functions over DescribeSnapshots items; no API calls here.
+Pure functions over DescribeSnapshots items, and the retention and deletion policy of
+backup_set_prune; no API calls here (they are in _ebs.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import binascii
 import datetime
 import json
 import os
+import re
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import LEVELS
@@ -41,6 +43,7 @@ K_PROCEDURE = PREFIX + "procedure"
 K_ARRAY = PREFIX + "array"
 
 STATES = ("pending", "complete", "partial")
+SET_ID_RE = re.compile(r"^bs-\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 
 def new_set_id(now=None, rand=None):
@@ -326,6 +329,95 @@ def select_sets(records, set_id=None, name=None, instance_id=None, host=None, st
             continue
         out.append(rec)
     return out
+
+
+def check_prune_rules(keep_last=None, older_than_days=None, set_ids=None, delete_partial=False):
+    """Refuse a prune with nothing to do or with a rule that would let the newest complete set go."""
+    if keep_last is None and older_than_days is None and not set_ids and not delete_partial:
+        raise StillpointError("nothing to do: give keep_last, older_than_days, set_ids or delete_partial=true")
+    if keep_last is not None and keep_last < 1:
+        raise StillpointError("keep_last must be at least 1: retention never deletes the newest complete set")
+    if older_than_days is not None and older_than_days < 0:
+        raise StillpointError("older_than_days must not be negative")
+
+
+def summary(rec, reason):
+    """A set as backup_set_prune reports it, with why it is kept or deleted."""
+    return dict(set_id=rec["set_id"], name=rec["name"], instance_id=rec["instance_id"], state=rec["state"],
+                created=rec["created"], reason=reason)
+
+
+def newest_complete(records):
+    """The ids of the newest complete set of each (name, instance) group; ``records`` newest first."""
+    newest = {}
+    for rec in records:
+        if rec["state"] == "complete" and rec.get("schema") == SCHEMA:
+            newest.setdefault((rec["name"], rec["instance_id"]), rec["set_id"])
+    return set(newest.values())
+
+
+def explicit_sets(records, set_ids, force, why_absent):
+    """The records named by ``set_ids``; raises with every refusal at once, in the order given.
+
+    Without ``force`` the newest complete set of a group, a set of a schema this version does not read
+    and a pending set are refused. ``why_absent(set_id)`` says why a set id is not among ``records``.
+    """
+    by_id = dict((r["set_id"], r) for r in records)
+    newest = newest_complete(records)
+    chosen, refusals = [], []
+    for sid in dict.fromkeys(set_ids):
+        rec = by_id.get(sid)
+        if rec is None:
+            refusals.append(why_absent(sid))
+        elif force:
+            chosen.append(rec)
+        elif sid in newest:
+            refusals.append("set %s is the newest complete set of %s on %s; set force=true to delete it"
+                            % (sid, rec["name"], rec["instance_id"]))
+        elif rec.get("schema") != SCHEMA:
+            refusals.append("set %s was written with catalog schema %s, which this version does not read; set "
+                            "force=true to delete it" % (sid, rec.get("schema") or "(missing)"))
+        elif rec["state"] == "pending":
+            refusals.append("set %s is pending (a run may still be waiting on it: %s); set force=true to "
+                            "delete it" % (sid, "; ".join(rec["problems"])))
+        else:
+            chosen.append(rec)
+    if refusals:
+        raise StillpointError("refused, nothing was deleted: " + " | ".join(refusals), refused=refusals)
+    return chosen
+
+
+def absent_refusal(sid, elsewhere, tagged_snapshot_ids):
+    """Why ``sid`` cannot be deleted although named: ``elsewhere``, its records under another name or
+    instance; ``tagged_snapshot_ids``, snapshots carrying the set id without our creator marker."""
+    if elsewhere:
+        return ("set %s belongs to name=%s instance_id=%s, not to the name/instance_id given; nothing deleted"
+                % (sid, elsewhere[0]["name"], elsewhere[0]["instance_id"]))
+    if tagged_snapshot_ids:
+        return ("set %s is not ours: its snapshots %s carry the set id but not the creator marker %s=%s, so this "
+                "collection did not create them and will not delete them"
+                % (sid, ", ".join(sorted(tagged_snapshot_ids)), K_CREATOR, CREATOR))
+    hint = "" if SET_ID_RE.match(sid) else " (set ids look like bs-YYYYMMDDTHHMMSSZ-xxxxxx)"
+    return "set %s does not exist in this account and region%s" % (sid, hint)
+
+
+def prune_decision(records, keep_last=None, older_than_days=None, delete_partial=False, set_ids=None, force=False,
+                   why_absent=None, now=None):
+    """backup_set_prune's whole policy over the catalog's ``records`` (newest first): the sets named in
+    ``set_ids`` (:func:`explicit_sets`), then retention (:func:`prune_plan`) over the rest.
+
+    Returns ``{"delete": [(record, reason)], "kept": [summary], "diff": {"before": {"set_ids"}, "after":
+    {"set_ids"}}}``.
+    """
+    explicit = explicit_sets(records, set_ids, force, why_absent) if set_ids else []
+    explicit_ids = set(r["set_id"] for r in explicit)
+    keep, delete = prune_plan([r for r in records if r["set_id"] not in explicit_ids], keep_last=keep_last,
+                              older_than_days=older_than_days, delete_partial=delete_partial, now=now)
+    delete = [(r, "named in set_ids") for r in explicit] + delete
+    before = [r["set_id"] for r in records]
+    doomed = set(r["set_id"] for r, _why in delete)
+    return {"delete": delete, "kept": [summary(r, why) for r, why in keep],
+            "diff": dict(before=dict(set_ids=before), after=dict(set_ids=[sid for sid in before if sid not in doomed]))}
 
 
 def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=False, now=None):

@@ -1,7 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""EBS snapshot sets: one CreateSnapshots call per instance, all or nothing.
+"""The EC2 layer: EBS snapshot sets (one CreateSnapshots call per instance, all or nothing), the
+catalog's reads and deletions, and the volume look-ups the restore and the swap share.
+
+Every EC2 call's failure, botocore's own included, leaves here as a StillpointError that names the
+call and what to check (:func:`aws_error`), never as a traceback.
 
 The freeze is not done here: :class:`SnapshotSetRun` takes a *quiescer* (an object with
 ``freeze()`` and ``thaw()``) so that host mode (the guardian in this process's host) and
@@ -15,6 +19,7 @@ import time
 
 try:
     import botocore
+    import botocore.parsers
 except ImportError:
     pass  # the modules check HAS_BOTO3 through AnsibleAWSModule
 
@@ -95,8 +100,8 @@ class CycleBackoff:
 def describe_instance(client, instance_id):
     try:
         res = client.describe_instances(InstanceIds=[instance_id], aws_retry=True)
-    except botocore.exceptions.ClientError as e:
-        raise aws_error("cannot describe instance %s (check instance_id and region)" % instance_id, e)
+    except aws_errors() as e:
+        raise aws_error("DescribeInstances %s (check instance_id and region)" % instance_id, e)
     for reservation in res.get("Reservations", []):
         for inst in reservation.get("Instances", []):
             return inst
@@ -107,8 +112,8 @@ def instance_for_volumes(client, volume_ids):
     """The one instance the given volumes are attached to (controller mode finds it this way)."""
     try:
         vols = client.describe_volumes(VolumeIds=list(volume_ids), aws_retry=True)["Volumes"]
-    except botocore.exceptions.ClientError as e:
-        raise aws_error("cannot describe volumes %s" % ", ".join(volume_ids), e)
+    except aws_errors() as e:
+        raise aws_error("DescribeVolumes %s (the instance they are attached to)" % ", ".join(volume_ids), e)
     instances = set()
     for vol in vols:
         for att in vol.get("Attachments", []):
@@ -212,8 +217,8 @@ def match_members(plan, items):
 def tag(client, resource_ids, tags):
     try:
         client.create_tags(Resources=list(resource_ids), Tags=catalog.to_tag_list(tags), aws_retry=True)
-    except botocore.exceptions.ClientError as e:
-        raise aws_error("cannot tag %s" % ", ".join(resource_ids), e)
+    except aws_errors() as e:
+        raise aws_error("CreateTags %s (%s)" % (", ".join(resource_ids), ", ".join(sorted(tags))), e)
 
 
 def describe_snapshots(client, snapshot_ids=None, filters=None):
@@ -224,15 +229,16 @@ def describe_snapshots(client, snapshot_ids=None, filters=None):
     if filters:
         kwargs["Filters"] = filters
     try:
-        return _paginate_snapshots(client, kwargs)
-    except botocore.exceptions.ClientError as e:
-        raise aws_error("cannot describe snapshots", e)
+        return paginate(client, "describe_snapshots", "Snapshots", **kwargs)
+    except aws_errors() as e:
+        raise aws_error("DescribeSnapshots (%s)" % ("snapshots %s" % ", ".join(snapshot_ids) if snapshot_ids
+                                                     else "the backup catalog"), e)
 
 
 @RETRY
-def _paginate_snapshots(client, kwargs):
-    paginator = client.get_paginator("describe_snapshots")
-    return paginator.paginate(**kwargs).build_full_result().get("Snapshots", [])
+def paginate(client, operation, key, **kwargs):
+    """Every item of a paginated Describe call (``key``: the list in its answer), with AWSRetry's retries."""
+    return client.get_paginator(operation).paginate(**kwargs).build_full_result().get(key, [])
 
 
 def catalog_snapshots(client, set_id=None, name=None, instance_id=None):
@@ -245,6 +251,111 @@ def catalog_snapshots(client, set_id=None, name=None, instance_id=None):
     if instance_id:
         filters.append({"Name": "tag:%s" % catalog.K_INSTANCE, "Values": [instance_id]})
     return describe_snapshots(client, filters=filters)
+
+
+def catalog_sets(client, set_id=None, name=None, instance_id=None):
+    """The catalog's set records (:func:`_catalog.group_sets`), newest first, narrowed like :func:`catalog_snapshots`."""
+    return catalog.select_sets(catalog.group_sets(catalog_snapshots(client, set_id=set_id, name=name,
+                                                                    instance_id=instance_id)), set_id=set_id)
+
+
+def find_sets(client, set_id=None, name=None, instance_id=None, host=None, states=None, latest=False):
+    """backup_set_info: the matching set records, newest first (only the newest with ``latest``)."""
+    records = catalog.select_sets(catalog_sets(client, set_id=set_id, name=name, instance_id=instance_id),
+                                  host=host, states=states)
+    return records[:1] if latest else records
+
+
+def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=None, delete_partial=False,
+          set_ids=None, force=False, check_mode=False):
+    """backup_set_prune: apply :func:`_catalog.prune_decision` to the catalog and delete what it lets go.
+
+    Returns ``{changed, deleted, kept, diff}``; refusals raise before anything is deleted (every one at
+    once); snapshots that could not be deleted raise after the others were, with the result so far.
+    """
+    catalog.check_prune_rules(keep_last, older_than_days, set_ids, delete_partial)
+    records = catalog_sets(client, name=name, instance_id=instance_id)
+    decision = catalog.prune_decision(records, keep_last, older_than_days, delete_partial, set_ids, force,
+                                      lambda sid: _why_absent(client, sid, name, instance_id))
+    result = dict(changed=False, deleted=[], kept=decision["kept"], diff=decision["diff"])
+    if check_mode:
+        result.update(changed=bool(decision["delete"]), deleted=[
+            dict(catalog.summary(rec, why), snapshot_ids=list(rec["snapshot_ids"])) for rec, why in decision["delete"]])
+        return result
+    failures = []
+    for rec, why in decision["delete"]:
+        gone, failed = delete_ours(client, rec["snapshot_ids"])
+        if gone:
+            result["changed"] = True
+            result["deleted"].append(dict(catalog.summary(rec, why), snapshot_ids=gone))
+        failures.extend(dict(f, set_id=rec["set_id"]) for f in failed)
+    if failures:
+        left = sorted(set(f["set_id"] for f in failures))
+        before = decision["diff"]["before"]["set_ids"]
+        doomed = set(rec["set_id"] for rec, _why in decision["delete"])
+        result["diff"]["after"]["set_ids"] = [sid for sid in before if sid not in doomed or sid in left]
+        raise StillpointError("could not delete %d snapshot(s) of set(s) %s: %s. A set that lost some of its members "
+                              "is now reported partial; fix the cause and prune again"
+                              % (len(failures), ", ".join(left),
+                                 "; ".join("%s: %s" % (f["snapshot_id"], f["error"]) for f in failures)),
+                              errors=failures, **result)
+    return result
+
+
+def _why_absent(client, sid, name, instance_id):
+    """Why ``sid`` is not among the sets read: another name/instance, not ours, or not there at all."""
+    elsewhere = catalog_sets(client, set_id=sid) if name or instance_id else []
+    tagged = describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [sid]}]) \
+        if not elsewhere else []
+    return catalog.absent_refusal(sid, elsewhere, [s["SnapshotId"] for s in tagged])
+
+
+# --------------------------------------------------------------------------- volumes
+
+FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
+
+
+def describe_volumes(client, filters=None, volume_ids=None):
+    """DescribeVolumes items (paginated). ``volume_ids`` go in ``volume-id`` filters (in chunks), so that a
+    missing id is simply absent instead of failing the call with InvalidVolume.NotFound."""
+    filters = list(filters or [])
+    out = {}
+    try:
+        if volume_ids is None:
+            chunks = [filters]
+        else:
+            ids = sorted(set(v for v in volume_ids if v))
+            chunks = [filters + [{"Name": "volume-id", "Values": ids[i:i + FILTER_CHUNK]}]
+                      for i in range(0, len(ids), FILTER_CHUNK)]
+        for chunk in chunks:
+            for vol in paginate(client, "describe_volumes", "Volumes", Filters=chunk):
+                out[vol["VolumeId"]] = vol
+    except aws_errors() as e:
+        raise aws_error("DescribeVolumes (%s)" % (", ".join(sorted(set(v for v in volume_ids if v)))
+                                                  if volume_ids is not None else "volumes by tag"), e)
+    return list(out.values())
+
+
+def wait_volumes(client, volume_ids, check, timeout, interval=1.0, sleep=time.sleep, clock=time.monotonic):
+    """Poll DescribeVolumes every ``interval`` seconds until ``check({volume_id: volume or None})`` answers
+    something other than None; returns ``(answer, view)``, or ``(None, view)`` once ``timeout`` has passed.
+
+    We poll ourselves instead of amazon.aws's or botocore's VolumeAvailable/VolumeInUse waiters: those
+    sleep 15 s between checks (every wait would add up to 15 s of downtime), and VolumeInUse is satisfied
+    by ``in-use`` while the attachment is still ``attaching``. ``check`` may raise to stop early.
+    """
+    start = clock()
+    ids = list(dict.fromkeys(volume_ids))
+    while True:
+        found = dict((v["VolumeId"], v) for v in describe_volumes(client, volume_ids=ids))
+        view = dict((vid, found.get(vid)) for vid in ids)
+        answer = check(view)
+        if answer is not None:
+            return answer, view
+        remaining = timeout - (clock() - start)
+        if remaining <= 0:
+            return None, view
+        sleep(min(interval, remaining))
 
 
 def poll(client, snapshot_ids):
@@ -305,9 +416,9 @@ def delete_ours(client, snapshot_ids):
         try:
             client.delete_snapshot(SnapshotId=sid, aws_retry=True)
             deleted.append(sid)
-        except botocore.exceptions.ClientError as e:
+        except aws_errors() as e:
             if error_code(e) != "InvalidSnapshot.NotFound":  # gone meanwhile: nothing left to delete
-                failed.append({"snapshot_id": sid, "error": str(e)})
+                failed.append({"snapshot_id": sid, "error": str(e) if error_code(e) else aws_error("DeleteSnapshot", e).msg})
     return deleted, failed
 
 
@@ -318,8 +429,8 @@ def rollback(client, snapshot_ids):
     if leftover:
         try:
             client.create_tags(Resources=leftover, Tags=[{"Key": catalog.K_STATE, "Value": "partial"}], aws_retry=True)
-        except botocore.exceptions.ClientError:
-            pass
+        except aws_errors():
+            pass  # reported as left_partial all the same; the catalog derives partial from the members
     return {"deleted": deleted, "left_partial": leftover, "errors": failed}
 
 
@@ -393,9 +504,12 @@ class SnapshotSetRun:
         try:
             RETRY(create_call)(self.call_client, self.plan, shared, self.description, self.copy_tags_from_source,
                                dry_run=True)
-        except botocore.exceptions.ClientError as e:
+        except aws_errors() as e:
             if error_code(e) == "DryRunOperation":
                 return
+            if error_code(e) is None:
+                raise aws_error("CreateSnapshots with DryRun (the check before the freeze) got no answer; nothing was "
+                                "frozen or created", e)
             raise aws_error("CreateSnapshots would be refused (checked with DryRun; nothing was frozen or created)", e)
         raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
                               "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
@@ -416,7 +530,7 @@ class SnapshotSetRun:
             try:
                 items = create_call(self.call_client, self.plan, shared, self.description,
                                     self.copy_tags_from_source)
-            except botocore.exceptions.ClientError as e:
+            except aws_errors() as e:
                 err = e
             finally:
                 self.call_ms = round((time.monotonic() - t_call) * 1000.0, 3)
@@ -428,6 +542,10 @@ class SnapshotSetRun:
                 return items, froze, thawed
             code = error_code(err)
             last_error = err
+            if code is None:  # no answer: the request may or may not have reached EC2
+                raise aws_error("CreateSnapshots for %s got no answer (filesystems thawed); if the request reached EC2, "
+                                "its snapshots carry stillpoint:set-id=%s (backup_set_info shows them, "
+                                "backup_set_prune deletes them)" % (self.plan["instance_id"], self.set_id), err)
             if code not in THROTTLE_CODES and code != RATE_CODE:
                 raise aws_error("CreateSnapshots failed for %s (filesystems thawed, nothing created)"
                                 % self.plan["instance_id"], err)
@@ -516,7 +634,7 @@ def failed_set(client, snapshot_ids, why, **details):
 def existing_set(client, set_id, check_mode=False, wait=True, wait_timeout=14400, poll_interval=15.0,
                  on_progress=None):
     """A re-run naming a known set id: report it, or keep waiting for it. None if it does not exist."""
-    records = catalog.group_sets(catalog_snapshots(client, set_id=set_id))
+    records = catalog_sets(client, set_id=set_id)
     if not records:
         return None
     rec = records[0]

@@ -8,7 +8,7 @@ Every restored volume carries the restore tags from its ``CreateVolume`` call on
 that the next run with the same restore id finds and adopts instead of creating more. The restore
 id is deterministic (:func:`restore_id`): the same set, AZ and instance give the same id.
 
-Flow: :func:`load_set` (refuses anything but a complete set) -> :func:`find_restored` ->
+Flow (:func:`restore`): :func:`load_set` (refuses anything but a complete set) -> :func:`find_restored` ->
 :func:`plan_restore` (pure) -> optionally :func:`enable_fast_snapshot_restore` ->
 :func:`create_missing` (creates, waits, rolls back its own creations on failure).
 """
@@ -30,6 +30,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catal
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._ebs import describe_volumes
 
 # Restore-side tag keys (shared with the swap and the host side). The others are the catalog's own:
 # stillpoint:set-id, stillpoint:member, stillpoint:device, stillpoint:source-volume, stillpoint:creator.
@@ -113,9 +114,8 @@ def resolve_availability_zone(client, availability_zone=None, instance_id=None):
         raise StillpointError("give availability_zone or instance_id (the zone is read from the instance)")
     try:
         zones = client.describe_availability_zones(ZoneNames=[availability_zone], aws_retry=True)
-    except botocore.exceptions.ClientError as e:
-        raise ebs.aws_error("availability zone %s is not known in this region (check availability_zone and region)"
-                            % availability_zone, e)
+    except ebs.aws_errors() as e:
+        raise ebs.aws_error("DescribeAvailabilityZones %s (check availability_zone and region)" % availability_zone, e)
     names = [z.get("ZoneName") for z in zones.get("AvailabilityZones", [])]
     if availability_zone not in names:
         raise StillpointError("availability zone %s is not known in this region (zones: %s); check "
@@ -125,7 +125,7 @@ def resolve_availability_zone(client, availability_zone=None, instance_id=None):
 
 def load_set(client, set_id):
     """The catalog record of ``set_id``; refuses anything but a complete set whose members all completed."""
-    records = [r for r in catalog.group_sets(ebs.catalog_snapshots(client, set_id=set_id)) if r["set_id"] == set_id]
+    records = ebs.catalog_sets(client, set_id=set_id)
     if not records:
         raise StillpointError(
             "backup set %s is not in the catalog (no snapshot of this account in this region carries "
@@ -152,19 +152,6 @@ def load_set(client, set_id):
         raise StillpointError("backup set %s does not hold members 0..%s exactly once (found %s); it cannot be "
                               "restored" % (set_id, (rec["member_count"] or 0) - 1, indexes), set=rec)
     return rec
-
-
-@ebs.RETRY
-def _paginate_volumes(client, kwargs):
-    paginator = client.get_paginator("describe_volumes")
-    return paginator.paginate(**kwargs).build_full_result().get("Volumes", [])
-
-
-def describe_volumes(client, filters):
-    try:
-        return _paginate_volumes(client, {"Filters": filters})
-    except botocore.exceptions.ClientError as e:
-        raise ebs.aws_error("cannot describe volumes", e)
 
 
 def find_restored(client, rid):
@@ -338,14 +325,12 @@ def _fsr_error(action, exc, what):
                 "fast_snapshot_restore or against an endpoint that supports it" % (action, code, exc, what),
                 error_code=code)
         return StillpointError("%s failed: %s; %s" % (action, exc, what), error_code=code)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):  # no answer at all: nothing says it is unsupported
+        return ebs.aws_error("%s got no answer; %s" % (action, what), exc)
     return StillpointError(
         "the EC2 endpoint gave no valid answer to %s (%s: %s): it does not appear to support fast snapshot "
         "restore; %s. Run without fast_snapshot_restore or against an endpoint that supports it"
         % (action, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", what))
-
-
-def _call_errors():
-    return (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError)
 
 
 def fast_snapshot_restore_states(client, snapshot_ids, availability_zone):
@@ -353,20 +338,14 @@ def fast_snapshot_restore_states(client, snapshot_ids, availability_zone):
     kwargs = {"Filters": [{"Name": "snapshot-id", "Values": list(snapshot_ids)},
                           {"Name": "availability-zone", "Values": [availability_zone]}]}
     try:
-        items = _paginate_fsr(client, kwargs)
-    except _call_errors() as e:
+        items = ebs.paginate(client, "describe_fast_snapshot_restores", "FastSnapshotRestores", **kwargs)
+    except ebs.aws_errors() as e:
         raise _fsr_error("DescribeFastSnapshotRestores", e, "nothing was created")
     states = dict((sid, "disabled") for sid in snapshot_ids)
     for item in items:
         if item.get("AvailabilityZone") == availability_zone and item.get("SnapshotId") in states:
             states[item["SnapshotId"]] = item.get("State") or "disabled"
     return states
-
-
-@ebs.RETRY
-def _paginate_fsr(client, kwargs):
-    paginator = client.get_paginator("describe_fast_snapshot_restores")
-    return paginator.paginate(**kwargs).build_full_result().get("FastSnapshotRestores", [])
 
 
 def fsr_to_enable(states):
@@ -388,7 +367,7 @@ def enable_fast_snapshot_restore(client, snapshot_ids, availability_zone, check_
     try:
         res = client.enable_fast_snapshot_restores(AvailabilityZones=[availability_zone], SourceSnapshotIds=todo,
                                                    aws_retry=True)
-    except _call_errors() as e:
+    except ebs.aws_errors() as e:
         raise _fsr_error("EnableFastSnapshotRestores", e, "nothing was created")
     enabled = []
     for item in res.get("Successful", []):
@@ -408,7 +387,7 @@ def enable_fast_snapshot_restore(client, snapshot_ids, availability_zone, check_
                 client.disable_fast_snapshot_restores(AvailabilityZones=[availability_zone],
                                                       SourceSnapshotIds=enabled, aws_retry=True)
                 undone = enabled
-            except _call_errors():
+            except ebs.aws_errors():
                 pass
         raise StillpointError(
             "EC2 refused fast snapshot restore for %s; nothing was created%s" % (
@@ -433,23 +412,13 @@ def settle(states):
 
 def poll_volumes(client, volume_ids):
     """``{volume_id: volume}`` for those that still exist (a ``volume-id`` filter: no NotFound for gone ones)."""
-    vols = describe_volumes(client, [{"Name": "volume-id", "Values": list(volume_ids)}])
-    return dict((v["VolumeId"], v) for v in vols)
+    return dict((v["VolumeId"], v) for v in describe_volumes(client, volume_ids=volume_ids))
 
 
-def wait_volumes(client, volume_ids, timeout, interval=2.0, sleep=time.sleep, clock=time.monotonic):
-    """Poll until every volume is usable; stop at the first failed one. Returns ``(status, {id: volume or None})``."""
-    start = clock()
-    while True:
-        vols = poll_volumes(client, volume_ids)
-        states = dict((vid, vols[vid].get("State") if vid in vols else "missing") for vid in volume_ids)
-        status = settle(states)
-        if status != "creating":
-            return status, dict((vid, vols.get(vid)) for vid in volume_ids)
-        remaining = timeout - (clock() - start)
-        if remaining <= 0:
-            return "timeout", dict((vid, vols.get(vid)) for vid in volume_ids)
-        sleep(min(interval, remaining))
+def _settled(view):
+    """:func:`settle` of a :func:`_ebs.wait_volumes` view; None while any volume is still creating."""
+    status = settle(dict((vid, vol.get("State") if vol is not None else "missing") for vid, vol in view.items()))
+    return None if status == "creating" else status
 
 
 def rollback(client, rid, volume_ids, timeout=120.0, interval=2.0, sleep=time.sleep, clock=time.monotonic):
@@ -478,16 +447,14 @@ def rollback(client, rid, volume_ids, timeout=120.0, interval=2.0, sleep=time.sl
             try:
                 client.delete_volume(VolumeId=vid, aws_retry=True)
                 deleted.append(vid)
-            except botocore.exceptions.ClientError as e:
+            except ebs.aws_errors() as e:
                 code = ebs.error_code(e)
                 if code == "InvalidVolume.NotFound":
                     deleted.append(vid)
                 elif code in ("IncorrectState", "VolumeInUse") and clock() - start < timeout:
                     retry.append(vid)
                 else:
-                    failed.append({"volume_id": vid, "error": str(e)})
-            except botocore.exceptions.BotoCoreError as e:
-                failed.append({"volume_id": vid, "error": str(e)})
+                    failed.append({"volume_id": vid, "error": str(e) if code else ebs.aws_error("DeleteVolume", e).msg})
         todo = retry
         if todo:
             sleep(interval)
@@ -540,14 +507,13 @@ def create_missing(client, plan, wait=True, wait_timeout=900, sleep=time.sleep, 
         try:
             vol = client.create_volume(ClientToken=_client_token(rid, entry["index"], nonce), aws_retry=True,
                                        **entry["request"])
-        except _call_errors() as e:
+        except ebs.aws_errors() as e:
             rb = rollback(client, rid, created, interval=interval, sleep=sleep, clock=clock)
             unknown = _leftovers(client, rid, set(kept) | set(created))
-            raise StillpointError(
-                "CreateVolume failed for member %d (%s) of set %s in %s: %s; %s" % (
-                    entry["index"], entry["snapshot_id"], plan["set_id"], plan["availability_zone"], e,
-                    _rolled_back_text(rb, kept, unknown)),
-                error_code=ebs.error_code(e), restore_id=rid, rollback=rb)
+            err = ebs.aws_error("CreateVolume failed for member %d (%s) of set %s in %s" % (
+                entry["index"], entry["snapshot_id"], plan["set_id"], plan["availability_zone"]), e)
+            raise StillpointError("%s; %s" % (err.msg, _rolled_back_text(rb, kept, unknown)),
+                                  error_code=ebs.error_code(e), restore_id=rid, rollback=rb)
         created.append(vol["VolumeId"])
         member = {"index": entry["index"], "snapshot_id": entry["snapshot_id"], "device": entry["device"],
                   "source_volume": entry["source_volume"]}
@@ -555,7 +521,8 @@ def create_missing(client, plan, wait=True, wait_timeout=900, sleep=time.sleep, 
     pending = [r["volume_id"] for r in records.values() if r["state"] not in READY_STATES]
     if wait and (created or pending):
         ids = [records[i]["volume_id"] for i in sorted(records)]
-        status, vols = wait_volumes(client, ids, wait_timeout, interval, sleep, clock)
+        status, vols = ebs.wait_volumes(client, ids, _settled, wait_timeout, interval, sleep, clock)
+        status = status or "timeout"
         for rec in records.values():
             vol = vols.get(rec["volume_id"])
             rec["state"] = vol.get("State") if vol is not None else "missing"
@@ -578,6 +545,45 @@ def create_missing(client, plan, wait=True, wait_timeout=900, sleep=time.sleep, 
             "volumes": [records[i] for i in sorted(records)], "created": created}
 
 
+def restore(client, set_id, availability_zone=None, instance_id=None, restore_id=None, volume_type="gp3", iops=None,
+            throughput=None, kms_key_id=None, encrypted=None, tags=None, fast_snapshot_restore=False, wait=True,
+            wait_timeout=900, check_mode=False, warn=None):
+    """ebs_volume_restore: the whole restore of ``set_id`` (or, in ``check_mode``, its plan).
+
+    Returns the module's result; ``warn(text)`` is told about volumes adopted as they are. A failure raises with
+    ``set_id``, the zone and restore id once known, and ``changed`` (true when volumes this run created
+    remain: a timed-out wait leaves its tagged volumes for a re-run to adopt).
+    """
+    result = dict(changed=False, set_id=set_id)
+    try:
+        az = resolve_availability_zone(client, availability_zone, instance_id)
+        rid = restore_id or _default_restore_id(set_id, az, instance_id)
+        result.update(availability_zone=az, restore_id=rid)
+        plan = plan_restore(load_set(client, set_id), find_restored(client, rid), az, volume_type=volume_type, iops=iops,
+                            throughput=throughput, kms_key_id=kms_key_id, encrypted=encrypted, tags=tags,
+                            restore_id=rid, instance_id=instance_id)
+        for warning in plan["warnings"] if warn else ():
+            warn(warning)
+        result["volumes_to_create"] = public_plan(plan)
+        if fast_snapshot_restore and plan["to_create"]:
+            result["fast_snapshot_restore"] = enable_fast_snapshot_restore(
+                client, [e["snapshot_id"] for e in plan["to_create"]], az, check_mode=check_mode)
+        fsr_changed = bool(result.get("fast_snapshot_restore", {}).get("enabled"))
+        if check_mode:
+            result.update(changed=bool(plan["to_create"]) or fsr_changed, volumes=plan["existing"], created=[],
+                          msg="check mode: %d of %d members would be created in %s, %d exist"
+                          % (len(plan["to_create"]), plan["member_count"], az, len(plan["existing"])))
+            return result
+        result.update(create_missing(client, plan, wait=wait, wait_timeout=wait_timeout))
+        result["changed"] = bool(result["created"]) or fsr_changed
+        return result
+    except StillpointError as e:
+        for key, value in result.items():
+            e.details.setdefault(key, value)
+        e.details["changed"] = bool(e.details.get("created"))
+        raise
+
+
 def same_snapshot_proof(client, set_id, volume_ids):
     """Prove that ``volume_ids`` (two or more: the two sides of a mirror) were all created from one
     snapshot of the complete backup set ``set_id``: what skipping a mirror's initial resync needs.
@@ -590,7 +596,7 @@ def same_snapshot_proof(client, set_id, volume_ids):
         raise StillpointError("the proof needs the backing volumes of both sides of the mirror (got %s)"
                               % (volume_ids or "none"))
     rec = load_set(client, set_id)
-    found = {v["VolumeId"]: v for v in describe_volumes(client, [{"Name": "volume-id", "Values": volume_ids}])}
+    found = {v["VolumeId"]: v for v in describe_volumes(client, volume_ids=volume_ids)}
     missing = [v for v in volume_ids if v not in found]
     if missing:
         raise StillpointError("volumes %s do not exist (DescribeVolumes): nothing proves where their data came from"

@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import time
 
-try:
-    import botocore
-except ImportError:
-    pass  # the modules check HAS_BOTO3 through AnsibleAWSModule
-
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._ebs import describe_volumes
 
 # Restore-side tag keys (shared with the restore; see the restore tag list of issue 3).
 K_RESTORE_ID = catalog.PREFIX + "restore-id"
@@ -39,7 +35,6 @@ USABLE_INSTANCE_STATES = ("running", "stopped")
 ACTIVE = ("attaching", "attached")  # attachment states that occupy a device
 # a detach was requested: ``busy`` while the host still uses the device (EC2 waits for it to let go)
 LEAVING = ("detaching", "busy")
-FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
 
 
 def alias(device):
@@ -361,33 +356,8 @@ def mapping_after(plan):
 
 # --------------------------------------------------------------------------- EC2 calls
 
-def describe_volumes(client, volume_ids=None, filters=None):
-    """DescribeVolumes items; ids go in a ``volume-id`` filter so that a missing id is simply absent."""
-    filters = list(filters or [])
-    out = {}
-    try:
-        if volume_ids is not None:
-            ids = sorted(set(v for v in volume_ids if v))
-            for i in range(0, len(ids), FILTER_CHUNK):
-                chunk = filters + [{"Name": "volume-id", "Values": ids[i:i + FILTER_CHUNK]}]
-                for vol in _paginate_volumes(client, chunk):
-                    out[vol["VolumeId"]] = vol
-        else:
-            for vol in _paginate_volumes(client, filters):
-                out[vol["VolumeId"]] = vol
-    except botocore.exceptions.ClientError as e:
-        raise ebs.aws_error("cannot describe volumes", e)
-    return list(out.values())
-
-
-@ebs.RETRY
-def _paginate_volumes(client, filters):
-    paginator = client.get_paginator("describe_volumes")
-    return paginator.paginate(Filters=filters).build_full_result().get("Volumes", [])
-
-
 def find_set(client, set_id):
-    records = catalog.select_sets(catalog.group_sets(ebs.catalog_snapshots(client, set_id=set_id)), set_id=set_id)
+    records = ebs.catalog_sets(client, set_id=set_id)
     if not records:
         raise StillpointError("set %s is not in the catalog (no snapshot of this account carries it with the "
                               "%s marker); check set_id and region" % (set_id, catalog.K_CREATOR))
@@ -429,7 +399,7 @@ def _detach(client, instance_id, d, force):
         kwargs["Force"] = True
     try:
         client.detach_volume(aws_retry=True, **kwargs)
-    except botocore.exceptions.ClientError as e:
+    except ebs.aws_errors() as e:
         if ebs.error_code(e) in ("IncorrectState", "InvalidAttachment.NotFound"):
             vol = _volume_now(client, d["volume_id"])
             if vol is None or not [a for a in _active_attachments(vol, instance_id) if a.get("Device") == d["device"]]:
@@ -440,7 +410,7 @@ def _detach(client, instance_id, d, force):
 def _attach(client, instance_id, a):
     try:
         client.attach_volume(VolumeId=a["volume_id"], InstanceId=instance_id, Device=a["device"], aws_retry=True)
-    except botocore.exceptions.ClientError as e:
+    except ebs.aws_errors() as e:
         if ebs.error_code(e) in ("VolumeInUse", "IncorrectState", "InvalidParameterValue"):
             vol = _volume_now(client, a["volume_id"])
             if vol is not None and [x for x in _active_attachments(vol, instance_id) if x.get("Device") == a["device"]]:
@@ -456,34 +426,21 @@ def _describe_state(vol):
 
 
 def wait_volumes(client, volume_ids, done, what, timeout, interval, sleep=time.sleep, clock=time.monotonic):
-    """Poll DescribeVolumes until ``done(volume_id, volume_or_None)`` holds for every id.
+    """:func:`_ebs.wait_volumes` until ``done(volume_id, volume_or_None)`` holds for every id (``done`` may
+    raise to stop early); a timeout raises, saying where each volume is."""
+    def all_done(view):
+        return True if all([done(vid, vol) for vid, vol in view.items()]) else None
 
-    We poll ourselves, every ``interval`` seconds (1 s by default), instead of amazon.aws's or
-    botocore's VolumeAvailable/VolumeInUse waiters: those sleep 15 s between checks, so every wait
-    would add up to 15 s to the time the application is down, and VolumeInUse is satisfied by
-    ``in-use`` while the attachment is still ``attaching``. ``done`` may raise to stop early.
-    """
-    start = clock()
-    pending = list(dict.fromkeys(volume_ids))
-    last = {}
-    while pending:
-        vols = dict((v["VolumeId"], v) for v in describe_volumes(client, volume_ids=pending))
-        for vid in list(pending):
-            last[vid] = vols.get(vid)
-            if done(vid, vols.get(vid)):
-                pending.remove(vid)
-        if not pending:
-            break
-        remaining = timeout - (clock() - start)
-        if remaining <= 0:
-            raise StillpointError(
-                "timed out after %s s waiting for %s to %s (now: %s). Nothing was undone; re-run the swap to "
-                "continue from here%s" % (timeout, ", ".join(pending), what,
-                                          "; ".join("%s %s" % (v, _describe_state(last[v])) for v in pending),
-                                          " (force_detach: true forces a detach the host does not release)"
-                                          if what == "detach" else ""),
-                waiting_for=pending)
-        sleep(min(interval, remaining))
+    finished, last = ebs.wait_volumes(client, volume_ids, all_done, timeout, interval, sleep, clock)
+    if not finished:
+        pending = [vid for vid, vol in last.items() if not done(vid, vol)]
+        raise StillpointError(
+            "timed out after %s s waiting for %s to %s (now: %s). Nothing was undone; re-run the swap to "
+            "continue from here%s" % (timeout, ", ".join(pending), what,
+                                      "; ".join("%s %s" % (v, _describe_state(last[v])) for v in pending),
+                                      " (force_detach: true forces a detach the host does not release)"
+                                      if what == "detach" else ""),
+            waiting_for=pending)
 
 
 def verify(client, plan):
@@ -517,9 +474,9 @@ def delete_replaced_volumes(client, plan, detached):
             try:
                 client.delete_volume(VolumeId=vid, aws_retry=True)
                 deleted.append(vid)
-            except botocore.exceptions.ClientError as e:
+            except ebs.aws_errors() as e:
                 if ebs.error_code(e) != "InvalidVolume.NotFound":
-                    kept.append({"volume_id": vid, "reason": "DeleteVolume failed: %s" % e})
+                    kept.append({"volume_id": vid, "reason": ebs.aws_error("DeleteVolume failed", e).msg})
     return deleted, kept
 
 
@@ -620,10 +577,27 @@ def execute(client, plan, force_detach=False, delete_replaced=False, poll_interv
 
 
 def swap(client, instance_id, set_id, volumes=None, restore_id=None, replace_unknown=False, allow_beside_source=False,
-         check_mode=False, **execute_args):
-    """Read, plan, and (unless ``check_mode``) execute. Returns the module's result."""
+         check_mode=False, diff=True, **execute_args):
+    """ebs_volume_swap: read, plan, and (unless ``check_mode``) execute. Returns the module's result (its
+    ``diff`` only with ``diff``); a failure raises with ``instance_id``, ``set_id`` and ``changed``."""
+    try:
+        result = _swap(client, instance_id, set_id, volumes, restore_id, replace_unknown, allow_beside_source,
+                       check_mode, **execute_args)
+    except StillpointError as e:
+        for key, value in (("changed", False), ("instance_id", instance_id), ("set_id", set_id)):
+            e.details.setdefault(key, value)
+        raise
+    if not diff:
+        result.pop("diff")
+    return result
+
+
+def _swap(client, instance_id, set_id, volumes, restore_id, replace_unknown, allow_beside_source, check_mode,
+          **execute_args):
     if bool(volumes) == bool(restore_id):
         raise StillpointError("give the restored volumes either as volumes or as restore_id (exactly one)")
+    if execute_args.get("poll_interval", 1.0) <= 0:
+        raise StillpointError("poll_interval must be greater than 0")
     instance, record, new, described = gather(client, instance_id, set_id, volumes, restore_id)
     plan = plan_swap(instance, record, new, described, replace_unknown=replace_unknown,
                      allow_beside_source=allow_beside_source)

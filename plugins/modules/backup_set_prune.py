@@ -171,18 +171,9 @@ diff:
       type: dict
 """
 
-import re
-
-try:
-    import botocore
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore
-
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 ARGUMENT_SPEC = dict(
@@ -195,120 +186,15 @@ ARGUMENT_SPEC = dict(
     force=dict(type="bool", default=False),
 )
 
-SET_ID_RE = re.compile(r"^bs-\d{8}T\d{6}Z-[0-9a-f]{6}$")
-
-
-def _summary(rec, reason):
-    return dict(set_id=rec["set_id"], name=rec["name"], instance_id=rec["instance_id"], state=rec["state"],
-                created=rec["created"], reason=reason)
-
-
-def _newest_complete(records):
-    newest = {}
-    for rec in records:  # newest first
-        if rec["state"] == "complete" and rec.get("schema") == catalog.SCHEMA:
-            newest.setdefault((rec["name"], rec["instance_id"]), rec["set_id"])
-    return set(newest.values())
-
-
-def explicit_sets(client, records, set_ids, name, instance_id, force):
-    """The records named by ``set_ids``; raises with every refusal at once."""
-    by_id = dict((r["set_id"], r) for r in records)
-    newest = _newest_complete(records)
-    chosen, refusals = [], []
-    for sid in dict.fromkeys(set_ids):
-        rec = by_id.get(sid)
-        if rec is None:
-            refusals.append(_why_absent(client, sid, name, instance_id))
-            continue
-        if not force:
-            if sid in newest:
-                refusals.append("set %s is the newest complete set of %s on %s; set force=true to delete it"
-                                % (sid, rec["name"], rec["instance_id"]))
-                continue
-            if rec.get("schema") != catalog.SCHEMA:
-                refusals.append("set %s was written with catalog schema %s, which this version does not read; set "
-                                "force=true to delete it" % (sid, rec.get("schema") or "(missing)"))
-                continue
-            if rec["state"] == "pending":
-                refusals.append("set %s is pending (a run may still be waiting on it: %s); set force=true to "
-                                "delete it" % (sid, "; ".join(rec["problems"])))
-                continue
-        chosen.append(rec)
-    if refusals:
-        raise StillpointError("refused, nothing was deleted: " + " | ".join(refusals), refused=refusals)
-    return chosen
-
-
-def _why_absent(client, sid, name, instance_id):
-    hint = "" if SET_ID_RE.match(sid) else " (set ids look like bs-YYYYMMDDTHHMMSSZ-xxxxxx)"
-    if name or instance_id:
-        elsewhere = catalog.group_sets(ebs.catalog_snapshots(client, set_id=sid))
-        if elsewhere:
-            return ("set %s belongs to name=%s instance_id=%s, not to the name/instance_id given; nothing deleted"
-                    % (sid, elsewhere[0]["name"], elsewhere[0]["instance_id"]))
-    tagged = ebs.describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [sid]}])
-    if tagged:
-        return ("set %s is not ours: its snapshots %s carry the set id but not the creator marker %s=%s, so this "
-                "collection did not create them and will not delete them"
-                % (sid, ", ".join(sorted(s["SnapshotId"] for s in tagged)), catalog.K_CREATOR, CREATOR))
-    return "set %s does not exist in this account and region%s" % (sid, hint)
-
 
 def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    p = module.params
-    if p["keep_last"] is None and p["older_than_days"] is None and not p["set_ids"] and not p["delete_partial"]:
-        module.fail_json(msg="nothing to do: give keep_last, older_than_days, set_ids or delete_partial=true")
-    if p["keep_last"] is not None and p["keep_last"] < 1:
-        module.fail_json(msg="keep_last must be at least 1: retention never deletes the newest complete set")
-    if p["older_than_days"] is not None and p["older_than_days"] < 0:
-        module.fail_json(msg="older_than_days must not be negative")
-
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    result = dict(changed=False, deleted=[], kept=[])
     try:
-        records = catalog.group_sets(ebs.catalog_snapshots(client, name=p["name"], instance_id=p["instance_id"]))
-        explicit = explicit_sets(client, records, p["set_ids"], p["name"], p["instance_id"], p["force"]) \
-            if p["set_ids"] else []
-        explicit_ids = set(r["set_id"] for r in explicit)
-        remaining = [r for r in records if r["set_id"] not in explicit_ids]
-        keep, delete = catalog.prune_plan(remaining, keep_last=p["keep_last"], older_than_days=p["older_than_days"],
-                                          delete_partial=p["delete_partial"])
-        delete = [(r, "named in set_ids") for r in explicit] + delete
-        result["kept"] = [_summary(r, why) for r, why in keep]
-        before = [r["set_id"] for r in records]
-        doomed = set(r["set_id"] for r, _why in delete)
-        result["diff"] = dict(before=dict(set_ids=before),
-                              after=dict(set_ids=[sid for sid in before if sid not in doomed]))
-
-        if module.check_mode:
-            result["deleted"] = [dict(_summary(r, why), snapshot_ids=list(r["snapshot_ids"])) for r, why in delete]
-            result["changed"] = bool(delete)
-            module.exit_json(**result)
-
-        failures = []
-        for rec, why in delete:
-            gone, failed = ebs.delete_ours(client, rec["snapshot_ids"])
-            if gone:
-                result["changed"] = True
-                result["deleted"].append(dict(_summary(rec, why), snapshot_ids=gone))
-            for f in failed:
-                failures.append(dict(f, set_id=rec["set_id"]))
-        if failures:
-            left = sorted(set(f["set_id"] for f in failures))
-            result["diff"]["after"]["set_ids"] = [sid for sid in before if sid not in doomed or sid in left]
-            module.fail_json(msg="could not delete %d snapshot(s) of set(s) %s: %s. A set that lost some of its "
-                                 "members is now reported partial; fix the cause and prune again"
-                                 % (len(failures), ", ".join(left),
-                                    "; ".join("%s: %s" % (f["snapshot_id"], f["error"]) for f in failures)),
-                             errors=failures, **result)
-        module.exit_json(**result)
+        result = ebs.prune(module.client("ec2", retry_decorator=ebs.RETRY), check_mode=module.check_mode,
+                           **dict((k, module.params[k]) for k in ARGUMENT_SPEC))
     except StillpointError as e:
-        result.update(e.fail_kwargs())
-        module.fail_json(**result)
-    except botocore.exceptions.BotoCoreError as e:
-        module.fail_json_aws(e, msg="cannot reach EC2 to prune the catalog", **result)
+        module.fail_json(**dict(dict(changed=False, deleted=[], kept=[]), **e.fail_kwargs()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

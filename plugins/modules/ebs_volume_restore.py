@@ -214,11 +214,6 @@ rollback:
   type: dict
 """
 
-try:
-    import botocore
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore
-
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
@@ -245,43 +240,12 @@ ARGUMENT_SPEC = dict(
 def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
                               required_one_of=[("availability_zone", "instance_id")])
-    params = module.params
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    result = dict(changed=False, set_id=params["set_id"])
     try:
-        az = restore.resolve_availability_zone(client, params["availability_zone"], params["instance_id"])
-        rid = params["restore_id"] or restore.restore_id(params["set_id"], az, params["instance_id"])
-        result.update(availability_zone=az, restore_id=rid)
-        record = restore.load_set(client, params["set_id"])
-        existing = restore.find_restored(client, rid)
-        plan = restore.plan_restore(
-            record, existing, az, volume_type=params["volume_type"], iops=params["iops"],
-            throughput=params["throughput"], kms_key_id=params["kms_key_id"], encrypted=params["encrypted"],
-            tags=params["tags"], restore_id=rid, instance_id=params["instance_id"])
-        for warning in plan["warnings"]:
-            module.warn(warning)
-        result["volumes_to_create"] = restore.public_plan(plan)
-        fsr_changed = False
-        if params["fast_snapshot_restore"] and plan["to_create"]:
-            fsr = restore.enable_fast_snapshot_restore(client, [e["snapshot_id"] for e in plan["to_create"]], az,
-                                                       check_mode=module.check_mode)
-            result["fast_snapshot_restore"] = fsr
-            fsr_changed = bool(fsr["enabled"])
-        if module.check_mode:
-            result.update(changed=bool(plan["to_create"]) or fsr_changed, volumes=plan["existing"], created=[],
-                          msg="check mode: %d of %d members would be created in %s, %d exist"
-                          % (len(plan["to_create"]), plan["member_count"], az, len(plan["existing"])))
-            module.exit_json(**result)
-        out = restore.create_missing(client, plan, wait=params["wait"], wait_timeout=params["wait_timeout"])
-        result.update(out)
-        result["changed"] = bool(out["created"]) or fsr_changed
-        module.exit_json(**result)
+        result = restore.restore(module.client("ec2", retry_decorator=ebs.RETRY), check_mode=module.check_mode,
+                                 warn=module.warn, **dict((k, module.params[k]) for k in ARGUMENT_SPEC))
     except StillpointError as e:
-        result.update(e.fail_kwargs())
-        result["changed"] = bool(result.get("created"))  # a timed-out wait leaves its (tagged) volumes
-        module.fail_json(**result)
-    except botocore.exceptions.BotoCoreError as e:
-        module.fail_json_aws(e, msg="EC2 call failed during restore %s" % result.get("restore_id", ""))
+        module.fail_json(**e.fail_kwargs())
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -213,11 +213,6 @@ problems:
   elements: str
 """
 
-try:
-    import botocore
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore
-
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
@@ -243,24 +238,11 @@ def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
                               mutually_exclusive=[("volumes", "restore_id")],
                               required_one_of=[("volumes", "restore_id")])
-    p = module.params
-    if p["poll_interval"] <= 0:
-        module.fail_json(msg="poll_interval must be greater than 0")
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    result = dict(changed=False, instance_id=p["instance_id"], set_id=p["set_id"])
     try:
-        result.update(swap.swap(
-            client, p["instance_id"], p["set_id"], volumes=p["volumes"], restore_id=p["restore_id"],
-            replace_unknown=p["replace_unknown"], allow_beside_source=p["allow_beside_source"],
-            check_mode=module.check_mode, force_detach=p["force_detach"], delete_replaced=p["delete_replaced"],
-            poll_interval=p["poll_interval"], detach_timeout=p["detach_timeout"], attach_timeout=p["attach_timeout"]))
+        result = swap.swap(module.client("ec2", retry_decorator=ebs.RETRY), check_mode=module.check_mode,
+                           diff=module._diff, **dict((k, module.params[k]) for k in ARGUMENT_SPEC))
     except StillpointError as e:
-        result.update(e.fail_kwargs())
-        module.fail_json(**result)
-    except botocore.exceptions.BotoCoreError as e:
-        module.fail_json_aws(e, msg="cannot reach EC2 to swap volumes on %s" % p["instance_id"], **result)
-    if not module._diff:
-        result.pop("diff", None)
+        module.fail_json(**e.fail_kwargs())
     module.exit_json(**result)
 
 
