@@ -45,6 +45,9 @@ _ATTACH_NAME_RE = re.compile(r"^(?:/dev/)?(?:xvd|sd)([a-z]{1,2})(\d*)$")
 
 _MAX_DEPTH = 16
 
+# The option of the modules that find disks by volume id (doc fragment stillpoint.snapshots.devices).
+DEVICES_ARGS = dict(by_id_dir=dict(type="path", default="/dev/disk/by-id"))
+
 REMEDY_NOT_EBS = (
     "Instance-store (ephemeral) and other non-EBS disks cannot be snapshotted by EBS; keep the "
     "data to back up on EBS volumes, or leave this mountpoint out of the set."
@@ -148,12 +151,53 @@ def normalize_device_name(name):
     return "/dev/sd%s%s" % (m.group(1), m.group(2))
 
 
-def _read(path):
+def read_sysfs(path):
+    """The stripped text of a sysfs (or /proc) attribute; None when it cannot be read."""
     try:
         with open(path, "r") as f:
             return f.read().strip(" \t\r\n\x00")
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def slaves(node):
+    """Kernel names of the devices a sysfs block node sits on (its ``slaves/``), sorted."""
+    try:
+        return sorted(os.listdir(os.path.join(node, "slaves")))
+    except OSError:
+        return []
+
+
+def visible_mounts(mounts):
+    """mountpoint -> the entry visible there (the top one when a path is mounted over)."""
+    by_path = {}
+    for entry in mounts:
+        by_path.setdefault(entry["mountpoint"], []).append(entry)
+    visible = {}
+    for path, entries in by_path.items():
+        if len(entries) > 1:
+            parents = {e["parent_id"] for e in entries}
+            tops = [e for e in entries if e["mount_id"] not in parents]
+            entries = tops or entries
+        visible[path] = entries[-1]
+    return visible
+
+
+def visible_mount(mounts, mountpoint):
+    """The entry visible at ``mountpoint`` (as given or its real path), or None."""
+    visible = visible_mounts(mounts)
+    return visible.get(mountpoint) or visible.get(os.path.realpath(mountpoint))
+
+
+def containing_mount(path, visible):
+    """The visible mount (of :func:`visible_mounts`) whose filesystem holds ``path`` (normalized, absolute)."""
+    probe = path
+    while True:
+        if probe in visible:
+            return visible[probe]
+        if probe == "/" or not probe:
+            return None
+        probe = os.path.dirname(probe)
 
 
 class DeviceResolver:
@@ -172,15 +216,10 @@ class DeviceResolver:
         return read_mountinfo(self.mountinfo_path)
 
     def mount_for(self, path):
-        """The mount that contains ``path`` (longest mountpoint prefix of its real path; of
-        mounts stacked on one mountpoint the last, visible one). Adds ``path`` (the real path)."""
+        """The mount that contains ``path`` (of mounts stacked on one mountpoint the visible one).
+        Adds ``path`` (the real path)."""
         real = os.path.realpath(path)
-        best = None
-        for m in self.mounts():
-            mp = m["mountpoint"]
-            if real == mp or mp == "/" or real.startswith(mp.rstrip("/") + "/"):
-                if best is None or len(mp) >= len(best["mountpoint"]):
-                    best = m
+        best = containing_mount(real, visible_mounts(self.mounts()))
         if best is None:
             raise StillpointError(
                 "No mount in %s contains %s. Is %s the mount table of this host?"
@@ -195,22 +234,69 @@ class DeviceResolver:
     def _sys(self, *parts):
         return os.path.join(self.sys_root, *parts)
 
-    def _node(self, name):
-        """Real sysfs directory of a block device (disk or partition) by kernel name."""
+    def node(self, name):
+        """Real sysfs directory of a block device (disk or partition) by kernel name, or None."""
         for base in ("class/block", "block"):
             p = self._sys(base, name)
             if os.path.exists(p):
                 return os.path.realpath(p)
         return None
 
-    def _node_for_majmin(self, majmin):
+    def majmin_node(self, majmin):
+        """Real sysfs directory of the block device ``maj:min``, or None."""
         p = self._sys("dev", "block", majmin)
-        if not os.path.exists(p):
+        return os.path.realpath(p) if os.path.exists(p) else None
+
+    def _node_for_majmin(self, majmin):
+        node = self.majmin_node(majmin)
+        if node is None:
             raise StillpointError(
                 "No block device %s in %s: the device was removed, or %s is not this host's sysfs."
-                % (majmin, os.path.dirname(p), self.sys_root)
+                % (majmin, self._sys("dev", "block"), self.sys_root)
             )
-        return os.path.realpath(p)
+        return node
+
+    def sys_attr(self, name, *parts):
+        """A sysfs attribute of the block device ``name`` (``sys_attr("md0", "md", "array_state")``), or None."""
+        node = self.node(name) if name else None
+        return read_sysfs(os.path.join(node, *parts)) if node else None
+
+    def dev_path(self, path):
+        """A /dev path as seen under ``dev_root`` (identity on a real host)."""
+        if path.startswith("/dev/") and self.dev_root != "/dev":
+            return os.path.join(self.dev_root, path[len("/dev/"):])
+        return path
+
+    def kernel_name(self, path):
+        """Kernel name of a /dev path (``/dev/data/pg`` -> ``dm-0``, ``/dev/md/0`` -> ``md127``)."""
+        return os.path.basename(os.path.realpath(self.dev_path(path)))
+
+    def present_kernel_name(self, path):
+        """:meth:`kernel_name` of a device that exists (as a node, or in sysfs), else None."""
+        name = self.kernel_name(path)
+        if os.path.exists(os.path.realpath(self.dev_path(path))) or self.node(name):
+            return name
+        return None
+
+    def majmin_of(self, path):
+        """``"maj:min"`` of a block device path (stat, else sysfs ``dev``), None if absent."""
+        real = os.path.realpath(self.dev_path(path))
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISBLK(st.st_mode):
+            return "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+        return self.sys_attr(os.path.basename(real), "dev")
+
+    def holders(self, path):
+        """Kernel names of what holds a block device path (its sysfs ``holders/``), sorted."""
+        name = self.present_kernel_name(path)
+        node = self.node(name) if name else None
+        try:
+            return sorted(os.listdir(os.path.join(node, "holders"))) if node else []
+        except OSError:
+            return []
 
     def _walk(self, node, out, depth):
         if depth > _MAX_DEPTH:
@@ -220,18 +306,14 @@ class DeviceResolver:
             )
         if os.path.exists(os.path.join(node, "partition")):
             node = os.path.dirname(node)
-        slaves_dir = os.path.join(node, "slaves")
-        try:
-            slaves = sorted(os.listdir(slaves_dir))
-        except OSError:
-            slaves = []
-        if not slaves:
+        below = slaves(node)
+        if not below:
             name = os.path.basename(node)
             if name not in out:
                 out.append(name)
             return
-        for s in slaves:
-            self._walk(os.path.realpath(os.path.join(slaves_dir, s)), out, depth + 1)
+        for s in below:
+            self._walk(os.path.realpath(os.path.join(node, "slaves", s)), out, depth + 1)
 
     def leaf_disks(self, majmin):
         """Whole disks (kernel names) under the block device ``majmin``, through partitions,
@@ -284,11 +366,9 @@ class DeviceResolver:
         except OSError:
             st = None
         if st is not None and stat.S_ISBLK(st.st_mode):
-            majmin = "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
-            p = self._sys("dev", "block", majmin)
-            node = os.path.realpath(p) if os.path.exists(p) else None
+            node = self.majmin_node("%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev)))
         else:
-            node = self._node(os.path.basename(target))
+            node = self.node(os.path.basename(target))
         if node is None or os.path.exists(os.path.join(node, "partition")):
             return None
         return os.path.basename(node)
@@ -311,7 +391,7 @@ class DeviceResolver:
 
     def _disk_attr(self, disk, attr):
         for rel in (("device", attr), (attr,)):
-            v = _read(self._sys("block", disk, *rel))
+            v = read_sysfs(self._sys("block", disk, *rel))
             if v:
                 return v
         return None

@@ -40,7 +40,9 @@ import sysconfig
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import containing_mount
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import visible_mounts
 
 # Seconds a freeze may last before the guardian thaws on its own (the VSS window is 10 s too).
 DEFAULT_DEADLINE = 10.0
@@ -71,32 +73,6 @@ _REPLY_TIMEOUT = 30.0
 
 # --------------------------------------------------------------------------------------------
 # mount table
-
-
-def _visible_mounts(mountinfo):
-    """mountpoint -> the entry visible there (the top one when a path is mounted over)."""
-    by_path = {}
-    for entry in mountinfo:
-        by_path.setdefault(entry["mountpoint"], []).append(entry)
-    visible = {}
-    for path, entries in by_path.items():
-        if len(entries) > 1:
-            parents = {e["parent_id"] for e in entries}
-            tops = [e for e in entries if e["mount_id"] not in parents]
-            entries = tops or entries
-        visible[path] = entries[-1]
-    return visible
-
-
-def _containing_mount(path, visible):
-    """The visible mount whose filesystem holds ``path`` (normalized, absolute)."""
-    probe = path
-    while True:
-        if probe in visible:
-            return visible[probe]
-        if probe == "/" or not probe:
-            return None
-        probe = os.path.dirname(probe)
 
 
 def _norm(path):
@@ -155,7 +131,7 @@ def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
         mountpoints = [mountpoints]
     if mountinfo is None:
         mountinfo = read_mountinfo()
-    visible = _visible_mounts(mountinfo)
+    visible = visible_mounts(mountinfo)
     root = visible.get("/")
 
     protected = {}
@@ -166,7 +142,7 @@ def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
         path = os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
         # the filesystem of the name itself (a symlink such as a venv's bin/python) and of its target
         for candidate in (os.path.join(_norm(os.path.dirname(path)), os.path.basename(path)), _norm(path)):
-            mount = _containing_mount(candidate, visible)
+            mount = containing_mount(candidate, visible)
             if mount is not None and (path, why) not in protected.get(mount["dev"], []):
                 protected.setdefault(mount["dev"], []).append((path, why))
 
@@ -183,7 +159,7 @@ def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
         path = _norm(raw)
         entry = visible.get(path)
         if entry is None:
-            holder = _containing_mount(path, visible)
+            holder = containing_mount(path, visible)
             if not os.path.lexists(path):
                 why = "does not exist"
                 if holder is not None:
@@ -1050,14 +1026,14 @@ def force_thaw(mountpoints, mountinfo=None):
     """
     if mountinfo is None:
         mountinfo = read_mountinfo()
-    visible = _visible_mounts(mountinfo)
+    visible = visible_mounts(mountinfo)
     refused, targets = [], []
     for raw in mountpoints or ():
         path = _norm(raw) if isinstance(raw, str) and os.path.isabs(os.path.expanduser(raw)) else None
         if path is None:
             refused.append("%r is not an absolute path" % (raw,))
         elif path not in visible:
-            holder = _containing_mount(path, visible)
+            holder = containing_mount(path, visible)
             refused.append("%s is not a mountpoint%s" % (raw, " (it is on %s)" % holder["mountpoint"] if holder else ""))
         elif path not in targets:
             targets.append(path)
@@ -1084,6 +1060,95 @@ def force_thaw(mountpoints, mountinfo=None):
             os.close(fd)
         results.append({"mountpoint": path, "thawed": thawed, "thaw_ms": round((time.monotonic() - t0) * 1000.0, 3)})
     return results
+
+
+
+def _freeze_now(params, check_mode, protect_paths, result):
+    plan = check_mountpoints(params["mountpoints"], protect_paths=protect_paths)
+    result.update(plan=plan, python=sys.executable)
+    if check_mode:
+        result.update(changed=True, msg="check mode: would freeze %s" % ", ".join(m["mountpoint"] for m in plan))
+        return
+    guardian = Guardian.start(plan, deadline=params["deadline"])
+    try:
+        frozen = guardian.freeze()
+        guardian.detach()
+    except BaseException:
+        guardian.close()  # thaws whatever is still frozen
+        raise
+    result.update(changed=True, token=guardian.token, guardian_pid=guardian.pid, deadline=guardian.deadline,
+                  mounts=frozen["mounts"], frozen_at=frozen["frozen_at"],
+                  msg="frozen %s until the thaw or the deadline (%gs)" % (", ".join(m["mountpoint"] for m in plan),
+                                                                          params["deadline"]))
+
+
+def _thaw_token(token, check_mode, result, warnings):
+    try:
+        guardian = Guardian.connect(token)
+    except StillpointError as exc:
+        if not exc.details.get("gone"):
+            raise
+        result.update(changed=False, guardian="gone", already_thawed=True, mounts=[])
+        warnings.append(
+            "no guardian for token %s any more: it thawed and exited (after a reported thaw, or %gs after thawing on its "
+            "own), or it was killed. Nothing to thaw through it; if a filesystem is still frozen, use force=true with "
+            "its mountpoint." % (token, DEFAULT_GRACE))
+        return
+    with guardian:
+        result.update(guardian_pid=guardian.pid, guardian="running")
+        if check_mode:
+            status = guardian.status()
+            result.update(changed=status["state"] == "frozen", state=status["state"], mounts=status["mounts"])
+            return
+        record = guardian.thaw()
+    result.update(record)
+    result["changed"] = not record.get("already_thawed", False)
+    if record.get("deadline_thawed"):
+        warnings.append(
+            "the freeze outlived its budget: the guardian thawed at the deadline (%gs) before this thaw. Anything taken "
+            "after the deadline is only crash-consistent." % record.get("deadline_s", 0))
+    for mount in record.get("mounts", []):
+        if mount.get("error"):
+            warnings.append("%s: %s" % (mount["mountpoint"], mount["error"]))
+
+
+def fsfreeze(params, check_mode=False, protect_paths=(), warn=None):
+    """The fsfreeze module: ``state=frozen`` freezes ``mountpoints`` under a new guardian (detached: the
+    result carries its ``token``); ``state=thawed`` thaws the freeze of ``token``, or with ``force`` runs a
+    plain FITHAW on ``mountpoints``. Returns the module's result; ``warn(text)`` gets each warning."""
+    result, warnings = dict(changed=False), []
+    try:
+        _fsfreeze(params, check_mode, protect_paths, result, warnings)
+    except StillpointError as exc:
+        for key, value in result.items():  # what was known before the failure (the plan...)
+            exc.details.setdefault(key, value)
+        raise
+    finally:
+        for warning in warnings:
+            (warn or (lambda text: None))(warning)
+    return result
+
+
+def _fsfreeze(params, check_mode, protect_paths, result, warnings):
+    if params["state"] == "frozen":
+        if params["token"] or params["force"]:
+            raise StillpointError("token and force only go with state=thawed")
+        _freeze_now(params, check_mode, protect_paths, result)
+    elif params["token"]:
+        if params["force"]:
+            raise StillpointError("give either token (thaw the freeze it names) or force=true with mountpoints "
+                                  "(plain thaw), not both")
+        _thaw_token(params["token"], check_mode, result, warnings)
+    elif not params["force"]:
+        raise StillpointError("state=thawed needs token (from state=frozen), or force=true with mountpoints to "
+                              "thaw a freeze made by something else")
+    elif not params["mountpoints"]:
+        raise StillpointError("force=true needs mountpoints: the filesystems to thaw")
+    elif check_mode:
+        result.update(changed=True, msg="check mode: would thaw %s if frozen" % ", ".join(params["mountpoints"]))
+    else:
+        result["mounts"] = force_thaw(params["mountpoints"])
+        result["changed"] = any(r["thawed"] for r in result["mounts"])
 
 
 RAW_THAW_SCRIPT = r"""

@@ -13,48 +13,48 @@ version_added: 0.1.0
 description:
   - Freezes filesystems (C(FIFREEZE)) in the given order and thaws them (C(FITHAW)) in reverse order.
   - The freeze is held by a B(guardian) process, not by this module. The guardian thaws on its own when
-    I(deadline) passes, so a lost controller, a killed module or a broken connection never leaves a filesystem
-    frozen for longer than I(deadline) seconds.
-  - With I(state=frozen) the module returns as soon as everything is frozen, with a I(token). Thaw with
-    I(state=thawed) and that I(token) before I(deadline) passes, or from a raw command that talks to the
+    O(deadline) passes, so a lost controller, a killed module or a broken connection never leaves a filesystem
+    frozen for longer than O(deadline) seconds.
+  - With O(state=frozen) the module returns as soon as everything is frozen, with a RV(token). Thaw with
+    O(state=thawed) and that O(token) before O(deadline) passes, or from a raw command that talks to the
     guardian's socket (the controller mode of C(stillpoint.snapshots.ebs_snapshot_set) does that).
   - Refuses to freeze C(/), the filesystem holding Ansible's remote tmp dir, the Python interpreter or the
-    working directory, anything in I(protect_paths), a directory that is not a mountpoint, the same filesystem
+    working directory, anything in O(protect_paths), a directory that is not a mountpoint, the same filesystem
     twice (bind mounts, btrfs subvolumes) and filesystem types that cannot be frozen.
   - A filesystem already frozen by someone else is never thawed by the guardian. The freeze fails, what this
-    run froze is thawed again, and I(force=true) is the way for an administrator to thaw it.
+    run froze is thawed again, and O(force=true) is the way for an administrator to thaw it.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
   mountpoints:
     description:
       - Mountpoints to freeze, in order. Each must be the mountpoint of a filesystem, not a directory inside it.
-      - Required with I(state=frozen), and with I(state=thawed) when I(force=true).
-      - With I(state=thawed) and I(token), optional; ignored.
+      - Required with O(state=frozen), and with O(state=thawed) when O(force=true).
+      - With O(state=thawed) and O(token), optional; ignored.
     type: list
     elements: path
   state:
     description:
-      - C(frozen) freezes I(mountpoints) under a new guardian and returns its I(token).
-      - C(thawed) thaws the freeze of I(token), or with I(force=true) runs a plain thaw on I(mountpoints).
+      - V(frozen) freezes O(mountpoints) under a new guardian and returns its RV(token).
+      - V(thawed) thaws the freeze of O(token), or with O(force=true) runs a plain thaw on O(mountpoints).
     type: str
     choices: [frozen, thawed]
     default: frozen
   deadline:
     description:
       - Seconds after the first freeze starts at which the guardian thaws everything on its own.
-      - A thaw that comes later finds the filesystems already thawed and reports C(deadline_thawed=true);
+      - A thaw that comes later finds the filesystems already thawed and reports RV(deadline_thawed=true);
         whatever was taken after the deadline is no longer filesystem-consistent.
       - At most 300.
     type: float
     default: 10.0
   token:
     description:
-      - The I(token) returned by I(state=frozen). With I(state=thawed), thaws that freeze.
+      - The RV(token) returned by O(state=frozen). With O(state=thawed), thaws that freeze.
     type: str
   force:
     description:
-      - With I(state=thawed) and no I(token), run a plain C(FITHAW) on each of I(mountpoints). This is how an
+      - With O(state=thawed) and no O(token), run a plain C(FITHAW) on each of O(mountpoints). This is how an
         administrator recovers a filesystem left frozen by another tool or a killed process.
       - A filesystem that is not frozen is left alone (C(changed=false) for it).
       - Only use it when you know that nobody still needs the freeze.
@@ -68,29 +68,31 @@ options:
     type: list
     elements: path
     default: []
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes
 attributes:
   check_mode:
     support: full
-    description:
-      - With I(state=frozen), validates the mountpoints and returns the plan; nothing is frozen.
-      - With I(state=thawed) and I(token), asks the guardian for its state; nothing is thawed.
-      - With I(force=true), nothing is thawed and C(changed) is always true, because finding out whether a
+    details:
+      - With O(state=frozen), validates the mountpoints and returns the plan; nothing is frozen.
+      - With O(state=thawed) and O(token), asks the guardian for its state; nothing is thawed.
+      - With O(force=true), nothing is thawed and C(changed) is always true, because finding out whether a
         filesystem is frozen would need a freeze or a thaw.
   diff_mode:
     support: none
-    description: Nothing to compare; the result reports what was frozen or thawed.
+    details: Nothing to compare; the result reports what was frozen or thawed.
   idempotent:
     support: partial
-    description:
-      - I(state=frozen) starts a new freeze on every run.
-      - I(state=thawed) reports C(changed=false) once the freeze has been thawed.
+    details:
+      - O(state=frozen) starts a new freeze on every run.
+      - O(state=thawed) reports C(changed=false) once the freeze has been thawed.
 notes:
   - Requires root (C(CAP_SYS_ADMIN)); use C(become=true).
-  - Writers on a frozen filesystem block uninterruptibly until the thaw. Keep I(deadline) short.
+  - Writers on a frozen filesystem block uninterruptibly until the thaw. Keep O(deadline) short.
   - On Linux kernels before 6.6 a freeze and a device-mapper snapshot (C(lvcreate -s)) of the same filesystem
     conflict; let LVM freeze the filesystem itself in that case.
   - The guardian exits once it has thawed and the thaw was reported, or C(grace) (600 s) after it thawed on
-    its own. A second I(state=thawed) with the same I(token) after that reports C(changed=false) and a warning.
+    its own. A second O(state=thawed) with the same O(token) after that reports C(changed=false) and a warning.
 seealso:
   - module: stillpoint.snapshots.ebs_snapshot_set
   - name: fsfreeze(8)
@@ -135,7 +137,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 token:
-  description: Names the guardian; pass it to I(state=thawed) or to the raw thaw script.
+  description: Names the guardian; pass it to O(state=thawed) or to the raw thaw script.
   returned: state=frozen, not in check mode
   type: str
   sample: 5f0c6a0b7e1d4c2fa1b3e8d9c0a7b6e5
@@ -163,7 +165,7 @@ plan:
 mounts:
   description:
     - Per filesystem. After a freeze, in freeze order with C(freeze_ms). After a thaw, in thaw order with
-      C(thaw_ms) (and C(error) when it was not frozen any more). With I(force=true), C(thawed) per mountpoint.
+      C(thaw_ms) (and C(error) when it was not frozen any more). With O(force=true), C(thawed) per mountpoint.
   returned: always, except in check mode
   type: list
   elements: dict
@@ -197,83 +199,10 @@ guardian:
   sample: running
 """
 
-import sys
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-
-
-def run_freeze(module, result):
-    params = module.params
-    plan = _freeze.check_mountpoints(params["mountpoints"], protect_paths=_freeze.module_protect_paths(module))
-    result["plan"] = plan
-    result["python"] = sys.executable
-    if module.check_mode:
-        result["changed"] = True
-        result["msg"] = "check mode: would freeze %s" % ", ".join(m["mountpoint"] for m in plan)
-        return
-    guardian = _freeze.Guardian.start(plan, deadline=params["deadline"])
-    try:
-        frozen = guardian.freeze()
-        guardian.detach()
-    except BaseException:
-        guardian.close()  # thaws whatever is still frozen
-        raise
-    result.update(
-        changed=True,
-        token=guardian.token,
-        guardian_pid=guardian.pid,
-        deadline=guardian.deadline,
-        mounts=frozen["mounts"],
-        frozen_at=frozen["frozen_at"],
-        msg="frozen %s until the thaw or the deadline (%gs)" % (", ".join(m["mountpoint"] for m in plan),
-                                                                params["deadline"]),
-    )
-
-
-def run_thaw_token(module, result):
-    token = module.params["token"]
-    try:
-        guardian = _freeze.Guardian.connect(token)
-    except StillpointError as exc:
-        if not exc.details.get("gone"):
-            raise
-        result.update(changed=False, guardian="gone", already_thawed=True, mounts=[])
-        module.warn("no guardian for token %s any more: it thawed and exited (after a reported thaw, or %gs after "
-                    "thawing on its own), or it was killed. Nothing to thaw through it; if a filesystem is still "
-                    "frozen, use force=true with its mountpoint." % (token, _freeze.DEFAULT_GRACE))
-        return
-    with guardian:
-        result["guardian_pid"] = guardian.pid
-        result["guardian"] = "running"
-        if module.check_mode:
-            status = guardian.status()
-            result["changed"] = status["state"] == "frozen"
-            result["state"] = status["state"]
-            result["mounts"] = status["mounts"]
-            return
-        record = guardian.thaw()
-    result.update(record)
-    result["changed"] = not record.get("already_thawed", False)
-    if record.get("deadline_thawed"):
-        module.warn("the freeze outlived its budget: the guardian thawed at the deadline (%gs) before this thaw. "
-                    "Anything taken after the deadline is only crash-consistent." % record.get("deadline_s", 0))
-    for mount in record.get("mounts", []):
-        if mount.get("error"):
-            module.warn("%s: %s" % (mount["mountpoint"], mount["error"]))
-
-
-def run_thaw_force(module, result):
-    mountpoints = module.params["mountpoints"]
-    if module.check_mode:
-        result["changed"] = True
-        result["msg"] = "check mode: would thaw %s if frozen" % ", ".join(mountpoints)
-        return
-    results = _freeze.force_thaw(mountpoints)
-    result["mounts"] = results
-    result["changed"] = any(r["thawed"] for r in results)
 
 
 def main():
@@ -289,29 +218,11 @@ def main():
         required_if=[("state", "frozen", ["mountpoints"])],
         supports_check_mode=True,
     )
-    params = module.params
-    result = dict(changed=False)
     try:
-        if params["state"] == "frozen":
-            if params["token"] or params["force"]:
-                raise StillpointError("token and force only go with state=thawed")
-            run_freeze(module, result)
-        elif params["token"]:
-            if params["force"]:
-                raise StillpointError("give either token (thaw the freeze it names) or force=true with mountpoints "
-                                      "(plain thaw), not both")
-            run_thaw_token(module, result)
-        elif params["force"]:
-            if not params["mountpoints"]:
-                raise StillpointError("force=true needs mountpoints: the filesystems to thaw")
-            run_thaw_force(module, result)
-        else:
-            raise StillpointError("state=thawed needs token (from state=frozen), or force=true with mountpoints to "
-                                  "thaw a freeze made by something else")
+        module.exit_json(**_freeze.fsfreeze(module.params, module.check_mode, _freeze.module_protect_paths(module),
+                                            warn=module.warn))
     except StillpointError as exc:
-        result.update(exc.fail_kwargs())
-        module.fail_json(**result)
-    module.exit_json(**result)
+        module.fail_json(**exc.fail_kwargs())
 
 
 if __name__ == "__main__":
