@@ -3,9 +3,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The host side of a restore: take a set's filesystems down, bring the restored ones up.
 
-Private to the collection. Pure Python: commands go through a
-:class:`~._common.CommandRunner` (argv lists, ``LC_ALL=C``), devices are found by EBS volume id
-through :class:`~._devices.DeviceResolver`, never by device name or enumeration order.
+Private to the collection. Pure Python: commands go through a :class:`~._common.Recorder` (argv
+lists, ``LC_ALL=C``; ``actions`` in the result), devices are found by EBS volume id through
+:class:`~._devices.DeviceResolver`, never by device name or enumeration order. The layout is the
+set's array descriptor, validated by :class:`~._layout.Layout`; ``/etc/fstab`` is never read or
+written.
 
 The order follows seed 000, the other way round for a restore:
 
@@ -16,34 +18,34 @@ The order follows seed 000, the other way round for a restore:
   application (start hook).
 
 Both are idempotent (what is already down or up is left alone) and, in check mode, return the
-plan of commands without running any that changes state (read-only probes still run).
-
-The layout is the set's array descriptor from the catalog (``backup_set_info`` returns it as
-``array``)::
-
-    filesystems: [{mountpoint, fstype, options, members: [member indexes],
-                   device (optional: an md device or /dev/<vg>/<lv> of this layout),
-                   partition (optional: partition number on the single member)}]
-    md:  [{device: /dev/md0, uuid, level, chunk, members: [member indexes in md role order]}]
-    lvm: [{vg, uuid, pvs: [member indexes or md devices of this layout], lvs: [lv names]}]
-
-Everything else in the descriptor is ignored. ``/etc/fstab`` is never read or written.
+planned commands without running any that changes state (read-only probes still run).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import posixpath
 import pwd
 import re
 import tempfile
 import time
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import ebs_id_from_serial
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_sysfs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import visible_mount
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import Layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import clone_layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import validate_volume_ids
+# LVM's report parser and UUID form live with the LVM library (the snapshot sets); only those are used here
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import lvm_uuid_key
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_uuid_key
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 
 # Read-only filesystem checks (they never write; a failure refuses the mount).
 CHECKS = {
@@ -65,76 +67,6 @@ _UNREPLAYED_RE = re.compile(
     re.IGNORECASE)
 
 
-# -- parsing --------------------------------------------------------------------------------
-
-
-def parse_export(text):
-    """``KEY=VALUE`` lines (``mdadm --examine --export``, ``mdadm --detail --export``) -> dict.
-
-    Blank lines and lines without ``=`` are skipped; a value in single or double quotes is
-    unquoted; the last of repeated keys wins."""
-    out = {}
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if not line or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
-
-
-def md_detail_devices(export):
-    """Member devices of a running array from ``mdadm --detail --export`` (parsed):
-    ``[{"dev": "/dev/nvme1n1", "role": 0}]`` (role ``"spare"`` for a spare), sorted by role.
-
-    mdadm names the keys after the member's sysfs entry (``MD_DEVICE_ev_nvme1n1_ROLE`` /
-    ``_DEV``); only the pairing of ``_ROLE`` and ``_DEV`` under one key is relied on."""
-    roles, devs = {}, {}
-    for key, value in export.items():
-        if not key.startswith("MD_DEVICE_"):
-            continue
-        if key.endswith("_ROLE"):
-            roles[key[len("MD_DEVICE_"):-len("_ROLE")]] = value
-        elif key.endswith("_DEV"):
-            devs[key[len("MD_DEVICE_"):-len("_DEV")]] = value
-    out = []
-    for name, dev in devs.items():
-        role = roles.get(name)
-        if role is not None and role.isdigit():
-            role = int(role)
-        out.append(dict(dev=dev, role=role))
-    out.sort(key=lambda d: (not isinstance(d["role"], int), d["role"] if isinstance(d["role"], int) else 0, d["dev"]))
-    return out
-
-
-def parse_lvm_report(text, section):
-    """Rows of an LVM ``--reportformat json`` report section (``"vg"``, ``"lv"``, ``"pv"``)."""
-    try:
-        data = json.loads(text)
-        rows = []
-        for report in data["report"]:
-            rows.extend(report.get(section, []))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise StillpointError(
-            "Cannot parse the LVM JSON report (section %r): %r. LVM 2.02.158 or later is needed for "
-            "--reportformat json." % (section, (text or "")[:200]))
-    return rows
-
-
-def md_uuid_key(uuid):
-    """An md UUID in a comparable form: mdadm's ``5f3c2a1e:9b0d4e77:...``, the dashed form of
-    ``blkid``/``lsblk`` and any case compare equal."""
-    return re.sub(r"[^0-9a-f]", "", (uuid or "").lower())
-
-
-def lvm_uuid_key(uuid):
-    """An LVM UUID without its dashes (LVM UUIDs are case-sensitive)."""
-    return (uuid or "").replace("-", "").strip()
-
-
 def parse_fuser_pids(stdout):
     """PIDs from ``fuser -m`` (it prints the PIDs on stdout, with access letters such as
     ``1234c``, and the rest of its table on stderr). The kernel's own use (``kernel``) is not a PID."""
@@ -146,247 +78,6 @@ def parse_fuser_pids(stdout):
             if pid not in pids:
                 pids.append(pid)
     return pids
-
-
-# -- the layout -----------------------------------------------------------------------------
-
-
-def _layout_error(msg):
-    return StillpointError(
-        "Invalid array layout: %s. The layout is the set's array descriptor (backup_set_info's "
-        "`array`): filesystems, and optionally md and lvm." % msg)
-
-
-def _index_list(value, where):
-    if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
-        raise _layout_error("%s must be a list of member indexes (integers >= 0), not %r" % (where, value))
-    if len(set(value)) != len(value):
-        raise _layout_error("%s names a member twice: %r" % (where, value))
-    return list(value)
-
-
-class Layout:
-    """A validated array descriptor (see the module docstring for the keys)."""
-
-    def __init__(self, raw):
-        if not isinstance(raw, dict):
-            raise _layout_error("expected a dict, got %s" % type(raw).__name__)
-        self.md = [self._md(i, m) for i, m in enumerate(raw.get("md") or [])]
-        self.lvm = [self._lvm(i, v) for i, v in enumerate(raw.get("lvm") or [])]
-        self.filesystems = [self._fs(i, f) for i, f in enumerate(raw.get("filesystems") or [])]
-        seen = set()
-        for kind, items, key in (("md device", self.md, "device"), ("volume group", self.lvm, "vg"),
-                                 ("mountpoint", self.filesystems, "mountpoint")):
-            for item in items:
-                if item[key] in seen:
-                    raise _layout_error("%s %s appears twice" % (kind, item[key]))
-                seen.add(item[key])
-
-    # each part ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _md(i, m):
-        where = "md[%d]" % i
-        if not isinstance(m, dict):
-            raise _layout_error("%s must be a dict" % where)
-        device = m.get("device")
-        if not isinstance(device, str) or not device.startswith("/dev/"):
-            raise _layout_error("%s.device must be the md device path (/dev/md0 or /dev/md/name), not %r" % (where, device))
-        members = _index_list(m.get("members"), where + ".members")
-        if not members:
-            raise _layout_error("%s.members is empty" % where)
-        return dict(device=device, uuid=m.get("uuid") or None, level=m.get("level") or None,
-                    chunk=m.get("chunk") or None, members=members, clone_of=m.get("clone_of") or None)
-
-    def _lvm(self, i, v):
-        where = "lvm[%d]" % i
-        if not isinstance(v, dict):
-            raise _layout_error("%s must be a dict" % where)
-        vg = v.get("vg")
-        if not isinstance(vg, str) or not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$", vg):
-            raise _layout_error("%s.vg must be a volume group name, not %r" % (where, vg))
-        md_devices = [m["device"] for m in self.md]
-        pvs = []
-        for pv in v.get("pvs") or []:
-            if isinstance(pv, int) and not isinstance(pv, bool) and pv >= 0:
-                pvs.append(pv)
-            elif isinstance(pv, str) and pv in md_devices:
-                pvs.append(pv)
-            else:
-                raise _layout_error("%s.pvs entries are member indexes or md devices of this layout (%s), not %r"
-                                    % (where, ", ".join(md_devices) or "none", pv))
-        lvs = v.get("lvs") or []
-        if not isinstance(lvs, list) or not all(isinstance(x, str) and x for x in lvs):
-            raise _layout_error("%s.lvs must be a list of LV names" % where)
-        return dict(vg=vg, uuid=v.get("uuid") or None, pvs=pvs, lvs=list(lvs), clone_of=v.get("clone_of") or None)
-
-    def _fs(self, i, f):
-        where = "filesystems[%d]" % i
-        if not isinstance(f, dict):
-            raise _layout_error("%s must be a dict" % where)
-        mp = f.get("mountpoint")
-        if not isinstance(mp, str) or not mp.startswith("/") or mp == "/":
-            raise _layout_error("%s.mountpoint must be an absolute path other than /, not %r" % (where, mp))
-        mp = posixpath.normpath(mp)
-        fstype = f.get("fstype")
-        if not isinstance(fstype, str) or not re.match(r"^[a-z0-9_.]+$", fstype):
-            raise _layout_error("%s.fstype must be a filesystem type (ext4, xfs, btrfs...), not %r" % (where, fstype))
-        options = f.get("options") or []
-        if isinstance(options, str):
-            options = [o for o in options.split(",") if o]
-        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-            raise _layout_error("%s.options must be a comma-separated string or a list" % where)
-        members = _index_list(f.get("members") or [], where + ".members")
-        device = f.get("device") or None
-        partition = f.get("partition")
-        if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool) or partition < 1):
-            raise _layout_error("%s.partition must be a partition number >= 1, not %r" % (where, partition))
-        if device is not None:
-            if device in [m["device"] for m in self.md]:
-                kind = "md"
-            elif device.startswith("/dev/") and device.count("/") == 3 and \
-                    device.split("/")[2] in [v["vg"] for v in self.lvm]:
-                kind = "lv"
-            else:
-                raise _layout_error("%s.device %r is neither an md device of this layout nor /dev/<vg>/<lv> of one "
-                                    "of its volume groups" % (where, device))
-            if partition is not None:
-                raise _layout_error("%s: partition goes only with a filesystem directly on a member volume" % where)
-        elif not members:
-            raise _layout_error("%s (%s) names no members and no device" % (where, mp))
-        elif len(members) > 1 and fstype != "btrfs":
-            raise _layout_error("%s (%s, %s) spans members %s but names no md or LVM device: only btrfs spans several "
-                                "volumes by itself; record the md/LVM layout and the filesystem's device"
-                                % (where, mp, fstype, members))
-        elif len(members) > 1 and partition is not None:
-            raise _layout_error("%s: partition goes only with a single-member filesystem" % where)
-        else:
-            kind = "btrfs-multi" if len(members) > 1 else "plain"
-        return dict(mountpoint=mp, fstype=fstype, options=list(options), members=members, device=device,
-                    partition=partition, kind=kind)
-
-    # derived ------------------------------------------------------------------------------
-
-    def member_indexes(self):
-        used = set()
-        for fs in self.filesystems:
-            used.update(fs["members"])
-        for md in self.md:
-            used.update(md["members"])
-        for vg in self.lvm:
-            used.update(pv for pv in vg["pvs"] if isinstance(pv, int))
-        return sorted(used)
-
-    def mount_order(self):
-        """Filesystems, parents before the filesystems mounted inside them (stable)."""
-        return sorted(self.filesystems, key=lambda f: f["mountpoint"].rstrip("/").count("/"))
-
-
-def validate_volume_ids(volume_ids, layout, required):
-    """Volume ids by member index; every member the layout names must have one."""
-    if not volume_ids:
-        if required and layout.member_indexes():
-            raise StillpointError(
-                "volume_ids is required with state=up: the restored volume of each member, by member index "
-                "(the layout uses members %s)." % layout.member_indexes())
-        return []
-    out = []
-    for index, vol in enumerate(volume_ids):
-        norm = ebs_id_from_serial(vol)
-        if norm is None:
-            raise StillpointError("volume_ids[%d] = %r is not an EBS volume id (vol-0123456789abcdef0)." % (index, vol))
-        if norm in out:
-            raise StillpointError("volume_ids names %s twice (members %d and %d)." % (norm, out.index(norm), index))
-        out.append(norm)
-    missing = [i for i in layout.member_indexes() if i >= len(out)]
-    if missing:
-        raise StillpointError(
-            "The layout uses members %s but volume_ids has only %d entries (members 0..%d). Pass the volume id of "
-            "every member, in member order." % (missing, len(out), len(out) - 1))
-    return out
-
-
-def clone_layout(raw, mountpoint_map, vg_map=None, md_map=None):
-    """The layout of a restored copy brought up beside its source on one host (``import_clone``).
-
-    The copy carries the source's md UUID, LVM PV/VG UUIDs and filesystem UUIDs. The returned
-    layout gives it new names: each md array is assembled at ``md_map[device]`` (default
-    ``/dev/md/<name>_clone``) with a new random UUID (``mdadm --assemble --update=uuid``), each
-    volume group is imported as ``vg_map[vg]`` (default ``<vg>_clone``) with new UUIDs
-    (``vgimportclone``), each filesystem is mounted at ``mountpoint_map[mountpoint]`` (required for
-    every filesystem; never one of the set's own mountpoints), XFS with ``nouuid``. The recorded
-    UUIDs are kept as ``clone_of``: a member still carrying one is re-identified, one that no
-    longer does (a re-run, a reboot) is taken as already imported."""
-    if not isinstance(raw, dict):
-        raise _layout_error("expected a dict, got %s" % type(raw).__name__)
-    mountpoint_map = dict(mountpoint_map or {})
-    vg_map = dict(vg_map or {})
-    md_map = dict(md_map or {})
-    fss = raw.get("filesystems") or []
-    recorded = set(posixpath.normpath(f.get("mountpoint") or "") for f in fss if isinstance(f, dict))
-    mp_map = dict((posixpath.normpath(k), v) for k, v in mountpoint_map.items())
-    missing = sorted(mp for mp in recorded if mp not in mp_map)
-    if missing:
-        raise StillpointError(
-            "import_clone needs mountpoint_map to name a new mountpoint for every filesystem of the set; missing: %s. "
-            "The copy must not be mounted over its source." % ", ".join(missing))
-    targets = []
-    for source, target in sorted(mp_map.items()):
-        if source not in recorded:
-            raise StillpointError("mountpoint_map names %s, which is not a filesystem of the set (%s)"
-                                  % (source, ", ".join(sorted(recorded)) or "none"))
-        if not isinstance(target, str) or not target.startswith("/") or posixpath.normpath(target) == "/":
-            raise StillpointError("mountpoint_map[%s] must be an absolute path other than /, not %r" % (source, target))
-        target = posixpath.normpath(target)
-        if target in recorded or target in targets:
-            raise StillpointError(
-                "mountpoint_map[%s] = %s is %s: the copy would be mounted over %s. Give each filesystem of the copy "
-                "its own new mountpoint." % (source, target, "a mountpoint of the set" if target in recorded
-                                             else "given twice", "its source" if target in recorded else "itself"))
-        targets.append(target)
-    md_new = {}
-    for m in raw.get("md") or []:
-        if not isinstance(m, dict) or not isinstance(m.get("device"), str):
-            continue
-        dev = m["device"]
-        new = md_map.get(dev) or "/dev/md/%s_clone" % posixpath.basename(dev)
-        if not isinstance(new, str) or not new.startswith("/dev/") or new == dev:
-            raise StillpointError("md_map[%s] must be another md device path (/dev/md/<name> or /dev/mdN), not %r"
-                                  % (dev, new))
-        md_new[dev] = new
-    vg_new = {}
-    for v in raw.get("lvm") or []:
-        if not isinstance(v, dict) or not isinstance(v.get("vg"), str):
-            continue
-        new = vg_map.get(v["vg"]) or v["vg"] + "_clone"
-        if not isinstance(new, str) or new == v["vg"] or not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$", new):
-            raise StillpointError("vg_map[%s] must be another volume group name, not %r" % (v["vg"], new))
-        vg_new[v["vg"]] = new
-    if len(set(md_new.values())) != len(md_new) or len(set(vg_new.values())) != len(vg_new):
-        raise StillpointError("md_map/vg_map give two arrays or volume groups the same new name")
-    out = dict(raw)
-    out["md"] = [dict(m, device=md_new[m["device"]], uuid=None, clone_of=m.get("uuid") or m.get("clone_of"))
-                 for m in raw.get("md") or [] if isinstance(m, dict) and m.get("device") in md_new]
-    out["lvm"] = [dict(v, vg=vg_new[v["vg"]], uuid=None, clone_of=v.get("uuid") or v.get("clone_of") or "unknown",
-                       pvs=[md_new.get(pv, pv) if isinstance(pv, str) else pv for pv in v.get("pvs") or []])
-                  for v in raw.get("lvm") or [] if isinstance(v, dict) and v.get("vg") in vg_new]
-    new_fss = []
-    for f in fss:
-        f = dict(f)
-        f["mountpoint"] = mp_map[posixpath.normpath(f["mountpoint"])]
-        dev = f.get("device")
-        if dev in md_new:
-            f["device"] = md_new[dev]
-        elif isinstance(dev, str) and dev.count("/") == 3 and dev.split("/")[2] in vg_new:
-            f["device"] = "/dev/%s/%s" % (vg_new[dev.split("/")[2]], dev.split("/")[3])
-        if f.get("fstype") == "xfs":
-            options = f.get("options") or []
-            if isinstance(options, str):
-                options = [o for o in options.split(",") if o]
-            f["options"] = list(options) + (["nouuid"] if "nouuid" not in options else [])
-        new_fss.append(f)
-    out["filesystems"] = new_fss
-    return out
 
 
 _BESIDE_HINT = ("set import_clone: true with a mountpoint_map to bring the copy up under new md/LVM UUIDs and names "
@@ -427,121 +118,29 @@ class HostOps:
         self.sleep = sleep
         self.clock = clock
         self.proc_root = proc_root
-        self.steps = []
-        self.plan = []
+        self.rec = Recorder(runner, check_mode=check_mode, clock=clock)
+        self.actions = self.rec.actions  # what was done (in check mode, planned): {what, cmd, rc, ms, planned}
         self.warnings = []
-        self.changed = False
         self._volume_ids = []
         self._layout_lvm = []
+
+    @property
+    def changed(self):
+        return self.rec.changed
 
     # plumbing -----------------------------------------------------------------------------
 
     def _bin(self, name):
         return self.run.bin(name)
 
-    def _probe(self, argv):
-        """A read-only command (runs in check mode too); returns (rc, stdout, stderr)."""
-        return self.run(argv, check=False)
-
-    def _act(self, what, argv, fail=None, changes=True):
-        """A command that changes state: planned in check mode, else run and recorded as a step.
-
-        Returns (rc, out, err), or None in check mode. A non-zero rc raises ``fail`` (a message,
-        completed with the command's output) unless ``fail`` is False."""
-        argv = list(argv)
-        if self.check_mode:
-            self.plan.append(dict(what=what, argv=argv))
-            if changes:
-                self.changed = True
-            return None
-        t0 = self.clock()
-        rc, out, err = self.run(argv, check=False)
-        self.steps.append(dict(what=what, argv=argv, rc=rc, ms=ms_since(t0, self.clock())))
-        if rc == 0 and changes:
-            self.changed = True
-        if rc != 0 and fail is not False:
-            raise StillpointError(
-                "%s: %s (rc=%s): %s" % (fail or ("%s failed" % what), " ".join(argv), rc, (err or out).strip()),
-                rc=rc, stdout=out, stderr=err, cmd=argv)
-        return rc, out, err
-
-    def _note(self, what, **extra):
-        """A step that runs no command (a wait, a sentinel check)."""
-        entry = dict(what=what, argv=[])
-        entry.update(extra)
-        if self.check_mode:
-            self.plan.append(entry)
-        else:
-            self.steps.append(entry)
-
-    def _dev(self, path):
-        """A /dev path as seen under the resolver's dev_root (identity on a real host)."""
-        if path.startswith("/dev/") and self.resolver.dev_root != "/dev":
-            return os.path.join(self.resolver.dev_root, path[len("/dev/"):])
-        return path
-
-    def _sysblock(self, name, *parts):
-        for base in ("class/block", "block"):
-            p = os.path.join(self.resolver.sys_root, base, name)
-            if os.path.exists(p):
-                return os.path.join(p, *parts)
-        return None
-
-    def _kernel_name(self, path):
-        """Kernel name of a block device path (``/dev/data/pg`` -> ``dm-0``), None if absent."""
-        real = os.path.realpath(self._dev(path))
-        if os.path.exists(real) or self._sysblock(os.path.basename(real)):
-            return os.path.basename(real)
-        return None
-
-    def _majmin(self, path):
-        """``"maj:min"`` of a block device path (stat, else sysfs ``dev``), None if absent."""
-        real = os.path.realpath(self._dev(path))
-        try:
-            st = os.stat(real)
-        except OSError:
-            st = None
-        if st is not None and (st.st_mode & 0o170000) == 0o060000:
-            return "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))
-        p = self._sysblock(os.path.basename(real), "dev")
-        if p and os.path.exists(p):
-            with open(p) as f:
-                return f.read().strip()
-        return None
-
-    def _holders(self, path):
-        name = self._kernel_name(path)
-        d = self._sysblock(name, "holders") if name else None
-        try:
-            return sorted(os.listdir(d)) if d else []
-        except OSError:
-            return []
-
     def _md_state(self, device):
         """``None`` (no such array or stopped), ``"inactive"`` (members claimed, not started) or the
         running state from sysfs ``md/array_state``."""
-        name = self._kernel_name(device)
+        name = self.resolver.present_kernel_name(device)
         if name is None and re.match(r"^/dev/md\d+$", device):
             name = os.path.basename(device)
-        p = self._sysblock(name, "md", "array_state") if name else None
-        if not p or not os.path.exists(p):
-            return None
-        with open(p) as f:
-            state = f.read().strip()
-        return None if state in ("clear", "") else state
-
-    def _mounts(self):
-        return self.resolver.mounts()
-
-    @staticmethod
-    def _visible(mounts, mountpoint):
-        """The visible mount at ``mountpoint`` (the last one stacked there), or None."""
-        real = os.path.realpath(mountpoint)
-        found = None
-        for m in mounts:
-            if m["mountpoint"] in (mountpoint, real):
-                found = m
-        return found
+        state = self.resolver.sys_attr(name, "md", "array_state")
+        return None if state in (None, "clear", "") else state
 
     def _mount_disks(self, mount):
         try:
@@ -554,7 +153,7 @@ class HostOps:
         fuser = self.which("fuser")
         if not fuser:
             return "fuser (psmisc) is not installed, so the processes holding it are unknown", []
-        rc, out, err = self._probe([fuser, "-v", "-m", mountpoint])
+        rc, out, err = self.rec.probe([fuser, "-v", "-m", mountpoint])
         pids = parse_fuser_pids(out)
         holders = []
         for pid in pids:
@@ -595,12 +194,12 @@ class HostOps:
         cmd = hooks.pre_cmd if which == "pre" else hooks.post_cmd
         if not cmd:
             return None
+        argv = [hooks.timeout_bin, "--kill-after=5", "%g" % hooks.timeout] + cmd
         if self.check_mode:
-            self.plan.append(dict(what=label, argv=[hooks.timeout_bin, "--kill-after=5", "%g" % hooks.timeout] + cmd))
+            self.rec.note(label, cmd=argv)
             return None
         ok, report = hooks.pre() if which == "pre" else hooks.post()
-        self.steps.append(dict(what=label, argv=[hooks.timeout_bin, "--kill-after=5", "%g" % hooks.timeout] + cmd,
-                               rc=report["rc"], ms=report["ms"], timed_out=report["timed_out"]))
+        self.rec.note(label, cmd=argv, rc=report["rc"], ms=report["ms"], timed_out=report["timed_out"])
         if not ok:
             raise StillpointError(
                 "%s %s %s (rc=%s). %s" % (label, cmd, "timed out after %gs" % hooks.timeout if report["timed_out"]
@@ -615,11 +214,11 @@ class HostOps:
         its volume groups and stop its md arrays. Refusals come before anything is changed."""
         volume_ids = validate_volume_ids(volume_ids, layout, required=False)
         self._volume_ids = volume_ids
-        mounts = self._mounts()
+        mounts = self.resolver.mounts()
         layout_mps = set(f["mountpoint"] for f in layout.filesystems)
         to_unmount, members_seen = [], []
         for fs in reversed(layout.mount_order()):
-            mount = self._visible(mounts, fs["mountpoint"])
+            mount = visible_mount(mounts, fs["mountpoint"])
             if mount is None:
                 continue
             below = [m["mountpoint"] for m in mounts
@@ -675,10 +274,10 @@ class HostOps:
         for fs, mount in to_unmount:
             self._unmount(fs, mount, force_unmount)
         for vg in vg_active:
-            self._act("deactivate volume group %s" % vg["vg"], [self._bin("vgchange"), "-an", vg["vg"]],
+            self.rec.act("deactivate volume group %s" % vg["vg"], [self._bin("vgchange"), "-an", vg["vg"]],
                       fail="cannot deactivate volume group %s (an LV still open?)" % vg["vg"])
         for md in md_active:
-            self._act("stop md array %s" % md["device"], [self._bin("mdadm"), "--stop", md["device"]],
+            self.rec.act("stop md array %s" % md["device"], [self._bin("mdadm"), "--stop", md["device"]],
                       fail="cannot stop %s (still in use?)" % md["device"])
 
         released = self._check_released(volume_ids, force_unmount)
@@ -687,7 +286,7 @@ class HostOps:
     def _unmount(self, fs, mount, force):
         mp = fs["mountpoint"]
         for _attempt in range(_MAX_STACKED_MOUNTS):
-            res = self._act("unmount %s" % mp, [self._bin("umount"), mp], fail=False)
+            res = self.rec.act("unmount %s" % mp, [self._bin("umount"), mp], fail=False)
             if res is None:  # check mode
                 return
             rc, out, err = res
@@ -705,11 +304,11 @@ class HostOps:
                         "force_unmount=true for a lazy unmount (the filesystem lives on until its last user lets go; "
                         "do not detach its volumes before that)." % (mp, who),
                         rc=rc, stdout=out, stderr=err, holders=holders)
-                self._act("lazy unmount %s (busy: %s)" % (mp, who), [self._bin("umount"), "-l", mp],
+                self.rec.act("lazy unmount %s (busy: %s)" % (mp, who), [self._bin("umount"), "-l", mp],
                           fail="lazy unmount of %s failed" % mp)
                 self.warnings.append("%s was busy (%s) and was unmounted lazily (force_unmount): the filesystem stays "
                                      "alive until its users let go" % (mp, who))
-            now = self._visible(self._mounts(), mp)
+            now = visible_mount(self.resolver.mounts(), mp)
             if now is None:
                 return
             if now["majmin"] != mount["majmin"]:
@@ -728,7 +327,7 @@ class HostOps:
                 claimed = self.claimed(dev)
                 out.append(dict(member=index, volume_id=vol, device=dev, claimed=claimed))
                 if claimed:
-                    busy.append("member %d %s (%s) held by %s" % (index, vol, dev, ", ".join(self._holders(dev))
+                    busy.append("member %d %s (%s) held by %s" % (index, vol, dev, ", ".join(self.resolver.holders(dev))
                                                                   or "a mounted filesystem"))
         if busy:
             msg = ("still in use after taking the set down: %s. Do not detach these volumes until they are "
@@ -753,11 +352,11 @@ class HostOps:
         self._layout_lvm = layout.lvm
         devices = self._wait_devices(layout, volume_ids, device_timeout)
 
-        mounts = self._mounts()
+        mounts = self.resolver.mounts()
         plan = []
         for fs in layout.mount_order():
             sources = self._sources(fs, devices)
-            mount = self._visible(mounts, fs["mountpoint"])
+            mount = visible_mount(mounts, fs["mountpoint"])
             if mount is not None:
                 if self.check_mode and any(src.startswith("<") for src in sources):
                     plan.append((fs, sources))  # the current mount is to be taken down before this
@@ -779,17 +378,17 @@ class HostOps:
             self._activate(vg, devices)
 
         if plan:
-            mounts = self._mounts()
+            mounts = self.resolver.mounts()
         for fs, sources in plan:
             for src in sources:
                 if not self.check_mode:
                     self._wait_path(src, min(device_timeout, 30.0))
-                    busy = [m["mountpoint"] for m in mounts if m["majmin"] == self._majmin(src)]
-                    if busy or self.claimed(self._dev(src)):
+                    busy = [m["mountpoint"] for m in mounts if m["majmin"] == self.resolver.majmin_of(src)]
+                    if busy or self.claimed(self.resolver.dev_path(src)):
                         raise StillpointError(
                             "%s (for %s) is in use: %s. Refusing to check or mount it; nothing was mounted."
                             % (src, fs["mountpoint"], "mounted at " + ", ".join(busy) if busy else
-                               "claimed by %s" % (", ".join(self._holders(src)) or "a mounted filesystem")))
+                               "claimed by %s" % (", ".join(self.resolver.holders(src)) or "a mounted filesystem")))
         if verify:
             for fs, sources in plan:
                 self._verify(fs, sources, devices)
@@ -798,7 +397,7 @@ class HostOps:
 
         if not self.check_mode:
             for fs, sources in plan:
-                mount = self._visible(self._mounts(), fs["mountpoint"])
+                mount = visible_mount(self.resolver.mounts(), fs["mountpoint"])
                 if mount is None or not self._mounted_from(mount, fs, sources):
                     raise StillpointError("%s did not end up mounted from %s after mount returned 0 (now: %s)"
                                           % (fs["mountpoint"], ", ".join(sources), mount and mount["source"]))
@@ -844,30 +443,26 @@ class HostOps:
         for index in wanted:
             out[index] = found.get(index) or "<device of %s>" % volume_ids[index]
         if not self.check_mode:
-            self._note("wait for devices by volume id", ms=ms_since(t0, self.clock()),
+            self.rec.note("wait for devices by volume id", ms=ms_since(t0, self.clock()),
                        devices={str(i): out[i] for i in wanted})
         elif len(found) < len(wanted):
-            self._note("wait up to %gs for %s to appear" % (timeout, ", ".join(problems[i] for i in sorted(problems))))
+            self.rec.note("wait up to %gs for %s to appear" % (timeout, ", ".join(problems[i] for i in sorted(problems))))
         return out
 
     def _wait_path(self, path, timeout):
         t0 = self.clock()
-        while not os.path.exists(self._dev(path)):
+        while not os.path.exists(self.resolver.dev_path(path)):
             if self.clock() - t0 >= timeout:
                 raise StillpointError("%s did not appear within %gs (udev?)" % (path, timeout))
             self.sleep(_POLL)
 
     def _partition(self, disk, number):
         """Path of partition ``number`` of ``disk`` (from sysfs, whatever the naming scheme)."""
-        name = os.path.basename(os.path.realpath(disk))
-        base = self._sysblock(name)
+        base = self.resolver.node(os.path.basename(os.path.realpath(disk)))
         if base:
             for entry in sorted(os.listdir(base)):
-                p = os.path.join(base, entry, "partition")
-                if os.path.exists(p):
-                    with open(p) as f:
-                        if f.read().strip() == str(number):
-                            return os.path.join(os.path.dirname(disk), entry)
+                if read_sysfs(os.path.join(base, entry, "partition")) == str(number):
+                    return os.path.join(os.path.dirname(disk), entry)
         if self.check_mode:
             return "%s (partition %d)" % (disk, number)
         raise StillpointError("%s has no partition %d; the set records a filesystem there" % (disk, number))
@@ -880,13 +475,13 @@ class HostOps:
         return [devices[i] for i in fs["members"]]
 
     def _leaf_disks(self, path):
-        majmin = self._majmin(path)
+        majmin = self.resolver.majmin_of(path)
         if majmin is None:
             return []
         try:
             return self.resolver.leaf_disks(majmin)
         except StillpointError:
-            return [os.path.basename(os.path.realpath(self._dev(path)))]
+            return [os.path.basename(os.path.realpath(self.resolver.dev_path(path)))]
 
     def _mounted_from(self, mount, fs, sources):
         """Is ``mount`` the filesystem on ``sources``? By device number; a btrfs mount has an
@@ -894,18 +489,18 @@ class HostOps:
         if mount["major"] == 0 and fs["fstype"] == "btrfs":
             want = sorted(set(d for s in sources for d in self._leaf_disks(s)))
             return bool(want) and self._mount_disks(mount) == want
-        want = self._majmin(sources[0])
+        want = self.resolver.majmin_of(sources[0])
         return want is not None and mount["majmin"] == want
 
     def _md_detail(self, device):
-        rc, out, _err = self._probe([self._bin("mdadm"), "--detail", "--export", device])
+        rc, out, _err = self.rec.probe([self._bin("mdadm"), "--detail", "--export", device])
         return parse_export(out) if rc == 0 else None
 
     def _assemble(self, md, devices):
         dev = md["device"]
         members = [devices[i] for i in md["members"]]
         if any(m.startswith("<") for m in members):  # check mode before the volumes exist: only the plan
-            self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] +
+            self.rec.act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] +
                       (["--update=uuid"] if md["clone_of"] else []) + members)
             return
         state = self._md_state(dev)
@@ -914,7 +509,7 @@ class HostOps:
             return
         uuids = []
         for index, member in zip(md["members"], members):
-            rc, out, err = self._probe([self._bin("mdadm"), "--examine", "--export", member])
+            rc, out, err = self.rec.probe([self._bin("mdadm"), "--examine", "--export", member])
             info = parse_export(out) if rc == 0 else {}
             if not info.get("MD_UUID"):
                 raise StillpointError(
@@ -945,10 +540,10 @@ class HostOps:
             raise StillpointError("%s is %s by its superblock, but the layout records %s; refusing to assemble."
                                   % (dev, info0["MD_LEVEL"], md["level"]))
         # whatever already holds the members: an auto-assembled copy of this array, or something else
-        kname = self._kernel_name(dev)
+        kname = self.resolver.present_kernel_name(dev)
         stop, deactivate = [], []
         for member in members:
-            for holder in self._holders(member):
+            for holder in self.resolver.holders(member):
                 if holder in stop:
                     continue
                 if holder == kname:  # the recorded array itself, left inactive
@@ -959,7 +554,7 @@ class HostOps:
                                           "assembled." % (member, dev, holder))
                 hdev = "/dev/" + holder
                 hdetail = self._md_detail(hdev) or {}
-                above = self._holders(hdev)
+                above = self.resolver.holders(hdev)
                 auto_vgs = self._auto_activated_vgs(above) if md_uuid_key(hdetail.get("MD_UUID")) == want else None
                 if auto_vgs:
                     # LVM's udev autoactivation found the set's volume group on the copy udev assembled
@@ -967,7 +562,7 @@ class HostOps:
                         if vg not in deactivate:
                             deactivate.append(vg)
                     above = []
-                in_use = above or self._visible_by_majmin(self._majmin(hdev))
+                in_use = above or self._visible_by_majmin(self.resolver.majmin_of(hdev))
                 if md_uuid_key(hdetail.get("MD_UUID")) != want or in_use:
                     raise StillpointError(
                         "%s (member of %s) is held by %s (array UUID %s%s). Refusing to take it over; stop it "
@@ -979,19 +574,19 @@ class HostOps:
                 "%s exists but is inactive over devices that are not this restore's members; refusing to stop it. "
                 "Stop it yourself (mdadm --stop %s) if it is a leftover." % (dev, dev))
         for vg in deactivate:
-            self._act("deactivate volume group %s (activated by udev on the copy of %s assembled under another name)"
+            self.rec.act("deactivate volume group %s (activated by udev on the copy of %s assembled under another name)"
                       % (vg, dev), [self._bin("vgchange"), "-an", vg], fail="cannot deactivate volume group %s" % vg)
         for name in stop:
             target = dev if name == kname else "/dev/" + name
-            self._act("stop %s (assembled from the restored members by udev, or left inactive) so that %s is "
+            self.rec.act("stop %s (assembled from the restored members by udev, or left inactive) so that %s is "
                       "assembled in the recorded order" % (target, dev), [self._bin("mdadm"), "--stop", target],
                       fail="cannot stop %s" % target)
         if update:
-            self._act("assemble %s with a new UUID (a copy of array %s)" % (dev, md["clone_of"]),
+            self.rec.act("assemble %s with a new UUID (a copy of array %s)" % (dev, md["clone_of"]),
                       [self._bin("mdadm"), "--assemble", dev, "--update=uuid"] + members,
                       fail="mdadm could not assemble %s" % dev)
         else:
-            self._act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members,
+            self.rec.act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members,
                       fail="mdadm could not assemble %s" % dev)
         if not self.check_mode:
             detail = self._md_detail(dev)
@@ -1011,10 +606,10 @@ class HostOps:
             return
         ours = set()
         for md in candidates:
-            ours.add(self._kernel_name(md["device"]))
+            ours.add(self.resolver.present_kernel_name(md["device"]))
             for i in md["members"]:
                 if not devices[i].startswith("<"):
-                    ours.update(self._holders(devices[i]))
+                    ours.update(self.resolver.holders(devices[i]))
         for name in names:
             if name in ours or self._md_state("/dev/" + name) in (None, "inactive"):
                 continue
@@ -1036,32 +631,26 @@ class HostOps:
         by_uuid = dict((lvm_uuid_key(vg["uuid"]), vg["vg"]) for vg in self._layout_lvm if vg["uuid"])
         found = []
         for holder in holders:
-            dm_uuid = self._sysread(holder, "dm", "uuid") or ""
+            dm_uuid = self.resolver.sys_attr(holder, "dm", "uuid") or ""
             # an LV's dm uuid is "LVM-" + the VG UUID and the LV UUID, without dashes (32 characters each)
             vg = by_uuid.get(dm_uuid[4:36]) if dm_uuid.startswith("LVM-") else None
-            if vg is None or self._holders("/dev/" + holder) or \
-                    self._visible_by_majmin(self._majmin("/dev/" + holder)) or self.claimed(self._dev("/dev/" + holder)):
+            dev = "/dev/" + holder
+            if vg is None or self.resolver.holders(dev) or self._visible_by_majmin(self.resolver.majmin_of(dev)) or \
+                    self.claimed(self.resolver.dev_path(dev)):
                 return None
             if vg not in found:
                 found.append(vg)
         return found
 
-    def _sysread(self, name, *parts):
-        p = self._sysblock(name, *parts)
-        if not p or not os.path.exists(p):
-            return None
-        with open(p) as f:
-            return f.read().strip()
-
     def _visible_by_majmin(self, majmin):
-        return majmin is not None and any(m["majmin"] == majmin for m in self._mounts())
+        return majmin is not None and any(m["majmin"] == majmin for m in self.resolver.mounts())
 
     def _check_running(self, md, detail, members):
         dev = md["device"]
         want_uuid = md_uuid_key(md["uuid"]) if md["uuid"] else None
         have = md_detail_devices(detail)
-        have_real = set(os.path.realpath(self._dev(d["dev"])) for d in have)
-        want_real = set(os.path.realpath(self._dev(m)) for m in members)
+        have_real = set(os.path.realpath(self.resolver.dev_path(d["dev"])) for d in have)
+        want_real = set(os.path.realpath(self.resolver.dev_path(m)) for m in members)
         if want_uuid and md_uuid_key(detail.get("MD_UUID")) == want_uuid and have and have_real != want_real:
             raise StillpointError(
                 "%s is running the set's array %s over %s, not over the restored members %s: its source (or another "
@@ -1074,9 +663,9 @@ class HostOps:
                 "to touch it; stop it first if it is an old copy." % (
                     dev, detail.get("MD_UUID", "unknown"), ", ".join(d["dev"] for d in have) or "unknown devices",
                     md["uuid"] or "(no UUID recorded)", ", ".join(members)))
-        roles = {os.path.realpath(self._dev(d["dev"])): d["role"] for d in have}
+        roles = {os.path.realpath(self.resolver.dev_path(d["dev"])): d["role"] for d in have}
         for position, member in enumerate(members):
-            role = roles.get(os.path.realpath(self._dev(member)))
+            role = roles.get(os.path.realpath(self.resolver.dev_path(member)))
             if role is not None and role != position:
                 self.warnings.append(
                     "%s: member %d (%s) has md role %s, not %d as recorded; md assembles by its superblocks, so the "
@@ -1084,13 +673,13 @@ class HostOps:
                         dev, md["members"][position], member, role, position))
 
     def _vgs(self):
-        rc, out, err = self._probe([self._bin("vgs"), "--reportformat", "json", "-o", "vg_name,vg_uuid"])
+        rc, out, err = self.rec.probe([self._bin("vgs"), "--reportformat", "json", "-o", "vg_name,vg_uuid"])
         if rc != 0:
             raise StillpointError("vgs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out, stderr=err)
         return parse_lvm_report(out, "vg")
 
     def _lvs(self, vg):
-        rc, out, err = self._probe([self._bin("lvs"), "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr", vg])
+        rc, out, err = self.rec.probe([self._bin("lvs"), "--reportformat", "json", "-o", "vg_name,lv_name,lv_attr", vg])
         if rc != 0:
             raise StillpointError("lvs %s failed (rc=%s): %s" % (vg, rc, (err or out).strip()), rc=rc, stdout=out,
                                   stderr=err)
@@ -1113,21 +702,21 @@ class HostOps:
 
     def _activate(self, vg, devices):
         pending = self.check_mode and (any(p.startswith("<") for p in devices.values()) or
-                                       any(s["what"].startswith("assemble ") for s in self.plan))
+                                       any(s["what"].startswith("assemble ") for s in self.rec.planned))
         if pending:  # what it sits on is only planned
             if vg["clone_of"]:
-                self._act("import volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
+                self.rec.act("import volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
                           [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices))
-            self._act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
+            self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
             return
         found = self._find_vg(self._vgs(), vg)
         if found is None and vg["clone_of"]:
             # the copy's PVs still carry the source's PV and VG UUIDs: new UUIDs and the new name
-            self._act("import the copy of volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
+            self.rec.act("import the copy of volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
                       [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices),
                       fail="vgimportclone could not import the copy as %s" % vg["vg"])
             if self.check_mode:
-                self._act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
+                self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
                 return
             found = self._find_vg(self._vgs(), vg)
         if found is None:
@@ -1146,19 +735,19 @@ class HostOps:
                                   % (vg["vg"], ", ".join(missing), ", ".join(names) or "none"))
         wanted = [lv for lv in lvs if not vg["lvs"] or lv.get("lv_name") in vg["lvs"]]
         if any(len(lv.get("lv_attr", "")) < 5 or lv["lv_attr"][4] != "a" for lv in wanted):
-            self._act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]],
+            self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]],
                       fail="cannot activate volume group %s" % vg["vg"])
 
     def _pv_paths(self, vg, devices):
         return [devices[pv] if isinstance(pv, int) else pv for pv in vg["pvs"]]
 
     def _check_pvs(self, vg, devices):
-        rc, out, err = self._probe([self._bin("pvs"), "--reportformat", "json", "-o", "pv_name,vg_name,vg_uuid"])
+        rc, out, err = self.rec.probe([self._bin("pvs"), "--reportformat", "json", "-o", "pv_name,vg_name,vg_uuid"])
         if rc != 0:
             raise StillpointError("pvs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out, stderr=err)
         rows = [r for r in parse_lvm_report(out, "pv") if r.get("vg_name") == vg["vg"]]
-        have = sorted(os.path.realpath(self._dev(r["pv_name"])) for r in rows)
-        want = sorted(os.path.realpath(self._dev(p)) for p in self._pv_paths(vg, devices))
+        have = sorted(os.path.realpath(self.resolver.dev_path(r["pv_name"])) for r in rows)
+        want = sorted(os.path.realpath(self.resolver.dev_path(p)) for p in self._pv_paths(vg, devices))
         if have != want:
             raise StillpointError(
                 "Volume group %s sits on %s, but the set records it on %s (the restored volumes). Refusing to activate "
@@ -1174,7 +763,7 @@ class HostOps:
             self.warnings.append("no read-only check is known for %s; mounted without one" % where)
             return
         argv = [self._bin(base[0])] + base[1:] + [sources[0]]
-        res = self._act("check %s (read-only)" % where, argv, fail=False, changes=False)
+        res = self.rec.act("check %s (read-only)" % where, argv, fail=False, changes=False)
         if res is None:
             return
         rc, out, err = res
@@ -1184,7 +773,7 @@ class HostOps:
             # snapshot always does): the read-only check cannot judge it. The restored volume is a new
             # copy, so replay it the way the kernel would, on a private mountpoint, then check again.
             self._replay(fs, sources, where)
-            rc, out, err = self._act("check %s again after the log replay (read-only)" % where, argv, fail=False,
+            rc, out, err = self.rec.act("check %s again after the log replay (read-only)" % where, argv, fail=False,
                                      changes=False)
             text = (out + "\n" + err).strip()
         if rc != 0:
@@ -1208,9 +797,9 @@ class HostOps:
         if options:
             argv += ["-o", ",".join(options)]
         try:
-            self._act("replay the log of %s (mount on %s)" % (where, private), argv + [sources[0], private],
+            self.rec.act("replay the log of %s (mount on %s)" % (where, private), argv + [sources[0], private],
                       fail="cannot mount %s to replay its log" % where, changes=False)
-            self._act("unmount %s after the log replay" % private, [self._bin("umount"), private],
+            self.rec.act("unmount %s after the log replay" % private, [self._bin("umount"), private],
                       fail="cannot unmount %s after the log replay" % private, changes=False)
         finally:
             try:
@@ -1231,7 +820,7 @@ class HostOps:
     def _mount(self, fs, sources, extra):
         mp = fs["mountpoint"]
         if not os.path.isdir(mp):
-            self._act("create mountpoint %s" % mp, [self._bin("mkdir"), "-p", mp],
+            self.rec.act("create mountpoint %s" % mp, [self._bin("mkdir"), "-p", mp],
                       fail="cannot create the mountpoint %s" % mp)
         options = list(fs["options"]) + [o for o in extra if o not in fs["options"]]
         if fs["kind"] == "btrfs-multi":
@@ -1240,18 +829,18 @@ class HostOps:
         if options:
             argv += ["-o", ",".join(options)]
         argv += [sources[0], mp]
-        self._act("mount %s" % mp, argv, fail="cannot mount %s" % mp)
+        self.rec.act("mount %s" % mp, argv, fail="cannot mount %s" % mp)
 
     def _check_sentinels(self, layout, sentinel):
         if self.check_mode:
-            self._note("check that %s exists on every filesystem" % sentinel)
+            self.rec.note("check that %s exists on every filesystem" % sentinel)
             return
         missing = []
         for fs in layout.mount_order():
             path = os.path.join(fs["mountpoint"], sentinel)
             if not os.path.lexists(path):
                 missing.append(path)
-        self._note("check sentinel %s" % sentinel, missing=missing)
+        self.rec.note("check sentinel %s" % sentinel, missing=missing)
         if missing:
             raise StillpointError(
                 "Sentinel missing after mounting: %s. The restored filesystems are not the data the set should hold; "
@@ -1261,221 +850,55 @@ class HostOps:
     # result -------------------------------------------------------------------------------
 
     def _result(self, layout, extra):
-        mounts = self._mounts()
+        mounts = self.resolver.mounts()
         final = []
         for fs in layout.mount_order():
-            m = self._visible(mounts, fs["mountpoint"])
+            m = visible_mount(mounts, fs["mountpoint"])
             entry = dict(mountpoint=fs["mountpoint"], fstype=fs["fstype"], mounted=m is not None)
             if m is not None:
                 entry.update(source=m["source"], majmin=m["majmin"], options=",".join(m["options"]))
             final.append(entry)
-        out = dict(changed=self.changed, steps=self.steps, mounts=final)
-        if self.check_mode:
-            out["plan"] = self.plan
+        out = dict(changed=self.changed, actions=self.actions, mounts=final)
         out.update(extra)
         return out
 
 
-# -- discovery at backup time ---------------------------------------------------------------
+def array_host(runner, params, check_mode=False, which=None, resolver=None, warn=None, **hostops):
+    """The array_host module: ``params["state"]`` (down or up) for ``params["layout"]`` (with
+    ``import_clone``, the copy's layout from :func:`~._layout.clone_layout`) and the hooks of
+    ``stop_command``/``start_command``/``checksum_command``.
 
-
-def _sysfs_node(resolver, majmin):
-    p = os.path.join(resolver.sys_root, "dev", "block", majmin)
-    return os.path.realpath(p) if os.path.exists(p) else None
-
-
-def _read_sys(path):
+    Returns :meth:`HostOps.down`'s or :meth:`HostOps.up`'s result; a failure's StillpointError carries
+    ``changed`` and ``actions`` too. ``warn(text)`` gets each warning."""
+    p = params
+    ops = HostOps(runner, resolver or DeviceResolver(by_id_dir=p["by_id_dir"]), check_mode=check_mode, which=which,
+                  **hostops)
     try:
-        with open(path) as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
+        if p["import_clone"]:
+            layout = Layout(clone_layout(p["layout"], p["mountpoint_map"], p["vg_map"], p["md_map"]))
+        elif p["mountpoint_map"] or p["vg_map"] or p["md_map"]:
+            raise StillpointError("mountpoint_map, vg_map and md_map only apply with import_clone: true (a copy "
+                                  "brought up beside its source under new names).")
+        else:
+            layout = Layout(p["layout"])
 
+        def hooks(pre=None, post=None):
+            return Hooks(lambda argv: runner(argv, check=False), pre=pre, post=post, timeout=p["hook_timeout"],
+                         on_failure="continue", timeout_bin=runner.bin("timeout"))
 
-def _slaves(node):
-    try:
-        return sorted(os.listdir(os.path.join(node, "slaves")))
-    except OSError:
-        return []
-
-
-def _chunk_text(chunk_bytes):
-    """sysfs ``md/chunk_size`` (bytes) -> ``"512K"`` as mdadm prints it; None for 0 or unknown."""
-    if not chunk_bytes or not chunk_bytes.isdigit() or int(chunk_bytes) == 0:
-        return None
-    return "%dK" % (int(chunk_bytes) // 1024)
-
-
-class StackDiscovery:
-    """What a set's filesystems sit on, at backup time: md arrays (``mdadm --detail --export``) and
-    LVM (``pvs``/``lvs --reportformat json``), found by walking sysfs from each mount's device.
-
-    ``discover(mount)`` takes an entry of :meth:`DeviceResolver.resolve` and returns
-    ``{"device", "partition", "md": [...], "lvm": [...], "volume_ids": [...]}`` with md members and
-    LVM PVs named by EBS volume id (or, for a PV on an md array, by md device); ``volume_ids`` is
-    the stack's member order (md role order, PVs in the order LVM lists them, every PV of the
-    volume group, not only those under this LV). Returns None (and adds a warning) for stacks a
-    restore cannot rebuild from whole volumes (partitions under md/LVM, dm-crypt, multipath).
-    A filesystem directly on a volume returns ``{"device": None, "partition": N or None, ...}``.
-    """
-
-    def __init__(self, runner, resolver):
-        self.run = runner
-        self.resolver = resolver
-        self.warnings = []
-        self._by_id = None
-        self._lvm = None
-
-    def _vol(self, kname):
-        if self._by_id is None:
-            self._by_id = self.resolver.by_id_volumes()
-        return self.resolver.volume_id(kname, _by_id=self._by_id)
-
-    def _node(self, kname):
-        for base in ("class/block", "block"):
-            p = os.path.join(self.resolver.sys_root, base, kname)
-            if os.path.exists(p):
-                return os.path.realpath(p)
-        return None
-
-    def _kname(self, path):
-        """Kernel name of a /dev path (``/dev/data/pg`` -> ``dm-0``, ``/dev/md/0`` -> ``md127``)."""
-        if path.startswith("/dev/") and self.resolver.dev_root != "/dev":
-            path = os.path.join(self.resolver.dev_root, path[len("/dev/"):])
-        return os.path.basename(os.path.realpath(path))
-
-    def _lvm_reports(self):
-        if self._lvm is None:
-            rc, out, err = self.run([self.run.bin("lvs"), "--reportformat", "json", "-o",
-                                     "vg_name,vg_uuid,lv_name,lv_uuid,lv_kernel_major,lv_kernel_minor,lv_attr"],
-                                    check=False)
-            if rc != 0:
-                raise StillpointError("lvs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out,
-                                      stderr=err)
-            lvs = parse_lvm_report(out, "lv")
-            rc, out, err = self.run([self.run.bin("pvs"), "--reportformat", "json", "-o",
-                                     "pv_name,pv_uuid,vg_name,vg_uuid"], check=False)
-            if rc != 0:
-                raise StillpointError("pvs failed (rc=%s): %s" % (rc, (err or out).strip()), rc=rc, stdout=out,
-                                      stderr=err)
-            self._lvm = (lvs, parse_lvm_report(out, "pv"))
-        return self._lvm
-
-    def _whole_volume(self, kname, what):
-        """The volume id of a whole disk; None (and a warning) for anything else."""
-        node = self._node(kname)
-        if node is None or os.path.exists(os.path.join(node, "partition")) or _slaves(node):
-            self.warnings.append(
-                "%s sits on %s, which is not a whole EBS volume (a partition, or another device-mapper layer): "
-                "the md/LVM layout is not recorded, a restore must be given it by hand" % (what, kname))
-            return None
-        vol = self._vol(kname)
-        if vol is None:
-            self.warnings.append("%s sits on %s, which has no EBS volume id; the md/LVM layout is not recorded"
-                                 % (what, kname))
-        return vol
-
-    def _md(self, kname, node):
-        dev = "/dev/" + kname
-        rc, out, err = self.run([self.run.bin("mdadm"), "--detail", "--export", dev], check=False)
-        if rc != 0:
-            raise StillpointError("mdadm --detail --export %s failed (rc=%s): %s" % (dev, rc, (err or out).strip()),
-                                  rc=rc, stdout=out, stderr=err)
-        detail = parse_export(out)
-        if not detail.get("MD_UUID"):
-            raise StillpointError("mdadm --detail --export %s printed no MD_UUID; is it a running md array?" % dev,
-                                  stdout=out)
-        members = []
-        for d in md_detail_devices(detail):
-            if not isinstance(d["role"], int):
-                continue  # spares and faulty devices are not part of the data
-            vol = self._whole_volume(self._kname(d["dev"]), dev)
-            if vol is None:
-                return None
-            members.append(vol)
-        expected = detail.get("MD_DEVICES")
-        if expected and expected.isdigit() and int(expected) != len(members):
-            self.warnings.append("%s has %s raid devices but %d active members: the set holds a degraded array"
-                                 % (dev, expected, len(members)))
-        return dict(device=dev, uuid=detail["MD_UUID"], level=detail.get("MD_LEVEL") or None,
-                    chunk=_chunk_text(_read_sys(os.path.join(node, "md", "chunk_size"))), members=members)
-
-    def _pv_entry(self, kname, vg, mds):
-        node = self._node(kname)
-        if node is not None and os.path.isdir(os.path.join(node, "md")):
-            md = self._md(kname, node)
-            if md is None:
-                return None
-            if md["device"] not in [m["device"] for m in mds]:
-                mds.append(md)
-            return md["device"]
-        return self._whole_volume(kname, "volume group %s" % vg)
-
-    def _lv(self, kname, node, top):
-        majmin = _read_sys(os.path.join(node, "dev"))
-        lvs, pvs = self._lvm_reports()
-        rows = [r for r in lvs if "%s:%s" % (r.get("lv_kernel_major"), r.get("lv_kernel_minor")) == majmin]
-        if len(rows) != 1:
-            self.warnings.append("%s (%s) is a device-mapper device LVM does not report as one LV; its layout is "
-                                 "not recorded" % (top["mountpoint"], kname))
-            return None
-        row = rows[0]
-        vg = row["vg_name"]
-        mds, pv_entries, order = [], [], []
-        vg_pvs = [p for p in pvs if p.get("vg_name") == vg]
-        if not vg_pvs:
-            raise StillpointError("pvs lists no physical volume of volume group %s" % vg)
-        for pv in vg_pvs:
-            entry = self._pv_entry(self._kname(pv["pv_name"]), vg, mds)
-            if entry is None:
-                return None
-            pv_entries.append(entry)
-        for entry in pv_entries:
-            if entry.startswith("/dev/"):
-                order.extend(v for v in [m for m in mds if m["device"] == entry][0]["members"] if v not in order)
-            elif entry not in order:
-                order.append(entry)
-        lv_names = [r["lv_name"] for r in lvs if r.get("vg_name") == vg and r.get("lv_name")]
-        return dict(device="/dev/%s/%s" % (vg, row["lv_name"]), partition=None, md=mds,
-                    lvm=[dict(vg=vg, uuid=row.get("vg_uuid") or None, pvs=pv_entries, lvs=lv_names)],
-                    volume_ids=order)
-
-    def discover(self, mount):
-        node = _sysfs_node(self.resolver, mount["majmin"]) if mount.get("majmin") else None
-        if node is None or mount["majmin"].split(":")[0] == "0":  # btrfs (anonymous dev) and the like
-            return dict(device=None, partition=None, md=[], lvm=[], volume_ids=list(mount["volume_ids"]))
-        kname = os.path.basename(node)
-        if os.path.exists(os.path.join(node, "partition")):
-            parent = os.path.basename(os.path.dirname(node))
-            number = _read_sys(os.path.join(node, "partition"))
-            if _slaves(os.path.dirname(node)) or not (number or "").isdigit():
-                self.warnings.append("%s is on partition %s of a stacked device; its layout is not recorded"
-                                     % (mount["mountpoint"], kname))
-                return None
-            return dict(device=None, partition=int(number), md=[], lvm=[], volume_ids=[self._vol(parent)])
-        if os.path.isdir(os.path.join(node, "md")):
-            md = self._md(kname, node)
-            if md is None:
-                return None
-            return dict(device=md["device"], partition=None, md=[md], lvm=[], volume_ids=list(md["members"]))
-        if os.path.isdir(os.path.join(node, "dm")):
-            uuid = _read_sys(os.path.join(node, "dm", "uuid")) or ""
-            if not uuid.startswith("LVM-"):
-                self.warnings.append("%s is on device-mapper device %s (%s), not an LVM logical volume; its layout "
-                                     "is not recorded" % (mount["mountpoint"], kname, uuid.split("-")[0] or "no uuid"))
-                return None
-            return self._lv(kname, node, mount)
-        return dict(device=None, partition=None, md=[], lvm=[], volume_ids=list(mount["volume_ids"]))
-
-
-def discover_stacks(runner, resolver, mounts):
-    """Add ``stack`` (see :class:`StackDiscovery`) to each resolved mount and put its
-    ``volume_ids`` in stack order (every PV of a volume group included). Returns the warnings."""
-    disc = StackDiscovery(runner, resolver)
-    for mount in mounts:
-        stack = disc.discover(mount)
-        mount["stack"] = stack
-        if stack is not None:
-            ordered = [v for v in stack["volume_ids"] if v]
-            mount["volume_ids"] = ordered + [v for v in mount["volume_ids"] if v not in ordered]
-    return disc.warnings
+        both = hooks(p["stop_command"], p["start_command"]) if p["stop_command"] or p["start_command"] else None
+        if p["state"] == "down":
+            result = ops.down(layout, volume_ids=p["volume_ids"], hooks=both, run_hooks=p["run_hooks"],
+                              force_unmount=p["force_unmount"])
+        else:
+            result = ops.up(layout, volume_ids=p["volume_ids"], hooks=both, run_hooks=p["run_hooks"],
+                            device_timeout=p["device_timeout"], verify=p["verify"], sentinel=p["sentinel"],
+                            checksum=hooks(p["checksum_command"]) if p["checksum_command"] else None,
+                            mount_options_extra=p["mount_options_extra"])
+    except StillpointError as exc:
+        exc.details.update(changed=ops.changed, actions=ops.actions)
+        raise
+    finally:
+        for warning in ops.warnings:
+            (warn or (lambda text: None))(warning)
+    return result

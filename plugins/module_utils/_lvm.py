@@ -4,8 +4,10 @@
 """Named sets of LVM snapshots: create (all or nothing), list, mount, merge back, remove.
 
 Private to the collection. Pure Python: commands go through a :class:`~._common.CommandRunner`
-(argv lists, ``LC_ALL=C``); LVM is read through ``lvs``/``vgs --reportformat json`` (parsed by
-:func:`~._hostops.parse_lvm_report`), mounts through ``/proc/self/mountinfo``.
+(argv lists, ``LC_ALL=C``) and every change through a :class:`~._common.Recorder` (LVM's ``--test``
+is the dry run of check mode); LVM is read through ``lvs``/``vgs --reportformat json`` (parsed by
+:func:`parse_lvm_report`, which the restore side reads LVM with too), mounts through
+``/proc/self/mountinfo``.
 
 A set is found by its LVM tags, never by names alone. Every member carries:
 
@@ -43,16 +45,17 @@ by someone else) before its last member is rolled back: it is not of one instant
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import time
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError, lower_level, ms_since
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import (
     DEFAULT_DEADLINE, FREEZABLE_FSTYPES, MAX_DEADLINE, Guardian, check_mountpoints)
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import parse_lvm_report
 
 TAG_SET = "stillpoint-set."
 TAG_COUNT = "stillpoint-count."
@@ -87,6 +90,25 @@ _UNITS = {"b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 
 
 
 # -- pure helpers ----------------------------------------------------------------------------
+
+
+def parse_lvm_report(text, section):
+    """Rows of an LVM ``--reportformat json`` report section (``"vg"``, ``"lv"``, ``"pv"``)."""
+    try:
+        data = json.loads(text)
+        rows = []
+        for report in data["report"]:
+            rows.extend(report.get(section, []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise StillpointError(
+            "Cannot parse the LVM JSON report (section %r): %r. LVM 2.02.158 or later is needed for "
+            "--reportformat json." % (section, (text or "")[:200]))
+    return rows
+
+
+def lvm_uuid_key(uuid):
+    """An LVM UUID without its dashes (LVM UUIDs are case-sensitive)."""
+    return (uuid or "").replace("-", "").strip()
 
 
 def parse_size(text):
@@ -506,9 +528,18 @@ class SnapshotSets:
         self._kernel_release = kernel_release or running_kernel
         self._freezer = freezer or GuardianFreezer
         self._protect_paths = list(protect_paths or ())
-        self.changed = False
-        self.actions = []
+        self.rec = Recorder(runner, check_mode=check_mode)
         self.warnings = []
+
+    @property
+    def actions(self):
+        """The recorder's ``actions`` (what, cmd, rc, ms, planned; ``dry_run``/``dry_run_rc`` in check mode)."""
+        return self.rec.actions
+
+    @property
+    def changed(self):
+        """Whether this run changed LVM or the mount table (never in check mode)."""
+        return self.rec.changed and not self.check_mode
 
     # reading ---------------------------------------------------------------------------
 
@@ -520,27 +551,9 @@ class SnapshotSets:
         return LvmState.from_text(lvs_out, vgs_out, self._mountinfo())
 
     def _act(self, what, argv, test=None):
-        """Run a changing command, or its ``--test`` twin (``test``) in check mode, or just plan it."""
-        step = dict(what=what, cmd=argv)
-        self.actions.append(step)
-        if self.check_mode:
-            step["planned"] = True
-            if test is None:
-                return None
-            t0 = time.monotonic()
-            rc, out, err = self.run(test, check=False)
-            step.update(test_cmd=test, test_rc=rc, test_ms=ms_since(t0))
-            if rc != 0:
-                raise StillpointError("LVM's dry run (--test) refuses to %s (rc=%s): %s. Nothing was changed."
-                                      % (what, rc, (err or out).strip()), rc=rc, stdout=out, stderr=err, cmd=test,
-                                      actions=self.actions)
-            return rc, out, err
-        t0 = time.monotonic()
-        rc, out, err = self.run(argv, check=False)
-        step.update(rc=rc, ms=ms_since(t0))
-        if rc == 0:
-            self.changed = True
-        return rc, out, err
+        """A changing command: run (the caller judges its rc) or, in check mode, planned, with its
+        ``--test`` twin (``test``) run as the dry run; a dry run LVM refuses raises."""
+        return self.rec.act(what, argv, fail=None if self.check_mode else False, dry_run=test)
 
     def info(self, set_name=None):
         state = self.read()
@@ -911,12 +924,14 @@ class SnapshotSets:
         tests = []
         for name in names:
             argv = [self.run.bin("lvconvert"), "--test", "--merge", "--background", name]
-            rc, out, err = self.run(argv, check=False)
-            tests.append(dict(what="dry-run merge of %s" % name, cmd=argv, rc=rc))
+            t0 = time.monotonic()
+            rc, out, err = self.rec.probe(argv)
+            tests.append(dict(what="dry-run merge of %s" % name, cmd=argv, rc=rc, ms=ms_since(t0)))
             if rc != 0:
                 raise StillpointError("LVM's dry run refuses to merge %s (rc=%s): %s. No member was merged." % (
                     name, rc, (err or out).strip()), rc=rc, stdout=out, stderr=err, cmd=argv, snapshot_set=desc)
-        self.actions.extend(tests)
+        for test in tests:  # they ran (read-only), in check mode too
+            self.rec.note(test.pop("what"), planned=False, **test)
         if self.check_mode:
             return dict(changed=True, snapshot_set=desc, merged=[],
                         msg="check mode: would merge %d snapshot(s) of set %s into their origins"
@@ -1035,3 +1050,48 @@ class SnapshotSets:
                     snapshot_set=desc if self.check_mode or not changed else self.read().describe_set(set_name),
                     msg="%s%d mount(s) of snapshot set %s" % ("check mode: would unmount " if self.check_mode
                                                               else "unmounted ", len(unmounted), set_name))
+
+
+def _check_volumes(params, snapshot_set):
+    """With volumes given for a state other than present: the set must have exactly those LVs."""
+    if not params["volumes"] or not snapshot_set.get("exists"):
+        return
+    want = sorted((v["vg"], v["lv"]) for v in params["volumes"])
+    have = sorted((m["vg"], m["lv"]) for m in snapshot_set["members"])
+    if want != have:
+        raise StillpointError("Snapshot set %s holds %s, not the volumes given (%s); refusing to act on it."
+                              % (params["set_name"], ", ".join("%s/%s" % k for k in have),
+                                 ", ".join("%s/%s" % k for k in want)), snapshot_set=snapshot_set)
+
+
+def snapshot_set(runner, params, check_mode=False, protect_paths=(), warn=None):
+    """The lvm_snapshot_set module: ``params["state"]`` (present, absent, reverted, mounted, unmounted)
+    on the set ``params["set_name"]``. Returns the result with ``actions`` (a failure's StillpointError
+    carries them too); ``warn(text)`` gets each warning."""
+    sets = SnapshotSets(runner, check_mode=check_mode, protect_paths=protect_paths)
+    state, name = params["state"], params["set_name"]
+    result = dict(changed=False)
+    try:
+        if state == "present":
+            result.update(sets.present(name, params["volumes"], params["thin_pool_max_percent"],
+                                       cross_lv=params["cross_lv"], freeze_deadline=params["freeze_deadline"]))
+        else:
+            if params["volumes"]:
+                _check_volumes(params, sets.info(name)["sets"][0])
+            if state == "absent":
+                result.update(sets.absent(name))
+            elif state == "reverted":
+                result.update(sets.reverted(name, defer=params["defer_merge"]))
+            elif state == "mounted":
+                result.update(sets.mounted(name, params["mount_base"], params["mount_options"]))
+            else:
+                result.update(sets.unmounted(name))
+    except StillpointError as exc:
+        exc.details.setdefault("changed", False)
+        exc.details["actions"] = sets.actions
+        raise
+    finally:
+        for warning in sets.warnings:
+            (warn or (lambda text: None))(warning)
+    result["actions"] = sets.actions
+    return result

@@ -6,11 +6,13 @@ resolution (mountpoints -> volumes, freeze checks) and API-side planning (member
 
 from __future__ import annotations
 
+import socket
+
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import discover_stacks
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._discovery import discover_stacks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._imds import Imds
 
 ARGUMENT_SPEC = dict(
@@ -49,7 +51,7 @@ def resolve_on_host(params, protect_paths=(), runner=None, resolver=None):
     """Host side: mountpoints -> EBS volumes, and the freeze plan (all refusals happen here).
 
     With a ``runner`` (a CommandRunner), the md arrays and LVM volume groups under the mountpoints
-    are discovered too (each mount gets a ``stack``, see ``_hostops.StackDiscovery``), and the
+    are discovered too (each mount gets a ``stack``, see ``_discovery.StackDiscovery``), and the
     mounts' volume ids follow the stack order (md role order, PV order; every PV of a volume group)."""
     resolver = resolver or DeviceResolver(by_id_dir=params["by_id_dir"])
     mounts = resolver.resolve(params["mountpoints"]) if params["mountpoints"] else []
@@ -60,6 +62,19 @@ def resolve_on_host(params, protect_paths=(), runner=None, resolver=None):
         freeze_plan = _freeze.check_mountpoints(params["mountpoints"],
                                                 protect_paths=list(params["protect_paths"]) + list(protect_paths))
     return {"mounts": mounts, "exclude_mounts": excluded, "freeze_plan": freeze_plan, "warnings": warnings}
+
+
+def mount_info(params, runner, protect_paths=(), resolver=None, warn=None):
+    """The ebs_mount_info module: :func:`resolve_on_host` of ``mountpoints`` (md/LVM discovery included;
+    the freeze checks with ``check_freeze``) and, for ``volume_ids``, each volume's disks and mounts on this
+    host (``volumes``); with ``hostname``. ``warn(text)`` gets each of the discovery's warnings."""
+    resolver = resolver or DeviceResolver(by_id_dir=params["by_id_dir"])
+    host = resolve_on_host(dict(params, freeze=params["check_freeze"]), protect_paths=protect_paths, runner=runner,
+                           resolver=resolver)
+    host["volumes"] = resolver.volume_mounts(params["volume_ids"])
+    for warning in host.pop("warnings"):
+        (warn or (lambda text: None))(warning)
+    return dict(host, changed=False, hostname=socket.gethostname())
 
 
 def build_plan(client, params, host, instance_id=None):
@@ -121,7 +136,7 @@ def layout(array, mounts, members):
     """The array descriptor recorded in the catalog: what the user gave, plus the filesystems that
     live on the members (mountpoint, type, mount options, member indexes in disk order), which a
     restore needs to bring them back, plus the md arrays and LVM volume groups discovered under them
-    (keys ``md``, ``lvm`` and each filesystem's ``device``/``partition``, as ``_hostops.Layout``
+    (keys ``md``, ``lvm`` and each filesystem's ``device``/``partition``, as ``_layout.Layout``
     reads them; docs/catalog.md). A key the user gave is never replaced: when the user's ``array``
     has ``md`` or ``lvm``, nothing discovered about the stacks is added."""
     out = dict(array or {})

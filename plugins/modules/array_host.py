@@ -14,17 +14,17 @@ description:
   - The host side of a restore, run on the instance. It knows the set's layout from the catalog (the array descriptor
     that M(stillpoint.snapshots.backup_set_info) returns as C(array)) and finds every disk by EBS volume id (NVMe
     serial or the udev links C(nvme-Amazon_Elastic_Block_Store_vol...)), never by device name or enumeration order.
-  - With I(state=down), before the volumes are detached, runs I(stop_command), unmounts every filesystem of the layout
+  - With O(state=down), before the volumes are detached, runs O(stop_command), unmounts every filesystem of the layout
     (deepest first), deactivates its volume groups (C(vgchange -an)) and stops its md arrays (C(mdadm --stop)). A busy
-    filesystem is refused, naming the processes that hold it (C(fuser -vm)), unless I(force_unmount=true).
-  - With I(state=up), after the restored volumes are attached, waits for each one by volume id, assembles each md
+    filesystem is refused, naming the processes that hold it (C(fuser -vm)), unless O(force_unmount=true).
+  - With O(state=up), after the restored volumes are attached, waits for each one by volume id, assembles each md
     array with its members in the recorded order (C(mdadm --assemble), refused when the members' md UUID is not the
     recorded one), activates each volume group (C(vgchange -ay), refused when its UUID is not the recorded one),
-    checks each filesystem read-only (I(verify)), mounts it, checks I(sentinel) and I(checksum_command), and runs
-    I(start_command).
+    checks each filesystem read-only (O(verify)), mounts it, checks O(sentinel) and O(checksum_command), and runs
+    O(start_command).
   - A restored copy whose md array (same UUID) is already running on the host over other volumes, whose volume group
     is up from other PVs, or whose mountpoint is in use, is refused. Such a copy sits beside its source (or another
-    copy) and carries the same md, LVM and filesystem UUIDs. I(import_clone) brings such a copy up under new UUIDs and names.
+    copy) and carries the same md, LVM and filesystem UUIDs. O(import_clone) brings such a copy up under new UUIDs and names.
   - An md array that udev assembled from the restored volumes under another name (C(/dev/md127)), even with its volume
     group already activated by LVM's event activation, is taken over when nothing uses it (C(vgchange -an),
     C(mdadm --stop)), then assembled in the recorded order at the recorded device.
@@ -36,8 +36,8 @@ author:
 options:
   state:
     description:
-      - C(down) takes the layout's filesystems, volume groups and md arrays down so that the volumes can be detached.
-      - C(up) brings the restored volumes up and mounts the layout's filesystems.
+      - V(down) takes the layout's filesystems, volume groups and md arrays down so that the volumes can be detached.
+      - V(up) brings the restored volumes up and mounts the layout's filesystems.
     type: str
     choices: [down, up]
     required: true
@@ -59,53 +59,49 @@ options:
   volume_ids:
     description:
       - The EBS volume id of each member, by member index (item 0 is member 0).
-      - With I(state=up), required; the restored volumes.
-      - With I(state=down), optional; the current volumes. When given, a mounted filesystem of the layout that is not
+      - With O(state=up), required; the restored volumes.
+      - With O(state=down), optional; the current volumes. When given, a mounted filesystem of the layout that is not
         on these volumes is refused, and after the run each volume's device must be released (no filesystem, md or
         device-mapper holds it), so that it can be detached.
     type: list
     elements: str
     default: []
-  by_id_dir:
-    description: Where the udev links for EBS volumes are.
-    type: path
-    default: /dev/disk/by-id
   stop_command:
     description:
-      - Application hook run (argv list, no shell) before anything is unmounted with I(state=down).
-      - Runs under coreutils C(timeout) with I(hook_timeout). A failure refuses the rest.
+      - Application hook run (argv list, no shell) before anything is unmounted with O(state=down).
+      - Runs under coreutils C(timeout) with O(hook_timeout). A failure refuses the rest.
     type: list
     elements: str
     default: []
   start_command:
     description:
-      - Application hook run (argv list, no shell) after everything is mounted and verified with I(state=up).
+      - Application hook run (argv list, no shell) after everything is mounted and verified with O(state=up).
     type: list
     elements: str
     default: []
   hook_timeout:
-    description: Seconds each hook and the I(checksum_command) may run before they are killed.
+    description: Seconds each hook and the O(checksum_command) may run before they are killed.
     type: float
     default: 60
   run_hooks:
     description:
-      - C(always) runs the hooks on every run, also when nothing is to be taken down or brought up (so that a run
+      - V(always) runs the hooks on every run, also when nothing is to be taken down or brought up (so that a run
         interrupted between mounting and the start hook starts the application when it is run again). The hooks
         must then be idempotent (C(systemctl stop/start) are); running them does not count as a change.
-      - C(on_change) runs I(stop_command) only when something is mounted or active, and I(start_command) only when
+      - V(on_change) runs O(stop_command) only when something is mounted or active, and O(start_command) only when
         this run assembled, activated or mounted something.
     type: str
     choices: [always, on_change]
     default: always
   device_timeout:
     description:
-      - With I(state=up), seconds to wait for every restored volume's disk to appear (by volume id).
+      - With O(state=up), seconds to wait for every restored volume's disk to appear (by volume id).
       - Also bounds the wait for C(/dev/<vg>/<lv>) to appear after activation (at most 30 s).
     type: float
     default: 120
   verify:
     description:
-      - With I(state=up), check each filesystem read-only before mounting it, C(e2fsck -f -n) for ext2/3/4,
+      - With O(state=up), check each filesystem read-only before mounting it, C(e2fsck -f -n) for ext2/3/4,
         C(xfs_repair -n) for xfs, C(btrfs check --readonly) for btrfs. A failed check mounts nothing and says which
         filesystem on which volume failed.
       - A copy whose journal or log was not replayed (a crash-consistent set) may fail the check; the message says so.
@@ -115,12 +111,12 @@ options:
   sentinel:
     description:
       - A path relative to each mountpoint that must exist after mounting (for example a marker file the application
-        keeps there). When one is missing the filesystems stay mounted for inspection and I(start_command) is not run.
+        keeps there). When one is missing the filesystems stay mounted for inspection and O(start_command) is not run.
     type: str
   checksum_command:
     description:
       - A command (argv list, no shell) run after mounting and the sentinel check; it must exit 0, or
-        I(start_command) is not run. For example C([sha256sum, --quiet, -c, /srv/data/MANIFEST.sha256]).
+        O(start_command) is not run. For example C([sha256sum, --quiet, -c, /srv/data/MANIFEST.sha256]).
     type: list
     elements: str
     default: []
@@ -135,53 +131,56 @@ options:
       - Bring the restored volumes up B(beside their source) on the same host, under new identities. The copy carries
         the source's md UUID, LVM PV and VG UUIDs and filesystem UUIDs; without this option a copy whose array, volume
         group or mountpoint is already up on the host from other volumes is refused.
-      - Each md array is assembled at I(md_map) (default C(/dev/md/<name>_clone), for example
+      - Each md array is assembled at O(md_map) (default C(/dev/md/<name>_clone), for example
         C(/dev/md/md0_clone)) with a new random UUID (C(mdadm --assemble --update=uuid)); each volume group is
-        renamed to I(vg_map) (default C(<vg>_clone)) with new PV and VG UUIDs (C(vgimportclone --basevgname)), so
-        its logical volumes become C(/dev/<new vg>/<lv>); each filesystem is mounted at its I(mountpoint_map) entry,
+        renamed to O(vg_map) (default C(<vg>_clone)) with new PV and VG UUIDs (C(vgimportclone --basevgname)), so
+        its logical volumes become C(/dev/<new vg>/<lv>); each filesystem is mounted at its O(mountpoint_map) entry,
         XFS with C(nouuid) (its UUID stays the source's). Members that no longer carry the source's md UUID (a re-run
         or a reboot) are taken as already imported.
-      - Use the same options with I(state=down) to take the copy down again; the source is never touched.
+      - Use the same options with O(state=down) to take the copy down again; the source is never touched.
       - The new UUIDs are written to the restored volumes only, never to the source or the snapshots.
     type: bool
     default: false
   mountpoint_map:
     description:
-      - With I(import_clone), the new mountpoint of each filesystem of the set (recorded mountpoint -> new
+      - With O(import_clone), the new mountpoint of each filesystem of the set (recorded mountpoint -> new
         mountpoint). Required for every filesystem; a new mountpoint may not be one of the set's own mountpoints.
-      - Only with I(import_clone).
+      - Only with O(import_clone).
     type: dict
     default: {}
   vg_map:
-    description: With I(import_clone), the new name of each volume group (recorded name -> new name).
+    description: With O(import_clone), the new name of each volume group (recorded name -> new name).
     type: dict
     default: {}
   md_map:
-    description: With I(import_clone), the new device of each md array (recorded device -> new device).
+    description: With O(import_clone), the new device of each md array (recorded device -> new device).
     type: dict
     default: {}
   force_unmount:
     description:
-      - With I(state=down), unmount a busy filesystem lazily (C(umount -l)) instead of refusing. The filesystem lives
+      - With O(state=down), unmount a busy filesystem lazily (C(umount -l)) instead of refusing. The filesystem lives
         on until its last user lets go; the run then warns that its volumes are still in use. Do not detach them
         before they are released.
     type: bool
     default: false
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.devices
 attributes:
   check_mode:
     support: full
-    description:
-      - Returns the I(plan), the commands that would run, and runs none that changes state (no hook, no unmount,
-        mount, assembly, activation, check or mkdir). Read-only probes (the mount table, sysfs, C(mdadm --examine),
-        C(vgs)) still run. Volumes that are not attached yet appear as C(<device of vol-...>).
+    details:
+      - Returns the RV(actions) that would run (C(planned=true)), and runs none that changes state (no hook, no
+        unmount, mount, assembly, activation, check or mkdir). Read-only probes (the mount table, sysfs,
+        C(mdadm --examine), C(vgs)) still run. Volumes that are not attached yet appear as C(<device of vol-...>).
   diff_mode:
     support: none
-    description: The result lists the I(steps) taken and the final I(mounts).
+    details: The result lists the RV(actions) taken and the final RV(mounts).
   idempotent:
     support: full
-    description:
+    details:
       - What is already down (unmounted, inactive) or already up (assembled, active, mounted from the right device)
-        is left alone, and C(changed) is false. Hooks with I(run_hooks=always) do not count as changes.
+        is left alone, and C(changed) is false. Hooks with O(run_hooks=always) do not count as changes.
 notes:
   - Requires root; use C(become=true).
   - With LVM devices files (C(/etc/lvm/devices/system.devices), the default on RHEL 9), restored volumes have new
@@ -240,21 +239,17 @@ changed:
   returned: always
   type: bool
   sample: true
-steps:
+actions:
   description:
-    - What was done, in order, with the command, its exit code and its duration. Steps that run no command (waiting
-      for the devices, the sentinel check) have an empty C(argv).
+    - What was done (in check mode, what would be done), in order. C(what) says what for, C(cmd) is the command
+      (empty for a step that runs none, such as waiting for the devices or the sentinel check), C(rc) its exit code
+      and C(ms) its duration (None when it did not run); C(planned) is true in check mode.
+    - A hook's entry also has C(timed_out).
   returned: always
   type: list
   elements: dict
-  sample: [{what: "mount /srv/data", argv: [/usr/bin/mount, -t, ext4, -o, "rw,relatime", /dev/nvme1n1, /srv/data],
-            rc: 0, ms: 12.7}]
-plan:
-  description: In check mode, the commands that would run, in order (C(what), C(argv)).
-  returned: check mode
-  type: list
-  elements: dict
-  sample: [{what: "unmount /srv/data", argv: [/usr/bin/umount, /srv/data]}]
+  sample: [{what: "mount /srv/data", cmd: [/usr/bin/mount, -t, ext4, -o, "rw,relatime", /dev/nvme1n1, /srv/data],
+            rc: 0, ms: 12.7, planned: false}]
 mounts:
   description: The layout's filesystems at the end of the run, parents first.
   returned: always
@@ -263,14 +258,14 @@ mounts:
   sample: [{mountpoint: /srv/data, fstype: ext4, mounted: true, source: /dev/nvme1n1, majmin: "259:3",
             options: "rw,relatime"}]
 devices:
-  description: With I(state=up), the disk found for each member by volume id.
+  description: With O(state=up), the disk found for each member by volume id.
   returned: state=up
   type: list
   elements: dict
   sample: [{member: 0, volume_id: vol-0a1b2c3d4e5f60718, device: /dev/nvme1n1}]
 released:
   description:
-    - With I(state=down) and I(volume_ids), each volume's device and whether something (a filesystem, md or
+    - With O(state=down) and O(volume_ids), each volume's device and whether something (a filesystem, md or
       device-mapper) still claims it.
   returned: state=down
   type: list
@@ -288,11 +283,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import HostOps
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import Layout
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import clone_layout
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DEVICES_ARGS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import array_host
 
 
 def main():
@@ -301,7 +293,6 @@ def main():
             state=dict(type="str", choices=["down", "up"], required=True),
             layout=dict(type="dict", required=True),
             volume_ids=dict(type="list", elements="str", default=[]),
-            by_id_dir=dict(type="path", default="/dev/disk/by-id"),
             stop_command=dict(type="list", elements="str", default=[]),
             start_command=dict(type="list", elements="str", default=[]),
             hook_timeout=dict(type="float", default=60.0),
@@ -316,48 +307,15 @@ def main():
             mountpoint_map=dict(type="dict", default={}),
             vg_map=dict(type="dict", default={}),
             md_map=dict(type="dict", default={}),
+            **DEVICES_ARGS
         ),
         supports_check_mode=True,
     )
-    p = module.params
-    runner = CommandRunner.from_module(module)
-    ops = HostOps(runner, DeviceResolver(by_id_dir=p["by_id_dir"]), check_mode=module.check_mode,
-                  which=module.get_bin_path)
-    result = dict(changed=False)
     try:
-        if p["import_clone"]:
-            layout = Layout(clone_layout(p["layout"], p["mountpoint_map"], p["vg_map"], p["md_map"]))
-        elif p["mountpoint_map"] or p["vg_map"] or p["md_map"]:
-            raise StillpointError("mountpoint_map, vg_map and md_map only apply with import_clone: true (a copy "
-                                  "brought up beside its source under new names).")
-        else:
-            layout = Layout(p["layout"])
-        hooks = None
-        if p["stop_command"] or p["start_command"]:
-            hooks = Hooks(lambda argv: runner(argv, check=False), pre=p["stop_command"], post=p["start_command"],
-                          timeout=p["hook_timeout"], on_failure="continue", timeout_bin=runner.bin("timeout"))
-        if p["state"] == "down":
-            result = ops.down(layout, volume_ids=p["volume_ids"], hooks=hooks, run_hooks=p["run_hooks"],
-                              force_unmount=p["force_unmount"])
-        else:
-            checksum = None
-            if p["checksum_command"]:
-                checksum = Hooks(lambda argv: runner(argv, check=False), pre=p["checksum_command"],
-                                 timeout=p["hook_timeout"], on_failure="continue", timeout_bin=runner.bin("timeout"))
-            result = ops.up(layout, volume_ids=p["volume_ids"], hooks=hooks, run_hooks=p["run_hooks"],
-                            device_timeout=p["device_timeout"], verify=p["verify"], sentinel=p["sentinel"],
-                            checksum=checksum, mount_options_extra=p["mount_options_extra"])
+        module.exit_json(**array_host(CommandRunner.from_module(module), module.params, check_mode=module.check_mode,
+                                      which=module.get_bin_path, warn=module.warn))
     except StillpointError as exc:
-        for warning in ops.warnings:
-            module.warn(warning)
-        result = dict(changed=ops.changed, steps=ops.steps)
-        if module.check_mode:
-            result["plan"] = ops.plan
-        result.update(exc.fail_kwargs())
-        module.fail_json(**result)
-    for warning in ops.warnings:
-        module.warn(warning)
-    module.exit_json(**result)
+        module.fail_json(**exc.fail_kwargs())
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ version_added: 0.1.0
 description:
   - Resolves each mountpoint to its block devices (through partitions, md and LVM) and their EBS volume ids,
     by NVMe serial or the udev links C(nvme-Amazon_Elastic_Block_Store_vol...), never by device name or order.
-  - With I(check_freeze), also validates that the filesystems may be frozen (not C(/), not the filesystem
+  - With O(check_freeze), also validates that the filesystems may be frozen (not C(/), not the filesystem
     holding Ansible's remote tmp dir, the Python interpreter or the working directory, a freezable type).
-  - With I(volume_ids), the other way round - finds each volume's disks on this host (by NVMe serial or
-    the udev links in I(by_id_dir), never by device name) and what is mounted from them, for example to
+  - With O(volume_ids), the other way round - finds each volume's disks on this host (by NVMe serial or
+    the udev links in O(by_id_dir), never by device name) and what is mounted from them, for example to
     unmount a disk before it is detached, or to wait until an attached volume shows up.
   - Needs no AWS access; M(stillpoint.snapshots.ebs_snapshot_set) runs it on the host in controller mode.
 author:
@@ -34,17 +34,13 @@ options:
     default: []
   volume_ids:
     description:
-      - EBS volume ids (C(vol-...)) to look for on this host; the result is in C(volumes), in this order.
-      - A volume that is not attached (or not yet visible) is returned with C(present=false); it is not an error.
+      - EBS volume ids (C(vol-...)) to look for on this host; the result is in RV(volumes), in this order.
+      - A volume that is not attached (or not yet visible) is returned with RV(volumes[].present=false); it is not an error.
     type: list
     elements: str
     default: []
-  by_id_dir:
-    description: Where the udev links for EBS volumes are.
-    type: path
-    default: /dev/disk/by-id
   check_freeze:
-    description: Also validate that I(mountpoints) may be frozen, and fail with the reason if not.
+    description: Also validate that O(mountpoints) may be frozen, and fail with the reason if not.
     type: bool
     default: false
   protect_paths:
@@ -52,16 +48,9 @@ options:
     type: list
     elements: path
     default: []
-attributes:
-  check_mode:
-    support: full
-    description: Read-only.
-  diff_mode:
-    support: none
-    description: Read-only.
-  idempotent:
-    support: full
-    description: Read-only; the same system gives the same answer.
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes.info_module
+  - stillpoint.snapshots.devices
 """
 
 EXAMPLES = r"""
@@ -103,17 +92,17 @@ mounts:
   sample: [{mountpoint: /data, fstype: xfs, source: /dev/md0, volume_ids: [vol-0a, vol-0b],
             disks: [{name: nvme1n1, volume_id: vol-0a, dev_path: /dev/nvme1n1}]}]
 exclude_mounts:
-  description: The same for I(exclude_mountpoints).
+  description: The same for O(exclude_mountpoints).
   returned: always
   type: list
   elements: dict
 freeze_plan:
-  description: The validated freeze plan (mountpoint, fstype, source, dev) when I(check_freeze) is set.
+  description: The validated freeze plan (mountpoint, fstype, source, dev) when O(check_freeze) is set.
   returned: when check_freeze
   type: list
   elements: dict
 volumes:
-  description: One entry per item of I(volume_ids), in the given order.
+  description: One entry per item of O(volume_ids), in the given order.
   returned: always
   type: list
   elements: dict
@@ -145,14 +134,12 @@ hostname:
   type: str
 """
 
-import socket
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import resolve_on_host
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DEVICES_ARGS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import mount_info
 
 
 def main():
@@ -161,24 +148,17 @@ def main():
             mountpoints=dict(type="list", elements="path", default=[]),
             volume_ids=dict(type="list", elements="str", default=[]),
             exclude_mountpoints=dict(type="list", elements="path", default=[]),
-            by_id_dir=dict(type="path", default="/dev/disk/by-id"),
             check_freeze=dict(type="bool", default=False),
             protect_paths=dict(type="list", elements="path", default=[]),
+            **DEVICES_ARGS
         ),
         supports_check_mode=True,
     )
-    params = dict(module.params, freeze=module.params["check_freeze"])
-    resolver = DeviceResolver(by_id_dir=module.params["by_id_dir"])
     try:
-        # with a runner, the md arrays and LVM volume groups under the mountpoints are discovered too
-        host = resolve_on_host(params, protect_paths=[module.tmpdir], runner=CommandRunner.from_module(module),
-                               resolver=resolver)
-        host["volumes"] = resolver.volume_mounts(module.params["volume_ids"])
-    except StillpointError as e:
-        module.fail_json(**e.fail_kwargs())
-    for warning in host.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(changed=False, hostname=socket.gethostname(), **host)
+        module.exit_json(**mount_info(module.params, CommandRunner.from_module(module), protect_paths=[module.tmpdir],
+                                      warn=module.warn))
+    except StillpointError as exc:
+        module.fail_json(**exc.fail_kwargs())
 
 
 if __name__ == "__main__":

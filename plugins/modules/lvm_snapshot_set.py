@@ -11,35 +11,35 @@ module: lvm_snapshot_set
 short_description: Named sets of LVM snapshots of several LVs, created all or nothing, mounted, merged back, removed
 version_added: 0.1.0
 description:
-  - Manages a named set of LVM snapshots, one per LV listed in I(volumes). Classic (copy-on-write) snapshots get
-    the space given by I(size) or I(percent_origin); thin LVs get thin snapshots in their pool, without a size.
+  - Manages a named set of LVM snapshots, one per LV listed in O(volumes). Classic (copy-on-write) snapshots get
+    the space given by O(volumes[].size) or O(volumes[].percent_origin); thin LVs get thin snapshots in their pool, without a size.
   - Each snapshot is named C(<lv>-snap-<set_name>) and carries the LVM tags C(stillpoint-set.<set_name>),
     C(stillpoint-count.<members>), C(stillpoint-level.<level>) and C(stillpoint-xlv.<yes|no>). The set is found
-    by these tags, so I(state=absent), I(state=reverted), I(state=mounted) and I(state=unmounted) need only
-    I(set_name). Snapshots without the set's tag are never touched.
+    by these tags, so O(state=absent), O(state=reverted), O(state=mounted) and O(state=unmounted) need only
+    O(set_name). Snapshots without the set's tag are never touched.
   - To list sets without changing anything, use M(stillpoint.snapshots.lvm_snapshot_set_info).
   - Before creating anything, the module checks that every volume group has free extents for the sum of its classic
-    snapshots and that every thin pool involved is below I(thin_pool_max_percent) for data and metadata, and refuses
+    snapshots and that every thin pool involved is below O(thin_pool_max_percent) for data and metadata, and refuses
     with the amount that is missing.
   - All or nothing. If creating a member fails, the members this run already made are removed and the result lists
-    them in C(rolled_back). A partial set found later (an interrupted run) is never completed, merged or mounted; the
+    them in RV(rolled_back). A partial set found later (an interrupted run) is never completed, merged or mounted; the
     module fails and says to remove it.
   - B(Consistency.) C(lvcreate --snapshot) suspends the origin LV, and device-mapper freezes the filesystem on it
     while it does, so each member of a mounted, freezable filesystem (ext4, xfs, btrfs, ...) is filesystem-consistent
     on its own (C(level=filesystem)); a member of an LV used as a raw device is only crash-consistent.
-  - B(Across LVs) (I(cross_lv)). Members taken one after another are not of one instant while several of them are in
+  - B(Across LVs) (O(cross_lv)). Members taken one after another are not of one instant while several of them are in
     use. On Linux 6.6 and later the kernel's freeze (FIFREEZE, C(fsfreeze)) and device-mapper's nest, so the module
     can freeze every mounted filesystem of the set through a guardian process (the dead-man thaw of
-    M(stillpoint.snapshots.fsfreeze), which thaws at I(freeze_deadline) or as soon as the module dies), create every
-    snapshot, and thaw; the set is then of one instant (C(cross_lv_consistent=true)).
+    M(stillpoint.snapshots.fsfreeze), which thaws at O(freeze_deadline) or as soon as the module dies), create every
+    snapshot, and thaw; the set is then of one instant (C(cross_lv_consistent=true) in RV(snapshot_set)).
   - Measured in the lab (Debian 12, bookworm-backports' 6.12 kernel, qemu TCG with one emulated CPU), two LVs (ext4,
     XFS) under a writer appending the same numbered O_DSYNC records to both were frozen for 4.1 s to 7.8 s in three
     runs (two C(lvcreate) calls of 1.7 s to 4.5 s each on that slow CPU), and both snapshots held the same number of
     records every time (869, 821, 1082) while the writer wrote 25 to 45 records a second.
   - On Linux 6.1 a filesystem frozen by C(fsfreeze) cannot be snapshot (the suspend fails with EBUSY and a classic
     snapshot leaves a half-made LV; measured on Debian 12, classic and thin), so there the members are taken one
-    after another and are B(not) consistent with each other (C(cross_lv_consistent=false)) unless at most one of
-    them is in use. Quiesce the application across all of them when it needs more.
+    after another and are B(not) consistent with each other (C(cross_lv_consistent=false) in RV(snapshot_set))
+    unless at most one of them is in use. Quiesce the application across all of them when it needs more.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -50,7 +50,7 @@ options:
     required: true
   volumes:
     description:
-      - The LVs of the set, in the order their snapshots are taken. Required with I(state=present).
+      - The LVs of the set, in the order their snapshots are taken. Required with O(state=present).
       - With other states, optional; when given, the set found must have exactly these LVs.
     type: list
     elements: dict
@@ -76,29 +76,29 @@ options:
         type: float
   state:
     description:
-      - C(present) creates the set (all members, or none). An existing complete set with the same LVs is left alone.
-      - C(absent) removes every snapshot of the set. Refused while a member is mounted or merging.
-      - C(reverted) merges every snapshot back into its origin (C(lvconvert --merge --interval 1)), so the origins
+      - V(present) creates the set (all members, or none). An existing complete set with the same LVs is left alone.
+      - V(absent) removes every snapshot of the set. Refused while a member is mounted or merging.
+      - V(reverted) merges every snapshot back into its origin (C(lvconvert --merge --interval 1)), so the origins
         return to the state of the set; the snapshots disappear. Refused while an origin is open unless
-        I(defer_merge=true). Every merge is dry-run (C(--test)) before the first one starts.
-      - C(mounted) activates the snapshots if needed and mounts each read-only at I(mount_base)C(/<vg>/<lv>).
-      - C(unmounted) unmounts every mount of the set's snapshots.
+        O(defer_merge=true). Every merge is dry-run (C(--test)) before the first one starts.
+      - V(mounted) activates the snapshots if needed and mounts each read-only at O(mount_base)C(/<vg>/<lv>).
+      - V(unmounted) unmounts every mount of the set's snapshots.
     type: str
     choices: [present, absent, reverted, mounted, unmounted]
     default: present
   cross_lv:
     description:
-      - With I(state=present), how the members are made consistent with each other.
-      - C(auto) freezes when the kernel allows it (release 6.6 or later) and more than one member is in use (mounted
+      - With O(state=present), how the members are made consistent with each other.
+      - V(auto) freezes when the kernel allows it (release 6.6 or later) and more than one member is in use (mounted
         or open); otherwise the members are taken one after another. It also falls back to one after another when a
         member in use is open without being mounted (nothing to freeze), or when the freeze itself is refused (for
         example the filesystem is C(/), holds the module's own files or cannot be frozen), with a warning.
-      - C(freeze) freezes every mounted filesystem of the members before the first C(lvcreate) and thaws them after
+      - V(freeze) freezes every mounted filesystem of the members before the first C(lvcreate) and thaws them after
         the last one, also when a member fails (thaw first, then the rollback). Refused before anything is done on a
         kernel older than 6.6, when a member is open without being mounted, or when M(stillpoint.snapshots.fsfreeze)
         would refuse a filesystem. When nothing is mounted, nothing is frozen.
-      - C(sequential) takes the members one after another, as on kernels before 6.6.
-      - The result's C(cross_lv) says which mechanism was used and why; C(freeze) holds its timings.
+      - V(sequential) takes the members one after another, as on kernels before 6.6.
+      - RV(cross_lv) says which mechanism was used and why; RV(freeze) holds its timings.
     type: str
     choices: [auto, freeze, sequential]
     default: auto
@@ -111,17 +111,17 @@ options:
     default: 10.0
   thin_pool_max_percent:
     description:
-      - With I(state=present), refuse when a thin pool that would hold a thin snapshot has its data or metadata
+      - With O(state=present), refuse when a thin pool that would hold a thin snapshot has its data or metadata
         this full or more (percent).
     type: float
     default: 80.0
   mount_base:
     description:
-      - With I(state=mounted), the directory under which each snapshot is mounted at C(<mount_base>/<vg>/<lv>).
+      - With O(state=mounted), the directory under which each snapshot is mounted at C(<mount_base>/<vg>/<lv>).
     type: path
   mount_options:
     description:
-      - With I(state=mounted), extra mount options. The module always mounts C(ro); for xfs it adds C(nouuid) (the
+      - With O(state=mounted), extra mount options. The module always mounts C(ro); for xfs it adds C(nouuid) (the
         origin with the same UUID is mounted) and C(norecovery), for ext3/ext4 C(noload), so that mounting never
         writes to the snapshot.
     type: list
@@ -129,32 +129,34 @@ options:
     default: []
   defer_merge:
     description:
-      - With I(state=reverted), also merge snapshots whose origin is open (mounted). LVM then merges them on the
+      - With O(state=reverted), also merge snapshots whose origin is open (mounted). LVM then merges them on the
         origin's next activation (for the root LV, the next boot), so the origins of the set come back at different
-        times. The result lists them in C(deferred).
+        times. The result lists them in RV(deferred).
     type: bool
     default: false
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes
 attributes:
   check_mode:
     support: full
-    description:
+    details:
       - Every C(lvcreate), C(lvremove), C(lvchange) and C(lvconvert --merge) is run with LVM's C(--test) instead
         (LVM checks it and changes no metadata); mounts and unmounts are only planned. The space check runs too.
-      - Nothing is frozen; the result's C(cross_lv) says which mechanism would be used, and the refusals of
-        I(cross_lv=freeze) apply.
+      - Nothing is frozen; RV(cross_lv) says which mechanism would be used, and the refusals of
+        O(cross_lv=freeze) apply.
   diff_mode:
     support: none
-    description: The result lists the set as it is after the run.
+    details: The result lists the set as it is after the run.
   idempotent:
     support: full
-    description:
-      - A complete existing set gives C(changed=false) with I(state=present); a removed, merged, mounted or unmounted
+    details:
+      - A complete existing set gives C(changed=false) with O(state=present); a removed, merged, mounted or unmounted
         set gives C(changed=false) for the same state. A partial set is an error, never completed.
 notes:
   - Requires root; use C(become=true). Needs lvm2 2.02.158 or later (C(--reportformat json)).
   - Classic snapshots slow down writes to their origins (copy-on-write) and become invalid when their space runs out;
     remove sets you no longer need.
-  - Thin snapshots are created with LVM's activation-skip flag; I(state=mounted) activates them with
+  - Thin snapshots are created with LVM's activation-skip flag; O(state=mounted) activates them with
     C(--ignoreactivationskip).
 seealso:
   - module: stillpoint.snapshots.lvm_snapshot_set_info
@@ -244,7 +246,7 @@ snapshot_set:
          data_percent: 0.01, uuid: "cWJ1nE-...", created: "2026-11-21 16:55:01 +0000"}
 plan:
   description:
-    - With state=present, each member as planned, with C(level) and its C(basis) (why that level), C(kind),
+    - With O(state=present), each member as planned, with C(level) and its C(basis) (why that level), C(kind),
       C(extents), C(size) in bytes and, once made, C(create_ms).
   returned: state=present when the set was created or planned
   type: list
@@ -256,8 +258,8 @@ space:
   elements: dict
 cross_lv:
   description:
-    - With state=present, how the members were (in check mode, would be) made consistent with each other.
-    - C(requested) is the I(cross_lv) option; C(mechanism) is C(freeze) or C(sequential); C(reason) says why;
+    - With O(state=present), how the members were (in check mode, would be) made consistent with each other.
+    - C(requested) is the O(cross_lv) option; C(mechanism) is C(freeze) or C(sequential); C(reason) says why;
       C(kernel) is the running kernel's release and C(kernel_nests_freeze) whether it is 6.6 or later; with the
       freeze, C(freeze_mountpoints) and C(freeze_deadline).
   returned: state=present when the set was created or planned
@@ -274,7 +276,7 @@ freeze:
   description:
     - With the C(freeze) mechanism, the freeze of the set. C(window_ms) is the time from the first freeze to the
       last thaw (all C(lvcreate) calls inside), C(presync_ms) the C(syncfs) before it, C(mounts) per filesystem
-      C(freeze_ms) and C(thaw_ms); C(deadline_thawed) is true when the guardian thawed at I(freeze_deadline).
+      C(freeze_ms) and C(thaw_ms); C(deadline_thawed) is true when the guardian thawed at O(freeze_deadline).
   returned: state=present when the freeze mechanism ran
   type: dict
   sample:
@@ -293,10 +295,18 @@ rolled_back:
   type: list
   elements: str
 actions:
-  description: The changing commands run or, in check mode, planned (with the C(--test) dry run and its rc).
+  description:
+    - The commands that changed something (or, in check mode, would have), in order, and the dry runs of
+      O(state=reverted) (C(lvconvert --test --merge)), which run in check mode too.
+    - C(what) says what for, C(cmd) is the command, C(rc) its exit code and C(ms) its duration (None when it did not
+      run); C(planned) is true in check mode, where C(dry_run), C(dry_run_rc) and C(dry_run_ms) give LVM's C(--test)
+      twin that ran instead.
   returned: always
   type: list
   elements: dict
+  sample:
+    - {what: "create classic snapshot vgdata/db-snap-nightly of vgdata/db", cmd: [/usr/sbin/lvcreate, --snapshot, --name,
+       db-snap-nightly, --extents, "12", --addtag, stillpoint-set.nightly, vgdata/db], rc: 0, ms: 1712.4, planned: false}
 removed:
   description: Snapshots removed (state=absent).
   returned: state=absent
@@ -324,38 +334,12 @@ unmounted:
   elements: str
 """
 
-import os
-import sys
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import DEFAULT_DEADLINE
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import SnapshotSets
-
-
-def _protect_paths(module):
-    """Directories the module itself runs from: a freeze of the set never includes their filesystems."""
-    paths = []
-    for attr, why in (("_remote_tmp", "Ansible's remote tmp dir"), ("_tmpdir", "Ansible's module tmp dir")):
-        value = getattr(module, attr, None)
-        if value:
-            paths.append((value, why))
-    if sys.argv and sys.argv[0] and os.path.isabs(sys.argv[0]):
-        paths.append((os.path.dirname(sys.argv[0]), "the directory the module runs from"))
-    return paths
-
-
-def _check_volumes(params, snapshot_set):
-    """With volumes given for a state other than present: the set must have exactly those LVs."""
-    if not params["volumes"] or not snapshot_set.get("exists"):
-        return
-    want = sorted((v["vg"], v["lv"]) for v in params["volumes"])
-    have = sorted((m["vg"], m["lv"]) for m in snapshot_set["members"])
-    if want != have:
-        raise StillpointError("Snapshot set %s holds %s, not the volumes given (%s); refusing to act on it."
-                              % (params["set_name"], ", ".join("%s/%s" % k for k in have),
-                                 ", ".join("%s/%s" % k for k in want)), snapshot_set=snapshot_set)
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import module_protect_paths
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import snapshot_set
 
 
 def main():
@@ -383,36 +367,12 @@ def main():
         ],
         supports_check_mode=True,
     )
-    params = module.params
-    sets = SnapshotSets(CommandRunner.from_module(module), check_mode=module.check_mode,
-                        protect_paths=_protect_paths(module))
-    result = dict(changed=False)
     try:
-        state = params["state"]
-        if state == "present":
-            result.update(sets.present(params["set_name"], params["volumes"], params["thin_pool_max_percent"],
-                                       cross_lv=params["cross_lv"], freeze_deadline=params["freeze_deadline"]))
-        else:
-            if params["volumes"]:
-                _check_volumes(params, sets.info(params["set_name"])["sets"][0])
-            if state == "absent":
-                result.update(sets.absent(params["set_name"]))
-            elif state == "reverted":
-                result.update(sets.reverted(params["set_name"], defer=params["defer_merge"]))
-            elif state == "mounted":
-                result.update(sets.mounted(params["set_name"], params["mount_base"], params["mount_options"]))
-            else:
-                result.update(sets.unmounted(params["set_name"]))
+        # a freeze of the set never includes the filesystems the module itself runs from
+        module.exit_json(**snapshot_set(CommandRunner.from_module(module), module.params, check_mode=module.check_mode,
+                                        protect_paths=module_protect_paths(module), warn=module.warn))
     except StillpointError as exc:
-        result.update(exc.fail_kwargs())
-        result["actions"] = sets.actions
-        for warning in sets.warnings:
-            module.warn(warning)
-        module.fail_json(**result)
-    result["actions"] = sets.actions
-    for warning in sets.warnings:
-        module.warn(warning)
-    module.exit_json(**result)
+        module.fail_json(**exc.fail_kwargs())
 
 
 if __name__ == "__main__":

@@ -20,20 +20,12 @@ author:
 options:
   set_name:
     description:
-      - Only the set with this name. The result then has exactly one record, with C(exists=false) when there is no
+      - Only the set with this name. The result then has exactly one record, with RV(sets[].exists=false) when there is no
         such set.
       - Every set on the host when omitted.
     type: str
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes.info_module
 notes:
   - Requires root; use C(become=true). Needs lvm2 2.02.158 or later (C(--reportformat json)).
   - The module never changes anything; C(changed) is always false.

@@ -156,12 +156,12 @@ def rig(tmp_path):
 
 
 def test_down_and_up_by_volume_id_check_mode_hooks_and_idempotence(monkeypatch, rig):
-    # check mode: the plan, and nothing runs (no hook, no unmount)
+    # check mode: the planned actions, and nothing runs (no hook, no unmount)
     failed, plan = run_module(monkeypatch, rig.args("down"), check_mode=True)
     assert not failed, plan
-    assert plan["changed"] is True and plan["steps"] == []
-    assert [p["argv"][-1] for p in plan["plan"][1:]] == list(reversed(rig.mountpoints))
-    assert plan["plan"][0]["what"] == "stop hook"
+    assert plan["changed"] is True and all(a["planned"] and a["rc"] is None for a in plan["actions"])
+    assert [p["cmd"][-1] for p in plan["actions"][1:]] == list(reversed(rig.mountpoints))
+    assert plan["actions"][0]["what"] == "stop hook"
     assert rig.logged() == []
     assert all(mounted_source(mp) for mp in rig.mountpoints)
 
@@ -170,7 +170,7 @@ def test_down_and_up_by_volume_id_check_mode_hooks_and_idempotence(monkeypatch, 
     assert not failed, down
     assert down["changed"] is True
     assert rig.logged() == ["stop mounted"]
-    assert [s["what"] for s in down["steps"]] == ["stop hook"] + ["unmount %s" % mp for mp in reversed(rig.mountpoints)]
+    assert [s["what"] for s in down["actions"]] == ["stop hook"] + ["unmount %s" % mp for mp in reversed(rig.mountpoints)]
     assert not any(mounted_source(mp) for mp in rig.mountpoints)
     assert [m["mounted"] for m in down["mounts"]] == [False] * 3
     assert [(r["volume_id"], r["device"], r["claimed"]) for r in down["released"]] == [
@@ -179,13 +179,13 @@ def test_down_and_up_by_volume_id_check_mode_hooks_and_idempotence(monkeypatch, 
     # down again: nothing to do, and with run_hooks=on_change not even the hook
     failed, again = run_module(monkeypatch, rig.args("down", run_hooks="on_change"))
     assert not failed, again
-    assert again["changed"] is False and again["steps"] == []
+    assert again["changed"] is False and again["actions"] == []
     assert rig.logged() == ["stop mounted"]
 
     # check mode up: checks and mounts planned, nothing mounted
     failed, plan = run_module(monkeypatch, rig.args("up", sentinel="SENTINEL"), check_mode=True)
     assert not failed, plan
-    argvs = [p["argv"] for p in plan["plan"]]
+    argvs = [p["cmd"] for p in plan["actions"]]
     assert [a[1:] for a in argvs if a and a[0].endswith("e2fsck")] == [["-f", "-n", rig.a.device], ["-f", "-n", rig.b.device]]
     assert [a[1:] for a in argvs if a and a[0].endswith("btrfs")] == [["check", "--readonly", rig.arr.devices[0]]]
     assert [a[-1] for a in argvs if a and a[0].endswith("/mount")] == rig.mountpoints
@@ -199,13 +199,13 @@ def test_down_and_up_by_volume_id_check_mode_hooks_and_idempotence(monkeypatch, 
     assert up["changed"] is True
     assert rig.logged() == ["stop mounted", "start mounted"]
     assert [d["device"] for d in up["devices"]] == rig.devices
-    whats = [s["what"].split(" ")[0] for s in up["steps"]]
+    whats = [s["what"].split(" ")[0] for s in up["actions"]]
     assert whats == ["wait", "check", "check", "check", "mount", "mount", "mount", "check", "checksum", "start"]
     assert mounted_source(rig.a.mountpoint) == (rig.a.device, "ext4")
     assert mounted_source(rig.b.mountpoint) == (rig.b.device, "ext4")
     source, fstype = mounted_source(rig.arr.mountpoint)
     assert fstype == "btrfs" and source in rig.arr.devices
-    mount_argv = [s["argv"] for s in up["steps"] if s["what"] == "mount %s" % rig.arr.mountpoint][0]
+    mount_argv = [s["cmd"] for s in up["actions"] if s["what"] == "mount %s" % rig.arr.mountpoint][0]
     assert "device=%s,device=%s" % tuple(rig.arr.devices) in mount_argv[mount_argv.index("-o") + 1]
     for name, mp in zip(("a", "b", "array"), rig.mountpoints):
         assert read(os.path.join(mp, "SENTINEL")) == name
@@ -214,7 +214,7 @@ def test_down_and_up_by_volume_id_check_mode_hooks_and_idempotence(monkeypatch, 
     failed, again = run_module(monkeypatch, rig.args("up", sentinel="SENTINEL", run_hooks="on_change"))
     assert not failed, again
     assert again["changed"] is False
-    assert [s["what"] for s in again["steps"]] == ["wait for devices by volume id", "check sentinel SENTINEL"]
+    assert [s["what"] for s in again["actions"]] == ["wait for devices by volume id", "check sentinel SENTINEL"]
     assert rig.logged() == ["stop mounted", "start mounted"]
 
 
@@ -257,7 +257,7 @@ def test_mountpoint_mounted_from_something_else_is_refused(monkeypatch, rig):
         failed, up = run_module(monkeypatch, rig.args("up"))
         assert failed
         assert "%s is already mounted from stillpoint-test (tmpfs)" % rig.b.mountpoint in up["msg"]
-        assert up["changed"] is False and up["steps"][-1]["what"] == "wait for devices by volume id"
+        assert up["changed"] is False and up["actions"][-1]["what"] == "wait for devices by volume id"
         assert mounted_source(rig.a.mountpoint) is None
     finally:
         subprocess.run(["umount", rig.b.mountpoint], check=False)
@@ -284,7 +284,7 @@ def test_corrupted_ext4_copy_is_refused_by_the_read_only_check(monkeypatch, rig,
             in up["msg"]
         assert "Not mounted" in up["msg"] and up["rc"] != 0
         assert mounted_source(target) is None and not os.path.exists(target)
-        assert [s["what"].split(" ")[0] for s in up["steps"]] == ["wait", "check"]
+        assert [s["what"].split(" ")[0] for s in up["actions"]] == ["wait", "check"]
     finally:
         if mounted_source(target):
             subprocess.run(["umount", target], check=False)

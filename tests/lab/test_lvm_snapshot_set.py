@@ -149,8 +149,8 @@ def test_set_lifecycle(lab, lab_timer):
     with lab_timer("check mode (3 x lvcreate --test)"):
         res = run_module(inv, {"set_name": "nightly", "volumes": VOLUMES}, check=True)
     assert res.get("changed") is True and not res.get("failed"), res
-    assert [a["test_rc"] for a in res["actions"]] == [0, 0, 0], res["actions"]
-    assert all("--test" in a["test_cmd"] for a in res["actions"])
+    assert [a["dry_run_rc"] for a in res["actions"]] == [0, 0, 0], res["actions"]
+    assert all("--test" in a["dry_run"] and a["planned"] for a in res["actions"])
     assert snapshot_lvs(vm) == [], "check mode created snapshots"
 
     vm.ssh("cat > /root/seqwriter.py", input=WRITER)

@@ -21,18 +21,17 @@ from ansible.module_utils import basic
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import (
-    HostOps,
-    Layout,
-    md_detail_devices,
-    md_uuid_key,
-    lvm_uuid_key,
-    parse_export,
-    parse_fuser_pids,
-    clone_layout,
-    parse_lvm_report,
-    validate_volume_ids,
-)
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import visible_mount
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import HostOps
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import parse_fuser_pids
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import Layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import clone_layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import validate_volume_ids
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import lvm_uuid_key
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_uuid_key
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _hostops as hostops_mod
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.modules import array_host
@@ -373,12 +372,12 @@ def test_up_assembles_in_recorded_order_activates_checks_mounts_then_starts(host
     result = ops.up(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec), device_timeout=1)
     rec.done()
     assert result["changed"] is True
-    assert [s["what"].split(" ")[0] for s in result["steps"]] == [
+    assert [s["what"].split(" ")[0] for s in result["actions"]] == [
         "wait", "assemble", "activate", "check", "mount", "start"]
     assert result["devices"] == [dict(member=i, volume_id=VOLS[i], device=host.d(DISKS[i])) for i in range(4)]
     assert result["mounts"] == [dict(mountpoint=host.mp, fstype="xfs", mounted=True, source="/dev/mapper/data-pg",
                                      majmin="253:0", options="rw,noatime")]
-    assert all(isinstance(s["ms"], float) for s in result["steps"])
+    assert all(isinstance(s["ms"], float) for s in result["actions"])
     assert ops.warnings == []
 
 
@@ -397,13 +396,13 @@ def test_up_again_changes_nothing(host):
     again = ops.up(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec), run_hooks="on_change")
     rec.done()
     assert again["changed"] is False
-    assert [s["what"] for s in again["steps"]] == ["wait for devices by volume id"]
+    assert [s["what"] for s in again["actions"]] == ["wait for devices by volume id"]
 
     # run_hooks=always: the start hook runs (it must be idempotent) and is not a change
     ops, rec = ops_for(host, probes + [cmd(["timeout", "--kill-after=5", "30", "systemctl", "start", "pg"])])
     always = ops.up(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec), run_hooks="always")
     rec.done()
-    assert always["changed"] is False and always["steps"][-1]["what"] == "start hook"
+    assert always["changed"] is False and always["actions"][-1]["what"] == "start hook"
 
 
 def test_up_refuses_a_member_of_another_array(host):
@@ -454,7 +453,7 @@ def test_up_takes_over_the_copy_udev_assembled_as_md127(host):
     layout = Layout({"md": [{"device": "/dev/md0", "uuid": MD_UUID, "members": [0, 1, 2, 3]}]})
     result = ops.up(layout, VOLS)
     rec.done()
-    assert [s["argv"][:3] for s in result["steps"][1:]] == [
+    assert [s["cmd"][:3] for s in result["actions"][1:]] == [
         ["mdadm", "--stop", "/dev/md127"], ["mdadm", "--assemble", "/dev/md0"]]
 
 
@@ -510,8 +509,8 @@ def test_up_check_mode_plans_and_runs_only_probes(host):
     ops, rec = ops_for(host, examine_all(host), check_mode=True)
     result = ops.up(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec))
     rec.done()
-    assert result["changed"] is True and result["steps"] == []
-    assert [p["argv"] for p in result["plan"]] == [
+    assert result["changed"] is True and all(a["planned"] and a["rc"] is None for a in result["actions"])
+    assert [p["cmd"] for p in result["actions"]] == [
         ["mdadm", "--assemble", "/dev/md0"] + [host.d(n) for n in DISKS],
         ["vgchange", "-ay", "data"],
         ["xfs_repair", "-n", "/dev/data/pg"],
@@ -568,7 +567,7 @@ def test_up_replays_the_log_of_a_frozen_xfs_copy_then_checks_it_again(host, monk
     ops, rec = ops_for(host, script)
     result = ops.up(layout, VOLS, hooks=hooks_for(rec, stop=(), start=()))
     rec.done()
-    assert [s["what"].split(" ")[0:2] for s in result["steps"] if s["what"].split(" ")[0] != "wait"] == [
+    assert [s["what"].split(" ")[0:2] for s in result["actions"] if s["what"].split(" ")[0] != "wait"] == [
         ["check", "xfs"], ["replay", "the"], ["unmount", private], ["check", "xfs"], ["mount", host.mp]]
     assert not os.path.exists(private)
 
@@ -619,7 +618,7 @@ def test_up_waits_for_the_devices_by_volume_id(host):
     result = ops.up(layout, ["vol-0fedcba9876543210"], device_timeout=5, verify=False)
     rec.done()
     assert result["devices"][0]["device"] == host.d("nvme9n1")
-    assert result["steps"][0]["ms"] >= 1000
+    assert result["actions"][0]["ms"] >= 1000
 
 
 def test_up_mounts_a_partition_of_a_member(host):
@@ -685,7 +684,7 @@ def test_down_stops_unmounts_deactivates_in_order_then_is_idempotent(host):
     result = ops.down(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec))
     rec.done()
     assert result["changed"] is True
-    assert [s["what"] for s in result["steps"]] == [
+    assert [s["what"] for s in result["actions"]] == [
         "stop hook", "unmount %s" % host.mp, "deactivate volume group data", "stop md array /dev/md0"]
     assert result["mounts"] == [dict(mountpoint=host.mp, fstype="xfs", mounted=False)]
     assert [r["claimed"] for r in result["released"]] == [False] * 4
@@ -697,7 +696,7 @@ def test_down_stops_unmounts_deactivates_in_order_then_is_idempotent(host):
     ops, rec = ops_for(host, again, claimed=claimed_in(host))
     result = ops.down(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec), run_hooks="on_change")
     rec.done()
-    assert result["changed"] is False and result["steps"] == []
+    assert result["changed"] is False and result["actions"] == []
 
 
 def test_down_check_mode_plans_everything_and_changes_nothing(host):
@@ -706,8 +705,8 @@ def test_down_check_mode_plans_everything_and_changes_nothing(host):
     ops, rec = ops_for(host, script, check_mode=True)
     result = ops.down(md_lvm_layout(host.mp), VOLS, hooks=hooks_for(rec))
     rec.done()
-    assert result["changed"] is True and result["steps"] == []
-    assert [p["argv"] for p in result["plan"]] == [
+    assert result["changed"] is True and all(a["planned"] and a["rc"] is None for a in result["actions"])
+    assert [p["cmd"] for p in result["actions"]] == [
         ["timeout", "--kill-after=5", "30", "systemctl", "stop", "pg"],
         ["umount", host.mp], ["vgchange", "-an", "data"], ["mdadm", "--stop", "/dev/md0"]]
     assert result["mounts"][0]["mounted"] is True
@@ -807,11 +806,11 @@ def test_module_check_mode_before_attach_plans_the_whole_restore(monkeypatch, tm
     result = done.value.result
     assert calls == []
     assert result["changed"] is True
-    assert [p["argv"][:3] for p in result["plan"]] == [
+    assert [p["cmd"][:3] for p in result["actions"]] == [
         [], ["/usr/sbin/mdadm", "--assemble", "/dev/md0"], ["/usr/sbin/vgchange", "-ay", "data"],
         ["/usr/sbin/xfs_repair", "-n", "/dev/data/pg"], ["/usr/sbin/mkdir", "-p", mp],
         ["/usr/sbin/mount", "-t", "xfs"], ["/usr/sbin/timeout", "--kill-after=5", "60"]]
-    assert result["plan"][1]["argv"][3:] == ["<device of %s>" % v for v in VOLS]
+    assert result["actions"][1]["cmd"][3:] == ["<device of %s>" % v for v in VOLS]
     assert not os.path.exists(mp)
 
 
@@ -929,12 +928,12 @@ def test_up_import_clone_assembles_with_a_new_uuid_imports_the_vg_and_mounts_els
     ops, rec = ops_for(host, script)
     result = ops.up(layout, VOLS)
     rec.done()
-    assert [s["what"].split(" ")[0] for s in result["steps"]] == [
+    assert [s["what"].split(" ")[0] for s in result["actions"]] == [
         "wait", "assemble", "import", "activate", "check", "mount"]
     assert result["mounts"][0]["source"] == "/dev/mapper/data_clone-pg"
     assert ops.warnings == []
     # the source was not touched: still mounted from its own LV
-    assert HostOps._visible(host.resolver().mounts(), host.mp)["majmin"] == "253:0"
+    assert visible_mount(host.resolver().mounts(), host.mp)["majmin"] == "253:0"
 
     again = [
         cmd(["mdadm", "--detail", "--export", "/dev/md/md0_clone"], section("mdadm.txt", "detail-clone")),
@@ -1011,7 +1010,7 @@ def test_up_takes_over_a_udev_copy_whose_volume_group_lvm_autoactivated(host):
     ops, rec = ops_for(host, script)
     result = ops.up(md_lvm_layout(host.mp), VOLS)
     rec.done()
-    assert [s["argv"][:3] for s in result["steps"][1:4]] == [
+    assert [s["cmd"][:3] for s in result["actions"][1:4]] == [
         ["vgchange", "-an", "data"], ["mdadm", "--stop", "/dev/md127"], ["mdadm", "--assemble", "/dev/md0"]]
     assert result["mounts"][0]["mounted"] is True
 

@@ -1,13 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Discovery of md/LVM stacks at backup time (_hostops.StackDiscovery, _setplan.layout).
+"""Discovery of md/LVM stacks at backup time (_discovery.StackDiscovery, _setplan.layout).
 
 The command output is real: captured from mdadm 4.2 and lvm2 2.03 in the lab VM
 (tests/lab/test_lab_md_lvm.py with STILLPOINT_LAB_CAPTURE, into fixtures/hostops/lab-md-lvm.txt),
 an md RAID0 over two NVMe EBS volumes created in the opposite order of their names, LVM on the
 array, XFS on the LV. The sysfs tree is the same host's, rebuilt in tmp_path. What discovery
-records must be what _hostops.Layout reads at restore time.
+records must be what _layout.Layout reads at restore time.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import Layout
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import clone_layout
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import discover_stacks
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import md_detail_devices
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import md_uuid_key
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import parse_export
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._hostops import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._discovery import discover_stacks
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import Layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import clone_layout
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_uuid_key
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _setplan
 from tests.unit.test_hostops import FakeHost
 from tests.unit.test_hostops import Recorded

@@ -270,6 +270,8 @@ def test_present_check_mode_uses_lvm_test():
     assert answer["rc"] == 0 and "TEST MODE" in (answer["stdout"] + answer["stderr"]).upper()
     assert res["changed"] is True and not sets.changed
     assert all(c[1] == "--test" for c in script.calls[2:])
+    assert [a["dry_run_rc"] for a in sets.actions] == [0, 0, 0]
+    assert all(a["planned"] and a["rc"] is None and a["dry_run"][1] == "--test" for a in sets.actions)
 
 
 def test_present_refuses_partial_set():
@@ -629,7 +631,7 @@ def test_thaw_even_when_lvcreate_blows_up():
     sets, script, freezer = frozen_engine(read("base", "base"))
     steps = script.steps
     runner = CommandRunner(lambda argv, **kw: script(argv, **kw) if argv[0] != "lvcreate" else explode(argv))
-    sets.run = runner
+    sets.run = sets.rec.run = runner
     with pytest.raises(RuntimeError):
         sets.present("nightly", VOLUMES, cross_lv="freeze")
     assert steps == [] and [c[0] for c in script.calls][-1] == "<thaw>" and not freezer.frozen
