@@ -221,7 +221,8 @@ def test_snapshot_is_a_backup_job_at_the_point_of_the_call(lab):
     try:
         def writes():
             return int(lab.vm.ssh("cat /dev/shm/writes", check=False).stdout.strip() or 0)
-        wait_for(lambda: writes() >= 2, 60, "the guest writer to start", interval=0.3)
+        # a wait, not a deadline: a TCG guest on a loaded host can take minutes for its first 8 MiB
+        wait_for(lambda: writes() >= 2, 600, "the guest writer to start", interval=0.3)
         lab.endpoint.qemu_backup_speed(BACKUP_SPEED)
         before = writes()
         t0 = time.monotonic()
