@@ -339,6 +339,51 @@ def test_restore_windows_path_in_check_mode(backed_up, ec2):
         "ansible_facts"]["__clusterpro_mirror_restore_array"]["drive_letters"] == {"1": "R", "2": "M"}
 
 
+def test_roles_included_twice_in_one_play_start_afresh(backed_up, ec2):
+    """Each CLUSTERPRO role included twice in one play (check mode, nothing changes): the facts a run
+    builds item by item (the servers the backup records, the restore's plan and its proof requests)
+    are that run's own - the second run's are the same as the first's, not the first's plus the
+    second's."""
+    w = backed_up
+    active, standby = servers(w)
+    backup_vars = dict(clusterpro_mirror_backup_active=active, clusterpro_mirror_backup_standby=standby,
+                       clusterpro_mirror_backup_poll_interval=0.2, clusterpro_mirror_backup_rejoin_delay=0,
+                       **aws(w, "clusterpro_mirror_backup_"))
+    restore_vars = dict(clusterpro_mirror_restore_set_id=w["taken"]["set_id"],
+                        clusterpro_mirror_restore_saved_definition=str(w["tmp"] / "md1-definition.json"),
+                        **aws(w, "clusterpro_mirror_restore_"))
+    tasks = []
+    for n in (1, 2):
+        tasks += [{"name": "backup %d" % n, "vars": backup_vars, "ansible.builtin.include_role": {
+                       "name": "stillpoint.snapshots.clusterpro_mirror_backup"}},
+                  {"name": "after backup %d" % n, "ansible.builtin.debug": {
+                       "msg": "{{ __clusterpro_mirror_backup_servers }}"}}]
+    for n in (1, 2):
+        tasks += [{"name": "restore %d" % n, "vars": restore_vars, "ansible.builtin.include_role": {
+                       "name": "stillpoint.snapshots.clusterpro_mirror_restore"}},
+                  {"name": "after restore %d" % n, "ansible.builtin.debug": {"msg": {
+                       "plan": "{{ __clusterpro_mirror_restore_plan }}",
+                       "before": "{{ __clusterpro_mirror_restore_proof_before }}",
+                       "after": "{{ __clusterpro_mirror_restore_proof_after }}"}}}]
+    playbook = w["tmp"] / "twice.yml"
+    playbook.write_text(json.dumps([{"name": "twice", "hosts": "server1", "gather_facts": False, "tasks": tasks}]))
+    conf = read_state(w["fake"])["conf"]
+    ec2.clear_calls()
+    rc, res, _raw = run_playbook(str(playbook), ec2, {"clusterpro_become": False}, env=w["env"],
+                                 inventory=w["inventory"], check=True)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    first, second = task(res, "after backup 1")["msg"], task(res, "after backup 2")["msg"]
+    assert [s["server"] for s in first] == ["server1", "server2"]
+    assert second == first
+    first, second = task(res, "after restore 1")["msg"], task(res, "after restore 2")["msg"]
+    assert [p["server"] for p in first["plan"]] == ["server1", "server2"]
+    assert [p["server"] for p in first["before"]] == [p["server"] for p in first["after"]] == ["server1", "server2"]
+    assert second == first
+    # check mode: nothing changed in the cluster or in EC2
+    assert read_state(w["fake"])["conf"] == conf
+    assert not [c for c in ec2.calls() if not c["action"].startswith("Describe")]
+
+
 def test_restore_both_servers_from_one_set_without_a_full_copy(backed_up, ec2):
     """Runs last: it replaces both servers' volumes in the shared world."""
     w = backed_up

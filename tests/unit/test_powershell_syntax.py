@@ -49,9 +49,14 @@ def powershell_files():
     return sorted(out)
 
 
+DISK_SCRIPTS = ("Get-EbsDisk.ps1", "Set-EbsDiskOffline.ps1", "Set-EbsDiskOnline.ps1")
+
+
 def test_the_collection_has_powershell_scripts():
-    names = [os.path.basename(p) for p in powershell_files()]
-    assert {"Set-EbsDiskOffline.ps1", "Set-EbsDiskOnline.ps1", "Get-EbsDisk.ps1"} <= set(names)
+    """The Windows disk scripts are in one place: the files of the windows_ebs_disk role, which both
+    CLUSTERPRO roles include (tasks_from disks, offline, online)."""
+    found = [os.path.relpath(p, ROOT) for p in powershell_files() if os.path.basename(p) in DISK_SCRIPTS]
+    assert sorted(found) == [os.path.join("roles", "windows_ebs_disk", "files", name) for name in DISK_SCRIPTS]
 
 
 @pytest.mark.parametrize("path", powershell_files(), ids=lambda p: os.path.relpath(p, ROOT))

@@ -4,7 +4,7 @@
 # Report the disks of the given EBS volumes: disk number, serial, offline/read-only state and, per
 # partition, its number and drive letter. Disks are found by volume id in Get-Disk's SerialNumber
 # (NVMe EBS: "vol0123..." without the dash), never by disk number. Changes nothing.
-# Sent by the clusterpro_mirror_restore role through ansible.windows.win_powershell.
+# Sent by the windows_ebs_disk role (entry point disks) through ansible.windows.win_powershell.
 [CmdletBinding()]
 param(
     [Parameter(Mandatory = $true)]
