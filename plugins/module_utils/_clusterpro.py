@@ -2,10 +2,13 @@
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """CLUSTERPRO / EXPRESSCLUSTER X: every command line in one table, parsers of their outputs,
-clp.conf edits for the mirror disk resource, and the operations seed 001 needs.
+the cluster read through them, the refusals decided from that state, and the clp.conf edits for
+the mirror disk resource.
 
 Private to the collection. Pure Python: commands go through a :class:`~._common.CommandRunner`
 (``runner(argv, check=True)`` returns ``(rc, out, err)``); errors are :class:`StillpointError`.
+The modules' runs (what changes, recorded) are in ``_clusterpro_run.py``; the EC2 proof of
+refusal 3 in ``_clusterpro_proof.py``.
 
 The command table :data:`COMMANDS` maps an operation to its argv per edition (``linux``,
 ``windows``) and major version (``4``, ``5``). Which lines are verified against which source is
@@ -23,13 +26,7 @@ Refusals (DOMAIN.md "What the automation must refuse"):
 
 from __future__ import annotations
 
-import base64
-import copy
-import json
-import os
 import re
-import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -38,6 +35,12 @@ EDITIONS = ("linux", "windows")
 VERSIONS = ("4", "5")
 
 ANY = "*"
+
+# The options every CLUSTERPRO module takes (doc fragment stillpoint.snapshots.clusterpro, in matching form).
+CLUSTERPRO_ARGS = dict(
+    edition=dict(type="str", choices=list(EDITIONS), default="linux"),
+    version=dict(type="str", default="4"),
+)
 
 # operation -> {(edition or ANY, major or ANY): argv template}. The most specific key wins.
 # Placeholders: {group} {resource} {server} {md} {dir}.
@@ -139,15 +142,19 @@ def command(name, edition, version, **values):
     return argv
 
 
+def resolve(runner, argv):
+    """``argv`` with its program resolved by ``runner.bin`` (get_bin_path) when the runner has one."""
+    argv = list(argv)
+    resolve_bin = getattr(runner, "bin", None)
+    if resolve_bin is not None:
+        argv[0] = resolve_bin(argv[0])
+    return argv
+
+
 def run(runner, name, edition, version, check=True, **values):
-    """Run operation ``name``; the program is resolved with ``runner.bin`` (get_bin_path) when the
-    runner has one."""
+    """Run operation ``name`` (a read: changes go through ``_clusterpro_run``'s recorder)."""
     argv = command(name, edition, version, **values)
-    what = " ".join(argv[:2])
-    resolve = getattr(runner, "bin", None)
-    if resolve is not None:
-        argv[0] = resolve(argv[0])
-    return runner(argv, check=check, what=what)
+    return runner(resolve(runner, argv), check=check, what=" ".join(argv[:2]))
 
 
 def validate_name(kind, value):
@@ -432,63 +439,6 @@ def plan_control(info, kind, state, name=None, server=None, stop_dependents=Fals
                 "the task on %s." % (info.get("local_server"), server, server))
         return "mirror_force_recover", dict(md=name, server=server)
     return "mirror_recover", dict(md=name)
-
-
-def control(runner, edition, version, kind, state, name=None, server=None, stop_dependents=False, force=False,
-            require_clean_mirrors=True, check_mode=False):
-    """Run one control request; returns ``dict(changed, command, before, after)``."""
-    check_edition(edition, version)
-    try:
-        info = cluster_info(runner, edition, version)
-    except StillpointError as exc:
-        # clpstat fails on a server whose cluster service is stopped: starting it is then the one
-        # request that can go on (clpcl itself refuses a server that is already started)
-        if kind != "cluster_service" or state != "started" or not server:
-            raise
-        return _start_service_blind(runner, edition, version, validate_name("server", server), exc, check_mode)
-    plan = plan_control(info, kind, state, name=name, server=server, stop_dependents=stop_dependents, force=force,
-                        require_clean_mirrors=require_clean_mirrors, edition=check_edition(edition, version)[0])
-    result = dict(changed=plan is not None, command=None, before=_summary(info, kind, name, server))
-    if plan is None:
-        result["after"] = result["before"]
-        return result
-    operation, values = plan
-    result["command"] = command(operation, edition, version, **values)
-    if check_mode:
-        result["after"] = None
-        return result
-    run(runner, operation, edition, version, **values)
-    try:
-        result["after"] = _summary(cluster_info(runner, edition, version), kind, name, server)
-    except StillpointError:
-        # e.g. the cluster service was just stopped on this server: clpstat answers no more
-        result["after"] = dict(status=None)
-    return result
-
-
-def _start_service_blind(runner, edition, version, server, exc, check_mode):
-    argv = command("service_start", edition, version, server=server)
-    result = dict(changed=True, command=argv, before=dict(status=None, unknown_because=exc.msg), after=None)
-    if check_mode:
-        return result
-    run(runner, "service_start", edition, version, server=server)
-    try:
-        result["after"] = _summary(cluster_info(runner, edition, version), "cluster_service", None, server)
-    except StillpointError:
-        result["after"] = dict(status=None)
-    return result
-
-
-def _summary(info, kind, name, server):
-    if kind == "group":
-        record = info["groups"].get(name, {})
-        return dict(status=record.get("status"), current=record.get("current"))
-    if kind == "resource":
-        return dict(info["resources"].get(name, {}))
-    if kind == "mirror":
-        record = info["mirrors"].get(name, {})
-        return dict(status=record.get("status"), colors=record.get("colors"))
-    return dict(status=info["servers"].get(server, {}).get("status"))
 
 
 # -- clp.conf: the mirror disk resource -----------------------------------------------------
@@ -797,247 +747,3 @@ def validate_same_backup_set(proof, servers):
     if len(set(ids)) != len(ids):
         raise StillpointError("Refused: same_backup_set names one volume (%s) for several servers." % ids[0])
     return snapshots.pop()
-
-
-# -- pull / push ----------------------------------------------------------------------------
-#
-# The files clp.conf (in clpcfctrl's work directory) and saved_definition live on the cluster server.
-# A module running there uses LocalFiles; the action plugins' Windows path passes ModuleFiles, which
-# reaches the server through modules (win_tempfile, win_stat, slurp, win_copy, win_file).
-
-
-class LocalFiles:
-    """File operations on this machine (the module runs on the cluster server)."""
-
-    join = staticmethod(os.path.join)
-
-    @staticmethod
-    def make_workdir():
-        return tempfile.mkdtemp(prefix="stillpoint-clpconf-")
-
-    @staticmethod
-    def remove_workdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-
-    @staticmethod
-    def read(path):
-        """The text of ``path``, or None when there is no such file."""
-        if not os.path.exists(path):
-            return None
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-
-    @staticmethod
-    def write(path, text):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-
-
-class ModuleRunner:
-    """A runner (see CommandRunner) that runs each argv through a command module on the target.
-
-    ``execute(module, args)`` runs one module and returns its result dict (the action plugin's
-    ``_execute_module``); ``module`` takes ``argv`` (and ``stdin``) and returns ``rc``, ``stdout``,
-    ``stderr``, as ansible.windows.win_command and ansible.builtin.command do. Programs are
-    found on the target's PATH (``bin(name)`` is ``name``)."""
-
-    def __init__(self, execute, module):
-        self._execute = execute
-        self.module = module
-
-    @staticmethod
-    def bin(name):
-        return name
-
-    def __call__(self, argv, check=True, data=None, what=None):
-        args = dict(argv=[str(a) for a in argv])
-        if data is not None:
-            args["stdin"] = data
-        res = self._execute(self.module, args)
-        if res.get("rc") is None:
-            raise StillpointError("%s could not run %s on the server: %s"
-                                  % (self.module, " ".join(args["argv"]), res.get("msg") or "no return code"),
-                                  cmd=args["argv"], result=res)
-        rc, out, err = res["rc"], res.get("stdout") or "", res.get("stderr") or ""
-        if check and rc != 0:
-            raise StillpointError(
-                "%s failed (rc=%s): %s" % (what or argv[0], rc, (err or out).strip()),
-                rc=rc, stdout=out, stderr=err, cmd=args["argv"],
-            )
-        return rc, out, err
-
-
-class ModuleFiles:
-    """File operations on the target through modules, for a target that cannot run this library.
-
-    ``execute(module, args)`` runs one module and returns its result; ``modules`` maps ``tempfile``,
-    ``stat``, ``slurp`` and ``file`` to module names (ansible.windows.win_tempfile, win_stat,
-    ansible.builtin.slurp, ansible.windows.win_file); ``write(path, text)`` writes a file on the target
-    (the win_copy action with ``content``); ``join`` joins the target's paths (``ntpath.join``).
-    A work directory that cannot be removed is reported in ``warnings``, not raised."""
-
-    def __init__(self, execute, modules, write, join):
-        self._execute = execute
-        self.modules = modules
-        self._write = write
-        self.join = join
-        self.warnings = []
-
-    def _run(self, key, args, what):
-        res = self._execute(self.modules[key], args)
-        if res.get("failed"):
-            raise StillpointError("%s on the server failed (%s): %s" % (what, self.modules[key], res.get("msg")),
-                                  result=res)
-        return res
-
-    def make_workdir(self):
-        res = self._run("tempfile", dict(state="directory", prefix="stillpoint-clpconf-"), "creating a work directory")
-        if not res.get("path"):
-            raise StillpointError("%s returned no path for the work directory." % self.modules["tempfile"], result=res)
-        return res["path"]
-
-    def remove_workdir(self, path):
-        res = self._execute(self.modules["file"], dict(path=path, state="absent"))
-        if res.get("failed"):
-            self.warnings.append("could not remove the work directory %s on the server: %s" % (path, res.get("msg")))
-
-    def read(self, path):
-        stat = self._run("stat", dict(path=path, get_checksum=False), "reading %s" % path).get("stat") or {}
-        if not stat.get("exists"):
-            return None
-        res = self._run("slurp", dict(src=path), "reading %s" % path)
-        try:
-            return base64.b64decode(res["content"]).decode("utf-8")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StillpointError("%s returned no readable UTF-8 content for %s (%s)." % (self.modules["slurp"], path, exc))
-
-    def write(self, path, text):
-        res = self._write(path, text)
-        if res.get("failed"):
-            raise StillpointError("writing %s on the server failed: %s" % (path, res.get("msg")), result=res)
-
-
-def pull_config(runner, edition, version, workdir, files=None):
-    files = files or LocalFiles()
-    run(runner, "config_pull", edition, version, dir=workdir)
-    text = files.read(files.join(workdir, "clp.conf"))
-    if text is None:
-        raise StillpointError("clpcfctrl --pull left no clp.conf in %s." % workdir)
-    return text
-
-
-def push_config(runner, edition, version, workdir, text, files=None):
-    files = files or LocalFiles()
-    files.write(files.join(workdir, "clp.conf"), text)
-    run(runner, "config_push", edition, version, dir=workdir)
-
-
-def _services_running(info):
-    return sorted(s for s, r in info["servers"].items() if r["status"] == "Online")
-
-
-def _read_definition(path, files):
-    text = files.read(path) if path else None
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise StillpointError("%s is not a saved mirror disk resource definition (not JSON)." % path)
-
-
-def _write_definition(path, definition, files):
-    files.write(path, json.dumps(definition, indent=1, sort_keys=True))
-
-
-def _start_changes(text, new_text, definition):
-    """{group: dict(before, after)} for the groups in ``definition["group_start"]`` (None: no such group)."""
-    before, after = conf_group_start(text), conf_group_start(new_text)
-    return dict((g["group"], dict(before=before.get(g["group"]), after=after.get(g["group"])))
-                for g in definition.get("group_start") or [])
-
-
-def mirror_config(runner, edition, version, name, state, saved_definition, initial_mirror_construction=True,
-                  same_backup_set=None, stop_cluster=False, check_mode=False, workdir=None, files=None):
-    """Remove (``state=absent``) or add back (``state=present``) mirror disk resource ``name``
-    through clpcfctrl pull/push. Removal saves the resource's definition to ``saved_definition``
-    (a JSON file); adding back restores it unchanged except initial mirror construction.
-    In the push that removes it, the groups that hold it or depend on it get manual startup (seed
-    001 step 1); the push that adds it back restores their saved start attribute (step 5). Both are
-    reported in ``group_start`` ({group: dict(before, after)}), in check mode too.
-    A push that adds or removes a mirror disk resource needs the cluster service stopped on
-    every server: refused unless ``stop_cluster`` (then ``clpcl -t -a`` runs first).
-    ``files`` reaches clp.conf's work directory and ``saved_definition`` (default :class:`LocalFiles`)."""
-    check_edition(edition, version)
-    validate_name("mirror disk resource", name)
-    if state not in ("absent", "present"):
-        raise StillpointError("state must be absent or present, not %r." % (state,))
-    if not saved_definition:
-        raise StillpointError("saved_definition (a file path on the server) is required: removal writes the "
-                              "resource's definition there and adding back reads it.")
-    files = files or LocalFiles()
-    own_dir = workdir is None
-    workdir = workdir or files.make_workdir()
-    try:
-        text = pull_config(runner, edition, version, workdir, files)
-        mirrors = conf_mirrors(text)
-        before = copy.deepcopy(mirrors.get(name))
-        result = dict(changed=False, name=name, before=before, after=before, pushed=False, stopped_cluster=False,
-                      saved_definition=saved_definition, group_start={})
-        new_text = None
-        if state == "absent":
-            if name not in mirrors:
-                return result
-            new_text, definition = remove_md(text, name)
-            previous = _read_definition(saved_definition, files)
-            if previous is not None and previous.get("element") != definition["element"]:
-                raise StillpointError("Refused: %s already holds a different saved definition of %s; move it away "
-                                      "first (it may be the only copy of an earlier removal)." % (saved_definition, name))
-            result["after"] = None
-            result["definition"] = definition
-            result["group_start"] = _start_changes(text, new_text, definition)
-        else:
-            if name in mirrors:
-                if mirrors[name]["initial_mirror_construction"] == initial_mirror_construction:
-                    return result
-                if not initial_mirror_construction:
-                    result["snapshot_id"] = validate_same_backup_set(same_backup_set, conf_servers(text))
-                new_text = set_md_fullcopy(text, name, initial_mirror_construction)
-            else:
-                definition = _read_definition(saved_definition, files)
-                if definition is None:
-                    raise StillpointError("Cannot add %s back: no saved definition at %s (remove it with state=absent "
-                                          "first, which saves it)." % (name, saved_definition))
-                if definition.get("name") != name:
-                    raise StillpointError("%s holds the definition of %r, not %r." % (saved_definition, definition.get("name"), name))
-                if not initial_mirror_construction:
-                    result["snapshot_id"] = validate_same_backup_set(same_backup_set, definition.get("servers") or conf_servers(text))
-                new_text = add_md(text, definition, initial_mirror_construction)
-                result["group_start"] = _start_changes(text, new_text, definition)
-            result["after"] = conf_mirrors(new_text).get(name)
-        result["changed"] = True
-        if check_mode:
-            return result
-        try:
-            info = cluster_status(runner, edition, version)
-        except StillpointError:
-            # clpstat fails on a server whose cluster service is stopped; then clpcfctrl --push is the judge
-            info = None
-        running = _services_running(info) if info else []
-        if running:
-            if not stop_cluster:
-                raise StillpointError("Refused: adding or removing a mirror disk resource needs the cluster stopped, "
-                                      "and the cluster service runs on %s. Stop it (clpcl -t -a) or set "
-                                      "stop_cluster=true." % ", ".join(running), running=running)
-            run(runner, "service_stop_all", edition, version)
-            result["stopped_cluster"] = True
-        if state == "absent":
-            _write_definition(saved_definition, result["definition"], files)
-        push_config(runner, edition, version, workdir, new_text, files)
-        result["pushed"] = True
-        return result
-    finally:
-        if own_dir:
-            files.remove_workdir(workdir)

@@ -67,27 +67,21 @@ options:
       - With O(kind=server) and O(state=shutdown), refuse unless every mirror is GREEN on every server.
     type: bool
     default: true
-  edition:
-    description:
-      - The CLUSTERPRO edition; selects the command lines.
-    type: str
-    choices: [linux, windows]
-    default: linux
-  version:
-    description:
-      - The CLUSTERPRO X version (C(4), C(5.1) ...); only the major version matters.
-    type: str
-    default: "4"
+extends_documentation_fragment:
+  - stillpoint.snapshots.clusterpro
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_clusterpro
 attributes:
   check_mode:
     support: full
-    description: Reads the state and reports the command it would run, without running it.
+    details: Reads the state and reports the command it would run (RV(command), RV(actions) with C(planned)), without
+      running it.
   diff_mode:
     support: none
-    description: The result has C(before) and C(after) instead.
+    details: The result has RV(before) and RV(after) instead.
   idempotent:
     support: full
-    description: A request already satisfied runs nothing and returns C(changed=false).
+    details: A request already satisfied runs nothing and returns C(changed=false).
 notes:
   - Run it on a cluster server whose cluster service is started; the commands need root (Linux) or Administrator
     (Windows).
@@ -139,7 +133,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 command:
-  description: The command line that ran (or would run in check mode); null when nothing was to be done.
+  description: The command line that ran (or would run in check mode), as the command table gives it; V(null) when
+    nothing was to be done.
   returned: always
   type: list
   elements: str
@@ -151,56 +146,33 @@ before:
   type: dict
   sample: {status: Offline, current: null}
 after:
-  description: The same, read again after the command; null in check mode when something would change.
+  description: The same, read again after the command; V(null) in check mode when something would change.
   returned: always
   type: dict
   sample: {status: Online, current: server1}
+actions:
+  description:
+    - The changing command that ran (or, in check mode, would run), with the program's full path; empty when nothing
+      was to be done. Reads (C(clpstat), C(clpmdstat)) are not listed.
+    - Each entry has C(what), C(cmd) (argv), C(rc) and C(ms) (V(null) when planned) and C(planned) (V(true) in check
+      mode).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{what: start group failover on server1, cmd: [/usr/sbin/clpgrp, -s, failover, -h, server1], rc: 0, ms: 812.4,
+            planned: false}]
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro_run as clp_run
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 
-ARGUMENT_SPEC = dict(
-    kind=dict(type="str", required=True, choices=list(clp.KINDS)),
-    name=dict(type="str"),
-    server=dict(type="str"),
-    state=dict(type="str", required=True, choices=["started", "stopped", "shutdown", "recovered"]),
-    stop_dependents=dict(type="bool", default=False),
-    force=dict(type="bool", default=False),
-    require_clean_mirrors=dict(type="bool", default=True),
-    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-    version=dict(type="str", default="4"),
-)
-
-# keyword arguments of AnsibleModule / ArgumentSpecValidator besides the spec
-ARGUMENT_RULES = dict(
-    required_if=[
-        ("kind", "group", ("name", "server")),
-        ("kind", "resource", ("name", "server")),
-        ("kind", "cluster_service", ("server",)),
-        ("kind", "server", ("server",)),
-        ("kind", "mirror", ("name",)),
-        ("force", True, ("server",)),
-    ],
-)
-
-
-def run_control(params, runner, check_mode):
-    """The module's result for ``params`` (validated against ARGUMENT_SPEC and ARGUMENT_RULES); raises
-    StillpointError. Shared with the action plugin's Windows path."""
-    return clp.control(runner, params["edition"], params["version"], params["kind"], params["state"],
-                       name=params["name"], server=params["server"], stop_dependents=params["stop_dependents"],
-                       force=params["force"], require_clean_mirrors=params["require_clean_mirrors"],
-                       check_mode=check_mode)
-
-
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, **ARGUMENT_RULES)
+    module = AnsibleModule(argument_spec=clp_run.CONTROL_ARGS, supports_check_mode=True, **clp_run.CONTROL_RULES)
     try:
-        result = run_control(module.params, CommandRunner.from_module(module), module.check_mode)
+        result = clp_run.run_control(module.params, CommandRunner.from_module(module), module.check_mode)
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
     module.exit_json(**result)

@@ -14,22 +14,12 @@ description:
   - Runs C(clpstat), C(clpmdstat -l) and C(clpmdstat -m <md>) on a cluster server and returns the servers, groups
     (with the server each is active on), resources, monitors and, per mirror disk resource, the mirror status and
     the mirror color of each server.
-  - A mirror is C(clean) when its color is GREEN on every server; take a standby snapshot only then (seed 001).
+  - A mirror is clean (C(clean) in its RV(mirrors) entry) when its color is GREEN on every server; take a standby
+    snapshot only then (seed 001). RV(clean) says whether every returned mirror is.
   - Changes nothing.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
-  edition:
-    description:
-      - The CLUSTERPRO edition the server runs; selects the command lines (docs/clusterpro.md).
-    type: str
-    choices: [linux, windows]
-    default: linux
-  version:
-    description:
-      - The CLUSTERPRO X version (C(4), C(4.3), C(5.1) ...); only the major version matters.
-    type: str
-    default: "4"
   mirrors:
     description:
       - Only these mirror disk resources. Every one C(clpmdstat -l) lists when omitted.
@@ -40,16 +30,11 @@ options:
       - Fail unless every returned mirror is GREEN on every server.
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - stillpoint.snapshots.clusterpro
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.info_module
+  - stillpoint.snapshots.attributes.actiongroup_clusterpro
 notes:
   - Run it on a cluster server with the cluster service started; C(clpstat) fails on a server whose service is
     stopped. The CLUSTERPRO commands need Administrator (Windows) or root (Linux) rights.
@@ -76,6 +61,16 @@ EXAMPLES = r"""
 - name: Where is the failover group active?
   ansible.builtin.debug:
     msg: "{{ cluster.groups.failover.current }}"
+
+- name: A Windows cluster (X 5.1), edition and version set once for every CLUSTERPRO task of the block
+  module_defaults:
+    group/stillpoint.snapshots.clusterpro:
+      edition: windows
+      version: "5.1"
+  block:
+    - name: Read the cluster
+      stillpoint.snapshots.clusterpro_info:
+      register: cluster
 """
 
 RETURN = r"""
@@ -95,7 +90,7 @@ servers:
   type: dict
   sample: {server1: {status: Online, local: true, heartbeats: {lankhb1: Normal}}}
 groups:
-  description: Per group, its status, the server it is active on (C(current), null when none) and its resources.
+  description: Per group, its status, the server it is active on (C(current), V(null) when none) and its resources.
   returned: always
   type: dict
   sample: {failover: {status: Online, current: server1, resources: {fip1: Online, md1: Online}}}
@@ -111,7 +106,7 @@ monitors:
   sample: {mdw1: Normal}
 mirrors:
   description: Per mirror disk resource, the C(Mirror Status) line, the server order, each server's color and the
-    other rows of C(clpmdstat -m), and C(clean) (GREEN on every server).
+    other rows of C(clpmdstat -m), and C(clean) (V(true) when GREEN on every server).
   returned: always
   type: dict
   sample: {md1: {status: Normal, servers: [server1, server2], colors: {server1: GREEN, server2: GREEN}, clean: true}}
@@ -123,34 +118,14 @@ clean:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro_run as clp_run
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 
-ARGUMENT_SPEC = dict(
-    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-    version=dict(type="str", default="4"),
-    mirrors=dict(type="list", elements="str"),
-    require_clean=dict(type="bool", default=False),
-)
-
-
-def run_info(params, runner):
-    """The module's result for ``params`` (validated against ARGUMENT_SPEC); raises StillpointError.
-    Shared with the action plugin's Windows path, which passes a runner that works through win_command."""
-    clp.check_edition(params["edition"], params["version"])
-    info = clp.cluster_info(runner, params["edition"], params["version"], mirrors=params["mirrors"])
-    if params["require_clean"]:
-        clp.assert_mirrors_clean(info)
-    info["clean"] = all(m["clean"] for m in info["mirrors"].values())
-    info["changed"] = False
-    return info
-
-
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=clp_run.INFO_ARGS, supports_check_mode=True)
     try:
-        result = run_info(module.params, CommandRunner.from_module(module))
+        result = clp_run.run_info(module.params, CommandRunner.from_module(module))
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
     module.exit_json(**result)

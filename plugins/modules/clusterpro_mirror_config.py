@@ -52,7 +52,7 @@ options:
   initial_mirror_construction:
     description:
       - Whether the mirror is built by a full copy from the active server when the resource is added. Turning it
-        off needs O(same_backup_set).
+        off (V(false)) needs O(same_backup_set).
     type: bool
     default: true
   same_backup_set:
@@ -67,7 +67,7 @@ options:
     type: dict
     suboptions:
       set_id:
-        description: The backup set id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)) both volumes were restored from.
+        description: The backup set id (V(bs-YYYYMMDDTHHMMSSZ-xxxxxx)) both volumes were restored from.
         type: str
         required: true
       volumes:
@@ -94,34 +94,40 @@ options:
       - Stop the cluster service on every server (C(clpcl -t -a)) when it runs and a push needs it stopped.
     type: bool
     default: false
-  edition:
-    description: The CLUSTERPRO edition; selects the command lines.
-    type: str
-    choices: [linux, windows]
-    default: linux
-  version:
-    description: The CLUSTERPRO X version (C(4), C(5.1) ...); only the major version matters.
-    type: str
-    default: "4"
 extends_documentation_fragment:
+  - stillpoint.snapshots.clusterpro
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_clusterpro
+  - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
   check_mode:
     support: full
-    description: Pulls and edits the configuration and reports the result without saving or pushing anything.
+    details: Pulls and edits the configuration and reports the result, with the push in RV(actions) as C(planned),
+      without saving or pushing anything.
   diff_mode:
     support: full
-    description: C(diff) holds the resource and the start attribute of the groups it changes, before and after.
+    details: C(diff) holds the resource and the start attribute of the groups it changes, before and after.
   idempotent:
     support: full
-    description: A resource already absent, or present with the requested setting, is left alone (C(changed=false)).
+    details: A resource already absent, or present with the requested setting, is left alone (C(changed=false)).
+  action_group:
+    # member of both groups: the two fragments' blocks do not merge, so the module says it whole
+    description:
+      - Set O(edition) and O(version) once with C(module_defaults) and the group C(group/stillpoint.snapshots.clusterpro),
+        and the AWS options of the O(same_backup_set) proof with the group C(group/stillpoint.snapshots.aws) (or
+        C(group/amazon.aws.aws), which it extends).
+    membership:
+      - stillpoint.snapshots.aws
+      - stillpoint.snapshots.clusterpro
 notes:
   - Run it on one cluster server (the configuration is distributed to all by C(clpcfctrl --push)); needs root
     (Linux) or Administrator (Windows).
   - AWS access (boto3, credentials; C(ec2:DescribeVolumes) and C(ec2:DescribeSnapshots)) is needed only for
-    O(same_backup_set).
+    O(same_backup_set). Every EC2 failure of the proof (the service's answer, or none at all - no network, a bad
+    O(endpoint_url), no credentials) is a refusal that names the calls and what to check; nothing changes.
   - The group start attribute is set to manual only together with the removal, and put back only together with
     the addition from O(saved_definition). A resource removed with this module and never added back leaves its
     groups on manual startup.
@@ -170,12 +176,12 @@ name:
   sample: md1
 before:
   description: The resource in the configuration before (group, initial_mirror_construction, data_partition,
-    cluster_partition, mount_point); null when absent.
+    cluster_partition, mount_point); V(null) when absent.
   returned: always
   type: dict
   sample: {group: failover, initial_mirror_construction: true, data_partition: /dev/xvdb2}
 after:
-  description: The same after the change (or as it would be in check mode); null when absent.
+  description: The same after the change (or as it would be in check mode); V(null) when absent.
   returned: always
   type: dict
   sample: {group: failover, initial_mirror_construction: false, data_partition: /dev/xvdb2}
@@ -183,7 +189,7 @@ group_start:
   description:
     - The start attribute (V(automatic) or V(manual)) of each group this run changes, before and after (or as it
       would be in check mode). Removal sets the groups that hold the resource or depend on it to V(manual); adding
-      back restores the saved attribute. A group that no longer exists has null values.
+      back restores the saved attribute. A group that no longer exists has V(null) values.
     - Empty when no group start attribute is touched (nothing to do, or only initial mirror construction changed).
   returned: always
   type: dict
@@ -203,13 +209,25 @@ saved_definition:
 definition:
   description: The removed resource's saved definition (resource XML, group and position, dependents, monitors,
     and the previous start attribute of the groups set to manual startup, C(group_start), raw clp.conf values).
-  returned: when state=absent and the resource was removed
+  returned: when O(state=absent) and the resource was removed
   type: dict
 snapshot_id:
   description: The one snapshot both mirror volumes come from, when initial mirror construction was turned off.
-  returned: when initial_mirror_construction was turned off
+  returned: when O(initial_mirror_construction) was turned off
   type: str
   sample: snap-0123456789abcdef0
+actions:
+  description:
+    - The changing steps that ran (or, in check mode, would run), in order - C(clpcl -t -a) when the cluster was
+      stopped, saving the definition (no command), C(clpcfctrl --push); empty when nothing was to be done. Reads
+      (C(clpstat), C(clpcfctrl --pull)) are not listed.
+    - Each entry has C(what), C(cmd) (argv, empty for a step without a command), C(rc) and C(ms) (V(null) when
+      planned or without a command) and C(planned) (V(true) in check mode).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{what: "push the configuration: remove mirror disk resource md1",
+            cmd: [/usr/sbin/clpcfctrl, --push, -l, -x, /tmp/stillpoint-clpconf-x1y2], rc: 0, ms: 2310.5, planned: false}]
 proof:
   description: What EC2 answered for O(same_backup_set) - the set, the one snapshot, its member index, and per volume
     the snapshot it was created from.
@@ -219,107 +237,17 @@ proof:
            volumes: {vol-0a1b2c3d4e5f60718: snap-0123456789abcdef0, vol-0f1e2d3c4b5a69788: snap-0123456789abcdef0}}
 """
 
-try:
-    import botocore.exceptions
-    AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
-except ImportError:
-    AWS_ERRORS = ()  # module.client() reports a missing boto3/botocore when AWS is needed
-
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro_run as clp_run
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
-
-VOLUME_SPEC = dict(
-    server=dict(type="str", required=True),
-    volume_id=dict(type="str", required=True),
-    instance_id=dict(type="str"),
-)
-
-
-def prove_from_ec2(module, spec):
-    """The same_backup_set proof, read from EC2: each volume's origin snapshot (DescribeVolumes), that
-    snapshot's membership of the complete set (catalog tags), one snapshot for all, and each volume
-    attached to its server's instance when one is named."""
-    volumes = spec["volumes"] or []
-    ids = [v["volume_id"] for v in volumes]
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    try:
-        proof = restore.same_snapshot_proof(client, spec["set_id"], ids)
-    except StillpointError as exc:
-        exc.msg = ("Refused: initial mirror construction stays on, the mirror volumes are not proved to come from one "
-                   "snapshot of backup set %s: %s" % (spec["set_id"], exc.msg))
-        raise
-    described = dict((v["VolumeId"], v) for v in restore.describe_volumes(client, [{"Name": "volume-id", "Values": ids}]))
-    for vol in volumes:
-        if not vol.get("instance_id"):
-            continue
-        attached = [a.get("InstanceId") for a in described[vol["volume_id"]].get("Attachments") or []
-                    if a.get("State") in ("attaching", "attached")]
-        if vol["instance_id"] not in attached:
-            raise StillpointError("Refused: volume %s of server %s is not attached to instance %s (attached to: %s); "
-                                  "the proof must be about the disks the servers use." % (
-                                      vol["volume_id"], vol["server"], vol["instance_id"], ", ".join(attached) or "none"))
-    checked = dict(set_id=spec["set_id"], volumes=[
-        dict(server=v["server"], volume_id=v["volume_id"], snapshot_id=proof["volumes"][v["volume_id"]],
-             set_id=spec["set_id"]) for v in volumes])
-    return checked, proof
-
-
-ARGUMENT_SPEC = dict(
-    name=dict(type="str", required=True),
-    state=dict(type="str", choices=["absent", "present"], default="present"),
-    saved_definition=dict(type="path", required=True),
-    initial_mirror_construction=dict(type="bool", default=True),
-    same_backup_set=dict(type="dict", options=dict(
-        set_id=dict(type="str", required=True),
-        volumes=dict(type="list", elements="dict", required=True, options=VOLUME_SPEC),
-    )),
-    stop_cluster=dict(type="bool", default=False),
-    edition=dict(type="str", choices=["linux", "windows"], default="linux"),
-    version=dict(type="str", default="4"),
-)
-
-EC2_UNREADABLE = ("Refused: initial mirror construction stays on, EC2 could not be read to prove that the mirror "
-                  "volumes come from one snapshot of backup set %s (DescribeVolumes, DescribeSnapshots); nothing "
-                  "was changed")
-
-
-def needs_proof(params):
-    return bool(params["same_backup_set"]) and params["state"] == "present" and not params["initial_mirror_construction"]
-
-
-def run_mirror_config(params, runner, aws, check_mode, diff, files=None):
-    """The module's result for ``params`` (validated against ARGUMENT_SPEC and amazon.aws's options).
-    ``aws`` has ``client(service, retry_decorator=...)`` (the AnsibleAWSModule, or amazon.aws's
-    AWSPluginBase on the controller); ``files`` reaches the server's files (default: local).
-    Raises StillpointError; botocore errors of the proof (AWS_ERRORS) are left to the caller,
-    whose message is EC2_UNREADABLE. Shared with the action plugin's Windows path."""
-    proof = checked = None
-    if needs_proof(params):
-        checked, proof = prove_from_ec2(aws, params["same_backup_set"])
-    result = clp.mirror_config(runner, params["edition"], params["version"], params["name"], params["state"],
-                               params["saved_definition"], initial_mirror_construction=params["initial_mirror_construction"],
-                               same_backup_set=checked, stop_cluster=params["stop_cluster"], check_mode=check_mode,
-                               files=files)
-    if proof is not None:
-        result["proof"] = proof
-    if diff:
-        result["diff"] = dict(
-            before=dict(mirror=result["before"], group_start=dict((g, v["before"]) for g, v in result["group_start"].items())),
-            after=dict(mirror=result["after"], group_start=dict((g, v["after"]) for g, v in result["group_start"].items())))
-    return result
 
 
 def main():
-    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, check_boto3=False)
-    p = module.params
+    module = AnsibleAWSModule(argument_spec=clp_run.MIRROR_CONFIG_ARGS, supports_check_mode=True, check_boto3=False)
     try:
-        result = run_mirror_config(p, CommandRunner.from_module(module), module, module.check_mode, module._diff)
-    except AWS_ERRORS as exc:
-        module.fail_json_aws(exc, msg=EC2_UNREADABLE % p["same_backup_set"]["set_id"])
+        result = clp_run.run_mirror_config(module.params, CommandRunner.from_module(module), module, module.check_mode,
+                                           module._diff)
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
     module.exit_json(**result)

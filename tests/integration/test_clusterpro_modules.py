@@ -115,11 +115,16 @@ def test_seed001_backup_by_standby_shutdown_and_differential_recovery(fake, monk
     assert refused.returncode != 0 and "depend" in refused.stderr  # the FAKE rejects it as CLUSTERPRO does
     check = control(monkeypatch, check_mode=True, stop_dependents=True, **args)
     assert check["changed"] and check["command"] == ["clprsc", "-t", "md1", "-f", "-h", "server1"]
+    assert [(a["what"], a["cmd"][1:], a["rc"], a["planned"]) for a in check["actions"]] == [
+        ("stop resource md1 and its dependents on server1", ["-t", "md1", "-f", "-h", "server1"], None, True)]
     assert "md1" in fake.online()[1], "check mode changed nothing"
     done = control(monkeypatch, stop_dependents=True, **args)
     assert done["changed"] and done["after"]["status"] == "Offline"
+    assert [(os.path.basename(a["cmd"][0]), a["cmd"][1:], a["rc"], a["planned"]) for a in done["actions"]] == [
+        ("clprsc", ["-t", "md1", "-f", "-h", "server1"], 0, False)] and done["actions"][0]["ms"] >= 0
     assert fake.online() == ("server1", ["fip1"])
-    assert control(monkeypatch, stop_dependents=True, **args)["changed"] is False
+    again = control(monkeypatch, stop_dependents=True, **args)
+    assert again["changed"] is False and again["actions"] == [] and again["command"] is None
     # step 2: shut the standby down (mirror clean)
     down = control(monkeypatch, kind="server", server="server2", state="shutdown")
     assert down["changed"] and fake.state["servers"]["server2"] == {"up": False, "service": False}
@@ -254,12 +259,18 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, 
     assert read_topology(conf_before)["group_start"] == {"failover": "1"}  # no <start>: automatic, the default
     check = mirror_config(monkeypatch, check_mode=True, state="absent", stop_cluster=True, _ansible_diff=True, **base)
     assert check["changed"] and check["after"] is None and not os.path.exists(saved)
+    assert [(a["what"], a["planned"]) for a in check["actions"]] == [
+        ("save the definition of md1 to %s" % saved, True), ("push the configuration: remove mirror disk resource md1", True)]
     assert check["group_start"] == {"failover": {"before": "automatic", "after": "manual"}}
     assert check["diff"]["before"]["group_start"] == {"failover": "automatic"}
     assert check["diff"]["after"] == {"mirror": None, "group_start": {"failover": "manual"}}
     assert fake.state["conf"] == conf_before and all(s["service"] for s in fake.state["servers"].values())
     removed = mirror_config(monkeypatch, state="absent", stop_cluster=True, **base)
     assert removed["changed"] and removed["pushed"] and removed["stopped_cluster"]
+    assert [(a["what"], a["cmd"][1:3], a["rc"], a["planned"]) for a in removed["actions"]] == [
+        ("stop the cluster service on every server", ["-t", "-a"], 0, False),
+        ("save the definition of md1 to %s" % saved, [], None, False),
+        ("push the configuration: remove mirror disk resource md1", ["--push", "-l"], 0, False)]
     topo = read_topology(fake.state["conf"])
     assert "md1" not in topo["mirrors"] and topo["depends"]["exec1"] == []
     # step 1 "dependent groups set to manual start": in the same push that removed md1
@@ -271,7 +282,7 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, 
     with open(saved) as handle:
         assert json.load(handle)["dependents"] == [{"type": "exec", "name": "exec1"}]
     again = mirror_config(monkeypatch, state="absent", **base)
-    assert again["changed"] is False and not again.get("failed")
+    assert again["changed"] is False and not again.get("failed") and again["actions"] == []
     # steps 2-4: both servers get a real EBS volume created from the set's one snapshot (the standby's)
     vols = dict(server1=m["volume"](snap), server2=m["volume"](snap))
     for server, vid in vols.items():
@@ -319,6 +330,8 @@ def test_seed001_restore_without_initial_mirror_construction(fake, monkeypatch, 
     added = mirror_config(monkeypatch, state="present", initial_mirror_construction=False,
                           same_backup_set=same_set(set_a, **vols), **dict(base, **aws_args(ec2)))
     assert added["changed"] and added["snapshot_id"] == snap and added["after"]["initial_mirror_construction"] is False
+    assert [a["what"] for a in added["actions"]] == [
+        "push the configuration: add mirror disk resource md1 back, initial mirror construction off"]
     sources = dict((v["VolumeId"], v["SnapshotId"]) for v in m["raw"].describe_volumes(VolumeIds=list(vols.values()))[
         "Volumes"])  # what EC2 says, read back independently of the module
     assert added["proof"]["volumes"] == sources == {vols["server1"]: snap, vols["server2"]: snap}

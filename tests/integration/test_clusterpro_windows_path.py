@@ -3,13 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The Windows path of the clusterpro_info, clusterpro_control and clusterpro_mirror_config action plugins.
 
-There is no Windows host here. ansible-playbook runs on localhost with the test-only task variable
-``_stillpoint_windows_path_test: true``: the action plugins take their Windows path (library on the
-controller, every CLUSTERPRO command through a command module, files through modules) with
-ansible.builtin.command/tempfile/stat/copy/file in place of ansible.windows.win_command/win_tempfile/
-win_stat/win_copy/win_file (slurp stays). The target is the FAKE CLUSTERPRO, Windows edition
-(tests/fakes/clusterpro, not NEC software); what ran is read back from its state file and command log.
-The same_backup_set proof reads the strict EC2 endpoint on 127.0.0.1 from the controller.
+There is no Windows host here. ansible-playbook runs on localhost made a stand-in Windows host by
+tests/fakes/clusterpro/windows_stand_in (FAKE, tests only): ``ansible_shell_type`` names a shell plugin of
+the POSIX shell that reports the ``powershell`` family, so the shipped action plugins take their Windows
+path (library on the controller, every CLUSTERPRO command through ansible.windows.win_command, files
+through win_tempfile/win_stat/slurp/win_copy/win_file); a FAKE ansible.windows first on the collections
+path routes those Windows modules to ansible.builtin.command/tempfile/stat/file/copy. The target is the
+FAKE CLUSTERPRO, Windows edition (tests/fakes/clusterpro, not NEC software); what ran is read back from
+its state file and command log. The same_backup_set proof reads the strict EC2 endpoint on 127.0.0.1
+from the controller.
 """
 
 import base64
@@ -24,18 +26,22 @@ import pytest
 from ansible_collections.amazon.aws.plugins.module_utils.retries import RetryingBotoClientWrapper
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._clusterpro_run import LocalFiles
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._clusterpro import ModuleFiles
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._clusterpro import ModuleRunner
+from tests.fakes.clusterpro import WINDOWS_SHELL
 from tests.fakes.clusterpro import install
 from tests.fakes.clusterpro import locked
 from tests.fakes.clusterpro import read_state
+from tests.fakes.clusterpro import windows_stand_in_env
 from tests.fakes.clusterpro.state import read_topology
+from tests.support.world import COLLECTIONS
 from tests.support.world import run_playbook
 from tests.support.world import task
 from tests.support.world import write_playbook
 
-SWITCH = {"_stillpoint_windows_path_test": True}
 AZ = "eu-west-1a"
 READS = ("clpstat", "clpmdstat")
 
@@ -72,7 +78,8 @@ def on_windows_path(result):
 
 
 def play(tmp_path, tasks, env, endpoint=None, name="test.yml"):
-    playbook = write_playbook(tmp_path, tasks, name=name, vars=SWITCH)
+    playbook = write_playbook(tmp_path, tasks, name=name, vars=WINDOWS_SHELL)
+    env = dict(env, **windows_stand_in_env(COLLECTIONS))
     rc, results, raw = run_playbook(playbook, endpoint or NoEndpoint(), env=env, timeout=120)
     return rc, results, raw
 
@@ -112,8 +119,8 @@ def test_info_and_control_through_the_windows_path(tmp_path):
         cp("control", dict(kind="group", state="started"), "required_if", ignore_errors=True),
         cp("control", dict(group, server="server1", colour="red"), "unknown option", ignore_errors=True),
         cp("control", dict(group, server="server1", state="stopped"), "stop"),
-        # without the switch the module itself runs on the (POSIX) target
-        cp("info", {}, "module on a POSIX target", vars={"_stillpoint_windows_path_test": False}),
+        # with the POSIX shell the module itself runs on the target
+        cp("info", {}, "module on a POSIX target", vars={"ansible_shell_type": "sh"}),
     ], env)
     assert rc == 0, json.dumps(res, indent=1)[-3000:]
     info = task(res, "info")
@@ -128,8 +135,11 @@ def test_info_and_control_through_the_windows_path(tmp_path):
     # forced recovery: the Windows form (from the server it runs on), check mode runs nothing
     check = task(res, "force (check)")
     assert check["changed"] and check["command"] == ["clpmdctrl", "--force", "md1"] and check["after"] is None
+    assert check["actions"] == [dict(what="forced recovery of mirror md1 from server1", cmd=["clpmdctrl", "--force", "md1"],
+                                     rc=None, ms=None, planned=True)]
     done = task(res, "force")
     assert done["changed"] and done["after"]["colors"] == {"server1": "GREEN", "server2": "GREEN"}
+    assert [(a["cmd"], a["rc"], a["planned"]) for a in done["actions"]] == [(["clpmdctrl", "--force", "md1"], 0, False)]
     assert task(res, "start (check)")["changed"] and task(res, "start (check)")["after"] is None
     started = task(res, "start")
     assert started["changed"] and started["command"] == ["clpgrp", "-s", "failover", "-h", "server1"]
@@ -192,6 +202,10 @@ def test_mirror_config_remove_and_add_back_through_the_windows_path(tmp_path, ec
                              "after": {"mirror": None, "group_start": {"failover": "manual"}}}
     removed = task(res, "remove")
     assert removed["changed"] and removed["pushed"] and removed["stopped_cluster"] and on_windows_path(removed)
+    assert [(a["what"], a["cmd"][:3], a["rc"]) for a in removed["actions"]] == [
+        ("stop the cluster service on every server", ["clpcl", "-t", "-a"], 0),
+        ("save the definition of md1 to %s" % saved, [], None),
+        ("push the configuration: remove mirror disk resource md1", ["clpcfctrl", "--push", "-w"], 0)]
     assert task(res, "remove again")["changed"] is False
     state = read_state(path)
     topo = read_topology(state["conf"])
@@ -289,7 +303,7 @@ def local_execute(calls):
 
 def test_module_runner():
     calls = []
-    runner = clp.ModuleRunner(local_execute(calls), "command")
+    runner = ModuleRunner(local_execute(calls), "command")
     assert runner.bin("clpstat") == "clpstat"
     rc, out, _err = runner([sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"], data="green")
     assert (rc, out) == (0, "GREEN\n") and calls[-1][1]["stdin"] == "green"
@@ -314,8 +328,8 @@ def test_module_files(tmp_path):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
         return dict(changed=True)
-    files = clp.ModuleFiles(local_execute(calls), dict(stat="stat", slurp="slurp", file="file", tempfile="tempfile"),
-                            write, os.path.join)
+    files = ModuleFiles(local_execute(calls), dict(stat="stat", slurp="slurp", file="file", tempfile="tempfile"),
+                        write, os.path.join)
     target = str(tmp_path / "md1.json")
     assert files.read(target) is None and [c[0] for c in calls] == ["stat"]  # no slurp of a missing file
     files.write(target, "{\"name\": \"md\u00e91\"}")
@@ -325,4 +339,4 @@ def test_module_files(tmp_path):
     assert "access denied" in info.value.msg
     files.remove_workdir(str(tmp_path / "keep"))
     assert files.warnings and "could not remove the work directory" in files.warnings[0]
-    assert clp.LocalFiles.read(str(tmp_path / "absent")) is None
+    assert LocalFiles.read(str(tmp_path / "absent")) is None

@@ -5,6 +5,10 @@
 
 Use :func:`install` in a test: it writes a state file, and returns the environment (PATH with the
 fake's ``bin/`` first, ``FAKE_CLUSTERPRO_STATE``, ``FAKE_CLUSTERPRO_NODE``, the Python to run).
+
+``windows_stand_in/`` (FAKE too) makes this POSIX host a stand-in Windows host for the CLUSTERPRO action
+plugins: :data:`WINDOWS_SHELL` (host or task variables) and :func:`windows_stand_in_env` (the collections
+path with the stand-ins first). See README.md, "The Windows path".
 """
 
 import os
@@ -21,6 +25,16 @@ from tests.fakes.clusterpro.state import write_state
 BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin")
 ENV_PYTHON = "FAKE_CLUSTERPRO_PYTHON"
 
+WINDOWS_STAND_IN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "windows_stand_in")
+# the shell plugin that reports the powershell family (windows_stand_in/.../stillpoint_fake/windows)
+WINDOWS_SHELL = {"ansible_shell_type": "stillpoint_fake.windows.powershell"}
+
+
+def windows_stand_in_env(collections_path):
+    """ANSIBLE_COLLECTIONS_PATH with the stand-ins first: stillpoint_fake.windows (the shell) and a FAKE
+    ansible.windows whose win_command, win_tempfile, win_stat, win_file and win_copy route to ansible.builtin."""
+    return {"ANSIBLE_COLLECTIONS_PATH": WINDOWS_STAND_IN + os.pathsep + collections_path}
+
 
 def install(directory, node="server1", **state_kw):
     """Write a fresh state under ``directory``; return (state path, environment additions)."""
@@ -31,4 +45,5 @@ def install(directory, node="server1", **state_kw):
     return path, env
 
 
-__all__ = ["BIN", "ENV_NODE", "ENV_STATE", "ENV_PYTHON", "install", "locked", "new_state", "read_state", "write_state"]
+__all__ = ["BIN", "ENV_NODE", "ENV_STATE", "ENV_PYTHON", "WINDOWS_SHELL", "WINDOWS_STAND_IN", "install", "locked",
+           "new_state", "read_state", "windows_stand_in_env", "write_state"]
