@@ -26,6 +26,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argu
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _snapshot_set as snapshot_set
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import RAW_THAW_SCRIPT
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
@@ -107,7 +108,7 @@ class ActionModule(ActionBase):
         del tmp
         spec = aws_argument_spec()
         spec.update(ARGUMENT_SPEC)
-        validation, params = self.validate_argument_spec(argument_spec=spec)
+        params = self.validate_argument_spec(argument_spec=spec)[1]
         try:
             if params["mode"] == "controller":
                 result.update(self._controller(params, task_vars))
@@ -147,8 +148,7 @@ class ActionModule(ActionBase):
             remaining -= step
         else:
             last = dict(last, failed=params["on_wait_timeout"] == "fail", timed_out=True,
-                        msg="set %s is still pending after %ss; re-run with set_id=%s to keep waiting"
-                        % (args["set_id"], params["wait_timeout"], args["set_id"]))
+                        msg=snapshot_set.still_pending(args["set_id"], params["wait_timeout"]))
         out = dict(first)
         final_keys = ("state", "progress", "failed", "msg", "timed_out", "rollback", "exception")
         out.update(dict((k, v) for k, v in last.items() if k in final_keys))
@@ -157,12 +157,14 @@ class ActionModule(ActionBase):
 
     # ------------------------------------------------------------------ controller mode
     def _controller(self, params, task_vars):
-        client = TaskAWS(MODULE, params).client("ec2", retry_decorator=ebs.RETRY)
+        aws = TaskAWS(MODULE, params)
+        client = aws.client("ec2", retry_decorator=ebs.RETRY)
         if params["set_id"]:
             found = ebs.existing_set(client, params["set_id"], self._task.check_mode, False)
             if found is not None:
                 if found["state"] == "pending" and params["wait"]:
-                    found.update(self._wait(client, params, found["snapshot_ids"]))
+                    found.update(ebs.finish(client, found["snapshot_ids"], params["wait_timeout"], params["poll_interval"],
+                                            on_progress=lambda s: display.display(progress_line(params["set_id"], s))))
                     found["changed"] = found["state"] == "complete"
                 return found
         host = self._execute_module(
@@ -173,12 +175,8 @@ class ActionModule(ActionBase):
         if host.get("failed"):
             raise StillpointError("on the host: %s" % host.get("msg"), host=host)
         plan = build_plan(client, params, host)
-        out = {"plan": plan["public"], "instance_id": plan["members"]["instance_id"]}
         if self._task.check_mode:
-            out.update(changed=True, msg="check mode: would freeze %s on %s and snapshot %d volumes in one call"
-                       % (", ".join(plan["public"]["freeze"]) or "nothing", host.get("hostname"),
-                          len(plan["members"]["members"])))
-            return out
+            return snapshot_set.check_mode_result(plan, params, on=host.get("hostname"))
         if plan["freeze_plan"]:
             quiescer = RemoteQuiescer(self, task_vars, [p["mountpoint"] for p in plan["freeze_plan"]],
                                       params["freeze_deadline"], params["protect_paths"], plan["public"]["level"])
@@ -188,26 +186,8 @@ class ActionModule(ActionBase):
         if params["pre_hook"] or params["post_hook"]:
             hooks = RemoteHooks(self, params["pre_hook"], params["post_hook"], params["hook_timeout"],
                                 params["on_hook_failure"])
-        set_id = params["set_id"] or catalog.new_set_id()
-        run = ebs.SnapshotSetRun(
-            client, plan["members"], set_id, name=params["name"], host=host.get("hostname") or socket.gethostname(),
-            description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
-            procedure=params["procedure"], array=plan["layout"], mountpoints_by_volume=plan["mounts_by_volume"],
-            extra_tags=params["tags"], log=display.vvv,
-            call_client=TaskAWS(MODULE, params).client("ec2", config=ebs.no_retry_config()))
-        res = run.run(quiescer, hooks=hooks, wait=False)
-        for warning in res.pop("warnings"):
-            display.warning(warning)
-        out.update(res)
-        out["changed"] = True
-        if params["wait"]:
-            out.update(self._wait(client, params, res["snapshot_ids"], set_id))
-            if out.get("timed_out") and params["on_wait_timeout"] == "fail":
-                out.update(failed=True, msg="set %s is still pending after %ss; re-run with set_id=%s to keep waiting"
-                           % (set_id, params["wait_timeout"], set_id))
-        return out
-
-    def _wait(self, client, params, snapshot_ids, set_id=None):
-        set_id = set_id or params["set_id"]
-        return ebs.finish(client, snapshot_ids, params["wait_timeout"], params["poll_interval"],
-                          on_progress=lambda s: display.display(progress_line(set_id, s)))
+        params = dict(params, set_id=params["set_id"] or catalog.new_set_id())
+        return snapshot_set.take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer,
+                                 hooks, host.get("hostname") or socket.gethostname(), log=display.vvv,
+                                 warn=display.warning,
+                                 on_progress=lambda s: display.display(progress_line(params["set_id"], s)))

@@ -559,9 +559,11 @@ class SnapshotSetRun:
         result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
         level = quiescer.level
         member_tags = self.member_tag_sets()  # refuse oversized tags before anything is frozen
-        hook_report = {}
+        actions = []  # the hooks, in the Recorder's shape (_common.Recorder) with their output
         if hooks is not None:
-            ok, hook_report["pre"] = hooks.pre()
+            ok, report = hooks.pre()
+            if report:
+                actions.append(dict(report, what="pre-freeze hook", planned=False))
             if not ok:
                 level = lower_level(level, "filesystem")
                 result["warnings"].append("pre-freeze hook failed; the set is recorded at level %s" % level)
@@ -569,7 +571,9 @@ class SnapshotSetRun:
             items, froze, thawed = self.take(quiescer, level)
         finally:
             if hooks is not None:
-                okp, hook_report["post"] = hooks.post()
+                okp, report = hooks.post()
+                if report:
+                    actions.append(dict(report, what="post-thaw hook", planned=False))
                 if not okp:
                     result["warnings"].append("post-thaw hook failed: check the application")
         if thawed.get("deadline_thawed"):
@@ -598,7 +602,7 @@ class SnapshotSetRun:
             "level": level, "freeze": froze, "thaw": thawed, "freeze_window_ms": freeze_ms,
             "members": members, "snapshot_ids": all_ids, "create_calls": self.create_calls,
             "call_ms": self.call_ms,
-            "cycles": len(self.cycles), "hooks": hook_report, "state": "pending",
+            "cycles": len(self.cycles), "actions": actions, "state": "pending",
         })
         if wait:
             result.update(finish(self.client, all_ids, wait_timeout, poll_interval, on_progress, self.sleep))
@@ -639,7 +643,7 @@ def existing_set(client, set_id, check_mode=False, wait=True, wait_timeout=14400
         return None
     rec = records[0]
     out = dict(changed=False, set_id=set_id, state=rec["state"], level=rec["level"], instance_id=rec["instance_id"],
-               members=rec["members"], snapshot_ids=rec["snapshot_ids"])
+               members=rec["members"], snapshot_ids=rec["snapshot_ids"], actions=[])
     if rec["state"] == "complete":
         out["msg"] = "set %s already exists and is complete" % set_id
         return out

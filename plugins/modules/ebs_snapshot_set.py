@@ -286,72 +286,22 @@ plan:
   type: dict
 """
 
-import socket
-
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import host_plan
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import GuardianQuiescer
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._ebs import NoQuiesce
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._snapshot_set import take_on_host
 
 
 def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
-    result = dict(changed=False)
     try:
-        if params["set_id"]:
-            found = ebs.existing_set(client, params["set_id"], module.check_mode, params["wait"],
-                                     params["wait_timeout"], params["poll_interval"])
-            if found is not None:
-                module.exit_json(**found)
-        runner = CommandRunner.from_module(module)
-        plan = host_plan(client, params, protect_paths=[module.tmpdir], runner=runner)
-        for warning in plan["warnings"]:
-            module.warn(warning)
-        result["plan"] = plan["public"]
-        result["instance_id"] = plan["members"]["instance_id"]
-        if module.check_mode:
-            result.update(changed=True, msg="check mode: would freeze %s and snapshot %d volumes of %s in one call"
-                          % (", ".join(plan["public"]["freeze"]) or "nothing",
-                             len(plan["members"]["members"]), plan["members"]["instance_id"]))
-            module.exit_json(**result)
-
-        set_id = params["set_id"] or catalog.new_set_id()
-        hooks = None
-        if params["pre_hook"] or params["post_hook"]:
-            hooks = Hooks(lambda argv: runner(argv, check=False), params["pre_hook"], params["post_hook"],
-                          params["hook_timeout"], params["on_hook_failure"], timeout_bin=runner.bin("timeout"))
-        if plan["freeze_plan"]:
-            quiescer = GuardianQuiescer(plan["freeze_plan"], params["freeze_deadline"], level=plan["public"]["level"])
-        else:
-            quiescer = NoQuiesce(plan["public"]["level"])
-        run = ebs.SnapshotSetRun(
-            client, plan["members"], set_id, name=params["name"], host=socket.gethostname(),
-            description=params["description"], copy_tags_from_source=params["copy_tags_from_source"],
-            procedure=params["procedure"], array=plan["layout"], mountpoints_by_volume=plan["mounts_by_volume"],
-            extra_tags=params["tags"], log=module.log,
-            call_client=module.client("ec2", config=ebs.no_retry_config()))
-        out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],
-                      poll_interval=params["poll_interval"])
-        for warning in out.pop("warnings"):
-            module.warn(warning)
-        result.update(out)
-        result["changed"] = True
-        if out.get("timed_out") and params["on_wait_timeout"] == "fail":
-            module.fail_json(msg="set %s is still pending after %ss; it stays pending in the catalog. Re-run with "
-                             "set_id=%s to keep waiting" % (set_id, params["wait_timeout"], set_id), **result)
-        module.exit_json(**result)
+        result = take_on_host(module, module.params, CommandRunner.from_module(module), protect_paths=[module.tmpdir],
+                              check_mode=module.check_mode, log=module.log, warn=module.warn)
     except StillpointError as e:
-        result.update(e.fail_kwargs())
-        module.fail_json(**result)
+        module.fail_json(**e.fail_kwargs())
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ebs_snapshot_set procedure over a plan (_setplan): host mode whole (:func:`take_on_host`), and
+the parts the action plugin's controller mode shares with it (:func:`check_mode_result`, :func:`take`).
+
+Where the freeze and the hooks run is the caller's choice (a quiescer and a Hooks object: on this host
+here, on a remote host in the action plugin); the set itself is _ebs.SnapshotSetRun.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import GuardianQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import host_plan
+
+HOOKS = (("pre_hook", "pre-freeze hook"), ("post_hook", "post-thaw hook"))
+
+
+def still_pending(set_id, wait_timeout):
+    return ("set %s is still pending after %ss; it stays pending in the catalog. Re-run with set_id=%s to keep "
+            "waiting" % (set_id, wait_timeout, set_id))
+
+
+def check_mode_result(plan, params, on=None):
+    """What check mode returns: the plan, the hooks that would run (``actions``, planned), and a summary."""
+    return dict(plan=plan["public"], instance_id=plan["members"]["instance_id"], changed=True,
+                actions=[dict(what=what, cmd=list(params[key]), rc=None, ms=None, planned=True)
+                         for key, what in HOOKS if params[key]],
+                msg="check mode: would freeze %s%s and snapshot %d volumes of %s in one call"
+                % (", ".join(plan["public"]["freeze"]) or "nothing", " on %s" % on if on else "",
+                   len(plan["members"]["members"]), plan["members"]["instance_id"]))
+
+
+def take(client, call_client, plan, params, quiescer, hooks, host, log=None, warn=None, on_progress=None):
+    """One set from ``plan`` with the module's ``params``: freeze-call-thaw, tag, and wait when ``params["wait"]``.
+
+    ``call_client`` makes the CreateSnapshots call (botocore retries off, see _ebs.no_retry_config).
+    Returns the module's result; a wait that ends in a timeout raises when ``on_wait_timeout`` is ``fail``.
+    """
+    set_id = params["set_id"] or catalog.new_set_id()
+    run = ebs.SnapshotSetRun(
+        client, plan["members"], set_id, name=params["name"], host=host, description=params["description"],
+        copy_tags_from_source=params["copy_tags_from_source"], procedure=params["procedure"], array=plan["layout"],
+        mountpoints_by_volume=plan["mounts_by_volume"], extra_tags=params["tags"], log=log, call_client=call_client)
+    out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],
+                  poll_interval=params["poll_interval"], on_progress=on_progress)
+    for warning in out.pop("warnings"):
+        (warn or (lambda text: None))(warning)
+    result = dict(out, plan=plan["public"], changed=True)
+    if out.get("timed_out") and params["on_wait_timeout"] == "fail":
+        raise StillpointError(still_pending(set_id, params["wait_timeout"]), **result)
+    return result
+
+
+def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=None, warn=None):
+    """The ebs_snapshot_set module (host mode): everything on this host, EC2 through ``aws.client(...)``
+    (the AnsibleAWSModule). A known ``set_id`` is reported (or waited for) instead of taking another set."""
+    client = aws.client("ec2", retry_decorator=ebs.RETRY)
+    if params["set_id"]:
+        found = ebs.existing_set(client, params["set_id"], check_mode, params["wait"], params["wait_timeout"],
+                                 params["poll_interval"])
+        if found is not None:
+            return found
+    plan = host_plan(client, params, protect_paths=protect_paths, runner=runner)
+    for warning in plan["warnings"]:
+        (warn or (lambda text: None))(warning)
+    if check_mode:
+        return check_mode_result(plan, params)
+    hooks = None
+    if params["pre_hook"] or params["post_hook"]:
+        hooks = Hooks(lambda argv: runner(argv, check=False), params["pre_hook"], params["post_hook"],
+                      params["hook_timeout"], params["on_hook_failure"], timeout_bin=runner.bin("timeout"))
+    if plan["freeze_plan"]:
+        quiescer = GuardianQuiescer(plan["freeze_plan"], params["freeze_deadline"], level=plan["public"]["level"])
+    else:
+        quiescer = ebs.NoQuiesce(plan["public"]["level"])
+    try:
+        return take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer, hooks,
+                    socket.gethostname(), log=log, warn=warn)
+    except StillpointError as e:
+        e.details.setdefault("plan", plan["public"])
+        e.details.setdefault("instance_id", plan["members"]["instance_id"])
+        raise
