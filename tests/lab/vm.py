@@ -216,8 +216,16 @@ class VM:
                                "adopt": round(t[3] - t[2], 1)}
         return self
 
+    @property
+    def control_path(self):
+        """The SSH master's socket: every harness command to this VM (from any process) shares one
+        connection - a TCG guest spends about a second on each new SSH handshake, more under load."""
+        return os.path.join(self.dir, "ssh.mux")
+
     def ssh_command(self, command):
-        return ["ssh", "-i", self.key, "-p", str(self.ssh_port)] + SSH_OPTS + ["root@127.0.0.1", command]
+        return (["ssh", "-i", self.key, "-p", str(self.ssh_port)] + SSH_OPTS
+                + ["-o", "ControlMaster=auto", "-o", "ControlPath=" + self.control_path, "-o", "ControlPersist=120",
+                   "root@127.0.0.1", command])
 
     def ssh(self, command, check=True, timeout=300, input=None):
         """Run ``command`` in the guest; returns CompletedProcess (text, or bytes when ``input`` is bytes).
@@ -372,6 +380,10 @@ class Lab:
             hv = {"ansible_host": "127.0.0.1", "ansible_port": vm.ssh_port, "ansible_user": "root",
                   "ansible_ssh_private_key_file": vm.key,
                   "ansible_ssh_common_args": " ".join(SSH_OPTS[:6]),
+                  # one SSH connection per host for a whole test module (several plays), no compression on
+                  # loopback, modules piped to python3 instead of copied: a TCG guest pays for every step
+                  "ansible_ssh_args": "-o ControlMaster=auto -o ControlPersist=600s",
+                  "ansible_pipelining": True,
                   "ansible_python_interpreter": "/usr/bin/python3",
                   "lab_link_addresses": vm.link_addresses}
             hv.update((hostvars or {}).get(vm.name, {}))
