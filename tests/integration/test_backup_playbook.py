@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """playbooks/backup.yml (role array_backup) end to end on an emulated instance whose data is one
-btrfs filesystem striped over three volumes: check mode, a real run, retention on the next run."""
+btrfs filesystem striped over three volumes: check mode, a real run (listed by playbooks/catalog.yml),
+retention on the next run."""
 
 import os
 
@@ -16,6 +17,7 @@ from tests.support.world import task
 pytestmark = pytest.mark.skipif(missing_requirements("btrfs") is not None, reason=str(missing_requirements("btrfs")))
 
 PLAYBOOK = os.path.join(ROOT, "playbooks", "backup.yml")
+CATALOG = os.path.join(ROOT, "playbooks", "catalog.yml")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
 PRUNE = "Apply retention to this series"
 
@@ -65,6 +67,12 @@ def test_backup_playbook_check_then_real_then_retention(ec2, mode):
         assert sorted(int(t["stillpoint:member"]) for t in sets[first["set_id"]]) == [0, 1, 2]
         assert all(t["stillpoint:procedure"] == "array_backup" for t in sets[first["set_id"]])
         assert raw["global_custom_stats"]["stillpoint_backup_sets"] == {"localhost": first["set_id"]}
+
+        # playbooks/catalog.yml lists it (its AWS connection reaches the module through the play's module_defaults)
+        rc, res, _raw = run_playbook(CATALOG, ec2, {"catalog_name": name, "catalog_aws_endpoint_url": ec2.url,
+                                                    "catalog_aws_region": ec2.region})
+        assert rc == 0, res
+        assert [s["set"] for s in task(res, "Read the catalog")["result"]] == [first["set_id"]]
 
         rc, res, _raw = run_playbook(PLAYBOOK, ec2, variables(ec2, inst, name, array_backup_mode=mode))
         assert rc == 0, res
