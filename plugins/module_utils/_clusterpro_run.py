@@ -317,9 +317,9 @@ def mirror_config(runner, edition, version, name, state, saved_definition, initi
                 _act(rec, "service_stop_all", edition, version)
                 result["stopped_cluster"] = True
         if state == "absent":
-            rec.note("save the definition of %s to %s" % (name, saved_definition))
             if not check_mode:
                 files.write(saved_definition, json.dumps(result["definition"], indent=1, sort_keys=True))
+            rec.note("save the definition of %s to %s" % (name, saved_definition))
         if not check_mode:
             files.write(files.join(workdir, "clp.conf"), new_text)
         _act(rec, "config_push", edition, version, dir=workdir, change=change)

@@ -152,13 +152,33 @@ after:
   sample: {status: Online, current: server1}
 actions:
   description:
-    - The changing command that ran (or, in check mode, would run), with the program's full path; empty when nothing
-      was to be done. Reads (C(clpstat), C(clpmdstat)) are not listed.
-    - Each entry has C(what), C(cmd) (argv), C(rc) and C(ms) (V(null) when planned) and C(planned) (V(true) in check
-      mode).
+    - The changing command that ran (or, in check mode, would run); empty when nothing was to be done. Reads
+      (C(clpstat), C(clpmdstat)) are not listed.
   returned: always
   type: list
   elements: dict
+  contains:
+    what:
+      description: What the step was for.
+      type: str
+      sample: start group failover on server1
+    cmd:
+      description: The command, as a list, with the program's path as it ran.
+      type: list
+      elements: str
+      sample: [/usr/sbin/clpgrp, -s, failover, -h, server1]
+    rc:
+      description: Its exit code; V(null) when it did not run (check mode) or runs no command.
+      type: int
+      sample: 0
+    ms:
+      description: Its duration in milliseconds; V(null) when it did not run (check mode) or runs no command.
+      type: float
+      sample: 812.4
+    planned:
+      description: V(true) in check mode, where the step was only planned.
+      type: bool
+      sample: false
   sample: [{what: start group failover on server1, cmd: [/usr/sbin/clpgrp, -s, failover, -h, server1], rc: 0, ms: 812.4,
             planned: false}]
 """

@@ -221,11 +221,31 @@ actions:
     - The changing steps that ran (or, in check mode, would run), in order - C(clpcl -t -a) when the cluster was
       stopped, saving the definition (no command), C(clpcfctrl --push); empty when nothing was to be done. Reads
       (C(clpstat), C(clpcfctrl --pull)) are not listed.
-    - Each entry has C(what), C(cmd) (argv, empty for a step without a command), C(rc) and C(ms) (V(null) when
-      planned or without a command) and C(planned) (V(true) in check mode).
   returned: always
   type: list
   elements: dict
+  contains:
+    what:
+      description: What the step was for.
+      type: str
+      sample: "push the configuration: remove mirror disk resource md1"
+    cmd:
+      description: The command, as a list, with the program's path as it ran; empty for a step without a command.
+      type: list
+      elements: str
+      sample: [/usr/sbin/clpcfctrl, --push, -l, -x, /tmp/stillpoint-clpconf-x1y2]
+    rc:
+      description: Its exit code; V(null) when it did not run (check mode) or runs no command.
+      type: int
+      sample: 0
+    ms:
+      description: Its duration in milliseconds; V(null) when it did not run (check mode) or runs no command.
+      type: float
+      sample: 812.4
+    planned:
+      description: V(true) in check mode, where the step was only planned.
+      type: bool
+      sample: false
   sample: [{what: "push the configuration: remove mirror disk resource md1",
             cmd: [/usr/sbin/clpcfctrl, --push, -l, -x, /tmp/stillpoint-clpconf-x1y2], rc: 0, ms: 2310.5, planned: false}]
 proof:
