@@ -11,8 +11,10 @@ them by PID in its fixture's finalizer, pass or fail. Phases are timed with ``la
 """
 
 import contextlib
+import json
 import os
 import shutil
+import tempfile
 import time
 
 import pytest
@@ -25,6 +27,11 @@ _TIMINGS = []  # (test module, phase, seconds)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: needs the qemu VM lab (tests/lab)")
+    # every VM start of the session, the endpoint's included (its server inherits the environment)
+    if not os.environ.get("STILLPOINT_LAB_BOOT_LOG"):
+        fd, path = tempfile.mkstemp(prefix="stillpoint-lab-boots-", suffix=".jsonl")
+        os.close(fd)
+        os.environ["STILLPOINT_LAB_BOOT_LOG"] = path
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +80,23 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line("%s %8.1f s" % (("%s: %s" % (module, phase)).ljust(width), seconds))
     total = float(sum(t[2] for t in _TIMINGS))
     tr.write_line("%s %8.1f s" % ("sum of timed phases".ljust(width), total))
+    _boot_summary(tr)
+
+
+def _boot_summary(tr):
+    """How the session's VMs started: resumed from the saved state, or cold (restarts, other kernels,
+    fallbacks with their reason)."""
+    try:
+        with open(os.environ["STILLPOINT_LAB_BOOT_LOG"]) as f:
+            boots = [json.loads(line) for line in f if line.strip()]
+    except (KeyError, OSError, ValueError):
+        return
+    resumed = [b for b in boots if b["mode"] == "resumed"]
+    line = "VM starts: %d resumed from the saved state, %d cold" % (len(resumed), len(boots) - len(resumed))
+    if resumed:
+        line += "; resume phases on average: " + ", ".join(
+            "%s %.1f s" % (k, sum(b["resume"][k] for b in resumed) / len(resumed)) for k in ("load", "plug", "adopt"))
+    tr.write_line(line)
+    for b in boots:
+        if b.get("fallback"):
+            tr.write_line("  %s fell back to a cold boot: %s" % (b["vm"], b["fallback"]))

@@ -185,7 +185,16 @@ class VM:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                             os.path.join(self.image, "base.raw"), self.overlay], check=True)
         self._launch(self.command(disks))
+        self._log_boot()
         return self
+
+    def _log_boot(self):
+        """One line per start in ``$STILLPOINT_LAB_BOOT_LOG`` (the lab tier's summary counts them)."""
+        path = os.environ.get("STILLPOINT_LAB_BOOT_LOG")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"vm": self.name, "mode": self.boot_mode, "resume": self.resume_seconds,
+                                    "fallback": self.resume_error}) + "\n")
 
     def _launch(self, cmd):
         for path in (self.qmp_path, self.lab_qmp_path, self.pidfile):
@@ -214,6 +223,7 @@ class VM:
         self.boot_mode = "resumed"
         self.resume_seconds = {"load": round(t[1] - t[0], 1), "plug": round(t[2] - t[1], 1),
                                "adopt": round(t[3] - t[2], 1)}
+        self._log_boot()
         return self
 
     @property
