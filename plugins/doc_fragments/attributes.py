@@ -25,16 +25,20 @@ attributes:
     description: A second run with the same arguments, against what the first one left, changes nothing.
 """
 
+    # complete on its own: a read-only module lists only this fragment
     INFO_MODULE = r"""
 options: {}
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status it predicts without changing the target.
     support: full
     details: The module only reads; it behaves the same in check mode.
   diff_mode:
+    description: Returns details on what changed (or would change in check mode) when run with C(--diff).
     support: N/A
     details: Nothing changes, so there is no diff.
   idempotent:
+    description: A second run with the same arguments, against what the first one left, changes nothing.
     support: full
     details: Read-only; the same state gives the same answer.
 """

@@ -160,4 +160,3 @@ class Recorder:
     def planned(self):
         """The actions that check mode only planned."""
         return [a for a in self.actions if a["planned"]]
-
