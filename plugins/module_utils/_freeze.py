@@ -1062,7 +1062,6 @@ def force_thaw(mountpoints, mountinfo=None):
     return results
 
 
-
 def _freeze_now(params, check_mode, protect_paths, result):
     plan = check_mountpoints(params["mountpoints"], protect_paths=protect_paths)
     result.update(plan=plan, python=sys.executable)

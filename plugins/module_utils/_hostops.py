@@ -275,10 +275,10 @@ class HostOps:
             self._unmount(fs, mount, force_unmount)
         for vg in vg_active:
             self.rec.act("deactivate volume group %s" % vg["vg"], [self._bin("vgchange"), "-an", vg["vg"]],
-                      fail="cannot deactivate volume group %s (an LV still open?)" % vg["vg"])
+                         fail="cannot deactivate volume group %s (an LV still open?)" % vg["vg"])
         for md in md_active:
             self.rec.act("stop md array %s" % md["device"], [self._bin("mdadm"), "--stop", md["device"]],
-                      fail="cannot stop %s (still in use?)" % md["device"])
+                         fail="cannot stop %s (still in use?)" % md["device"])
 
         released = self._check_released(volume_ids, force_unmount)
         return self._result(layout, dict(released=released))
@@ -305,7 +305,7 @@ class HostOps:
                         "do not detach its volumes before that)." % (mp, who),
                         rc=rc, stdout=out, stderr=err, holders=holders)
                 self.rec.act("lazy unmount %s (busy: %s)" % (mp, who), [self._bin("umount"), "-l", mp],
-                          fail="lazy unmount of %s failed" % mp)
+                             fail="lazy unmount of %s failed" % mp)
                 self.warnings.append("%s was busy (%s) and was unmounted lazily (force_unmount): the filesystem stays "
                                      "alive until its users let go" % (mp, who))
             now = visible_mount(self.resolver.mounts(), mp)
@@ -444,7 +444,7 @@ class HostOps:
             out[index] = found.get(index) or "<device of %s>" % volume_ids[index]
         if not self.check_mode:
             self.rec.note("wait for devices by volume id", ms=ms_since(t0, self.clock()),
-                       devices={str(i): out[i] for i in wanted})
+                          devices={str(i): out[i] for i in wanted})
         elif len(found) < len(wanted):
             self.rec.note("wait up to %gs for %s to appear" % (timeout, ", ".join(problems[i] for i in sorted(problems))))
         return out
@@ -501,7 +501,7 @@ class HostOps:
         members = [devices[i] for i in md["members"]]
         if any(m.startswith("<") for m in members):  # check mode before the volumes exist: only the plan
             self.rec.act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] +
-                      (["--update=uuid"] if md["clone_of"] else []) + members)
+                         (["--update=uuid"] if md["clone_of"] else []) + members)
             return
         state = self._md_state(dev)
         if state is not None and state != "inactive":
@@ -575,19 +575,19 @@ class HostOps:
                 "Stop it yourself (mdadm --stop %s) if it is a leftover." % (dev, dev))
         for vg in deactivate:
             self.rec.act("deactivate volume group %s (activated by udev on the copy of %s assembled under another name)"
-                      % (vg, dev), [self._bin("vgchange"), "-an", vg], fail="cannot deactivate volume group %s" % vg)
+                         % (vg, dev), [self._bin("vgchange"), "-an", vg], fail="cannot deactivate volume group %s" % vg)
         for name in stop:
             target = dev if name == kname else "/dev/" + name
             self.rec.act("stop %s (assembled from the restored members by udev, or left inactive) so that %s is "
-                      "assembled in the recorded order" % (target, dev), [self._bin("mdadm"), "--stop", target],
-                      fail="cannot stop %s" % target)
+                         "assembled in the recorded order" % (target, dev), [self._bin("mdadm"), "--stop", target],
+                         fail="cannot stop %s" % target)
         if update:
             self.rec.act("assemble %s with a new UUID (a copy of array %s)" % (dev, md["clone_of"]),
-                      [self._bin("mdadm"), "--assemble", dev, "--update=uuid"] + members,
-                      fail="mdadm could not assemble %s" % dev)
+                         [self._bin("mdadm"), "--assemble", dev, "--update=uuid"] + members,
+                         fail="mdadm could not assemble %s" % dev)
         else:
             self.rec.act("assemble %s" % dev, [self._bin("mdadm"), "--assemble", dev] + members,
-                      fail="mdadm could not assemble %s" % dev)
+                         fail="mdadm could not assemble %s" % dev)
         if not self.check_mode:
             detail = self._md_detail(dev)
             if detail is None:
@@ -706,15 +706,15 @@ class HostOps:
         if pending:  # what it sits on is only planned
             if vg["clone_of"]:
                 self.rec.act("import volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
-                          [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices))
+                             [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices))
             self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
             return
         found = self._find_vg(self._vgs(), vg)
         if found is None and vg["clone_of"]:
             # the copy's PVs still carry the source's PV and VG UUIDs: new UUIDs and the new name
             self.rec.act("import the copy of volume group %s as %s with new UUIDs" % (vg["clone_of"], vg["vg"]),
-                      [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices),
-                      fail="vgimportclone could not import the copy as %s" % vg["vg"])
+                         [self._bin("vgimportclone"), "--basevgname", vg["vg"]] + self._pv_paths(vg, devices),
+                         fail="vgimportclone could not import the copy as %s" % vg["vg"])
             if self.check_mode:
                 self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]])
                 return
@@ -736,7 +736,7 @@ class HostOps:
         wanted = [lv for lv in lvs if not vg["lvs"] or lv.get("lv_name") in vg["lvs"]]
         if any(len(lv.get("lv_attr", "")) < 5 or lv["lv_attr"][4] != "a" for lv in wanted):
             self.rec.act("activate volume group %s" % vg["vg"], [self._bin("vgchange"), "-ay", vg["vg"]],
-                      fail="cannot activate volume group %s" % vg["vg"])
+                         fail="cannot activate volume group %s" % vg["vg"])
 
     def _pv_paths(self, vg, devices):
         return [devices[pv] if isinstance(pv, int) else pv for pv in vg["pvs"]]
@@ -774,7 +774,7 @@ class HostOps:
             # copy, so replay it the way the kernel would, on a private mountpoint, then check again.
             self._replay(fs, sources, where)
             rc, out, err = self.rec.act("check %s again after the log replay (read-only)" % where, argv, fail=False,
-                                     changes=False)
+                                        changes=False)
             text = (out + "\n" + err).strip()
         if rc != 0:
             hint = ""
@@ -798,9 +798,9 @@ class HostOps:
             argv += ["-o", ",".join(options)]
         try:
             self.rec.act("replay the log of %s (mount on %s)" % (where, private), argv + [sources[0], private],
-                      fail="cannot mount %s to replay its log" % where, changes=False)
+                         fail="cannot mount %s to replay its log" % where, changes=False)
             self.rec.act("unmount %s after the log replay" % private, [self._bin("umount"), private],
-                      fail="cannot unmount %s after the log replay" % private, changes=False)
+                         fail="cannot unmount %s after the log replay" % private, changes=False)
         finally:
             try:
                 os.rmdir(private)
@@ -821,7 +821,7 @@ class HostOps:
         mp = fs["mountpoint"]
         if not os.path.isdir(mp):
             self.rec.act("create mountpoint %s" % mp, [self._bin("mkdir"), "-p", mp],
-                      fail="cannot create the mountpoint %s" % mp)
+                         fail="cannot create the mountpoint %s" % mp)
         options = list(fs["options"]) + [o for o in extra if o not in fs["options"]]
         if fs["kind"] == "btrfs-multi":
             options += ["device=%s" % s for s in sources]

@@ -354,17 +354,19 @@ def test_roles_included_twice_in_one_play_start_afresh(backed_up, ec2):
                         **aws(w, "clusterpro_mirror_restore_"))
     tasks = []
     for n in (1, 2):
-        tasks += [{"name": "backup %d" % n, "vars": backup_vars, "ansible.builtin.include_role": {
-                       "name": "stillpoint.snapshots.clusterpro_mirror_backup"}},
-                  {"name": "after backup %d" % n, "ansible.builtin.debug": {
-                       "msg": "{{ __clusterpro_mirror_backup_servers }}"}}]
+        tasks += [
+            {"name": "backup %d" % n, "vars": backup_vars,
+             "ansible.builtin.include_role": {"name": "stillpoint.snapshots.clusterpro_mirror_backup"}},
+            {"name": "after backup %d" % n,
+             "ansible.builtin.debug": {"msg": "{{ __clusterpro_mirror_backup_servers }}"}}]
     for n in (1, 2):
-        tasks += [{"name": "restore %d" % n, "vars": restore_vars, "ansible.builtin.include_role": {
-                       "name": "stillpoint.snapshots.clusterpro_mirror_restore"}},
-                  {"name": "after restore %d" % n, "ansible.builtin.debug": {"msg": {
-                       "plan": "{{ __clusterpro_mirror_restore_plan }}",
-                       "before": "{{ __clusterpro_mirror_restore_proof_before }}",
-                       "after": "{{ __clusterpro_mirror_restore_proof_after }}"}}}]
+        tasks += [
+            {"name": "restore %d" % n, "vars": restore_vars,
+             "ansible.builtin.include_role": {"name": "stillpoint.snapshots.clusterpro_mirror_restore"}},
+            {"name": "after restore %d" % n,
+             "ansible.builtin.debug": {"msg": {"plan": "{{ __clusterpro_mirror_restore_plan }}",
+                                               "before": "{{ __clusterpro_mirror_restore_proof_before }}",
+                                               "after": "{{ __clusterpro_mirror_restore_proof_after }}"}}}]
     playbook = w["tmp"] / "twice.yml"
     playbook.write_text(json.dumps([{"name": "twice", "hosts": "server1", "gather_facts": False, "tasks": tasks}]))
     conf = read_state(w["fake"])["conf"]

@@ -1020,7 +1020,7 @@ def test_module_promote_and_connect_actions_shape(monkeypatch):
              status("84-status-standalone-b"), adm("primary"),  # promote() reads before the peer answered
              status("84-status-wfconnection-primary")]  # after
     result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, connection="connected",
-                                                                         role="primary"))
+                                                                          role="primary"))
     lab.done()
     assert result["changed"] is True and "failed" not in result, result
     assert [a["cmd"] for a in result["actions"]] == [["drbdadm", "connect", RES], ["drbdadm", "primary", RES]]
@@ -1058,7 +1058,7 @@ def test_module_refusal_carries_the_actions_so_far(monkeypatch):
              status("84-status-standalone-b"), adm("connect", answer=cap("84-connect-b")),
              status("84-status-synctarget-verbose"), dump()]
     result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, connection="connected",
-                                                                         role="primary"))
+                                                                          role="primary"))
     lab.done()
     assert result["failed"] and "peer is Primary and dual-primary is not configured" in result["msg"], result
     assert [(a["cmd"], a["rc"], a["planned"]) for a in result["actions"]] == [(["drbdadm", "connect", RES], 0, False)]
@@ -1092,7 +1092,7 @@ def test_module_create_md_on_a_volume_id(monkeypatch):
              (["drbdadm", "create-md", "--force", RES], cap("84-create-md")),
              status("84-status-unconfigured"), adm("up", answer=cap("84-up-b")), status("84-status-wfconnection")]
     result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, dict(name=RES, create_md=True,
-                                                                         replaced_disk=volume),
+                                                                          replaced_disk=volume),
                                   volumes={DISK: volume})
     lab.done()
     assert result["changed"] is True
@@ -1107,7 +1107,7 @@ def test_module_create_md_on_a_volume_id(monkeypatch):
 def test_module_proof_refused_when_this_disk_is_not_listed(monkeypatch):
     steps = [status("84-status-connected-inconsistent"), status("84-status-connected-inconsistent"), SH_LL_DEV]
     args = dict(name=RES, skip_initial_sync=dict(set_id="set-x", volume_ids=["vol-0aaaaaaaaaaaaaaa1",
-                                                                              "vol-0aaaaaaaaaaaaaaa2"]))
+                                                                             "vol-0aaaaaaaaaaaaaaa2"]))
     result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, args, volumes={DISK: "vol-0bbbbbbbbbbbbbbb1"})
     lab.done()
     assert result["failed"] and "is volume vol-0bbbbbbbbbbbbbbb1, which is not among skip_initial_sync.volume_ids" \
