@@ -14,11 +14,8 @@ so no second module transfer sits inside the window. Waiting happens after the t
 
 from __future__ import annotations
 
-import json
-import shlex
 import socket
 
-from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
@@ -28,11 +25,11 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catal
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _snapshot_set as snapshot_set
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import RAW_THAW_SCRIPT
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import build_plan
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteHooks
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteQuiescer
 
 display = Display()
 
@@ -43,61 +40,6 @@ PROGRESS_STEP = 60  # seconds per waiting module run in host mode
 def progress_line(set_id, sample):
     parts = ["%s %s" % (sid, sample["progress"].get(sid) or sample["states"][sid]) for sid in sorted(sample["states"])]
     return "set %s after %ss: %s" % (set_id, sample["elapsed_s"], ", ".join(parts))
-
-
-class RemoteQuiescer:
-    """The freeze lives on the host under the guardian; the thaw is one raw command."""
-
-    def __init__(self, action, task_vars, mountpoints, deadline, protect_paths, level):
-        self.action = action
-        self.task_vars = task_vars
-        self.mountpoints = mountpoints
-        self.deadline = deadline
-        self.protect_paths = protect_paths
-        self.level = level
-        self.token = None
-        self.python = None
-
-    def freeze(self):
-        res = self.action._execute_module(
-            module_name="stillpoint.snapshots.fsfreeze",
-            module_args=dict(mountpoints=self.mountpoints, state="frozen", deadline=self.deadline,
-                             protect_paths=self.protect_paths),
-            task_vars=self.task_vars)
-        if res.get("failed"):
-            raise StillpointError("freeze on the host failed: %s" % res.get("msg"), freeze=res)
-        self.token, self.python = res["token"], res["python"]
-        return {"mounts": res.get("mounts", []), "token": self.token, "guardian_pid": res.get("guardian_pid"),
-                "deadline": res.get("deadline")}
-
-    def thaw(self):
-        cmd = "%s -c %s %s thaw" % (shlex.quote(self.python), shlex.quote(RAW_THAW_SCRIPT), shlex.quote(self.token))
-        res = self.action._low_level_execute_command(cmd, sudoable=True)
-        try:
-            reply = json.loads(to_text(res.get("stdout", "")).strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            reply = None
-        if res.get("rc") == 0 and isinstance(reply, dict) and "window_ms" in reply:
-            return reply
-        # The raw path failed (odd shell, become quirk): thaw through the module, never leave it frozen.
-        display.warning("raw thaw failed (rc=%s: %s); thawing through the fsfreeze module"
-                        % (res.get("rc"), to_text(res.get("stderr", "")).strip()))
-        mod = self.action._execute_module(
-            module_name="stillpoint.snapshots.fsfreeze",
-            module_args=dict(state="thawed", token=self.token), task_vars=self.task_vars)
-        if mod.get("failed"):
-            raise StillpointError("thaw on the host failed: %s (the guardian thaws at its deadline)" % mod.get("msg"))
-        return mod
-
-
-class RemoteHooks(Hooks):
-    """Hooks run on the host as raw commands (controller mode)."""
-
-    def __init__(self, action, pre, post, timeout, on_failure):
-        def run_argv(argv):
-            res = action._low_level_execute_command(" ".join(shlex.quote(a) for a in argv), sudoable=True)
-            return res.get("rc"), to_text(res.get("stdout", "")), to_text(res.get("stderr", ""))
-        super().__init__(run_argv, pre, post, timeout, on_failure)
 
 
 class ActionModule(ActionBase):

@@ -262,7 +262,7 @@ def catalog_sets(client, set_id=None, name=None, instance_id=None):
 def find_sets(client, set_id=None, name=None, instance_id=None, host=None, states=None, latest=False):
     """backup_set_info: the matching set records, newest first (only the newest with ``latest``)."""
     records = catalog.select_sets(catalog_sets(client, set_id=set_id, name=name, instance_id=instance_id),
-                                  host=host, states=states)
+                                  name=name, instance_id=instance_id, host=host, states=states)
     return records[:1] if latest else records
 
 

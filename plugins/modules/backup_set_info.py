@@ -14,10 +14,10 @@ description:
   - Reads the backup catalog that M(stillpoint.snapshots.ebs_snapshot_set) writes into EBS snapshot tags
     (schema v1, see C(docs/catalog.md)) and returns one record per backup set, newest first.
   - Only snapshots of this account (C(OwnerIds=self)) that carry the C(stillpoint:creator) marker are read.
-  - The state of each set is derived from the facts, never taken on trust. C(complete) means every member
+  - The state of each set is derived from the facts, never taken on trust. V(complete) means every member
     C(0..n-1) is present, all are C(completed) in EC2 and the set was marked complete after the wait.
-    C(partial) means the set can never become a valid backup (a member is missing or in error, or a rollback
-    left it behind). C(pending) is everything else. The reasons are in each record's C(problems).
+    V(partial) means the set can never become a valid backup (a member is missing or in error, or a rollback
+    left it behind). V(pending) is everything else. The reasons are in each record's C(problems).
   - The consistency level of a set is the weakest level any of its members claims.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
@@ -51,22 +51,15 @@ options:
         RV(result). Needs the C(jmespath) Python library.
       - An invalid expression fails the task before any API call.
     type: str
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
 notes:
   - The module never changes anything; C(changed) is always false.
+  - "IAM: ec2:DescribeSnapshots."
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes.info_module
+  - stillpoint.snapshots.attributes.actiongroup_aws
 requirements:
   - jmespath (only for O(query))
 """
@@ -118,11 +111,11 @@ sets:
       type: str
       sample: "1"
     state:
-      description: C(complete), C(pending) or C(partial), derived as described above.
+      description: V(complete), V(pending) or V(partial), derived as described above.
       type: str
       sample: complete
     problems:
-      description: Why the set is not C(complete) (empty for a complete set).
+      description: Why the set is not V(complete) (empty for a complete set).
       type: list
       elements: str
       sample: []
@@ -184,11 +177,6 @@ result:
 
 import traceback
 
-try:
-    import botocore
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore
-
 JMESPATH_IMPORT_ERROR = None
 try:
     import jmespath
@@ -225,26 +213,19 @@ def compile_query(module, text):
 
 def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    expression = compile_query(module, params["query"]) if params["query"] is not None else None
-    client = module.client("ec2", retry_decorator=ebs.RETRY)
+    p = module.params
+    expression = compile_query(module, p["query"]) if p["query"] is not None else None
     try:
-        snapshots = ebs.catalog_snapshots(client, set_id=params["set_id"], name=params["name"],
-                                          instance_id=params["instance_id"])
+        sets = ebs.find_sets(module.client("ec2", retry_decorator=ebs.RETRY), set_id=p["set_id"], name=p["name"],
+                             instance_id=p["instance_id"], host=p["host"], states=p["state"], latest=p["latest"])
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
-    except botocore.exceptions.BotoCoreError as e:
-        module.fail_json_aws(e, msg="cannot read the catalog (DescribeSnapshots)")
-    records = catalog.select_sets(catalog.group_sets(snapshots), set_id=params["set_id"], name=params["name"],
-                                  instance_id=params["instance_id"], host=params["host"], states=params["state"])
-    if params["latest"]:
-        records = records[:1]
-    result = dict(changed=False, sets=records)
+    result = dict(changed=False, sets=sets)
     if expression is not None:
         try:
-            result["result"] = expression.search(records)
+            result["result"] = expression.search(sets)
         except jmespath.exceptions.JMESPathError as e:
-            module.fail_json(msg="query %r failed on the sets: %s" % (params["query"], e), sets=records)
+            module.fail_json(msg="query %r failed on the sets: %s" % (p["query"], e), sets=sets)
     module.exit_json(**result)
 
 

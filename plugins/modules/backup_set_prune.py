@@ -13,10 +13,10 @@ version_added: 0.1.0
 description:
   - Deletes whole backup sets recorded by M(stillpoint.snapshots.ebs_snapshot_set) (schema v1, see
     C(docs/catalog.md)), either by retention rules or by explicit set id.
-  - Retention works per group of sets with the same name and instance. A C(complete) set is kept while it is
+  - Retention works per group of sets with the same name and instance. A V(complete) set is kept while it is
     among the newest O(keep_last) complete sets of its group B(or) younger than O(older_than_days); it is
     deleted only when every rule given lets it go. The newest complete set of each group is always kept.
-    C(pending) sets are never deleted by retention (a run may still be waiting on them); C(partial) sets are
+    V(pending) sets are never deleted by retention (a run may still be waiting on them); V(partial) sets are
     deleted only with O(delete_partial=true).
   - Only snapshots of this account (C(OwnerIds=self)) carrying the C(stillpoint:creator) marker are ever
     deleted; each snapshot is read again and checked for the marker right before its deletion. Snapshots that
@@ -32,22 +32,22 @@ options:
     type: str
   keep_last:
     description:
-      - Keep the newest this many C(complete) sets of each group. At least 1.
+      - Keep the newest this many V(complete) sets of each group. At least 1.
     type: int
   older_than_days:
     description:
-      - Keep C(complete) sets younger than this many days (by the set's creation time; fractions allowed).
+      - Keep V(complete) sets younger than this many days (by the set's creation time; fractions allowed).
       - With O(keep_last) too, a set is deleted only when it is beyond O(keep_last) B(and) older than this.
     type: float
   delete_partial:
-    description: Delete C(partial) sets (sets that can never become a valid backup).
+    description: Delete V(partial) sets (sets that can never become a valid backup).
     type: bool
     default: false
   set_ids:
     description:
       - Delete exactly these sets. Each must exist in this account and region, be ours (creator marker), and
         match O(name) and O(instance_id) when those are given; otherwise the task fails and deletes nothing.
-      - The newest C(complete) set of a group, a C(pending) set and a set of a schema this version does not
+      - The newest V(complete) set of a group, a V(pending) set and a set of a schema this version does not
         read are refused unless O(force=true).
       - May be combined with the retention rules; retention is then applied to the sets that remain.
       - A set that was already deleted no longer exists, so running the same explicit deletion again fails
@@ -62,21 +62,24 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Computes and returns the plan; deletes nothing. C(changed) tells whether a real run would
+    details: Computes and returns the plan; deletes nothing. C(changed) tells whether a real run would
       delete something.
   diff_mode:
     support: full
-    description: Returns the set ids before and after.
+    details: Returns the set ids before and after.
   idempotent:
     support: partial
-    description: With retention rules a second run deletes nothing and reports no change. An explicit O(set_ids)
+    details: With retention rules a second run deletes nothing and reports no change. An explicit O(set_ids)
       deletion refuses, on a second run, the sets that no longer exist.
 notes:
   - At least one of O(keep_last), O(older_than_days), O(set_ids) or O(delete_partial=true) is required.
+  - "IAM: ec2:DescribeSnapshots, ec2:DeleteSnapshot."
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 """
 
 EXAMPLES = r"""

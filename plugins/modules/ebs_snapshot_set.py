@@ -11,15 +11,15 @@ module: ebs_snapshot_set
 short_description: Take a consistent set of EBS snapshots of one instance with a single CreateSnapshots call
 version_added: 0.1.0
 description:
-  - Quiesces the application (optional pre-freeze hook), freezes the filesystems given in I(mountpoints)
+  - Quiesces the application (optional pre-freeze hook), freezes the filesystems given in O(mountpoints)
     under a guardian process that thaws them even if this module is killed, makes B(one) EC2
     C(CreateSnapshots) call for all member volumes of the instance, thaws, runs the post-thaw hook, and
     records the set in the backup catalog (snapshot tags, see C(docs/catalog.md)).
   - The freeze window is one API round trip. Waiting for the snapshots to reach C(completed) happens after
-    the thaw. If any member fails, the whole set is deleted; what cannot be deleted is tagged C(partial).
-    A set is never reported C(complete) unless every member completed.
-  - "Two modes: in C(host) mode (default) the module runs on the instance, which needs EC2 access (instance
-    profile). In C(controller) mode the action plugin runs M(stillpoint.snapshots.ebs_mount_info) and
+    the thaw. If any member fails, the whole set is deleted; what cannot be deleted is tagged V(partial).
+    A set is never reported V(complete) unless every member completed.
+  - "Two modes: in V(host) mode (default) the module runs on the instance, which needs EC2 access (instance
+    profile). In O(mode=controller) the action plugin runs M(stillpoint.snapshots.ebs_mount_info) and
     M(stillpoint.snapshots.fsfreeze) on the host, makes the EC2 call from the controller, and thaws the host
     with one raw command."
   - Throttled calls (C(RequestLimitExceeded), C(SnapshotCreationPerVolumeRateExceeded)) are never waited out
@@ -30,7 +30,7 @@ author:
 options:
   mode:
     description:
-      - Where the EC2 call is made. C(host) runs everything on the target host. C(controller) keeps the
+      - Where the EC2 call is made. V(host) runs everything on the target host. V(controller) keeps the
         freeze on the host and calls EC2 from the controller (the host needs no AWS access).
       - Handled by the action plugin.
     type: str
@@ -45,14 +45,14 @@ options:
     description:
       - Filesystems to freeze. The EBS volumes under them (through partitions, md and LVM) become the members
         of the set, found by NVMe serial or C(/dev/disk/by-id) links, never by device enumeration order.
-      - If neither I(mountpoints) nor I(volume_ids) is given, all data volumes of the instance are members and
+      - If neither O(mountpoints) nor O(volume_ids) is given, all data volumes of the instance are members and
         nothing is frozen (crash-consistent).
     type: list
     elements: path
     default: []
   volume_ids:
     description:
-      - Member volumes by id, added to those found under I(mountpoints). Their order is the member order
+      - Member volumes by id, added to those found under O(mountpoints). Their order is the member order
         recorded in the catalog (for example an md array's order).
     type: list
     elements: str
@@ -72,13 +72,13 @@ options:
     type: bool
     default: true
   freeze:
-    description: Freeze I(mountpoints) around the call. Without a freeze the set is crash-consistent.
+    description: Freeze O(mountpoints) around the call. Without a freeze the set is crash-consistent.
     type: bool
     default: true
   freeze_deadline:
     description:
       - Seconds after which the guardian thaws on its own, whatever happens to this module. A freeze cut short
-        by the deadline lowers the recorded level to C(crash).
+        by the deadline lowers the recorded level to V(crash).
     type: float
     default: 10.0
   protect_paths:
@@ -93,7 +93,7 @@ options:
     default: /dev/disk/by-id
   imds_endpoint:
     description:
-      - Instance metadata endpoint used to find I(instance_id). Defaults to E(AWS_EC2_METADATA_SERVICE_ENDPOINT)
+      - Instance metadata endpoint used to find O(instance_id). Defaults to E(AWS_EC2_METADATA_SERVICE_ENDPOINT)
         or C(http://169.254.169.254).
     type: str
   name:
@@ -103,7 +103,7 @@ options:
   set_id:
     description:
       - Identifier of the set. When a set with this id already exists the module does not take another one; it
-        reports it (C(changed=false)) or, if it is still C(pending), waits for it and marks it complete. Makes
+        reports it (C(changed=false)) or, if it is still V(pending), waits for it and marks it complete. Makes
         retries of a job idempotent. Generated when omitted.
     type: str
   description:
@@ -120,21 +120,21 @@ options:
   array:
     description:
       - "Array descriptor recorded in the catalog, for example C({\"kind\": \"md\", \"level\": \"raid0\"})."
-      - The filesystems found under I(mountpoints) are added to it as C(filesystems) (mountpoint, type, mount
+      - The filesystems found under O(mountpoints) are added to it as C(filesystems) (mountpoint, type, mount
         options, member indexes), which a restore uses.
-      - In C(host) mode the md arrays (C(mdadm --detail --export)) and LVM volume groups (C(pvs)/C(lvs)
-        C(--reportformat json)) under I(mountpoints) are discovered and added as C(md) and C(lvm), with each
+      - In V(host) mode the md arrays (C(mdadm --detail --export)) and LVM volume groups (C(pvs)/C(lvs)
+        C(--reportformat json)) under O(mountpoints) are discovered and added as C(md) and C(lvm), with each
         filesystem's C(device); every PV of such a volume group becomes a member, and the members are numbered in
-        md role order and PV order. Nothing is discovered when I(array) already has C(md) or C(lvm).
+        md role order and PV order. Nothing is discovered when O(array) already has C(md) or C(lvm).
     type: dict
   quiesced_level:
     description:
       - The consistency level the member volumes' data already has although this run freezes nothing, because
         nobody writes to them any more and they were quiesced before, for example a DRBD secondary split off
         while the primary's filesystem was frozen (M(stillpoint.snapshots.drbd_resource)), or a cluster standby
-        shut down after its mirror resource was stopped. Recorded as the set's level instead of C(crash).
-      - Only without a freeze (I(freeze=false) or no I(mountpoints)). Claim it only when it is true; the roles of
-        this collection set it from what they did and record how in I(array).
+        shut down after its mirror resource was stopped. Recorded as the set's level instead of V(crash).
+      - Only without a freeze (O(freeze=false) or no O(mountpoints)). Claim it only when it is true; the roles of
+        this collection set it from what they did and record how in O(array).
     type: str
     choices: [crash, filesystem, application]
   procedure:
@@ -158,13 +158,13 @@ options:
     default: 30.0
   on_hook_failure:
     description:
-      - C(abort) stops before anything is frozen when the pre-freeze hook fails. C(continue) takes the set anyway
+      - V(abort) stops before anything is frozen when the pre-freeze hook fails. V(continue) takes the set anyway
         and records it as C(filesystem)-consistent.
     type: str
     choices: [abort, continue]
     default: abort
   wait:
-    description: Wait for all members to be C(completed), then mark the set C(complete).
+    description: Wait for all members to be C(completed), then mark the set V(complete).
     type: bool
     default: true
   wait_timeout:
@@ -176,7 +176,7 @@ options:
     type: float
     default: 15.0
   on_wait_timeout:
-    description: C(fail) fails when I(wait_timeout) passes; C(return) returns the progress with the set still C(pending).
+    description: V(fail) fails when O(wait_timeout) passes; V(return) returns the progress with the set still V(pending).
     type: str
     choices: [fail, return]
     default: fail
@@ -184,16 +184,19 @@ extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
   check_mode:
     support: full
-    description: Resolves mountpoints and volumes and returns the plan; freezes and creates nothing.
+    details: Resolves mountpoints and volumes and returns the plan (and the hooks that would run, RV(actions));
+      freezes, runs and creates nothing.
   diff_mode:
     support: none
-    description: Creates new snapshots; there is nothing to compare.
+    details: Creates new snapshots; there is nothing to compare.
   idempotent:
     support: partial
-    description: Each run takes a new set unless I(set_id) names an existing one.
+    details: Each run takes a new set unless O(set_id) names an existing one.
 notes:
   - Never freezes C(/) or the filesystem holding Ansible's remote tmp dir, the Python interpreter or the working dir.
   - "IAM: ec2:CreateSnapshots, ec2:CreateTags, ec2:DescribeInstances, ec2:DescribeVolumes, ec2:DescribeSnapshots,
@@ -232,11 +235,11 @@ set_id:
   type: str
   sample: bs-20261121T130000Z-1a2b3c
 state:
-  description: C(complete) once every member completed and the set was marked; C(pending) when not waited for.
+  description: V(complete) once every member completed and the set was marked; V(pending) when not waited for.
   returned: success
   type: str
 level:
-  description: Consistency level the set reached (C(crash), C(filesystem), C(application)); never more than achieved.
+  description: Consistency level the set reached (V(crash), V(filesystem), V(application)); never more than achieved.
   returned: success
   type: str
 instance_id:
@@ -284,6 +287,33 @@ plan:
   description: The resolved plan (members, exclusions, mountpoints to freeze, level expected).
   returned: always
   type: dict
+actions:
+  description:
+    - The commands run on the host, in run order - O(pre_hook) and O(post_hook), each under coreutils C(timeout) -
+      in the collection's one result shape; in check mode the hooks that would run, with C(planned=true).
+    - Each also has C(stdout), C(stderr) and C(timed_out) once it ran.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    what:
+      description: What the command is for.
+      type: str
+      sample: pre-freeze hook
+    cmd:
+      description: The command (argv), as given.
+      type: list
+      elements: str
+      sample: [/usr/local/bin/db-quiesce]
+    rc:
+      description: Its exit status (null when only planned).
+      type: int
+    ms:
+      description: How long it ran, in milliseconds (null when only planned).
+      type: float
+    planned:
+      description: True in check mode, where nothing runs.
+      type: bool
 """
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule

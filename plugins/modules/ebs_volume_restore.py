@@ -13,7 +13,7 @@ version_added: 0.1.0
 description:
   - Reads the backup set O(set_id) from the catalog (snapshot tags, see C(docs/catalog.md)) and creates one volume
     per member in one availability zone, from the member's snapshot.
-  - Only a C(complete) set is restored. A C(partial) set (a member missing or in error) or a C(pending) one (still
+  - Only a V(complete) set is restored. A V(partial) set (a member missing or in error) or a V(pending) one (still
     copying, or never marked complete) is refused with the reasons; a part of a set is never restored.
   - "Every volume carries its restore tags from the C(CreateVolume) call on (C(TagSpecifications)):
     C(stillpoint:restore-id), C(stillpoint:set-id), C(stillpoint:member), C(stillpoint:device) (the member's
@@ -93,17 +93,19 @@ extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
   check_mode:
     support: full
-    description: Reads the set and the volumes that already exist and returns the plan (RV(volumes_to_create));
+    details: Reads the set and the volumes that already exist and returns the plan (RV(volumes_to_create));
       creates and enables nothing.
   diff_mode:
     support: none
-    description: New volumes are created; there is nothing to compare.
+    details: New volumes are created; there is nothing to compare.
   idempotent:
     support: full
-    description: A re-run with the same arguments finds the volumes it created (by restore id) and creates nothing.
+    details: A re-run with the same arguments finds the volumes it created (by restore id) and creates nothing.
 notes:
   - "IAM: ec2:DescribeSnapshots, ec2:DescribeVolumes, ec2:CreateVolume, ec2:CreateTags (tags on create),
     ec2:DeleteVolume (rollback), ec2:DescribeInstances (O(instance_id)), ec2:DescribeAvailabilityZones

@@ -98,14 +98,14 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reads the instance, the catalog and the volumes, checks every refusal and returns the plan; detaches,
+    details: Reads the instance, the catalog and the volumes, checks every refusal and returns the plan; detaches,
       attaches, tags and deletes nothing.
   diff_mode:
     support: full
-    description: Returns the device to volume mapping of the set's devices before and after.
+    details: Returns the device to volume mapping of the set's devices before and after.
   idempotent:
     support: full
-    description: A device that already holds its restored volume is left alone; a re-run after success makes no
+    details: A device that already holds its restored volume is left alone; a re-run after success makes no
       C(DetachVolume) or C(AttachVolume) call.
 notes:
   - "IAM: ec2:DescribeInstances, ec2:DescribeVolumes, ec2:DescribeSnapshots, ec2:DetachVolume, ec2:AttachVolume,
@@ -116,6 +116,8 @@ extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 seealso:
   - module: stillpoint.snapshots.backup_set_info
   - module: stillpoint.snapshots.ebs_volume_restore
