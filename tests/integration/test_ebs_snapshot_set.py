@@ -192,6 +192,23 @@ def test_hooks_ok_give_application_level_and_run_in_order(tmp_path, ec2, inst):
     assert rc == 0, res.get("msg")
     assert res["level"] == "application"
     assert log.read_text().split() == ["pre", "post"]
+    # the hooks are the commands this run ran: actions in the collection's one result shape
+    assert [(a["what"], a["cmd"], a["rc"], a["planned"]) for a in res["actions"]] == [
+        ("pre-freeze hook", ["sh", "-c", "echo pre >> %s" % log], 0, False),
+        ("post-thaw hook", ["sh", "-c", "echo post >> %s" % log], 0, False)]
+    assert all(a["ms"] >= 0 and a["timed_out"] is False for a in res["actions"])
+
+
+@pytest.mark.parametrize("mode", ["host", "controller"])
+def test_check_mode_plans_the_hooks_and_runs_none(tmp_path, ec2, inst, mode):
+    log = tmp_path / "hooks.log"
+    rc, res = run(tmp_path, ec2, inst, check=True, mode=mode, pre_hook=["sh", "-c", "echo pre >> %s" % log])
+    assert rc == 0, res.get("msg")
+    assert res["changed"] is True and res["msg"].startswith("check mode: would freeze ")
+    assert res["actions"] == [dict(what="pre-freeze hook", cmd=["sh", "-c", "echo pre >> %s" % log], rc=None, ms=None,
+                                   planned=True)]
+    assert not log.exists()
+    assert [c for c in ec2.calls() if not c["action"].startswith("Describe")] == []
 
 
 def test_no_mountpoints_is_crash_consistent(tmp_path, ec2, inst):

@@ -432,6 +432,63 @@ def test_no_rule_deletes_nothing(template):
 
 # ----------------------------------------------------------------------------- documented queries
 
+# ----------------------------------------------------------------------------- explicit deletion (backup_set_prune)
+
+def test_prune_needs_a_rule_and_refuses_bad_ones():
+    with pytest.raises(StillpointError, match="^nothing to do"):
+        catalog.check_prune_rules()
+    with pytest.raises(StillpointError, match="keep_last must be at least 1"):
+        catalog.check_prune_rules(keep_last=0)
+    with pytest.raises(StillpointError, match="older_than_days must not be negative"):
+        catalog.check_prune_rules(older_than_days=-1)
+    for rules in (dict(keep_last=1), dict(older_than_days=0), dict(set_ids=["bs-x"]), dict(delete_partial=True)):
+        catalog.check_prune_rules(**rules)
+
+
+def test_explicit_sets_refuse_all_at_once_in_the_order_given(template):
+    specs = [("s-newest", "pgdata", "i-a", day(0), "complete"),
+             ("s-older", "pgdata", "i-a", day(1), "complete"),
+             ("s-pending", "pgdata", "i-a", day(2), "pending")]
+    records = catalog.group_sets(make_sets(template, specs))
+    asked = []
+
+    def why_absent(sid):
+        asked.append(sid)
+        return "set %s: absent" % sid
+
+    with pytest.raises(StillpointError) as info:
+        catalog.explicit_sets(records, ["s-pending", "s-gone", "s-older", "s-newest"], False, why_absent)
+    refused = info.value.details["refused"]
+    assert [r.split()[1] for r in refused] == ["s-pending", "s-gone:", "s-newest"]
+    assert "is pending" in refused[0] and "is the newest complete set of pgdata on i-a" in refused[2]
+    assert info.value.msg.startswith("refused, nothing was deleted: ") and asked == ["s-gone"]
+    chosen = catalog.explicit_sets(records, ["s-older", "s-older"], False, why_absent)
+    assert [r["set_id"] for r in chosen] == ["s-older"]
+    forced = catalog.explicit_sets(records, ["s-newest", "s-pending"], True, why_absent)
+    assert [r["set_id"] for r in forced] == ["s-newest", "s-pending"]
+
+
+def test_absent_refusal_says_why():
+    other = [{"name": "logs", "instance_id": "i-b"}]
+    assert catalog.absent_refusal("bs-x", other, []).startswith(
+        "set bs-x belongs to name=logs instance_id=i-b, not to the name/instance_id given")
+    foreign = catalog.absent_refusal("bs-x", [], ["snap-2", "snap-1"])
+    assert "is not ours: its snapshots snap-1, snap-2 carry the set id but not the creator marker" in foreign
+    assert catalog.absent_refusal(NEW, [], []) == "set %s does not exist in this account and region" % NEW
+    assert catalog.absent_refusal("oops", [], []).endswith("(set ids look like bs-YYYYMMDDTHHMMSSZ-xxxxxx)")
+
+
+def test_prune_decision_puts_named_sets_first_and_retains_the_rest(template):
+    records = catalog.group_sets(daily(template, 4))
+    decision = catalog.prune_decision(records, keep_last=2, set_ids=["s-pgdata-i-a-01"], now=NOW,
+                                      why_absent=lambda sid: "absent")
+    assert [(r["set_id"], why) for r, why in decision["delete"]] == [
+        ("s-pgdata-i-a-01", "named in set_ids"), ("s-pgdata-i-a-03", "beyond keep_last=2")]
+    assert [k["set_id"] for k in decision["kept"]] == ["s-pgdata-i-a-00", "s-pgdata-i-a-02"]
+    assert decision["diff"] == {"before": {"set_ids": ["s-pgdata-i-a-0%d" % d for d in range(4)]},
+                                "after": {"set_ids": ["s-pgdata-i-a-00", "s-pgdata-i-a-02"]}}
+
+
 def documented_queries():
     """The JMESPath expressions of docs/catalog.md's backup_set_info table and the module's EXAMPLES."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
