@@ -220,6 +220,11 @@ class Endpoint:
     def clear_calls(self):
         self.control("clear_calls")
 
+    def received(self, action):
+        """How many real (not DryRun) calls of ``action`` arrived since the last reset, including
+        those still in flight (``calls`` lists only finished ones)."""
+        return self.control("received", action=action)["count"]
+
     def create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large", boot_size=8,
                         local=False, by_id_dir=None):
         """An instance with attached volumes, built through RunInstances/CreateVolume/AttachVolume.

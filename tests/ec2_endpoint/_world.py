@@ -586,6 +586,7 @@ class World:
         self._client_lock = threading.Lock()
         self._seq = itertools.count(1)
         self.calls = []
+        self.received = {}  # action -> real calls arrived (op_received)
         self._reset_faults()
         # the local attach backend: instance id -> by-id directory, loop devices, the poller's work
         self.local = _local.LocalBackend(os.path.join(self.state_dir, "local"))
@@ -644,6 +645,11 @@ class World:
             entry["seq"] = next(self._seq)
             self.calls.append(entry)
 
+    def receive(self, action):
+        """Count a real call as it arrives (before its latency): a test can see a call in flight."""
+        with self._mu:
+            self.received[action] = self.received.get(action, 0) + 1
+
     def backend(self, region=None):
         return ec2_backends[self.account_id][region or self.region]
 
@@ -696,7 +702,13 @@ class World:
     def op_clear_calls(self):
         with self._mu:
             self.calls = []
+            self.received = {}
         return {}
+
+    def op_received(self, action):
+        """How many real calls of ``action`` arrived so far, finished or still in flight."""
+        with self._mu:
+            return {"count": self.received.get(action, 0)}
 
     def op_calls(self, action=None):
         with self._mu:

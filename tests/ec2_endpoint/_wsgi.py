@@ -114,6 +114,7 @@ class Middleware:
         # Injected latency and faults target real calls: a DryRun (a permission and parameter check,
         # which the collection makes before freezing) passes through untouched, and is logged as such.
         if not internal and not entry["dry_run"]:
+            world.receive(action)
             delay = world.latency_for(action)
             if delay:
                 time.sleep(delay / 1000.0)

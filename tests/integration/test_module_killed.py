@@ -63,7 +63,8 @@ def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):
         env = dict(os.environ, **ec2.env())
         env["PYTHONPATH"] = os.pathsep.join([COLLECTIONS, ROOT])
         env["AWS_EC2_METADATA_DISABLED"] = "false"
-        ec2.latency("CreateSnapshots", 3000)
+        # each call stays in flight this long: the kill that follows its arrival has seconds to spare
+        ec2.latency("CreateSnapshots", 6000)
         thaw_times, writers = [], []
         for attempt in range(KILLS):
             ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
@@ -81,6 +82,12 @@ def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):
                         raise AssertionError("kill %d: the module ended before freezing (rc=%s): %s %s"
                                              % (attempt, proc.returncode, out.decode()[-2000:], err.decode()[-2000:]))
                     assert time.monotonic() - t0 < 30, "the module never froze"
+                # ... and the kill lands while its CreateSnapshots is in flight: what happened is
+                # checked (the endpoint saw the call arrive), not assumed from a delay
+                while ec2.received("CreateSnapshots") < attempt + 1:
+                    assert proc.poll() is None, "kill %d: the module ended before its CreateSnapshots" % attempt
+                    assert time.monotonic() - t0 < 120, "kill %d: no CreateSnapshots call arrived" % attempt
+                    time.sleep(0.02)
                 if attempt % 2:
                     os.killpg(proc.pid, signal.SIGKILL)
                 else:
@@ -99,7 +106,7 @@ def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):
         assert len(thaw_times) == KILLS
         assert max(thaw_times) <= DEADLINE + 1.0
         # the slowed-down calls of the killed runs all ended in the injected error: no snapshot left
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while len(ec2.calls("CreateSnapshots")) < KILLS and time.monotonic() < deadline:
             time.sleep(0.2)
         calls = ec2.calls("CreateSnapshots")
