@@ -231,8 +231,8 @@ def describe_snapshots(client, snapshot_ids=None, filters=None):
     try:
         return paginate(client, "describe_snapshots", "Snapshots", **kwargs)
     except aws_errors() as e:
-        raise aws_error("DescribeSnapshots (%s)" % ("snapshots %s" % ", ".join(snapshot_ids) if snapshot_ids
-                                                     else "the backup catalog"), e)
+        what = "snapshots %s" % ", ".join(snapshot_ids) if snapshot_ids else "the backup catalog"
+        raise aws_error("DescribeSnapshots (%s)" % what, e)
 
 
 @RETRY
