@@ -429,7 +429,8 @@ def wait_volumes(client, volume_ids, done, what, timeout, interval, sleep=time.s
     """:func:`_ebs.wait_volumes` until ``done(volume_id, volume_or_None)`` holds for every id (``done`` may
     raise to stop early); a timeout raises, saying where each volume is."""
     def all_done(view):
-        return True if all([done(vid, vol) for vid, vol in view.items()]) else None
+        verdicts = [done(vid, vol) for vid, vol in view.items()]  # every volume judged: any may raise
+        return True if all(verdicts) else None
 
     finished, last = ebs.wait_volumes(client, volume_ids, all_done, timeout, interval, sleep, clock)
     if not finished:
