@@ -27,6 +27,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _snaps
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import build_plan
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteHooks
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteQuiescer
@@ -51,17 +52,8 @@ class ActionModule(ActionBase):
         spec = aws_argument_spec()
         spec.update(ARGUMENT_SPEC)
         params = self.validate_argument_spec(argument_spec=spec)[1]
-        try:
-            if params["mode"] == "controller":
-                result.update(self._controller(params, task_vars))
-            else:
-                result.update(self._host(params, task_vars))
-        except StillpointError as e:
-            result.update(e.fail_kwargs())
-            result["failed"] = True
-        finally:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
-        return result
+        mode = self._controller if params["mode"] == "controller" else self._host
+        return run_on_controller(self, result, lambda: mode(params, task_vars))
 
     # ------------------------------------------------------------------ host mode
     def _host(self, params, task_vars):

@@ -23,6 +23,7 @@ from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
 
 display = Display()
 
@@ -138,18 +139,13 @@ class ClusterproAction(ActionBase):
                 self._remove_tmp_path(self._connection._shell.tmpdir)
             return result
         self._task_vars = task_vars
-        try:
+
+        def windows():
             if self._task.async_val:
                 raise StillpointError("%s does not support async on a Windows host (its commands run one by one "
                                       "through %s)." % (self.MODULE, WINDOWS_MODULES["command"]))
-            params = self.validate_params(self.windows_spec())
-            result.update(self.run_windows(params))
-        except StillpointError as exc:
-            result.update(exc.fail_kwargs())
-            result["failed"] = True
-        finally:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
-        return result
+            return self.run_windows(self.validate_params(self.windows_spec()))
+        return run_on_controller(self, result, windows)
 
     # -- the Windows path --------------------------------------------------------------------------
 
