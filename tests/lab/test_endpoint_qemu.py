@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import time
 import types
@@ -138,12 +137,8 @@ def attach_and_see(lab, volume_id, device):
 # --------------------------------------------------------------------------- the VM
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is missing (apt-get install qemu-system-x86 qemu-utils)")
-    from tests.lab.image import build
-
-    image = build()
+def lab(tmp_path_factory, lab_image):
+    image = lab_image  # the session's image and its resume template (conftest.py)
     workdir = tmp_path_factory.mktemp("endpoint_qemu")
     endpoint = Endpoint()
     vm = None
