@@ -44,7 +44,7 @@ def syntax_errors(source):
 def powershell_files():
     out = []
     for top, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]  # .ansible/: ansible-lint's copy
         out += [os.path.join(top, f) for f in files if f.lower().endswith((".ps1", ".psm1"))]
     return sorted(out)
 
