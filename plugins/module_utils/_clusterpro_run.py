@@ -22,7 +22,6 @@ import shutil
 import tempfile
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _clusterpro as clp
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._clusterpro_proof import prove_same_backup_set
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
@@ -337,6 +336,8 @@ def run_mirror_config(params, runner, aws, check_mode, diff, files=None):
     p = params
     proof = checked = None
     if p["same_backup_set"] and p["state"] == "present" and not p["initial_mirror_construction"]:
+        # imported only for the proof: botocore would cost every clusterpro_info/control task seconds of import
+        from ansible_collections.stillpoint.snapshots.plugins.module_utils._clusterpro_proof import prove_same_backup_set
         checked, proof = prove_same_backup_set(aws, p["same_backup_set"])
     result = mirror_config(runner, p["edition"], p["version"], p["name"], p["state"], p["saved_definition"],
                            initial_mirror_construction=p["initial_mirror_construction"], same_backup_set=checked,

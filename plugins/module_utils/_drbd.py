@@ -41,11 +41,7 @@ import os
 import re
 import time
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze  # the split inside a freeze
-# restore side on purpose: skipping the initial resync needs the proof that both sides' volumes were restored
-# from one snapshot of one backup set, which is what the restore library checks (same_snapshot_proof)
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder, StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 
@@ -781,6 +777,13 @@ def same_snapshot(res, proof_in, ec2, resolver):
     """The catalog's proof that this host's backing volume and the others in ``proof_in["volume_ids"]`` were
     created from one snapshot of backup set ``proof_in["set_id"]`` (``restore.same_snapshot_proof``), plus
     ``local_volume``. Every EC2 failure becomes a :class:`StillpointError` naming the calls."""
+    # imported here, not at the top: only this proof talks to EC2, and botocore costs every other DRBD task
+    # (drbd_info's polls) seconds of import on a small node. Restore side on purpose: skipping the initial
+    # resync needs the proof that both sides' volumes were restored from one snapshot of one backup set,
+    # which is what the restore library checks (same_snapshot_proof).
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
+
     local = res.drbd.backing_disk(res.name)
     local_volume = resolver.volume_for_path(local)
     if local_volume not in proof_in["volume_ids"]:
