@@ -20,8 +20,9 @@ What differs between the template and a VM is put right before ``VM.start`` retu
   kernel command line of a cold boot;
 * the clock: the guest resumes at the template's time; it is set to the host's;
 * the kernel's random generator: two VMs resumed from one state would draw the same numbers (DRBD
-  generation identifiers, UUIDs) - every VM has a ``vmgenid`` device whose new GUID makes Linux
-  reseed, and the harness also feeds host randomness and forces a reseed (``RNDRESEEDCRNG``).
+  generation identifiers, UUIDs), so the harness feeds host randomness and forces a reseed
+  (``RNDRESEEDCRNG``). Every VM also has a ``vmgenid`` device, for guest kernels with its driver
+  (bookworm's cloud kernel has none: ``CONFIG_VIRT_DRIVERS`` is not set).
 
 Only a VM's first start resumes; a later start (StartInstances after StopInstances) is a real cold
 boot of its disk. Anything the resume cannot do (no template, qemu refuses the state) falls back to
@@ -31,7 +32,9 @@ cache directory, keyed by everything the saved state depends on, and is built un
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -51,7 +54,9 @@ class ResumeError(Exception):
     """The saved state could not be made or used."""
 
 
+@functools.lru_cache(maxsize=None)
 def qemu_version():
+    """qemu's version line (part of the template key; asked once per process)."""
     out = subprocess.run(["qemu-system-x86_64", "--version"], stdout=subprocess.PIPE, text=True, check=False).stdout
     return out.splitlines()[0] if out else "?"
 
@@ -175,7 +180,6 @@ set -e
 hostname {name}
 echo {name} > /etc/hostname
 date -s @{now} >/dev/null
-head -c 64 /dev/urandom >/dev/null
 printf '%s' {seed} | base64 -d > /dev/urandom
 python3 -c 'import fcntl, os; fd = os.open("/dev/urandom", os.O_WRONLY); fcntl.ioctl(fd, 0x5207)'
 deadline=$(( $(date +%s) + {timeout} ))
@@ -198,7 +202,6 @@ udevadm settle -t 30 || true
 def adopt(vm, disks, addresses, timeout=60):
     """The guest takes on this VM's identity: hostname, clock, fresh randomness, and sees its disks
     and link addresses before the boot counts as done."""
-    import base64
     script = ADOPT.format(name=vm.name, now="%.3f" % time.time(), seed=base64.b64encode(os.urandom(64)).decode(),
                           timeout=int(timeout), serials=" ".join(d["serial"] for d in disks) or "",
                           addresses=" ".join(addresses) or "")
