@@ -319,20 +319,20 @@ def describe_volumes(client, filters=None, volume_ids=None):
     """DescribeVolumes items (paginated). ``volume_ids`` go in ``volume-id`` filters (in chunks), so that a
     missing id is simply absent instead of failing the call with InvalidVolume.NotFound."""
     filters = list(filters or [])
+    if volume_ids is None:
+        chunks, what = [filters], "volumes by tag"
+    else:
+        ids = sorted(set(v for v in volume_ids if v))
+        chunks = [filters + [{"Name": "volume-id", "Values": ids[i:i + FILTER_CHUNK]}]
+                  for i in range(0, len(ids), FILTER_CHUNK)]
+        what = ", ".join(ids)
     out = {}
     try:
-        if volume_ids is None:
-            chunks = [filters]
-        else:
-            ids = sorted(set(v for v in volume_ids if v))
-            chunks = [filters + [{"Name": "volume-id", "Values": ids[i:i + FILTER_CHUNK]}]
-                      for i in range(0, len(ids), FILTER_CHUNK)]
         for chunk in chunks:
             for vol in paginate(client, "describe_volumes", "Volumes", Filters=chunk):
                 out[vol["VolumeId"]] = vol
     except aws_errors() as e:
-        raise aws_error("DescribeVolumes (%s)" % (", ".join(sorted(set(v for v in volume_ids if v)))
-                                                  if volume_ids is not None else "volumes by tag"), e)
+        raise aws_error("DescribeVolumes (%s)" % what, e)
     return list(out.values())
 
 
