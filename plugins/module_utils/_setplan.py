@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
@@ -82,6 +81,8 @@ def build_plan(client, params, host, instance_id=None):
 
     ``host`` is :func:`resolve_on_host`'s result (possibly computed on another machine).
     """
+    # imported here, not at the top: _ebs brings botocore, which ebs_mount_info (host side only) never needs
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
     mount_volumes, mounts_by_volume = [], {}
     for mount in host["mounts"]:
         for vid in mount["volume_ids"]:

@@ -26,6 +26,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import p
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_uuid_key
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _setplan
 from tests.unit.test_hostops import FakeHost
 from tests.unit.test_hostops import Recorded
@@ -137,7 +138,7 @@ def test_plan_numbers_members_in_md_order(host, monkeypatch):
     instance = {"InstanceId": "i-0123456789abcdef0", "RootDeviceName": "/dev/xvda",
                 "BlockDeviceMappings": [{"DeviceName": "/dev/sd%s" % c, "Ebs": {"VolumeId": v}}
                                         for c, v in zip("fg", by_name)]}
-    monkeypatch.setattr(_setplan.ebs, "describe_instance", lambda client, iid: instance)
+    monkeypatch.setattr(_ebs, "describe_instance", lambda client, iid: instance)  # build_plan imports _ebs when called
     params = dict((k, v.get("default")) for k, v in _setplan.ARGUMENT_SPEC.items())
     plan = _setplan.build_plan(None, params, {"mounts": mounts, "exclude_mounts": [], "freeze_plan": [{"mountpoint": "/srv/data"}]},
                                "i-0123456789abcdef0")
