@@ -78,12 +78,13 @@ docs-check: deps
 	done; echo "ansible-doc: all modules render"
 
 # The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
-# timing table ends the run. Slowest, so last.
+# timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
+# time (tests/lab/conftest.py groups them; the two-VM modules share one worker).
 lab-image: deps
 	$(BIN)/python -m tests.lab.image
 
 lab: lab-image
-	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs tests/lab
+	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadgroup tests/lab
 
 test: unit integration docs-check sanity lint lab
 

@@ -3,11 +3,17 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Lab tier fixtures: the guest image, and a timing table printed at the end of the run.
 
-Every lab test module boots the VMs it needs (at most two at once: TCG on two cores) and stops
-them by PID in its fixture's finalizer, pass or fail. Phases are timed with ``lab_timer``::
+Every lab test module boots the VMs it needs and stops them by PID in its fixture's finalizer, pass or
+fail. Phases are timed with ``lab_timer``::
 
     with lab_timer("snapshot 1 GiB during writes"):
         ...
+
+`make lab` runs the tier on two pytest-xdist workers (``-n 2 --dist loadgroup``): a whole test module
+runs on one worker (its module-scoped world is booted once), and the modules that boot two VMs
+(``PAIRS``) share one worker, one after another, so at most three guests run at once on the two cores.
+Timings and VM starts are appended by every worker to files named in the environment, which the
+workers inherit, and the table is printed once, by the process that started them.
 """
 
 import contextlib
@@ -22,16 +28,40 @@ import pytest
 from tests.lab import resume
 from tests.lab.image import build
 
-_TIMINGS = []  # (test module, phase, seconds)
+# test modules that boot two linked VMs: they run on one worker, one after another
+PAIRS = ("test_lab_drbd", "test_lab_clusterpro")
+
+
+def _shared_log(variable, prefix):
+    """A JSON-lines file named by ``variable``, made once by the first process (xdist workers inherit it)."""
+    if not os.environ.get(variable):
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=".jsonl")
+        os.close(fd)
+        os.environ[variable] = path
+    return os.environ[variable]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: needs the qemu VM lab (tests/lab)")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one worker (registered for runs without it)")
     # every VM start of the session, the endpoint's included (its server inherits the environment)
-    if not os.environ.get("STILLPOINT_LAB_BOOT_LOG"):
-        fd, path = tempfile.mkstemp(prefix="stillpoint-lab-boots-", suffix=".jsonl")
-        os.close(fd)
-        os.environ["STILLPOINT_LAB_BOOT_LOG"] = path
+    _shared_log("STILLPOINT_LAB_BOOT_LOG", "stillpoint-lab-boots-")
+    # every timed phase, from whichever worker ran it
+    _shared_log("STILLPOINT_LAB_TIMINGS", "stillpoint-lab-timings-")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(items):
+    """With ``--dist loadgroup``: one xdist group per test module, the two-VM modules in one group."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group("pairs" if module in PAIRS else module))
+
+
+def _record(module, phase, seconds):
+    with open(os.environ["STILLPOINT_LAB_TIMINGS"], "a") as f:
+        f.write(json.dumps({"module": module, "phase": phase, "s": seconds, "at": time.time(),
+                            "worker": os.environ.get("PYTEST_XDIST_WORKER", "-")}) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +72,12 @@ def lab_image():
         stop("the lab needs qemu-system-x86_64 and mmdebstrap (apt-get install qemu-system-x86 qemu-utils mmdebstrap)")
     t0 = time.monotonic()
     image = build()
-    _TIMINGS.append(("(session)", "guest image (cached: %s)" % ("no" if time.monotonic() - t0 > 5 else "yes"),
-                     time.monotonic() - t0))
+    _record("(session)", "guest image (cached: %s)" % ("no" if time.monotonic() - t0 > 5 else "yes"),
+            time.monotonic() - t0)
     # the saved guest state every lab VM of the default shape resumes from (tests/lab/resume.py)
     t0 = time.monotonic()
     _path, built = resume.ensure(image.path)
-    _TIMINGS.append(("(session)", "resume template (cached: %s)" % ("no" if built else "yes"), time.monotonic() - t0))
+    _record("(session)", "resume template (cached: %s)" % ("no" if built else "yes"), time.monotonic() - t0)
     return image
 
 
@@ -61,25 +91,40 @@ def lab_timer(request):
         try:
             yield
         finally:
-            _TIMINGS.append((module, phase, time.monotonic() - t0))
+            _record(module, phase, time.monotonic() - t0)
     return timer
 
 
 def record_timing(module, phase, seconds):
     """For module-scoped fixtures (boot, teardown), which cannot use ``lab_timer``."""
-    _TIMINGS.append((module, phase, seconds))
+    _record(module, phase, seconds)
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not _TIMINGS:
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):  # an xdist worker: the process that started it prints the table
+        return
+    try:
+        with open(os.environ["STILLPOINT_LAB_TIMINGS"]) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (KeyError, OSError, ValueError):
+        return
+    if not rows:
         return
     tr = terminalreporter
     tr.section("lab timings")
-    width = max(len(t[0]) + len(t[1]) for t in _TIMINGS) + 3
-    for module, phase, seconds in _TIMINGS:
-        tr.write_line("%s %8.1f s" % (("%s: %s" % (module, phase)).ljust(width), seconds))
-    total = float(sum(t[2] for t in _TIMINGS))
-    tr.write_line("%s %8.1f s" % ("sum of timed phases".ljust(width), total))
+    # module by module in the order each began (a module's phases in the order they ended)
+    began = {}
+    for row in rows:
+        began.setdefault(row["module"], row["at"] - row["s"])
+    rows.sort(key=lambda r: (r["module"] != "(session)", began[r["module"]]))
+    width = max(len(r["module"]) + len(r["phase"]) for r in rows) + 9
+    for r in rows:
+        tr.write_line("%s %8.1f s" % (("[%s] %s: %s" % (r["worker"], r["module"], r["phase"])).ljust(width), r["s"]))
+    tr.write_line("%s %8.1f s" % ("sum of timed phases".ljust(width), float(sum(r["s"] for r in rows))))
+    for worker in sorted(set(r["worker"] for r in rows)):
+        mine = [r for r in rows if r["worker"] == worker]
+        tr.write_line("%s %8.1f s" % (("worker %s: wall clock from its first phase to its last" % worker).ljust(width),
+                                      max(r["at"] for r in mine) - min(r["at"] - r["s"] for r in mine)))
     _boot_summary(tr)
 
 

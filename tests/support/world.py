@@ -17,6 +17,7 @@ end on this host.
 """
 
 import atexit
+import datetime
 import hashlib
 import json
 import os
@@ -462,7 +463,29 @@ def run_playbook(playbook, endpoint, extravars=None, check=False, env=None, time
             for _host, res in task.get("hosts", {}).items():
                 results[task["task"]["name"]] = res
     data["progress_lines"] = lines[:start]
+    _log_task_times(playbook, data)
     return proc.returncode, results, data
+
+
+def _log_task_times(playbook, data):
+    """With STILLPOINT_TASK_LOG set (a file), append one JSON line per task and host: the playbook, the
+    task, its action and its wall-clock seconds (where a lab run's time goes)."""
+    path = os.environ.get("STILLPOINT_TASK_LOG")
+    if not path:
+        return
+    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
+    with open(path, "a") as handle:
+        for play in data.get("plays", []):
+            for entry in play.get("tasks", []):
+                span = entry["task"].get("duration") or {}
+                try:
+                    seconds = (datetime.datetime.strptime(span["end"], stamp)
+                               - datetime.datetime.strptime(span["start"], stamp)).total_seconds()
+                except (KeyError, ValueError):
+                    seconds = None
+                for host, res in entry.get("hosts", {}).items():
+                    handle.write(json.dumps({"playbook": os.path.basename(str(playbook)), "task": entry["task"]["name"],
+                                             "host": host, "action": res.get("action"), "s": seconds}) + "\n")
 
 
 def task(results, name):
