@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # Tests and demos never reach the real instance metadata service.
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help deps system-deps link test unit integration sanity lint docs-check lab lab-image demo bench clean
+.PHONY: help deps system-deps link test unit integration sanity lint docs-check galaxy-check lab lab-image demo bench clean
 
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
@@ -77,6 +77,21 @@ docs-check: deps
 	  $(BIN)/ansible-doc stillpoint.snapshots.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
 	done; echo "ansible-doc: all modules render"
 
+# The release artifact as Galaxy/Automation Hub import it and a user installs it (tests/galaxy/check.py): build,
+# nothing generated in the tarball, galaxy-importer (offline, no containers), `ansible-galaxy collection install
+# --offline`, then ansible-doc and --syntax-check from the installed copy. galaxy-importer has its own virtualenv:
+# it pins attrs<24, which .venv has newer.
+GALAXY_IMPORTER := $(BUILD)/galaxy-importer
+
+$(GALAXY_IMPORTER)/.deps: tests/galaxy/requirements.txt
+	$(PYTHON) -m venv $(GALAXY_IMPORTER)
+	$(GALAXY_IMPORTER)/bin/pip install -q --upgrade pip
+	$(GALAXY_IMPORTER)/bin/pip install -q -r tests/galaxy/requirements.txt
+	touch $@
+
+galaxy-check: deps $(GALAXY_IMPORTER)/.deps
+	$(BIN)/python tests/galaxy/check.py --importer $(GALAXY_IMPORTER)/bin/python --work $(BUILD)/galaxy
+
 # The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
 # timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
 # time (tests/lab/conftest.py groups them; the two-VM modules share one worker).
@@ -86,7 +101,7 @@ lab-image: deps
 lab: lab-image
 	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadgroup tests/lab
 
-test: unit integration docs-check sanity lint lab
+test: unit integration docs-check galaxy-check sanity lint lab
 
 demo: deps
 	$(BIN)/python playbooks/demo/demo.py
