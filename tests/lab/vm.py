@@ -26,12 +26,14 @@ Each VM has two QMP sockets: ``qmp.sock`` for the endpoint and ``lab.sock`` for 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -229,8 +231,13 @@ class VM:
     @property
     def control_path(self):
         """The SSH master's socket: every harness command to this VM (from any process) shares one
-        connection - a TCG guest spends about a second on each new SSH handshake, more under load."""
-        return os.path.join(self.dir, "ssh.mux")
+        connection - a TCG guest spends about a second on each new SSH handshake, more under load.
+
+        Named from the VM's directory, but not in it: a Unix socket path has at most 107 bytes and ssh
+        first binds the path plus a 17-character suffix, which a deep directory (a molecule scenario
+        under an xdist worker's tmp_path: 96 bytes) overflows, and then no SSH command ever runs."""
+        digest = hashlib.sha1(os.path.abspath(self.dir).encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "sp-ssh-%s.mux" % digest)
 
     def ssh_command(self, command):
         return (["ssh", "-i", self.key, "-p", str(self.ssh_port)] + SSH_OPTS
