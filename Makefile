@@ -94,12 +94,12 @@ galaxy-check: deps $(GALAXY_IMPORTER)/.deps
 
 # The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
 # timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
-# time (tests/lab/conftest.py groups them; the two-VM modules share one worker).
+# time (--dist loadfile).
 lab-image: deps
 	$(BIN)/python -m tests.lab.image
 
 lab: lab-image
-	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadgroup tests/lab
+	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab
 
 test: unit integration docs-check galaxy-check sanity lint lab
 

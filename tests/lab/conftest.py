@@ -9,11 +9,10 @@ fail. Phases are timed with ``lab_timer``::
     with lab_timer("snapshot 1 GiB during writes"):
         ...
 
-`make lab` runs the tier on two pytest-xdist workers (``-n 2 --dist loadgroup``): a whole test module
-runs on one worker (its module-scoped world is booted once), and the modules that boot two VMs
-(``PAIRS``) share one worker, one after another, so at most three guests run at once on the two cores.
-Timings and VM starts are appended by every worker to files named in the environment, which the
-workers inherit, and the table is printed once, by the process that started them.
+`make lab` runs the tier on two pytest-xdist workers (``-n 2 --dist loadfile``): a whole test module
+runs on one worker (its module-scoped world is booted once). Timings and VM starts are appended by
+every worker to files named in the environment, which the workers inherit, and the table is printed
+once, by the process that started them.
 """
 
 import contextlib
@@ -28,9 +27,6 @@ import pytest
 from tests.lab import resume
 from tests.lab.image import build
 
-# test modules that boot two linked VMs: they run on one worker, one after another
-PAIRS = ("test_lab_drbd", "test_lab_clusterpro")
-
 
 def _shared_log(variable, prefix):
     """A JSON-lines file named by ``variable``, made once by the first process (xdist workers inherit it)."""
@@ -43,19 +39,10 @@ def _shared_log(variable, prefix):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: needs the qemu VM lab (tests/lab)")
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one worker (registered for runs without it)")
     # every VM start of the session, the endpoint's included (its server inherits the environment)
     _shared_log("STILLPOINT_LAB_BOOT_LOG", "stillpoint-lab-boots-")
     # every timed phase, from whichever worker ran it
     _shared_log("STILLPOINT_LAB_TIMINGS", "stillpoint-lab-timings-")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
-def pytest_collection_modifyitems(items):
-    """With ``--dist loadgroup``: one xdist group per test module, the two-VM modules in one group."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group("pairs" if module in PAIRS else module))
 
 
 def _record(module, phase, seconds):
