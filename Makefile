@@ -17,6 +17,7 @@ export AWS_EC2_METADATA_DISABLED := true
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
 	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint, lab (qemu VMs)"
+	@echo "make galaxy-check - build the tarball, galaxy-importer on it, install it offline, ansible-doc and --syntax-check from there"
 	@echo "make lab    - the lab tier alone: qemu VMs as EC2 instances, LVM/mdadm/DRBD for real (image cached in ~/.cache)"
 	@echo "make bench  - freeze window (stock vs host vs controller mode), then restore downtime and re-run cost (stock vs ours)"
 
