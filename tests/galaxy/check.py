@@ -168,10 +168,15 @@ def install(tarball, work):
     return env, path
 
 
+def module_names(paths):
+    """The module names of module files (``.py`` documentation and ``.ps1`` code share a name) among ``paths``."""
+    return sorted(set(os.path.splitext(os.path.basename(p))[0] for p in paths
+                      if p.endswith((".py", ".ps1")) and os.path.basename(p) != "__init__.py"))
+
+
 def from_installed(env, path, work):
     """ansible-doc of every module and role, --syntax-check of every playbook, all resolved in ``path``."""
-    modules = sorted(set(os.path.splitext(f)[0] for f in os.listdir(os.path.join(path, "plugins", "modules"))
-                         if f.endswith((".py", ".ps1")) and f != "__init__.py"))
+    modules = module_names(os.listdir(os.path.join(path, "plugins", "modules")))
     names = ["%s.%s" % (COLLECTION, m) for m in modules]
     docs = json.loads(run([venv_bin("ansible-doc"), "--json", "-t", "module"] + names, env, work, "ansible-doc").stdout)
     for name in names:
@@ -211,21 +216,18 @@ def main():
     work = os.path.abspath(args.work)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "tmp"))
-    steps, start = [], time.monotonic()
+    start = time.monotonic()
 
     def step(what, func, *fargs):
         began = time.monotonic()
         out = func(*fargs)
-        steps.append((what, time.monotonic() - began))
-        print("galaxy-check: %-46s %5.1f s" % (what, steps[-1][1]), flush=True)
+        print("galaxy-check: %-46s %5.1f s" % (what, time.monotonic() - began), flush=True)
         return out
 
     try:
         tarball = step("build", build, work)
         members, roles = step("contents (%s)" % os.path.basename(tarball), check_contents, tarball)
-        modules = sorted(set(os.path.splitext(os.path.basename(m))[0] for m in members
-                             if m.startswith("plugins/modules/") and m.endswith((".py", ".ps1"))
-                             and not m.endswith("__init__.py")))
+        modules = module_names(m for m in members if m.startswith("plugins/modules/"))
         version = step("galaxy-importer", galaxy_importer, os.path.abspath(args.importer), tarball, work, modules, roles)
         env, path = step("ansible-galaxy collection install --offline", install, tarball, work)
         modules, roles, playbooks = step("ansible-doc, --syntax-check (installed copy)", from_installed, env, path, work)

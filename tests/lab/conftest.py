@@ -59,8 +59,8 @@ def lab_image():
         stop("the lab needs qemu-system-x86_64 and mmdebstrap (apt-get install qemu-system-x86 qemu-utils mmdebstrap)")
     t0 = time.monotonic()
     image = build()
-    _record("(session)", "guest image (cached: %s)" % ("no" if time.monotonic() - t0 > 5 else "yes"),
-            time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    _record("(session)", "guest image (cached: %s)" % ("no" if seconds > 5 else "yes"), seconds)
     # the saved guest state every lab VM of the default shape resumes from (tests/lab/resume.py)
     t0 = time.monotonic()
     _path, built = resume.ensure(image.path)

@@ -16,16 +16,11 @@ import re
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROLES = sorted(os.listdir(os.path.join(ROOT, "roles")))
+from tests.unit.test_roles import ROLES, ROOT, load
+
 # | `name` | type | default | meaning |
 ROW = re.compile(r"^\| `(?P<name>[a-z0-9_]+)` \| (?P<type>[^|]+) \| (?P<default>[^|]+) \|", re.M)
 LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
-
-
-def load(*parts):
-    with open(os.path.join(ROOT, *parts)) as handle:
-        return yaml.safe_load(handle)
 
 
 def readme(role):
