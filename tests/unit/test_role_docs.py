@@ -4,8 +4,9 @@
 """What Galaxy and Automation Hub show of the roles stays true to the roles (nothing runs here):
 
 - every role has a README.md (galaxy-importer refuses a collection with "No role readme found");
-- its variable tables list exactly the options of the role's argument specs, with the spec's type and
-  default (a renamed, added or removed variable, or a changed default, fails here, not in a user's play);
+- its variable tables list exactly the options of the role's argument specs, with the spec's type and the
+  default of defaults/main.yml (a renamed, added or removed variable, or a changed default, fails here, not in a
+  user's play);
 - the links it makes to files of the collection (docs/...) resolve;
 - every entry point says in which collection version it was added (``version_added``), no later than
   galaxy.yml's version."""
@@ -43,10 +44,10 @@ def shown_type(spec):
     return "list of %s" % spec.get("elements", "raw") if kind == "list" else kind
 
 
-def shown_default(spec):
+def shown_default(spec, defaults, name):
     if spec.get("required"):
         return "**required**"
-    value = spec.get("default")
+    value = defaults.get(name)
     if value == "":
         return '`""`'
     if isinstance(value, bool):
@@ -61,12 +62,13 @@ def test_readme_lists_exactly_the_spec_variables(role):
     rows = dict((m.group("name"), (m.group("type").strip(), m.group("default").strip()))
                 for m in ROW.finditer(readme(role)))
     spec = options(role)
+    defaults = load("roles", role, "defaults", "main.yml") or {}
     assert sorted(rows) == sorted(spec), "roles/%s/README.md lists %s; the argument specs have %s" % (
         role, sorted(rows), sorted(spec))
     for name, (kind, default) in rows.items():
         assert kind == shown_type(spec[name]), "%s: README says type %r, the spec %r" % (name, kind, shown_type(spec[name]))
-        assert default == shown_default(spec[name]), "%s: README says default %s, the spec %s" % (
-            name, default, shown_default(spec[name]))
+        assert default == shown_default(spec[name], defaults, name), (
+            "%s: README says default %s, defaults/main.yml %s" % (name, default, shown_default(spec[name], defaults, name)))
 
 
 @pytest.mark.parametrize("role", ROLES)

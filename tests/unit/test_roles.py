@@ -6,6 +6,11 @@ the roles):
 
 - a variable an argument spec marks required has no default (neither in defaults/main.yml nor in the
   spec), so argument validation refuses a run without it;
+- every entry point's first task is ``stillpoint.snapshots.role_inputs`` registered as ``__<role>_in``, and
+  no task reads a public variable of its role after that (survey text is typed before any change; AWX extra
+  variables cannot be replaced in place, so the tasks read the typed copy);
+- the specs carry types, not defaults (ansible-core's own check before the first task refuses ``null`` for a
+  typed option that has a ``default`` in the spec); every optional variable has its default in defaults/main.yml;
 - no role reads another role's files (shared files live in a role that both include);
 - no task writes out the AWS connection (region, endpoint_url) or the CLUSTERPRO edition/version:
   every task of a module of the action groups ``aws`` and ``clusterpro`` (meta/runtime.yml) gets them
@@ -143,3 +148,59 @@ def test_the_walk_sees_the_aws_and_clusterpro_tasks():
     assert {("aws", "stillpoint.snapshots.ebs_snapshot_set"), ("aws", "amazon.aws.ec2_instance"),
             ("aws", "stillpoint.snapshots.backup_set_info"), ("clusterpro", "stillpoint.snapshots.clusterpro_control"),
             ("clusterpro", "stillpoint.snapshots.clusterpro_mirror_config")} <= seen
+
+
+def entry_files(role):
+    """(entry point, tasks file) of every entry point of the role's argument specs."""
+    specs = load("roles", role, "meta", "argument_specs.yml")["argument_specs"]
+    return [(entry, os.path.join("roles", role, "tasks", entry + ".yml")) for entry in sorted(specs)]
+
+
+def public_names(role):
+    specs = load("roles", role, "meta", "argument_specs.yml")["argument_specs"]
+    return sorted(set(name for body in specs.values() for name in (body.get("options") or {})))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_entry_point_types_its_inputs_first(role):
+    for entry, path in entry_files(role):
+        tasks = load(path)
+        first = tasks[0]
+        assert "stillpoint.snapshots.role_inputs" in first, "%s: the first task of %s is not role_inputs" % (role, path)
+        assert first.get("register") == "__%s_in" % role, "%s: role_inputs is not registered as __%s_in" % (path, role)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_task_reads_a_public_variable(role):
+    """After the first task, only the typed copy (``__<role>_in.<name>``) is read; README/defaults may name them."""
+    names = public_names(role)
+    word = re.compile(r"(?<![\w.])(%s)\b" % "|".join(re.escape(n) for n in names))
+    paths = [os.path.join(ROOT, "roles", role, d, n) for d in ("tasks", "vars", "handlers")
+             if os.path.isdir(os.path.join(ROOT, "roles", role, d)) for n in os.listdir(os.path.join(ROOT, "roles", role, d))]
+    assert paths
+    for path in paths:
+        name = os.path.relpath(path, os.path.join(ROOT, "roles", role))
+        with open(path) as handle:
+            text = handle.read()
+        for number, line in enumerate(text.splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for match in word.finditer(code):
+                # a message may name the variable for the user; a template or condition may not read it
+                templated = re.search(r"\{\{[^}]*%s" % re.escape(match.group(1)), code)
+                bare = re.match(r"\s*(-\s+|(when|that|loop|until|changed_when|failed_when):\s*)%s" % re.escape(match.group(1)), code)
+                assert not templated and not bare, "roles/%s/%s:%d reads %s directly: %s" % (
+                    role, name, number, match.group(1), line.strip())
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_specs_carry_types_and_defaults_live_in_defaults(role):
+    specs = load("roles", role, "meta", "argument_specs.yml")["argument_specs"]
+    defaults = load("roles", role, "defaults", "main.yml") or {}
+    for entry, body in specs.items():
+        for name, spec in (body.get("options") or {}).items():
+            assert "default" not in spec, "%s: %s (entry point %s) has a default in the spec; put it in defaults/main.yml" % (
+                role, name, entry)
+            assert spec.get("type"), "%s: %s (entry point %s) has no type" % (role, name, entry)
+            if not spec.get("required"):
+                assert name in defaults, "%s: optional %s (entry point %s) has no default in defaults/main.yml" % (
+                    role, name, entry)
