@@ -7,17 +7,19 @@ BUILD := $(CURDIR)/.build
 COLLECTIONS := $(BUILD)/collections
 LINK := $(COLLECTIONS)/ansible_collections/stillpoint/snapshots
 SANITY_ROOT := $(BUILD)/sanity/ansible_collections
+CORE_OLDEST := $(BUILD)/core-oldest
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 # Tests and demos never reach the real instance metadata service.
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help deps system-deps link test unit integration sanity lint docs-check galaxy-check lab lab-image demo bench clean
+.PHONY: help deps system-deps link test unit integration sanity lint docs-check galaxy-check ee-check lab lab-image demo bench clean
 
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
 	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint, lab (qemu VMs)"
 	@echo "make galaxy-check - build the tarball, galaxy-importer on it, install it offline, ansible-doc and --syntax-check from there"
+	@echo "make ee-check - ansible-builder create on execution-environment.yml, checks of the build context"
 	@echo "make lab    - the lab tier alone: qemu VMs as EC2 instances, LVM/mdadm/DRBD for real (image cached in ~/.cache)"
 	@echo "make bench  - freeze window (stock vs host vs controller mode), then restore downtime and re-run cost (stock vs ours)"
 
@@ -58,8 +60,16 @@ unit: deps
 
 # two workers, a test file whole on one: most of the tier waits on ansible-playbook runs and the endpoint
 # (12 min 43 s on one process, 6 min 6 s on two, quiet, 2026-12-03); each worker starts its own endpoint
-integration: deps
+integration: deps $(CORE_OLDEST)/.deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/integration
+
+# The oldest ansible-core the collection declares (meta/runtime.yml), for the AWX-shaped playbook runs of
+# tests/integration/test_awx_runner.py (ansible-runner drives both it and .venv's newest one).
+$(CORE_OLDEST)/.deps: tests/integration/requirements-oldest-core.txt requirements.txt
+	$(PYTHON) -m venv $(CORE_OLDEST)
+	$(CORE_OLDEST)/bin/pip install -q --upgrade pip
+	$(CORE_OLDEST)/bin/pip install -q -r tests/integration/requirements-oldest-core.txt
+	touch $@
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>: test a copy.
 sanity: deps
@@ -95,6 +105,19 @@ $(GALAXY_IMPORTER)/.deps: tests/galaxy/requirements.txt
 galaxy-check: deps $(GALAXY_IMPORTER)/.deps
 	$(BIN)/python tests/galaxy/check.py --importer $(GALAXY_IMPORTER)/bin/python --work $(BUILD)/galaxy
 
+# The execution environment's build context (tests/ee/check.py): ansible-builder create, no container runtime.
+# ansible-builder has its own virtualenv (its jsonschema/referencing/packaging pins stay out of .venv).
+ANSIBLE_BUILDER := $(BUILD)/ansible-builder
+
+$(ANSIBLE_BUILDER)/.deps: tests/ee/requirements.txt
+	$(PYTHON) -m venv $(ANSIBLE_BUILDER)
+	$(ANSIBLE_BUILDER)/bin/pip install -q --upgrade pip
+	$(ANSIBLE_BUILDER)/bin/pip install -q -r tests/ee/requirements.txt
+	touch $@
+
+ee-check: deps $(ANSIBLE_BUILDER)/.deps
+	$(BIN)/python tests/ee/check.py --builder $(ANSIBLE_BUILDER)/bin/ansible-builder --work $(BUILD)/ee-check
+
 # The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
 # timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
 # time (--dist loadfile).
@@ -104,7 +127,7 @@ lab-image: deps
 lab: lab-image
 	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab
 
-test: unit integration docs-check galaxy-check sanity lint lab
+test: unit integration docs-check galaxy-check ee-check sanity lint lab
 
 demo: deps
 	$(BIN)/python playbooks/demo/demo.py

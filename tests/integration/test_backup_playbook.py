@@ -79,5 +79,10 @@ def test_backup_playbook_check_then_real_then_retention(ec2, mode):
         second = task(res, TAKE)
         prune = task(res, PRUNE)
         assert [d["set_id"] for d in prune["deleted"]] == [first["set_id"]]
+        # the job's artifact: the set id, and a summary with what retention removed
+        summary = raw["global_custom_stats"]["stillpoint_backup_summary"]["localhost"]
+        assert summary == {"set_id": second["set_id"], "instance_id": inst.instance_id,
+                           "members": inst.volume_ids, "level": "filesystem", "state": "complete",
+                           "freeze_window_ms": second["freeze_window_ms"], "pruned": [first["set_id"]]}
         assert list(catalog(ec2, name)) == [second["set_id"]]
         assert not probe_frozen(inst.mountpoints[0])
