@@ -51,10 +51,12 @@ class Endpoint:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, state_dir, pending_seconds=1.0, attach_seconds=0.2, detach_seconds=0.2, timeout=30.0,
-              port=0, imds_port=0, detached=False):
+              port=0, imds_port=0, detached=False, iam=False):
         """Spawn the server (``sys.executable -m tests.ec2_endpoint.server``) and wait until it listens.
 
-        The server stops when this process is gone, unless ``detached`` (then stop it by its PID)."""
+        The server stops when this process is gone, unless ``detached`` (then stop it by its PID).
+        ``iam``: enforce IAM on EC2 calls (``_iam.py``): IAM users' keys need a policy that allows the
+        call on its resources; the key ``testing`` stays the unrestricted root user."""
         if self._proc is not None:
             raise EndpointError("endpoint already started (pid %s)" % self.pid)
         self.state_dir = os.path.abspath(str(state_dir))
@@ -68,6 +70,8 @@ class Endpoint:
                 "--detach-seconds", str(detach_seconds)]
         if not detached:
             argv += ["--parent-pid", str(os.getpid())]
+        if iam:
+            argv.append("--iam")
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log_path = os.path.join(self.state_dir, "server.log")
@@ -293,6 +297,22 @@ class Endpoint:
         """A completed snapshot owned by another account; returns its id."""
         return self.control("add_foreign_snapshot", owner_id=owner_id, volume_id=volume_id, size=size,
                             description=description, tags=tags)["snapshot_id"]
+
+    def iam(self, enforce=None):
+        """IAM enforcement of an endpoint started with ``iam=True``: ``enforce`` turns it on/off (None
+        leaves it); returns ``{"enforce", "root_access_keys"}``."""
+        return self.control("iam", enforce=enforce)
+
+    def iam_user(self, name, policy_document):
+        """An IAM user with ``policy_document`` (a dict) as its one managed policy, and an access key;
+        returns the environment that makes boto3/ansible use it (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``). Made with the root key, so it works while enforcing."""
+        iam = self.client("iam")
+        iam.create_user(UserName=name)
+        arn = iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(policy_document))["Policy"]["Arn"]
+        iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
     def set_imds(self, instance_id=None, az=None, region=None):
         """What the IMDS emulator reports (None keeps a field)."""

@@ -74,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--attach-seconds", type=float, default=0.2, help="how long AttachVolume stays attaching")
     p.add_argument("--detach-seconds", type=float, default=0.2, help="how long DetachVolume stays detaching")
     p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
+    p.add_argument("--iam", action="store_true",
+                   help="enforce IAM: EC2 calls need an IAM user's key and policy (_iam.py; key 'testing' is root)")
     return p.parse_args(argv)
 
 
@@ -94,6 +96,10 @@ def main(argv=None):
 
     world = _world.World(state_dir, region=args.region, pending_seconds=args.pending_seconds,
                          attach_seconds=args.attach_seconds, detach_seconds=args.detach_seconds)
+    if args.iam:
+        from tests.ec2_endpoint import _iam
+
+        _iam.install(world, enforce=True)
     app = _wsgi.Middleware(world, DomainDispatcherApplication(create_backend_app))
     httpd = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=QuietHandler)
     world.url = "http://127.0.0.1:%d" % httpd.server_port
