@@ -13,12 +13,13 @@ export PATH := $(BIN):$(PATH)
 # Tests and demos never reach the real instance metadata service.
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: help deps system-deps link test unit integration sanity lint docs-check galaxy-check ee-check lab lab-image demo bench clean
+.PHONY: help deps system-deps link test unit integration sanity lint docs-check galaxy-check iam-check ee-check lab lab-image demo bench clean
 
 help:
 	@echo "make demo   - local EC2 endpoint, a loop-device array: back it up, list the catalog, destroy the data, restore it"
 	@echo "make test   - everything CI runs: unit, integration (real freezes on loop devices), sanity, lint, lab (qemu VMs)"
 	@echo "make galaxy-check - build the tarball, galaxy-importer on it, install it offline, ansible-doc and --syntax-check from there"
+	@echo "make iam-check - the IAM policies proved: moto's IAM enforcement, iam-simulate for tag conditions, parliament"
 	@echo "make ee-check - ansible-builder create on execution-environment.yml, checks of the build context"
 	@echo "make lab    - the lab tier alone: qemu VMs as EC2 instances, LVM/mdadm/DRBD for real (image cached in ~/.cache)"
 	@echo "make bench  - freeze window (stock vs host vs controller mode), then restore downtime and re-run cost (stock vs ours)"
@@ -36,6 +37,7 @@ system-deps:
 	command -v qemu-img >/dev/null || need="$$need qemu-utils"; \
 	command -v mmdebstrap >/dev/null || need="$$need mmdebstrap"; \
 	command -v ssh >/dev/null || need="$$need openssh-client"; \
+	command -v npm >/dev/null || need="$$need npm"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$need (run as root or install them)"; exit 1; fi; \
@@ -105,6 +107,27 @@ $(GALAXY_IMPORTER)/.deps: tests/galaxy/requirements.txt
 galaxy-check: deps $(GALAXY_IMPORTER)/.deps
 	$(BIN)/python tests/galaxy/check.py --importer $(GALAXY_IMPORTER)/bin/python --work $(BUILD)/galaxy
 
+# IAM policies (iam/): procedures run with exactly their policy against the endpoint with moto's IAM
+# enforcement, one action removed at a time, the tag conditions through iam-simulate (npm), parliament's lint
+# (tests/iam, about 70 s). parliament and iam-simulate each have their own install under .build.
+IAM_PARLIAMENT := $(BUILD)/parliament
+IAM_NODE := $(BUILD)/iam-node
+
+$(IAM_PARLIAMENT)/.deps: tests/iam/requirements.txt
+	$(PYTHON) -m venv $(IAM_PARLIAMENT)
+	$(IAM_PARLIAMENT)/bin/pip install -q --upgrade pip
+	$(IAM_PARLIAMENT)/bin/pip install -q -r tests/iam/requirements.txt
+	touch $@
+
+$(IAM_NODE)/.deps: tests/iam/package.json tests/iam/package-lock.json
+	mkdir -p $(IAM_NODE)
+	cp tests/iam/package.json tests/iam/package-lock.json $(IAM_NODE)/
+	cd $(IAM_NODE) && npm ci --no-audit --no-fund --ignore-scripts --silent
+	touch $@
+
+iam-check: deps $(IAM_PARLIAMENT)/.deps $(IAM_NODE)/.deps
+	STILLPOINT_IAM_REQUIRED=1 $(BIN)/python -m pytest -q tests/iam
+
 # The execution environment's build context (tests/ee/check.py): ansible-builder create, no container runtime.
 # ansible-builder has its own virtualenv (its jsonschema/referencing/packaging pins stay out of .venv).
 ANSIBLE_BUILDER := $(BUILD)/ansible-builder
@@ -127,7 +150,7 @@ lab-image: deps
 lab: lab-image
 	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab
 
-test: unit integration docs-check galaxy-check ee-check sanity lint lab
+test: unit integration docs-check galaxy-check iam-check ee-check sanity lint lab
 
 demo: deps
 	$(BIN)/python playbooks/demo/demo.py

@@ -74,7 +74,7 @@ def test_backup_playbook_check_then_real_then_retention(ec2, mode):
         assert rc == 0, res
         assert [s["set"] for s in task(res, "Read the catalog")["result"]] == [first["set_id"]]
 
-        rc, res, _raw = run_playbook(PLAYBOOK, ec2, variables(ec2, inst, name, array_backup_mode=mode))
+        rc, res, raw = run_playbook(PLAYBOOK, ec2, variables(ec2, inst, name, array_backup_mode=mode))
         assert rc == 0, res
         second = task(res, TAKE)
         prune = task(res, PRUNE)
