@@ -45,7 +45,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         name, path, entry = self._role(args.get("role"))
         entry = args.get("entry_point") or entry
         specs = self._load(os.path.join(path, "meta", "argument_specs.yml")).get("argument_specs") or {}

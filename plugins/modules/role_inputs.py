@@ -14,10 +14,11 @@ description:
   - The first task of every role of this collection. Reads the calling role's variables for its entry point
     (C(meta/argument_specs.yml)) from the play, types them and validates them, and returns them under their names
     without the role prefix (C(array_backup_mountpoints) becomes C(mountpoints)). The role's tasks use only those.
-  - "Accepted as AWX surveys and C(-e key=value) send them: lists as text (V(/data, /logs), one item per line, or a
+  - >-
+    Accepted as AWX surveys and C(-e key=value) send them: lists as text (V(/data, /logs), one item per line, or a
     JSON list; items are stripped and empty ones dropped), booleans as text (V(true)/V(false), V(yes)/V(no), V(1)/V(0)),
-    numbers as text (V(7), V(2.5)), mappings as a JSON object or V(key=value, key2=value2). V(\"\") and V(null) mean unset:
-    the value in the role's C(defaults/main.yml) applies."
+    numbers as text (V(7), V(2.5)), mappings as a JSON object or V(key=value, key2=value2). V("") and V(null) mean unset:
+    the value in the role's C(defaults/main.yml) applies.
   - Anything else fails the task with one line per variable naming it, the value it got and the value expected;
     then ansible-core's own checks of the spec apply to the typed values (choices, required, sub-options).
   - Runs on the controller only; changes nothing and needs no connection to the host.
@@ -40,7 +41,7 @@ extends_documentation_fragment:
 notes:
   - ansible-core validates a role's arguments before its first task with the same spec. Typed specs in this
     collection have no C(default) (the defaults live in C(defaults/main.yml)) so that V(null) passes that check.
-    V(\"\") for a C(bool), C(int), C(float) or C(dict) variable is still refused there, before any task, with a message
+    V("") for a C(bool), C(int), C(float) or C(dict) variable is still refused there, before any task, with a message
     naming the variable.
 seealso:
   - module: ansible.builtin.validate_argument_spec

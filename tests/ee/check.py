@@ -261,7 +261,7 @@ def introspect(builder, context, tarball, work):
                    and (not [x for x in profiles if x.startswith("platform:")] or "platform:rpm" in profiles)]
     problems = ["pip lacks %s" % n for n in PYTHON_NEEDED if n not in pip]
     problems += ["rpm lacks %s" % n for n in SYSTEM_NEEDED if n not in runtime_rpm]
-    problems += ["host-side package %s in the image" % p for p, _ in system if p in HOST_SIDE]
+    problems += ["host-side package %s in the image" % entry[0] for entry in system if entry[0] in HOST_SIDE]
     if problems:
         raise CheckFailed("introspection: %s (pip %s, system %s)" % ("; ".join(problems), pip, system))
     return pip, runtime_rpm

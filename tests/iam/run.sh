@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Every IAM proof in one command (what `make iam-check` runs): parliament in its own virtualenv and
 # @cloud-copilot/iam-simulate from tests/iam/package-lock.json (npm ci), both under .build, then the tests.
 set -euo pipefail

@@ -182,10 +182,12 @@ def probe(name, action, client, endpoint, site):
     """Make the collection's call for ``action`` the way the code of policy ``name``'s procedure does;
     the error text or None."""
     iid, az = site["instance_id"], site["az"]
-    if name.endswith("_restore"):  # restores tag volumes: the one they detach gets stillpoint:replaced-by
-        tagging = lambda: ebs.tag(client, [site["data_volume"]], {policies.REPLACED_BY_KEY: "vol-0"})  # noqa: E731
-    else:  # backups tag their own snapshots after CreateSnapshots
-        tagging = lambda: ebs.tag(client, [site["snapshot"]], {"stillpoint:state": "complete"})  # noqa: E731
+
+    def tagging():
+        if name.endswith("_restore"):  # restores tag volumes: the one they detach gets stillpoint:replaced-by
+            return ebs.tag(client, [site["data_volume"]], {policies.REPLACED_BY_KEY: "vol-0"})
+        # backups tag their own snapshots after CreateSnapshots
+        return ebs.tag(client, [site["snapshot"]], {"stillpoint:state": "complete"})
     calls = {
         "ec2:DescribeInstances": lambda: ebs.describe_instance(client, iid),
         "ec2:DescribeVolumes": lambda: ebs.instance_for_volumes(client, [site["data_volume"]]),

@@ -61,7 +61,7 @@ def run(ec2, tmp_path, extravars, bindir=NEWEST, check=False):
     collections = [env["ANSIBLE_COLLECTIONS_PATH"]]
     if bindir != NEWEST:
         # amazon.aws and ansible.posix as the ansible package ships them, for the other ansible-core
-        import ansible_collections.amazon.aws as aws
+        from ansible_collections.amazon import aws
         collections.append(os.path.dirname(os.path.dirname(os.path.dirname(list(aws.__path__)[0]))))
     env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(collections)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
@@ -141,8 +141,8 @@ def test_survey_shaped_and_typed_runs_give_the_same_set(ec2, tmp_path):
         rc, res, stats_survey, failures = run(ec2, tmp_path, survey(ec2, inst, "awx-survey"))
         assert rc == 0, failures
         second = res[TAKE]
-        assert outcome(first) == outcome(second) == {"state": "complete", "level": "filesystem",
-                                                       "members": inst.volume_ids}
+        expected = {"state": "complete", "level": "filesystem", "members": inst.volume_ids}
+        assert outcome(first) == outcome(second) == expected
         a, b = recorded(ec2, first["set_id"]), recorded(ec2, second["set_id"])
         assert [sorted(set(x[1].items()) ^ set(y[1].items())) for x, y in zip(a, b)] == [[]] * 3
         assert a == b

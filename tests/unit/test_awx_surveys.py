@@ -60,8 +60,7 @@ def walk_tasks(tasks):
         yield task
         for key in TASK_LISTS:
             if isinstance(task.get(key), list):
-                for sub in walk_tasks(task[key]):
-                    yield sub
+                yield from walk_tasks(task[key])
 
 
 def module_options(module):
