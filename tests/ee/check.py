@@ -33,13 +33,15 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
 import time
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.support.checks import CheckFailed, scratch, stepper  # noqa: E402  (run as a script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EE_FILE = os.path.join(ROOT, "execution-environment.yml")
@@ -49,10 +51,6 @@ HOST_SIDE = ("util-linux", "lvm2", "mdadm", "drbd-utils", "drbd", "e2fsprogs", "
 # What the EE must end up with after introspection (pip names, bindep rpm names).
 PYTHON_NEEDED = ("boto3", "botocore", "jmespath", "pywinrm")
 SYSTEM_NEEDED = ("openssh-clients",)
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def run(argv, env, cwd, what):
@@ -272,17 +270,10 @@ def main():
     parser.add_argument("--builder", required=True, help="ansible-builder of its own virtualenv")
     parser.add_argument("--work", required=True, help="scratch directory, emptied first")
     args = parser.parse_args()
-    work = os.path.abspath(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "tmp"))
+    work = scratch(args.work)
     context = os.path.join(work, "context")
     start = time.monotonic()
-
-    def step(what, func, *fargs):
-        began = time.monotonic()
-        out = func(*fargs)
-        print("ee-check: %-46s %5.1f s" % (what, time.monotonic() - began), flush=True)
-        return out
+    step = stepper("ee-check")
 
     try:
         ee, ee_file, entry = definition()

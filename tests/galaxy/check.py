@@ -33,6 +33,9 @@ import sys
 import tarfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.support.checks import CheckFailed, scratch, stepper  # noqa: E402  (run as a script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "tests", "galaxy", "galaxy-importer.cfg")
 COLLECTION = "stillpoint.snapshots"
@@ -42,10 +45,6 @@ FORBIDDEN_PREFIXES = ("tests/output/", "benchmarks/results/", "changelogs/.plugi
 FORBIDDEN_ENDINGS = (".pyc", ".tar.gz")
 # The collections the artifact depends on (galaxy.yml), taken from .venv: ansible-galaxy cannot reach Galaxy here.
 DEPENDENCIES = (("amazon", "aws"), ("ansible", "windows"))
-
-
-class CheckFailed(Exception):
-    pass
 
 
 def run(argv, env, cwd, what):
@@ -213,16 +212,9 @@ def main():
     parser.add_argument("--importer", required=True, help="python of galaxy-importer's virtualenv")
     parser.add_argument("--work", required=True, help="scratch directory, emptied first")
     args = parser.parse_args()
-    work = os.path.abspath(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "tmp"))
+    work = scratch(args.work)
     start = time.monotonic()
-
-    def step(what, func, *fargs):
-        began = time.monotonic()
-        out = func(*fargs)
-        print("galaxy-check: %-46s %5.1f s" % (what, time.monotonic() - began), flush=True)
-        return out
+    step = stepper("galaxy-check")
 
     try:
         tarball = step("build", build, work)
