@@ -56,6 +56,14 @@ link:
 
 deps: system-deps $(BIN)/.deps link
 
+# $(call tool-venv,DIR,REQUIREMENTS): a virtualenv of its own for a tool whose pins would clash with .venv's.
+define tool-venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip
+	$(1)/bin/pip install -q -r $(2)
+	touch $(1)/.deps
+endef
+
 # Fast tier first: library and module units, then real freezes and the local EC2 endpoint.
 unit: deps
 	$(BIN)/python -m pytest -q tests/unit
@@ -68,10 +76,7 @@ integration: deps $(CORE_OLDEST)/.deps
 # The oldest ansible-core the collection declares (meta/runtime.yml), for the AWX-shaped playbook runs of
 # tests/integration/test_awx_runner.py (ansible-runner drives both it and .venv's newest one).
 $(CORE_OLDEST)/.deps: tests/integration/requirements-oldest-core.txt requirements.txt
-	$(PYTHON) -m venv $(CORE_OLDEST)
-	$(CORE_OLDEST)/bin/pip install -q --upgrade pip
-	$(CORE_OLDEST)/bin/pip install -q -r tests/integration/requirements-oldest-core.txt
-	touch $@
+	$(call tool-venv,$(CORE_OLDEST),tests/integration/requirements-oldest-core.txt)
 
 # ansible-test wants the collection under ansible_collections/<ns>/<name>: test a copy.
 sanity: deps
@@ -99,10 +104,7 @@ docs-check: deps
 GALAXY_IMPORTER := $(BUILD)/galaxy-importer
 
 $(GALAXY_IMPORTER)/.deps: tests/galaxy/requirements.txt
-	$(PYTHON) -m venv $(GALAXY_IMPORTER)
-	$(GALAXY_IMPORTER)/bin/pip install -q --upgrade pip
-	$(GALAXY_IMPORTER)/bin/pip install -q -r tests/galaxy/requirements.txt
-	touch $@
+	$(call tool-venv,$(GALAXY_IMPORTER),tests/galaxy/requirements.txt)
 
 galaxy-check: deps $(GALAXY_IMPORTER)/.deps
 	$(BIN)/python tests/galaxy/check.py --importer $(GALAXY_IMPORTER)/bin/python --work $(BUILD)/galaxy
@@ -114,10 +116,7 @@ IAM_PARLIAMENT := $(BUILD)/parliament
 IAM_NODE := $(BUILD)/iam-node
 
 $(IAM_PARLIAMENT)/.deps: tests/iam/requirements.txt
-	$(PYTHON) -m venv $(IAM_PARLIAMENT)
-	$(IAM_PARLIAMENT)/bin/pip install -q --upgrade pip
-	$(IAM_PARLIAMENT)/bin/pip install -q -r tests/iam/requirements.txt
-	touch $@
+	$(call tool-venv,$(IAM_PARLIAMENT),tests/iam/requirements.txt)
 
 $(IAM_NODE)/.deps: tests/iam/package.json tests/iam/package-lock.json
 	mkdir -p $(IAM_NODE)
@@ -133,10 +132,7 @@ iam-check: deps $(IAM_PARLIAMENT)/.deps $(IAM_NODE)/.deps
 ANSIBLE_BUILDER := $(BUILD)/ansible-builder
 
 $(ANSIBLE_BUILDER)/.deps: tests/ee/requirements.txt
-	$(PYTHON) -m venv $(ANSIBLE_BUILDER)
-	$(ANSIBLE_BUILDER)/bin/pip install -q --upgrade pip
-	$(ANSIBLE_BUILDER)/bin/pip install -q -r tests/ee/requirements.txt
-	touch $@
+	$(call tool-venv,$(ANSIBLE_BUILDER),tests/ee/requirements.txt)
 
 ee-check: deps $(ANSIBLE_BUILDER)/.deps
 	$(BIN)/python tests/ee/check.py --builder $(ANSIBLE_BUILDER)/bin/ansible-builder --work $(BUILD)/ee-check
