@@ -51,15 +51,18 @@ def endpoint_from_env(explicit=None):
 class Imds:
     """IMDSv2: a session token from ``PUT /latest/api/token``, then GETs carrying it."""
 
-    def __init__(self, endpoint=None, timeout=2.0):
+    def __init__(self, endpoint=None, timeout=2.0, hint=None):
         self.endpoint = endpoint_from_env(endpoint)
         self.timeout = timeout
+        self.hint = hint
         self._token = None
         self._token_expiry = 0.0
         # IMDS is link-local: never send it (or its token) through an HTTP proxy.
         self._opener = build_opener(ProxyHandler({}))
 
     def _hint(self):
+        if self.hint:
+            return self.hint
         return (
             "Pass instance_id explicitly, or set %s to a reachable instance metadata service."
             % ENV_ENDPOINT
@@ -155,3 +158,35 @@ class Imds:
                 endpoint=self.endpoint,
             )
         return out
+
+
+def check_instance(expected, endpoint=None, timeout=2.0):
+    """Prove that this machine is instance ``expected`` from its own IMDSv2 identity document.
+
+    Returns ``{"instance_id", "region", "availability_zone", "endpoint"}`` when it is. Raises
+    StillpointError when it is another instance (the message names both, ``details["instance"]``
+    carries what IMDS said) or when the metadata service cannot tell (the message names the
+    endpoint; ``details["instance"]`` is None), so a caller can refuse before it changes anything.
+    """
+    expected = (expected or "").strip()
+    if not expected.startswith("i-") or len(expected) < 3:
+        raise StillpointError(
+            "Invalid instance id to check this host against: %r (expected i-...)." % (expected,),
+            instance=None, expected_instance_id=expected,
+        )
+    hint = "Point imds_endpoint (or %s) at this host's instance metadata service." % ENV_ENDPOINT
+    try:
+        imds = Imds(endpoint, timeout=timeout, hint=hint)
+        identity = imds.instance_identity()
+    except StillpointError as e:
+        details = dict(e.details, instance=None, expected_instance_id=expected)
+        raise StillpointError(
+            "Could not prove that this host is instance %s: %s" % (expected, e.msg), **details
+        )
+    identity = dict(identity, endpoint=imds.endpoint)
+    if identity["instance_id"] != expected:
+        raise StillpointError(
+            "This host is instance %s (instance metadata at %s), not %s." % (identity["instance_id"], imds.endpoint, expected),
+            instance=identity, expected_instance_id=expected,
+        )
+    return identity

@@ -18,6 +18,10 @@ description:
   - With O(volume_ids), the other way round - finds each volume's disks on this host (by NVMe serial or
     the udev links in O(by_id_dir), never by device name) and what is mounted from them, for example to
     unmount a disk before it is detached, or to wait until an attached volume shows up.
+  - With O(expect_instance_id), first proves that this host is that EC2 instance, from its own instance metadata
+    (IMDSv2 identity document), and fails before anything else when it is another instance or the metadata service
+    cannot tell. Run it on a play host before a procedure changes anything for the instance it believes the host is
+    (the role C(stillpoint.snapshots.array_restore) does).
   - Needs no AWS access; M(stillpoint.snapshots.ebs_snapshot_set) runs it on the host in controller mode.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
@@ -48,6 +52,18 @@ options:
     type: list
     elements: path
     default: []
+  expect_instance_id:
+    description:
+      - The EC2 instance id (C(i-...)) this host must be. Its instance id is read from the instance metadata service
+        (IMDSv2, O(imds_endpoint)); when it differs, or cannot be read, the module fails naming both (RV(instance)
+        holds what the service said) and looks at nothing else.
+      - Unset, the metadata service is not asked.
+    type: str
+  imds_endpoint:
+    description:
+      - Instance metadata endpoint used with O(expect_instance_id). Defaults to E(AWS_EC2_METADATA_SERVICE_ENDPOINT)
+        on the host, else C(http://169.254.169.254).
+    type: str
 extends_documentation_fragment:
   - stillpoint.snapshots.attributes.info_module
   - stillpoint.snapshots.devices
@@ -73,6 +89,10 @@ EXAMPLES = r"""
   ansible.builtin.command:
     argv: "{{ ['umount'] + old_disk.volumes[0].mountpoints }}"
   changed_when: true
+
+- name: Refuse to go on unless this host is the instance the backup set was taken from
+  stillpoint.snapshots.ebs_mount_info:
+    expect_instance_id: "{{ backup_set.instance_id }}"
 
 - name: Wait until an attached volume shows up on the host
   stillpoint.snapshots.ebs_mount_info:
@@ -132,6 +152,14 @@ hostname:
   description: The host's name, as recorded in the catalog.
   returned: always
   type: str
+instance:
+  description:
+    - What the instance metadata service says this host is, with the endpoint asked. Also returned when the module
+      fails because the host is another instance; null when the service could not be read.
+  returned: when expect_instance_id is set
+  type: dict
+  sample: {instance_id: i-0123456789abcdef0, region: eu-west-1, availability_zone: eu-west-1a,
+           endpoint: "http://169.254.169.254"}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -139,6 +167,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DEVICES_ARGS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._imds import check_instance
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import mount_info
 
 
@@ -150,13 +179,19 @@ def main():
             exclude_mountpoints=dict(type="list", elements="path", default=[]),
             check_freeze=dict(type="bool", default=False),
             protect_paths=dict(type="list", elements="path", default=[]),
+            expect_instance_id=dict(type="str"),
+            imds_endpoint=dict(type="str"),
             **DEVICES_ARGS
         ),
         supports_check_mode=True,
     )
     try:
-        module.exit_json(**mount_info(module.params, CommandRunner.from_module(module), protect_paths=[module.tmpdir],
-                                      warn=module.warn))
+        result = {}
+        if module.params["expect_instance_id"] is not None:  # first: nothing else is looked at on another host
+            result["instance"] = check_instance(module.params["expect_instance_id"], module.params["imds_endpoint"])
+        result.update(mount_info(module.params, CommandRunner.from_module(module), protect_paths=[module.tmpdir],
+                                 warn=module.warn))
+        module.exit_json(**result)
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
 

@@ -155,8 +155,9 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
     vm.ssh("rm -f %s/payload %s/payload2 && sync" % (MNT, MNT))
     assert _sums(vm) == {}
 
+    # the guest proves it is the target instance from its IMDS (guestfwd), as array_backup finds its instance
     restore_vars = {"restore_hosts": "vmsrc", "array_restore_set_id": set_id,
-                    "array_restore_aws_endpoint_url": GUEST_EC2_URL}
+                    "array_restore_aws_endpoint_url": GUEST_EC2_URL, "array_restore_imds_endpoint": GUEST_IMDS_URL}
     with lab_timer("restore.yml on the same VM (2 volumes hot-plugged, md + LVM up, xfs check, mount)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
     assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]

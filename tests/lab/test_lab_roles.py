@@ -95,8 +95,9 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
     vm.ssh("rm -f %s" % " ".join("%s/payload" % m for m in MOUNTS))
     assert _sums(inst) == {}
 
+    # the guest proves it is the target instance from its IMDS (guestfwd), as array_backup finds its instance
     restore_vars = {"restore_hosts": "lab", "array_restore_set_id": set_id,
-                    "array_restore_aws_endpoint_url": GUEST_EC2_URL}
+                    "array_restore_aws_endpoint_url": GUEST_EC2_URL, "array_restore_imds_endpoint": GUEST_IMDS_URL}
     with lab_timer("restore.yml (create 2 volumes, swap by hot-plug, verify, mount)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
     assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
