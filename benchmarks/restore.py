@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.ec2_endpoint import Endpoint  # noqa: E402
+from tests.ec2_endpoint.imds import ImdsServer  # noqa: E402
 from tests.support.loopfs import missing_requirements  # noqa: E402
 from tests.support.world import LINK_PREFIX  # noqa: E402
 from tests.support.world import EmulatedInstance  # noqa: E402
@@ -192,7 +193,7 @@ def backup(ec2, nodes, workdir):
                             "array_backup_by_id_dir": inst.by_id_dir}) for host, inst in nodes.items())
     inventory = write_inventory(workdir, hostvars, "backup-inventory.yml")
     rc, results, _raw, _wall = run_inventory(BACKUP, ec2, inventory, {
-        "backup_become": False, "array_backup_mode": "host", "array_backup_name": "bench-restore",
+        "backup_hosts": "all", "backup_become": False, "array_backup_mode": "host", "array_backup_name": "bench-restore",
         "array_backup_keep_last": 0, "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
         "array_backup_poll_interval": 0.2})
     if rc != 0:
@@ -211,11 +212,14 @@ def restore_inventory(approach, ec2, nodes, sets, workdir):
                 "stock_mountpoint_of": dict((v["device"], mp) for v, mp in zip(inst.info["volumes"], inst.mountpoints)),
                 "stock_members": [{"device": m["device"], "snapshot": m["snapshot_id"]} for m in members]}
         else:
-            hostvars[host] = {"array_restore_set_id": sets[host]["set_id"], "array_restore_by_id_dir": inst.by_id_dir}
+            # each node proves it is its set's instance from an IMDS of its own (the endpoint's one IMDS
+            # emulator can be only one of the nodes)
+            hostvars[host] = {"array_restore_set_id": sets[host]["set_id"], "array_restore_by_id_dir": inst.by_id_dir,
+                              "array_restore_imds_endpoint": inst.imds.url}
     return write_inventory(workdir, hostvars, "%s-inventory.yml" % approach)
 
 
-OURS_VARS = {"restore_become": False, "array_restore_mode": "host", "array_restore_device_timeout": 60}
+OURS_VARS = {"restore_hosts": "all", "restore_become": False, "array_restore_mode": "host", "array_restore_device_timeout": 60}
 
 
 def run_restore(approach, ec2, inventory, workdir):
@@ -442,6 +446,7 @@ def main():
                 inst = EmulatedInstance(ec2, n=args.volumes, layout=args.layout, image_dir=args.image_dir, local=True)
                 nodes["node%d" % (k + 1)] = inst
                 inst.create()
+                inst.imds = ImdsServer(instance_id=inst.instance_id, region=ec2.region, az=inst.info["az"]).start()
             for run in range(args.runs):
                 order = APPROACHES if run % 2 == 0 else tuple(reversed(APPROACHES))
                 for approach in order:
@@ -458,6 +463,8 @@ def main():
         finally:
             dirs = [inst.workdir for inst in nodes.values() if inst.workdir] + [os.path.join(workdir, "ec2")]
             for inst in nodes.values():
+                if getattr(inst, "imds", None) is not None:
+                    inst.imds.stop()
                 problems.extend(inst.cleanup() or [])
             ec2.stop()
             left = leftover_loops(dirs)

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from tests.support.loopfs import missing_requirements
+from tests.support.mounts import mounts
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import checksum
@@ -27,6 +28,10 @@ BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
 MUTATING = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume")
+# any EC2 call that changes something (DryRun requests are not in ec2.calls())
+CHANGING = ("Create", "Attach", "Detach", "Delete", "Modify", "Enable", "Disable")
+PROVE = "Read which instance the play host is (its own instance metadata, IMDSv2)"
+REFUSE_HOST = "Refuse a play host that is not the target instance (nothing has changed yet)"
 
 
 def backup(ec2, inst, mode="host"):
@@ -40,12 +45,12 @@ def backup(ec2, inst, mode="host"):
     return task(res, TAKE)
 
 
-def restore(ec2, inst, set_id, check=False, mode="host"):
-    rc, res, raw = run_playbook(RESTORE, ec2, {
+def restore(ec2, inst, set_id, check=False, mode="host", **extra):
+    rc, res, raw = run_playbook(RESTORE, ec2, dict({
         "restore_hosts": "localhost", "restore_become": False, "array_restore_mode": mode,
         "array_restore_set_id": set_id, "array_restore_by_id_dir": inst.by_id_dir,
         "array_restore_aws_endpoint_url": ec2.url, "array_restore_aws_region": ec2.region,
-        "array_restore_device_timeout": 30}, check=check)
+        "array_restore_device_timeout": 30}, **extra), check=check)
     return rc, res, raw
 
 
@@ -56,6 +61,16 @@ def mapping(ec2, instance_id):
 
 def mutating_calls(ec2):
     return [c["action"] for c in ec2.calls() if c["action"] in MUTATING]
+
+
+def changing_calls(ec2):
+    return [c["action"] for c in ec2.calls() if c["action"].startswith(CHANGING)]
+
+
+def mounted(paths):
+    """The subset of ``paths`` that are mountpoints now."""
+    now = set(m for _s, m, _d in mounts())
+    return [p for p in paths if p in now]
 
 
 @pytest.mark.parametrize("layout", ["filesystems", "array"])
@@ -171,3 +186,91 @@ def test_restore_in_controller_mode(ec2):
         rc, res, _raw = restore(ec2, inst, taken["set_id"], mode="controller")
         assert rc == 0, res
         assert all(checksum(p) == s for p, s in sums.items())
+
+
+def test_restore_refuses_a_play_host_that_is_not_the_target_instance(ec2):
+    """The play host proves which instance it is (IMDSv2) before anything changes: another instance is
+    refused, in check mode too, whether the target is the set's own or named by array_restore_instance_id;
+    naming the play host's own instance (restore elsewhere) passes the proof; the set's instance restores."""
+    with EmulatedInstance(ec2, n=2, local=True) as source:
+        sums = write_data(source.mountpoints)
+        taken = backup(ec2, source)
+        with EmulatedInstance(ec2, n=1, local=True) as other:  # the emulated IMDS now says: this host is `other`
+            before = {source.instance_id: mapping(ec2, source.instance_id),
+                      other.instance_id: mapping(ec2, other.instance_id)}
+            up = source.mountpoints + other.mountpoints
+            for check, named in ((True, {}), (False, {}), (False, {"array_restore_instance_id": source.instance_id})):
+                ec2.clear_calls()
+                rc, res, _raw = restore(ec2, source, taken["set_id"], check=check, **named)
+                assert rc != 0, res
+                msg = task(res, REFUSE_HOST)["msg"]
+                assert ("host localhost is instance %s, not the target instance %s" % (other.instance_id, source.instance_id)
+                        in msg), msg
+                assert ("array_restore_instance_id" if named else "the instance set %s was taken from" % taken["set_id"]) in msg
+                assert "set array_restore_instance_id=%s to restore the set onto this instance" % other.instance_id in msg
+                assert task(res, PROVE)["instance"]["instance_id"] == other.instance_id
+                assert changing_calls(ec2) == [], ec2.calls()
+                assert {i: mapping(ec2, i) for i in before} == before
+                assert mounted(up) == up  # nothing unmounted on the host
+                assert all(checksum(p) == s for p, s in sums.items())
+
+            # restore elsewhere: the play host's own instance named as the target passes the proof (plan only)
+            ec2.clear_calls()
+            rc, res, _raw = restore(ec2, source, taken["set_id"], check=True, array_restore_instance_id=other.instance_id,
+                                    array_restore_replace_unknown=True)
+            assert task(res, PROVE)["instance"]["instance_id"] == other.instance_id
+            assert task(res, REFUSE_HOST).get("failed") is not True, res
+            assert rc == 0, res
+            assert changing_calls(ec2) == []
+
+            # the escape hatch skips the proof (check mode: the plan only)
+            rc, res, _raw = restore(ec2, source, taken["set_id"], check=True, array_restore_check_host="false")
+            assert rc == 0, res
+            assert task(res, PROVE)["skipped"] is True and task(res, REFUSE_HOST)["skipped"] is True
+            assert changing_calls(ec2) == []
+            assert mounted(up) == up
+
+        # the right host: the emulated IMDS says `source` again, and the set restores
+        ec2.set_imds(instance_id=source.instance_id, az=source.info["az"])
+        destroy(sums)
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, source, taken["set_id"])
+        assert rc == 0, res
+        assert task(res, PROVE)["instance"]["instance_id"] == source.instance_id
+        assert all(checksum(p) == s for p, s in sums.items())
+        assert sorted(mutating_calls(ec2)) == sorted(["CreateVolume"] * 2 + ["DetachVolume"] * 2 + ["AttachVolume"] * 2)
+
+
+def test_restore_refuses_a_host_without_a_metadata_service(ec2):
+    with EmulatedInstance(ec2, n=1, local=True) as inst:
+        taken = backup(ec2, inst)
+        ec2.clear_calls()
+        rc, res, _raw = restore(ec2, inst, taken["set_id"], check=True, array_restore_imds_endpoint="http://127.0.0.1:9")
+        assert rc != 0, res
+        msg = task(res, REFUSE_HOST)["msg"]
+        assert "could not prove that it is the target instance %s" % inst.instance_id in msg, msg
+        assert "http://127.0.0.1:9" in msg and "array_restore_check_host=false" in msg
+        assert changing_calls(ec2) == []
+        assert mounted(inst.mountpoints) == inst.mountpoints
+
+
+HOST_VARIABLES = {"backup.yml": "backup_hosts", "restore.yml": "restore_hosts", "clusterpro_backup.yml": "clusterpro_hosts",
+                  "clusterpro_restore.yml": "clusterpro_hosts", "drbd_mirror_backup.yml": "drbd_hosts",
+                  "drbd_mirror_restore.yml": "drbd_hosts", "drbd_disk_replace.yml": "drbd_hosts"}
+
+
+@pytest.mark.parametrize("playbook,value", [(p, "missing") for p in sorted(HOST_VARIABLES)]
+                         + [("restore.yml", ""), ("restore.yml", None), ("backup.yml", "  ")])
+def test_playbooks_refuse_a_run_without_their_hosts_variable(ec2, playbook, value):
+    """No default host pattern (never `all`): a run without the variable, or with a blank survey answer,
+    stops on localhost with a message naming it, before any play host or EC2 is touched."""
+    variable = HOST_VARIABLES[playbook]
+    extravars = {} if value == "missing" else {variable: value}
+    ec2.clear_calls()
+    rc, res, raw = run_playbook(os.path.join(ROOT, "playbooks", playbook), ec2, extravars)
+    assert rc != 0
+    refusal = task(res, "Refuse a run without %s (never every host of the inventory by default)" % variable)
+    assert refusal["msg"].startswith("%s is required" % variable), refusal
+    assert [play["play"]["name"] for play in raw["plays"]] == [
+        "Require %s (no default hosts)" % variable]
+    assert ec2.calls() == []
