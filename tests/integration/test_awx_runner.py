@@ -36,6 +36,10 @@ ansible_runner = pytest.importorskip("ansible_runner")
 pytestmark = pytest.mark.skipif(missing_requirements("btrfs") is not None, reason=str(missing_requirements("btrfs")))
 
 BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
+RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
+INPUTS_TASK = "Check the role's inputs (survey text typed, defaults applied; nothing changes before this passes)"
+NOT_INPUTS = ("changed", "failed", "invocation", "msg", "warnings", "deprecations")
+CREATE = "Create the volumes from the set in the instance's zone (before any downtime)"
 NEWEST = os.path.dirname(sys.executable)
 OLDEST = os.path.join(ROOT, ".build", "core-oldest", "bin")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
@@ -53,8 +57,8 @@ def declared_oldest():
     return spec.replace(">=", "").strip()
 
 
-def run(ec2, tmp_path, extravars, bindir=NEWEST, check=False):
-    """One ansible-runner job of playbooks/backup.yml on localhost: (rc, {task: result}, artifacts, failures)."""
+def run(ec2, tmp_path, extravars, bindir=NEWEST, check=False, playbook=BACKUP):
+    """One ansible-runner job of ``playbook`` on localhost: (rc, {task: result}, artifacts, failures)."""
     env = ansible_env(ec2)
     for key in ("ANSIBLE_STDOUT_CALLBACK", "ANSIBLE_CALLBACK_RESULT_FORMAT"):
         env.pop(key, None)  # ansible-runner brings its own event callback, as in AWX
@@ -68,9 +72,9 @@ def run(ec2, tmp_path, extravars, bindir=NEWEST, check=False):
     private = tmp_path / ("job-%d" % len(list(tmp_path.iterdir())))
     private.mkdir()
     # the playbook on the command line: with ``binary`` (the ansible-core under test) ansible-runner runs it raw
-    cmdline = os.path.basename(BACKUP) + (" --check" if check else "")
+    cmdline = os.path.basename(playbook) + (" --check" if check else "")
     result = ansible_runner.run(
-        private_data_dir=str(private), project_dir=os.path.dirname(BACKUP), extravars=extravars, envvars=env,
+        private_data_dir=str(private), project_dir=os.path.dirname(playbook), extravars=extravars, envvars=env,
         quiet=True, inventory="localhost ansible_connection=local ansible_python_interpreter=%s" % sys.executable,
         binary=os.path.join(bindir, "ansible-playbook"), cmdline=cmdline, timeout=600)
     tasks, artifacts, failures = {}, {}, []
@@ -212,3 +216,46 @@ def test_the_oldest_declared_ansible_core_gives_the_same_set(ec2, tmp_path):
         assert outcome(newest[1][TAKE]) == outcome(res[TAKE])
         assert recorded(ec2, newest[1][TAKE]["set_id"]) == recorded(ec2, res[TAKE]["set_id"])
         assert json.dumps(core_version(NEWEST)) != json.dumps(core_version(OLDEST))
+
+
+def restore_vars(ec2, inst, set_id, shaped):
+    """restore.yml's variables typed, or as a survey sends the same choices."""
+    out = {"restore_hosts": "localhost", "restore_become": False, "array_restore_set_id": set_id,
+           "array_restore_by_id_dir": inst.by_id_dir, "array_restore_aws_endpoint_url": ec2.url,
+           "array_restore_aws_region": ec2.region, "array_restore_device_timeout": 30, "array_restore_iops": 0,
+           "array_restore_tags": {"drill": "awx"}, "array_restore_verify": True, "array_restore_stop_command": [],
+           "array_restore_instance_id": ""}
+    if shaped:
+        out.update({"restore_become": "no", "array_restore_device_timeout": "30", "array_restore_iops": "0",
+                    "array_restore_tags": "drill=awx", "array_restore_verify": "true", "array_restore_stop_command": "",
+                    "array_restore_instance_id": None})
+    return out
+
+
+def test_restore_plans_the_same_from_survey_text_and_refuses_a_bad_value(ec2, tmp_path):
+    with EmulatedInstance(ec2, n=3, layout="array", local=True) as inst:
+        rc, res, _stats, failures = run(ec2, tmp_path, dict(typed(ec2, inst, "awx-restore")))
+        assert rc == 0, failures
+        set_id = res[TAKE]["set_id"]
+        plans = []
+        for shaped in (False, True):
+            ec2.reset()
+            rc, res, _stats, failures = run(ec2, tmp_path, restore_vars(ec2, inst, set_id, shaped), check=True,
+                                            playbook=RESTORE)
+            assert rc == 0, failures
+            plan = res[CREATE]
+            inputs = dict((k, v) for k, v in res[INPUTS_TASK].items() if not k.startswith("_") and k not in NOT_INPUTS)
+            plans.append((inputs, sorted((v["snapshot_id"], v["device"], v["volume_type"], v["size"])
+                                         for v in plan.get("volumes_to_create", []))))
+            assert changes(ec2) == []
+        # the role typed the survey's text into the same inputs, and planned the same volumes
+        assert plans[0] == plans[1] and len(plans[0][1]) == 3
+        assert plans[1][0]["tags"] == {"drill": "awx"} and plans[1][0]["verify"] is True
+        ec2.reset()
+        bad = restore_vars(ec2, inst, set_id, True)
+        bad["array_restore_tags"] = "drill"
+        rc, res, _stats, failures = run(ec2, tmp_path, bad, playbook=RESTORE)
+        assert rc != 0 and CREATE not in res
+        assert any("array_restore_tags" in msg for _task, msg in failures), failures
+        assert changes(ec2) == []
+        assert [m for m in mounts() if m[1] in inst.mountpoints]

@@ -147,8 +147,7 @@ def _flat(tasks):
     for task in tasks or []:
         yield task
         for key in ("block", "rescue", "always"):
-            for sub in _flat(task.get(key)):
-                yield sub
+            yield from _flat(task.get(key))
 
 
 CHANGING = ("stillpoint.snapshots.ebs_volume_restore", "stillpoint.snapshots.ebs_volume_swap",
