@@ -91,6 +91,11 @@ class ActionModule(ActionBase):
 
     # ------------------------------------------------------------------ controller mode
     def _controller(self, params, task_vars):
+        if params["application"]:
+            raise StillpointError(
+                "application=%s is host mode only in this version: the lock must be held by a client running on the "
+                "host for the whole freeze and call, which controller mode does not do yet. Use mode=host (the host "
+                "calls EC2), or hold the lock yourself and take the set at the filesystem level" % params["application"])
         aws = TaskAWS(MODULE, params)
         client = aws.client("ec2", retry_decorator=ebs.RETRY)
         if params["set_id"]:

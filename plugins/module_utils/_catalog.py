@@ -41,6 +41,7 @@ K_CREATED = PREFIX + "created"
 K_FREEZE_MS = PREFIX + "freeze-ms"
 K_PROCEDURE = PREFIX + "procedure"
 K_ARRAY = PREFIX + "array"
+K_APP = PREFIX + "app"  # what a held application quiescer held and recorded (JSON, chunked like K_ARRAY)
 
 STATES = ("pending", "complete", "partial")
 SET_ID_RE = re.compile(r"^bs-\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -83,13 +84,13 @@ def check_tag_value(key, value):
     return value
 
 
-def encode_json(key, obj):
+def encode_json(key, obj, what="array descriptor"):
     """Store a JSON value under ``key``, ``key.1``, ``key.2``... in chunks that fit a tag value."""
     text = json.dumps(obj, separators=(",", ":"), sort_keys=True)
     chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)] or [""]
     if len(chunks) > 8:
-        raise StillpointError("array descriptor too large for the catalog (%d characters, at most %d)"
-                              % (len(text), 8 * TAG_VALUE_MAX))
+        raise StillpointError("%s too large for the catalog (%d characters, at most %d)"
+                              % (what, len(text), 8 * TAG_VALUE_MAX))
     return dict((key if i == 0 else "%s.%d" % (key, i), chunk) for i, chunk in enumerate(chunks))
 
 
@@ -301,6 +302,7 @@ def group_sets(snapshots):
             "freeze_ms": float(freeze[0]) if freeze else None,
             "procedure": first.get(K_PROCEDURE) or None,
             "array": decode_json(first, K_ARRAY),
+            "application": decode_json(first, K_APP),
         }
         tag_states = [t.get(K_STATE, "pending") for t, _s in items]
         record["marked"] = sorted(set(tag_states))  # what the members' state tags say, as written

@@ -514,7 +514,7 @@ class SnapshotSetRun:
         raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
                               "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
 
-    def take(self, quiescer, intended_level):
+    def take(self, quiescer, intended_level, preflight=True):
         """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
 
         Throttled calls thaw first, back off, and start a new cycle (never sleeping frozen).
@@ -522,7 +522,8 @@ class SnapshotSetRun:
         """
         last_error = None
         shared = self._shared_tags(intended_level)  # built (and checked) before anything is frozen
-        self.preflight(shared)
+        if preflight:
+            self.preflight(shared)
         for cycle in range(1, self.max_cycles + 1):
             froze = quiescer.freeze()
             items, err = None, None
@@ -560,22 +561,41 @@ class SnapshotSetRun:
         level = quiescer.level
         member_tags = self.member_tag_sets()  # refuse oversized tags before anything is frozen
         actions = []  # the hooks, in the Recorder's shape (_common.Recorder) with their output
+        held = getattr(hooks, "held", False)  # an application quiescer holding its lock (_app_quiesce)
+        pre_ok = True
+        # a held quiescer's intended level is claimed only once it confirmed its lock (retagged below)
+        intended = lower_level(level, "filesystem") if held else level
+        self.preflight(self._shared_tags(intended))  # before the application is held, not while
         if hooks is not None:
-            ok, report = hooks.pre()
+            pre_ok, report = hooks.pre()
             if report:
-                actions.append(dict(report, what="pre-freeze hook", planned=False))
-            if not ok:
+                actions.append(report if held else dict(report, what="pre-freeze hook", planned=False))
+            if not pre_ok:
                 level = lower_level(level, "filesystem")
-                result["warnings"].append("pre-freeze hook failed; the set is recorded at level %s" % level)
+                result["warnings"].append("%s failed; the set is recorded at level %s"
+                                          % ("the application's lock" if held else "pre-freeze hook", level))
         try:
-            items, froze, thawed = self.take(quiescer, level)
+            items, froze, thawed = self.take(quiescer, intended if held else level, preflight=False)
         finally:
             if hooks is not None:
                 okp, report = hooks.post()
                 if report:
-                    actions.append(dict(report, what="post-thaw hook", planned=False))
-                if not okp:
+                    actions.append(report if held else dict(report, what="post-thaw hook", planned=False))
+                if not okp and not held:
                     result["warnings"].append("post-thaw hook failed: check the application")
+        app_tags = {}
+        if held:
+            result["application"] = hooks.summary()
+            if pre_ok and not hooks.confirmed:
+                why = "the application's lock was not confirmed held through the call: %s" % hooks.problem
+                if hooks.on_failure == "abort":
+                    members, missing, unexpected = match_members(self.plan, items)
+                    rb = rollback(self.client, [m["snapshot_id"] for m in members] + unexpected)
+                    raise StillpointError("%s; the set was rolled back (on_quiesce_failure=abort)" % why,
+                                          rollback=rb, application=result["application"], actions=actions)
+                level = lower_level(level, "filesystem")
+                result["warnings"].append("%s; the set is recorded at level %s" % (why, level))
+            app_tags = catalog.encode_json(catalog.K_APP, hooks.catalog_record(), what="application record")
         if thawed.get("deadline_thawed"):
             level = "crash"
             result["warnings"].append(
@@ -593,7 +613,7 @@ class SnapshotSetRun:
         try:
             for m in members:
                 tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
-            tag(self.client, all_ids, {catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms})
+            tag(self.client, all_ids, dict(app_tags, **{catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms}))
         except StillpointError as e:
             e.details["rollback"] = rollback(self.client, all_ids)
             e.msg += "; the set was rolled back"

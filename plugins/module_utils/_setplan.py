@@ -39,6 +39,17 @@ ARGUMENT_SPEC = dict(
     post_hook=dict(type="list", elements="str", default=[]),
     hook_timeout=dict(type="float", default=30.0),
     on_hook_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
+    application=dict(type="str", choices=["mariadb", "mysql", "held_hook"]),
+    application_login_user=dict(type="str"),
+    application_login_password=dict(type="str", no_log=True),
+    application_login_host=dict(type="str"),
+    application_login_port=dict(type="int"),
+    application_login_unix_socket=dict(type="path"),
+    application_config_file=dict(type="path"),
+    application_client=dict(type="path"),
+    application_hook=dict(type="list", elements="str", default=[]),
+    lock_wait_timeout=dict(type="float", default=10.0),
+    on_quiesce_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
     wait=dict(type="bool", default=True),
     wait_timeout=dict(type="int", default=14400),
     poll_interval=dict(type="float", default=15.0),
@@ -118,7 +129,7 @@ def build_plan(client, params, host, instance_id=None):
     frozen = host["freeze_plan"] is not None
     covered = frozen and all(m["volume_id"] in mounts_by_volume for m in members["members"])
     if covered:
-        level = "application" if params["pre_hook"] else "filesystem"
+        level = "application" if params["pre_hook"] or params.get("application") else "filesystem"
     else:
         level = "crash"
     if params.get("quiesced_level"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _app_quiesce
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -31,7 +32,10 @@ def check_mode_result(plan, params, on=None):
     """What check mode returns: the plan, the hooks that would run (``actions``, planned), and a summary."""
     return dict(plan=plan["public"], instance_id=plan["members"]["instance_id"], changed=True,
                 actions=[dict(what=what, cmd=list(params[key]), rc=None, ms=None, planned=True)
-                         for key, what in HOOKS if params[key]],
+                         for key, what in HOOKS if params[key]]
+                + ([dict(what="hold the %s lock across the freeze and the call" % params["application"],
+                         cmd=list(params.get("application_hook") or []), rc=None, ms=None, planned=True)]
+                   if params.get("application") else []),
                 msg="check mode: would freeze %s%s and snapshot %d volumes of %s in one call"
                 % (", ".join(plan["public"]["freeze"]) or "nothing", " on %s" % on if on else "",
                    len(plan["members"]["members"]), plan["members"]["instance_id"]))
@@ -70,10 +74,10 @@ def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=No
     plan = host_plan(client, params, protect_paths=protect_paths, runner=runner)
     for warning in plan["warnings"]:
         (warn or (lambda text: None))(warning)
+    hooks = _app_quiesce.from_params(params, mountpoints=plan["public"]["freeze"])  # checks its options; starts nothing
     if check_mode:
         return check_mode_result(plan, params)
-    hooks = None
-    if params["pre_hook"] or params["post_hook"]:
+    if hooks is None and (params["pre_hook"] or params["post_hook"]):
         hooks = Hooks(lambda argv: runner(argv, check=False), params["pre_hook"], params["post_hook"],
                       params["hook_timeout"], params["on_hook_failure"], timeout_bin=runner.bin("timeout"))
     if plan["freeze_plan"]:

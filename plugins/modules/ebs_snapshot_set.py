@@ -163,6 +163,67 @@ options:
     type: str
     choices: [abort, continue]
     default: abort
+  application:
+    description:
+      - Hold the application's own backup lock across the freeze and the C(CreateSnapshots) call (see
+        C(docs/applications.md)). The lock is taken before the freeze by the application's client running as a
+        child of this module (a coprocess), confirmed on the same session after the thaw, then released. If the
+        module dies, the client dies, its session ends and the lock goes.
+      - V(mariadb) and V(mysql) use the server's C(mariadb)/C(mysql) client; C(BACKUP STAGE START), C(FLUSH),
+        C(BLOCK_DDL), C(BLOCK_COMMIT) on MariaDB 10.4 or later, C(FLUSH TABLES WITH READ LOCK) otherwise; the binary
+        log file and position and the GTID position read under the lock are recorded in the catalog
+        (C(stillpoint:app)). The data directory, the redo log directory and the binary log directory must lie on
+        the frozen O(mountpoints), or the run is refused.
+      - V(held_hook) runs O(application_hook), waits for it to print a line C(READY), keeps it running through the
+        call, and closes its stdin after the thaw; exit status 0 confirms the lock.
+      - The set is recorded V(application) only when the lock was confirmed held through the call. Not with
+        O(pre_hook)/O(post_hook). Host mode only in this version (refused with O(mode=controller)).
+    type: str
+    choices: [mariadb, mysql, held_hook]
+  application_login_user:
+    description: User for O(application=mariadb) or V(mysql). Unset, the client's option files decide.
+    type: str
+  application_login_password:
+    description:
+      - Password for that user, handed to the client through its environment (C(MYSQL_PWD)), never on its command
+        line, never returned. Prefer an option file (O(application_config_file)) or socket authentication.
+    type: str
+  application_login_host:
+    description: Server host (TCP).
+    type: str
+  application_login_port:
+    description: Server port (TCP).
+    type: int
+  application_login_unix_socket:
+    description: Server socket.
+    type: path
+  application_config_file:
+    description: Client option file (C(--defaults-file)), for example one with a C([client]) section holding the credentials.
+    type: path
+  application_client:
+    description: Path of the client program. Default C(mariadb), else C(mysql), from E(PATH).
+    type: path
+  application_hook:
+    description: The command (argv list) of O(application=held_hook).
+    type: list
+    elements: str
+    default: []
+  lock_wait_timeout:
+    description:
+      - Seconds the application's lock may take to be granted (for MariaDB/MySQL also the session's
+        C(lock_wait_timeout)); for V(held_hook), the seconds until C(READY). A long query in the way makes the run
+        refuse (or continue, see O(on_quiesce_failure)) within this budget instead of queueing the application
+        behind the lock.
+    type: float
+    default: 10.0
+  on_quiesce_failure:
+    description:
+      - V(abort) refuses the run when the lock is not granted in time (nothing frozen, nothing created), and rolls
+        the set back when the lock could not be confirmed after the call. V(continue) takes or keeps the set at the
+        level reached (V(filesystem)) with a warning.
+    type: str
+    choices: [abort, continue]
+    default: abort
   wait:
     description: Wait for all members to be C(completed), then mark the set V(complete).
     type: bool
@@ -221,6 +282,14 @@ EXAMPLES = r"""
     pre_hook: [/usr/local/bin/db-quiesce]
     post_hook: [/usr/local/bin/db-resume]
     name: pg
+
+- name: Application-consistent MariaDB set, its lock held across the freeze and the call
+  stillpoint.snapshots.ebs_snapshot_set:
+    mountpoints: [/var/lib/mysql, /var/log/mysql-binlog]
+    application: mariadb
+    application_login_unix_socket: /run/mysqld/mysqld.sock
+    lock_wait_timeout: 5
+    name: db
 
 - name: Crash-consistent set of all data volumes, do not wait
   stillpoint.snapshots.ebs_snapshot_set:
@@ -283,6 +352,13 @@ progress:
   returned: when waited
   type: list
   elements: dict
+application:
+  description:
+    - What the application quiescer (O(application)) did - C(kind), C(lock) (V(backup_stage), V(ftwrl),
+      V(held_hook)), C(locked), C(confirmed), C(lock_wait_ms), C(held_ms), C(locked_at) and C(released_at) (epoch
+      seconds), C(problem), and C(recorded) (C(server_version), C(binlog_file), C(binlog_position), C(gtid)).
+  returned: when O(application) is set and the run got that far
+  type: dict
 plan:
   description: The resolved plan (members, exclusions, mountpoints to freeze, level expected).
   returned: always
