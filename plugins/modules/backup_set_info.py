@@ -168,6 +168,10 @@ sets:
     array:
       description: The array descriptor recorded with the set (null if none).
       type: dict
+    application:
+      description: What the held application quiescer held and recorded (C(stillpoint:app); kind, lock, confirmed,
+        held_ms, binlog_file, binlog_position, gtid), null if none.
+      type: dict
 result:
   description: The output of O(query) applied to RV(sets).
   returned: when O(query) is set
