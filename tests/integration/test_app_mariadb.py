@@ -20,7 +20,6 @@ Skipped when the server binaries are missing, except under CI (CI=true), where t
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
