@@ -20,7 +20,7 @@ The interface, shared with :class:`_quiesce.Hooks` so that ``_ebs.SnapshotSetRun
 
 :class:`HeldHook` is the generic one (any application: a user command that prints ``READY`` once its
 lock is held, is kept running, and is told to finish by closing its stdin); the database ones live in
-one file per application (``_mariadb.py``).
+one file per application (``_mariadb.py``, ``_postgresql.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
 
-APPLICATIONS = ("mariadb", "mysql", "held_hook")
+APPLICATIONS = ("mariadb", "mysql", "postgresql", "held_hook")
 READY = "READY"
 PR_SET_PDEATHSIG = 1
 
@@ -283,5 +283,8 @@ def from_params(params, mountpoints=()):
     if app == "held_hook":
         return HeldHook(params.get("application_hook"), params["lock_wait_timeout"], params["on_quiesce_failure"])
     # imported here: one file per application, loaded only when asked for
+    if app == "postgresql":
+        from ansible_collections.stillpoint.snapshots.plugins.module_utils import _postgresql
+        return _postgresql.from_params(params, mountpoints)
     from ansible_collections.stillpoint.snapshots.plugins.module_utils import _mariadb
     return _mariadb.from_params(params, mountpoints)

@@ -39,7 +39,7 @@ ARGUMENT_SPEC = dict(
     post_hook=dict(type="list", elements="str", default=[]),
     hook_timeout=dict(type="float", default=30.0),
     on_hook_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
-    application=dict(type="str", choices=["mariadb", "mysql", "held_hook"]),
+    application=dict(type="str", choices=["mariadb", "mysql", "postgresql", "held_hook"]),
     application_login_user=dict(type="str"),
     application_login_password=dict(type="str", no_log=True),
     application_login_host=dict(type="str"),

@@ -174,19 +174,27 @@ options:
         log file and position and the GTID position read under the lock are recorded in the catalog
         (C(stillpoint:app)). The data directory, the redo log directory and the binary log directory must lie on
         the frozen O(mountpoints), or the run is refused.
+      - V(postgresql) uses C(psql) (no lock: PostgreSQL documents a simultaneous snapshot of the data directory,
+        C(pg_wal) and every tablespace as a valid backup restored by crash recovery). The data directory, C(pg_wal)
+        and every tablespace location must lie on the frozen O(mountpoints), or the run is refused; a C(CHECKPOINT)
+        just before the freeze (within O(lock_wait_timeout)) bounds the recovery; the checkpoint and redo LSNs, the
+        timeline and the WAL position before the freeze and after the thaw are recorded (C(stillpoint:app)), and
+        after the thaw the same backend must answer with the same timeline and checkpoint.
       - V(held_hook) runs O(application_hook), waits for it to print a line C(READY), keeps it running through the
         call, and closes its stdin after the thaw; exit status 0 confirms the lock.
       - The set is recorded V(application) only when the lock was confirmed held through the call. Not with
         O(pre_hook)/O(post_hook). Host mode only in this version (refused with O(mode=controller)).
     type: str
-    choices: [mariadb, mysql, held_hook]
+    choices: [mariadb, mysql, postgresql, held_hook]
   application_login_user:
-    description: User for O(application=mariadb) or V(mysql). Unset, the client's option files decide.
+    description:
+      - User for O(application=mariadb), V(mysql) or V(postgresql). Unset, the client's option files decide (for
+        C(psql) E(PGUSER), else the operating system user: peer authentication over the unix socket).
     type: str
   application_login_password:
     description:
-      - Password for that user, handed to the client through its environment (C(MYSQL_PWD)), never on its command
-        line, never returned. Prefer an option file (O(application_config_file)) or socket authentication.
+      - Password for that user, handed to the client through its environment (C(MYSQL_PWD), C(PGPASSWORD)), never on
+        its command line, never returned. Prefer an option file (O(application_config_file)) or socket authentication.
     type: str
   application_login_host:
     description: Server host (TCP).
@@ -195,13 +203,15 @@ options:
     description: Server port (TCP).
     type: int
   application_login_unix_socket:
-    description: Server socket.
+    description: Server socket. For V(postgresql) the socket directory, or the socket file C(.s.PGSQL.<port>) (its port is used).
     type: path
   application_config_file:
-    description: Client option file (C(--defaults-file)), for example one with a C([client]) section holding the credentials.
+    description:
+      - Client option file (C(--defaults-file)), for example one with a C([client]) section holding the credentials.
+      - For V(postgresql), a password file in C(~/.pgpass) format (E(PGPASSFILE)).
     type: path
   application_client:
-    description: Path of the client program. Default C(mariadb), else C(mysql), from E(PATH).
+    description: Path of the client program. Default C(mariadb), else C(mysql) (C(psql) for V(postgresql)), from E(PATH).
     type: path
   application_hook:
     description: The command (argv list) of O(application=held_hook).
@@ -211,7 +221,8 @@ options:
   lock_wait_timeout:
     description:
       - Seconds the application's lock may take to be granted (for MariaDB/MySQL also the session's
-        C(lock_wait_timeout)); for V(held_hook), the seconds until C(READY). A long query in the way makes the run
+        C(lock_wait_timeout)); for V(postgresql), the C(statement_timeout) and C(lock_timeout) of the C(CHECKPOINT);
+        for V(held_hook), the seconds until C(READY). A long query in the way makes the run
         refuse (or continue, see O(on_quiesce_failure)) within this budget instead of queueing the application
         behind the lock.
     type: float
@@ -355,8 +366,10 @@ progress:
 application:
   description:
     - What the application quiescer (O(application)) did - C(kind), C(lock) (V(backup_stage), V(ftwrl),
-      V(held_hook)), C(locked), C(confirmed), C(lock_wait_ms), C(held_ms), C(locked_at) and C(released_at) (epoch
-      seconds), C(problem), and C(recorded) (C(server_version), C(binlog_file), C(binlog_position), C(gtid)).
+      V(checkpoint), V(held_hook)), C(locked), C(confirmed), C(lock_wait_ms), C(held_ms), C(locked_at) and
+      C(released_at) (epoch seconds), C(problem), and C(recorded) (C(server_version), C(binlog_file),
+      C(binlog_position), C(gtid); for PostgreSQL C(checkpoint_lsn), C(redo_lsn), C(timeline),
+      C(wal_lsn_before_freeze), C(wal_lsn_after_thaw), C(backend_pid), C(paths)).
   returned: when O(application) is set and the run got that far
   type: dict
 plan:
