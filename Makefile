@@ -40,6 +40,7 @@ system-deps:
 	command -v npm >/dev/null || need="$$need npm"; \
 	command -v mariadbd >/dev/null || need="$$need mariadb-server"; \
 	command -v mariadb >/dev/null || need="$$need mariadb-client"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$$need postgresql"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || need="$$need python3-venv"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$need (run as root or install them)"; exit 1; fi; \
