@@ -174,7 +174,7 @@ options:
         log file and position and the GTID position read under the lock are recorded in the catalog
         (C(stillpoint:app)). The data directory, the redo log directory and the binary log directory must lie on
         the frozen O(mountpoints), or the run is refused.
-      - V(postgresql) uses C(psql) (no lock: PostgreSQL documents a simultaneous snapshot of the data directory,
+      - V(postgresql) uses C(psql) (no lock; PostgreSQL documents a simultaneous snapshot of the data directory,
         C(pg_wal) and every tablespace as a valid backup restored by crash recovery). The data directory, C(pg_wal)
         and every tablespace location must lie on the frozen O(mountpoints), or the run is refused; a C(CHECKPOINT)
         just before the freeze (within O(lock_wait_timeout)) bounds the recovery; the checkpoint and redo LSNs, the
@@ -189,7 +189,7 @@ options:
   application_login_user:
     description:
       - User for O(application=mariadb), V(mysql) or V(postgresql). Unset, the client's option files decide (for
-        C(psql) E(PGUSER), else the operating system user: peer authentication over the unix socket).
+        C(psql) E(PGUSER), else the operating system user, peer authentication over the unix socket).
     type: str
   application_login_password:
     description:
