@@ -143,6 +143,9 @@ def same_default(question, expected, kind):
     return str(got) == expected
 
 
+NO_BLANK = ("bool", "int", "float", "dict")
+
+
 def check_question(question, accepted, where):
     name = question["variable"]
     assert name in accepted, "%s: %s is no variable of %s" % (where, name, sorted(accepted))
@@ -152,7 +155,14 @@ def check_question(question, accepted, where):
     allowed = ("multiplechoice",) if kind in ("str", "path") and var["choices"] else ROLE_TYPE_TO_SURVEY[kind]
     if qtype not in allowed:
         problems.append("type %s, %s (%s) asks for %s" % (qtype, kind, var["origin"], " or ".join(allowed)))
-    if bool(question.get("required")) != var["required"]:
+    # a role variable ansible-core types before the role's first task (bool, int, float, dict) cannot take "" (a
+    # blank optional field): its question is required and pre-filled with the role's default, so AWX never sends ""
+    untypable_blank = var["origin"].startswith("role ") and kind in NO_BLANK
+    if untypable_blank and not (question.get("required")
+                                and (var["required"] or question.get("default") not in (None, ""))):
+        problems.append("a %s of %s must be asked as required with its default filled in (\"\" is no %s for "
+                        "ansible-core's argument check)" % (kind, var["origin"], kind))
+    elif not untypable_blank and bool(question.get("required")) != var["required"]:
         problems.append("required %s, %s says %s" % (question.get("required"), var["origin"], var["required"]))
     if qtype == "multiplechoice":
         want = ["true", "false"] if kind == "bool" else [str(c) for c in var["choices"] or []]
