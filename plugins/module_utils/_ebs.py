@@ -514,17 +514,20 @@ class SnapshotSetRun:
         raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
                               "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
 
-    def take(self, quiescer, intended_level, preflight=True):
+    def take(self, quiescer, intended_level, preflight=True, max_cycles=None, held=False):
         """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
 
         Throttled calls thaw first, back off, and start a new cycle (never sleeping frozen).
-        Any other failure thaws and raises; nothing was created by a failed call.
+        Any other failure thaws and raises; nothing was created by a failed call. With ``held`` (an
+        application quiescer holds its lock around this call) a throttled call is not retried: the
+        application is never held through a back-off.
         """
+        max_cycles = 1 if held else (max_cycles or self.max_cycles)
         last_error = None
         shared = self._shared_tags(intended_level)  # built (and checked) before anything is frozen
         if preflight:
             self.preflight(shared)
-        for cycle in range(1, self.max_cycles + 1):
+        for cycle in range(1, max_cycles + 1):
             froze = quiescer.freeze()
             items, err = None, None
             t_call = time.monotonic()
@@ -550,11 +553,15 @@ class SnapshotSetRun:
             if code not in THROTTLE_CODES and code != RATE_CODE:
                 raise aws_error("CreateSnapshots failed for %s (filesystems thawed, nothing created)"
                                 % self.plan["instance_id"], err)
+            if held:
+                raise aws_error("CreateSnapshots throttled (%s) while the application was held; not retried, so that "
+                                "the application is not held through a back-off (filesystems thawed, the application "
+                                "released, nothing created): run it again later" % code, err)
             delay = self.backoff.delay(code)
             self.log("CreateSnapshots throttled (%s), thawed; retrying in %.1f s" % (code, delay))
             self.sleep(delay)
         raise aws_error("CreateSnapshots still throttled after %d attempts (filesystems thawed, nothing created)"
-                        % self.max_cycles, last_error)
+                        % max_cycles, last_error)
 
     def run(self, quiescer, hooks=None, wait=True, wait_timeout=14400, poll_interval=15.0, on_progress=None):
         result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
@@ -575,7 +582,8 @@ class SnapshotSetRun:
                 result["warnings"].append("%s failed; the set is recorded at level %s"
                                           % ("the application's lock" if held else "pre-freeze hook", level))
         try:
-            items, froze, thawed = self.take(quiescer, intended if held else level, preflight=False)
+            items, froze, thawed = self.take(quiescer, intended if held else level, preflight=False,
+                                             held=held and pre_ok)
         finally:
             if hooks is not None:
                 okp, report = hooks.post()

@@ -172,6 +172,22 @@ def test_per_volume_rate_backoff_is_at_least_15s(tmp_path, ec2, inst):
     assert calls[1]["t_start"] - calls[0]["t_end"] >= 15.0
 
 
+def test_throttling_while_the_application_is_held_is_not_retried(tmp_path, ec2, inst):
+    """A held quiescer (here the generic held hook) is not held through a back-off: one call, then the run thaws,
+    releases the application and fails, nothing created."""
+    before = all_own_snapshot_ids(ec2)
+    released = tmp_path / "released"
+    hook = ["sh", "-c", "echo READY; cat >/dev/null; echo released > %s" % released]
+    ec2.throttle("CreateSnapshots", count=1, code="RequestLimitExceeded")
+    rc, res = run(tmp_path, ec2, inst, application="held_hook", application_hook=hook)
+    assert rc != 0
+    assert "while the application was held; not retried" in res["msg"], res["msg"]
+    assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["RequestLimitExceeded"]
+    assert released.read_text().strip() == "released"
+    assert all_own_snapshot_ids(ec2) == before
+    assert_thawed(inst)
+
+
 def test_pre_hook_failure_aborts_before_anything(tmp_path, ec2, inst):
     before = all_own_snapshot_ids(ec2)
     rc, res = run(tmp_path, ec2, inst, pre_hook=["false"])
