@@ -219,6 +219,36 @@ class HeldQuiescer:
         return out
 
 
+class SqlQuiescer(HeldQuiescer):
+    """A held quiescer that speaks SQL through the database's own client (a :class:`Coprocess`): ``ask`` sends one
+    statement and a marker ``SELECT`` and reads up to the marker's line. Subclasses name the client's flags
+    (``CLIENT_FLAGS``) and how it prints an error (``ERROR_RE``)."""
+
+    CLIENT_FLAGS = ()
+    ERROR_RE = None
+    MARK = "stillpoint-mark-"
+
+    def __init__(self, client_argv, lock_wait_timeout=10.0, on_failure="abort", mountpoints=(), env=None):
+        super().__init__(lock_wait_timeout, on_failure)
+        self.argv = list(client_argv) + list(self.CLIENT_FLAGS)
+        self.env = env
+        self.mountpoints = list(mountpoints)
+        self.co = None
+        self._n = 0
+
+    def ask(self, sql, timeout):
+        """One statement on the session; ``(status, stdout, error_text)``; status ok, error, timeout or eof."""
+        self._n += 1
+        mark = "%s%d" % (self.MARK, self._n)
+        if not self.co.send("%s;\nSELECT '%s';\n" % (sql.rstrip().rstrip(";"), mark)):
+            return "eof", "", self.co.take_err()
+        status, out, _err = self.co.read_line(mark, timeout)
+        err = self.co.take_err()
+        if status == "ok" and self.ERROR_RE.search(err):
+            return "error", out, err.strip()
+        return status, out, err.strip()
+
+
 class HeldHook(HeldQuiescer):
     """A user command holding any application's lock: started before the freeze, it prints a line ``READY``
     once the lock is held, stays running through the call, and is told to finish after the thaw by the end

@@ -25,14 +25,13 @@ import shutil
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import Coprocess
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import HeldQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import SqlQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
 
 CLIENTS = {"mariadb": ("mariadb", "mysql"), "mysql": ("mysql", "mariadb")}
 CLIENT_FLAGS = ["--batch", "--skip-column-names", "--unbuffered", "--force", "--skip-reconnect"]
 BACKUP_STAGES = ("BACKUP STAGE START", "BACKUP STAGE FLUSH", "BACKUP STAGE BLOCK_DDL", "BACKUP STAGE BLOCK_COMMIT")
-MARK = "stillpoint-mark-"
 ERROR_RE = re.compile(r"^ERROR (\d+)", re.M)
 INFO_SQL = ("SELECT CONNECTION_ID(), VERSION(), @@datadir, @@log_bin, IFNULL(@@log_bin_basename, ''), "
             "@@innodb_log_group_home_dir")
@@ -79,34 +78,19 @@ def paths_outside(paths, mountpoints, stat=os.stat):
     return out
 
 
-class MariaDBQuiescer(HeldQuiescer):
+class MariaDBQuiescer(SqlQuiescer):
     kind = "mariadb"
+    CLIENT_FLAGS = CLIENT_FLAGS
+    ERROR_RE = ERROR_RE
 
     def __init__(self, client_argv, lock_wait_timeout=10.0, on_failure="abort", mountpoints=(), env=None,
                  kind="mariadb"):
-        super().__init__(lock_wait_timeout, on_failure)
+        super().__init__(client_argv, lock_wait_timeout, on_failure, mountpoints, env)
         self.kind = kind
-        self.argv = list(client_argv) + CLIENT_FLAGS
-        self.env = env
-        self.mountpoints = list(mountpoints)
-        self.co = None
         self.connection_id = None
         self.release_sql = None
-        self._n = 0
 
     # ------------------------------------------------------------------ the session
-    def ask(self, sql, timeout):
-        """One statement on the session; ``(status, stdout, error_text)``; status ok, error, timeout or eof."""
-        self._n += 1
-        mark = "%s%d" % (MARK, self._n)
-        if not self.co.send("%s;\nSELECT '%s';\n" % (sql.rstrip().rstrip(";"), mark)):
-            return "eof", "", self.co.take_err()
-        status, out, _err = self.co.read_line(mark, timeout)
-        err = self.co.take_err()
-        if status == "ok" and ERROR_RE.search(err):
-            return "error", out, err.strip()
-        return status, out, err.strip()
-
     def _kill_session(self):
         """The server overstays the budget: end the session from outside (KILL), then the client."""
         if self.connection_id:

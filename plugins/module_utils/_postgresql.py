@@ -33,14 +33,13 @@ import shutil
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import Coprocess
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import HeldQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import SqlQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._mariadb import paths_outside
 
 CLIENT_FLAGS = ["--no-psqlrc", "--no-align", "--tuples-only", "--quiet", "--no-password", "--field-separator=\t",
                 "--set=ON_ERROR_STOP=0"]
-MARK = "stillpoint-mark-"
 ERROR_RE = re.compile(r"(^|: )(ERROR|FATAL|PANIC):  ", re.M)
 LSN_RE = re.compile(r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$", re.I)
 MIN_VERSION = 100000  # pg_current_wal_lsn(), pg_control_checkpoint()
@@ -89,30 +88,15 @@ def database_paths(data_directory, tablespaces, realpath=os.path.realpath):
     return paths
 
 
-class PostgreSQLQuiescer(HeldQuiescer):
+class PostgreSQLQuiescer(SqlQuiescer):
     kind = "postgresql"
+    CLIENT_FLAGS = CLIENT_FLAGS
+    ERROR_RE = ERROR_RE
     lock = "checkpoint"  # no lock: CHECKPOINT, then the documented simultaneous-snapshot rule
 
     def __init__(self, client_argv, lock_wait_timeout=10.0, on_failure="abort", mountpoints=(), env=None):
-        super().__init__(lock_wait_timeout, on_failure)
-        self.argv = list(client_argv) + CLIENT_FLAGS
-        self.env = env
-        self.mountpoints = list(mountpoints)
-        self.co = None
+        super().__init__(client_argv, lock_wait_timeout, on_failure, mountpoints, env)
         self.backend_pid = None
-        self._n = 0
-
-    def ask(self, sql, timeout):
-        """One statement on the session; ``(status, stdout, error_text)``; status ok, error, timeout or eof."""
-        self._n += 1
-        mark = "%s%d" % (MARK, self._n)
-        if not self.co.send("%s;\nSELECT '%s';\n" % (sql.rstrip().rstrip(";"), mark)):
-            return "eof", "", self.co.take_err()
-        status, out, _err = self.co.read_line(mark, timeout)
-        err = self.co.take_err()
-        if status == "ok" and ERROR_RE.search(err):
-            return "error", out, err.strip()
-        return status, out, err.strip()
 
     def _end_session(self):
         """The server overstays the budget: terminate the backend from a second session, then the client.
