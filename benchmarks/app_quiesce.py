@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 from tests.ec2_endpoint import Endpoint  # noqa: E402
 from tests.integration.test_app_mariadb import MISSING  # noqa: E402
 from tests.integration.test_app_mariadb import Server  # noqa: E402
-from tests.integration.test_app_mariadb import Writer  # noqa: E402
+from tests.integration.test_app_mariadb import writer_for  # noqa: E402
 from tests.integration.test_app_mariadb import module_args  # noqa: E402
 from tests.support.world import EmulatedInstance  # noqa: E402
 
@@ -198,7 +198,7 @@ def main():
                     server = writer = None
                     try:
                         server = make_server(inst)
-                        writer = Writer(server)
+                        writer = writer_for(server)
                         writer.start()
                         writer.wait_for(50)
                         t0 = time.time()

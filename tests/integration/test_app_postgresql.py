@@ -32,11 +32,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
 
+from tests.support import dbwriter
 from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
 from tests.support.world import COLLECTIONS
@@ -182,52 +182,9 @@ class Server:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-class Writer(threading.Thread):
-    """Commits transaction n = 1, 2, ... (one row in ``a`` and one in ``b``) through one psql session, recording
-    when each commit returned (epoch seconds, comparable with the module's clock)."""
-
-    def __init__(self, server):
-        super().__init__(daemon=True)
-        self.proc = subprocess.Popen(server.client(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.done = []
-        self.stop_event = threading.Event()
-        self.error = None
-
-    def run(self):
-        n = 0
-        try:
-            while not self.stop_event.is_set():
-                n += 1
-                self.proc.stdin.write("BEGIN; INSERT INTO a VALUES (%d); INSERT INTO b VALUES (%d); COMMIT; "
-                                      "SELECT 'ok-%d';\n" % (n, n, n))
-                self.proc.stdin.flush()
-                line = self.proc.stdout.readline().strip()
-                if line != "ok-%d" % n:
-                    raise AssertionError("writer: %r after transaction %d: %s" % (line, n, self.proc.stderr.read()))
-                self.done.append((n, time.time()))
-        except Exception as e:  # reported by the test
-            self.error = e
-
-    def count_at(self, epoch):
-        return max([n for n, t in self.done if t <= epoch] or [0])
-
-    def wait_for(self, count, timeout=30):
-        deadline = time.monotonic() + timeout
-        while len(self.done) < count:
-            assert self.error is None, self.error
-            assert time.monotonic() < deadline, "writer stuck at %d commits" % len(self.done)
-            time.sleep(0.01)
-
-    def finish(self):
-        self.stop_event.set()
-        self.join(timeout=60)
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        self.proc.wait(timeout=30)
-        assert self.error is None, self.error
+def writer_for(server):
+    """The shared writer (tests/support/dbwriter.py) on a ``psql`` session."""
+    return dbwriter.Writer(server.client())
 
 
 def setup_db(server):
@@ -269,7 +226,7 @@ def test_postgresql_backup_under_load_restores_by_crash_recovery(ec2):
             server.initdb().start()
             setup_db(server)
             assert os.path.realpath(os.path.join(server.pgdata, "pg_wal")) == server.waldir
-            writer = Writer(server)
+            writer = writer_for(server)
             writer.start()
             writer.wait_for(50)
             t0 = time.monotonic()
@@ -385,7 +342,7 @@ def test_refusals_and_the_checkpoint_budget(tmp_path, ec2):
         try:
             server.initdb().start()
             setup_db(server)
-            writer = Writer(server)
+            writer = writer_for(server)
             writer.start()
             writer.wait_for(20)
 
