@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 
 import pytest
 
@@ -22,19 +21,16 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._imds import check_instance
 from ansible_collections.stillpoint.snapshots.plugins.modules import ebs_mount_info
 from tests.ec2_endpoint.imds import ImdsServer
+from tests.unit import test_imds
 from tests.unit.test_roles import PLAYBOOKS, ROOT, load
 from tests.unit.utils import run_module
 
-ENV = ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "AWS_EC2_METADATA_DISABLED",
-       "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
+# test_imds's fixtures: no AWS metadata settings from the environment (autouse), a port nothing listens on
+clean_env = test_imds.clean_env
+closed_port = test_imds.closed_port
+
 HERE = "i-0aaaaaaaaaaaaaaaa"
 OTHER = "i-0bbbbbbbbbbbbbbbb"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -44,15 +40,6 @@ def imds():
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------------------------------------- library
