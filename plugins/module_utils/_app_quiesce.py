@@ -236,6 +236,17 @@ class SqlQuiescer(HeldQuiescer):
         self.co = None
         self._n = 0
 
+    def close(self, action, t0, problems):
+        """End the session after the thaw: the client gone, the lock released, ``confirmed`` only without
+        ``problems``; returns ``(confirmed, action)``."""
+        rc = self.co.finish()
+        self.mark_released()
+        action.update(rc=rc, ms=ms_since(t0))
+        self.confirmed = not problems
+        if problems:
+            self.problem = "; ".join(problems)
+        return self.confirmed, action
+
     def ask(self, sql, timeout):
         """One statement on the session; ``(status, stdout, error_text)``; status ok, error, timeout or eof."""
         self._n += 1

@@ -169,13 +169,7 @@ class MariaDBQuiescer(SqlQuiescer):
             status, out, err = self.ask(self.release_sql, 10.0)
             if status != "ok":
                 problems.append("%s failed: %s" % (self.release_sql, err or status))
-        rc = self.co.finish()
-        self.mark_released()
-        action.update(rc=rc, ms=ms_since(t0))
-        self.confirmed = not problems
-        if problems:
-            self.problem = "; ".join(problems)
-        return self.confirmed, action
+        return self.close(action, t0, problems)
 
 
 def client_argv(params, kind):

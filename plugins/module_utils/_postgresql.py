@@ -196,13 +196,7 @@ class PostgreSQLQuiescer(SqlQuiescer):
                 if pos["checkpoint_lsn"] != self.recorded["checkpoint_lsn"]:
                     problems.append("another checkpoint (%s) completed around the call: the snapshot's pg_control may "
                                     "not point at the recorded %s" % (pos["checkpoint_lsn"], self.recorded["checkpoint_lsn"]))
-        rc = self.co.finish()
-        self.mark_released()
-        action.update(rc=rc, ms=ms_since(t0))
-        self.confirmed = not problems
-        if problems:
-            self.problem = "; ".join(problems)
-        return self.confirmed, action
+        return self.close(action, t0, problems)
 
 
 def client_argv(params):
