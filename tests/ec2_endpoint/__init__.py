@@ -29,6 +29,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+ACCOUNT_ID = "123456789012"  # the account of CREDENTIALS
+SECOND_ACCOUNT_ID = "210987654321"  # the default second account of ``account_credentials``
 
 
 class EndpointError(Exception):
@@ -141,14 +143,30 @@ class Endpoint:
             env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = self.imds_url
         return env
 
-    def client(self, service="ec2", **config):
+    def client(self, service="ec2", region=None, credentials=None, **config):
         """A boto3 client pointed at the endpoint; ``config`` goes to ``botocore.config.Config``
-        (e.g. ``retries={"total_max_attempts": 1}``)."""
+        (e.g. ``retries={"total_max_attempts": 1}``). ``region``: another region than the endpoint's;
+        ``credentials``: an environment-style dict (``account_credentials``) instead of ``testing``."""
         import boto3
         from botocore.config import Config
 
-        session = boto3.session.Session(region_name=self.region, **{k.lower(): v for k, v in CREDENTIALS.items()})
+        creds = dict((k, v) for k, v in (credentials or CREDENTIALS).items() if k.startswith("AWS_"))
+        session = boto3.session.Session(region_name=region or self.region,
+                                        **{k.lower(): v for k, v in creds.items() if k != "AWS_DEFAULT_REGION"})
         return session.client(service, endpoint_url=self.url, config=Config(**config) if config else None)
+
+    def account_credentials(self, account_id=SECOND_ACCOUNT_ID, role="stillpoint-dr"):
+        """Credentials of another account: moto 5.2.5 picks a request's account by its access key
+        (``moto.iam.models.get_account_id_from``: the IAM account that holds the key, else the default
+        123456789012), and STS AssumeRole into ``arn:aws:iam::<account_id>:role/<role>`` (the role need
+        not exist) returns a key held by that account. Returns the environment-style dict
+        (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) plus ``account_id``;
+        EC2 calls with it act in that account. ``reset(state=True)`` forgets the key."""
+        sts = self.client("sts")
+        creds = sts.assume_role(RoleArn="arn:aws:iam::%s:role/%s" % (account_id, role),
+                                RoleSessionName="stillpoint-tests")["Credentials"]
+        return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": creds["SessionToken"], "account_id": str(account_id)}
 
     def control(self, op, _timeout=30, **args):
         """Call a control operation; returns its JSON answer, raises EndpointError on refusal."""
@@ -193,6 +211,11 @@ class Endpoint:
         """Member ``k`` (0-based, in the order of the response) of the next CreateSnapshots ends in
         ``error`` at the end of its pending time."""
         self.control("fail_member", k=k, message=message)
+
+    def fail_copy(self, k=0, message=None):
+        """The copy made by the ``k``-th (0-based) CopySnapshot call from now ends in ``error`` at the
+        end of its pending time."""
+        self.control("fail_copy", k=k, message=message)
 
     def fail_snapshot(self, snapshot_id, message=None):
         """An existing snapshot ends in ``error`` (at the end of its pending time, or now)."""

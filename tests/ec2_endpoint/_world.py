@@ -226,12 +226,71 @@ def _create_snapshots(self, instance_spec, description, tags, copy_tags_from_sou
     return snaps
 
 
+def _copy_source(backend, source_snapshot_id, source_region):
+    """The snapshot a CopySnapshot call in ``backend`` (the caller's account, the destination region)
+    may copy: the caller's own in ``source_region``, or another account's there that is shared with
+    the caller (createVolumePermission for its account id or ``all``). EC2 answers
+    InvalidSnapshot.NotFound for a snapshot the caller may not see (plain moto looks only in the
+    caller's own account, so it never finds another account's snapshot, shared or not)."""
+    missing = _err("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist." % source_snapshot_id)
+    for account_id, accounts in list(dict.items(ec2_backends)):
+        regional = dict.get(accounts, source_region)
+        if regional is None and account_id == backend.account_id:
+            try:
+                regional = ec2_backends[account_id][source_region]
+            except KeyError:  # not a region
+                raise missing
+        snap = regional.snapshots.get(source_snapshot_id) if regional is not None else None
+        if snap is None:
+            continue
+        if snap.owner_id == backend.account_id:
+            return snap
+        shared = (backend.account_id in snap.create_volume_permission_userids
+                  or "all" in snap.create_volume_permission_groups)
+        if not shared:
+            raise missing
+        return snap
+    raise missing
+
+
 def _copy_snapshot(self, source_snapshot_id, source_region, description, kms_key_id):
-    pending = ec2_backends[self.account_id][source_region].snapshots.get(source_snapshot_id)
-    if pending is not None and pending.__dict__.get("_sp_qemu") is not None and pending.status == "pending":
-        raise _err("IncorrectState", "Snapshot is in invalid state - pending")  # its image is still being written
-    snap = _ORIG["copy_snapshot"](self, source_snapshot_id, source_region, description, kms_key_id)
-    source = ec2_backends[self.account_id][source_region].snapshots.get(source_snapshot_id)
+    """CopySnapshot as EC2 does it (moto: any source state, no other account, no checks of the
+    encryption and time-based parameters, ``completed`` at once): called in the destination region
+    with SourceRegion; the source must be ``completed``; a snapshot of another account only once it
+    is shared with the caller; KmsKeyId needs Encrypted=true; CompletionDurationMinutes 15..2880 in
+    steps of 15 (recorded, TransferType ``time-based``); the copy is ``pending`` with progress like a
+    new snapshot, and its file follows the source's."""
+    params = _ctx("params") or {}
+    source = _copy_source(self, source_snapshot_id, source_region)
+    if source.status != "completed":
+        raise _err("IncorrectState", "Snapshot is in invalid state - %s" % source.status)
+    encrypted = str(params.get("Encrypted", "")).lower() == "true"
+    if kms_key_id and not encrypted:
+        raise _err("InvalidParameterDependency", "The parameter KmsKeyId requires the parameter Encrypted to be set.")
+    minutes = params.get("CompletionDurationMinutes")
+    if minutes not in (None, ""):
+        try:
+            minutes = int(minutes)
+        except ValueError:
+            minutes = -1
+        if not 15 <= minutes <= 2880 or minutes % 15:
+            raise _err("InvalidParameterValue", "Value (%s) for parameter completionDurationMinutes is invalid. "
+                       "Expecting a value between 15 and 2880 in 15-minute increments."
+                       % params.get("CompletionDurationMinutes"))
+    else:
+        minutes = None
+    if encrypted and not kms_key_id and not source.encrypted:
+        kms_key_id = self._create_default_encryption_key()  # the account's aws/ebs key, as EC2 uses it
+    snap = Snapshot(self, random_snapshot_id(), volume=source.volume, description=description,
+                    encrypted=bool(source.encrypted or encrypted), kms_key_id=kms_key_id or source.kms_key_id)
+    snap.transfer_type = "time-based" if minutes else "standard"
+    snap.completion_duration_minutes = minutes
+    snap._sp_source = source.id
+    self.snapshots[snap.id] = snap
+    failing = WORLD.take_fail_copy() if not _ctx("internal") else None
+    if failing is not None:
+        snap._sp_fail = True
+        snap._sp_message = failing
     source_file = getattr(source, "_sp_file", None)
     if source_file:
         snap._sp_file = WORLD.copy_in(source_file, "snapshots", snap.id)
@@ -587,6 +646,7 @@ class World:
         self._seq = itertools.count(1)
         self.calls = []
         self.received = {}  # action -> real calls arrived (op_received)
+        self.copies_seen = 0  # CopySnapshot calls that made a copy (op_fail_copy counts from here)
         self._reset_faults()
         # the local attach backend: instance id -> by-id directory, loop devices, the poller's work
         self.local = _local.LocalBackend(os.path.join(self.state_dir, "local"))
@@ -611,6 +671,7 @@ class World:
             self.pending_overrides = collections.deque()
             self.faults = {}
             self.fail_members = collections.deque()
+            self.fail_copies = {}  # number of the CopySnapshot call (self.copies_seen) -> message
             self.latencies = {}
 
     def latency_for(self, action):
@@ -639,6 +700,13 @@ class World:
     def take_fail_member(self):
         with self._mu:
             return self.fail_members.popleft() if self.fail_members else None
+
+    def take_fail_copy(self):
+        """Count a CopySnapshot that makes a copy; the message if this one is marked to fail, else None."""
+        with self._mu:
+            self.copies_seen += 1
+            message = self.fail_copies.pop(self.copies_seen, None)
+            return None if message is None else (message or FAIL_MESSAGE)
 
     def record(self, entry):
         with self._mu:
@@ -750,6 +818,16 @@ class World:
             self.fail_members.append((k, message))
         return {}
 
+    def op_fail_copy(self, k=0, message=None):
+        """The copy made by the ``k``-th (0-based) CopySnapshot call from now ends in ``error`` at the end
+        of its pending time (refused calls do not count)."""
+        k = int(k)
+        if k < 0:
+            raise ControlError("k must be >= 0")
+        with self._mu:
+            self.fail_copies[self.copies_seen + k + 1] = message or ""
+        return {}
+
     def op_fail_snapshot(self, snapshot_id, message=None):
         """Mark an existing snapshot to end in ``error`` (now, if its pending time is over)."""
         with self.lock:
@@ -802,7 +880,13 @@ class World:
         return {}
 
     def _snapshot(self, snapshot_id, region=None):
+        """A snapshot of our account in ``region``; failing that, of any account in any region that
+        has a backend (copies made in another region or account)."""
         snap = self.backend(region).snapshots.get(snapshot_id)
+        if snap is None:
+            for accounts in list(dict.values(ec2_backends)):
+                for regional in list(dict.values(accounts)):
+                    snap = snap or regional.snapshots.get(snapshot_id)
         if snap is None:
             raise ControlError("no snapshot %s" % snapshot_id)
         return snap
