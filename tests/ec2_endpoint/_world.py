@@ -617,6 +617,8 @@ def install():
         setattr(InstanceBackend, name, func)
     ElasticBlockStore.create_snapshots = _resp_create_snapshots
     ElasticBlockStore.describe_snapshots = _resp_describe_snapshots
+    from . import _locks  # snapshot lock and Recycle Bin emulation (_locks.py)
+    _locks.install()
 
 
 # --------------------------------------------------------------------------- the world
