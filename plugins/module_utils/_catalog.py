@@ -333,14 +333,64 @@ def select_sets(records, set_id=None, name=None, instance_id=None, host=None, st
     return out
 
 
-def check_prune_rules(keep_last=None, older_than_days=None, set_ids=None, delete_partial=False):
-    """Refuse a prune with nothing to do or with a rule that would let the newest complete set go."""
-    if keep_last is None and older_than_days is None and not set_ids and not delete_partial:
-        raise StillpointError("nothing to do: give keep_last, older_than_days, set_ids or delete_partial=true")
+GFS_RULES = (("keep_daily", "day"), ("keep_weekly", "week"), ("keep_monthly", "month"), ("keep_yearly", "year"))
+LOCK_MODES = ("governance", "compliance")
+LOCK_DAYS_MAX = 36500  # LockSnapshot's LockDuration: 1..36500 days
+COOL_OFF_MAX = 72  # LockSnapshot's CoolOffPeriod: 1..72 hours, compliance only
+
+
+def check_prune_rules(keep_last=None, older_than_days=None, set_ids=None, delete_partial=False, gfs=None, lock=None,
+                      now=None):
+    """Refuse a prune with nothing to do or with a rule that would let the newest complete set go.
+
+    ``gfs``: ``{keep_daily, keep_weekly, keep_monthly, keep_yearly}`` (None: not given); ``lock``: the lock
+    option (:func:`check_lock`), which needs a retention rule to say which sets it keeps.
+    """
+    gfs = dict((k, v) for k, v in (gfs or {}).items() if v is not None)
+    if keep_last is None and older_than_days is None and not set_ids and not delete_partial and not gfs:
+        raise StillpointError("nothing to do: give keep_last, older_than_days, keep_daily, keep_weekly, keep_monthly, "
+                              "keep_yearly, set_ids or delete_partial=true")
     if keep_last is not None and keep_last < 1:
         raise StillpointError("keep_last must be at least 1: retention never deletes the newest complete set")
     if older_than_days is not None and older_than_days < 0:
         raise StillpointError("older_than_days must not be negative")
+    for rule, _unit in GFS_RULES:
+        if gfs.get(rule) is not None and gfs[rule] < 1:
+            raise StillpointError("%s must be at least 1 (leave it out to not keep sets by %s)" % (rule, rule))
+    if lock:
+        if keep_last is None and older_than_days is None and not gfs:
+            raise StillpointError("lock locks the sets that retention keeps: give keep_last, older_than_days or a "
+                                  "keep_daily/weekly/monthly/yearly rule with it")
+        check_lock(lock, now)
+
+
+def check_lock(lock, now=None):
+    """The lock option: ``mode`` governance|compliance, ``duration`` days or ``expiration_date``, and for
+    compliance an optional ``cool_off_period`` in hours. Returns it with ``expiration_date`` parsed."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    mode = lock.get("mode")
+    if mode not in LOCK_MODES:
+        raise StillpointError("lock.mode must be one of %s, not %r" % (", ".join(LOCK_MODES), mode))
+    duration, expiration = lock.get("duration"), lock.get("expiration_date")
+    if (duration is None) == (expiration is None):
+        raise StillpointError("lock needs exactly one of duration (days) and expiration_date")
+    if duration is not None and not 1 <= duration <= LOCK_DAYS_MAX:
+        raise StillpointError("lock.duration must be 1..%d days, not %s" % (LOCK_DAYS_MAX, duration))
+    out = dict(lock)
+    if expiration is not None:
+        out["expiration_date"] = parse_time(expiration)
+        if out["expiration_date"] is None:
+            raise StillpointError("lock.expiration_date %r is not an ISO 8601 time (2030-01-31T00:00:00Z)" % expiration)
+        if out["expiration_date"] <= now:
+            raise StillpointError("lock.expiration_date %s is not in the future" % utc_iso(out["expiration_date"]))
+    cool_off = lock.get("cool_off_period")
+    if cool_off is not None:
+        if mode != "compliance":
+            raise StillpointError("lock.cool_off_period is only for mode=compliance (a governance lock can always be "
+                                  "changed by a user allowed to)")
+        if not 1 <= cool_off <= COOL_OFF_MAX:
+            raise StillpointError("lock.cool_off_period must be 1..%d hours, not %s" % (COOL_OFF_MAX, cool_off))
+    return out
 
 
 def summary(rec, reason):
@@ -358,19 +408,26 @@ def newest_complete(records):
     return set(newest.values())
 
 
-def explicit_sets(records, set_ids, force, why_absent):
+def explicit_sets(records, set_ids, force, why_absent, locked=None):
     """The records named by ``set_ids``; raises with every refusal at once, in the order given.
 
     Without ``force`` the newest complete set of a group, a set of a schema this version does not read
     and a pending set are refused. ``why_absent(set_id)`` says why a set id is not among ``records``.
+    A locked set (``locked``: set id -> active locks, :func:`locks_by_set`) is refused even with ``force``.
     """
     by_id = dict((r["set_id"], r) for r in records)
     newest = newest_complete(records)
+    locked = locked or {}
     chosen, refusals = [], []
     for sid in dict.fromkeys(set_ids):
         rec = by_id.get(sid)
         if rec is None:
             refusals.append(why_absent(sid))
+        elif sid in locked:
+            refusals.append("set %s is locked (%s): EC2 refuses to delete a locked snapshot and force does not "
+                            "override a lock; wait for the lock to expire, or unlock a governance lock (or a compliance "
+                            "lock still in its cooling-off period) with UnlockSnapshot first"
+                            % (sid, describe_locks(locked[sid])))
         elif force:
             chosen.append(rec)
         elif sid in newest:
@@ -403,44 +460,165 @@ def absent_refusal(sid, elsewhere, tagged_snapshot_ids):
     return "set %s does not exist in this account and region%s" % (sid, hint)
 
 
-def prune_decision(records, keep_last=None, older_than_days=None, delete_partial=False, set_ids=None, force=False,
-                   why_absent=None, now=None):
-    """backup_set_prune's whole policy over the catalog's ``records`` (newest first): the sets named in
-    ``set_ids`` (:func:`explicit_sets`), then retention (:func:`prune_plan`) over the rest.
+def locks_by_set(records, lock_items, now=None):
+    """The active locks of each set: ``{set_id: [{snapshot_id, state, expires_on}]}`` from DescribeLockedSnapshots
+    items (``lock_items``). A lock whose state is ``expired`` or whose expiry has passed does not count."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    by_snapshot = dict((i.get("SnapshotId"), i) for i in lock_items or ())
+    out = {}
+    for rec in records:
+        for sid in rec["snapshot_ids"]:
+            item = by_snapshot.get(sid)
+            if item is None or not lock_active(item, now):
+                continue
+            out.setdefault(rec["set_id"], []).append(dict(snapshot_id=sid, state=item.get("LockState"),
+                                                          expires_on=utc_iso(parse_time(item.get("LockExpiresOn")))))
+    return out
 
-    Returns ``{"delete": [(record, reason)], "kept": [summary], "diff": {"before": {"set_ids"}, "after":
-    {"set_ids"}}}``.
+
+def lock_active(item, now):
+    expires = parse_time(item.get("LockExpiresOn"))
+    return item.get("LockState") not in (None, "expired") and (expires is None or expires > now)
+
+
+def describe_locks(locks):
+    return ", ".join("%s %s until %s" % (lk["snapshot_id"], lk["state"], lk["expires_on"]) for lk in locks)
+
+
+def lock_sets(keep):
+    """The kept sets the lock option locks: complete sets of a readable schema that a retention rule keeps."""
+    skip = ("no retention rule given", "locked")
+    return [rec for rec, why in keep if rec["state"] == "complete" and rec.get("schema") == SCHEMA and why not in skip]
+
+
+def lock_covers(current, spec, now):
+    """True when a snapshot's current lock (a DescribeLockedSnapshots item, or None) already is at least
+    what ``spec`` (:func:`check_lock`) asks: as strong a mode and an equal or longer duration/expiry."""
+    if not current or not lock_active(current, now):
+        return False
+    if spec["mode"] == "compliance" and current.get("LockState") == "governance":
+        return False
+    expires = parse_time(current.get("LockExpiresOn"))
+    if spec.get("expiration_date") is not None:
+        return expires is not None and expires >= spec["expiration_date"]
+    if current.get("LockDuration") is not None:
+        return int(current["LockDuration"]) >= spec["duration"]
+    start = parse_time(current.get("LockDurationStartTime") or current.get("LockCreatedOn"))
+    return expires is not None and start is not None and expires >= start + datetime.timedelta(days=spec["duration"])
+
+
+def lock_request(snapshot_id, current, spec, now=None):
+    """The LockSnapshot parameters that give ``snapshot_id`` the lock ``spec`` asks without ever weakening
+    the lock it has (``current``: its DescribeLockedSnapshots item or None); None when it already has it."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if lock_covers(current, spec, now):
+        return None
+    active = bool(current) and lock_active(current, now)
+    was_compliance = active and str(current.get("LockState", "")).startswith("compliance")
+    mode = "compliance" if spec["mode"] == "compliance" or was_compliance else "governance"
+    kwargs = {"SnapshotId": snapshot_id, "LockMode": mode}
+    current_expiry = parse_time(current.get("LockExpiresOn")) if active else None
+    if spec.get("expiration_date") is not None:
+        kwargs["ExpirationDate"] = max(spec["expiration_date"], current_expiry or spec["expiration_date"])
+    elif current_expiry is not None and current_expiry > now + datetime.timedelta(days=spec["duration"]):
+        kwargs["ExpirationDate"] = current_expiry  # a stronger mode, never a shorter lock
+    else:
+        kwargs["LockDuration"] = spec["duration"]
+    if mode == "compliance" and spec.get("cool_off_period") and not was_compliance:
+        kwargs["CoolOffPeriod"] = spec["cool_off_period"]
+    return kwargs
+
+
+def prune_decision(records, keep_last=None, older_than_days=None, delete_partial=False, set_ids=None, force=False,
+                   why_absent=None, now=None, gfs=None, locked=None):
+    """backup_set_prune's whole policy over the catalog's ``records`` (newest first): the sets named in
+    ``set_ids`` (:func:`explicit_sets`), then retention (:func:`prune_plan`) over the rest. A locked set
+    (``locked``, :func:`locks_by_set`) is never deleted: retention keeps it with the reason ``locked``,
+    ``set_ids`` refuses it.
+
+    Returns ``{"delete": [(record, reason)], "kept": [summary], "keep": [(record, reason)], "diff": {"before":
+    {"set_ids"}, "after": {"set_ids"}}}``.
     """
-    explicit = explicit_sets(records, set_ids, force, why_absent) if set_ids else []
+    locked = locked or {}
+    explicit = explicit_sets(records, set_ids, force, why_absent, locked) if set_ids else []
     explicit_ids = set(r["set_id"] for r in explicit)
     keep, delete = prune_plan([r for r in records if r["set_id"] not in explicit_ids], keep_last=keep_last,
-                              older_than_days=older_than_days, delete_partial=delete_partial, now=now)
-    delete = [(r, "named in set_ids") for r in explicit] + delete
+                              older_than_days=older_than_days, delete_partial=delete_partial, now=now, gfs=gfs)
+    keep = keep + [(r, "locked") for r, _why in delete if r["set_id"] in locked]
+    delete = [(r, "named in set_ids") for r in explicit] + [(r, why) for r, why in delete if r["set_id"] not in locked]
     before = [r["set_id"] for r in records]
     doomed = set(r["set_id"] for r, _why in delete)
-    return {"delete": delete, "kept": [summary(r, why) for r, why in keep],
+    keep.sort(key=lambda item: _sort_key(item[0]), reverse=True)
+    kept = []
+    for rec, why in keep:
+        entry = summary(rec, why)
+        if rec["set_id"] in locked:
+            entry["locks"] = locked[rec["set_id"]]
+        kept.append(entry)
+    return {"delete": delete, "keep": keep, "kept": kept,
             "diff": dict(before=dict(set_ids=before), after=dict(set_ids=[sid for sid in before if sid not in doomed]))}
 
 
-def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=False, now=None):
+def period_of(created, unit):
+    """The calendar period (UTC) of a time: ``2024-03-31``, ISO week ``2024-W13``, ``2024-03``, ``2024``."""
+    if unit == "day":
+        return created.strftime("%Y-%m-%d")
+    if unit == "week":
+        year, week, _weekday = created.isocalendar()
+        return "%04d-W%02d" % (year, week)
+    if unit == "month":
+        return created.strftime("%Y-%m")
+    return created.strftime("%Y")
+
+
+def gfs_keep(recs, gfs):
+    """Grandfather-father-son over one group's complete sets ``recs`` (newest first): for each rule
+    ``keep_daily``/``keep_weekly``/``keep_monthly``/``keep_yearly`` = N, the newest set of each of the N most
+    recent days/ISO weeks/months/years (UTC) that have a complete set. Returns ``{set_id: [reason, ...]}``."""
+    out = {}
+    for rule, unit in GFS_RULES:
+        n = (gfs or {}).get(rule)
+        if not n:
+            continue
+        periods = set()
+        for rec in recs:
+            created = parse_time(rec["created"])
+            if created is None:
+                continue
+            period = period_of(created, unit)
+            if period in periods:
+                continue
+            if len(periods) >= n:
+                break
+            periods.add(period)
+            out.setdefault(rec["set_id"], []).append("%s=%d: newest of %s %s" % (rule, n, unit, period))
+    return out
+
+
+def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=False, now=None, gfs=None):
     """Decide which sets retention deletes.
 
     Retention is per (set name, instance). A complete set is kept while it is among the newest
-    ``keep_last`` complete sets of its group OR younger than ``older_than_days``; it is deleted
-    only when every given criterion lets it go. The newest complete set of a group is always
-    kept. Partial sets are deleted only with ``delete_partial``. Pending sets are never deleted
-    (a run may still be waiting on them). Returns ``(keep, delete)`` lists of ``(record, reason)``.
+    ``keep_last`` complete sets of its group OR younger than ``older_than_days`` OR the newest complete set
+    of one of the periods a ``gfs`` rule keeps (:func:`gfs_keep`); it is deleted only when every given
+    criterion lets it go, and its reason names every rule that keeps it. The newest complete set of a group
+    is always kept. Partial sets are deleted only with ``delete_partial`` and never count for a rule. Pending
+    sets are never deleted (a run may still be waiting on them). Returns ``(keep, delete)`` lists of
+    ``(record, reason)``.
     """
     if keep_last is not None and keep_last < 1:
         raise StillpointError("keep_last must be at least 1: retention never deletes the newest complete set")
     if older_than_days is not None and older_than_days < 0:
         raise StillpointError("older_than_days must not be negative")
+    gfs = dict((k, v) for k, v in (gfs or {}).items() if v is not None)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     keep, delete = [], []
     groups = {}
     for rec in sorted(records, key=_sort_key, reverse=True):  # newest first, whatever the input order
         groups.setdefault((rec["name"], rec["instance_id"]), []).append(rec)
     for recs in groups.values():
+        counted = [r for r in recs if r.get("schema") == SCHEMA and r["state"] == "complete"]
+        by_gfs = gfs_keep(counted, gfs)
         complete_seen = 0
         for rec in recs:
             if rec.get("schema") != SCHEMA:
@@ -460,20 +638,29 @@ def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=Fal
             if complete_seen == 1:
                 keep.append((rec, "newest complete set"))
                 continue
-            if keep_last is None and older_than_days is None:
+            if keep_last is None and older_than_days is None and not gfs:
                 keep.append((rec, "no retention rule given"))
                 continue
-            reasons = []
+            kept_by, reasons = [], []
             if keep_last is not None:
                 if complete_seen <= keep_last:
-                    keep.append((rec, "among the newest %d" % keep_last))
-                    continue
-                reasons.append("beyond keep_last=%d" % keep_last)
+                    kept_by.append("among the newest %d" % keep_last)
+                else:
+                    reasons.append("beyond keep_last=%d" % keep_last)
             if older_than_days is not None:
                 created = parse_time(rec["created"])
                 if created is None or (now - created).total_seconds() <= older_than_days * 86400:
-                    keep.append((rec, "younger than %s days" % older_than_days))
-                    continue
-                reasons.append("older than %s days" % older_than_days)
-            delete.append((rec, " and ".join(reasons)))
+                    kept_by.append("younger than %s days" % older_than_days)
+                else:
+                    reasons.append("older than %s days" % older_than_days)
+            if gfs:
+                if rec["set_id"] in by_gfs:
+                    kept_by.extend(by_gfs[rec["set_id"]])
+                else:
+                    reasons.append("not the newest of a period kept by %s"
+                                   % ", ".join("%s=%d" % (r, gfs[r]) for r, _u in GFS_RULES if r in gfs))
+            if kept_by:
+                keep.append((rec, "; ".join(kept_by)))
+            else:
+                delete.append((rec, " and ".join(reasons)))
     return keep, delete
