@@ -202,10 +202,11 @@ class Endpoint:
         return self.control("throttle", action=action, count=count, code=code, message=message,
                             status=status)["fault"]
 
-    def fail_next(self, action, code, message=None, status=None, count=1):
-        """The next call (``count`` calls) of ``action`` fails with ``code``/``message`` (HTTP ``status``, default 400)."""
+    def fail_next(self, action, code, message=None, status=None, count=1, after=0):
+        """The next call (``count`` calls) of ``action`` fails with ``code``/``message`` (HTTP ``status``, default
+        400); with ``after``, only once that many calls of ``action`` went through."""
         return self.control("fail_next", action=action, code=code, message=message, status=status,
-                            count=count)["fault"]
+                            count=count, after=after)["fault"]
 
     def fail_member(self, k, message=None):
         """Member ``k`` (0-based, in the order of the response) of the next CreateSnapshots ends in

@@ -687,6 +687,9 @@ class World:
                 queue = self.faults.get(key)
                 if queue:
                     fault = queue[0]
+                    if fault.get("after", 0) > 0:  # let this many calls through first
+                        fault["after"] -= 1
+                        return None
                     fault["remaining"] -= 1
                     if fault["remaining"] <= 0:
                         queue.popleft()
@@ -794,11 +797,11 @@ class World:
         """The next ``count`` calls of ``action`` (``*``: any) fail with a throttling error."""
         return self._add_fault("throttle", action, count, code, message, status)
 
-    def op_fail_next(self, action, code, message=None, status=None, count=1):
-        """The next ``count`` calls of ``action`` fail with ``code``/``message``."""
-        return self._add_fault("fail", action, count, code, message, status)
+    def op_fail_next(self, action, code, message=None, status=None, count=1, after=0):
+        """The next ``count`` calls of ``action`` fail with ``code``/``message`` (after ``after`` calls pass)."""
+        return self._add_fault("fail", action, count, code, message, status, after)
 
-    def _add_fault(self, kind, action, count, code, message, status):
+    def _add_fault(self, kind, action, count, code, message, status, after=0):
         self._need("action", action)
         self._need("code", code)
         count = int(count)
@@ -806,7 +809,7 @@ class World:
             raise ControlError("count must be >= 1")
         default_message = ERROR_MESSAGES.get(code, "%s (injected by the stillpoint test endpoint)" % code)
         fault = {"kind": kind, "code": code, "remaining": count, "message": message or default_message,
-                 "status": int(status or ERROR_STATUS.get(code, 400))}
+                 "status": int(status or ERROR_STATUS.get(code, 400)), "after": max(0, int(after or 0))}
         with self._mu:
             self.faults.setdefault(action, collections.deque()).append(fault)
         return {"fault": fault}

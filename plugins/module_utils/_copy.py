@@ -1,0 +1,395 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Whole-set copies (backup_set_copy): a complete backup set copied to another region and/or account,
+every member or none, found again by its tags on a re-run (docs/copies.md).
+
+The planning is pure (:func:`plan_copy` and the functions it uses, over DescribeSnapshots items); the
+calls are in :func:`copy_set`. Cross-account: the source snapshots are shared with the destination
+account (createVolumePermission, source credentials), copied there (CopySnapshot in the destination
+region, destination credentials), and the share is removed once the copy set is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+# Tags a copy carries besides the source's catalog tags (docs/copies.md).
+K_COPY_OF = catalog.PREFIX + "copy-of"  # "<source account>:<source region>:<source set id>", the re-run's key
+K_SOURCE_SET_ID = catalog.PREFIX + "source-set-id"
+K_SOURCE_REGION = catalog.PREFIX + "source-region"
+K_SOURCE_ACCOUNT = catalog.PREFIX + "source-account"
+K_SOURCE_SNAPSHOT = catalog.PREFIX + "source-snapshot"
+K_KMS_KEY = catalog.PREFIX + "kms-key-id"  # the key the copy was re-keyed with ("" when none was given)
+K_COMPLETION_MINUTES = catalog.PREFIX + "completion-minutes"
+K_COPIED = catalog.PREFIX + "copied"  # when the copy was asked for (the data's time stays in stillpoint:created)
+
+COPY_KEYS = (K_COPY_OF, K_SOURCE_SET_ID, K_SOURCE_REGION, K_SOURCE_ACCOUNT, K_SOURCE_SNAPSHOT, K_KMS_KEY,
+             K_COMPLETION_MINUTES, K_COPIED)
+MAX_TAGS = 50  # user tags EC2 allows on one resource
+PERMISSION = "createVolumePermission"
+
+
+# --------------------------------------------------------------------------- pure planning
+
+def copy_key(source_account, source_region, source_set_id):
+    return "%s:%s:%s" % (source_account, source_region, source_set_id)
+
+
+def copy_set_id(source_set_id, source_account, source_region, dest_account, dest_region):
+    """The copy's own set id: the source's time part (sets sort by the data's time) and a suffix derived
+    from source and destination, so that every run names the same copy and a copy never takes the source's
+    id (a copy copied back into the source region would otherwise merge with its source in the catalog)."""
+    stamp = source_set_id[3:19] if catalog.SET_ID_RE.match(source_set_id) else None
+    digest = hashlib.sha1(("%s|%s|%s|%s|%s" % (source_set_id, source_account, source_region, dest_account,
+                                                dest_region)).encode("utf-8")).hexdigest()
+    if stamp is None:
+        return "bs-%s" % digest[:12]
+    suffix = digest[:6]
+    if suffix == source_set_id[-6:]:
+        suffix = digest[6:12]
+    return "bs-%s-%s" % (stamp, suffix)
+
+
+def check_options(completion_minutes=None, wait_timeout=None):
+    if completion_minutes is not None and (not 15 <= completion_minutes <= 2880 or completion_minutes % 15):
+        raise StillpointError("completion_duration_minutes must be 15..2880 in steps of 15 (EC2's time-based copy); "
+                              "got %s. Nothing was copied." % completion_minutes)
+    if wait_timeout is not None and wait_timeout < 0:
+        raise StillpointError("wait_timeout must not be negative")
+
+
+def check_source(records, set_id, source_region, why_absent=None):
+    """The one complete source set, or a refusal that says what to do (nothing changed)."""
+    found = [r for r in records if r["set_id"] == set_id]
+    if not found:
+        why = why_absent(set_id) if why_absent else "set %s does not exist in this account and region" % set_id
+        raise StillpointError("refused, nothing was copied: %s (source region %s). Check set_id and region; "
+                              "backup_set_info lists the sets." % (why, source_region), refused=[why])
+    rec = found[0]
+    if rec.get("schema") != catalog.SCHEMA:
+        raise StillpointError("refused, nothing was copied: set %s was written with catalog schema %s, which this "
+                              "version does not read" % (set_id, rec.get("schema") or "(missing)"))
+    if rec["state"] != "complete":
+        hint = ("wait for it to complete (re-run ebs_snapshot_set with set_id=%s) and copy it then" % set_id
+                if rec["state"] == "pending" else "it can never become a valid backup; copy a complete set")
+        raise StillpointError("refused, nothing was copied: set %s is %s (%s); only a complete set is copied, "
+                              "never part of one: %s" % (set_id, rec["state"], "; ".join(rec["problems"]), hint),
+                              set=rec)
+    return rec
+
+
+def check_destination(source_region, source_account, dest_region, dest_account):
+    if source_region == dest_region and source_account == dest_account:
+        raise StillpointError("refused, nothing was copied: the destination is the source itself (region %s, account "
+                              "%s). Give destination_region, or destination credentials of another account"
+                              % (source_region, source_account))
+
+
+def copy_tags(snapshot, copy_id, key, source_region, source_account, source_set_id, kms_key_id=None,
+              completion_minutes=None, copied=None):
+    """Tags of the copy of one member: the source's tags (not ``aws:*``), its own set id and state
+    ``pending``, and where it came from. Refused (nothing copied) beyond EC2's 50 tags."""
+    tags = dict((k, v) for k, v in catalog.tag_dict(snapshot.get("Tags")).items() if not k.startswith("aws:"))
+    for k in COPY_KEYS:
+        tags.pop(k, None)
+    tags.update({
+        catalog.K_SET_ID: copy_id,
+        catalog.K_STATE: "pending",
+        K_COPY_OF: key,
+        K_SOURCE_SET_ID: source_set_id,
+        K_SOURCE_REGION: source_region,
+        K_SOURCE_ACCOUNT: source_account,
+        K_SOURCE_SNAPSHOT: snapshot["SnapshotId"],
+        K_KMS_KEY: kms_key_id or "",
+        K_COPIED: copied or catalog.utc_iso(),
+    })
+    if completion_minutes:
+        tags[K_COMPLETION_MINUTES] = str(int(completion_minutes))
+    if len(tags) > MAX_TAGS:
+        raise StillpointError("the copy of %s would carry %d tags; EC2 allows %d. Remove some of the source's own tags; "
+                              "nothing was copied" % (snapshot["SnapshotId"], len(tags), MAX_TAGS))
+    return dict((k, catalog.check_tag_value(k, v)) for k, v in tags.items())
+
+
+def _rank(snap):
+    """Which copy of a member to keep: completed before pending, then the oldest."""
+    started = catalog.parse_time(snap.get("StartTime"))
+    return (0 if snap.get("State") == "completed" else 1, started.isoformat() if started else "", snap["SnapshotId"])
+
+
+def plan_copy(source_rec, source_snaps, copies, key, kms_key_id=None):
+    """What a run has to do, from the source set and the copies found in the destination (our own
+    snapshots carrying ``stillpoint:copy-of=key``).
+
+    Per member index: ``keep`` a ``completed`` copy, ``wait`` for a ``pending`` one, ``copy`` when there is
+    none usable. Copies in ``error``, second copies of one member and copies of an index the source does
+    not have go to ``delete``, and so do copies a roll-back could not delete (tagged ``partial``). Copies made with another key than ``kms_key_id`` are refused (nothing
+    changed). Returns ``{"members": [...], "delete": [ids], "complete": bool, "marked_complete": bool}``.
+    """
+    by_id = dict((s["SnapshotId"], s) for s in source_snaps)
+    count = source_rec["member_count"]
+    by_index, delete = {}, []
+    for snap in copies:
+        index = catalog.as_int(catalog.tag_dict(snap.get("Tags")).get(catalog.K_MEMBER))
+        given_up = catalog.tag_dict(snap.get("Tags")).get(catalog.K_STATE) == "partial"  # a roll-back left it
+        if index is None or not 0 <= index < count or snap.get("State") not in ("completed", "pending") or given_up:
+            delete.append(snap["SnapshotId"])
+        else:
+            by_index.setdefault(index, []).append(snap)
+    wrong_key = []
+    members = []
+    for m in source_rec["members"]:
+        index = m["index"]
+        found = sorted(by_index.pop(index, []), key=_rank)
+        chosen, extra = (found[0], found[1:]) if found else (None, [])
+        delete.extend(s["SnapshotId"] for s in extra)
+        entry = {"index": index, "source_snapshot_id": m["snapshot_id"], "device": m["device"],
+                 "volume_size": m["volume_size"], "snapshot_id": None, "state": None, "progress": None}
+        if chosen is None:
+            entry["action"] = "copy"
+        else:
+            have = catalog.tag_dict(chosen.get("Tags")).get(K_KMS_KEY, "")
+            if have != (kms_key_id or ""):
+                wrong_key.append("%s (member %d) was copied with kms_key_id %s" % (chosen["SnapshotId"], index,
+                                                                                 have or "(none)"))
+            entry.update(snapshot_id=chosen["SnapshotId"], state=chosen.get("State"), progress=chosen.get("Progress"),
+                         action="keep" if chosen.get("State") == "completed" else "wait")
+        if m["snapshot_id"] not in by_id:
+            raise StillpointError("source member %d (%s) is not among the source set's snapshots"
+                                  % (index, m["snapshot_id"]))
+        members.append(entry)
+    for rest in by_index.values():
+        delete.extend(s["SnapshotId"] for s in rest)
+    if wrong_key:
+        raise StillpointError("refused, nothing was changed: copies of this set already exist with another key than "
+                              "kms_key_id=%s: %s. Copy with that key, or delete those copies (backup_set_prune "
+                              "set_ids in the destination) first" % (kms_key_id or "(none)", "; ".join(wrong_key)))
+    kept = [e for e in members if e["action"] == "keep"]
+    complete = len(kept) == len(members) and not delete
+    marked = complete and all(catalog.tag_dict(s.get("Tags")).get(catalog.K_STATE) == "complete"
+                              for s in copies if s["SnapshotId"] in set(e["snapshot_id"] for e in kept))
+    return {"members": members, "delete": sorted(set(delete)), "complete": complete, "marked_complete": marked}
+
+
+# --------------------------------------------------------------------------- calls
+
+def destination_clients(aws, params, source_region):
+    """EC2 (and, to learn the account, STS) clients of the destination: ``aws`` is the AnsibleAWSModule
+    (``aws.client`` = amazon.aws's client factory: retries, endpoint, credentials as users know them)."""
+    region = params.get("destination_region") or source_region
+    extra = {"region": region}
+    endpoint = params.get("destination_endpoint_url") or params.get("endpoint_url")
+    if endpoint:
+        extra["endpoint"] = endpoint
+    own = bool(params.get("destination_profile") or params.get("destination_access_key"))
+    if params.get("destination_profile"):
+        extra.update(profile_name=params["destination_profile"], aws_access_key_id=None, aws_secret_access_key=None,
+                     aws_session_token=None)
+    elif params.get("destination_access_key"):
+        extra.update(profile_name=None, aws_access_key_id=params["destination_access_key"],
+                     aws_secret_access_key=params.get("destination_secret_key"),
+                     aws_session_token=params.get("destination_session_token") or None)
+    ec2 = aws.client("ec2", retry_decorator=ebs.RETRY, **extra)
+    sts = aws.client("sts", **extra) if own and not params.get("destination_account_id") else None
+    return region, ec2, sts, own
+
+
+def caller_account(sts):
+    try:
+        return sts.get_caller_identity()["Account"]
+    except ebs.aws_errors() as e:
+        raise ebs.aws_error("STS GetCallerIdentity with the destination credentials (the destination account; "
+                            "or give destination_account_id)", e)
+
+
+def _why_absent(client, set_id):
+    tagged = ebs.describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [set_id]}])
+    return catalog.absent_refusal(set_id, [], [s["SnapshotId"] for s in tagged])
+
+
+def shared_with(client, snapshot_ids, account):
+    """The source snapshots whose createVolumePermission names ``account`` (DescribeSnapshotAttribute)."""
+    out = []
+    for sid in snapshot_ids:
+        try:
+            perms = client.describe_snapshot_attribute(SnapshotId=sid, Attribute=PERMISSION,
+                                                       aws_retry=True).get("CreateVolumePermissions", [])
+        except ebs.aws_errors() as e:
+            raise ebs.aws_error("DescribeSnapshotAttribute %s createVolumePermission (source account)" % sid, e)
+        if any(p.get("UserId") == account for p in perms):
+            out.append(sid)
+    return out
+
+
+def share(client, snapshot_ids, account, add=True):
+    done = []
+    for sid in snapshot_ids:
+        try:
+            client.modify_snapshot_attribute(SnapshotId=sid, Attribute=PERMISSION,
+                                             OperationType="add" if add else "remove", UserIds=[account],
+                                             aws_retry=True)
+        except ebs.aws_errors() as e:
+            raise ebs.aws_error("ModifySnapshotAttribute %s createVolumePermission %s account %s (source credentials)"
+                                % (sid, "add" if add else "remove", account), e)
+        done.append(sid)
+    return done
+
+
+def copy_call(client, source_snapshot_id, source_region, tags, description, kms_key_id=None,
+              completion_minutes=None):
+    kwargs = dict(SourceSnapshotId=source_snapshot_id, SourceRegion=source_region, Description=description,
+                  TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(tags)}])
+    if kms_key_id:
+        kwargs.update(Encrypted=True, KmsKeyId=kms_key_id)
+    if completion_minutes:
+        kwargs["CompletionDurationMinutes"] = int(completion_minutes)
+    return client.copy_snapshot(aws_retry=True, **kwargs)["SnapshotId"]
+
+
+def find_copies(client, key):
+    return ebs.describe_snapshots(client, filters=[{"Name": "tag:%s" % K_COPY_OF, "Values": [key]}])
+
+
+def copy_set(aws, params, check_mode=False, log=None, sleep=time.sleep):
+    """backup_set_copy: copy the complete set ``params["set_id"]`` of ``aws``'s region and account to the
+    destination; every member or none. Returns the module's result; refusals raise before any change."""
+    log = log or (lambda msg: None)
+    check_options(params.get("completion_duration_minutes"), params.get("wait_timeout"))
+    set_id = params["set_id"]
+    source_region = aws.region
+    if not source_region:
+        raise StillpointError("no source region: give region (or set AWS_REGION)")
+    src = aws.client("ec2", retry_decorator=ebs.RETRY)
+    snaps = ebs.catalog_snapshots(src, set_id=set_id)
+    rec = check_source(catalog.group_sets(snaps), set_id, source_region, lambda sid: _why_absent(src, sid))
+    source_snaps = [s for s in snaps if s["SnapshotId"] in set(rec["snapshot_ids"])]
+    source_account = source_snaps[0].get("OwnerId")
+    dest_region, dest, sts, own = destination_clients(aws, params, source_region)
+    dest_account = params.get("destination_account_id") or (caller_account(sts) if sts is not None else source_account)
+    check_destination(source_region, source_account, dest_region, dest_account)
+    cross_account = dest_account != source_account
+    key = copy_key(source_account, source_region, set_id)
+    copy_id = copy_set_id(set_id, source_account, source_region, dest_account, dest_region)
+    kms = params.get("kms_key_id")
+    minutes = params.get("completion_duration_minutes")
+    plan = plan_copy(rec, source_snaps, find_copies(dest, key), key, kms)
+    by_id = dict((s["SnapshotId"], s) for s in source_snaps)
+    to_copy = [m for m in plan["members"] if m["action"] == "copy"]
+    need_share = [m["source_snapshot_id"] for m in plan["members"] if m["action"] != "keep"] if cross_account else []
+    shared = shared_with(src, rec["snapshot_ids"], dest_account) if cross_account else []
+    result = dict(changed=False, set_id=copy_id, source_set_id=set_id, source_region=source_region,
+                  source_account=source_account, destination_region=dest_region, destination_account=dest_account,
+                  cross_account=cross_account, kms_key_id=kms, completion_duration_minutes=minutes,
+                  members=plan["members"], deleted=[], shared=[], unshared=[], copy_calls=0, progress=[])
+    tags = [copy_tags(by_id[m["source_snapshot_id"]], copy_id, key, source_region, source_account, set_id, kms, minutes)
+            for m in to_copy]  # every tag checked before anything changes
+    if check_mode:
+        share_add = sorted(set(need_share) - set(shared))
+        share_remove = sorted(shared) if not need_share else []
+        result.update(
+            changed=bool(to_copy or plan["delete"] or share_add or share_remove or not plan["marked_complete"]),
+            state="complete" if plan["marked_complete"] else "pending",
+            planned=dict(copy=[dict(index=m["index"], source_snapshot_id=m["source_snapshot_id"]) for m in to_copy],
+                         wait=[m["snapshot_id"] for m in plan["members"] if m["action"] == "wait"],
+                         delete=plan["delete"], share=share_add, unshare=share_remove,
+                         mark_complete=not plan["marked_complete"]),
+            snapshot_ids=[m["snapshot_id"] for m in plan["members"] if m["snapshot_id"]],
+            msg="check mode: would copy %d of %d members of %s to %s (account %s) as set %s"
+            % (len(to_copy), len(plan["members"]), set_id, dest_region, dest_account, copy_id))
+        return result
+    if plan["delete"]:
+        gone, failed = ebs.delete_ours(dest, plan["delete"])
+        result["deleted"] = gone
+        result["changed"] = result["changed"] or bool(gone)
+        if failed:
+            raise StillpointError("could not delete stale copies (in error or duplicates) of set %s in %s: %s; nothing "
+                                  "was copied" % (set_id, dest_region, "; ".join("%s: %s" % (f["snapshot_id"], f["error"])
+                                                                                for f in failed)), **result)
+    if cross_account:
+        added = share(src, sorted(set(need_share) - set(shared)), dest_account)
+        result["shared"] = added
+        result["changed"] = result["changed"] or bool(added)
+        shared = sorted(set(shared) | set(added))
+    made = []
+    try:
+        for m, member_tags in zip(to_copy, tags):
+            desc = "stillpoint.snapshots copy of set %s member %d (%s, %s)" % (set_id, m["index"], m["source_snapshot_id"],
+                                                                               source_region)
+            sid = copy_call(dest, m["source_snapshot_id"], source_region, member_tags, desc, kms, minutes)
+            result["copy_calls"] += 1
+            made.append(sid)
+            m.update(snapshot_id=sid, state="pending", progress="0%")
+            log("backup_set_copy: member %d %s -> %s (%s)" % (m["index"], m["source_snapshot_id"], sid, dest_region))
+    except ebs.aws_errors() as e:
+        rb = ebs.rollback(dest, made)
+        result["changed"] = True
+        result["unshared"] = _unshare_quietly(src, shared, dest_account)
+        err = ebs.aws_error("CopySnapshot of set %s member %d (%s) to %s failed; the %d copies this run made were %s"
+                            % (set_id, m["index"], m["source_snapshot_id"], dest_region, len(made),
+                               _rollback_words(rb)), e)
+        err.details.update(result, rollback=rb)
+        raise err
+    result["changed"] = result["changed"] or bool(made)
+    ids = [m["snapshot_id"] for m in plan["members"]]
+    result["snapshot_ids"] = ids
+    if plan["marked_complete"]:
+        result["state"] = "complete"
+    elif not params.get("wait", True) and not plan["complete"]:
+        result["state"] = "pending"
+        return result
+    else:
+        status, samples = ebs.wait_for(dest, ids, params.get("wait_timeout", 14400), params.get("poll_interval", 15.0),
+                                       on_progress=lambda s: log("backup_set_copy progress %s" % s["progress"]),
+                                       sleep=sleep)
+        result["progress"] = samples
+        last = samples[-1]
+        for m in plan["members"]:
+            m.update(state=last["states"].get(m["snapshot_id"]), progress=last["progress"].get(m["snapshot_id"]))
+        if status == "timeout":
+            result.update(state="pending", timed_out=True)
+            if params.get("on_wait_timeout", "fail") == "fail":
+                raise StillpointError("copy set %s of %s is still pending in %s after %ss; it stays pending in the "
+                                      "catalog (a re-run waits for it, the share stays until it completes)"
+                                      % (copy_id, set_id, dest_region, params.get("wait_timeout")), **result)
+            return result
+        if status == "error":
+            failed = dict((sid, st) for sid, st in last["states"].items() if st != "completed")
+            rb = ebs.rollback(dest, find_ids(dest, key, ids))
+            result["changed"] = True
+            result["unshared"] = _unshare_quietly(src, shared, dest_account)
+            raise StillpointError("copy of set %s to %s failed: %s; the whole copy set %s was %s"
+                                  % (set_id, dest_region, ", ".join("%s is %s" % kv for kv in sorted(failed.items())),
+                                     copy_id, _rollback_words(rb)), rollback=rb, **result)
+        ebs.tag(dest, ids, {catalog.K_STATE: "complete"})
+        result.update(state="complete", changed=True)
+    if cross_account and shared:
+        result["unshared"] = share(src, shared, dest_account, add=False)
+        result["changed"] = True
+    return result
+
+
+def find_ids(client, key, ids):
+    """Every copy of the set now (this run's, earlier runs', any made meanwhile), plus ``ids``."""
+    return sorted(set(ids) | set(s["SnapshotId"] for s in find_copies(client, key)))
+
+
+def _rollback_words(rb):
+    return "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])
+
+
+def _unshare_quietly(client, snapshot_ids, account):
+    """After a failure: remove the share, report what could not be removed instead of hiding the first error."""
+    out = []
+    for sid in snapshot_ids:
+        try:
+            share(client, [sid], account, add=False)
+            out.append(sid)
+        except StillpointError:
+            pass
+    return out
