@@ -254,7 +254,7 @@ class Endpoint:
         return self.control("received", action=action)["count"]
 
     def create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large", boot_size=8,
-                        local=False, by_id_dir=None):
+                        local=False, by_id_dir=None, region=None):
         """An instance with attached volumes, built through RunInstances/CreateVolume/AttachVolume.
 
         ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...}}]``.
@@ -262,9 +262,10 @@ class Endpoint:
         "volumes": [{"volume_id", "device", ["backing_file"], ["loop_device", "link"]}]}``.
         ``local=True`` (needs ``by_id_dir``): the instance is local (see ``make_local``) before its
         volumes are attached, so each file-backed one is a loop device with its link on return.
+        ``region``: build it in another region of the endpoint (e.g. where a set was copied to).
         """
         args = dict(az=az, boot=boot, volumes=list(volumes or ()), tags=tags, instance_type=instance_type,
-                    boot_size=boot_size)
+                    boot_size=boot_size, region=region)
         if local:
             args.update(local=True, by_id_dir=None if by_id_dir is None else os.path.abspath(str(by_id_dir)))
         return self.control("create_instance", **args)
@@ -300,10 +301,10 @@ class Endpoint:
         "node", "device_id", "serial", "file", "present", "ready", "detach"}], "jobs": [...], "events"}]``."""
         return self.control("qemu_instances", instance_id=instance_id)["instances"]
 
-    def local_devices(self, instance_id=None):
+    def local_devices(self, instance_id=None, region=None):
         """Loop devices of local attachments not yet released: ``[{"volume_id", "instance_id",
         "device", "loop_device", "image", "link", "linked", "state", "users"}]``."""
-        return self.control("local_devices", instance_id=instance_id)["devices"]
+        return self.control("local_devices", instance_id=instance_id, region=region)["devices"]
 
     def back_volume(self, volume_id, path):
         """Back ``volume_id`` by the host file ``path`` (a loop image); snapshots copy it as of the call."""

@@ -1264,13 +1264,15 @@ class World:
 
     # ------------------------------------------------------------------ building the world
 
-    def internal_client(self):
-        """A boto3 EC2 client to this very server whose calls bypass faults and the call log."""
+    def internal_client(self, region=None):
+        """A boto3 EC2 client to this very server (in ``region``, default the endpoint's) whose calls
+        bypass faults and the call log."""
         with self._client_lock:
-            return self._make_client()
+            return self._make_client(region or self.region)
 
-    def _make_client(self):
-        if self._client is None:
+    def _make_client(self, region):
+        clients = self.__dict__.setdefault("_clients", {})
+        if region not in clients:
             import boto3
             from botocore.config import Config
 
@@ -1280,21 +1282,21 @@ class World:
                 request.headers["X-Stillpoint-Internal"] = token
 
             client = boto3.session.Session().client(
-                "ec2", endpoint_url=self.url, region_name=self.region, aws_access_key_id="testing",
+                "ec2", endpoint_url=self.url, region_name=region, aws_access_key_id="testing",
                 aws_secret_access_key="testing", config=Config(retries={"total_max_attempts": 1}))
             client.meta.events.register("before-sign.ec2.*", mark)
-            self._client = client
-        return self._client
+            clients[region] = client
+        return clients[region]
 
-    def _ami(self):
+    def _ami(self, region=None):
         with self.lock:
-            for ami in self.backend().amis.values():
+            for ami in self.backend(region).amis.values():
                 if ami.root_device_type == "ebs" and ami.platform != "windows" and ami.state == "available":
                     return ami.id, ami.root_device_name
-        raise ControlError("moto knows no EBS-backed Linux AMI in %s" % self.region)
+        raise ControlError("moto knows no EBS-backed Linux AMI in %s" % (region or self.region))
 
     def op_create_instance(self, az=None, boot=True, volumes=(), tags=None, instance_type="m5.large",
-                           boot_size=8, volume_type="gp3", local=False, by_id_dir=None):
+                           boot_size=8, volume_type="gp3", local=False, by_id_dir=None, region=None):
         """An instance built through the real EC2 API paths: RunInstances, CreateVolume, AttachVolume.
 
         ``volumes``: ``[{"size": GiB, "device": "/dev/sdf", "backing_file": path, "tags": {...},
@@ -1302,15 +1304,16 @@ class World:
         ``attached`` at once. ``boot=False``: the root volume is detached and deleted.
         ``local=True``: the instance is made local (``op_make_local(instance, by_id_dir)``) before
         its volumes are attached, so each file-backed volume is a loop device with its by-id link by
-        the time this returns (entries get ``loop_device`` and ``link``).
+        the time this returns (entries get ``loop_device`` and ``link``). ``region``: another region
+        of the endpoint's account than its own (a disaster-recovery site).
         """
         import botocore.exceptions
 
         if local and not by_id_dir:
             raise ControlError("create_instance: local=True needs by_id_dir")
-        client = self.internal_client()
-        az = az or self.region + "a"
-        ami_id, root = self._ami()
+        client = self.internal_client(region)
+        az = az or (region or self.region) + "a"
+        ami_id, root = self._ami(region)
         try:
             kwargs = {
                 "ImageId": ami_id, "MinCount": 1, "MaxCount": 1, "InstanceType": instance_type,
@@ -1332,7 +1335,7 @@ class World:
                 client.delete_volume(VolumeId=boot_volume_id)
                 boot_volume_id = None
             if local:
-                self.op_make_local(instance_id, by_id_dir)
+                self.op_make_local(instance_id, by_id_dir, region=region)
             made = []
             specs = [dict(spec) for spec in volumes or ()]
             taken = set(spec.get("device") for spec in specs) | set([root])
@@ -1346,10 +1349,10 @@ class World:
                 volume_id = client.create_volume(**vkw)["VolumeId"]
                 entry = {"volume_id": volume_id, "device": device}
                 if spec.get("backing_file"):  # before the attach, so that a local instance gets a loop device
-                    entry["backing_file"] = self.op_back_volume(volume_id, spec["backing_file"])["path"]
+                    entry["backing_file"] = self.op_back_volume(volume_id, spec["backing_file"], region=region)["path"]
                 client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
                 if local:
-                    for dev in self.op_local_devices(instance_id=instance_id)["devices"]:
+                    for dev in self.op_local_devices(instance_id=instance_id, region=region)["devices"]:
                         if dev["volume_id"] == volume_id:
                             entry.update(loop_device=dev["loop_device"], link=dev["link"])
                 made.append(entry)

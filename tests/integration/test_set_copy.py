@@ -271,3 +271,68 @@ def test_endpoint_cross_account_copy_needs_the_share(ec2, source):
     with pytest.raises(Exception) as info:
         ec2.client(region=DEST).copy_snapshot(SourceSnapshotId=src_ids[0], SourceRegion=ec2.region, KmsKeyId="k")
     assert "InvalidParameterDependency" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- restore from the copy
+
+def _restore_requirements():
+    from tests.support.loopfs import missing_requirements
+    return missing_requirements("ext4")
+
+
+@pytest.mark.skipif(_restore_requirements() is not None, reason=str(_restore_requirements()))
+def test_restore_from_the_copy_in_the_other_region(monkeypatch, ec2, tmp_path):
+    """Disaster recovery end to end: a set of a local instance (loop devices, ext4 with data) is taken with
+    playbooks/backup.yml, copied to eu-central-1 with backup_set_copy; the source instance is then gone, and
+    playbooks/restore.yml (role array_restore) restores the COPY onto a new instance in eu-central-1: the same
+    bytes come back (checksums equal)."""
+    import os
+    import subprocess
+
+    from tests.integration.test_restore_playbook import RESTORE
+    from tests.integration.test_restore_playbook import backup
+    from tests.support.mounts import mounts
+    from tests.support.world import EmulatedInstance
+    from tests.support.world import checksum
+    from tests.support.world import run_playbook
+    from tests.support.world import task
+    from tests.support.world import write_data
+
+    with EmulatedInstance(ec2, n=2, local=True) as inst:
+        sums = write_data(inst.mountpoints)
+        mountpoints = list(inst.mountpoints)
+        set_id = backup(ec2, inst)["set_id"]
+        copy = run(monkeypatch, backup_set_copy, dict(
+            endpoint_url=ec2.url, access_key="testing", secret_key="testing", region=ec2.region, set_id=set_id,
+            destination_region=DEST, poll_interval=0.1, wait_timeout=30))
+        assert copy["state"] == "complete", copy
+        for sid, src in zip(copy["snapshot_ids"], copy["members"]):  # the copy's bytes are the source's
+            assert checksum(ec2.snapshot_file(sid)) == checksum(ec2.snapshot_file(src["source_snapshot_id"]))
+    # the source site is gone (instance, loop devices, files); a new instance in the other region
+    by_id = str(tmp_path / "by-id")
+    dr = ec2.create_instance(region=DEST, local=True, by_id_dir=by_id, volumes=[])
+    dest = ec2.client(region=DEST)
+    try:
+        ec2.set_imds(instance_id=dr["instance_id"], az=dr["az"], region=DEST)
+        ec2.clear_calls()
+        rc, res, _raw = run_playbook(RESTORE, ec2, {
+            "restore_hosts": "localhost", "restore_become": False, "array_restore_set_id": copy["set_id"],
+            "array_restore_instance_id": dr["instance_id"], "array_restore_by_id_dir": by_id,
+            "array_restore_aws_endpoint_url": ec2.url, "array_restore_aws_region": DEST,
+            "array_restore_device_timeout": 30})
+        assert rc == 0, res
+        restored = task(res, "Create the volumes from the set in the instance's zone (before any downtime)")
+        assert [v["device"] for v in restored["volumes"]] == ["/dev/sdf", "/dev/sdg"]
+        assert set(c["region"] for c in ec2.calls() if c["action"] in ("CreateVolume", "AttachVolume")) == {DEST}
+        assert all(checksum(p) == s for p, s in sums.items())
+    finally:
+        for mp in mountpoints:
+            if any(m == mp for _s, m, _d in mounts()):
+                subprocess.run(["umount", mp], check=False)
+        dest.terminate_instances(InstanceIds=[dr["instance_id"]])  # releases its loop devices
+        for mp in mountpoints:
+            parent = os.path.dirname(mp)
+            if parent.startswith("/tmp/stillpoint-local-") and not any(
+                    m.startswith(parent + "/") for _s, m, _d in mounts()):
+                subprocess.run(["rm", "-rf", parent], check=False)
+        ec2.set_imds(region=ec2.region)
