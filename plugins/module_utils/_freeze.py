@@ -16,6 +16,16 @@ reply line with ``"ok": true|false`` (and ``"msg"`` when false). While freezing,
 also sends ``{"event": "frozen", "index": i}`` lines before the reply so that the client always
 knows what is frozen, even if the guardian dies half way.
 
+The freeze runs in waves (:func:`freeze_waves`): a filesystem mounted inside another one of the set
+is frozen before it and thawed after it; the members of one wave are frozen at once, one thread
+per FIFREEZE (the kernel's freeze waits out RCU grace periods, ~30 ms a filesystem, so one after
+another the window would grow with the count), and thawed at once. While a wave freezes, the main
+thread still watches the owner's connection, the deadline and SIGTERM: if one of them ends the
+freeze, what is frozen is thawed at once, and a FIFREEZE that returns later is thawed by its own
+thread; the guardian stays until every FIFREEZE it issued has returned. If a member fails (EBUSY:
+someone else's freeze), the rest of its wave is waited for and everything this call froze is thawed;
+nothing it did not freeze is ever thawed.
+
 After the fork the guardian imports nothing, writes no log and never opens a path on a
 filesystem it may freeze: it only issues ioctls on directory fds opened before the fork.
 """
@@ -37,6 +47,7 @@ import socket
 import struct
 import sys
 import sysconfig
+import threading
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -222,6 +233,31 @@ def check_mountpoints(mountpoints, protect_paths=(), mountinfo=None):
     return plan
 
 
+def _inside(child, parent):
+    return child != parent and child.startswith(parent.rstrip("/") + "/")
+
+
+def freeze_waves(plan, parallel=True):
+    """The order of a freeze: lists of plan indices, one list (a *wave*) frozen at once, first wave first.
+
+    A filesystem mounted inside another one of the plan is frozen before it and thawed after it, so
+    the waves go by height: wave 0 holds every member with no other member mounted below it, wave
+    ``k`` those whose deepest nested member is ``k`` levels down. Inside a wave, plan order. The thaw
+    runs the waves backwards. ``parallel=False`` makes every wave one member, in the same order (the
+    sequential freeze, kept for comparison in ``benchmarks/freeze_window.py``).
+    """
+    paths = [m["mountpoint"] for m in plan]
+    height = {}
+    for index in sorted(range(len(paths)), key=lambda i: -len(paths[i])):
+        below = [height[j] for j in height if _inside(paths[j], paths[index])]
+        height[index] = 1 + max(below) if below else 0
+    waves = [[i for i in range(len(paths)) if height[i] == level] for level in range(max(height.values()) + 1)] \
+        if paths else []
+    if not parallel:
+        waves = [[i] for wave in waves for i in wave]
+    return waves
+
+
 # --------------------------------------------------------------------------------------------
 # low level
 
@@ -256,7 +292,7 @@ def _mnt_id_of_fd(fd):
 
 
 class _GuardianProcess:
-    def __init__(self, owner, listener, wake_r, fds, plan, token, deadline, hold, grace):
+    def __init__(self, owner, listener, wake_r, fds, plan, token, deadline, hold, grace, waves=None, done=None):
         self.owner = owner
         self.listener = listener
         self.wake_r = wake_r
@@ -266,12 +302,16 @@ class _GuardianProcess:
         self.deadline_s = deadline
         self.hold = hold
         self.grace = grace
+        self.waves = [list(w) for w in (waves or [[i] for i in range(len(self.fds))])]
+        self.wave_of = dict((i, n) for n, wave in enumerate(self.waves) for i in wave)
+        self.done_r, self.done_w = done if done is not None else (-1, -1)
         self.uid = os.geteuid()
         self.state = "ready"        # ready -> frozen -> thawed | failed
         self.detached = False
         self.owner_alive = True
-        self.frozen = []            # plan indices frozen by us, in freeze order
+        self.frozen = []            # plan indices frozen by us (and not thawed), in the order their freezes ended
         self.freeze_ms = {}
+        self.times = {}             # index -> {"freeze_start", "freeze_end", "thaw_start", "thaw_end"} (monotonic s)
         self.frozen_at = None
         self.deadline_mono = None
         self.deadline_epoch = None
@@ -280,57 +320,241 @@ class _GuardianProcess:
         self.exit_now = False
         self.conns = {}             # fd -> [sock, buffer, is_owner]
         self.poller = select.poll()
+        # freeze threads: results they hand over, members whose FIFREEZE has not returned yet, and the
+        # flag that tells a FIFREEZE returning after the freeze was given up to thaw at once
+        self.lock = threading.Lock()
+        self.results = {}
+        self.collected = set()
+        self.pending = set()
+        self.aborted = False
+        self.late = []              # [{"mountpoint", "thawed", "error"?}] FIFREEZEs that returned after a give-up
 
     # -- the work -------------------------------------------------------------------------
+
+    def order(self, indices):
+        """``indices`` in freeze order: wave by wave, plan order inside a wave."""
+        chosen = set(indices)
+        return [i for wave in self.waves for i in wave if i in chosen]
+
+    def freeze_worker(self, index):
+        """One member's FIFREEZE, in its own thread (the ioctl releases the GIL)."""
+        t0 = time.monotonic()
+        err = None
+        try:
+            _ioctl(self.fds[index], FIFREEZE)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        except BaseException:  # never a traceback in the guardian
+            err = errno.EIO
+        t1 = time.monotonic()
+        with self.lock:
+            late = self.aborted
+            self.results[index] = {"start": t0, "end": t1, "errno": err, "late": late}
+            if not late:
+                self.pending.discard(index)
+        if late:
+            # The freeze was given up (deadline, disconnect, signal) while this FIFREEZE was still blocked.
+            # It succeeded, so the freeze is ours: undo it at once, nobody else will.
+            thaw_err = self.thaw_one(index) if err is None else None
+            with self.lock:
+                self.results[index]["thaw_errno"] = thaw_err
+                self.pending.discard(index)
+        try:
+            os.write(self.done_w, b".")
+        except OSError:
+            pass
+
+    def start_freezes(self, wave):
+        for index in wave:
+            with self.lock:
+                self.pending.add(index)
+            try:
+                threading.Thread(target=self.freeze_worker, args=(index,), daemon=True).start()
+            except BaseException:  # no thread: freeze it here, it only costs the overlap
+                self.freeze_worker(index)
+
+    def collect(self, sock, failures):
+        """Take the results the freeze threads handed over: record what froze (and tell the
+        requester), note what failed. Late results are handled by :meth:`collect_late`."""
+        with self.lock:
+            ready = [(i, r) for i, r in self.results.items() if i not in self.collected and not r["late"]]
+            self.collected.update(i for i, _r in ready)
+        for index, res in sorted(ready, key=lambda item: item[1]["end"]):
+            if res["errno"] is not None:
+                failures.append(index)
+                continue
+            self.times[index] = {"freeze_start": res["start"], "freeze_end": res["end"]}
+            self.freeze_ms[index] = round((res["end"] - res["start"]) * 1000.0, 3)
+            self.frozen.append(index)
+            try:
+                _send(sock, {"event": "frozen", "index": index, "mountpoint": self.plan[index]["mountpoint"]})
+            except OSError:
+                pass  # the requester vanished; its connection's EOF decides what follows
+
+    def collect_late(self):
+        """FIFREEZEs that returned after the freeze was given up: their threads thawed them already."""
+        with self.lock:
+            ready = [(i, r) for i, r in self.results.items()
+                     if i not in self.collected and r["late"] and i not in self.pending]
+            self.collected.update(i for i, _r in ready)
+        for index, res in ready:
+            item = {"mountpoint": self.plan[index]["mountpoint"], "frozen": res["errno"] is None}
+            if res["errno"] is None:
+                item["thawed"] = res.get("thaw_errno") in (None, errno.EINVAL)
+                if not item["thawed"]:
+                    item["error"] = "FITHAW failed: %s" % os.strerror(res["thaw_errno"])
+            self.late.append(item)
+            if self.record is not None:
+                self.record.setdefault("late", []).append(item)
+                if not item.get("thawed", True):
+                    self.record["thaw_errors"].append(item["mountpoint"])
+
+    def wait_wave(self, sock, wave, failures):
+        """Wait until every FIFREEZE of the wave returned, or the owner went away, the deadline
+        passed or SIGTERM came: then return that reason (the freeze is given up), else None."""
+        poller = select.poll()
+        poller.register(self.done_r, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        owner_fd = None
+        if self.owner_alive and self.owner.fileno() in self.conns:
+            owner_fd = self.owner.fileno()
+            poller.register(owner_fd, 0)  # only hang-up and error: a request line waits for the main loop
+        while True:
+            self.collect(sock, failures)
+            if all(i in self.collected for i in wave):
+                return None
+            remaining = self.deadline_mono - time.monotonic()
+            if remaining <= 0:
+                return "deadline"
+            for fd, event in poller.poll(int(remaining * 1000.0) + 1):
+                if fd == self.done_r:
+                    try:
+                        os.read(self.done_r, 512)
+                    except OSError:
+                        pass
+                elif fd == self.wake_r:
+                    return "signal"
+                elif fd == owner_fd and event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    return "disconnect"
+
+    def give_up(self, sock, failures):
+        """From now on a FIFREEZE that returns is thawed by its own thread; what froze before is
+        collected (ours to thaw now). Returns the mountpoints whose FIFREEZE has not returned."""
+        with self.lock:
+            self.aborted = True
+        self.collect(sock, failures)
+        with self.lock:
+            return [self.plan[i]["mountpoint"] for i in sorted(self.pending)]
 
     def do_freeze(self, sock):
         now = time.monotonic()
         self.frozen_at = now
         self.deadline_mono = now + self.deadline_s
         self.deadline_epoch = time.time() + self.deadline_s
-        for index, fd in enumerate(self.fds):
-            mountpoint = self.plan[index]["mountpoint"]
-            t0 = time.monotonic()
-            try:
-                _ioctl(fd, FIFREEZE)
-            except OSError as exc:
-                undone, undo_errors = self.rollback()
-                self.state = "failed"
+        failures = []
+        for number, wave in enumerate(self.waves):
+            self.start_freezes(wave)
+            why = self.wait_wave(sock, wave, failures)
+            if why is None and not failures and time.monotonic() >= self.deadline_mono and number + 1 < len(self.waves):
+                why = "deadline"
+            if why is None and not failures:
+                continue
+            pending = self.give_up(sock, failures) if why is not None else []
+            if why in ("disconnect", "signal"):
+                # the dead-man / SIGTERM: thaw what is frozen now, exactly as after the freeze
+                self.do_thaw(why)
+                self.record["aborted_freeze"] = True
+                self.record["pending"] = pending
+                if why == "signal":
+                    self.exit_now = True
+                return {"ok": False, "op": "freeze", "error": why, "pending": pending,
+                        "msg": "the freeze was given up (%s) and what it had frozen was thawed" % why}
+            last = self.order(self.frozen)[-1] if self.frozen else None
+            undone, undo_errors = self.rollback()
+            self.state = "failed"
+            if why == "deadline":
+                where = ("while %s %s still freezing" % (", ".join(pending), "was" if len(pending) == 1 else "were")
+                         if pending else "after %s" % (self.plan[last]["mountpoint"] if last is not None else "nothing"))
                 return {
-                    "ok": False, "op": "freeze", "error": "busy" if exc.errno == errno.EBUSY else "freeze_failed",
-                    "errno": exc.errno, "errname": errno.errorcode.get(exc.errno, str(exc.errno)),
-                    "strerror": os.strerror(exc.errno) if exc.errno else str(exc),
-                    "mountpoint": mountpoint, "index": index,
+                    "ok": False, "op": "freeze", "error": "deadline", "pending": pending,
+                    "mountpoint": pending[0] if pending else (self.plan[last]["mountpoint"] if last is not None else None),
                     "rolled_back": undone, "rollback_errors": undo_errors,
-                    "msg": "FIFREEZE on %s failed: %s" % (mountpoint, os.strerror(exc.errno) if exc.errno else exc),
+                    "msg": "freezing took longer than the deadline of %gs (reached %s); everything was thawed "
+                           "again%s" % (self.deadline_s, where,
+                                        ", and what is still freezing is thawed the moment its freeze returns"
+                                        if pending else ""),
                 }
-            self.freeze_ms[index] = round((time.monotonic() - t0) * 1000.0, 3)
-            self.frozen.append(index)
-            try:
-                _send(sock, {"event": "frozen", "index": index, "mountpoint": mountpoint})
-            except OSError:
-                pass  # the requester vanished; its connection's EOF decides what follows
-            if time.monotonic() >= self.deadline_mono and index + 1 < len(self.fds):
-                undone, undo_errors = self.rollback()
-                self.state = "failed"
-                return {
-                    "ok": False, "op": "freeze", "error": "deadline", "mountpoint": mountpoint, "index": index,
-                    "rolled_back": undone, "rollback_errors": undo_errors,
-                    "msg": "freezing took longer than the deadline of %gs (reached after %s); everything was "
-                           "thawed again" % (self.deadline_s, mountpoint),
-                }
+            failures = sorted(failures)
+            first = failures[0]
+            err = self.results[first]["errno"]
+            return {
+                "ok": False, "op": "freeze", "error": "busy" if err == errno.EBUSY else "freeze_failed",
+                "errno": err, "errname": errno.errorcode.get(err, str(err)), "strerror": os.strerror(err),
+                "mountpoint": self.plan[first]["mountpoint"], "index": first,
+                "failed": [{"mountpoint": self.plan[i]["mountpoint"], "errno": self.results[i]["errno"],
+                            "errname": errno.errorcode.get(self.results[i]["errno"], str(self.results[i]["errno"]))}
+                           for i in failures],
+                "rolled_back": undone, "rollback_errors": undo_errors,
+                "msg": "FIFREEZE on %s failed: %s" % (self.plan[first]["mountpoint"], os.strerror(err)),
+            }
         self.state = "frozen"
+        ends = [self.times[i]["freeze_end"] for i in self.frozen]
         return {
             "ok": True, "op": "freeze",
-            "mounts": [{"mountpoint": self.plan[i]["mountpoint"], "freeze_ms": self.freeze_ms[i]} for i in self.frozen],
+            "mounts": [{"mountpoint": self.plan[i]["mountpoint"], "index": i, "wave": self.wave_of[i],
+                        "freeze_ms": self.freeze_ms[i], "freeze_start": self.times[i]["freeze_start"],
+                        "freeze_end": self.times[i]["freeze_end"]} for i in self.order(self.frozen)],
             "frozen_at": self.frozen_at, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono,
+            "freeze_span_ms": round((max(ends) - self.frozen_at) * 1000.0, 3), "waves": len(self.waves),
         }
+
+    def run_parallel(self, indices, work):
+        """``work(index)`` for each index at once (threads; inline for one); returns {index: result}."""
+        out = {}
+        if len(indices) == 1:
+            out[indices[0]] = work(indices[0])
+            return out
+
+        def one(index):
+            out[index] = work(index)
+
+        threads = []
+        for index in indices:
+            try:
+                thread = threading.Thread(target=one, args=(index,), daemon=True)
+                thread.start()
+                threads.append(thread)
+            except BaseException:  # no thread: do it here
+                one(index)
+        for thread in threads:
+            thread.join()
+        return out
+
+    def timed_thaw(self, index):
+        t0 = time.monotonic()
+        try:
+            err = self.thaw_one(index)
+        except BaseException:  # never a traceback in the guardian
+            err = errno.EIO
+        return t0, time.monotonic(), err
+
+    def thaw_members(self, indices):
+        """Thaw ``indices`` in the reverse of the freeze waves (a filesystem mounted inside another
+        thaws after it), each wave at once. Returns [(index, t0, t1, err)] in thaw order."""
+        chosen = set(indices)
+        done = []
+        for wave in reversed(self.waves):
+            members = [i for i in reversed(wave) if i in chosen]
+            if not members:
+                continue
+            results = self.run_parallel(members, self.timed_thaw)
+            done.extend((i,) + tuple(results[i]) for i in members)
+        return done
 
     def rollback(self):
         undone, errors = [], []
-        for index in reversed(self.frozen):
+        for index, _t0, _t1, err in self.thaw_members(self.frozen):
             mountpoint = self.plan[index]["mountpoint"]
-            err = self.thaw_one(index)
             if err is None or err == errno.EINVAL:
                 undone.append(mountpoint)
             else:
@@ -341,9 +565,12 @@ class _GuardianProcess:
 
     def release_fds(self):
         """Close the handles of everything no longer frozen: a thawed filesystem must not stay busy
-        (unmountable) while the guardian keeps its record for the grace period."""
+        (unmountable) while the guardian keeps its record for the grace period. The fd of a member
+        whose FIFREEZE has not returned yet stays open: its thread thaws through it."""
+        with self.lock:
+            busy = set(self.pending)
         for index, fd in enumerate(self.fds):
-            if fd >= 0 and index not in self.frozen:
+            if fd >= 0 and index not in self.frozen and index not in busy:
                 try:
                     os.close(fd)
                 except OSError:
@@ -363,11 +590,12 @@ class _GuardianProcess:
 
     def do_thaw(self, by):
         mounts, external, errors = [], [], []
-        for index in reversed(self.frozen):
+        thaw_starts = []
+        for index, t0, t1, err in self.thaw_members(self.frozen):
             mountpoint = self.plan[index]["mountpoint"]
-            t0 = time.monotonic()
-            err = self.thaw_one(index)
-            item = {"mountpoint": mountpoint, "thaw_ms": round((time.monotonic() - t0) * 1000.0, 3)}
+            item = {"mountpoint": mountpoint, "thaw_ms": round((t1 - t0) * 1000.0, 3), "thaw_start": t0, "thaw_end": t1}
+            item.update(self.times.get(index, {}))
+            thaw_starts.append(t0)
             if err == errno.EINVAL:
                 item["error"] = "was not frozen any more: someone else thawed it before us"
                 external.append(mountpoint)
@@ -380,6 +608,7 @@ class _GuardianProcess:
         self.record = {
             "mounts": mounts,
             "window_ms": round((end - self.frozen_at) * 1000.0, 3),
+            "thaw_span_ms": round((end - min(thaw_starts)) * 1000.0, 3) if thaw_starts else 0.0,
             "deadline_thawed": by == "deadline",
             "thawed_by": by,
             "frozen_at": self.frozen_at,
@@ -403,6 +632,12 @@ class _GuardianProcess:
         }
         if self.deadline_mono is not None and self.state == "frozen":
             out["deadline_in_s"] = round(self.deadline_mono - time.monotonic(), 3)
+        with self.lock:
+            pending = sorted(self.pending)
+        if pending:
+            out["pending"] = [self.plan[i]["mountpoint"] for i in pending]
+        if self.late:
+            out["late"] = list(self.late)
         if self.record is not None:
             out["thawed_by"] = self.record["thawed_by"]
             out["deadline_thawed"] = self.record["deadline_thawed"]
@@ -420,7 +655,7 @@ class _GuardianProcess:
                 reply = {"ok": False, "op": op, "error": "state", "msg": "cannot freeze: the guardian is %s" % self.state}
             else:
                 reply = self.do_freeze(sock)
-                if not reply["ok"]:
+                if not reply["ok"] and self.state == "failed":
                     self.exit_now = True
         elif op == "thaw":
             if self.state == "frozen":
@@ -510,6 +745,9 @@ class _GuardianProcess:
     # -- the loop -------------------------------------------------------------------------
 
     def should_exit(self, now):
+        with self.lock:
+            if self.pending:
+                return False  # a FIFREEZE still blocked in the kernel: stay to thaw it when it returns
         if self.exit_now:
             return True
         if self.state in ("thawed", "failed") and not self.frozen:
@@ -527,6 +765,7 @@ class _GuardianProcess:
         self.poller.register(self.owner.fileno(), mask)
         self.poller.register(self.listener.fileno(), select.POLLIN)
         self.poller.register(self.wake_r, select.POLLIN)
+        self.poller.register(self.done_r, select.POLLIN)
         while True:
             now = time.monotonic()
             if self.state == "frozen" and now >= self.deadline_mono:
@@ -548,6 +787,12 @@ class _GuardianProcess:
                     if self.state == "frozen":
                         self.do_thaw("signal")
                     self.exit_now = True
+                elif fd == self.done_r:
+                    try:
+                        os.read(self.done_r, 512)
+                    except OSError:
+                        pass
+                    self.collect_late()
                 elif fd == self.listener.fileno():
                     self.accept()
                 elif fd in self.conns:
@@ -564,7 +809,7 @@ def _on_signal(_signum, _frame):
     return None
 
 
-def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
+def _guardian_main(owner, fds, plan, token, deadline, hold, grace, waves=None):
     """Body of the guardian process. Never returns."""
     code = 0
     listener = None
@@ -583,6 +828,9 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
+        done_r, done_w = os.pipe()  # freeze threads wake the main thread through it
+        os.set_blocking(done_w, False)
+        os.set_blocking(done_r, False)
         signal.signal(signal.SIGTERM, _on_signal)
         signal.set_wakeup_fd(wake_w)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -591,7 +839,7 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
         except OSError as exc:
             raise StillpointError("token %s is already in use by another guardian (%s)" % (token, exc.strerror))
         listener.listen(16)
-        keep = sorted({0, 1, 2, owner.fileno(), listener.fileno(), wake_r, wake_w} | set(fds))
+        keep = sorted({0, 1, 2, owner.fileno(), listener.fileno(), wake_r, wake_w, done_r, done_w} | set(fds))
         low = 3
         for fd in keep:
             if fd >= low:
@@ -608,7 +856,8 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace):
         except OSError:
             pass
         owner.settimeout(5.0)
-        guardian = _GuardianProcess(owner, listener, wake_r, fds, plan, token, deadline, hold, grace)
+        guardian = _GuardianProcess(owner, listener, wake_r, fds, plan, token, deadline, hold, grace, waves=waves,
+                                    done=(done_r, done_w))
         _send(owner, {"ready": True, "pid": os.getpid(), "token": token})
         guardian.run()
     except StillpointError as exc:
@@ -667,9 +916,16 @@ class _GuardianLost(Exception):
 def _freeze_error(reply):
     mountpoint = reply.get("mountpoint")
     undone = reply.get("rolled_back") or []
-    undo = ("the %d filesystem(s) frozen before it in this call (%s) were thawed again"
+    undo = ("the %d other filesystem(s) this call had frozen (%s) were thawed again"
             % (len(undone), ", ".join(undone))) if undone else "nothing else had been frozen"
-    details = {k: reply.get(k) for k in ("mountpoint", "errno", "errname", "rolled_back", "rollback_errors") if k in reply}
+    details = {k: reply.get(k) for k in ("mountpoint", "errno", "errname", "rolled_back", "rollback_errors", "failed",
+                                         "pending") if k in reply}
+    others = [f for f in reply.get("failed") or [] if f["mountpoint"] != mountpoint]
+    if others:
+        undo += "; FIFREEZE also failed on %s" % ", ".join("%s (%s)" % (f["mountpoint"], f["errname"]) for f in others)
+    if reply.get("pending"):
+        undo += ("; the guardian stays until the FIFREEZE still blocked on %s returns, and thaws it then"
+                 % ", ".join(reply["pending"]))
     if reply.get("rollback_errors"):
         undo += ("; THAWING FAILED for %s: check them now and thaw with `fsfreeze -u` if they are still frozen"
                  % ", ".join(e["mountpoint"] for e in reply["rollback_errors"]))
@@ -712,16 +968,20 @@ class Guardian:
         self.plan = plan
         self.deadline_s = deadline_s
         self.deadline = deadline if deadline is not None else time.time() + deadline_s
+        self.waves = [[i] for i in range(len(plan or []))]
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def start(cls, plan, deadline=DEFAULT_DEADLINE, hold_on_disconnect=True, token=None, grace=DEFAULT_GRACE):
+    def start(cls, plan, deadline=DEFAULT_DEADLINE, hold_on_disconnect=True, token=None, grace=DEFAULT_GRACE,
+              parallel=True):
         """Fork a guardian for ``plan`` (the output of :func:`check_mountpoints`); return its client.
 
         Nothing is frozen yet: call :meth:`freeze`. ``hold_on_disconnect``: after thawing on its
         own (deadline or disconnect), the guardian keeps the thaw record for ``grace`` seconds so a
         later :meth:`connect` can fetch it; False makes it exit as soon as no client is connected.
+        ``parallel``: freeze (and thaw) the members of a wave at once (see :func:`freeze_waves`);
+        False freezes one after another, for comparison in ``benchmarks/freeze_window.py``.
         """
         try:
             deadline = float(deadline)
@@ -736,6 +996,7 @@ class Guardian:
         if not _TOKEN_RE.match(token):
             raise StillpointError("token %r is not valid: use 1-64 of A-Z a-z 0-9 _ . -" % (token,))
         plan = [dict(m) for m in plan]
+        waves = freeze_waves(plan, parallel=parallel)
 
         fds = []
         try:
@@ -767,7 +1028,8 @@ class Guardian:
                 client_sock.close()
                 os.setsid()
                 if os.fork() == 0:
-                    _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect), float(grace))
+                    _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect), float(grace),
+                                   waves)
             finally:
                 os._exit(0)
         guardian_sock.close()
@@ -776,6 +1038,7 @@ class Guardian:
         except ChildProcessError:
             pass
         client = cls(client_sock, token, None, plan, deadline, owner=True, fds=fds)
+        client.waves = waves
         try:
             hello = client._read_reply(_START_TIMEOUT)
         except (_GuardianLost, socket.timeout):
@@ -877,9 +1140,13 @@ class Guardian:
         self._fds = []
 
     def _self_thaw(self, why):
-        """The guardian is gone while we know it had frozen something: thaw it ourselves."""
+        """The guardian is gone while we know it had frozen something: thaw it ourselves, one after
+        another in the reverse of the freeze order (a nested filesystem after the one it is mounted in).
+
+        What the guardian had not reported frozen is left alone: it may be someone else's freeze."""
         mounts, external, errors = [], [], []
-        for index in reversed(self._frozen):
+        order = [i for wave in self.waves for i in wave]
+        for index in sorted(set(self._frozen), key=lambda i: -order.index(i) if i in order else 0):
             mountpoint = self.plan[index]["mountpoint"]
             t0 = time.monotonic()
             item = {"mountpoint": mountpoint}
@@ -921,7 +1188,15 @@ class Guardian:
     # -- operations -----------------------------------------------------------------------
 
     def freeze(self):
-        """Freeze the plan in order. Returns ``{"mounts": [{"mountpoint", "freeze_ms"}], "frozen_at", "deadline"}``.
+        """Freeze the plan: the members of each wave at once, wave after wave (:func:`freeze_waves`).
+
+        Returns ``{"mounts": [{"mountpoint", "index", "wave", "freeze_ms", "freeze_start", "freeze_end"}],
+        "frozen_at", "deadline", "freeze_span_ms", "waves", "presync_ms"}``, mounts in freeze order;
+        the instants are the guardian's ``time.monotonic()`` (CLOCK_MONOTONIC, the same in every process),
+        ``freeze_span_ms`` runs from ``frozen_at`` to the end of the last FIFREEZE.
+
+        If one member fails (EBUSY: someone else's freeze, or any error), every member this call froze is
+        thawed again and the error names the member; what this call did not freeze is never thawed.
 
         Dirty data is written out first (``syncfs`` per filesystem, outside the window), so that the
         freeze itself only flushes what was written since: the window stays short under write load.
@@ -943,12 +1218,13 @@ class Guardian:
         self._frozen_at = reply["frozen_at"]
         self._deadline_mono = reply.get("deadline_mono")
         self.deadline = reply["deadline"]
-        self._frozen = list(range(len(reply["mounts"])))
+        self._frozen = [m.get("index", n) for n, m in enumerate(reply["mounts"])]
         return {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"],
-                "presync_ms": presync}
+                "freeze_span_ms": reply.get("freeze_span_ms"), "waves": reply.get("waves"), "presync_ms": presync}
 
     def thaw(self):
-        """Thaw in reverse order and return the record (see the module docs); idempotent."""
+        """Thaw in the reverse of the freeze waves, each wave at once; return the record (see the module
+        docs: ``mounts`` in thaw order with ``thaw_ms``, ``thaw_start``, ``thaw_end``); idempotent."""
         if self._record is not None:
             return dict(self._record, already_thawed=True)
         if self._detached:
@@ -1076,7 +1352,7 @@ def _freeze_now(params, check_mode, protect_paths, result):
         guardian.close()  # thaws whatever is still frozen
         raise
     result.update(changed=True, token=guardian.token, guardian_pid=guardian.pid, deadline=guardian.deadline,
-                  mounts=frozen["mounts"], frozen_at=frozen["frozen_at"],
+                  mounts=frozen["mounts"], frozen_at=frozen["frozen_at"], freeze_span_ms=frozen["freeze_span_ms"],
                   msg="frozen %s until the thaw or the deadline (%gs)" % (", ".join(m["mountpoint"] for m in plan),
                                                                           params["deadline"]))
 

@@ -219,9 +219,10 @@ def test_ebusy_refusal_never_thaws_someone_elses_freeze(loopfs, guardians):
         assert msg.startswith("%s is already frozen by someone else" % paths[1])
         assert "never thaws a freeze it did not make" in msg
         assert "fsfreeze -u %s" % paths[1] in msg
-        assert info.value.details["rolled_back"] == [paths[0]]
-        assert not probe_frozen(paths[0]), "the filesystem frozen before the busy one must be thawed again"
-        assert not probe_frozen(paths[2]), "the filesystem after the busy one must never be frozen"
+        # the others were frozen at the same time as the busy one, and thawed again
+        assert sorted(info.value.details["rolled_back"]) == sorted([paths[0], paths[2]])
+        assert [f["mountpoint"] for f in info.value.details["failed"]] == [paths[1]]
+        assert not probe_frozen(paths[0]) and not probe_frozen(paths[2]), "the others must be thawed again"
         assert probe_frozen(paths[1]), "someone else's freeze must be left alone"
         assert wait_gone(g.pid)
         assert probe_frozen(paths[1])
@@ -346,12 +347,17 @@ def test_client_killed_between_freeze_request_and_reply(loopfs, guardians):
     while True:
         with _freeze.Guardian.connect(hello["token"]) as c:
             status = c.status()
-            if status["state"] in ("thawed", "failed") or time.monotonic() > end:
+            # done: thawed, and no FIFREEZE of a given-up wave still in flight (its thread thaws it)
+            if (status["state"] in ("thawed", "failed") and not status.get("pending")) or time.monotonic() > end:
                 break
         time.sleep(0.02)
     assert status["state"] == "thawed", status
     assert status["thawed_by"] == "disconnect" and status["deadline_thawed"] is False
-    assert len(status["record"]["mounts"]) == 2, "the guardian did freeze both, then thawed on the disconnect"
+    # The hang-up arrives with the request: the guardian sees it before or while the wave freezes. Either
+    # way it thaws everything it froze (a FIFREEZE returning after the give-up is thawed by its own thread).
+    record = status["record"]
+    assert len(record["mounts"]) <= 2 and all("error" not in m for m in record["mounts"]), record
+    assert record.get("aborted_freeze") or len(record["mounts"]) == 2, record
     assert not any(probe_frozen(p) for p in paths)
     with _freeze.Guardian.connect(hello["token"]) as c:
         assert c.thaw()["already_thawed"] is True
