@@ -503,8 +503,11 @@ def lock_covers(current, spec, now):
         return expires is not None and expires >= spec["expiration_date"]
     if current.get("LockDuration") is not None:
         return int(current["LockDuration"]) >= spec["duration"]
+    if expires is None:
+        return False
+    days = datetime.timedelta(days=spec["duration"])  # a lock until a date: as long as asked when made, or from now
     start = parse_time(current.get("LockDurationStartTime") or current.get("LockCreatedOn"))
-    return expires is not None and start is not None and expires >= start + datetime.timedelta(days=spec["duration"])
+    return (start is not None and expires >= start + days) or expires >= now + days
 
 
 def lock_request(snapshot_id, current, spec, now=None):
@@ -520,6 +523,8 @@ def lock_request(snapshot_id, current, spec, now=None):
     current_expiry = parse_time(current.get("LockExpiresOn")) if active else None
     if spec.get("expiration_date") is not None:
         kwargs["ExpirationDate"] = max(spec["expiration_date"], current_expiry or spec["expiration_date"])
+    elif active and current.get("LockDuration") is not None:
+        kwargs["LockDuration"] = max(spec["duration"], int(current["LockDuration"]))  # never a shorter lock
     elif current_expiry is not None and current_expiry > now + datetime.timedelta(days=spec["duration"]):
         kwargs["ExpirationDate"] = current_expiry  # a stronger mode, never a shorter lock
     else:

@@ -23,7 +23,11 @@ author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
   set_id:
-    description: Only the set with this id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)).
+    description:
+      - Only the set with this id (C(bs-YYYYMMDDTHHMMSSZ-xxxxxx)).
+      - When the set is not found among the live snapshots, or some of its members are missing, the Recycle Bin is
+        searched for its snapshots (by the set id in their description, which the bin lists; it lists no tags).
+        What is there is returned in RV(recycle_bin), with a warning that says how to recover them.
     type: str
   name:
     description: Only sets of this backup series name.
@@ -53,7 +57,8 @@ options:
     type: str
 notes:
   - The module never changes anything; C(changed) is always false.
-  - "IAM: ec2:DescribeSnapshots."
+  - "IAM: ec2:DescribeSnapshots; ec2:ListSnapshotsInRecycleBin with O(set_id) when the set is missing or partial
+    (optional: without it a warning says the bin could not be searched)."
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -172,6 +177,25 @@ sets:
       description: What the held application quiescer held and recorded (C(stillpoint:app); kind, lock, confirmed,
         held_ms, binlog_file, binlog_position, gtid), null if none.
       type: dict
+recycle_bin:
+  description: Snapshots of the set named by O(set_id) that sit in the Recycle Bin, and how to recover them.
+  returned: when O(set_id) is given, the set is missing or partial, and some of its snapshots are in the bin
+  type: dict
+  version_added: 0.2.0
+  contains:
+    set_id:
+      description: The set id.
+      type: str
+    snapshot_ids:
+      description: Its snapshots in the bin.
+      type: list
+      elements: str
+    exit_times:
+      description: Snapshot id -> when it leaves the bin for good.
+      type: dict
+    msg:
+      description: What to do (C(RestoreSnapshotFromRecycleBin) per snapshot).
+      type: str
 result:
   description: The output of O(query) applied to RV(sets).
   returned: when O(query) is set
@@ -193,6 +217,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _retention as retention
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 ARGUMENT_SPEC = dict(
@@ -219,12 +244,22 @@ def main():
     module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
     expression = compile_query(module, p["query"]) if p["query"] is not None else None
+    client = module.client("ec2", retry_decorator=ebs.RETRY)
     try:
-        sets = ebs.find_sets(module.client("ec2", retry_decorator=ebs.RETRY), set_id=p["set_id"], name=p["name"],
-                             instance_id=p["instance_id"], host=p["host"], states=p["state"], latest=p["latest"])
+        sets = ebs.find_sets(client, set_id=p["set_id"], name=p["name"], instance_id=p["instance_id"], host=p["host"],
+                             states=p["state"], latest=p["latest"])
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
     result = dict(changed=False, sets=sets)
+    if p["set_id"] and (not sets or sets[0]["state"] == "partial"):
+        try:
+            found = retention.recycle_bin_report(client, p["set_id"])
+        except StillpointError as e:
+            module.warn("set %s: the Recycle Bin could not be searched for its snapshots: %s" % (p["set_id"], e.msg))
+            found = None
+        if found:
+            result["recycle_bin"] = found
+            module.warn(found["msg"])
     if expression is not None:
         try:
             result["result"] = expression.search(sets)

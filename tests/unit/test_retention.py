@@ -223,7 +223,14 @@ def test_lock_request_never_weakens_and_is_idempotent():
     # governance for 100 days, compliance for 30 asked: compliance, and not shorter than the 100 days
     long_gov = NOW + datetime.timedelta(days=100)
     ask = catalog.lock_request("snap-1", lock_item("snap-1", "governance", long_gov, 100), comp30, NOW)
+    assert ask == dict(SnapshotId="snap-1", LockMode="compliance", LockDuration=100, CoolOffPeriod=24)
+    ask = catalog.lock_request("snap-1", lock_item("snap-1", "governance", long_gov), comp30, NOW)  # a date lock
     assert ask == dict(SnapshotId="snap-1", LockMode="compliance", ExpirationDate=long_gov, CoolOffPeriod=24)
+    # a date lock counts as long as the duration it spans, or as what is left of it
+    assert catalog.lock_request("snap-1", lock_item("snap-1", "governance", long_gov), comp30, long_gov) is not None
+    assert catalog.lock_request("snap-1", lock_item("snap-1", "governance", long_gov), gov30, NOW) is None
+    short = lock_item("snap-1", "governance", NOW + datetime.timedelta(days=20), created=NOW - datetime.timedelta(days=5))
+    assert catalog.lock_request("snap-1", short, gov30, NOW)["LockDuration"] == 30
     # by date: covered when the lock ends on or after it
     assert catalog.lock_request("snap-1", lock_item("snap-1", "governance", until["expiration_date"]), until, NOW) is None
     assert catalog.lock_request("snap-1", lock_item("snap-1", "governance", in30, 30), until, NOW)["ExpirationDate"] \
