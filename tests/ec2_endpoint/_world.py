@@ -15,6 +15,9 @@ moto 5.2.5, see README.md):
 * DescribeSnapshots honours OwnerIds (``self``) and MaxResults/NextToken; DeleteSnapshot and
   CreateTags/DeleteTags refuse snapshots of other accounts; CreateVolume refuses a snapshot that is
   not ``completed``;
+* CopySnapshot (called in the destination region) needs a ``completed`` source, finds another
+  account's snapshot only when it is shared with the caller, checks KmsKeyId/Encrypted and
+  CompletionDurationMinutes as EC2 does, and its copy is ``pending`` with progress (``fail_copy``);
 * volumes can be backed by a host file; snapshots copy it (sparse) as of the call, volumes created
   from such a snapshot get their own copy;
 * instances marked local (``op_make_local``) get their file-backed volumes as loop devices on this
