@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Application stall: how long MariaDB's writers wait, ours vs the stock ec2-consistent-snapshot way, in one run.
 
-A private mariadbd (Debian's MariaDB, the helpers of tests/integration/test_app_mariadb.py) keeps its files on
+A private mariadbd (Debian's MariaDB, tests/support/dbservers.py) keeps its files on
 loop-device filesystems that are the EBS volumes of an emulated instance at a local EC2 endpoint (127.0.0.1):
 
 - 2 volumes: datadir on volume 1, binary log on volume 2 (as the integration test);
@@ -46,17 +46,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.ec2_endpoint import Endpoint  # noqa: E402
-from tests.integration.test_app_mariadb import MISSING  # noqa: E402
-from tests.integration.test_app_mariadb import Server  # noqa: E402
-from tests.integration.test_app_mariadb import writer_for  # noqa: E402
+from tests.support.dbservers import MariaDBServer  # noqa: E402
+from tests.support.dbservers import mariadb_missing  # noqa: E402
 from tests.integration.test_app_mariadb import module_args  # noqa: E402
 from tests.support.world import EmulatedInstance  # noqa: E402
 
 AFTER_S = 1.0  # commits returning this long after the backup ended still count (the first one after the release)
 
 
-class SpreadServer(Server):
-    """The test's Server, with the InnoDB redo log in a directory of its own (a third volume)."""
+class SpreadServer(MariaDBServer):
+    """The tests' MariaDBServer (tests/support/dbservers.py), with the InnoDB redo log in a directory of its own (a third volume)."""
 
     def __init__(self, datadir, binlog_dir, redo_dir=None):
         super().__init__(datadir, binlog_dir)
@@ -182,8 +181,9 @@ def main():
                         help="added by the endpoint to every CreateSnapshot and CreateSnapshots call (default 0: the "
                              "local endpoint answers in a few ms; EC2's own latency is not modelled)")
     args = parser.parse_args()
-    if MISSING:
-        raise SystemExit("benchmark needs loop filesystems and MariaDB: %s" % MISSING)
+    missing = mariadb_missing()
+    if missing:
+        raise SystemExit("benchmark needs loop filesystems and MariaDB: %s" % missing)
     counts = [int(x) for x in args.volumes.split(",")]
     approaches = ("ours", "stock")
     table, baseline = {}, {}
@@ -198,7 +198,7 @@ def main():
                     server = writer = None
                     try:
                         server = make_server(inst)
-                        writer = writer_for(server)
+                        writer = server.writer()
                         writer.start()
                         writer.wait_for(50)
                         t0 = time.time()

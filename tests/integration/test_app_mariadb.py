@@ -2,13 +2,18 @@
 """application=mariadb against a real, private MariaDB server (Debian's mariadb-server), no mocks.
 
 The server's data directory and its binary log live on two different loop-device filesystems that are the
-EBS members of an emulated instance. A writer thread commits numbered transactions continuously (each one
-row in table ``a`` and one in table ``b``: a two-table transaction that must never be seen half-applied).
+EBS members of an emulated instance (tests/support/dbservers.py). A writer thread commits numbered transactions
+continuously (each one row in table ``a`` and one in table ``b``: a two-table transaction that must never be
+seen half-applied).
 
-- backup.yml with the quiescer while the writer runs -> the server is stopped and its files destroyed ->
-  restore.yml -> the server starts on the restored volumes: rows are exactly 1..k in both tables, k lies
-  between the writer's count when the lock was taken and when it was released, and the binary log position
-  and GTID recorded in the catalog are what the restored server reports;
+- backup.yml with the quiescer while the writer runs, then the same backup without it (level filesystem) ->
+  the server is stopped and its files destroyed -> restore.yml with ``array_restore_application: mariadb``: the
+  role's app_recover step starts the server through the start hook, waits for its recovery, runs
+  ``mariadb-check --all-databases --check``, reports the redo InnoDB replayed (from the error log) and compares
+  the binary log position and GTID with the catalog: rows are exactly 1..k in both tables, k lies between the
+  writer's count when the lock was taken and when it was released, the check passed, the position matches. Then
+  the filesystem-level set is restored the same way (crash recovery, nothing recorded to compare): rows 1..k
+  again, k within the freeze, and the redo each restore replayed is printed side by side;
 - the lock-wait budget: a session holding a table write lock makes the run refuse within the budget, nothing
   frozen, no snapshot, the writer keeps committing; with on_quiesce_failure=continue the set is filesystem;
 - the module SIGKILLed while it holds the lock (its CreateSnapshots in flight): the database accepts commits
@@ -19,16 +24,15 @@ Skipped when the server binaries are missing, except under CI (CI=true), where t
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from tests.support import dbwriter
-from tests.support.loopfs import missing_requirements
+from tests.support.dbservers import MariaDBServer
+from tests.support.dbservers import app_tag
+from tests.support.dbservers import mariadb_missing
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
 from tests.support.world import COLLECTIONS
@@ -41,196 +45,130 @@ BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
 MODULE = os.path.join(ROOT, "plugins", "modules", "ebs_snapshot_set.py")
 TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
-BINARIES = ("mariadbd", "mariadb-install-db", "mariadb")
+APP = "Start the application, wait for its recovery, check it and compare it with the catalog's record"
 
-
-def _missing():
-    why = missing_requirements()
-    if why:
-        return why
-    gone = [b for b in BINARIES if shutil.which(b, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin") is None]
-    if gone:
-        return "MariaDB server binaries missing (%s): apt-get install mariadb-server" % ", ".join(gone)
-    return None
-
-
-MISSING = _missing()
+MISSING = mariadb_missing()
 if MISSING and os.environ.get("CI") == "true":
     raise RuntimeError("CI=true and the MariaDB tests cannot run: %s" % MISSING)
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
-
-def _bin(name):
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin")
-
-
-class Server:
-    """A private mariadbd: datadir and binlog where the test says, socket/pid/log in a scratch dir, no network."""
-
-    def __init__(self, datadir, binlog_dir):
-        self.datadir = datadir
-        self.binlog_dir = binlog_dir
-        self.run_dir = tempfile.mkdtemp(prefix="stillpoint-mariadb-")
-        self.socket = os.path.join(self.run_dir, "sock")
-        self.proc = None
-
-    def options(self):
-        return ["--no-defaults", "--datadir=%s" % self.datadir, "--innodb-log-file-size=8M",
-                "--innodb-buffer-pool-size=32M"]
-
-    def install(self):
-        os.makedirs(self.datadir, exist_ok=True)
-        os.makedirs(self.binlog_dir, exist_ok=True)
-        subprocess.run([_bin("mariadb-install-db")] + self.options()
-                       + ["--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
-                       check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
-        return self
-
-    def start(self, timeout=60):
-        self.log = os.path.join(self.run_dir, "error.log")
-        self.proc = subprocess.Popen(
-            [_bin("mariadbd")] + self.options()
-            + ["--socket=%s" % self.socket, "--skip-networking", "--user=root", "--server-id=1",
-               "--log-bin=%s" % os.path.join(self.binlog_dir, "bin"), "--sync-binlog=1",
-               "--pid-file=%s" % os.path.join(self.run_dir, "pid"), "--log-error=%s" % self.log],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError("mariadbd exited (rc=%s): %s" % (self.proc.returncode, self.error_log()))
-            if os.path.exists(self.socket) and self.sql("SELECT 1", check=False)[0] == 0:
-                return self
-            if time.monotonic() > deadline:
-                raise AssertionError("mariadbd did not answer within %ss: %s" % (timeout, self.error_log()))
-            time.sleep(0.1)
-
-    def error_log(self):
-        try:
-            with open(self.log) as handle:
-                return handle.read()[-3000:]
-        except OSError:
-            return ""
-
-    def client(self):
-        return [_bin("mariadb"), "--no-defaults", "--socket=%s" % self.socket, "--user=root", "--batch",
-                "--skip-column-names"]
-
-    def sql(self, statements, check=True, timeout=30):
-        proc = subprocess.run(self.client() + ["-e", statements], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError("%s: %s" % (statements, proc.stderr))
-        return proc.returncode, proc.stdout, proc.stderr
-
-    def stop(self):
-        """By PID: SIGTERM (a clean shutdown), SIGKILL after 60 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+def backup(ec2, inst, server, name, application):
+    extra = {"array_backup_application": "mariadb", "array_backup_application_login_user": "root",
+             "array_backup_application_login_unix_socket": server.socket,
+             "array_backup_lock_wait_timeout": 5} if application else {}
+    t0 = time.monotonic()
+    rc, res, _raw = run_playbook(BACKUP, ec2, dict({
+        "backup_hosts": "localhost", "backup_become": False,
+        "array_backup_mountpoints": inst.mountpoints, "array_backup_by_id_dir": inst.by_id_dir,
+        "array_backup_name": name, "array_backup_keep_last": 0,
+        "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
+        "array_backup_poll_interval": 0.2}, **extra))
+    assert rc == 0, res
+    taken = task(res, TAKE)
+    assert taken["state"] == "complete", taken
+    return taken, time.monotonic() - t0
 
 
-def writer_for(server):
-    """The shared writer (tests/support/dbwriter.py) on a ``mariadb`` session, tables in database ``w``."""
-    return dbwriter.Writer(server.client() + ["--unbuffered"], tables="w.")
+def freeze_bounds(writer, taken):
+    """The writer's count when the filesystems froze and (0.1 s slack for the commit in flight) after the thaw."""
+    # frozen_at is the module's CLOCK_MONOTONIC, which is system-wide: as an epoch through this process's offset
+    frozen_at = taken["freeze"]["frozen_at"] + (time.time() - time.monotonic())
+    return writer.count_at(frozen_at), writer.count_at(frozen_at + taken["freeze_window_ms"] / 1000.0 + 0.1)
 
 
-def schema(server):
-    server.sql("CREATE DATABASE w; CREATE TABLE w.a (n INT PRIMARY KEY) ENGINE=InnoDB; "
-               "CREATE TABLE w.b (n INT PRIMARY KEY) ENGINE=InnoDB; CREATE TABLE w.blocker (n INT) ENGINE=InnoDB")
+def restore(ec2, inst, server, set_id, **extra):
+    """restore.yml with the application step; the started server adopted by its pid file."""
+    t0 = time.monotonic()
+    rc, res, _raw = run_playbook(RESTORE, ec2, dict(extra, **{
+        "restore_hosts": "localhost", "restore_become": False, "array_restore_set_id": set_id,
+        "array_restore_by_id_dir": inst.by_id_dir, "array_restore_aws_endpoint_url": ec2.url,
+        "array_restore_aws_region": ec2.region, "array_restore_device_timeout": 30,
+        "array_restore_application": "mariadb", "array_restore_application_start_command": server.start_command(),
+        "array_restore_application_login_user": "root", "array_restore_application_login_unix_socket": server.socket,
+        "array_restore_application_recovery_timeout": 60, "array_restore_hook_timeout": 30}))
+    assert rc == 0, [(name, r.get("msg")) for name, r in res.items() if r.get("failed")] or res
+    server.adopt()
+    app = task(res, APP)
+    assert app["started"] is True and app["already_running"] is False, app
+    assert app["check"]["status"] == "passed" and app["check"]["tables_ok"] >= 3, app["check"]
+    rec = app["recovery"]
+    assert rec["source"] == "log" and rec["log_file"] == server.log, rec  # found through @@log_error
+    assert rec["crash_recovery"] is True and rec["bytes"] == rec["end_lsn"] - rec["start_lsn"] >= 0, rec
+    return app, time.monotonic() - t0
 
 
-def rows(server, table):
-    return [int(x) for x in server.sql("SELECT n FROM w.%s ORDER BY n" % table)[1].split()]
-
-
-def app_tag(ec2, set_id):
-    snaps = ec2.client().describe_snapshots(OwnerIds=["self"], Filters=[
-        {"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]
-    tags = {t["Key"]: t["Value"] for t in snaps[0]["Tags"]}
-    parts, i = [tags["stillpoint:app"]], 1
-    while "stillpoint:app.%d" % i in tags:
-        parts.append(tags["stillpoint:app.%d" % i])
-        i += 1
-    return json.loads("".join(parts)), tags["stillpoint:level"]
+def boundary(server):
+    """Rows 1..k in both tables (no gap, no half transaction); returns k."""
+    a, b = server.rows("a"), server.rows("b")
+    k = len(a)
+    assert a == list(range(1, k + 1)), "gap in a"
+    assert b == a, "a two-table transaction is half applied"
+    return k
 
 
 def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems", local=True) as inst:
         data_mnt, log_mnt = inst.mountpoints
-        server = Server(os.path.join(data_mnt, "mysql"), os.path.join(log_mnt, "binlog"))
+        server = MariaDBServer(os.path.join(data_mnt, "mysql"), os.path.join(log_mnt, "binlog"))
         writer = None
         try:
             server.install().start()
-            schema(server)
-            writer = writer_for(server)
+            server.create_tables()
+            writer = server.writer()
             writer.start()
             writer.wait_for(50)
-            t0 = time.monotonic()
-            rc, res, _raw = run_playbook(BACKUP, ec2, {
-                "backup_hosts": "localhost", "backup_become": False,
-                "array_backup_mountpoints": inst.mountpoints, "array_backup_by_id_dir": inst.by_id_dir,
-                "array_backup_name": "mariadb", "array_backup_keep_last": 0,
-                "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
-                "array_backup_poll_interval": 0.2,
-                "array_backup_application": "mariadb", "array_backup_application_login_user": "root",
-                "array_backup_application_login_unix_socket": server.socket,
-                "array_backup_lock_wait_timeout": 5})
-            backup_s = time.monotonic() - t0
-            assert rc == 0, res
-            taken = task(res, TAKE)
+            taken, backup_s = backup(ec2, inst, server, "mariadb", application=True)
             writer.wait_for(len(writer.done) + 20)  # commits go on after the release
+            plain, _s = backup(ec2, inst, server, "mariadb-fs", application=False)
+            writer.wait_for(len(writer.done) + 20)
             writer.finish()
             app = taken["application"]
-            assert taken["level"] == "application" and taken["state"] == "complete", taken
+            assert taken["level"] == "application", taken
             assert app["confirmed"] is True and app["lock"] == "backup_stage", app
+            assert plain["level"] == "filesystem" and not plain.get("application"), plain
             k_lock, k_release = writer.count_at(app["locked_at"]), writer.count_at(app["released_at"])
+            fs_lo, fs_hi = freeze_bounds(writer, plain)
             record, level = app_tag(ec2, taken["set_id"])
             assert level == "application"
             assert record["binlog_file"] == app["recorded"]["binlog_file"]
             assert record["binlog_position"] == app["recorded"]["binlog_position"]
             assert record["gtid"] == app["recorded"]["gtid"] and record["confirmed"] is True
+            assert app_tag(ec2, plain["set_id"]) == (None, "filesystem")
 
             # the disaster: the server stops, its files are gone
             written = len(writer.done)
-            server.stop()
-            shutil.rmtree(server.datadir)
-            shutil.rmtree(server.binlog_dir)
-            t0 = time.monotonic()
-            rc, res, _raw = run_playbook(RESTORE, ec2, {
-                "restore_hosts": "localhost", "restore_become": False, "array_restore_set_id": taken["set_id"],
-                "array_restore_by_id_dir": inst.by_id_dir, "array_restore_aws_endpoint_url": ec2.url,
-                "array_restore_aws_region": ec2.region, "array_restore_device_timeout": 30})
-            restore_s = time.monotonic() - t0
-            assert rc == 0, res
-            t0 = time.monotonic()
-            server.start()
-            start_s = time.monotonic() - t0
-            a, b = rows(server, "a"), rows(server, "b")
-            k = len(a)
-            assert a == list(range(1, k + 1)), "gap in a"
-            assert b == a, "a two-table transaction is half applied"
+            server.destroy()
+            got, restore_s = restore(ec2, inst, server, taken["set_id"])
+            k = boundary(server)
             assert k_lock <= k <= k_release, (k_lock, k, k_release)
+            pos = got["position"]
+            assert pos["matches"] is True and pos["problems"] == [], pos
+            assert pos["restored"]["binlog_position"] == record["binlog_position"], pos
+            assert pos["restored"]["gtid"] == record["gtid"], pos
+            # the server's own view agrees with what app_recover reported
             logs = dict(line.split("\t")[:2] for line in server.sql("SHOW BINARY LOGS")[1].splitlines())
             assert int(logs[record["binlog_file"]]) == record["binlog_position"], logs
-            assert server.sql("SELECT @@gtid_binlog_pos")[1].strip() == record["gtid"]
-            check = subprocess.run([_bin("mariadb-check") or "mariadb-check", "--no-defaults",
-                                    "--socket=%s" % server.socket, "--user=root", "w"],
-                                   capture_output=True, text=True, check=False)
-            assert check.returncode == 0 and "error" not in check.stdout.lower(), check.stdout + check.stderr
-            print("\nrestore figures: rows k=%d (lock %d .. release %d, %d written in all), held %.1f ms, lock wait "
-                  "%.1f ms, freeze window %.1f ms, binlog %s:%s gtid %s; backup.yml %.1f s, restore.yml %.1f s, "
-                  "server start after restore %.1f s"
-                  % (k, k_lock, k_release, written, app["held_ms"], app["lock_wait_ms"], taken["freeze_window_ms"],
-                     record["binlog_file"], record["binlog_position"], record["gtid"], backup_s, restore_s, start_s))
+
+            # the same backup without the quiescer: crash recovery, nothing recorded to compare
+            server.stop()
+            # (the volumes in place are the first restore's, neither this set's source nor its restore)
+            got_fs, restore_fs_s = restore(ec2, inst, server, plain["set_id"], array_restore_replace_unknown=True)
+            k_fs = boundary(server)
+            assert fs_lo <= k_fs <= fs_hi, (fs_lo, k_fs, fs_hi)
+            assert got_fs["position"]["matches"] is None, got_fs["position"]
+            rec, rec_fs = got["recovery"], got_fs["recovery"]
+            print("\nrestore figures (MariaDB): application set: rows k=%d (lock %d .. release %d, %d written in all), "
+                  "held %.1f ms, freeze window %.1f ms, binlog %s:%s gtid %s matches the restored server; filesystem "
+                  "set: rows k=%d (freeze %d .. thaw %d). Recovery work: application %d bytes of redo (LSN %s..%s, %s "
+                  "pages, binlog recovery %s, %s prepared), filesystem %d bytes (LSN %s..%s, %s pages, %s prepared); "
+                  "server ready %.0f / %.0f ms after its start; mariadb-check %s / %s; backup.yml %.1f s, restore.yml "
+                  "%.1f s / %.1f s"
+                  % (k, k_lock, k_release, written, app["held_ms"], taken["freeze_window_ms"], record["binlog_file"],
+                     record["binlog_position"], record["gtid"], k_fs, fs_lo, fs_hi, rec["bytes"], rec["start_lsn"],
+                     rec["end_lsn"], rec["pages"], rec["binlog_recovery"] and "yes", rec["prepared_transactions"],
+                     rec_fs["bytes"], rec_fs["start_lsn"], rec_fs["end_lsn"], rec_fs["pages"],
+                     rec_fs["prepared_transactions"], got["ready_ms"], got_fs["ready_ms"], got["check"]["status"],
+                     got_fs["check"]["status"], backup_s, restore_s, restore_fs_s))
         finally:
             if writer is not None and writer.is_alive():
                 writer.stop_event.set()
@@ -268,12 +206,12 @@ def own_snapshots(ec2):
 def db(ec2):
     """A server on an emulated instance's two filesystems (data, binlog), with a writer running."""
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
-        server = Server(os.path.join(inst.mountpoints[0], "mysql"), os.path.join(inst.mountpoints[1], "binlog"))
+        server = MariaDBServer(os.path.join(inst.mountpoints[0], "mysql"), os.path.join(inst.mountpoints[1], "binlog"))
         writer = None
         try:
             server.install().start()
-            schema(server)
-            writer = writer_for(server)
+            server.create_tables()
+            writer = server.writer()
             writer.start()
             writer.wait_for(20)
             yield inst, server, writer
