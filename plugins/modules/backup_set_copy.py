@@ -26,7 +26,7 @@ description:
   - A re-run finds the copies by C(stillpoint:copy-of) and the member index, waits for pending ones, copies only
     the members that are missing (copies in C(error) and duplicates are deleted first), and reports no change once
     the copy set is complete.
-  - Cross-account, with destination credentials (O(destination_profile) or O(destination_access_key)): the source
+  - Cross-account, with destination credentials (O(destination_profile) or O(destination_access_key)), the source
     snapshots are shared with the destination account (C(createVolumePermission), source credentials), copied with
     the destination credentials, and the share is removed once the copy set is complete. Encrypted snapshots also
     need their KMS key shared with the destination account (not done here); give O(kms_key_id) to re-key the copies
@@ -75,7 +75,7 @@ options:
     type: str
   completion_duration_minutes:
     description:
-      - Time-based copy (C(CompletionDurationMinutes)): 15 to 2880 in steps of 15. Recorded as
+      - Time-based copy (C(CompletionDurationMinutes)), 15 to 2880 in steps of 15. Recorded as
         C(stillpoint:completion-minutes).
     type: int
   wait:
