@@ -27,14 +27,14 @@ import pytest
 
 from tests.lab.clusterpro_hub import GUEST_PORT, ClusterHub
 from tests.lab.conftest import record_timing
+from tests.lab.guest import appender
 from tests.lab.world import LabWorld
 from tests.support.world import ROOT, run_playbook
 
 pytestmark = pytest.mark.lab
 
 HERE = "test_lab_clusterpro"
-APP = ("exec1", "while true; do dd if=/dev/urandom of=%(log)s bs=64k count=1 oflag=append,dsync conv=notrunc"
-                " status=none; sleep 0.1; done")
+APP = ("exec1", appender.command("APPLOG", size=65536, interval=0.1).replace("APPLOG", "%(log)s"))
 STATE = {}
 
 

@@ -29,6 +29,7 @@ import time
 import pytest
 
 from tests.lab.conftest import record_timing
+from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
 from tests.support.world import ROOT, run_playbook
 
@@ -135,8 +136,7 @@ def test_split_mirror_backup_resyncs_only_the_changes(world, lab_timer):
     a.vm.ssh("head -c 24M /dev/urandom > %s/payload && sync" % MNT)
     STATE["payload"] = _sum(a)
     # O_DSYNC appends: each write is on both disks before it returns (protocol C), so the split cuts between them
-    writer = a.vm.popen("while true; do dd if=/dev/urandom of=%s/during bs=64k count=1 oflag=append,dsync conv=notrunc"
-                        " status=none; sleep 0.05; done" % MNT)
+    writer = a.vm.popen(appender.command("%s/during" % MNT, size=65536))
     try:
         with lab_timer("drbd_mirror_backup.yml (split under a freeze, snapshot, reconnect, wait)"):
             data = _playbook(world, "drbd_mirror_backup.yml", {

@@ -28,6 +28,7 @@ import time
 import pytest
 
 from tests.lab.conftest import record_timing
+from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
 from tests.support.world import ROOT, run_playbook, task
 
@@ -121,7 +122,7 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
     assert len(before) == 2
     disks = [src.devices_for_volume(v)[0] for v in src.volume_ids]
     _capture(vm, disks)
-    writer = vm.popen("while true; do date +%%s%%N >> %s/log; sleep 0.05; done" % MNT)
+    writer = vm.popen(appender.command("%s/log" % MNT, stamp=True))
     try:
         with lab_timer("backup.yml (host mode, md RAID0 + LVM + XFS discovered, writer running)"):
             rc, results, data = _playbook(world, "backup.yml", {

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.lab.conftest import record_timing
+from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
 from tests.support.world import ROOT, run_playbook, task
 
@@ -69,7 +70,7 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
         vm.ssh("head -c 8M /dev/urandom > %s/payload && sync" % mnt)
     before = _sums(inst)
     assert len(before) == 2
-    writer = vm.popen("while true; do date +%s%N >> /data1/log; sleep 0.05; done")
+    writer = vm.popen(appender.command("/data1/log", stamp=True))
     try:
         with lab_timer("backup.yml (host mode, 2 XFS, writer running)"):
             rc, results, data = _playbook(world, "backup.yml", {
