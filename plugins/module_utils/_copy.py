@@ -46,8 +46,8 @@ def copy_set_id(source_set_id, source_account, source_region, dest_account, dest
     from source and destination, so that every run names the same copy and a copy never takes the source's
     id (a copy copied back into the source region would otherwise merge with its source in the catalog)."""
     stamp = source_set_id[3:19] if catalog.SET_ID_RE.match(source_set_id) else None
-    digest = hashlib.sha1(("%s|%s|%s|%s|%s" % (source_set_id, source_account, source_region, dest_account,
-                                                dest_region)).encode("utf-8")).hexdigest()
+    text = "%s|%s|%s|%s|%s" % (source_set_id, source_account, source_region, dest_account, dest_region)
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
     if stamp is None:
         return "bs-%s" % digest[:12]
     suffix = digest[:6]
@@ -129,8 +129,9 @@ def plan_copy(source_rec, source_snaps, copies, key, kms_key_id=None):
 
     Per member index: ``keep`` a ``completed`` copy, ``wait`` for a ``pending`` one, ``copy`` when there is
     none usable. Copies in ``error``, second copies of one member and copies of an index the source does
-    not have go to ``delete``, and so do copies a roll-back could not delete (tagged ``partial``). Copies made with another key than ``kms_key_id`` are refused (nothing
-    changed). Returns ``{"members": [...], "delete": [ids], "complete": bool, "marked_complete": bool}``.
+    not have go to ``delete``, and so do copies a roll-back could not delete (tagged ``partial``). Copies
+    made with another key than ``kms_key_id`` are refused (nothing changed).
+    Returns ``{"members": [...], "delete": [ids], "complete": bool, "marked_complete": bool}``.
     """
     by_id = dict((s["SnapshotId"], s) for s in source_snaps)
     count = source_rec["member_count"]
@@ -156,8 +157,8 @@ def plan_copy(source_rec, source_snaps, copies, key, kms_key_id=None):
         else:
             have = catalog.tag_dict(chosen.get("Tags")).get(K_KMS_KEY, "")
             if have != (kms_key_id or ""):
-                wrong_key.append("%s (member %d) was copied with kms_key_id %s" % (chosen["SnapshotId"], index,
-                                                                                 have or "(none)"))
+                wrong_key.append("%s (member %d) was copied with kms_key_id %s"
+                                 % (chosen["SnapshotId"], index, have or "(none)"))
             entry.update(snapshot_id=chosen["SnapshotId"], state=chosen.get("State"), progress=chosen.get("Progress"),
                          action="keep" if chosen.get("State") == "completed" else "wait")
         if m["snapshot_id"] not in by_id:
@@ -308,9 +309,9 @@ def copy_set(aws, params, check_mode=False, log=None, sleep=time.sleep):
         result["deleted"] = gone
         result["changed"] = result["changed"] or bool(gone)
         if failed:
-            raise StillpointError("could not delete stale copies (in error or duplicates) of set %s in %s: %s; nothing "
-                                  "was copied" % (set_id, dest_region, "; ".join("%s: %s" % (f["snapshot_id"], f["error"])
-                                                                                for f in failed)), **result)
+            why = "; ".join("%s: %s" % (f["snapshot_id"], f["error"]) for f in failed)
+            raise StillpointError("could not delete stale copies (in error, partial or duplicates) of set %s in %s: %s; "
+                                  "nothing was copied" % (set_id, dest_region, why), **result)
     if cross_account:
         added = share(src, sorted(set(need_share) - set(shared)), dest_account)
         result["shared"] = added
