@@ -5,8 +5,9 @@
 locks on the sets it keeps, never a DeleteSnapshot of a locked snapshot, and the Recycle Bin look-up that
 backup_set_info and the absent-set refusal use. The policy itself is pure (_catalog.prune_decision).
 
-EC2 calls: DescribeSnapshots, DescribeLockedSnapshots (before any deletion or lock), LockSnapshot (only
-with ``lock``), DeleteSnapshot, ListSnapshotsInRecycleBin (only to explain a set id that is not there).
+EC2 calls: DescribeSnapshots, DescribeLockedSnapshots (before any deletion or lock; not when the plan deletes
+and locks nothing), LockSnapshot (only with ``lock``), DeleteSnapshot, ListSnapshotsInRecycleBin (only to
+explain a set id that is not there).
 """
 
 from __future__ import annotations
@@ -119,11 +120,18 @@ def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=N
     catalog.check_prune_rules(keep_last, older_than_days, set_ids, delete_partial, gfs=gfs, lock=lock, now=now)
     spec = catalog.check_lock(lock, now) if lock else None
     records = ebs.catalog_sets(client, name=name, instance_id=instance_id)
-    lock_items = locked_snapshots(client) if records else []
-    locked = catalog.locks_by_set(records, lock_items, now)
-    decision = catalog.prune_decision(records, keep_last, older_than_days, delete_partial, set_ids, force,
+
+    def decide(locked):
+        return catalog.prune_decision(records, keep_last, older_than_days, delete_partial, set_ids, force,
                                       lambda sid: why_absent(client, sid, name, instance_id), now=now, gfs=gfs,
                                       locked=locked)
+
+    # the locks are read whenever something could be deleted or locked (a plan without them that deletes
+    # nothing stays so with them: a lock only ever keeps more)
+    decision = decide({}) if records and not spec and not set_ids else None
+    lock_items = locked_snapshots(client) if records and (decision is None or decision["delete"]) else []
+    if decision is None or lock_items:
+        decision = decide(catalog.locks_by_set(records, lock_items, now))
     requests = []
     if spec:
         current = dict((i.get("SnapshotId"), i) for i in lock_items)

@@ -22,7 +22,8 @@ description:
     may still be waiting on them); V(partial) sets are deleted only with O(delete_partial=true) and never count
     as the set of a period.
   - A set with a snapshot under an EBS snapshot lock is never deleted. The locks are read
-    (C(DescribeLockedSnapshots)) before anything is deleted; a set retention would delete is kept with the
+    (C(DescribeLockedSnapshots)) before anything is deleted or locked (a run that would do neither does not read
+    them); a set retention would delete is kept with the
     reason C(locked), and a locked set named in O(set_ids) is refused even with O(force=true).
   - With O(lock), the snapshots of every V(complete) set a retention rule keeps are locked (C(LockSnapshot)),
     before anything is deleted. A snapshot that already has an equal or longer lock of an equal or stronger
@@ -135,9 +136,9 @@ attributes:
 notes:
   - At least one of O(keep_last), O(older_than_days), O(keep_daily), O(keep_weekly), O(keep_monthly),
     O(keep_yearly), O(set_ids) or O(delete_partial=true) is required.
-  - "IAM: ec2:DescribeSnapshots, ec2:DescribeLockedSnapshots (whenever the catalog has sets), ec2:DeleteSnapshot;
-    ec2:LockSnapshot with O(lock); ec2:ListSnapshotsInRecycleBin to explain a set id of O(set_ids) that is not there
-    (optional: without it the refusal says the bin could not be searched)."
+  - "IAM: ec2:DescribeSnapshots, ec2:DescribeLockedSnapshots (when a run would delete or lock something),
+    ec2:DeleteSnapshot; ec2:LockSnapshot with O(lock); ec2:ListSnapshotsInRecycleBin to explain a set id of
+    O(set_ids) that is not there (optional: without it the refusal says the bin could not be searched)."
   - See C(docs/retention.md) for GFS, locks and the Recycle Bin.
 extends_documentation_fragment:
   - amazon.aws.common.modules
