@@ -1,0 +1,58 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of stillpoint.snapshots.win_vss_snapshot_set: the controller half.
+
+Runs the Windows module (win_vss_snapshot_set.ps1: facts only, over WinRM) on the host, decides and
+drives the rest from here with amazon.aws's plugin helpers: Systems Manager's AWSEC2-CreateVssSnapshot
+on the instance, the proof through the EC2 API, the catalog tags (module_utils/_vss.py).
+"""
+
+from __future__ import annotations
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argument_spec
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
+
+display = Display()
+
+
+class ActionModule(ActionBase):
+
+    def run(self, tmp=None, task_vars=None):
+        self._supports_check_mode = True
+        self._supports_async = False
+        result = super().run(tmp, task_vars)
+        del tmp
+        self._task_vars = task_vars or {}
+        return run_on_controller(self, result, self._run)
+
+    def _run(self):
+        if self._connection._shell.SHELL_FAMILY != "powershell":
+            raise StillpointError("%s runs on Windows hosts only (WinRM or PSRP, shell family powershell); %s has the %s "
+                                  "shell family" % (vss.WINDOWS_MODULE, self._task_vars.get("inventory_hostname"),
+                                                    self._connection._shell.SHELL_FAMILY))
+        spec = aws_argument_spec()
+        spec.update(vss.ARGUMENT_SPEC)
+        validated = ArgumentSpecValidator(spec).validate(dict(self._task.args))
+        if validated.error_messages:
+            raise StillpointError("; ".join(validated.error_messages))
+        params = validated.validated_parameters
+        return vss.take(params, self.execute, TaskAWS(vss.WINDOWS_MODULE, params), self._task.check_mode,
+                        on_progress=lambda s: display.display("set after %ss: %s" % (s["elapsed_s"], s["states"])))
+
+    def execute(self, module, args):
+        """The Windows module only reads: it runs in check mode too."""
+        saved = self._task.check_mode
+        self._task.check_mode = False
+        try:
+            return self._execute_module(module_name=module, module_args=args, task_vars=self._task_vars)
+        finally:
+            self._task.check_mode = saved
