@@ -357,6 +357,15 @@ def parse_pg_log(text):
     return out
 
 
+def redo_starts_at_record(start, rec):
+    """``redo starts at`` is the recorded redo LSN; when the redo LSN is the checkpoint record itself (nothing was
+    written while the checkpoint ran), replay starts at the record after it."""
+    if start == rec.get("redo_lsn"):
+        return True
+    return rec.get("redo_lsn") == rec.get("checkpoint_lsn") and _postgresql.lsn_int(start) > _postgresql.lsn_int(
+        rec["redo_lsn"]) and _postgresql.lsn_int(start) - _postgresql.lsn_int(rec["redo_lsn"]) <= 8192
+
+
 def pg_bin(ctx, name):
     """A PostgreSQL program: bin_dir, PATH, then Debian's /usr/lib/postgresql/<newest>/bin."""
     if ctx.params.get("bin_dir"):
@@ -485,9 +494,9 @@ def recover_postgresql(ctx):
             for key in ("checkpoint_lsn", "redo_lsn", "timeline"):
                 if control[key] != rec.get(key):
                     problems.append("pg_control's %s is %s, the record says %s" % (key, control[key], rec.get(key)))
-        if restored["redo_start_lsn"] is not None and restored["redo_start_lsn"] != rec.get("redo_lsn"):
-            problems.append("redo started at %s, not at the recorded redo LSN %s" % (restored["redo_start_lsn"],
-                                                                                    rec.get("redo_lsn")))
+        start = restored["redo_start_lsn"]
+        if start is not None and not redo_starts_at_record(start, rec):
+            problems.append("redo started at %s, not at the recorded redo LSN %s" % (start, rec.get("redo_lsn")))
         end = restored["redo_end_lsn"]
         if end is not None and rec.get("wal_lsn_after_thaw") and not (
                 _postgresql.lsn_int(rec["redo_lsn"]) <= _postgresql.lsn_int(end)

@@ -32,6 +32,8 @@ import pytest
 
 from tests.support.dbservers import MariaDBServer
 from tests.support.dbservers import app_tag
+from tests.support.dbservers import boundary
+from tests.support.dbservers import freeze_bounds
 from tests.support.dbservers import mariadb_missing
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
@@ -69,13 +71,6 @@ def backup(ec2, inst, server, name, application):
     return taken, time.monotonic() - t0
 
 
-def freeze_bounds(writer, taken):
-    """The writer's count when the filesystems froze and (0.1 s slack for the commit in flight) after the thaw."""
-    # frozen_at is the module's CLOCK_MONOTONIC, which is system-wide: as an epoch through this process's offset
-    frozen_at = taken["freeze"]["frozen_at"] + (time.time() - time.monotonic())
-    return writer.count_at(frozen_at), writer.count_at(frozen_at + taken["freeze_window_ms"] / 1000.0 + 0.1)
-
-
 def restore(ec2, inst, server, set_id, **extra):
     """restore.yml with the application step; the started server adopted by its pid file."""
     t0 = time.monotonic()
@@ -95,15 +90,6 @@ def restore(ec2, inst, server, set_id, **extra):
     assert rec["source"] == "log" and rec["log_file"] == server.log, rec  # found through @@log_error
     assert rec["crash_recovery"] is True and rec["bytes"] == rec["end_lsn"] - rec["start_lsn"] >= 0, rec
     return app, time.monotonic() - t0
-
-
-def boundary(server):
-    """Rows 1..k in both tables (no gap, no half transaction); returns k."""
-    a, b = server.rows("a"), server.rows("b")
-    k = len(a)
-    assert a == list(range(1, k + 1)), "gap in a"
-    assert b == a, "a two-table transaction is half applied"
-    return k
 
 
 def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):

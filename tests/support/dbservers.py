@@ -83,6 +83,22 @@ def app_tag(ec2, set_id):
     return json.loads("".join(parts)), tags["stillpoint:level"]
 
 
+def freeze_bounds(writer, taken):
+    """The writer's count when the filesystems froze and (0.1 s slack for the commit in flight) after the thaw."""
+    # frozen_at is the module's CLOCK_MONOTONIC, which is system-wide: as an epoch through this process's offset
+    frozen_at = taken["freeze"]["frozen_at"] + (time.time() - time.monotonic())
+    return writer.count_at(frozen_at), writer.count_at(frozen_at + taken["freeze_window_ms"] / 1000.0 + 0.1)
+
+
+def boundary(server):
+    """Rows 1..k in both tables (no gap, no half transaction); returns k."""
+    a, b = server.rows("a"), server.rows("b")
+    k = len(a)
+    assert a == list(range(1, k + 1)), "gap in a"
+    assert b == a, "a two-table transaction is half applied"
+    return k
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -268,6 +284,8 @@ class PostgreSQLServer(_Server):
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.log = os.path.join(self.run_dir, "server.log")
+        open(self.log, "a").close()
+        shutil.chown(self.log, "postgres", "postgres")  # pg_ctl -l appends to it as postgres
 
     def pid_file(self):
         return os.path.join(self.pgdata, "postmaster.pid")
