@@ -345,10 +345,10 @@ def classify_failure(output):
     low = (output or "").lower()
     if "in_progress" in low or "in progress" in low:
         return "in_progress"
-    if "thaw" in low or "timed out" in low or "timeout" in low:
-        return "hold"
     if "writer" in low:
         return "writer"
+    if "thaw" in low or "timed out" in low or "timeout" in low:
+        return "hold"
     return None
 
 
@@ -465,9 +465,9 @@ def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=N
         except StillpointError:
             pass
         kind = classify_failure(command["stdout"] + command["stderr"])
+        if kind != "in_progress" and states and writer_problems(states):
+            kind = "writer"
         advice = {"in_progress": CLEAR_IN_PROGRESS, "hold": HOLD_ADVICE, "writer": WRITER_ADVICE}.get(kind)
-        if advice is None and states and writer_problems(states):
-            advice = WRITER_ADVICE
         msg = "VSS set refused: %s; %s (%d snapshot(s) left)%s%s" % (
             exc.msg, "nothing was created" if not ids else "the whole set was deleted" if not rb["left_partial"]
             else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"]),

@@ -1,0 +1,204 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""win_vss_snapshot_set's controller half for real against the strict EC2 endpoint, with a FAKE AWS VSS agent.
+
+There is no Windows host here. The Windows module's answers come from the FAKE Windows host
+(tests/fakes/vss/windows.py: the fixtures under tests/unit/fixtures/vss with the endpoint's volume ids as NVMe
+serials); Systems Manager is the FAKE SSM proxy (tests/fakes/vss/proxy.py) that runs the FAKE VSS agent
+(tests/fakes/vss/agent.py, AWS's documented behaviour) and forwards EC2 to the strict endpoint. The library
+(module_utils/_vss.py) talks to both with real boto3 clients from amazon.aws's plugin helper (TaskAWS), as the
+action plugin does. What is left in the endpoint is counted after each case.
+
+``test_real_windows_host`` runs the module on a real Windows instance when one is given (see its docstring);
+here it is skipped.
+"""
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
+from tests.fakes.vss import FakeSsmProxy
+from tests.fakes.vss import FakeVssAgent
+from tests.fakes.vss import FakeWindowsHost
+from tests.fakes.vss import fake_windows_facts
+from tests.support.world import run_playbook
+from tests.support.world import task
+from tests.support.world import write_playbook
+
+AZ = "eu-west-1a"
+DEVICES = ("/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi")  # E: spans sdf+sdg, F: is sdh, sdi is outside the array
+
+
+@pytest.fixture
+def world(ec2):
+    """An instance with a boot volume, the array's three volumes and one more data volume."""
+    inst = ec2.create_instance(az=AZ, volumes=[{"size": 1, "device": d} for d in DEVICES])
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    return dict(inst, array=vols[:3], outside=vols[3], client=ec2.client())
+
+
+def params(**kw):
+    out = dict((k, v.get("default")) for k, v in vss.ARGUMENT_SPEC.items())
+    out.update(members=["E:", "F:"], name="sql01", wait_timeout=60, poll_interval=0.2, command_timeout=60)
+    out.update(kw)
+    return out
+
+
+def run(ec2, world, scenario="ok", facts=None, after_writers=None, check_mode=False, missing=None, **kw):
+    agent = FakeVssAgent(world["client"], scenario, missing_volume_id=missing)
+    proxy = FakeSsmProxy(ec2.url, agent).start()
+    host = FakeWindowsHost(facts or fake_windows_facts(world["array"], boot_volume_id=world["boot_volume_id"]),
+                           after_writers=after_writers)
+    p = params(**kw)
+    aws = TaskAWS(vss.WINDOWS_MODULE, dict(p, endpoint_url=proxy.url, region=ec2.region, access_key="testing",
+                                           secret_key="testing", session_token=None, profile=None, aws_ca_bundle=None,
+                                           aws_config=None, validate_certs=True, debug_botocore_endpoint_logs=False))
+    try:
+        try:
+            return vss.take(p, host, aws, check_mode=check_mode, sleep=lambda s: None), agent, proxy, host
+        except StillpointError as exc:
+            return exc, agent, proxy, host
+    finally:
+        proxy.stop()
+
+
+def left(world, set_id):
+    """Snapshots in the endpoint still carrying the run's set id."""
+    return world["client"].describe_snapshots(OwnerIds=["self"], Filters=[{"Name": "tag:stillpoint:set-id",
+                                                                           "Values": [set_id]}])["Snapshots"]
+
+
+def vss_snapshots_of(world, agent):
+    ids = agent.runs[-1]["snapshot_ids"] if agent.runs else []
+    return [s for s in world["client"].describe_snapshots(OwnerIds=["self"])["Snapshots"] if s["SnapshotId"] in ids]
+
+
+def test_complete_application_set(ec2, world):
+    ec2.clear_calls()
+    res, agent, proxy, host = run(ec2, world)
+    assert not isinstance(res, Exception), res
+    assert res["state"] == "complete" and res["level"] == "application" and res["changed"]
+    assert [m["volume_id"] for m in res["members"]] == world["array"]
+    # one CreateSnapshots for the instance, boot volume excluded; the SSM command as documented
+    calls = ec2.calls("CreateSnapshots")
+    assert len(calls) == 1 and len(agent.runs) == 1 and len(proxy.sent) == 1
+    sent = proxy.sent[0]["Parameters"]
+    assert sent["CopyOnly"] == ["True"] and sent["NoWriters"] == ["False"] and sent["ExcludeBootVolume"] == ["True"]
+    assert "Key=stillpoint:set-id,Value=%s" % res["set_id"] in sent["tags"][0]
+    # the by-product (the volume outside the array) is deleted; only the members remain, all complete
+    assert res["other_snapshots"]["deleted"] and not res["other_snapshots"]["errors"]
+    remaining = left(world, res["set_id"])
+    assert sorted(s["SnapshotId"] for s in remaining) == sorted(res["snapshot_ids"]) and len(remaining) == 3
+    # the catalog reads it as any set (backup_set_info / retention use the same functions)
+    rec = ebs.catalog_sets(world["client"], set_id=res["set_id"])[0]
+    assert rec["state"] == "complete" and rec["level"] == "application" and rec["procedure"] == "win_vss_snapshot_set"
+    assert [m["source_volume"] for m in rec["members"]] == world["array"]
+    assert rec["members"][0]["mountpoints"] == ["E:\\"] and rec["members"][2]["mountpoints"] == ["F:\\"]
+    assert rec["array"]["volumes"][0] == {"path": "E:\\", "volume_ids": world["array"][:2]}
+    assert res["vss_set_id"] == agent.runs[0]["vss_set_id"].strip("{}").lower()
+    for s in remaining:
+        tags = dict((t["Key"], t["Value"]) for t in s["Tags"])
+        assert tags["AppConsistent"] == "true" and tags["Device"] in DEVICES
+    # run again with the set id: the same set, nothing sent
+    again, agent2, proxy2, _h = run(ec2, world, set_id=res["set_id"])
+    assert again["changed"] is False and again["state"] == "complete" and not proxy2.sent and not agent2.runs
+
+
+def test_check_mode_runs_the_preflight_only(ec2, world):
+    ec2.clear_calls()
+    res, agent, proxy, host = run(ec2, world, check_mode=True)
+    assert res["changed"] is False and res["set_id"] is None and res["instance_id"] == world["instance_id"]
+    assert not proxy.sent and not agent.runs and ec2.calls("CreateSnapshots") == []
+    assert [a["report"] for _m, a in host.calls] == ["preflight"]
+
+
+@pytest.mark.parametrize("scenario,after,expect", [
+    ("writer_timeout", "failed", "restart the service that owns the failed writer"),
+    ("hold_exceeded", "stable", "flush-and-hold window is 10 s"),
+])
+def test_failed_agent_run_is_rolled_back(ec2, world, scenario, after, expect):
+    res, agent, proxy, host = run(ec2, world, scenario=scenario, after_writers=after)
+    assert isinstance(res, StillpointError), res
+    made = agent.runs[0]["snapshot_ids"]
+    assert len(made) == 4 and "without AppConsistent=true" in res.msg and expect in res.msg
+    assert "the whole set was deleted (0 snapshot(s) left)" in res.msg
+    assert sorted(res.details["rollback"]["deleted"]) == sorted(made) and not res.details["rollback"]["left_partial"]
+    assert left(world, res.details["set_id"]) == [] and vss_snapshots_of(world, agent) == []
+    if scenario == "writer_timeout":
+        assert "SqlServerWriter: [9] Failed / Timed out" in res.msg
+    assert [a["report"] for _m, a in host.calls] == ["preflight", "writers"]
+
+
+def test_member_missing_is_rolled_back(ec2, world):
+    res, agent, _proxy, _host = run(ec2, world, scenario="member_missing", missing=world["array"][1])
+    assert isinstance(res, StillpointError)
+    assert "member %s has no snapshot" % world["array"][1] in res.msg
+    assert len(agent.runs[0]["snapshot_ids"]) == 3 and left(world, res.details["set_id"]) == []
+
+
+def test_set_in_progress_refused(ec2, world):
+    # seen in the preflight: nothing is sent
+    res, agent, proxy, _host = run(ec2, world, facts=fake_windows_facts(world["array"], writers="in_progress"))
+    assert isinstance(res, StillpointError) and "VSS_E_SNAPSHOT_SET_IN_PROGRESS" in res.msg and not proxy.sent
+    # begun between the preflight and the agent's run: the agent refuses, nothing was made
+    ec2.clear_calls()
+    res, agent, proxy, _host = run(ec2, world, scenario="in_progress")
+    assert isinstance(res, StillpointError) and "nothing was created (0 snapshot(s) left)" in res.msg
+    assert "Restart-Service -Name VSS" in res.msg and ec2.calls("CreateSnapshots") == []
+
+
+def test_no_writers_gives_a_filesystem_set(ec2, world):
+    res, agent, proxy, _host = run(ec2, world, facts=fake_windows_facts(world["array"], writers="failed"), writers=False)
+    assert not isinstance(res, Exception), res
+    assert res["level"] == "filesystem" and res["state"] == "complete"
+    assert proxy.sent[0]["Parameters"]["NoWriters"] == ["True"]
+    assert ebs.catalog_sets(world["client"], set_id=res["set_id"])[0]["level"] == "filesystem"
+
+
+def test_preflight_refusal_sends_nothing(ec2, world):
+    res, agent, proxy, _host = run(ec2, world, facts=fake_windows_facts(world["array"], version="2.3.1"))
+    assert isinstance(res, StillpointError) and "older than 2.3.3" in res.msg and not proxy.sent
+
+
+def test_posix_host_is_refused(tmp_path, ec2):
+    playbook = write_playbook(tmp_path, [{"name": "vss", "stillpoint.snapshots.win_vss_snapshot_set": {"members": ["E:"]},
+                                          "ignore_errors": True}])
+    rc, res, _raw = run_playbook(playbook, ec2, timeout=120)
+    out = task(res, "vss")
+    assert out["failed"] and "runs on Windows hosts only" in out["msg"] and "sh shell family" in out["msg"], json.dumps(out)
+
+
+REAL = ("STILLPOINT_WIN_INVENTORY", "STILLPOINT_WIN_HOST", "STILLPOINT_WIN_MEMBERS")
+
+
+@pytest.mark.skipif(not all(os.environ.get(k) for k in REAL),
+                    reason="no Windows instance given: set STILLPOINT_WIN_INVENTORY (an inventory with WinRM/PSRP "
+                           "variables), STILLPOINT_WIN_HOST (the host in it) and STILLPOINT_WIN_MEMBERS (e.g. E:,F:) "
+                           "to run win_vss_snapshot_set for real; AWS credentials and region from the environment")
+def test_real_windows_host(tmp_path):
+    """Against a real Windows EC2 instance (AwsVssComponents >= 2.3.3, SSM Agent, AWSEC2VssSnapshotPolicy): check
+    mode, a real set, and its catalog record. It creates real snapshots (and deletes the by-products)."""
+    members = os.environ["STILLPOINT_WIN_MEMBERS"].split(",")
+    playbook = write_playbook(tmp_path, [
+        {"name": "check", "stillpoint.snapshots.win_vss_snapshot_set": {"members": members}, "check_mode": True},
+        {"name": "take", "stillpoint.snapshots.win_vss_snapshot_set": {"members": members, "name": "stillpoint-test"}},
+    ])
+    content = open(playbook).read().replace('"hosts": "localhost"', '"hosts": "%s"' % os.environ["STILLPOINT_WIN_HOST"])
+    with open(playbook, "w") as handle:
+        handle.write(content)
+
+    class Real:
+        @staticmethod
+        def env():
+            return {}
+    rc, res, _raw = run_playbook(playbook, Real(), inventory=os.environ["STILLPOINT_WIN_INVENTORY"], timeout=1800)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert task(res, "check")["set_id"] is None
+    taken = task(res, "take")
+    assert taken["state"] == "complete" and taken["level"] == "application"
