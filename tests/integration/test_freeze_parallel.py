@@ -484,3 +484,31 @@ def test_nested_mounts_are_frozen_child_first_and_thawed_parent_first(loopfs, gu
             blocker.close()
         for fs, where in reversed(mounted):
             _unmount(fs, where)
+
+
+def test_deadline_while_a_member_is_still_freezing(loopfs, guardians):
+    """A FIFREEZE that does not return no longer holds the others past the deadline: they thaw at the
+    deadline, the freeze fails naming the member still freezing, which is thawed when its FIFREEZE returns."""
+    fss = loopfs(3)
+    paths = [fs.mountpoint for fs in fss]
+    blocker = Blocker(paths[0])
+    g = _freeze.Guardian.start(_freeze.check_mountpoints(paths), deadline=1.0)
+    guardians.append(g.pid)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StillpointError) as info:
+            g.freeze()
+        assert time.monotonic() - t0 >= 1.0 - 0.05, "gave up before the deadline"
+        details = info.value.details
+        assert "took longer than the deadline of 1s (reached while %s was still freezing)" % paths[0] in info.value.msg
+        assert details["pending"] == [paths[0]] and sorted(details["rolled_back"]) == sorted(paths[1:])
+        for p in paths[1:]:
+            assert write_completes(p), "%s still frozen after the deadline" % p
+        assert alive(g.pid) and in_freeze_super(g.pid), "the guardian must stay for the FIFREEZE under way"
+        blocker.release()
+        assert write_completes(paths[0]), "the late FIFREEZE was not thawed"
+        wait_for("the guardian to exit", lambda: not alive(g.pid))
+        assert not any(probe_frozen(p) for p in paths)
+    finally:
+        blocker.close()
+        g.close()

@@ -297,6 +297,67 @@ def test_freezable_types():
 
 
 # ------------------------------------------------------------------------------------------
+# the order of a parallel freeze: waves
+
+
+def _plan(*paths):
+    return [{"mountpoint": p} for p in paths]
+
+
+def test_waves_of_separate_filesystems_are_one():
+    assert _freeze.freeze_waves(_plan("/srv/a", "/srv/b", "/var/log/app", "/data")) == [[0, 1, 2, 3]]
+    assert _freeze.freeze_waves(_plan("/srv/a")) == [[0]]
+
+
+def test_waves_put_a_nested_filesystem_before_its_parent_whatever_the_given_order():
+    assert _freeze.freeze_waves(_plan("/srv/a", "/srv/a/b", "/srv/a/b/c")) == [[2], [1], [0]]
+    assert _freeze.freeze_waves(_plan("/srv/a/b/c", "/srv/a", "/srv/a/b")) == [[0], [2], [1]]
+
+
+def test_waves_go_by_height_and_a_name_prefix_is_not_nesting():
+    plan = _plan("/srv/a", "/srv/a/x", "/srv/a/y/z", "/srv/b", "/srv/ab", "/srv/b/q")
+    # leaves first (a/x, a/y/z, ab, b/q), then what holds them; /srv/ab is beside /srv/a, not in it
+    assert _freeze.freeze_waves(plan) == [[1, 2, 4, 5], [0, 3]]
+
+
+def test_waves_sequential_keeps_the_same_order_one_at_a_time():
+    plan = _plan("/srv/a", "/srv/a/x", "/srv/b")
+    assert _freeze.freeze_waves(plan) == [[1, 2], [0]]
+    assert _freeze.freeze_waves(plan, parallel=False) == [[1], [2], [0]]
+    assert _freeze.freeze_waves([]) == []
+
+
+def test_waves_of_a_checked_plan():
+    table = _table("30 1 259:1 / /srv/data rw - ext4 /dev/nvme1n1 rw",
+                   "31 30 259:2 / /srv/data/wal rw - xfs /dev/nvme2n1 rw",
+                   "32 1 259:3 / /srv/logs rw - ext4 /dev/nvme3n1 rw")
+    plan = _freeze.check_mountpoints(["/srv/data", "/srv/data/wal", "/srv/logs"], mountinfo=table, protect_paths=())
+    assert _freeze.freeze_waves(plan) == [[1, 2], [0]]
+
+
+def test_freeze_error_names_the_member_every_failure_and_what_was_thawed():
+    err = _freeze._freeze_error({
+        "ok": False, "error": "busy", "errno": 16, "errname": "EBUSY", "mountpoint": "/srv/b",
+        "failed": [{"mountpoint": "/srv/b", "errno": 16, "errname": "EBUSY"},
+                   {"mountpoint": "/srv/d", "errno": 16, "errname": "EBUSY"}],
+        "rolled_back": ["/srv/c", "/srv/a"], "rollback_errors": []})
+    assert err.msg.startswith("/srv/b is already frozen by someone else")
+    assert "the 2 other filesystem(s) this call had frozen (/srv/c, /srv/a) were thawed again" in err.msg
+    assert "FIFREEZE also failed on /srv/d (EBUSY)" in err.msg
+    assert err.details["failed"][1]["mountpoint"] == "/srv/d"
+
+
+def test_freeze_error_at_the_deadline_names_what_was_still_freezing():
+    err = _freeze._freeze_error({
+        "ok": False, "error": "deadline", "mountpoint": "/srv/a", "pending": ["/srv/a"], "rolled_back": ["/srv/b"],
+        "rollback_errors": [], "msg": "freezing took longer than the deadline of 1s (reached while /srv/a was still "
+                                      "freezing); everything was thawed again"})
+    assert "reached while /srv/a was still freezing" in err.msg
+    assert "stays until the FIFREEZE still blocked on /srv/a returns, and thaws it then" in err.msg
+    assert err.details["pending"] == ["/srv/a"]
+
+
+# ------------------------------------------------------------------------------------------
 # guardian arguments (refused before any fork)
 
 
