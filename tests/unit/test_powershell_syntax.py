@@ -100,3 +100,91 @@ def test_a_broken_file_on_disk_fails_the_file_check(tmp_path):
     bad.write_bytes(GOOD.replace(b"param(", b"param(("))
     with pytest.raises(AssertionError, match="Broken.ps1"):
         test_script_parses_cleanly(str(bad))
+
+
+# -- rules for the Windows modules (plugins/modules/*.ps1, plugins/module_utils/*.psm1) ----------------
+# No aliases, $ErrorActionPreference = 'Stop' at the top level, every native command (called with the call
+# operator `&`) followed by a check of $LASTEXITCODE, no Invoke-Expression.
+
+ALIASES = {"%", "?", "ac", "cat", "cd", "chdir", "clc", "clear", "cls", "copy", "cp", "curl", "del", "diff", "dir",
+           "echo", "epal", "erase", "fl", "foreach", "ft", "fw", "gal", "gc", "gci", "gcm", "gdr", "gi", "gl", "gm",
+           "gp", "gps", "group", "gsv", "gu", "gv", "gwmi", "h", "history", "icm", "iex", "ihy", "ii", "ipal", "ipcsv",
+           "irm", "iwr", "kill", "lp", "ls", "man", "md", "measure", "mi", "mount", "move", "mp", "mv", "nal", "ndr",
+           "ni", "nv", "ogv", "popd", "ps", "pushd", "pwd", "r", "rd", "rdr", "ren", "ri", "rm", "rmdir", "rni", "rnp",
+           "rp", "rv", "rvpa", "sajb", "sal", "saps", "sasv", "sc", "select", "set", "si", "sl", "sleep", "sort", "sp",
+           "spps", "spsv", "start", "sv", "tee", "type", "wget", "where", "wjb", "write"}
+NATIVE_NAMES = {"vssadmin", "vssadmin.exe", "diskpart", "diskpart.exe", "ec2-vss-agent", "ec2-vss-agent.exe",
+                "fsutil", "chkdsk", "mountvol", "wmic"}
+
+
+def module_scripts():
+    top = os.path.join(ROOT, "plugins")
+    return [p for p in powershell_files() if p.startswith(top + os.sep)]
+
+
+def rule_violations(source):
+    """``[(line, rule, text)]`` of the rules above in ``source`` (bytes)."""
+    tree = parser().parse(source)
+    found = []
+    lines = source.decode("utf-8", "replace").splitlines()
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.type != "command":
+            continue
+        text = source[node.start_byte:node.end_byte].decode("utf-8", "replace")
+        line = node.start_point[0] + 1
+        name_node = next((c for c in node.children if c.type == "command_name"), None)
+        name = source[name_node.start_byte:name_node.end_byte].decode() if name_node is not None else ""
+        if name.lower() in ALIASES:
+            found.append((line, "alias", name))
+        if name.lower() in ("invoke-expression", "iex"):
+            found.append((line, "Invoke-Expression", text[:40]))
+        if name.lower() in NATIVE_NAMES:
+            found.append((line, "native command by bare name (call it with & and a full path)", name))
+        if text.lstrip().startswith("&"):
+            following = "\n".join(lines[line - 1:line + 2])
+            if "$LASTEXITCODE" not in following:
+                found.append((line, "native command without a $LASTEXITCODE check within 2 lines", text[:40]))
+    top_level = [c for c in tree.root_node.children]
+    if not any(b"$ErrorActionPreference = 'Stop'" in source[c.start_byte:c.end_byte] for c in top_level):
+        found.append((0, "no top-level $ErrorActionPreference = 'Stop'", ""))
+    return sorted(found)
+
+
+def test_the_modules_have_powershell():
+    names = [os.path.relpath(p, ROOT) for p in module_scripts()]
+    assert os.path.join("plugins", "modules", "win_vss_snapshot_set.ps1") in names
+
+
+@pytest.mark.parametrize("path", module_scripts(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_module_script_follows_the_rules(path):
+    with open(path, "rb") as handle:
+        source = handle.read()
+    assert rule_violations(source) == []
+
+
+RULED = b"""$ErrorActionPreference = 'Stop'
+$exe = Join-Path -Path $env:SystemRoot -ChildPath 'System32\\vssadmin.exe'
+$out = & $exe list writers 2>&1 | Out-String
+if ($LASTEXITCODE -ne 0) {
+    throw "vssadmin failed: $out"
+}
+"""
+
+
+def test_the_rules_accept_a_good_script():
+    assert rule_violations(RULED) == []
+
+
+@pytest.mark.parametrize("broken,rule", [
+    (RULED.replace(b"$ErrorActionPreference = 'Stop'\n", b""), "no top-level $ErrorActionPreference"),
+    (RULED + b"gci -Path C:\\\n", "alias"),
+    (RULED + b"Get-Disk | select Number\n", "alias"),
+    (RULED + b"Invoke-Expression -Command 'Get-Disk'\n", "Invoke-Expression"),
+    (RULED.replace(b"if ($LASTEXITCODE -ne 0) {", b"if ($out -eq '') {"), "without a $LASTEXITCODE check"),
+    (RULED + b"vssadmin list shadows\n", "bare name"),
+], ids=["eap", "alias", "alias-in-pipeline", "iex", "exit-code", "bare-native"])
+def test_the_rules_catch_violations(broken, rule):
+    assert any(rule in v[1] for v in rule_violations(broken)), rule_violations(broken)
