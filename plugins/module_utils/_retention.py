@@ -26,9 +26,29 @@ def _locked_page(client, **kwargs):
     return client.describe_locked_snapshots(**kwargs)
 
 
+# EBS snapshot lock arrived in botocore 1.34.x (November 2023); Debian 12's python3-botocore (1.29) has none
+LOCK_OPERATION = "DescribeLockedSnapshots"
+
+
+def sdk_has_locks(client):
+    """Whether this client's SDK knows the snapshot lock API (an older one cannot even send the call)."""
+    return LOCK_OPERATION in client.meta.service_model.operation_names
+
+
+def _sdk_version():
+    try:
+        import botocore
+    except ImportError:  # the module reports a missing SDK before any call
+        return "?"
+    return botocore.__version__
+
+
 def locked_snapshots(client):
     """Every DescribeLockedSnapshots item of this account and region (paged by NextToken; the SDK has no
-    paginator for it). Listing them all, rather than by id, cannot fail on a snapshot deleted meanwhile."""
+    paginator for it). Listing them all, rather than by id, cannot fail on a snapshot deleted meanwhile.
+    None when the SDK predates snapshot locks (see :func:`prune`)."""
+    if not sdk_has_locks(client):
+        return None
     items, kwargs = [], {"MaxResults": 1000}
     try:
         while True:
@@ -130,6 +150,20 @@ def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=N
     # nothing stays so with them: a lock only ever keeps more)
     decision = decide({}) if records and not spec and not set_ids else None
     lock_items = locked_snapshots(client) if records and (decision is None or decision["delete"]) else []
+    warnings = []
+    if lock_items is None:
+        # an SDK without the lock API can neither read nor make locks. Refuse to lock; otherwise go on
+        # without them: EC2 itself refuses DeleteSnapshot of a locked snapshot, and that refusal is
+        # reported below with its set (which is then partial), as any other failed deletion is.
+        sdk = "botocore %s" % _sdk_version()
+        if spec:
+            raise StillpointError("lock needs an SDK that knows EBS snapshot locks (LockSnapshot, DescribeLockedSnapshots: "
+                                  "botocore >= 1.34); this host has %s. Upgrade boto3/botocore where the module runs, "
+                                  "or run the prune in controller mode; nothing was deleted or locked" % sdk)
+        warnings.append("snapshot locks were not read: %s predates EBS snapshot locks (DescribeLockedSnapshots, "
+                        "botocore >= 1.34). A snapshot locked by another tool is refused by EC2 at deletion and "
+                        "reported with its set" % sdk)
+        lock_items = []
     if decision is None or lock_items:
         decision = decide(catalog.locks_by_set(records, lock_items, now))
     requests = []
@@ -140,7 +174,7 @@ def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=N
                 kwargs = catalog.lock_request(sid, current.get(sid), spec, now)
                 if kwargs:
                     requests.append((rec["set_id"], kwargs))
-    result = dict(changed=False, deleted=[], kept=decision["kept"], locked=[], diff=decision["diff"])
+    result = dict(changed=False, deleted=[], kept=decision["kept"], locked=[], diff=decision["diff"], warnings=warnings)
     if check_mode:
         result.update(changed=bool(decision["delete"] or requests), locked=[_lock_entry(s, k) for s, k in requests],
                       deleted=[dict(catalog.summary(rec, why), snapshot_ids=list(rec["snapshot_ids"]))

@@ -327,6 +327,8 @@ def main():
                                  **dict((k, module.params[k]) for k in ARGUMENT_SPEC))
     except StillpointError as e:
         module.fail_json(**dict(dict(changed=False, deleted=[], kept=[], locked=[]), **e.fail_kwargs()))
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 

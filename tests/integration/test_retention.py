@@ -292,3 +292,51 @@ def test_a_set_in_the_recycle_bin_says_how_to_recover_it(monkeypatch, ec2):
     ec2.control("lock_clock", advance=2 * 86400)
     res = run(monkeypatch, backup_set_info, site.args(set_id=binned))
     assert res["sets"] == [] and "recycle_bin" not in res
+
+
+# ----------------------------------------------------------------------------- an SDK without snapshot locks
+
+def old_sdk_client(ep, tmp_path, region):
+    """A real botocore client whose EC2 model lacks the snapshot lock API, as botocore < 1.34 (Debian 12's
+    python3-botocore 1.29, the lab's guests) is: the model file with those operations taken out, found first
+    on the loader's search path."""
+    import json
+
+    import boto3
+    import botocore.session
+
+    session = botocore.session.get_session()
+    loader = session.get_component("data_loader")
+    version = loader.determine_latest_version("ec2", "service-2")
+    model = loader.load_service_model("ec2", "service-2", version)
+    for op in ("DescribeLockedSnapshots", "LockSnapshot", "UnlockSnapshot"):
+        model["operations"].pop(op)
+    where = tmp_path / "models" / "ec2" / version
+    where.mkdir(parents=True)
+    (where / "service-2.json").write_text(json.dumps(model))
+    loader.search_paths.insert(0, str(tmp_path / "models"))
+    client = boto3.session.Session(botocore_session=session, region_name=region).client(
+        "ec2", endpoint_url=ep.url, aws_access_key_id="testing", aws_secret_access_key="testing")
+    from ansible_collections.amazon.aws.plugins.module_utils.retries import RetryingBotoClientWrapper
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+    return RetryingBotoClientWrapper(client, ebs.RETRY)
+
+
+def test_an_sdk_without_snapshot_locks_prunes_with_a_warning_and_refuses_to_lock(ec2, tmp_path):
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _retention as retention
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+    site = Site(ec2)
+    old, new = site.take(at("2026-01-01 02:00")), site.take(at("2026-01-02 02:00"))
+    client = old_sdk_client(ec2, tmp_path, site.region)
+    assert not retention.sdk_has_locks(client)
+    ec2.clear_calls()
+    with pytest.raises(StillpointError) as refused:
+        retention.prune(client, name=site.name, keep_last=1, lock={"mode": "governance", "duration": 7})
+    assert "botocore >= 1.34" in refused.value.msg and "nothing was deleted or locked" in refused.value.msg
+    assert deleted_ids(ec2) == [] and ec2.calls("LockSnapshot") == []
+    result = retention.prune(client, name=site.name, keep_last=1)
+    assert result["changed"] and [d["set_id"] for d in result["deleted"]] == [old[0]]
+    assert deleted_ids(ec2) == sorted(old[1]) and ec2.calls("DescribeLockedSnapshots") == []
+    assert "snapshot locks were not read" in result["warnings"][0]
+    assert set(new[1]) <= site.snapshot_ids()
