@@ -54,6 +54,7 @@ if MISSING and os.environ.get("CI") == "true":
     raise RuntimeError("CI=true and the MariaDB tests cannot run: %s" % MISSING)
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
+
 def backup(ec2, inst, server, name, application):
     extra = {"array_backup_application": "mariadb", "array_backup_application_login_user": "root",
              "array_backup_application_login_unix_socket": server.socket,
