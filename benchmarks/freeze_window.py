@@ -14,8 +14,15 @@ once, as in the issue's stock measurement), on real loop filesystems that this s
 Ansible's local connection. The window is first freeze start -> last thaw end: for stock from
 ``date +%s%N`` around the fsfreeze commands, for ours from the guardian's monotonic clock.
 
-Usage: python benchmarks/freeze_window.py [--runs 5] [--volumes 1,4,16]
-Prints a table, the ratios, and as its last line:
+The kernel freeze share is the part of the window spent freezing: for stock the fsfreeze loop, for
+ours the guardian's ``freeze_span_ms`` (the freeze request to the end of the last FIFREEZE; the
+guardian freezes the filesystems of a set at once, see plugins/module_utils/_freeze.py). With
+``--layout filesystems`` the script also freezes the same filesystems through the guardian alone, once
+with the parallel freeze and once with ``parallel=False`` (one after another, as before), to show
+what the parallel freeze changes.
+
+Usage: python benchmarks/freeze_window.py [--runs 5] [--volumes 1,4,16] [--layout array|filesystems]
+Prints a table, the ratios (16/1 flatness against the target of 1.5x), and as its last line:
     freeze-window ratio host/stock=<x> controller/stock=<y>        (4 volumes)
 """
 
@@ -29,6 +36,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, ".build", "collections"))
+
+# the collection's library, for the guardian-only comparison
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze  # noqa: E402
 
 from tests.ec2_endpoint import Endpoint  # noqa: E402
 from tests.support.loopfs import missing_requirements  # noqa: E402
@@ -79,8 +90,28 @@ def measure(approach, ec2, inst, workdir):
         return {"window_ms": (end - start) / 1e6, "wall_s": wall, "creates": len(ec2.calls("CreateSnapshot")),
                 "kernel_freeze_ms": (frozen - start) / 1e6, "call_ms": None}
     res = results["ours"]
+    freeze = res["freeze"]
+    span = freeze.get("freeze_span_ms")
+    if span is None and freeze["mounts"] and all("freeze_end" in m for m in freeze["mounts"]):
+        # controller mode passes the per-mount instants on, not the span
+        span = 1000.0 * (max(m["freeze_end"] for m in freeze["mounts"]) - min(m["freeze_start"] for m in freeze["mounts"]))
     return {"window_ms": res["freeze_window_ms"], "wall_s": wall, "creates": len(ec2.calls("CreateSnapshots")),
-            "kernel_freeze_ms": sum(m["freeze_ms"] for m in res["freeze"]["mounts"]), "call_ms": res["call_ms"]}
+            "kernel_freeze_ms": span if span is not None else sum(m["freeze_ms"] for m in freeze["mounts"]),
+            "call_ms": res["call_ms"]}
+
+
+def guardian_only(mountpoints, parallel, runs):
+    """Freeze and thaw ``mountpoints`` through the guardian alone (no Ansible, no EC2): median freeze span
+    and window in ms. These are the benchmark's own loop filesystems."""
+    plan = _freeze.check_mountpoints(mountpoints)
+    spans, windows = [], []
+    for _run in range(runs):
+        with _freeze.Guardian.start(plan, deadline=30, parallel=parallel) as guardian:
+            frozen = guardian.freeze()
+            record = guardian.thaw()
+        spans.append(frozen["freeze_span_ms"])
+        windows.append(record["window_ms"])
+    return statistics.median(spans), statistics.median(windows)
 
 
 def main():
@@ -101,6 +132,7 @@ def main():
     counts = [int(x) for x in args.volumes.split(",")]
     approaches = ["stock", "host", "controller"]
     table = {}
+    direct = {}
     ec2 = Endpoint()
     with tempfile.TemporaryDirectory(prefix="stillpoint-bench-") as workdir:
         ec2.start(os.path.join(workdir, "ec2"), pending_seconds=0)
@@ -117,26 +149,43 @@ def main():
                         table[(approach, n)] = row
                         print("measured %-10s %2d volumes: window %9.1f ms  wall %6.2f s  create calls/run %s"
                               % (approach, n, row["window_ms"], row["wall_s"], row["creates"]), flush=True)
+                    if args.layout == "filesystems":
+                        for parallel in (True, False):
+                            direct[(parallel, n)] = guardian_only(inst.mountpoints, parallel, args.runs)
         finally:
             ec2.stop()
 
     print()
     print("median of %d runs, volumes %s, layout %s, loop images in %s, ansible local connection, endpoint on "
           "127.0.0.1" % (args.runs, args.volumes, args.layout, args.image_dir))
-    header = ("approach", "volumes", "window ms", "kernel freeze ms", "EC2 call ms", "wall s", "create calls/run")
-    print("%-11s %8s %11s %17s %12s %8s %17s" % header)
+    header = ("approach", "volumes", "window ms", "kernel freeze ms", "kernel share", "EC2 call ms", "wall s",
+              "create calls/run")
+    print("%-11s %8s %11s %17s %12s %12s %8s %17s" % header)
     for approach in approaches:
         for n in counts:
             row = table[(approach, n)]
             call = "%.1f" % row["call_ms"] if row["call_ms"] is not None else "-"
-            print("%-11s %8d %11.1f %17.1f %12s %8.2f %17s" % (
-                approach, n, row["window_ms"], row["kernel_freeze_ms"], call, row["wall_s"],
-                ",".join(str(c) for c in row["creates"])))
+            print("%-11s %8d %11.1f %17.1f %11.0f%% %12s %8.2f %17s" % (
+                approach, n, row["window_ms"], row["kernel_freeze_ms"], 100.0 * row["kernel_freeze_ms"] / row["window_ms"],
+                call, row["wall_s"], ",".join(str(c) for c in row["creates"])))
+    if direct:
+        print()
+        print("guardian alone (no Ansible, no EC2 call), median of %d: freeze span = freeze request to last FIFREEZE end"
+              % args.runs)
+        print("%8s %24s %26s %22s" % ("volumes", "parallel span/window ms", "sequential span/window ms",
+                                      "sequential/parallel"))
+        for n in counts:
+            (pspan, pwin), (sspan, swin) = direct[(True, n)], direct[(False, n)]
+            print("%8d %12.1f / %9.1f %13.1f / %10.1f %21.2fx" % (n, pspan, pwin, sspan, swin, sspan / pspan))
     print()
     for approach in ("host", "controller"):
         if 1 in counts and 16 in counts:
-            print("flatness %s: 16 volumes / 1 volume = %.2fx" % (
-                approach, table[(approach, 16)]["window_ms"] / table[(approach, 1)]["window_ms"]))
+            ratio = table[(approach, 16)]["window_ms"] / table[(approach, 1)]["window_ms"]
+            print("flatness %s: 16 volumes / 1 volume = %.2fx (target <= 1.5x: %s)" % (
+                approach, ratio, "met" if ratio <= 1.5 else "NOT met"))
+            print("kernel freeze %s: 16 volumes / 1 volume = %.2fx (%.1f ms / %.1f ms)" % (
+                approach, table[(approach, 16)]["kernel_freeze_ms"] / table[(approach, 1)]["kernel_freeze_ms"],
+                table[(approach, 16)]["kernel_freeze_ms"], table[(approach, 1)]["kernel_freeze_ms"]))
     for n in counts:
         stock = table[("stock", n)]["window_ms"]
         print("%2d volumes: host/stock=%.4f (1/%.0f) controller/stock=%.4f (1/%.0f)" % (
