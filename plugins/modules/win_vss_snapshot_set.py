@@ -120,7 +120,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Application-consistent set of the E: and F: dynamic volumes (SQL Server data and log)
+- name: Application-consistent set of the dynamic volumes E and F (SQL Server data and log)
   stillpoint.snapshots.win_vss_snapshot_set:
     members: ['E:', 'F:']
     name: sql01
