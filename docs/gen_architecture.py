@@ -75,9 +75,14 @@ stdin/stdout/stderr on `/dev/null`) that:
 - talks to the client that started it over a `socketpair`, and to later clients over an abstract
   unix socket `\\0stillpoint-freeze-<token>` (no file on any filesystem), accepting only peers with
   the same uid (`SO_PEERCRED`);
-- performs the freezes itself, in the given order, when the client asks (so it knows exactly
-  what this run froze; an `EBUSY` filesystem is reported as frozen by someone else and never
-  thawed), and the thaws in reverse order;
+- performs the freezes itself when the client asks, so it knows exactly what this run froze. The
+  filesystems of a set are frozen at once, one thread per `FIFREEZE`, in waves: a filesystem
+  mounted inside another one of the set is frozen before it (and thawed after it). The thaws run
+  the waves in reverse, each wave at once. An `EBUSY` filesystem is reported as frozen by someone
+  else and never thawed; whatever this run froze is thawed again;
+- while a wave freezes, still watches the client's connection, the deadline and `SIGTERM`: if one
+  of them ends the freeze, what is frozen is thawed at once, and a `FIFREEZE` that returns later is
+  thawed by its own thread (the guardian stays until every `FIFREEZE` it issued has returned);
 - thaws everything it froze when the deadline passes, or, unless the client detached (controller
   mode), as soon as the client's connection drops (the module died, even by SIGKILL);
 - exits when nothing it froze is still frozen (after a thaw of its own it keeps its record for a
@@ -85,7 +90,8 @@ stdin/stdout/stderr on `/dev/null`) that:
 
 Line protocol (JSON per line): client sends `{"op": "freeze"}`, `{"op": "thaw"}`,
 `{"op": "detach"}`, `{"op": "status"}`; the guardian answers one JSON line per request with
-per-mount `freeze_ms`/`thaw_ms`, the window (first freeze start -> last thaw end, monotonic) and
+per-mount `freeze_ms`/`thaw_ms` and the instants `freeze_start`/`freeze_end`/`thaw_start`/`thaw_end`
+(CLOCK_MONOTONIC), `freeze_span_ms` (the freeze request to the last `FIFREEZE` end), the window (first freeze start -> last thaw end, monotonic) and
 `deadline_thawed` (true when the deadline, not the client, thawed).
 
 ## Modes of `ebs_snapshot_set`
