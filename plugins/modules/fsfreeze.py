@@ -11,7 +11,8 @@ module: fsfreeze
 short_description: Freeze and thaw Linux filesystems under a guardian that always thaws
 version_added: 0.1.0
 description:
-  - Freezes filesystems (C(FIFREEZE)) in the given order and thaws them (C(FITHAW)) in reverse order.
+  - Freezes filesystems (C(FIFREEZE)) all at once and thaws them (C(FITHAW)) all at once. Where one of them is
+    mounted inside another, the inner one is frozen first and thawed last (waves by nesting depth).
   - The freeze is held by a B(guardian) process, not by this module. The guardian thaws on its own when
     O(deadline) passes, so a lost controller, a killed module or a broken connection never leaves a filesystem
     frozen for longer than O(deadline) seconds.
@@ -28,7 +29,8 @@ author:
 options:
   mountpoints:
     description:
-      - Mountpoints to freeze, in order. Each must be the mountpoint of a filesystem, not a directory inside it.
+      - Mountpoints to freeze. Each must be the mountpoint of a filesystem, not a directory inside it. The order does
+        not matter; nested mountpoints are frozen inner first.
       - Required with O(state=frozen), and with O(state=thawed) when O(force=true).
       - With O(state=thawed) and O(token), optional; ignored.
     type: list
@@ -157,19 +159,29 @@ python:
   type: str
   sample: /usr/bin/python3
 plan:
-  description: The validated freeze plan, in freeze order.
+  description: The validated freeze plan, in the given order.
   returned: state=frozen
   type: list
   elements: dict
   sample: [{"mountpoint": "/srv/data", "fstype": "xfs", "source": "/dev/md0", "dev": "9:0", "mount_id": 88}]
 mounts:
   description:
-    - Per filesystem. After a freeze, in freeze order with C(freeze_ms). After a thaw, in thaw order with
-      C(thaw_ms) (and C(error) when it was not frozen any more). With O(force=true), C(thawed) per mountpoint.
+    - Per filesystem. After a freeze, in freeze order (wave by wave) with C(freeze_ms), C(wave), C(index) (in
+      O(mountpoints)) and the instants C(freeze_start) and C(freeze_end). After a thaw, in thaw order with
+      C(thaw_ms), C(thaw_start), C(thaw_end) (and C(error) when it was not frozen any more). With O(force=true),
+      C(thawed) per mountpoint.
+    - The instants are the guardian's C(CLOCK_MONOTONIC) seconds (what C(time.monotonic()) reads on the host).
   returned: always, except in check mode
   type: list
   elements: dict
-  sample: [{"mountpoint": "/srv/data", "freeze_ms": 12.431}]
+  sample: [{"mountpoint": "/srv/data", "index": 0, "wave": 0, "freeze_ms": 12.431, "freeze_start": 5123.0012,
+            "freeze_end": 5123.0136}]
+freeze_span_ms:
+  description: From the freeze request to the end of the last C(FIFREEZE), in milliseconds (the filesystems freeze
+    at the same time, so this stays close to the time of one).
+  returned: state=frozen, not in check mode
+  type: float
+  sample: 41.7
 window_ms:
   description: First freeze start to last thaw end, in milliseconds, measured by the guardian (monotonic clock).
   returned: state=thawed with token
