@@ -72,16 +72,20 @@ def backup(ec2, inst, server, name, application):
     return taken, time.monotonic() - t0
 
 
-def restore(ec2, inst, server, set_id, **extra):
-    """restore.yml with the application step; the started server adopted by its pid file."""
-    t0 = time.monotonic()
-    rc, res, _raw = run_playbook(RESTORE, ec2, dict(extra, **{
+def restore_vars(inst, ec2, server, set_id, **extra):
+    return dict(extra, **{
         "restore_hosts": "localhost", "restore_become": False, "array_restore_set_id": set_id,
         "array_restore_by_id_dir": inst.by_id_dir, "array_restore_aws_endpoint_url": ec2.url,
         "array_restore_aws_region": ec2.region, "array_restore_device_timeout": 30,
         "array_restore_application": "mariadb", "array_restore_application_start_command": server.start_command(),
         "array_restore_application_login_user": "root", "array_restore_application_login_unix_socket": server.socket,
-        "array_restore_application_recovery_timeout": 60, "array_restore_hook_timeout": 30}))
+        "array_restore_application_recovery_timeout": 60, "array_restore_hook_timeout": 30})
+
+
+def restore(ec2, inst, server, set_id, **extra):
+    """restore.yml with the application step; the started server adopted by its pid file."""
+    t0 = time.monotonic()
+    rc, res, _raw = run_playbook(RESTORE, ec2, restore_vars(inst, ec2, server, set_id, **extra))
     assert rc == 0, [(name, r.get("msg")) for name, r in res.items() if r.get("failed")] or res
     server.adopt()
     app = task(res, APP)
@@ -125,6 +129,12 @@ def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
             # the disaster: the server stops, its files are gone
             written = len(writer.done)
             server.destroy()
+            # check mode first: the plan names the application step, nothing is started
+            rc, res, _raw = run_playbook(RESTORE, ec2, restore_vars(inst, ec2, server, taken["set_id"]), check=True)
+            assert rc == 0, [(name, r.get("msg")) for name, r in res.items() if r.get("failed")] or res
+            plan = task(res, "Plan of the swap and the host steps (check mode, volumes not created yet)")["msg"]
+            assert "then start mariadb, wait for its recovery, check it and compare it" in " ".join(plan), plan
+            assert not os.path.exists(server.socket) and not os.path.exists(server.pid_file())
             got, restore_s = restore(ec2, inst, server, taken["set_id"])
             k = boundary(server)
             assert k_lock <= k <= k_release, (k_lock, k, k_release)
