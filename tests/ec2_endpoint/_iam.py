@@ -58,6 +58,9 @@ _ID_PARAMS = {
     "EnableFastSnapshotRestores": ["SourceSnapshotId."],
     "DisableFastSnapshotRestores": ["SourceSnapshotId."],
     "ModifySnapshotAttribute": ["SnapshotId"],
+    "LockSnapshot": ["SnapshotId"],
+    "DescribeSnapshotAttribute": ["SnapshotId"],
+    "UnlockSnapshot": ["SnapshotId"],
     "ModifyVolume": ["VolumeId"],
 }
 _TYPES = (("snap-", "snapshot"), ("vol-", "volume"), ("i-", "instance"), ("ami-", "image"))

@@ -55,6 +55,10 @@ SNAPSHOT_SET = [
     stmt("TagOwnSnapshots", ["ec2:CreateTags"], [SNAPSHOT], OURS),
 ]
 DELETE_OWN_SNAPSHOTS = [stmt("DeleteOwnSnapshots", ["ec2:DeleteSnapshot"], [SNAPSHOT], OURS)]
+# Retention: the locks are read before anything is deleted or locked; the kept sets' own snapshots locked
+# (lock option); the Recycle Bin searched for a named set that is not there.
+RETENTION_READ = ("DescribeSnapshots", "DescribeLockedSnapshots", "ListSnapshotsInRecycleBin")
+LOCK_OWN_SNAPSHOTS = [stmt("LockOwnSnapshots", ["ec2:LockSnapshot"], [SNAPSHOT], OURS)]
 RESTORE = [
     stmt("CreateVolumesMarked", ["ec2:CreateVolume"], [VOLUME], MARKED_ON_CREATE),
     stmt("CreateVolumesFromOwnSnapshots", ["ec2:CreateVolume"], [SNAPSHOT], OURS),
@@ -68,6 +72,18 @@ RESTORE = [
     stmt("DetachVolumes", ["ec2:DetachVolume"], [INSTANCE, VOLUME]),
     stmt("DeleteOwnVolumes", ["ec2:DeleteVolume"], [VOLUME], OURS),
 ]
+# CopySnapshot authorizes the source snapshot (snap-<id>, in its region) and the new one (snapshot/*, not
+# known yet: the request-tag condition applies to it only). Tags at creation, the complete/partial marks
+# on our own copies, and the roll-back of our own copies.
+COPY = [
+    stmt("CopyFromSourceSnapshots", ["ec2:CopySnapshot"], ["arn:aws:ec2:*::snapshot/snap-*"]),
+    stmt("CopySnapshotsMarked", ["ec2:CopySnapshot"], [SNAPSHOT], MARKED_ON_CREATE),
+    stmt("TagSnapshotsOnCopy", ["ec2:CreateTags"], [SNAPSHOT], {"StringEquals": {"ec2:CreateAction": "CopySnapshot"}}),
+    stmt("TagOwnSnapshots", ["ec2:CreateTags"], [SNAPSHOT], OURS),
+]
+# Cross-account copies: the source account shares its own snapshots with the destination account, and
+# removes the share when the copy set is complete.
+SHARE = [stmt("ShareOwnSnapshots", ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute"], [SNAPSHOT], OURS)]
 STOP_START = [stmt("StopStartClusterServers", ["ec2:StartInstances", "ec2:StopInstances"], [INSTANCE])]
 
 BACKUP_READ = ("DescribeInstances", "DescribeVolumes", "DescribeSnapshots")
@@ -75,14 +91,18 @@ RESTORE_READ = ("DescribeInstances", "DescribeVolumes", "DescribeSnapshots", "De
                 "DescribeFastSnapshotRestores")
 
 POLICIES = {
-    "array_backup-host": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS,
-    "array_backup-controller": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS,
-    "backup_set_prune": read("DescribeSnapshots") + DELETE_OWN_SNAPSHOTS,
+    "array_backup-host": read(*(BACKUP_READ + RETENTION_READ[1:])) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS
+    + LOCK_OWN_SNAPSHOTS,
+    "array_backup-controller": read(*(BACKUP_READ + RETENTION_READ[1:])) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS
+    + LOCK_OWN_SNAPSHOTS,
+    "backup_set_prune": read(*RETENTION_READ) + DELETE_OWN_SNAPSHOTS + LOCK_OWN_SNAPSHOTS,
     "array_restore": read(*RESTORE_READ) + RESTORE,
     "drbd_mirror_backup": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS,
     "drbd_mirror_restore": read(*RESTORE_READ) + RESTORE,
     "clusterpro_mirror_backup": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS + STOP_START,
     "clusterpro_mirror_restore": read(*RESTORE_READ) + RESTORE,
+    "backup_set_copy": read("DescribeSnapshots") + COPY + DELETE_OWN_SNAPSHOTS,
+    "backup_set_copy-share": read("DescribeSnapshots") + SHARE,
 }
 
 # Only for volumes encrypted with a customer managed KMS key (attach beside the procedure's policy):
@@ -130,6 +150,19 @@ WHY = {
     "ec2:EnableFastSnapshotRestores": "_restore.enable_fast_snapshot_restore (fast_snapshot_restore: true)",
     "ec2:DisableFastSnapshotRestores": "_restore.enable_fast_snapshot_restore (undoes its own enables when EC2 "
                                        "refused part of them)",
+    "ec2:DescribeLockedSnapshots": "_retention.locked_snapshots (backup_set_prune, and array_backup's retention: "
+                                   "the locks read before anything is deleted or locked, so that a locked set is "
+                                   "kept and never sent a DeleteSnapshot)",
+    "ec2:LockSnapshot": "_retention._lock (backup_set_prune lock / array_backup_lock_mode: the kept complete sets' "
+                        "snapshots locked before anything is deleted)",
+    "ec2:ListSnapshotsInRecycleBin": "_retention.recycle_bin_members (backup_set_prune's refusal of a named set that is "
+                                     "not there, backup_set_info with set_id: how to recover it from the Recycle Bin)",
+    "ec2:CopySnapshot": "_copy.copy_call (backup_set_copy: one call per member still to copy, in the destination "
+                        "region and account, tagged on create)",
+    "ec2:DescribeSnapshotAttribute": "_copy.shared_with (backup_set_copy across accounts: which source snapshots "
+                                     "are already shared with the destination account)",
+    "ec2:ModifySnapshotAttribute": "_copy.share (backup_set_copy across accounts: createVolumePermission add "
+                                   "before the copy, remove once the copy set is complete)",
     "ec2:StopInstances": "amazon.aws.ec2_instance state=stopped (clusterpro_mirror_backup step 2: the standby)",
     "ec2:StartInstances": "amazon.aws.ec2_instance state=running (clusterpro_mirror_backup step 4 and its rescue)",
 }
@@ -138,9 +171,19 @@ WHY = {
 # the procedure needs them anyway. Policies without a run here (DRBD, CLUSTERPRO) are proved per action.
 UNTAKEN = {
     "array_backup-host": {"ec2:DeleteSnapshot": "rollback of a set whose member failed or could not be tagged",
-                          "ec2:DescribeVolumes": "planning from volume_ids without instance_id"},
-    "array_backup-controller": {"ec2:DeleteSnapshot": "rollback of a set whose member failed or could not be tagged"},
-    "backup_set_prune": {},
+                          "ec2:DescribeVolumes": "planning from volume_ids without instance_id",
+                          "ec2:DescribeLockedSnapshots": "retention (array_backup_keep_*) that deletes or locks a set",
+                          "ec2:LockSnapshot": "array_backup_lock_mode set",
+                          "ec2:ListSnapshotsInRecycleBin": "retention naming a set that is not there"},
+    "array_backup-controller": {"ec2:DeleteSnapshot": "rollback of a set whose member failed or could not be tagged",
+                                "ec2:DescribeLockedSnapshots": "retention (array_backup_keep_*) that deletes or locks "
+                                                               "a set",
+                                "ec2:LockSnapshot": "array_backup_lock_mode set",
+                                "ec2:ListSnapshotsInRecycleBin": "retention naming a set that is not there"},
+    "backup_set_prune": {"ec2:LockSnapshot": "lock given",
+                         "ec2:ListSnapshotsInRecycleBin": "set_ids naming a set that is not there"},
+    "backup_set_copy": {"ec2:DeleteSnapshot": "a copy that failed (the copy set is removed whole), stale copies of "
+                                              "an earlier run"},
     "array_restore": {
         "ec2:DescribeAvailabilityZones": "array_restore_availability_zone given",
         "ec2:DescribeFastSnapshotRestores": "array_restore_fast_snapshot_restore: true",

@@ -37,7 +37,9 @@ from tests.support.world import write_playbook
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import RetryingBotoClientWrapper
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _copy as copy
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _retention as retention
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _swap as swap
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
@@ -103,6 +105,19 @@ def test_procedures_run_with_exactly_their_policy(ec2i, make_user):
         assert refused(ec2) == []
         check_policy_size("backup_set_prune", called(ec2))
         assert [c["params"]["SnapshotId"][:5] for c in ec2.calls("DeleteSnapshot")] == ["snap-", "snap-"]
+
+        # an off-site copy of the newest set, with the copy policy (one account, another region)
+        ec2.clear_calls()
+        playbook = write_playbook(inst.workdir, [{"name": "copy", "register": "copied",
+                                                  "stillpoint.snapshots.backup_set_copy": dict(
+                                                      aws, set_id=sets["controller"], destination_region="us-east-1",
+                                                      poll_interval=0.1)}],
+                                  name="copy.yml")
+        rc, res, _raw = run_playbook(playbook, ec2, env=users["backup_set_copy"])
+        assert rc == 0, (res, refused(ec2))
+        assert res["copy"]["changed"] is True and len(ec2.calls("CopySnapshot")) == 2
+        assert refused(ec2) == []
+        check_policy_size("backup_set_copy", called(ec2))
 
         # restore the newest set over the destroyed data, with the restore policy
         destroy(sums)
@@ -211,6 +226,14 @@ def probe(name, action, client, endpoint, site):
             AvailabilityZones=[az], SourceSnapshotIds=[site["snapshot"]]),
         "ec2:DisableFastSnapshotRestores": lambda: client.disable_fast_snapshot_restores(
             AvailabilityZones=[az], SourceSnapshotIds=[site["snapshot"]]),
+        "ec2:DescribeLockedSnapshots": lambda: retention.locked_snapshots(client),
+        "ec2:LockSnapshot": lambda: retention._lock(client, {"SnapshotId": fresh_snapshot(endpoint, site),
+                                                             "LockMode": "governance", "LockDuration": 1}),
+        "ec2:ListSnapshotsInRecycleBin": lambda: retention.recycle_bin_members(client, "bs-none"),
+        "ec2:CopySnapshot": lambda: copy.copy_call(client, site["snapshot"], endpoint.region, {
+            policies.CREATOR_KEY: policies.CREATOR}, "iam probe"),
+        "ec2:DescribeSnapshotAttribute": lambda: copy.shared_with(client, [site["snapshot"]], "210987654321"),
+        "ec2:ModifySnapshotAttribute": lambda: copy.share(client, [site["snapshot"]], "210987654321"),
         "ec2:StopInstances": lambda: client.stop_instances(InstanceIds=[iid], DryRun=True),
         "ec2:StartInstances": lambda: client.start_instances(InstanceIds=[iid], DryRun=True),
     }

@@ -17,6 +17,7 @@ from tests.iam import policies
 HERE = os.path.dirname(os.path.abspath(__file__))
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 SNAP = "arn:aws:ec2:%s::snapshot/snap-0123456789abcdef0" % REGION
+NEW_SNAP = "arn:aws:ec2:%s::snapshot/*" % REGION  # the snapshot a create/copy call makes (no id yet)
 VOL = "arn:aws:ec2:%s:%s:volume/vol-0123456789abcdef0" % (REGION, ACCOUNT)
 INST = "arn:aws:ec2:%s:%s:instance/i-0123456789abcdef0" % (REGION, ACCOUNT)
 MARKED = {"aws:ResourceTag/%s" % policies.CREATOR_KEY: policies.CREATOR}
@@ -111,10 +112,24 @@ def test_tag_conditions_with_a_real_evaluator(iam_node_dir):
             case(name, "ec2:DetachVolume", VOL, {}, "Allowed")
             case(name, "ec2:EnableFastSnapshotRestores", SNAP, MARKED, "Allowed")
             case(name, "ec2:EnableFastSnapshotRestores", SNAP, FOREIGN, "ImplicitlyDenied")
+        if "ec2:CopySnapshot" in acts:  # any source snapshot; the new one only with the marker on create
+            tags = {"aws:RequestTag/%s" % policies.CREATOR_KEY: policies.CREATOR, "aws:TagKeys": [policies.CREATOR_KEY]}
+            case(name, "ec2:CopySnapshot", SNAP, {}, "Allowed")
+            case(name, "ec2:CopySnapshot", NEW_SNAP, tags, "Allowed")
+            # (not checkable here: NEW_SNAP without the tag. The simulator matches the request's literal "*" as a
+            # wildcard, so the source statement's snapshot/snap-* answers for it; EC2 compares it literally)
+            case(name, "ec2:CreateTags", SNAP, {"ec2:CreateAction": "CopySnapshot"}, "Allowed")
+            case(name, "ec2:CreateTags", SNAP, {"aws:TagKeys": ["stillpoint:state"]}, "ImplicitlyDenied")
+        for action in ("ec2:ModifySnapshotAttribute", "ec2:DescribeSnapshotAttribute", "ec2:LockSnapshot"):
+            if action in acts:  # shares, share reads and locks only of our own snapshots
+                case(name, action, SNAP, MARKED, "Allowed")
+                case(name, action, SNAP, FOREIGN, "ImplicitlyDenied")
         # unrelated actions are implicitly denied
         for action, arn in (("ec2:TerminateInstances", INST), ("ec2:ModifySnapshotAttribute", SNAP),
-                            ("ec2:CopySnapshot", SNAP), ("ec2:RunInstances", INST), ("iam:CreateUser", "*")):
-            case(name, action, arn, {}, "ImplicitlyDenied")
+                            ("ec2:CopySnapshot", SNAP), ("ec2:RunInstances", INST), ("iam:CreateUser", "*"),
+                            ("ec2:UnlockSnapshot", SNAP)):
+            if action not in acts:
+                case(name, action, arn, {}, "ImplicitlyDenied")
     got = simulate(iam_node_dir, cases)
     wrong = dict((cid, (got.get(cid), want)) for cid, want in expect.items() if got.get(cid) != want)
     assert wrong == {}, wrong
