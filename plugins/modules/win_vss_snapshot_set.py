@@ -98,6 +98,7 @@ extends_documentation_fragment:
   - amazon.aws.region.modules
   - amazon.aws.boto3
   - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
   check_mode:
     support: full
