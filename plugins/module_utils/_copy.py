@@ -17,6 +17,7 @@ import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _retention as retention
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 # Tags a copy carries besides the source's catalog tags (docs/copies.md).
@@ -209,11 +210,6 @@ def caller_account(sts):
                             "or give destination_account_id)", e)
 
 
-def _why_absent(client, set_id):
-    tagged = ebs.describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [set_id]}])
-    return catalog.absent_refusal(set_id, [], [s["SnapshotId"] for s in tagged])
-
-
 def shared_with(client, snapshot_ids, account):
     """The source snapshots whose createVolumePermission names ``account`` (DescribeSnapshotAttribute)."""
     out = []
@@ -268,7 +264,7 @@ def copy_set(aws, params, check_mode=False, log=None, sleep=time.sleep):
         raise StillpointError("no source region: give region (or set AWS_REGION)")
     src = aws.client("ec2", retry_decorator=ebs.RETRY)
     snaps = ebs.catalog_snapshots(src, set_id=set_id)
-    rec = check_source(catalog.group_sets(snaps), set_id, source_region, lambda sid: _why_absent(src, sid))
+    rec = check_source(catalog.group_sets(snaps), set_id, source_region, lambda sid: retention.why_absent(src, sid, None, None))
     source_snaps = [s for s in snaps if s["SnapshotId"] in set(rec["snapshot_ids"])]
     source_account = source_snaps[0].get("OwnerId")
     dest_region, dest, sts, own = destination_clients(aws, params, source_region)

@@ -266,50 +266,6 @@ def find_sets(client, set_id=None, name=None, instance_id=None, host=None, state
     return records[:1] if latest else records
 
 
-def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=None, delete_partial=False,
-          set_ids=None, force=False, check_mode=False):
-    """backup_set_prune: apply :func:`_catalog.prune_decision` to the catalog and delete what it lets go.
-
-    Returns ``{changed, deleted, kept, diff}``; refusals raise before anything is deleted (every one at
-    once); snapshots that could not be deleted raise after the others were, with the result so far.
-    """
-    catalog.check_prune_rules(keep_last, older_than_days, set_ids, delete_partial)
-    records = catalog_sets(client, name=name, instance_id=instance_id)
-    decision = catalog.prune_decision(records, keep_last, older_than_days, delete_partial, set_ids, force,
-                                      lambda sid: _why_absent(client, sid, name, instance_id))
-    result = dict(changed=False, deleted=[], kept=decision["kept"], diff=decision["diff"])
-    if check_mode:
-        result.update(changed=bool(decision["delete"]), deleted=[
-            dict(catalog.summary(rec, why), snapshot_ids=list(rec["snapshot_ids"])) for rec, why in decision["delete"]])
-        return result
-    failures = []
-    for rec, why in decision["delete"]:
-        gone, failed = delete_ours(client, rec["snapshot_ids"])
-        if gone:
-            result["changed"] = True
-            result["deleted"].append(dict(catalog.summary(rec, why), snapshot_ids=gone))
-        failures.extend(dict(f, set_id=rec["set_id"]) for f in failed)
-    if failures:
-        left = sorted(set(f["set_id"] for f in failures))
-        before = decision["diff"]["before"]["set_ids"]
-        doomed = set(rec["set_id"] for rec, _why in decision["delete"])
-        result["diff"]["after"]["set_ids"] = [sid for sid in before if sid not in doomed or sid in left]
-        raise StillpointError("could not delete %d snapshot(s) of set(s) %s: %s. A set that lost some of its members "
-                              "is now reported partial; fix the cause and prune again"
-                              % (len(failures), ", ".join(left),
-                                 "; ".join("%s: %s" % (f["snapshot_id"], f["error"]) for f in failures)),
-                              errors=failures, **result)
-    return result
-
-
-def _why_absent(client, sid, name, instance_id):
-    """Why ``sid`` is not among the sets read: another name/instance, not ours, or not there at all."""
-    elsewhere = catalog_sets(client, set_id=sid) if name or instance_id else []
-    tagged = describe_snapshots(client, filters=[{"Name": "tag:%s" % catalog.K_SET_ID, "Values": [sid]}]) \
-        if not elsewhere else []
-    return catalog.absent_refusal(sid, elsewhere, [s["SnapshotId"] for s in tagged])
-
-
 # --------------------------------------------------------------------------- volumes
 
 FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
