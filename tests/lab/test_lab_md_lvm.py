@@ -127,7 +127,8 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
         with lab_timer("backup.yml (host mode, md RAID0 + LVM + XFS discovered, writer running)"):
             rc, results, data = _playbook(world, "backup.yml", {
                 "backup_hosts": "vmsrc", "array_backup_mountpoints": MNT,
-                "array_backup_aws_endpoint_url": GUEST_EC2_URL, "array_backup_imds_endpoint": GUEST_IMDS_URL})
+                "array_backup_aws_endpoint_url": GUEST_EC2_URL, "array_backup_imds_endpoint": GUEST_IMDS_URL,
+                "array_backup_poll_interval": 1})
     finally:
         vm.ssh("pkill -f '[s]rv/data/log'", check=False)
         writer.kill()

@@ -76,7 +76,7 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
             rc, results, data = _playbook(world, "backup.yml", {
                 "backup_hosts": "lab", "array_backup_mountpoints": ",".join(MOUNTS),
                 "array_backup_aws_endpoint_url": GUEST_EC2_URL, "array_backup_imds_endpoint": GUEST_IMDS_URL,
-                "array_backup_wait": True})
+                "array_backup_wait": True, "array_backup_poll_interval": 1})
     finally:
         vm.ssh("pkill -f '[d]ata1/log'", check=False)
         writer.kill()
