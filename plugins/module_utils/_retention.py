@@ -184,7 +184,9 @@ def prune(client, name=None, instance_id=None, keep_last=None, older_than_days=N
         try:
             answer = _lock(client, kwargs)
         except StillpointError as e:
-            raise StillpointError("%s; nothing was deleted" % e.msg, **dict(result, changed=bool(result["locked"])))
+            so_far = dict(result)
+            so_far["changed"] = bool(result["locked"])
+            raise StillpointError("%s; nothing was deleted" % e.msg, **so_far)
         result["locked"].append(dict(_lock_entry(set_id, kwargs), lock_state=answer.get("LockState"),
                                      lock_expires_on=catalog.utc_iso(catalog.parse_time(answer.get("LockExpiresOn")))
                                      if answer.get("LockExpiresOn") else None))

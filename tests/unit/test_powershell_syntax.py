@@ -147,7 +147,7 @@ def rule_violations(source):
             following = "\n".join(lines[line - 1:line + 2])
             if "$LASTEXITCODE" not in following:
                 found.append((line, "native command without a $LASTEXITCODE check within 2 lines", text[:40]))
-    top_level = [c for c in tree.root_node.children]
+    top_level = list(tree.root_node.children)
     if not any(b"$ErrorActionPreference = 'Stop'" in source[c.start_byte:c.end_byte] for c in top_level):
         found.append((0, "no top-level $ErrorActionPreference = 'Stop'", ""))
     return sorted(found)
