@@ -202,6 +202,32 @@ class Endpoint:
         return self.control("throttle", action=action, count=count, code=code, message=message,
                             status=status)["fault"]
 
+    def buckets(self, on=None, scale=None, overrides=None, dry_run_consumes=None, per_volume_interval=None,
+                levels=None, advance=None, region=None, account_id=None, reset=False):
+        """EC2's token buckets (``_buckets.py``; off by default, ``reset()`` turns them off again).
+
+        ``on``: throttle as EC2 documents (per account and region, one bucket per action, sizes and refill
+        rates by category, resource buckets of Run/Start/Stop/TerminateInstances, one snapshot per volume per
+        ``per_volume_interval`` s); ``scale`` multiplies every size and refill rate; ``overrides``:
+        ``{action: (size, refill)}`` (``"<action>/resource"``, ``"<action>/unfiltered"`` for those buckets);
+        ``dry_run_consumes``: whether DryRun requests take tokens (default True: AWS does not document it);
+        ``levels``: ``{action: tokens}`` sets current levels (0 drains) of ``account_id``/``region`` (default the
+        endpoint's); ``advance``: seconds added to the buckets' clock. Nothing given: only reads.
+        Returns ``{"on", "scale", "overrides", "dry_run_consumes", "per_volume_interval", "clock", "levels":
+        [{"account_id", "region", "action", "kind", "level", "size", "refill"}], "throttled": {"<action> <code>": n}}``."""
+        args = dict(on=on, scale=scale, overrides=overrides, dry_run_consumes=dry_run_consumes,
+                    per_volume_interval=per_volume_interval, levels=levels, advance=advance, region=region,
+                    account_id=account_id, reset=bool(reset))
+        return self.control("buckets", **dict((k, v) for k, v in args.items() if v is not None))
+
+    def bucket_level(self, action, kind="request", region=None, account_id=None):
+        """The current level of one bucket (None if it was never used)."""
+        for b in self.buckets()["levels"]:
+            if (b["action"], b["kind"]) == (action, kind) and b["region"] == (region or self.region) \
+                    and b["account_id"] == (account_id or ACCOUNT_ID):
+                return b["level"]
+        return None
+
     def fail_next(self, action, code, message=None, status=None, count=1, after=0):
         """The next call (``count`` calls) of ``action`` fails with ``code``/``message`` (HTTP ``status``, default
         400); with ``after``, only once that many calls of ``action`` went through."""

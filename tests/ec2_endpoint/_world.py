@@ -57,7 +57,7 @@ from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id, random_volume_id
 
-from . import _local, _qemu
+from . import _buckets, _local, _qemu
 from ._sparse import sparse_copy
 
 ACCOUNT_ID = "123456789012"
@@ -653,6 +653,7 @@ class World:
         self.received = {}  # action -> real calls arrived (op_received)
         self.copies_seen = 0  # CopySnapshot calls that made a copy (op_fail_copy counts from here)
         self._reset_faults()
+        _buckets.install(self)  # EC2's token buckets, off until the control op ``buckets`` (_buckets.py)
         # the local attach backend: instance id -> by-id directory, loop devices, the poller's work
         self.local = _local.LocalBackend(os.path.join(self.state_dir, "local"))
         self.local_instances = {}
@@ -756,6 +757,7 @@ class World:
         """Clear faults, latencies, overrides and the call log; with ``state`` also every EC2 resource
         (and every loop device and link of the local backend)."""
         self._reset_faults()
+        self.buckets.reset()
         self.op_clear_calls()
         self.qemu.speed = 0
         if state:

@@ -113,13 +113,17 @@ class Middleware:
         }
         # Injected latency and faults target real calls: a DryRun (a permission and parameter check,
         # which the collection makes before freezing) passes through untouched, and is logged as such.
-        if not internal and not entry["dry_run"]:
-            world.receive(action)
-            delay = world.latency_for(action)
-            if delay:
-                time.sleep(delay / 1000.0)
-                entry["latency_ms"] = delay
-            fault = world.take_fault(action)
+        # EC2's token buckets (_buckets.py, off by default) see DryRun requests too when they consume tokens.
+        fault = None if internal else world.buckets.take(environ, action, region, params, entry["dry_run"])
+        if not internal and (not entry["dry_run"] or fault is not None):
+            if not entry["dry_run"]:
+                world.receive(action)
+            if fault is None:
+                delay = world.latency_for(action)
+                if delay:
+                    time.sleep(delay / 1000.0)
+                    entry["latency_ms"] = delay
+                fault = world.take_fault(action)
             if fault is not None:
                 body = ec2_error(fault["code"], fault["message"])
                 entry.update(status=fault["status"], error_code=fault["code"], error_message=fault["message"],
