@@ -669,3 +669,76 @@ def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=Fal
             else:
                 delete.append((rec, " and ".join(reasons)))
     return keep, delete
+
+
+# --------------------------------------------------------------------------- drills and copies (issue 17)
+
+K_DRILL = PREFIX + "drill"  # the last restore drill's verdict (JSON, chunked like K_ARRAY), on every member
+K_COPY_OF_KEY = PREFIX + "copy-of"  # _copy.K_COPY_OF: "<source account>:<source region>:<source set id>"
+
+
+def drill_of(snapshots, set_id):
+    """The drill verdict of ``set_id`` from its member snapshots (DescribeSnapshots items), or None.
+
+    A verdict counts only when it names this set (a copy carries its source's tags, and with them the
+    source's verdict: that one proves the source, not the copy) and every member carries the same one.
+    Returns the verdict dict with ``members_agree`` (false when members carry different or no verdicts:
+    the newest one is shown)."""
+    found = []
+    for snap in snapshots:
+        tags = tag_dict(snap.get("Tags"))
+        if tags.get(K_SET_ID) != set_id:
+            continue
+        value = decode_json(tags, K_DRILL)
+        found.append(value if isinstance(value, dict) and value.get("set") == set_id else None)
+    valid = [v for v in found if v]
+    if not valid:
+        return None
+    newest = max(valid, key=lambda v: str(v.get("verified_at") or ""))
+    out = dict(newest)
+    out["members_agree"] = len(valid) == len(found) and all(v == newest for v in valid)
+    return out
+
+
+def copies_of(snapshots, set_id, region, source_region=None):
+    """Copy sets (ids, newest first) among ``snapshots`` (of ``region``) whose ``stillpoint:copy-of`` names
+    ``set_id`` of ``source_region`` (any account). Returns ``[{set_id, region, state_tags}]``."""
+    suffix = ":%s" % set_id
+    out = {}
+    for snap in snapshots:
+        if not is_ours(snap):
+            continue
+        tags = tag_dict(snap.get("Tags"))
+        of = tags.get(K_COPY_OF_KEY) or ""
+        if not of.endswith(suffix):
+            continue
+        parts = of.split(":")
+        if source_region and (len(parts) < 3 or parts[-2] != source_region):
+            continue
+        cid = tags.get(K_SET_ID)
+        if cid:
+            out.setdefault(cid, set()).add(tags.get(K_STATE, "pending"))
+    return [{"set_id": cid, "region": region, "marked": sorted(states)}
+            for cid, states in sorted(out.items(), reverse=True)]
+
+
+def verified(record):
+    """True when the set's last drill (``record["drill"]``) passed and every member carries it."""
+    d = record.get("drill") or {}
+    return d.get("result") == "pass" and bool(d.get("members_agree"))
+
+
+def newest_verified(records, region=None):
+    """The newest complete, verified set per host (instance) and set name: ``[{instance_id, host, name, set_id,
+    created, verified_at, rto_s, region}]``; ``records`` newest first, each with its ``drill``."""
+    out = {}
+    for rec in records:
+        if rec.get("state") != "complete" or not verified(rec):
+            continue
+        key = (rec.get("instance_id"), rec.get("name"))
+        if key in out:
+            continue
+        out[key] = {"instance_id": rec.get("instance_id"), "host": rec.get("host"), "name": rec.get("name"),
+                    "set_id": rec["set_id"], "created": rec.get("created"), "region": region,
+                    "verified_at": rec["drill"].get("verified_at"), "rto_s": rec["drill"].get("rto_s")}
+    return sorted(out.values(), key=lambda r: (str(r["instance_id"]), str(r["name"])))

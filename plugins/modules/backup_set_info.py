@@ -38,6 +38,30 @@ options:
   host:
     description: Only sets whose recorded host name is this one.
     type: str
+  copy_regions:
+    description:
+      - Regions to look for copies of each set in (M(stillpoint.snapshots.backup_set_copy)); name the region of the
+        connection too to find copies there. A copy is a set whose C(stillpoint:copy-of) tag names the set and the
+        region of the connection; see RV(sets[].copies). Empty, copies are not looked for (no extra calls).
+      - Only copies readable with this connection's account are found (a copy in another account is not listed).
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
+  verified_only:
+    description:
+      - Only sets whose last restore drill passed (the role C(stillpoint.snapshots.restore_drill) records it on every
+        member as C(stillpoint:drill)); see RV(sets[].drill).
+    type: bool
+    default: false
+    version_added: 0.2.0
+  newest_verified:
+    description:
+      - Also return RV(newest_verified), the newest complete verified set per instance and set name in this region.
+      - Read over all sets of the catalog that the other filters (O(name), O(instance_id), O(host)) leave.
+    type: bool
+    default: false
+    version_added: 0.2.0
   state:
     description: Only sets in one of these states. All states when omitted.
     type: list
@@ -94,6 +118,12 @@ EXAMPLES = r"""
     state: [partial, pending]
     query: "[].{id: set_id, state: state, why: problems}"
   register: attention
+
+- name: The newest set of each instance that a restore drill proved, and the copies of the sets in two regions
+  stillpoint.snapshots.backup_set_info:
+    newest_verified: true
+    copy_regions: [eu-west-1, eu-central-1]
+  register: proved
 """
 
 RETURN = r"""
@@ -177,6 +207,31 @@ sets:
       description: What the held application quiescer held and recorded (C(stillpoint:app); kind, lock, confirmed,
         held_ms, binlog_file, binlog_position, gtid), null if none.
       type: dict
+    drill:
+      description:
+        - The last restore drill's verdict (C(stillpoint:drill)), null if the set was never drilled. C(result)
+          (V(pass) or V(fail)), C(verified_at), C(rto_s) (first CreateVolume call to verified), C(checks), C(instance)
+          (the scratch instance), C(region), C(phases), and C(members_agree) (false when the members carry
+          different verdicts, or some none; a verdict a copy inherited from its source is not counted).
+      type: dict
+      version_added: 0.2.0
+      sample: {set: bs-20240302T020000Z-d4e5f6, result: pass, verified_at: "2024-03-03T02:10:00Z", rto_s: 41.2,
+               checks: {filesystems: pass, manifest: none recorded}, instance: i-0fedcba9876543210,
+               members_agree: true}
+    copies:
+      description: Copy sets of this set in O(copy_regions) (C(set_id), C(region), C(marked), the copies' state tags).
+      returned: when O(copy_regions) is given
+      type: list
+      elements: dict
+      version_added: 0.2.0
+      sample: [{set_id: bs-20240302T020000Z-9f3e1a, region: eu-central-1, marked: [complete]}]
+newest_verified:
+  description: The newest complete set whose last drill passed, per instance and set name, in this region
+    (C(instance_id), C(host), C(name), C(set_id), C(created), C(verified_at), C(rto_s), C(region)).
+  returned: when O(newest_verified=true)
+  type: list
+  elements: dict
+  version_added: 0.2.0
 recycle_bin:
   description: Snapshots of the set named by O(set_id) that sit in the Recycle Bin, and how to recover them.
   returned: when O(set_id) is given, the set is missing or partial, and some of its snapshots are in the bin
@@ -228,6 +283,9 @@ ARGUMENT_SPEC = dict(
     state=dict(type="list", elements="str", choices=list(catalog.STATES)),
     latest=dict(type="bool", default=False),
     query=dict(type="str"),
+    copy_regions=dict(type="list", elements="str", default=[]),
+    verified_only=dict(type="bool", default=False),
+    newest_verified=dict(type="bool", default=False),
 )
 
 
@@ -246,11 +304,30 @@ def main():
     expression = compile_query(module, p["query"]) if p["query"] is not None else None
     client = module.client("ec2", retry_decorator=ebs.RETRY)
     try:
-        sets = ebs.find_sets(client, set_id=p["set_id"], name=p["name"], instance_id=p["instance_id"], host=p["host"],
-                             states=p["state"], latest=p["latest"])
+        snapshots = ebs.catalog_snapshots(client, set_id=p["set_id"], name=p["name"], instance_id=p["instance_id"])
+        records = catalog.select_sets(catalog.group_sets(snapshots), set_id=p["set_id"], name=p["name"],
+                                      instance_id=p["instance_id"], host=p["host"])
+        for rec in records:
+            rec["drill"] = catalog.drill_of(snapshots, rec["set_id"])
+        newest = catalog.newest_verified(records, module.region) if p["newest_verified"] else None
+        sets = catalog.select_sets(records, states=p["state"])
+        if p["verified_only"]:
+            sets = [rec for rec in sets if catalog.verified(rec)]
+        sets = sets[:1] if p["latest"] else sets
+        if sets and p["copy_regions"]:
+            everywhere = []
+            for region in dict.fromkeys(p["copy_regions"]):
+                other = client if region == module.region else module.client("ec2", retry_decorator=ebs.RETRY,
+                                                                              region=region)
+                everywhere.append((region, ebs.catalog_snapshots(other)))
+            for rec in sets:
+                rec["copies"] = [c for region, snaps in everywhere
+                                 for c in catalog.copies_of(snaps, rec["set_id"], region, source_region=module.region)]
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
     result = dict(changed=False, sets=sets)
+    if newest is not None:
+        result["newest_verified"] = newest
     if p["set_id"] and (not sets or sets[0]["state"] == "partial"):
         try:
             found = retention.recycle_bin_report(client, p["set_id"])
