@@ -408,6 +408,8 @@ class _GuardianProcess:
                 self.record.setdefault("late", []).append(item)
                 if not item.get("thawed", True):
                     self.record["thaw_errors"].append(item["mountpoint"])
+        if ready:
+            self.release_fds()  # the late member's fd too: its filesystem must not stay busy for the grace period
 
     def wait_wave(self, sock, wave, failures):
         """Wait until every FIFREEZE of the wave returned, or the owner went away, the deadline
