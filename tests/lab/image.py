@@ -48,7 +48,7 @@ SOURCES = "/etc/apt/sources.list.d/debian.sources"
 PACKAGES = [
     "systemd-sysv", "udev", "openssh-server", "python3", "python3-boto3", "lvm2",
     "thin-provisioning-tools", "mdadm", "drbd-utils", "xfsprogs", "util-linux", "kmod", "iproute2",
-    "e2fsprogs", "procps", "initramfs-tools", "linux-image-cloud-amd64",
+    "e2fsprogs", "procps", "postgresql-15", "initramfs-tools", "linux-image-cloud-amd64",
 ]
 # kernel variant -> the kernel package (replaces PACKAGES' last entry), extra mirrors for mmdebstrap,
 # and the -cpu the kernel boots with under TCG
@@ -116,6 +116,12 @@ for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 
   chroot "$R" systemctl mask "$u" >/dev/null 2>&1 || true
 done
 chroot "$R" systemctl disable drbd.service >/dev/null 2>&1 || true
+# PostgreSQL: the server binaries only; the cluster the package made at install is dropped and nothing starts one
+# (tests/lab/test_lab_postgresql.py runs its own initdb on the array, started by pg_ctl as postgres)
+for c in "$R"/etc/postgresql/*/*; do
+  if [ -d "$c" ]; then chroot "$R" pg_dropcluster "$(basename "$(dirname "$c")")" "$(basename "$c")"; fi
+done
+chroot "$R" systemctl mask postgresql.service >/dev/null 2>&1 || true
 sed -i 's/^#\?UseDNS.*/UseDNS no/; s/^#\?PermitRootLogin.*/PermitRootLogin prohibit-password/' \
   "$R/etc/ssh/sshd_config"
 # no resolver, no mirror: the guest reaches nothing but what the lab forwards
