@@ -317,8 +317,10 @@ def main():
         if sets and p["copy_regions"]:
             everywhere = []
             for region in dict.fromkeys(p["copy_regions"]):
-                other = client if region == module.region else module.client("ec2", retry_decorator=ebs.RETRY,
-                                                                              region=region)
+                if region == module.region:
+                    other = client
+                else:
+                    other = module.client("ec2", retry_decorator=ebs.RETRY, region=region)
                 everywhere.append((region, ebs.catalog_snapshots(other)))
             for rec in sets:
                 rec["copies"] = [c for region, snaps in everywhere

@@ -223,7 +223,7 @@ def test_drill_interrupted_then_rerun_removes_the_leftovers_first(ec2, tmp_path)
     """The state a drill killed after create, attach and mount leaves (made with the role's own modules), then
     drill.yml again: the leftovers are unmounted, detached and deleted first, the drill passes, nothing is left."""
     root = tmp_path / "drill"
-    with EmulatedInstance(ec2, n=2, local=True, fstype="xfs") as source:
+    with EmulatedInstance(ec2, n=2, local=True) as source:
         sums = write_data(source.mountpoints)
         taken = backup(ec2, source)
         with EmulatedInstance(ec2, n=1, local=True) as scratch:
@@ -261,8 +261,34 @@ def test_drill_interrupted_then_rerun_removes_the_leftovers_first(ec2, tmp_path)
                 assert all(checksum(p) == s for p, s in sums.items())
                 report = raw["global_custom_stats"]["stillpoint_drills"]["localhost"]
                 assert sorted(report["leftovers_removed"]) == left
-                TIMINGS.append(("re-run after interruption (xfs)", report, None))
+                TIMINGS.append(("re-run after interruption", report, None))
                 print("\n".join(task(res, "Report the drill")["msg"]))
+            finally:
+                unmount_under(root)
+
+
+def test_a_failed_check_records_fail_and_still_removes_everything(ec2, tmp_path):
+    """A sentinel that the copy lacks fails the drill after the volumes were attached and mounted: the verdict
+    says fail (where it failed, no RTO), the copy is taken down, every scratch volume removed, the job fails."""
+    root = tmp_path / "drill"
+    with EmulatedInstance(ec2, n=2, local=True) as source:
+        taken = backup(ec2, source)
+        with EmulatedInstance(ec2, n=1, local=True) as scratch:
+            try:
+                ec2.clear_calls()
+                rc, res, raw = drill(ec2, scratch, root, restore_drill_set_id=taken["set_id"],
+                                     restore_drill_sentinel="no-such-file")
+                assert rc != 0
+                assert "Sentinel missing" in task(res, UP)["msg"]
+                for value in verdicts(ec2, taken["snapshot_ids"]).values():
+                    assert value["result"] == "fail" and value["rto_s"] is None
+                    assert value["checks"]["failed_at"] == UP
+                assert len(task(res, REMOVE)["removed"]) == 2
+                assert drill_volumes(ec2) == [] and under(root) == []
+                assert [d["volume_id"] for d in ec2.local_devices(instance_id=scratch.instance_id)] == scratch.volume_ids
+                assert task(res, "Fail the job when the set did not pass its drill (the verdict is recorded)")["failed"]
+                got = info(ec2, tmp_path, set_id=taken["set_id"], newest_verified=True)
+                assert got["sets"][0]["drill"]["result"] == "fail" and got["newest_verified"] == []
             finally:
                 unmount_under(root)
 
@@ -275,8 +301,8 @@ def test_zz_timing_table():
     print("|---|---|---|---|---|---|")
     for name, report, _wall in TIMINGS:
         ph = report["phases"]
-        print("| %s | %s | %s | %s | %s | %s |" % (name, report["rto_s"], ph.get("create_s"), ph.get("attach_s"),
-                                                  ph.get("up_s"), ph.get("cleanup_s")))
+        row = (name, report["rto_s"], ph.get("create_s"), ph.get("attach_s"), ph.get("up_s"), ph.get("cleanup_s"))
+        print("| %s | %s | %s | %s | %s | %s |" % row)
         assert report["rto_s"] > 0
 
 

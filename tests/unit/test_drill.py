@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pure parts of the restore drill (plugins/module_utils/_drill.py) and of the catalog's drill/copy
+reading (the end of _catalog.py): clone maps, free device names, the removal plan, the verdict and its tags,
+verdicts read back from member snapshots, copies, the newest verified set."""
+
+import json
+
+import pytest
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drill as drill
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CREATOR
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+SET = "bs-20240302T020000Z-d4e5f6"
+LAYOUT = {"filesystems": [{"mountpoint": "/srv/pg", "fstype": "xfs", "members": [0, 1], "device": "/dev/data/pg"},
+                          {"mountpoint": "/", "fstype": "ext4", "members": [2]}],
+          "md": [{"device": "/dev/md0", "uuid": "a:b:c:d", "level": "raid0", "members": [0, 1]}],
+          "lvm": [{"vg": "data", "uuid": "x", "pvs": ["/dev/md0"], "lvs": ["pg"]}]}
+
+
+def test_clone_maps_put_everything_under_the_root_with_drill_names():
+    maps = drill.clone_maps(LAYOUT, SET, "/mnt/stillpoint-drill/")
+    assert maps["mountpoint_map"] == {"/srv/pg": "/mnt/stillpoint-drill/%s/srv/pg" % SET,
+                                      "/": "/mnt/stillpoint-drill/%s" % SET}
+    assert maps["vg_map"] == {"data": "data_drill"}
+    assert maps["md_map"] == {"/dev/md0": "/dev/md/md0_drill"}
+    assert drill.clone_maps({}, SET)["mountpoint_map"] == {}
+
+
+@pytest.mark.parametrize("root,set_id", [("/", SET), ("relative", SET), ("/mnt/x", "bs-nope")])
+def test_clone_maps_refuse_a_bad_root_or_set_id(root, set_id):
+    with pytest.raises(StillpointError):
+        drill.clone_maps(LAYOUT, set_id, root)
+
+
+def test_free_devices_skip_names_in_use_and_their_aliases():
+    inst = {"InstanceId": "i-1", "RootDeviceName": "/dev/xvda",
+            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda"}, {"DeviceName": "/dev/sdf"}]}
+    vols = [{"Attachments": [{"InstanceId": "i-1", "Device": "/dev/xvdg", "State": "attaching"}]},
+            {"Attachments": [{"InstanceId": "i-2", "Device": "/dev/sdh", "State": "attached"}]}]
+    used = drill.used_devices(inst, vols)
+    assert {"/dev/sdf", "/dev/xvdf", "/dev/sdg", "/dev/xvdg", "/dev/xvda", "/dev/sda"} <= used
+    assert "/dev/sdh" not in used  # another instance's attachment is no name of this one
+    assert drill.free_devices(used, 2) == ["/dev/sdh", "/dev/sdi"]
+
+
+def test_free_devices_refuse_when_too_few_are_free():
+    with pytest.raises(StillpointError, match="never detaches anything of the scratch instance"):
+        drill.free_devices({"/dev/sdf"}, 2, candidates=("/dev/sdf", "/dev/sdg"))
+
+
+def vol(vid, state="available", attachments=(), set_id=SET):
+    return {"VolumeId": vid, "State": state, "Attachments": list(attachments),
+            "Tags": [{"Key": drill.K_DRILL_OF, "Value": set_id}, {"Key": catalog.K_CREATOR, "Value": CREATOR}]}
+
+
+def test_plan_removal_detaches_from_the_scratch_instance_only():
+    plan = drill.plan_removal([
+        vol("vol-4", "in-use", [{"InstanceId": "i-source", "Device": "/dev/sdg", "State": "attached"}]),
+        vol("vol-1", "in-use", [{"InstanceId": "i-scratch", "Device": "/dev/sdg", "State": "attached"}]),
+        vol("vol-2"), vol("vol-3", "creating"),
+    ], "i-scratch")
+    assert [(e["volume_id"], e["action"]) for e in plan] == [
+        ("vol-1", "detach"), ("vol-2", "delete"), ("vol-3", "wait"), ("vol-4", "refuse")]
+    assert plan[0]["device"] == "/dev/sdg" and plan[3]["attached_to"] == "i-source"
+    assert all(e["set_id"] == SET for e in plan)
+
+
+def test_verdict_and_its_tags():
+    value = drill.verdict(SET, "pass", 41.234, {"filesystems": "pass"}, "i-scratch", region="eu-west-1",
+                          verified_at="2024-03-03T02:10:00Z", phases={"create_s": 1.04, "up_s": None})
+    assert value == {"set": SET, "result": "pass", "verified_at": "2024-03-03T02:10:00Z", "rto_s": 41.2,
+                     "checks": {"filesystems": "pass"}, "instance": "i-scratch", "region": "eu-west-1",
+                     "phases": {"create_s": 1.0}}
+    tags = drill.verdict_tags(value)
+    assert list(tags) == [drill.K_DRILL] and json.loads(tags[drill.K_DRILL]) == value
+    long = drill.verdict(SET, "fail", None, {"failed_at": "x" * 300}, "i-scratch")
+    chunks = drill.verdict_tags(long)
+    assert sorted(chunks) == [drill.K_DRILL, drill.K_DRILL + ".1"]
+    assert all(len(v) <= catalog.TAG_VALUE_MAX for v in chunks.values())
+    assert catalog.decode_json(chunks, drill.K_DRILL) == long
+    # a shorter verdict after a longer one removes the stale chunk
+    assert drill.stale_chunks(dict(chunks, Name="x"), tags) == [drill.K_DRILL + ".1"]
+
+
+@pytest.mark.parametrize("args", [(SET, "maybe"), ("bs-x", "pass")])
+def test_verdict_refuses_bad_values(args):
+    with pytest.raises(StillpointError):
+        drill.verdict(args[0], args[1], 1.0, {}, "i-1")
+
+
+def test_drill_restore_id_is_stable_and_not_a_restore_id():
+    rid = drill.drill_restore_id(SET, "eu-west-1a", "i-1")
+    assert rid == drill.drill_restore_id(SET, "eu-west-1a", "i-1") and rid.startswith("dr-") and len(rid) == 15
+    assert rid != drill.drill_restore_id(SET, "eu-west-1a", "i-2")
+
+
+def snap(sid, set_id, index, extra=None):
+    tags = {catalog.K_SET_ID: set_id, catalog.K_MEMBER: str(index), catalog.K_CREATOR: CREATOR}
+    tags.update(extra or {})
+    return {"SnapshotId": sid, "Tags": catalog.to_tag_list(tags)}
+
+
+def test_drill_of_reads_the_verdict_and_ignores_one_a_copy_inherited():
+    v = drill.verdict(SET, "pass", 12.0, {}, "i-s", verified_at="2024-03-03T02:10:00Z")
+    tags = drill.verdict_tags(v)
+    snaps = [snap("snap-1", SET, 0, tags), snap("snap-2", SET, 1, tags)]
+    got = catalog.drill_of(snaps, SET)
+    assert got["result"] == "pass" and got["members_agree"] is True
+    assert catalog.drill_of([snap("snap-1", SET, 0, tags), snap("snap-2", SET, 1)], SET)["members_agree"] is False
+    copy = "bs-20240302T020000Z-9f3e1a"
+    assert catalog.drill_of([snap("snap-3", copy, 0, tags)], copy) is None  # the source's verdict, carried
+    assert catalog.drill_of(snaps, copy) is None
+
+
+def test_copies_of_match_the_copy_of_tag():
+    copy = "bs-20240302T020000Z-9f3e1a"
+    snaps = [snap("snap-3", copy, 0, {catalog.K_COPY_OF_KEY: "123456789012:eu-west-1:" + SET,
+                                      catalog.K_STATE: "complete"}),
+             snap("snap-4", "bs-20240302T020000Z-000000", 0, {catalog.K_COPY_OF_KEY: "1:eu-west-2:" + SET})]
+    assert catalog.copies_of(snaps, SET, "eu-central-1", source_region="eu-west-1") == [
+        {"set_id": copy, "region": "eu-central-1", "marked": ["complete"]}]
+    assert len(catalog.copies_of(snaps, SET, "eu-central-1")) == 2
+    assert catalog.K_COPY_OF_KEY == __import__(
+        "ansible_collections.stillpoint.snapshots.plugins.module_utils._copy", fromlist=["K_COPY_OF"]).K_COPY_OF
+
+
+def rec(set_id, instance, result=None, state="complete", agree=True, name="pg"):
+    drill_value = {"result": result, "verified_at": "t", "rto_s": 3.0, "members_agree": agree} if result else None
+    return {"set_id": set_id, "instance_id": instance, "host": "h-" + instance, "name": name, "state": state,
+            "created": set_id, "drill": drill_value}
+
+
+def test_newest_verified_per_instance_and_name():
+    records = [rec("bs-5", "i-1", "fail"), rec("bs-4", "i-1", "pass", agree=False), rec("bs-3", "i-1", "pass"),
+               rec("bs-2", "i-1", "pass"), rec("bs-6", "i-2", "pass", state="partial"), rec("bs-1", "i-2", "pass"),
+               rec("bs-0", "i-3")]
+    got = catalog.newest_verified(records, "eu-west-1")
+    assert [(r["instance_id"], r["set_id"]) for r in got] == [("i-1", "bs-3"), ("i-2", "bs-1")]
+    assert got[0]["region"] == "eu-west-1" and got[0]["rto_s"] == 3.0
+    assert catalog.verified(records[2]) and not catalog.verified(records[0]) and not catalog.verified(records[1])
