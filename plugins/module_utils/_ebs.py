@@ -34,6 +34,14 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 THROTTLE_CODES = ("RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException")
 RATE_CODE = "SnapshotCreationPerVolumeRateExceeded"
 RATE_BACKOFF = 15.0
+TRANSIENT_CODES = ("InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable")  # retried outside a freeze
+
+# How many freeze-call-thaw cycles the set took (catalog tag, docs/catalog.md; docs/throttling.md).
+K_FREEZE_CYCLES = "stillpoint:freeze-cycles"
+REFILL_INTERVAL = 0.2  # one token of CreateSnapshots' documented refill (5 a second): the rest after a throttled probe
+THROTTLE_HELP = ("EC2 throttles CreateSnapshots per account and Region (a bucket of 100 requests refilled at 5 a second, "
+                 "shared by every client of the account; one snapshot per volume every ~15 s): run it again later, "
+                 "spread the hosts' runs, or allow another freeze cycle with max_freeze_cycles (docs/throttling.md)")
 
 # Calls made outside any freeze window retry the way amazon.aws modules do.
 RETRY = AWSRetry.jittered_backoff(retries=10, delay=1, max_delay=30)
@@ -415,7 +423,8 @@ class SnapshotSetRun:
 
     def __init__(self, client, plan, set_id, name=None, host=None, description=None, copy_tags_from_source=False,
                  procedure="ebs_snapshot_set", array=None, mountpoints_by_volume=None, extra_tags=None,
-                 max_cycles=8, backoff=None, sleep=time.sleep, log=None, call_client=None):
+                 max_cycles=1, backoff=None, sleep=time.sleep, log=None, call_client=None, throttle_wait=60.0,
+                 clock=time.monotonic):
         self.client = client
         self.call_client = call_client or client
         self.plan = plan
@@ -428,7 +437,10 @@ class SnapshotSetRun:
         self.array = array
         self.mountpoints_by_volume = mountpoints_by_volume or {}
         self.extra_tags = extra_tags or {}
-        self.max_cycles = max_cycles
+        self.max_cycles = max(1, int(max_cycles or 1))
+        self.throttle_wait = max(0.0, float(throttle_wait or 0.0))
+        self.clock = clock
+        self.probes = []  # each DryRun before a freeze: {"cycle", "attempts", "throttled", "waited_s"}
         self.backoff = backoff or CycleBackoff()
         self.sleep = sleep
         self.log = log or (lambda msg: None)
@@ -449,34 +461,61 @@ class SnapshotSetRun:
                                     self.mountpoints_by_volume.get(m["volume_id"], ()))
                 for m in self.plan["members"]]
 
-    def preflight(self, shared):
-        """CreateSnapshots with DryRun, before anything is frozen.
+    def preflight(self, shared, cycle=1):
+        """CreateSnapshots with DryRun, before anything is frozen: the probe before each freeze.
 
         EC2 checks permissions and parameters and answers DryRunOperation; a refusal
         (UnauthorizedOperation, a bad parameter) surfaces now, with nothing frozen. It also readies the
         client (connection, operation model, serializer), so the real call inside the window costs
-        one round trip and nothing more.
+        one round trip and nothing more. A throttled DryRun (RequestLimitExceeded: no token in the
+        account's CreateSnapshots bucket right now) is retried here, outside any freeze, with jittered
+        back-off for at most ``throttle_wait`` seconds; then the run refuses with nothing frozen.
+        Whether EC2 charges DryRun requests to the bucket is not documented: where it does not, the probe
+        only checks permissions (docs/throttling.md).
         """
-        try:
-            RETRY(create_call)(self.call_client, self.plan, shared, self.description, self.copy_tags_from_source,
-                               dry_run=True)
-        except aws_errors() as e:
-            if error_code(e) == "DryRunOperation":
-                return
-            if error_code(e) is None:
-                raise aws_error("CreateSnapshots with DryRun (the check before the freeze) got no answer; nothing was "
-                                "frozen or created", e)
-            raise aws_error("CreateSnapshots would be refused (checked with DryRun; nothing was frozen or created)", e)
-        raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
-                              "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
+        start = self.clock()
+        probe = {"cycle": cycle, "attempts": 0, "throttled": 0, "waited_s": 0.0}
+        self.probes.append(probe)
+        backoff = CycleBackoff(base=0.25, cap=4.0, rng=getattr(self.backoff, "rng", None))
+        while True:
+            probe["attempts"] += 1
+            try:
+                create_call(self.call_client, self.plan, shared, self.description, self.copy_tags_from_source,
+                            dry_run=True)
+            except aws_errors() as e:
+                code = error_code(e)
+                if code == "DryRunOperation":
+                    if probe["throttled"]:  # the bucket was empty: the probe may have taken the token it saw
+                        self.sleep(max(0.0, min(REFILL_INTERVAL, self.throttle_wait - (self.clock() - start))))
+                    probe["waited_s"] = round(self.clock() - start, 3)
+                    return
+                if code is None:
+                    raise aws_error("CreateSnapshots with DryRun (the check before the freeze) got no answer; nothing "
+                                    "was frozen or created", e)
+                if code not in THROTTLE_CODES + TRANSIENT_CODES and code != RATE_CODE:
+                    raise aws_error("CreateSnapshots would be refused (checked with DryRun; nothing was frozen or "
+                                    "created)", e)
+                probe["throttled"] += 1
+                remaining = self.throttle_wait - (self.clock() - start)
+                if remaining <= 0:
+                    err = aws_error("CreateSnapshots with DryRun still throttled (%s) after waiting %.1f s "
+                                    "(throttle_wait) before freezing; nothing was frozen or created. %s"
+                                    % (code, self.clock() - start, THROTTLE_HELP), e)
+                    err.details.update(self.throttle_details())
+                    raise err
+                self.sleep(min(remaining, backoff.delay(code)))
+                continue
+            raise StillpointError("CreateSnapshots with DryRun did not answer DryRunOperation; this endpoint does not "
+                                  "honour DryRun, refusing to go on (it may have created snapshots: check the catalog)")
 
     def take(self, quiescer, intended_level, preflight=True, max_cycles=None, held=False):
         """Run freeze-call-thaw cycles until one call succeeds; returns the result record.
 
-        Throttled calls thaw first, back off, and start a new cycle (never sleeping frozen).
-        Any other failure thaws and raises; nothing was created by a failed call. With ``held`` (an
-        application quiescer holds its lock around this call) a throttled call is not retried: the
-        application is never held through a back-off.
+        A throttled call is never retried while frozen: the run thaws, and refuses (nothing created) unless
+        ``max_cycles`` allows another cycle; then it backs off, probes with DryRun (:meth:`preflight`) until
+        a request gets through, all outside the freeze, and freezes again. Any other failure thaws and raises;
+        nothing was created by a failed call. With ``held`` (an application quiescer holds its lock around
+        this call) a throttled call is not retried: the application is never held through a back-off.
         """
         max_cycles = 1 if held else (max_cycles or self.max_cycles)
         last_error = None
@@ -484,6 +523,9 @@ class SnapshotSetRun:
         if preflight:
             self.preflight(shared)
         for cycle in range(1, max_cycles + 1):
+            if cycle > 1:
+                self.preflight(shared, cycle)  # a token now? (outside the freeze)
+            shared = dict(shared, **{K_FREEZE_CYCLES: str(cycle)})  # the cycle the call is made in
             froze = quiescer.freeze()
             items, err = None, None
             t_call = time.monotonic()
@@ -510,14 +552,33 @@ class SnapshotSetRun:
                 raise aws_error("CreateSnapshots failed for %s (filesystems thawed, nothing created)"
                                 % self.plan["instance_id"], err)
             if held:
-                raise aws_error("CreateSnapshots throttled (%s) while the application was held; not retried, so that "
-                                "the application is not held through a back-off (filesystems thawed, the application "
-                                "released, nothing created): run it again later" % code, err)
+                error = aws_error("CreateSnapshots throttled (%s) while the application was held; not retried, so "
+                                  "that the application is not held through a back-off (filesystems thawed, the "
+                                  "application released, nothing created): run it again later" % code, err)
+                error.details.update(self.throttle_details())
+                raise error
+            if cycle >= max_cycles:
+                break
             delay = self.backoff.delay(code)
-            self.log("CreateSnapshots throttled (%s), thawed; retrying in %.1f s" % (code, delay))
+            self.log("CreateSnapshots throttled (%s), thawed; freezing again after %.1f s and a DryRun probe"
+                     % (code, delay))
             self.sleep(delay)
-        raise aws_error("CreateSnapshots still throttled after %d attempts (filesystems thawed, nothing created)"
-                        % max_cycles, last_error)
+        error = aws_error("CreateSnapshots throttled (%s) in freeze cycle %d of %d (max_freeze_cycles): not retried "
+                          "while frozen; filesystems thawed, nothing created. %s"
+                          % (error_code(last_error), len(self.cycles), max_cycles, THROTTLE_HELP), last_error)
+        error.details.update(self.throttle_details())
+        raise error
+
+    def freeze_intervals(self):
+        """Each cycle's frozen interval (the quiescer's ``frozen_at``/``thawed_at``, CLOCK_MONOTONIC when a
+        guardian froze) and how its call ended."""
+        return [{"cycle": c["cycle"], "frozen_at": (c["thaw"] or {}).get("frozen_at", (c["freeze"] or {}).get("frozen_at")),
+                 "thawed_at": (c["thaw"] or {}).get("thawed_at"), "window_ms": (c["thaw"] or {}).get("window_ms"),
+                 "call_ms": c["call_ms"], "error": c["error"]} for c in self.cycles]
+
+    def throttle_details(self):
+        return {"freeze_cycles": len(self.cycles), "freeze_intervals": self.freeze_intervals(), "probes": self.probes,
+                "create_calls": self.create_calls}
 
     def run(self, quiescer, hooks=None, wait=True, wait_timeout=14400, poll_interval=15.0, on_progress=None):
         result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
@@ -586,7 +647,9 @@ class SnapshotSetRun:
             "level": level, "freeze": froze, "thaw": thawed, "freeze_window_ms": freeze_ms,
             "members": members, "snapshot_ids": all_ids, "create_calls": self.create_calls,
             "call_ms": self.call_ms,
-            "cycles": len(self.cycles), "actions": actions, "state": "pending",
+            "cycles": len(self.cycles), "freeze_cycles": len(self.cycles), "probes": self.probes,
+            "freeze_intervals": self.freeze_intervals(),
+            "actions": actions, "state": "pending",
         })
         if wait:
             result.update(finish(self.client, all_ids, wait_timeout, poll_interval, on_progress, self.sleep))

@@ -54,6 +54,8 @@ ARGUMENT_SPEC = dict(
     wait_timeout=dict(type="int", default=14400),
     poll_interval=dict(type="float", default=15.0),
     on_wait_timeout=dict(type="str", choices=["fail", "return"], default="fail"),
+    max_freeze_cycles=dict(type="int", default=1),
+    throttle_wait=dict(type="float", default=60.0),
 )
 
 

@@ -51,7 +51,8 @@ def take(client, call_client, plan, params, quiescer, hooks, host, log=None, war
     run = ebs.SnapshotSetRun(
         client, plan["members"], set_id, name=params["name"], host=host, description=params["description"],
         copy_tags_from_source=params["copy_tags_from_source"], procedure=params["procedure"], array=plan["layout"],
-        mountpoints_by_volume=plan["mounts_by_volume"], extra_tags=params["tags"], log=log, call_client=call_client)
+        mountpoints_by_volume=plan["mounts_by_volume"], extra_tags=params["tags"], log=log, call_client=call_client,
+        max_cycles=params.get("max_freeze_cycles", 1), throttle_wait=params.get("throttle_wait", 60.0))
     out = run.run(quiescer, hooks=hooks, wait=params["wait"], wait_timeout=params["wait_timeout"],
                   poll_interval=params["poll_interval"], on_progress=on_progress)
     for warning in out.pop("warnings"):

@@ -23,8 +23,10 @@ description:
     M(stillpoint.snapshots.fsfreeze) on the host, makes the EC2 call from the controller, and thaws the host
     with one raw command."
   - Throttled calls (C(RequestLimitExceeded), C(SnapshotCreationPerVolumeRateExceeded)) are never waited out
-    while frozen; the module thaws, backs off (jittered; at least 15 s for the per-volume rate), and starts a
-    new freeze-call-thaw cycle.
+    or retried while frozen. Before freezing, a C(CreateSnapshots) DryRun probes for a token (waiting at most
+    O(throttle_wait) outside any freeze). A call throttled inside the freeze thaws and fails with nothing
+    created, unless O(max_freeze_cycles) allows another cycle (back-off, probe, freeze again). The set records
+    how many cycles it took (C(stillpoint:freeze-cycles)). See C(docs/throttling.md).
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -252,6 +254,23 @@ options:
     type: str
     choices: [fail, return]
     default: fail
+  max_freeze_cycles:
+    description:
+      - How many freeze-call-thaw cycles one set may take. With V(1) (default) a C(CreateSnapshots) call
+        throttled inside the freeze thaws and fails, nothing created. With more, the module thaws, backs off
+        (jittered; at least 15 s for C(SnapshotCreationPerVolumeRateExceeded)), probes with a DryRun until a
+        request gets through, and freezes again; every extra cycle is another stall of the application.
+      - A held application (O(application)) is never frozen twice in one run, whatever this says.
+    type: int
+    default: 1
+  throttle_wait:
+    description:
+      - Seconds the module may wait, before each freeze and outside it, for a C(CreateSnapshots) DryRun that is
+        not throttled (C(RequestLimitExceeded)). When they pass, the module fails with nothing frozen or created.
+      - Whether EC2 charges DryRun requests to the account's request bucket is not documented; where it does not,
+        the probe only proves permission and parameters.
+    type: float
+    default: 60.0
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -353,6 +372,16 @@ create_calls:
   description: Number of CreateSnapshots calls made (more than one only after throttling).
   returned: success
   type: int
+freeze_cycles:
+  description: Freeze-call-thaw cycles the set took (1 unless O(max_freeze_cycles) allowed re-freezing after a
+    throttled call); recorded in the catalog as C(stillpoint:freeze-cycles). C(cycles) is the same number.
+  returned: success
+  type: int
+probes:
+  description: The DryRun probes made before each freeze (C(cycle), C(attempts), C(throttled), C(waited_s)).
+  returned: success
+  type: list
+  elements: dict
 call_ms:
   description: Duration of the successful CreateSnapshots call as seen by the caller, milliseconds; the freeze
     window is the kernel's freeze time (C(freeze.mounts[].freeze_ms)) plus this plus the thaw.

@@ -159,3 +159,130 @@ def test_endpoint_dry_run_and_per_volume(ec2):
     assert code_of(lambda: c.create_snapshot(VolumeId=volume_id)) == ("SnapshotCreationPerVolumeRateExceeded", 400)
     ec2.buckets(advance=15.0)
     assert code_of(lambda: c.create_snapshot(VolumeId=volume_id)) == (None, 200)
+
+
+# --------------------------------------------------------------------------- ebs_snapshot_set against the buckets
+
+def _loop_requirements():
+    from tests.support.loopfs import missing_requirements
+    return missing_requirements()
+
+
+needs_loops = pytest.mark.skipif(_loop_requirements() is not None, reason=str(_loop_requirements()))
+TASK = "take set"
+
+
+@pytest.fixture
+def inst(ec2):
+    from tests.support.world import EmulatedInstance
+    with EmulatedInstance(ec2, n=2) as emulated:
+        yield emulated
+        assert_thawed(emulated)
+
+
+def assert_thawed(inst):
+    from tests.support.loopfs import probe_frozen
+    for mp in inst.mountpoints:
+        assert not probe_frozen(mp), "%s left frozen" % mp
+
+
+def run_set(tmp_path, ec2, inst, **args):
+    from tests.support.world import run_playbook, write_playbook
+    params = {"mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir, "endpoint_url": ec2.url,
+              "region": ec2.region, "poll_interval": 0.2, "name": "buckets"}
+    params.update(args)
+    book = write_playbook(tmp_path, [{"name": TASK, "stillpoint.snapshots.ebs_snapshot_set": params, "register": "out"}])
+    rc, results, _raw = run_playbook(book, ec2)
+    return rc, results[TASK]
+
+
+def drain_hook(ec2, action="CreateSnapshots"):
+    """A pre-freeze hook (runs after the DryRun probe, just before the freeze) that empties ``action``'s bucket."""
+    import sys
+    code = ("import json, urllib.request as u; u.urlopen(u.Request(%r, data=json.dumps({'levels': {%r: 0}}).encode(), "
+            "method='POST', headers={'Content-Type': 'application/json'}), timeout=10).read()"
+            % (ec2.control_url + "/buckets", action))
+    return [sys.executable, "-c", code]
+
+
+def own_snapshot_ids(ec2):
+    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+
+def set_tags(ec2, set_id):
+    snaps = ec2.client().describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]
+    return [dict((t["Key"], t["Value"]) for t in s["Tags"]) for s in snaps]
+
+
+def inside(call, interval):
+    return interval["frozen_at"] <= call["t_start"] and call["t_end"] <= interval["thawed_at"]
+
+
+def assert_no_call_across_a_throttle(ec2, intervals):
+    """Each real CreateSnapshots lies inside exactly one frozen interval, one call per interval, and every
+    freeze after the first is preceded (after the previous thaw) by a DryRun that got through."""
+    calls = ec2.calls("CreateSnapshots")
+    assert len(calls) == len(intervals)
+    for call, interval in zip(calls, intervals):
+        assert inside(call, interval), (call, interval)
+        assert sum(1 for c in calls if inside(c, interval)) == 1
+    dry = ec2.calls("CreateSnapshots", dry_run=None)
+    for before, after in zip(intervals, intervals[1:]):
+        assert any(d["error_code"] == "DryRunOperation" and before["thawed_at"] <= d["t_start"]
+                   and d["t_end"] <= after["frozen_at"] for d in dry), (before, after, dry)
+
+
+@needs_loops
+def test_set_with_buckets_on_freezes_once(tmp_path, ec2, inst):
+    ec2.buckets(on=True)
+    rc, res = run_set(tmp_path, ec2, inst)
+    assert rc == 0, res.get("msg")
+    assert res["state"] == "complete" and res["freeze_cycles"] == 1
+    assert [t["stillpoint:freeze-cycles"] for t in set_tags(ec2, res["set_id"])] == ["1", "1"]
+    assert_no_call_across_a_throttle(ec2, res["freeze_intervals"])
+
+
+@needs_loops
+def test_drained_bucket_thaws_and_refuses_by_default(tmp_path, ec2, inst):
+    before = own_snapshot_ids(ec2)
+    ec2.buckets(on=True, overrides={"CreateSnapshots": [100, 0.001]})
+    rc, res = run_set(tmp_path, ec2, inst, pre_hook=drain_hook(ec2))
+    assert rc != 0
+    assert "RequestLimitExceeded" in res["msg"] and "not retried while frozen" in res["msg"], res["msg"]
+    assert "nothing created" in res["msg"] and "max_freeze_cycles" in res["msg"]
+    assert res["freeze_cycles"] == 1
+    calls = ec2.calls("CreateSnapshots")
+    assert [(c["error_code"], c["injected"]) for c in calls] == [("RequestLimitExceeded", "bucket")]
+    assert_no_call_across_a_throttle(ec2, res["freeze_intervals"])
+    assert own_snapshot_ids(ec2) == before
+    assert_thawed(inst)
+
+
+@needs_loops
+def test_drained_bucket_refreezes_only_when_allowed_and_counts_cycles(tmp_path, ec2, inst):
+    ec2.buckets(on=True, overrides={"CreateSnapshots": [100, 2.0]})  # a token every 0.5 s once drained
+    rc, res = run_set(tmp_path, ec2, inst, pre_hook=drain_hook(ec2), max_freeze_cycles=10, throttle_wait=30)
+    assert rc == 0, res.get("msg")
+    calls = ec2.calls("CreateSnapshots")
+    throttled = [c for c in calls if c["error_code"] == "RequestLimitExceeded"]
+    assert len(throttled) >= 1 and calls[-1]["error_code"] is None
+    assert res["freeze_cycles"] == len(calls) == len(throttled) + 1 <= 10
+    assert_no_call_across_a_throttle(ec2, res["freeze_intervals"])
+    tags = set_tags(ec2, res["set_id"])
+    assert len(tags) == 2 and all(t["stillpoint:freeze-cycles"] == str(res["freeze_cycles"]) for t in tags)
+    assert all(t["stillpoint:state"] == "complete" for t in tags)
+
+
+@needs_loops
+def test_probe_waits_outside_the_freeze_then_refuses(tmp_path, ec2, inst):
+    before = own_snapshot_ids(ec2)
+    ec2.buckets(on=True, overrides={"CreateSnapshots": [100, 0.0]}, levels={"CreateSnapshots": 0})
+    rc, res = run_set(tmp_path, ec2, inst, throttle_wait=1.0)
+    assert rc != 0
+    assert "throttle_wait" in res["msg"] and "nothing was frozen or created" in res["msg"], res["msg"]
+    assert ec2.calls("CreateSnapshots") == []
+    dry = ec2.calls("CreateSnapshots", dry_run=None)
+    assert len(dry) >= 2 and all(d["error_code"] == "RequestLimitExceeded" for d in dry)
+    assert res["freeze_cycles"] == 0 and res["probes"][0]["throttled"] == len(dry)
+    assert own_snapshot_ids(ec2) == before

@@ -154,7 +154,7 @@ def test_failed_member_rolls_back_whole_set(tmp_path, ec2, inst, pending):
 
 def test_throttling_thaws_backs_off_and_completes(tmp_path, ec2, inst):
     ec2.throttle("CreateSnapshots", count=2, code="RequestLimitExceeded")
-    rc, res = run(tmp_path, ec2, inst)
+    rc, res = run(tmp_path, ec2, inst, max_freeze_cycles=3)  # re-freezing only when allowed
     assert rc == 0, res.get("msg")
     assert res["state"] == "complete"
     assert res["create_calls"] == 3
@@ -165,7 +165,7 @@ def test_throttling_thaws_backs_off_and_completes(tmp_path, ec2, inst):
 
 def test_per_volume_rate_backoff_is_at_least_15s(tmp_path, ec2, inst):
     ec2.throttle("CreateSnapshots", count=1, code="SnapshotCreationPerVolumeRateExceeded")
-    rc, res = run(tmp_path, ec2, inst)
+    rc, res = run(tmp_path, ec2, inst, max_freeze_cycles=2)
     assert rc == 0, res.get("msg")
     calls = ec2.calls("CreateSnapshots")
     assert [c["error_code"] for c in calls] == ["SnapshotCreationPerVolumeRateExceeded", None]
