@@ -9,6 +9,9 @@ under a scratch root, checks them, records the verdict on the set and removes ev
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +20,7 @@ from tests.support.loopfs import missing_requirements
 from tests.support.mounts import mounts
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
+from tests.support.world import ansible_env
 from tests.support.world import checksum
 from tests.support.world import run_playbook
 from tests.support.world import task
@@ -263,6 +267,51 @@ def test_drill_interrupted_then_rerun_removes_the_leftovers_first(ec2, tmp_path)
                 assert sorted(report["leftovers_removed"]) == left
                 TIMINGS.append(("re-run after interruption", report, None))
                 print("\n".join(task(res, "Report the drill")["msg"]))
+            finally:
+                unmount_under(root)
+
+
+def test_drill_killed_after_attach_then_rerun_leaves_nothing(ec2, tmp_path):
+    """ansible-playbook SIGKILLed (its whole process group) once both AttachVolume calls were made (the
+    endpoint's DescribeVolumes made slow so the run is still waiting for the attachments): the re-run removes
+    the two attached leftovers first, passes, and leaves nothing."""
+    root = tmp_path / "drill"
+    with EmulatedInstance(ec2, n=2, local=True) as source:
+        taken = backup(ec2, source)
+        with EmulatedInstance(ec2, n=1, local=True) as scratch:
+            try:
+                variables = {"drill_hosts": "localhost", "drill_become": False,
+                             "restore_drill_instance_id": scratch.instance_id, "restore_drill_set_id": taken["set_id"],
+                             "restore_drill_by_id_dir": scratch.by_id_dir, "restore_drill_root": str(root),
+                             "restore_drill_aws_endpoint_url": ec2.url, "restore_drill_aws_region": ec2.region}
+                cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c",
+                       "local", "-e", "ansible_python_interpreter=%s" % sys.executable, DRILL, "-e", json.dumps(variables)]
+                ec2.clear_calls()
+                ec2.latency("DescribeVolumes", 400)
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    deadline = time.monotonic() + 120
+                    while [c["action"] for c in ec2.calls()].count("AttachVolume") < 2:
+                        assert proc.poll() is None, "the drill ended before it attached"
+                        assert time.monotonic() < deadline, "no two AttachVolume calls within 120 s"
+                        time.sleep(0.05)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                finally:
+                    proc.wait(timeout=30)
+                    ec2.latency("DescribeVolumes", 0)
+                left = sorted(v["VolumeId"] for v in drill_volumes(ec2, taken["set_id"]))
+                assert len(left) == 2
+                assert "DeleteVolume" not in [c["action"] for c in ec2.calls()]
+
+                ec2.clear_calls()
+                rc, res, raw = drill(ec2, scratch, root, restore_drill_set_id=taken["set_id"])
+                assert rc == 0, failed(res)
+                assert sorted(task(res, LEFTOVERS)["removed"]) == left
+                assert all(v["result"] == "pass" for v in verdicts(ec2, taken["snapshot_ids"]).values())
+                assert drill_volumes(ec2) == [] and under(root) == []
+                assert [d["volume_id"] for d in ec2.local_devices(instance_id=scratch.instance_id)] == scratch.volume_ids
+                TIMINGS.append(("re-run after SIGKILL", raw["global_custom_stats"]["stillpoint_drills"]["localhost"], None))
             finally:
                 unmount_under(root)
 
