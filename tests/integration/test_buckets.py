@@ -244,10 +244,11 @@ def test_set_with_buckets_on_freezes_once(tmp_path, ec2, inst):
 
 
 @needs_loops
-def test_drained_bucket_thaws_and_refuses_by_default(tmp_path, ec2, inst):
+@pytest.mark.parametrize("mode", ["host", "controller"])
+def test_drained_bucket_thaws_and_refuses_by_default(tmp_path, ec2, inst, mode):
     before = own_snapshot_ids(ec2)
     ec2.buckets(on=True, overrides={"CreateSnapshots": [100, 0.001]})
-    rc, res = run_set(tmp_path, ec2, inst, pre_hook=drain_hook(ec2))
+    rc, res = run_set(tmp_path, ec2, inst, pre_hook=drain_hook(ec2), mode=mode)
     assert rc != 0
     assert "RequestLimitExceeded" in res["msg"] and "not retried while frozen" in res["msg"], res["msg"]
     assert "nothing created" in res["msg"] and "max_freeze_cycles" in res["msg"]
@@ -286,3 +287,79 @@ def test_probe_waits_outside_the_freeze_then_refuses(tmp_path, ec2, inst):
     assert len(dry) >= 2 and all(d["error_code"] == "RequestLimitExceeded" for d in dry)
     assert res["freeze_cycles"] == 0 and res["probes"][0]["throttled"] == len(dry)
     assert own_snapshot_ids(ec2) == before
+
+
+# --------------------------------------------------------------------------- the run's probe and cycles alone
+
+class FakeCall:
+    """A call client whose create_snapshots answers from a script of error codes (None: success)."""
+
+    def __init__(self, dry, real, log):
+        self.dry, self.real, self.log = list(dry), list(real), log
+
+    def create_snapshots(self, **kw):
+        dry = kw.get("DryRun", False)
+        code = (self.dry if dry else self.real).pop(0)
+        self.log.append(("dry" if dry else "call", code))
+        if code is None and not dry:
+            return {"Snapshots": [{"VolumeId": "vol-1", "SnapshotId": "snap-1", "State": "pending"}]}
+        raise botocore.exceptions.ClientError({"Error": {"Code": code or "DryRunOperation", "Message": "m"}},
+                                              "CreateSnapshots")
+
+
+class FakeQuiescer:
+    level = "filesystem"
+
+    def __init__(self, log):
+        self.log = log
+
+    def freeze(self):
+        self.log.append(("freeze", None))
+        return {"mounts": []}
+
+    def thaw(self):
+        self.log.append(("thaw", None))
+        return {"mounts": [], "window_ms": 1.0, "deadline_thawed": False}
+
+
+def fake_run(dry, real, **kw):
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs
+    log, clock = [], Clock()
+
+    def sleep(s):
+        log.append(("sleep", round(s, 3)))
+        clock.t += s
+
+    plan = {"instance_id": "i-1", "availability_zone": "eu-west-1a", "exclude_boot_volume": True,
+            "exclude_data_volume_ids": [], "members": [{"index": 0, "volume_id": "vol-1", "device": "/dev/sdf"}]}
+    run = _ebs.SnapshotSetRun(FakeCall(dry, real, log), plan, "bs-test", sleep=sleep, clock=clock, **kw)
+    return run, log
+
+
+def test_probe_waits_outside_any_freeze_within_its_budget():
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+    run, log = fake_run(["RequestLimitExceeded", "RequestLimitExceeded", None], [None])
+    items, _froze, _thawed = run.take(FakeQuiescer(log), "filesystem")
+    assert [k for k, _ in log].index("freeze") > max(i for i, (k, _) in enumerate(log) if k in ("dry", "sleep"))
+    assert run.probes == [{"cycle": 1, "attempts": 3, "throttled": 2, "waited_s": run.probes[0]["waited_s"]}]
+    assert log[-3:] == [("freeze", None), ("call", None), ("thaw", None)] and len(run.cycles) == 1
+    run, log = fake_run(["RequestLimitExceeded"] * 100, [], throttle_wait=5.0)
+    with pytest.raises(StillpointError) as info:
+        run.take(FakeQuiescer(log), "filesystem")
+    assert "nothing was frozen or created" in info.value.msg and ("freeze", None) not in log
+    assert sum(s for k, s in log if k == "sleep") <= 5.0 + 1e-6
+    assert info.value.details["freeze_cycles"] == 0
+
+
+def test_throttled_in_the_freeze_is_refused_unless_cycles_are_allowed():
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+    run, log = fake_run([None], ["RequestLimitExceeded"])
+    with pytest.raises(StillpointError) as info:
+        run.take(FakeQuiescer(log), "filesystem")
+    assert [k for k, _ in log] == ["dry", "freeze", "call", "thaw"]  # no sleep, no second freeze
+    assert info.value.details["freeze_cycles"] == 1 and "max_freeze_cycles" in info.value.msg
+    run, log = fake_run([None, None], ["RequestLimitExceeded", None], max_cycles=3)
+    run.take(FakeQuiescer(log), "filesystem")
+    kinds = [k for k, _ in log]
+    assert kinds == ["dry", "freeze", "call", "thaw", "sleep", "dry", "freeze", "call", "thaw"]
+    assert len(run.cycles) == 2 and [p["cycle"] for p in run.probes] == [1, 2]
