@@ -342,6 +342,73 @@ def test_a_failed_check_records_fail_and_still_removes_everything(ec2, tmp_path)
                 unmount_under(root)
 
 
+DEST = "eu-central-1"
+
+
+def catalog_set(ec2, n=2):
+    """A complete set made as ebs_snapshot_set makes it (no filesystem needed: the catalog side only)."""
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+
+    client = ec2.client()
+    world = ec2.create_instance(volumes=[{"size": 1, "device": "/dev/sd%s" % "fg"[i]} for i in range(n)])
+    set_id = catalog.new_set_id()
+    shared = catalog.set_tags(set_id, "drill-catalog", n, world["instance_id"], world["az"], "db1", "filesystem")
+    items = client.create_snapshots(
+        InstanceSpecification={"InstanceId": world["instance_id"], "ExcludeBootVolume": True},
+        TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared)}])["Snapshots"]
+    by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
+    ids = []
+    for index, vol in enumerate(world["volumes"]):
+        ids.append(by_volume[vol["volume_id"]])
+        client.create_tags(Resources=[ids[-1]], Tags=catalog.to_tag_list(
+            catalog.member_tags(index, vol["device"], vol["volume_id"], ["/srv/data"])))
+    ec2.pending(0, snapshot_ids=ids)
+    client.create_tags(Resources=ids, Tags=[{"Key": catalog.K_STATE, "Value": "complete"}])
+    return set_id, ids, world
+
+
+def test_verdict_module_copies_and_newest_verified_in_two_regions(ec2, monkeypatch):
+    """backup_set_verdict (check mode writes nothing; a shorter verdict removes the stale chunk of a longer
+    one), then backup_set_copy to a second region: backup_set_info lists the copy under copy_regions, counts the
+    verdict on the source only (the copy carries it as a tag, but it names the source), newest_verified per region."""
+    from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_copy
+    from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_info
+    from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_verdict
+    from tests.unit.utils import run_module
+
+    set_id, ids, world = catalog_set(ec2)
+    aws = dict(endpoint_url=ec2.url, access_key="testing", secret_key="testing", region=ec2.region)
+    ec2.clear_calls()
+    args = dict(aws, set_id=set_id, result="pass", rto_s=3.0, scratch_instance_id="i-scratch")
+    res = run_module(monkeypatch, backup_set_verdict.main, args, check_mode=True)
+    assert res["changed"] is True and changing_calls(ec2) == []
+    long = run_module(monkeypatch, backup_set_verdict.main, dict(
+        aws, set_id=set_id, result="fail", checks={"failed_at": "x" * 300}, scratch_instance_id="i-scratch"))
+    assert sorted(long["tags"]) == ["stillpoint:drill", "stillpoint:drill.1"]
+    short = run_module(monkeypatch, backup_set_verdict.main, dict(args, checks={"filesystems": "pass"}))
+    assert short["removed_keys"] == ["stillpoint:drill.1"] and sorted(short["snapshot_ids"]) == sorted(ids)
+    assert all(v["result"] == "pass" for v in verdicts(ec2, ids).values())
+
+    copy_args = dict(aws, set_id=set_id, destination_region=DEST, poll_interval=0.1, wait_timeout=30)
+    copied = run_module(monkeypatch, backup_set_copy.main, copy_args)
+    assert not copied.get("failed"), copied
+    copy_id = copied["set_id"]
+    assert copy_id != set_id
+    here = run_module(monkeypatch, backup_set_info.main, dict(aws, set_id=set_id, copy_regions=[DEST, ec2.region],
+                                                              newest_verified=True))
+    assert here["sets"][0]["drill"]["result"] == "pass"
+    assert [(c["set_id"], c["region"]) for c in here["sets"][0]["copies"]] == [(copy_id, DEST)]
+    assert here["sets"][0]["copies"][0]["marked"] == ["complete"]
+    assert [n["set_id"] for n in here["newest_verified"]] == [set_id]
+    there = run_module(monkeypatch, backup_set_info.main, dict(aws, region=DEST, instance_id=world["instance_id"],
+                                                               newest_verified=True))
+    assert [s["set_id"] for s in there["sets"]] == [copy_id]
+    assert there["sets"][0]["drill"] is None and there["newest_verified"] == []
+    carried = ec2.client(region=DEST).describe_snapshots(SnapshotIds=there["sets"][0]["snapshot_ids"])["Snapshots"]
+    assert all(json.loads({t["Key"]: t["Value"] for t in c["Tags"]}["stillpoint:drill"])["set"] == set_id
+               for c in carried)  # the copy carries the source's verdict; it is not counted for the copy
+
+
 def test_zz_timing_table():
     """Prints the drills' timing table (pytest -s); asserts only that the drills above recorded one."""
     if not TIMINGS:
