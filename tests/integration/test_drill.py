@@ -82,8 +82,8 @@ def under(root):
     return [m for _s, m, _d in mounts() if (m + "/").startswith(root)]
 
 
-def verdicts(ec2, snapshot_ids):
-    snaps = ec2.client().describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]
+def verdicts(ec2, snapshot_ids, region=None):
+    snaps = ec2.client(region=region or ec2.region).describe_snapshots(SnapshotIds=snapshot_ids)["Snapshots"]
     out = {}
     for snap in snaps:
         tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
@@ -407,6 +407,79 @@ def test_verdict_module_copies_and_newest_verified_in_two_regions(ec2, monkeypat
     carried = ec2.client(region=DEST).describe_snapshots(SnapshotIds=there["sets"][0]["snapshot_ids"])["Snapshots"]
     assert all(json.loads({t["Key"]: t["Value"] for t in c["Tags"]}["stillpoint:drill"])["set"] == set_id
                for c in carried)  # the copy carries the source's verdict; it is not counted for the copy
+
+
+CHECK_MANIFEST = """import hashlib, os, sys
+bad = []
+for top in sys.argv[1:]:
+    with open(os.path.join(top, "MANIFEST.sha256")) as handle:
+        for line in handle:
+            digest, name = line.split()
+            with open(os.path.join(top, name), "rb") as data:
+                if hashlib.sha256(data.read()).hexdigest() != digest:
+                    bad.append(os.path.join(top, name))
+print("checked", sys.argv[1:], "bad", bad)
+sys.exit(1 if bad else 0)
+"""
+
+
+def test_drill_of_the_off_site_copy_in_its_region_with_a_manifest(ec2, tmp_path, monkeypatch):
+    """The set copied to eu-central-1 (backup_set_copy), drilled there (restore_drill_aws_region) onto a local
+    scratch instance of that region; the checksum command checks the manifest the data kept; the verdict is
+    on the copy's members, the source set has none."""
+    import shutil
+    import tempfile
+    import types
+
+    from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_copy
+    from tests.unit.utils import run_module
+
+    root = tmp_path / "drill"
+    script = tmp_path / "check_manifest.py"
+    script.write_text(CHECK_MANIFEST)
+    with EmulatedInstance(ec2, n=2, local=True) as source:
+        sums = write_data(source.mountpoints)
+        for mp in source.mountpoints:
+            with open(os.path.join(mp, "MANIFEST.sha256"), "w") as handle:
+                handle.write("".join("%s  %s\n" % (s, os.path.basename(p)) for p, s in sums.items()
+                                     if os.path.dirname(p) == mp))
+        os.sync()
+        taken = backup(ec2, source)
+        aws = dict(endpoint_url=ec2.url, access_key="testing", secret_key="testing", region=ec2.region)
+        copy_args = dict(aws, set_id=taken["set_id"], destination_region=DEST, poll_interval=0.1, wait_timeout=60)
+        copied = run_module(monkeypatch, backup_set_copy.main, copy_args)
+        assert not copied.get("failed"), copied
+        copy_id = copied["set_id"]
+        by_id = tempfile.mkdtemp(prefix="stillpoint-by-id-")
+        made = ec2.create_instance(region=DEST, volumes=[], local=True, by_id_dir=by_id)
+        scratch = types.SimpleNamespace(instance_id=made["instance_id"], by_id_dir=by_id)
+        ec2.set_imds(instance_id=made["instance_id"], az=made["az"], region=DEST)
+        copies_at = [str(root) + "/" + copy_id + mp for mp in source.mountpoints]
+        try:
+            ec2.clear_calls()
+            rc, res, raw = drill(ec2, scratch, root, restore_drill_set_id=copy_id, restore_drill_aws_region=DEST,
+                                 restore_drill_checksum_command=[sys.executable, str(script)] + copies_at)
+            assert rc == 0, failed(res)
+            assert set(c["region"] for c in ec2.calls() if c["action"].startswith(CHANGING)) == {DEST}
+            client = ec2.client(region=DEST)
+            snaps = client.describe_snapshots(Filters=[{"Name": "tag:stillpoint:set-id", "Values": [copy_id]}])["Snapshots"]
+            found = list(verdicts(ec2, [sn["SnapshotId"] for sn in snaps], region=DEST).values())
+            assert len(found) == 2 and all(v["set"] == copy_id and v["result"] == "pass" for v in found)
+            assert all(v["checks"]["manifest"].startswith("pass: ") for v in found)
+            assert all(v["region"] == DEST for v in found)
+            assert all(value is None for value in verdicts(ec2, taken["snapshot_ids"]).values())
+            assert client.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["stillpoint:drill-of"]}])["Volumes"] == []
+            assert ec2.local_devices(instance_id=made["instance_id"]) == [] and under(root) == []
+            assert all(checksum(p) == s for p, s in sums.items())
+            TIMINGS.append(("off-site copy in %s, manifest checked" % DEST,
+                            raw["global_custom_stats"]["stillpoint_drills"]["localhost"], None))
+        finally:
+            unmount_under(root)
+            client = ec2.client(region=DEST)
+            for vol in client.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["stillpoint:drill-of"]}])["Volumes"]:
+                if vol["Attachments"]:
+                    client.detach_volume(VolumeId=vol["VolumeId"], Force=True)
+            shutil.rmtree(by_id, ignore_errors=True)
 
 
 def test_zz_timing_table():
