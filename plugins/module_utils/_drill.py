@@ -150,7 +150,7 @@ def verdict(set_id, result, rto_s, checks, instance_id, region=None, verified_at
     if region:
         out["region"] = region
     if phases:
-        out["phases"] = dict((str(k), round(float(v), 1)) for k, v in phases.items() if v is not None)
+        out["phases"] = dict((str(k), round(float(v), 2)) for k, v in phases.items() if v is not None)
     return out
 
 

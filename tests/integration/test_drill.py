@@ -160,6 +160,8 @@ def test_drill_check_mode_then_real_run(ec2, tmp_path):
                     assert value["instance"] == scratch.instance_id and value["rto_s"] > 0
                     assert value["checks"]["filesystems"].startswith("pass")
                     assert value["checks"]["manifest"].startswith("none")
+                    assert sorted(value["phases"]) == ["attach_s", "create_s", "up_s"]
+                    assert abs(sum(value["phases"].values()) - value["rto_s"]) < 0.2
                 assert len(set(json.dumps(v, sort_keys=True) for v in found.values())) == 1
 
                 # every scratch volume gone: at the endpoint and on the host
@@ -246,6 +248,14 @@ def test_drill_interrupted_then_rerun_removes_the_leftovers_first(ec2, tmp_path)
                 assert rc == 0, failed(res)
                 left = sorted(v["volume_id"] for v in res["create"]["volumes"])
                 assert len(under(root)) == 2 and len(drill_volumes(ec2, taken["set_id"])) == 2
+
+                # check mode plans the removal and changes nothing
+                ec2.clear_calls()
+                rc, res, _raw = drill(ec2, scratch, root, check=True, restore_drill_set_id=taken["set_id"])
+                assert rc == 0, failed(res)
+                assert changing_calls(ec2) == [] and len(under(root)) == 2
+                plan = task(res, "Report the drill")["msg"]
+                assert "first remove the leftovers %s" % ", ".join(left) in plan, plan
 
                 ec2.clear_calls()
                 rc, res, raw = drill(ec2, scratch, root, restore_drill_set_id=taken["set_id"])

@@ -74,7 +74,7 @@ def test_verdict_and_its_tags():
                           verified_at="2024-03-03T02:10:00Z", phases={"create_s": 1.04, "up_s": None})
     assert value == {"set": SET, "result": "pass", "verified_at": "2024-03-03T02:10:00Z", "rto_s": 41.2,
                      "checks": {"filesystems": "pass"}, "instance": "i-scratch", "region": "eu-west-1",
-                     "phases": {"create_s": 1.0}}
+                     "phases": {"create_s": 1.04}}
     tags = drill.verdict_tags(value)
     assert list(tags) == [drill.K_DRILL] and json.loads(tags[drill.K_DRILL]) == value
     long = drill.verdict(SET, "fail", None, {"failed_at": "x" * 300}, "i-scratch")
