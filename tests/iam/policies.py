@@ -84,6 +84,15 @@ COPY = [
 # Cross-account copies: the source account shares its own snapshots with the destination account, and
 # removes the share when the copy set is complete.
 SHARE = [stmt("ShareOwnSnapshots", ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute"], [SNAPSHOT], OURS)]
+# A restore drill: the RESTORE statements that create, attach and delete its own volumes, a detach limited to
+# volumes carrying the marker (it never detaches anything of the scratch instance it did not make), and the
+# verdict written on (and its stale chunks removed from) the set's own snapshots.
+DRILL = [s for s in RESTORE if s["Sid"] in ("CreateVolumesMarked", "CreateVolumesFromOwnSnapshots", "TagVolumesOnCreate",
+                                              "AttachToInstances", "AttachOwnVolumes", "DeleteOwnVolumes")] + [
+    stmt("DetachFromInstances", ["ec2:DetachVolume"], [INSTANCE]),
+    stmt("DetachOwnVolumes", ["ec2:DetachVolume"], [VOLUME], OURS),
+    stmt("RecordVerdictOnOwnSnapshots", ["ec2:CreateTags", "ec2:DeleteTags"], [SNAPSHOT], OURS),
+]
 STOP_START = [stmt("StopStartClusterServers", ["ec2:StartInstances", "ec2:StopInstances"], [INSTANCE])]
 
 BACKUP_READ = ("DescribeInstances", "DescribeVolumes", "DescribeSnapshots")
@@ -102,6 +111,8 @@ POLICIES = {
     "clusterpro_mirror_backup": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS + STOP_START,
     "clusterpro_mirror_restore": read(*RESTORE_READ) + RESTORE,
     "backup_set_copy": read("DescribeSnapshots") + COPY + DELETE_OWN_SNAPSHOTS,
+    "restore_drill": read("DescribeInstances", "DescribeVolumes", "DescribeSnapshots", "ListSnapshotsInRecycleBin")
+    + DRILL,
     "backup_set_copy-share": read("DescribeSnapshots") + SHARE,
 }
 
@@ -142,7 +153,8 @@ WHY = {
                       "(_restore.create_missing) and _swap.execute's stillpoint:replaced-by on the volume it detaches",
     "ec2:DeleteSnapshot": "_ebs.delete_ours: the rollback of a failed set (backup) and the retention "
                           "(backup_set_prune); only snapshots carrying the creator marker",
-    "ec2:CreateVolume": "_restore.create_missing (one volume per member, tagged on create)",
+    "ec2:CreateVolume": "_restore.create_missing (one volume per member, tagged on create; restore_drill's scratch "
+                        "volumes through _drill.create_scratch)",
     "ec2:AttachVolume": "_swap._attach (the restored volumes at the recorded device names)",
     "ec2:DetachVolume": "_swap._detach (the instance's current volumes at those device names)",
     "ec2:DeleteVolume": "_restore.rollback (volumes of a failed restore run) and _swap.delete_replaced_volumes "
@@ -157,6 +169,8 @@ WHY = {
                         "snapshots locked before anything is deleted)",
     "ec2:ListSnapshotsInRecycleBin": "_retention.recycle_bin_members (backup_set_prune's refusal of a named set that is "
                                      "not there, backup_set_info with set_id: how to recover it from the Recycle Bin)",
+    "ec2:DeleteTags": "_drill.record_verdict (restore_drill: the chunks of an earlier, longer verdict removed from "
+                      "the set's own snapshots)",
     "ec2:CopySnapshot": "_copy.copy_call (backup_set_copy: one call per member still to copy, in the destination "
                         "region and account, tagged on create)",
     "ec2:DescribeSnapshotAttribute": "_copy.shared_with (backup_set_copy across accounts: which source snapshots "
@@ -201,7 +215,7 @@ def document(name):
 
 
 def names():
-    return sorted(POLICIES) + ["kms_customer_managed_key"]
+    return sorted(list(POLICIES) + ["kms_customer_managed_key"])
 
 
 def actions(policy):

@@ -226,6 +226,7 @@ def probe(name, action, client, endpoint, site):
             AvailabilityZones=[az], SourceSnapshotIds=[site["snapshot"]]),
         "ec2:DisableFastSnapshotRestores": lambda: client.disable_fast_snapshot_restores(
             AvailabilityZones=[az], SourceSnapshotIds=[site["snapshot"]]),
+        "ec2:DeleteTags": lambda: client.delete_tags(Resources=[site["snapshot"]], Tags=[{"Key": "stillpoint:drill-9"}]),
         "ec2:DescribeLockedSnapshots": lambda: retention.locked_snapshots(client),
         "ec2:LockSnapshot": lambda: retention._lock(client, {"SnapshotId": fresh_snapshot(endpoint, site),
                                                              "LockMode": "governance", "LockDuration": 1}),

@@ -97,7 +97,19 @@ def test_tag_conditions_with_a_real_evaluator(iam_node_dir):
             case(name, "ec2:CreateTags", SNAP, {"ec2:CreateAction": "CreateSnapshots"}, "Allowed")
             case(name, "ec2:CreateTags", SNAP, dict(MARKED, **{"aws:TagKeys": ["stillpoint:state"]}), "Allowed")
             case(name, "ec2:CreateTags", SNAP, {"aws:TagKeys": ["stillpoint:state"]}, "ImplicitlyDenied")
-        if "ec2:CreateVolume" in acts:
+        if "ec2:DeleteTags" in acts:  # the drill's verdict: only on our own snapshots
+            case(name, "ec2:DeleteTags", SNAP, MARKED, "Allowed")
+            case(name, "ec2:DeleteTags", SNAP, FOREIGN, "ImplicitlyDenied")
+            case(name, "ec2:DetachVolume", VOL, MARKED, "Allowed")
+            case(name, "ec2:DetachVolume", VOL, FOREIGN, "ImplicitlyDenied")
+            case(name, "ec2:CreateTags", VOL, {"aws:TagKeys": [policies.REPLACED_BY_KEY]}, "ImplicitlyDenied")
+            marked_on_create = {"aws:RequestTag/%s" % policies.CREATOR_KEY: policies.CREATOR,
+                                "aws:TagKeys": [policies.CREATOR_KEY]}
+            case(name, "ec2:CreateVolume", VOL, marked_on_create, "Allowed")
+            case(name, "ec2:CreateVolume", VOL, {}, "ImplicitlyDenied")
+            case(name, "ec2:CreateVolume", SNAP, MARKED, "Allowed")
+            case(name, "ec2:CreateVolume", SNAP, FOREIGN, "ImplicitlyDenied")
+        if "ec2:CreateVolume" in acts and name != "restore_drill":
             tags = {"aws:RequestTag/%s" % policies.CREATOR_KEY: policies.CREATOR, "aws:TagKeys": [policies.CREATOR_KEY]}
             case(name, "ec2:CreateVolume", VOL, tags, "Allowed")
             case(name, "ec2:CreateVolume", VOL, {}, "ImplicitlyDenied")
