@@ -96,7 +96,9 @@ def copy_tags(snapshot, copy_id, key, source_region, source_account, source_set_
               completion_minutes=None, copied=None):
     """Tags of the copy of one member: the source's tags (not ``aws:*``), its own set id and state
     ``pending``, and where it came from. Refused (nothing copied) beyond EC2's 50 tags."""
-    tags = dict((k, v) for k, v in catalog.tag_dict(snapshot.get("Tags")).items() if not k.startswith("aws:"))
+    # not aws:* (reserved), not the source's drill verdict (it proves the source, not the copy)
+    tags = dict((k, v) for k, v in catalog.tag_dict(snapshot.get("Tags")).items()
+                if not k.startswith("aws:") and k != catalog.K_DRILL and not k.startswith(catalog.K_DRILL + "."))
     for k in COPY_KEYS:
         tags.pop(k, None)
     tags.update({
