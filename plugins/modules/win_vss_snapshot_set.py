@@ -109,6 +109,8 @@ attributes:
     support: partial
     details: Every run without O(set_id) takes a new set; with a known O(set_id) it returns that set unchanged.
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: windows
 notes:
   - Windows cannot run in this project's test suite. The controller half is tested against a strict EC2 endpoint

@@ -87,8 +87,9 @@ SHARE = [stmt("ShareOwnSnapshots", ["ec2:DescribeSnapshotAttribute", "ec2:Modify
 # A restore drill: the RESTORE statements that create, attach and delete its own volumes, a detach limited to
 # volumes carrying the marker (it never detaches anything of the scratch instance it did not make), and the
 # verdict written on (and its stale chunks removed from) the set's own snapshots.
-DRILL = [s for s in RESTORE if s["Sid"] in ("CreateVolumesMarked", "CreateVolumesFromOwnSnapshots", "TagVolumesOnCreate",
-                                              "AttachToInstances", "AttachOwnVolumes", "DeleteOwnVolumes")] + [
+DRILL_FROM_RESTORE = ("CreateVolumesMarked", "CreateVolumesFromOwnSnapshots", "TagVolumesOnCreate", "AttachToInstances",
+                      "AttachOwnVolumes", "DeleteOwnVolumes")
+DRILL = [s for s in RESTORE if s["Sid"] in DRILL_FROM_RESTORE] + [
     stmt("DetachFromInstances", ["ec2:DetachVolume"], [INSTANCE]),
     stmt("DetachOwnVolumes", ["ec2:DetachVolume"], [VOLUME], OURS),
     stmt("RecordVerdictOnOwnSnapshots", ["ec2:CreateTags", "ec2:DeleteTags"], [SNAPSHOT], OURS),

@@ -35,7 +35,7 @@ def take(b, action, params=None, region="eu-west-1", account="111111111111", dry
 
 
 def burst(b, action, n, **kw):
-    return [take(b, action, **kw) for _ in range(n)]
+    return [take(b, action, **kw) for _i in range(n)]
 
 
 # --------------------------------------------------------------------------- the buckets alone (injected clock)
@@ -129,7 +129,7 @@ def test_off_by_default_and_reset_turns_them_off(ec2):
 def test_endpoint_burst_refill_shared_and_per_region(ec2):
     ec2.buckets(on=True, overrides={"DescribeVolumes": [3, 0.01]})
     one, two = client(ec2), client(ec2)
-    results = [code_of(lambda: (one if i % 2 else two).describe_volumes()) for i in range(5)]
+    results = [code_of((one if i % 2 else two).describe_volumes) for i in range(5)]
     assert results.count((None, 200)) == 3  # two clients of one account/region share the bucket
     assert results.count(("RequestLimitExceeded", 503)) == 2
     assert code_of(lambda: client(ec2, region_name="us-east-1").describe_volumes()) == (None, 200)
@@ -141,7 +141,7 @@ def test_endpoint_burst_refill_shared_and_per_region(ec2):
     assert all(c["injected"] == "bucket" for c in calls if c["error_code"])
     assert ec2.bucket_level("DescribeVolumes", kind="unfiltered") < 1
     ec2.buckets(advance=100.0)  # 0.01 token/s: one token
-    results = [code_of(lambda: one.describe_volumes()) for _ in range(3)]
+    results = [code_of(one.describe_volumes) for _i in range(3)]
     assert results.count((None, 200)) == 1
     assert ec2.buckets()["throttled"]["DescribeVolumes RequestLimitExceeded"] == 4
 
@@ -340,7 +340,7 @@ def test_probe_waits_outside_any_freeze_within_its_budget():
     from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
     run, log = fake_run(["RequestLimitExceeded", "RequestLimitExceeded", None], [None])
     items, _froze, _thawed = run.take(FakeQuiescer(log), "filesystem")
-    assert [k for k, _ in log].index("freeze") > max(i for i, (k, _) in enumerate(log) if k in ("dry", "sleep"))
+    assert [k for k, _v in log].index("freeze") > max(i for i, (k, _v) in enumerate(log) if k in ("dry", "sleep"))
     assert run.probes == [{"cycle": 1, "attempts": 3, "throttled": 2, "waited_s": run.probes[0]["waited_s"]}]
     assert log[-3:] == [("freeze", None), ("call", None), ("thaw", None)] and len(run.cycles) == 1
     run, log = fake_run(["RequestLimitExceeded"] * 100, [], throttle_wait=5.0)
@@ -356,10 +356,10 @@ def test_throttled_in_the_freeze_is_refused_unless_cycles_are_allowed():
     run, log = fake_run([None], ["RequestLimitExceeded"])
     with pytest.raises(StillpointError) as info:
         run.take(FakeQuiescer(log), "filesystem")
-    assert [k for k, _ in log] == ["dry", "freeze", "call", "thaw"]  # no sleep, no second freeze
+    assert [k for k, _v in log] == ["dry", "freeze", "call", "thaw"]  # no sleep, no second freeze
     assert info.value.details["freeze_cycles"] == 1 and "max_freeze_cycles" in info.value.msg
     run, log = fake_run([None, None], ["RequestLimitExceeded", None], max_cycles=3)
     run.take(FakeQuiescer(log), "filesystem")
-    kinds = [k for k, _ in log]
+    kinds = [k for k, _v in log]
     assert kinds == ["dry", "freeze", "call", "thaw", "sleep", "dry", "freeze", "call", "thaw"]
     assert len(run.cycles) == 2 and [p["cycle"] for p in run.probes] == [1, 2]
