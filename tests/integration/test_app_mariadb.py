@@ -32,6 +32,7 @@ import pytest
 
 from tests.support.dbservers import MariaDBServer
 from tests.support.dbservers import app_tag
+from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
 from tests.support.dbservers import mariadb_missing
@@ -43,10 +44,8 @@ from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
 from tests.support.world import task
 
-BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
 MODULE = os.path.join(ROOT, "plugins", "modules", "ebs_snapshot_set.py")
-TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
 APP = "Start the application, wait for its recovery, check it and compare it with the catalog's record"
 
 MISSING = mariadb_missing()
@@ -59,17 +58,7 @@ def backup(ec2, inst, server, name, application):
     extra = {"array_backup_application": "mariadb", "array_backup_application_login_user": "root",
              "array_backup_application_login_unix_socket": server.socket,
              "array_backup_lock_wait_timeout": 5} if application else {}
-    t0 = time.monotonic()
-    rc, res, _raw = run_playbook(BACKUP, ec2, dict({
-        "backup_hosts": "localhost", "backup_become": False,
-        "array_backup_mountpoints": inst.mountpoints, "array_backup_by_id_dir": inst.by_id_dir,
-        "array_backup_name": name, "array_backup_keep_last": 0,
-        "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
-        "array_backup_poll_interval": 0.2}, **extra))
-    assert rc == 0, res
-    taken = task(res, TAKE)
-    assert taken["state"] == "complete", taken
-    return taken, time.monotonic() - t0
+    return backup_playbook(ec2, inst, name, extra)
 
 
 def restore_vars(inst, ec2, server, set_id, **extra):

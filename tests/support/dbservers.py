@@ -26,6 +26,9 @@ MARIADB_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb")
 PG_BINARIES = ("initdb", "postgres", "pg_controldata", "psql")
 
 
+TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
+
+
 def mariadb_bin(name):
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin")
 
@@ -81,6 +84,24 @@ def app_tag(ec2, set_id):
         parts.append(tags["stillpoint:app.%d" % i])
         i += 1
     return json.loads("".join(parts)), tags["stillpoint:level"]
+
+
+def backup_playbook(ec2, inst, name, extra):
+    """playbooks/backup.yml on the local instance ``inst`` (host mode, no retention) with the role variables
+    ``extra``; asserts the set is complete and returns (the set's record, the playbook's seconds)."""
+    from tests.support.world import ROOT, run_playbook, task
+
+    t0 = time.monotonic()
+    rc, res, _raw = run_playbook(os.path.join(ROOT, "playbooks", "backup.yml"), ec2, dict({
+        "backup_hosts": "localhost", "backup_become": False,
+        "array_backup_mountpoints": inst.mountpoints, "array_backup_by_id_dir": inst.by_id_dir,
+        "array_backup_name": name, "array_backup_keep_last": 0,
+        "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
+        "array_backup_poll_interval": 0.2}, **extra))
+    assert rc == 0, res
+    taken = task(res, TAKE)
+    assert taken["state"] == "complete", taken
+    return taken, time.monotonic() - t0
 
 
 def freeze_bounds(writer, taken):
