@@ -36,6 +36,17 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import ms_since
 
 APPLICATIONS = ("mariadb", "mysql", "postgresql", "held_hook")
+# How a module reaches the database (ebs_snapshot_set at backup, app_recover at restore): the client's own
+# option file, socket, host/port and user; the password only as no_log (it travels in the client's environment)
+CONNECTION_ARGS = dict(
+    application_login_user=dict(type="str"),
+    application_login_password=dict(type="str", no_log=True),
+    application_login_host=dict(type="str"),
+    application_login_port=dict(type="int"),
+    application_login_unix_socket=dict(type="path"),
+    application_config_file=dict(type="path"),
+    application_client=dict(type="path"),
+)
 READY = "READY"
 PR_SET_PDEATHSIG = 1
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import APPLICATIONS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import CONNECTION_ARGS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import DeviceResolver
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._discovery import discover_stacks
@@ -39,14 +41,7 @@ ARGUMENT_SPEC = dict(
     post_hook=dict(type="list", elements="str", default=[]),
     hook_timeout=dict(type="float", default=30.0),
     on_hook_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
-    application=dict(type="str", choices=["mariadb", "mysql", "postgresql", "held_hook"]),
-    application_login_user=dict(type="str"),
-    application_login_password=dict(type="str", no_log=True),
-    application_login_host=dict(type="str"),
-    application_login_port=dict(type="int"),
-    application_login_unix_socket=dict(type="path"),
-    application_config_file=dict(type="path"),
-    application_client=dict(type="path"),
+    application=dict(type="str", choices=list(APPLICATIONS)),
     application_hook=dict(type="list", elements="str", default=[]),
     lock_wait_timeout=dict(type="float", default=10.0),
     on_quiesce_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
@@ -56,6 +51,7 @@ ARGUMENT_SPEC = dict(
     on_wait_timeout=dict(type="str", choices=["fail", "return"], default="fail"),
     max_freeze_cycles=dict(type="int", default=1),
     throttle_wait=dict(type="float", default=60.0),
+    **CONNECTION_ARGS
 )
 
 

@@ -212,6 +212,7 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import CONNECTION_ARGS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_recover import recover
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
@@ -230,13 +231,7 @@ def main():
             run_check=dict(type="bool", default=True),
             check_install_missing=dict(type="bool", default=True),
             compare_position=dict(type="bool", default=True),
-            application_login_user=dict(type="str"),
-            application_login_password=dict(type="str", no_log=True),
-            application_login_host=dict(type="str"),
-            application_login_port=dict(type="int"),
-            application_login_unix_socket=dict(type="path"),
-            application_config_file=dict(type="path"),
-            application_client=dict(type="path"),
+            **CONNECTION_ARGS
         ),
         supports_check_mode=True,
     )

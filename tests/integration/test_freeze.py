@@ -20,6 +20,9 @@ import pytest
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 # the loopfs fixture
+from tests.support.loopfs import alive
+from tests.support.loopfs import wait_gone
+from tests.support.loopfs import guardians  # noqa: F401 pylint: disable=unused-import
 from tests.support.loopfs import loopfs  # noqa: F401 pylint: disable=unused-import
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
@@ -101,34 +104,6 @@ def stdout_closes(proc, timeout=5.0):
         if select.select([fd], [], [], max(0.0, end - time.monotonic()))[0] and not os.read(fd, 4096):
             return True
     return False
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid, timeout=3.0):
-    end = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-@pytest.fixture
-def guardians():
-    """pids of guardians a test started; any still alive at the end get SIGTERM (they thaw and exit)."""
-    pids = []
-    yield pids
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            wait_gone(pid)
 
 
 def mounts_of(filesystems):

@@ -30,6 +30,8 @@ import pytest
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 # the loopfs fixture
+from tests.support.loopfs import alive
+from tests.support.loopfs import guardians  # noqa: F401 pylint: disable=unused-import
 from tests.support.loopfs import loopfs  # noqa: F401 pylint: disable=unused-import
 from tests.support.loopfs import probe_frozen
 
@@ -111,14 +113,6 @@ def wait_for(what, check, pumps=(), bound=BOUND):
                 p.pump()
         else:
             time.sleep(0.005)
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def in_freeze_super(pid):
@@ -227,16 +221,6 @@ def freeze_in_thread(guardian):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
-
-
-@pytest.fixture
-def guardians():
-    """pids of guardians a test started; any still alive at the end get SIGTERM (they thaw and exit)."""
-    pids = []
-    yield pids
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGTERM)
 
 
 def by_mountpoint(mounts):

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -55,6 +56,34 @@ def _run(argv, check=True, timeout=30):
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (rc=%s): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
     return proc
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid, timeout=3.0):
+    end = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def guardians():
+    """pids of guardians a test started; any still alive at the end get SIGTERM (they thaw and exit)."""
+    pids = []
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_gone(pid)
 
 
 def probe_frozen(mountpoint):
