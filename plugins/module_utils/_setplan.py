@@ -51,6 +51,12 @@ ARGUMENT_SPEC = dict(
     on_wait_timeout=dict(type="str", choices=["fail", "return"], default="fail"),
     max_freeze_cycles=dict(type="int", default=1),
     throttle_wait=dict(type="float", default=60.0),
+    group=dict(type="dict", options=dict(
+        id=dict(type="str", required=True),
+        instant=dict(type="float", required=True),
+        lead_ms=dict(type="float", default=50.0),
+        hold_ms=dict(type="float", default=50.0),
+    )),
     **CONNECTION_ARGS
 )
 

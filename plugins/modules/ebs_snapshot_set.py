@@ -271,6 +271,35 @@ options:
         the probe only proves permission and parameters.
     type: float
     default: 60.0
+  group:
+    description:
+      - Take this host's set as a member of a consistency group (several hosts, one instant; host mode only). Usually
+        set by the M(stillpoint.snapshots.ebs_snapshot_group) procedure in role C(array_backup)
+        (C(array_backup_group=true)), which measures the hosts' clocks, agrees the instant and seals the group.
+      - After the DryRun check the module waits, nothing frozen, until O(group.lead_ms) before O(group.instant) on this
+        host's clock (it refuses when that moment has already passed: raise the play's C(forks) to the group size),
+        freezes, makes its one C(CreateSnapshots) call, keeps the filesystems frozen until O(group.hold_ms) after the
+        instant, and thaws. It returns its frozen interval on this host's real-time clock (RV(group)).
+      - The set is tagged with the group id and stays C(pending) in the catalog until the group is sealed.
+      - Needs filesystems to freeze (a host that cannot hold its state cannot share an instant); one freeze cycle only.
+    type: dict
+    suboptions:
+      id:
+        description: The group id (C(bs-...) form, from M(stillpoint.snapshots.ebs_snapshot_group) O(state=armed)).
+        type: str
+        required: true
+      instant:
+        description: The common instant, seconds since the epoch (UTC) on synchronized clocks.
+        type: float
+        required: true
+      lead_ms:
+        description: How long before the instant the freeze starts (the kernel's freeze must be done by then).
+        type: float
+        default: 50.0
+      hold_ms:
+        description: How long after the instant the freeze is held, at least (covers the hosts' clock error).
+        type: float
+        default: 50.0
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -400,6 +429,14 @@ application:
       C(binlog_position), C(gtid); for PostgreSQL C(checkpoint_lsn), C(redo_lsn), C(timeline),
       C(wal_lsn_before_freeze), C(wal_lsn_after_thaw), C(backend_pid), C(paths)).
   returned: when O(application) is set and the run got that far
+  type: dict
+group:
+  description:
+    - With O(group), this host's part of the consistency group - C(id), C(instant), C(lead_ms), C(hold_ms), and
+      C(frozen) (the frozen interval, C([frozen_at, thawing_at]), seconds since the epoch on this host's clock;
+      measured after the freeze returned and before the thaw was asked, so inside the real frozen interval),
+      C(window_ms) and C(late_ms) (how late the freeze started after O(group.lead_ms) before the instant).
+  returned: when O(group) is set and the freeze happened
   type: dict
 plan:
   description: The resolved plan (members, exclusions, mountpoints to freeze, level expected).
