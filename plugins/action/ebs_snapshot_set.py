@@ -52,6 +52,11 @@ class ActionModule(ActionBase):
         spec = aws_argument_spec()
         spec.update(ARGUMENT_SPEC)
         params = self.validate_argument_spec(argument_spec=spec)[1]
+        if params["group"] and params["mode"] == "controller":
+            result.update(failed=True, msg="group is host mode only in this version: each host makes its own call "
+                          "inside its own frozen interval (a call from the controller would add a task boundary to "
+                          "every host's window); use mode=host")
+            return result
         mode = self._controller if params["mode"] == "controller" else self._host
         return run_on_controller(self, result, lambda: mode(params, task_vars))
 

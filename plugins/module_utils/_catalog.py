@@ -42,6 +42,10 @@ K_FREEZE_MS = PREFIX + "freeze-ms"
 K_PROCEDURE = PREFIX + "procedure"
 K_ARRAY = PREFIX + "array"
 K_APP = PREFIX + "app"  # what a held application quiescer held and recorded (JSON, chunked like K_ARRAY)
+K_GROUP_ID = PREFIX + "group-id"  # the consistency group a set belongs to (_group.py)
+K_GROUP_HOST = PREFIX + "group-host"  # this host's part, written by the host: its frozen interval on its clock (JSON)
+K_GROUP = PREFIX + "group"  # the group's seal on this set: verdict, common instant, margin, this host's corrected interval
+GROUP_SEALED = ("consistent", "inconsistent")
 
 STATES = ("pending", "complete", "partial")
 SET_ID_RE = re.compile(r"^bs-\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -241,6 +245,9 @@ def _evaluate(record, tag_states):
     not_done = [m["snapshot_id"] for m in members if m["state"] != "completed" and m["state"] != "error"]
     if not_done:
         waiting.append("snapshots not yet completed in EC2: %s" % ", ".join(not_done))
+    if record.get("group_id") and (record.get("group") or {}).get("verdict") not in GROUP_SEALED:
+        waiting.append("member of consistency group %s, which is not sealed (ebs_snapshot_group state=sealed): "
+                       "no set of a group counts before the group does" % record["group_id"])
     if record["schema"] != SCHEMA:
         waiting.append("catalog schema %s is not read by this version (it reads schema %s); upgrade "
                        "stillpoint.snapshots. The set is never reported complete nor pruned by this version"
@@ -303,6 +310,8 @@ def group_sets(snapshots):
             "procedure": first.get(K_PROCEDURE) or None,
             "array": decode_json(first, K_ARRAY),
             "application": decode_json(first, K_APP),
+            "group_id": first.get(K_GROUP_ID) or None,
+            "group": decode_json(first, K_GROUP),
         }
         tag_states = [t.get(K_STATE, "pending") for t, _s in items]
         record["marked"] = sorted(set(tag_states))  # what the members' state tags say, as written

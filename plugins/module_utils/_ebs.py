@@ -249,27 +249,27 @@ def paginate(client, operation, key, **kwargs):
     return client.get_paginator(operation).paginate(**kwargs).build_full_result().get(key, [])
 
 
-def catalog_snapshots(client, set_id=None, name=None, instance_id=None):
+def catalog_snapshots(client, set_id=None, name=None, instance_id=None, group_id=None):
     """Snapshots of the catalog, narrowed server-side by tag filters where possible."""
     filters = [{"Name": "tag:%s" % catalog.K_CREATOR, "Values": [catalog.CREATOR]}]
-    if set_id:
-        filters.append({"Name": "tag:%s" % catalog.K_SET_ID, "Values": [set_id]})
-    if name:
-        filters.append({"Name": "tag:%s" % catalog.K_SET_NAME, "Values": [name]})
-    if instance_id:
-        filters.append({"Name": "tag:%s" % catalog.K_INSTANCE, "Values": [instance_id]})
+    for key, value in ((catalog.K_SET_ID, set_id), (catalog.K_SET_NAME, name), (catalog.K_INSTANCE, instance_id),
+                       (catalog.K_GROUP_ID, group_id)):
+        if value:
+            filters.append({"Name": "tag:%s" % key, "Values": [value]})
     return describe_snapshots(client, filters=filters)
 
 
-def catalog_sets(client, set_id=None, name=None, instance_id=None):
+def catalog_sets(client, set_id=None, name=None, instance_id=None, group_id=None):
     """The catalog's set records (:func:`_catalog.group_sets`), newest first, narrowed like :func:`catalog_snapshots`."""
     return catalog.select_sets(catalog.group_sets(catalog_snapshots(client, set_id=set_id, name=name,
-                                                                    instance_id=instance_id)), set_id=set_id)
+                                                                    instance_id=instance_id, group_id=group_id)),
+                               set_id=set_id)
 
 
-def find_sets(client, set_id=None, name=None, instance_id=None, host=None, states=None, latest=False):
+def find_sets(client, set_id=None, name=None, instance_id=None, host=None, states=None, latest=False, group_id=None):
     """backup_set_info: the matching set records, newest first (only the newest with ``latest``)."""
-    records = catalog.select_sets(catalog_sets(client, set_id=set_id, name=name, instance_id=instance_id),
+    records = catalog.select_sets(catalog_sets(client, set_id=set_id, name=name, instance_id=instance_id,
+                                               group_id=group_id),
                                   name=name, instance_id=instance_id, host=host, states=states)
     return records[:1] if latest else records
 
@@ -537,6 +537,8 @@ class SnapshotSetRun:
             finally:
                 self.call_ms = round((time.monotonic() - t_call) * 1000.0, 3)
                 self.create_calls += 1
+                if hasattr(quiescer, "called"):  # a group member holds its freeze only after a call that worked
+                    quiescer.called(err is None)
                 thawed = quiescer.thaw()
             self.cycles.append({"cycle": cycle, "freeze": froze, "thaw": thawed, "call_ms": self.call_ms,
                                 "error": error_code(err) if err is not None else None})

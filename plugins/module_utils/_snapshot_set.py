@@ -16,6 +16,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _app_q
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._group import GroupQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import GuardianQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import host_plan
@@ -85,10 +86,24 @@ def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=No
         quiescer = GuardianQuiescer(plan["freeze_plan"], params["freeze_deadline"], level=plan["public"]["level"])
     else:
         quiescer = ebs.NoQuiesce(plan["public"]["level"])
+    group = params.get("group")
+    if group:
+        if not plan["freeze_plan"]:
+            raise StillpointError("group %s: this host has no filesystem to freeze, so it cannot hold its state at the "
+                                  "group's instant; a group member needs freeze=true and mountpoints" % group["id"])
+        quiescer = GroupQuiescer(quiescer, group)
+        quiescer.check(params["freeze_deadline"])
+        params = dict(params, max_freeze_cycles=1, tags=dict(params["tags"], **{catalog.K_GROUP_ID: group["id"]}))
     try:
-        return take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer, hooks,
-                    socket.gethostname(), log=log, warn=warn)
+        result = take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer, hooks,
+                      socket.gethostname(), log=log, warn=warn)
     except StillpointError as e:
         e.details.setdefault("plan", plan["public"])
         e.details.setdefault("instance_id", plan["members"]["instance_id"])
+        if group and getattr(quiescer, "record", None):
+            e.details.setdefault("group", quiescer.record)
         raise
+    if group:
+        result["group"] = quiescer.record
+        ebs.tag(client, result["snapshot_ids"], catalog.encode_json(catalog.K_GROUP_HOST, quiescer.record, what="group host record"))
+    return result

@@ -1,0 +1,239 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Consistency groups: the sets of several hosts at one instant, proved from the hosts' own clocks
+(docs/groups.md).
+
+CreateSnapshots stops at one instance, and Ansible's task boundaries cost seconds, so the hosts do not
+wait on each other while frozen. Each is armed with the same instant ``C`` (seconds since the epoch,
+on clocks that are meant to be synchronized), and on its own clock:
+
+    wait (nothing frozen) -> freeze at C - lead -> one CreateSnapshots -> hold until C + hold -> thaw
+
+A host's snapshots hold its disks' state of any moment of its frozen interval. If every host's frozen
+interval, put on one time line with the clock offsets the run measured (before and after, from the
+controller), contains one common instant, every host's set holds its state of that instant: a record
+that causally follows another was written after it, so if it is in a set, so is the one it follows.
+The margin is how much the intervals overlap beyond the offsets' error bounds; zero or less, and the
+group is recorded ``inconsistent`` (each set stays a valid set of its own host). A host that failed to
+freeze or call makes the group ``failed``: every set of the group is deleted (all or nothing).
+
+Host side: :class:`GroupQuiescer`. Controller side: :func:`arm`, :func:`offset_from_samples`,
+:func:`clock_bound`, :func:`verdict` (pure), :func:`seal` (EC2).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+MAX_ARM_WAIT = 600.0  # seconds a host may wait for the freeze to start
+MIN_ARM = 1.0
+
+
+def wait_until(target, clock=time.time, sleep=time.sleep):
+    """Sleep until ``clock()`` reaches ``target`` (short sleeps near the end)."""
+    while True:
+        left = target - clock()
+        if left <= 0:
+            return
+        sleep(min(left, 0.5) if left > 0.02 else left)
+
+
+# --------------------------------------------------------------------------- host side
+
+class GroupQuiescer:
+    """Wraps the host's quiescer: the freeze starts at ``instant - lead``, the thaw waits until ``instant + hold``.
+
+    ``record`` holds this host's part after the thaw: its frozen interval on this host's real-time clock,
+    taken after the freeze returned and before the thaw was asked (inside the true frozen interval).
+    """
+
+    def __init__(self, inner, group, clock=time.time, sleep=time.sleep):
+        self.inner = inner
+        self.group = dict(group)
+        self.clock = clock
+        self.sleep = sleep
+        self.record = None
+        self.call_ok = False
+
+    @property
+    def level(self):
+        return self.inner.level
+
+    def _start(self):
+        return self.group["instant"] - self.group["lead_ms"] / 1000.0
+
+    def check(self, deadline):
+        """Refusals before anything is frozen (called from the module after its DryRun)."""
+        late = self.clock() - self._start()
+        if late > 0:
+            raise StillpointError(
+                "group %s: armed %.0f ms too late (the freeze was to start %.0f ms before the instant %.3f on this "
+                "host's clock); nothing was frozen or created. Every host of a group must be waiting before the "
+                "instant: give the play forks >= the group size and no serial, or a later instant (array_backup_group_arm_s)"
+                % (self.group["id"], late * 1000.0, self.group["lead_ms"], self.group["instant"]), late_ms=round(late * 1000.0, 3))
+        if -late > MAX_ARM_WAIT:
+            raise StillpointError("group %s: the instant is %.0f s away (at most %d s); nothing was frozen"
+                                  % (self.group["id"], -late, MAX_ARM_WAIT))
+        if (self.group["lead_ms"] + self.group["hold_ms"]) / 1000.0 >= deadline / 2.0:
+            raise StillpointError("group %s: lead_ms + hold_ms (%.0f ms) must stay under half the freeze deadline "
+                                  "(freeze_deadline=%s s); nothing was frozen"
+                                  % (self.group["id"], self.group["lead_ms"] + self.group["hold_ms"], deadline))
+
+    def freeze(self):
+        if self.record is not None:
+            raise StillpointError("group %s: one freeze cycle per group member" % self.group["id"])
+        start = self._start()
+        wait_until(start, self.clock, self.sleep)
+        began = self.clock()
+        out = self.inner.freeze()
+        frozen = self.clock()
+        self.record = {"id": self.group["id"], "instant": self.group["instant"], "lead_ms": self.group["lead_ms"],
+                       "hold_ms": self.group["hold_ms"], "late_ms": round((began - start) * 1000.0, 3),
+                       "frozen": [frozen, None], "window_ms": None}
+        return out
+
+    def called(self, ok):
+        """The run tells whether the call succeeded: only then is the freeze held until the instant + hold."""
+        self.call_ok = bool(ok)
+
+    def thaw(self):
+        if self.call_ok:
+            wait_until(self.group["instant"] + self.group["hold_ms"] / 1000.0, self.clock, self.sleep)
+        thawing = self.clock()
+        out = self.inner.thaw()
+        if self.record is not None:
+            self.record["frozen"][1] = thawing
+            self.record["window_ms"] = out.get("window_ms")
+        return out
+
+
+# --------------------------------------------------------------------------- controller side, pure
+
+def arm(errors_s, now, arm_s=20.0, lead_ms=50.0, hold_ms=50.0, group_id=None):
+    """The group's id and instant, ``arm_s`` from ``now`` (controller clock), and the hold sized from the
+    measured clock errors: the intervals must overlap by more than twice the largest error."""
+    if arm_s < MIN_ARM:
+        raise StillpointError("arm_s must be at least %s s (every host must be waiting before the instant)" % MIN_ARM)
+    worst = max([float(e) for e in errors_s] or [0.0])
+    hold = max(float(hold_ms), 2000.0 * worst + 20.0)
+    return {"id": group_id or catalog.new_set_id().replace("bs-", "bg-", 1), "instant": round(now + float(arm_s), 6),
+            "lead_ms": float(lead_ms), "hold_ms": round(hold, 3), "clock_error_ms": round(worst * 1000.0, 3)}
+
+
+def offset_from_samples(samples):
+    """Clock offset of a host from ``[(sent, host_time, received), ...]`` (sent/received on the controller).
+
+    The host read its clock between ``sent`` and ``received``; with the shortest round trip the offset
+    (host minus controller) is ``host_time - midpoint``, within half that round trip, whatever the
+    asymmetry of the path."""
+    if not samples:
+        raise StillpointError("no clock samples")
+    sent, host, received = min(samples, key=lambda s: s[2] - s[0])
+    rtt = max(0.0, received - sent)
+    return {"offset_s": host - (sent + received) / 2.0, "error_s": rtt / 2.0, "rtt_s": rtt, "samples": len(samples)}
+
+
+def clock_bound(before, after):
+    """One offset and error bound for the frozen interval, between a measurement before and one after:
+    the offset may have drifted linearly between them, so the bound covers both."""
+    mid = (before["offset_s"] + after["offset_s"]) / 2.0
+    err = max(before["error_s"], after["error_s"]) + abs(before["offset_s"] - after["offset_s"]) / 2.0
+    return {"offset_s": mid, "error_s": err}
+
+
+def verdict(members):
+    """The group's verdict from each host's part.
+
+    ``members``: ``{host: {"set_id", "frozen": [a, b] or None (host clock), "offset_s", "error_s", "failed": msg or None}}``.
+    Returns ``{"verdict": consistent|inconsistent|failed, "instant", "margin_ms", "hosts": {...}, "problems": [...]}``
+    with every interval on the controller's time line; the common instant is the middle of the overlap."""
+    problems, hosts = [], {}
+    for host in sorted(members):
+        m = members[host]
+        if m.get("failed") or not m.get("set_id") or not m.get("frozen") or m["frozen"][1] is None:
+            problems.append("%s: %s" % (host, m.get("failed") or "no set or no frozen interval reported"))
+            hosts[host] = {"set_id": m.get("set_id"), "failed": m.get("failed") or "no set"}
+            continue
+        o, e = float(m["offset_s"]), float(m["error_s"])
+        a, b = m["frozen"][0] - o, m["frozen"][1] - o
+        hosts[host] = {"set_id": m["set_id"], "frozen": [round(a, 6), round(b, 6)], "offset_ms": round(o * 1000.0, 3),
+                       "error_ms": round(e * 1000.0, 3), "earliest": a + e, "latest": b - e}
+    if problems:
+        return {"verdict": "failed", "instant": None, "margin_ms": None, "hosts": _public(hosts), "problems": problems}
+    if not hosts:
+        return {"verdict": "failed", "instant": None, "margin_ms": None, "hosts": {}, "problems": ["no member"]}
+    left = max(h["earliest"] for h in hosts.values())
+    right = min(h["latest"] for h in hosts.values())
+    margin = right - left
+    out = {"verdict": "consistent" if margin > 0 else "inconsistent", "instant": round((left + right) / 2.0, 6),
+           "margin_ms": round(margin * 1000.0, 3), "hosts": _public(hosts), "problems": []}
+    if margin <= 0:
+        first = max(hosts, key=lambda h: hosts[h]["earliest"])
+        last = min(hosts, key=lambda h: hosts[h]["latest"])
+        out["instant"] = None
+        out["problems"].append(
+            "the frozen intervals share no instant once the measured clock offsets and their error bounds are applied: "
+            "%s was frozen from %.3f, %s thawed from %.3f (controller time, error bounds applied); margin %.1f ms"
+            % (first, hosts[first]["earliest"], last, hosts[last]["latest"], margin * 1000.0))
+    return out
+
+
+def _public(hosts):
+    return dict((h, dict((k, v) for k, v in rec.items() if k not in ("earliest", "latest"))) for h, rec in hosts.items())
+
+
+# --------------------------------------------------------------------------- controller side, EC2
+
+def seal(client, group_id, members, check_mode=False):
+    """Record the verdict on every set of the group (tags), or delete them all when the group failed.
+
+    Returns the module's result; raises when the group is not consistent (after recording it)."""
+    out = verdict(members)
+    records = ebs.catalog_sets(client, group_id=group_id)
+    known = dict((r["set_id"], r) for r in records)
+    named = set(h["set_id"] for h in out["hosts"].values() if h.get("set_id"))
+    stray = sorted(set(known) - named)
+    if stray and out["verdict"] != "failed":
+        out["verdict"] = "failed"
+        out["problems"].append("sets of group %s that no member reported: %s" % (group_id, ", ".join(stray)))
+    absent = sorted(named - set(known))
+    if absent and out["verdict"] != "failed":
+        out["verdict"] = "failed"
+        out["problems"].append("sets reported but not in the catalog: %s" % ", ".join(absent))
+    result = dict(group_id=group_id, verdict=out["verdict"], instant=out["instant"], margin_ms=out["margin_ms"],
+                  hosts=out["hosts"], problems=out["problems"], sets=sorted(known), changed=False)
+    ids = [sid for r in records for sid in r["snapshot_ids"]]
+    if out["verdict"] == "failed":
+        if check_mode:
+            return dict(result, changed=bool(ids), msg="check mode: would delete the group's %d set(s)" % len(known))
+        rb = ebs.rollback(client, ids) if ids else {"deleted": [], "left_partial": [], "errors": []}
+        raise StillpointError("group %s failed (%s); all %d set(s) of the group were %s" % (
+            group_id, "; ".join(out["problems"]), len(known),
+            "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])),
+            **dict(result, rollback=rb, changed=bool(ids)))
+    sealed = [r for r in records if (r.get("group") or {}).get("verdict") in catalog.GROUP_SEALED]
+    if len(sealed) == len(records) and records:
+        result["msg"] = "group %s already sealed (%s)" % (group_id, sealed[0]["group"]["verdict"])
+        result["verdict"] = sealed[0]["group"]["verdict"]
+        return result
+    if not check_mode:
+        by_set = dict((h["set_id"], h) for h in out["hosts"].values())
+        for rec in records:
+            mine = by_set[rec["set_id"]]
+            record = {"verdict": out["verdict"], "instant": out["instant"], "margin_ms": out["margin_ms"],
+                      "size": len(records), "frozen": mine["frozen"], "offset_ms": mine["offset_ms"],
+                      "error_ms": mine["error_ms"]}
+            ebs.tag(client, rec["snapshot_ids"], catalog.encode_json(catalog.K_GROUP, record, what="group record"))
+    result["changed"] = True
+    if out["verdict"] != "consistent":
+        raise StillpointError("group %s is not consistent: %s. Its %d sets were recorded as a group that is not "
+                              "consistent (each stays a valid set of its own host); a group restore refuses it"
+                              % (group_id, "; ".join(out["problems"]), len(records)), **result)
+    result["msg"] = "group %s: %d sets share the instant %.3f (margin %.1f ms)" % (
+        group_id, len(records), out["instant"], out["margin_ms"])
+    return result
