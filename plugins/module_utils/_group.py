@@ -146,6 +146,20 @@ def clock_bound(before, after):
     return {"offset_s": mid, "error_s": err}
 
 
+def member(set_result, clock_before, clock_after):
+    """One host's part for :func:`verdict`, from what its tasks registered (ebs_snapshot_set, clock_offset x2)."""
+    set_result, before, after = set_result or {}, clock_before or {}, clock_after or {}
+    part = {"set_id": set_result.get("set_id"), "frozen": (set_result.get("group") or {}).get("frozen"), "failed": None}
+    if set_result.get("failed") or not set_result:
+        part["failed"] = set_result.get("msg") or "no result from ebs_snapshot_set"
+    clocks = [c for c in (before, after) if "offset_s" in c and "error_s" in c and not c.get("failed")]
+    if len(clocks) < 2:
+        part["failed"] = part["failed"] or "its clock offset was not measured before and after the freeze"
+        return part
+    part.update(clock_bound(*clocks))
+    return part
+
+
 def verdict(members):
     """The group's verdict from each host's part.
 

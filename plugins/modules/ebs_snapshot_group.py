@@ -1,0 +1,206 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ebs_snapshot_group
+short_description: Arm and seal a consistency group - the sets of several hosts at one proved instant
+version_added: 0.2.0
+description:
+  - The controller's half of a consistency group (C(docs/groups.md)); the hosts' half is
+    M(stillpoint.snapshots.ebs_snapshot_set) with O(stillpoint.snapshots.ebs_snapshot_set#module:group). Role
+    C(array_backup) runs the whole procedure with C(array_backup_group=true).
+  - O(state=armed) picks the group id and the common instant, O(arm_s) from now, and sizes the hold from the
+    clock errors measured on the hosts (M(stillpoint.snapshots.clock_offset)). It makes no AWS call.
+  - O(state=sealed) puts each member's frozen interval (on its own clock) on the controller's time line with the
+    offsets measured before and after, and finds the instant every host was frozen at. With a positive margin the
+    group is V(consistent) and every set is tagged with the verdict, the common instant, the margin and its host's
+    corrected interval; then its sets count as complete. With none, the group is recorded V(inconsistent) and the
+    module fails (each set stays a valid set of its host; a group restore refuses the group). When a member failed,
+    or a set of the group is missing or unreported, every set of the group is deleted (all or nothing) and the
+    module fails.
+  - Run it once per group, on the controller (C(run_once), C(delegate_to=localhost)).
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  state:
+    description: V(armed) picks the instant; V(sealed) records the verdict.
+    type: str
+    choices: [armed, sealed]
+    required: true
+  group_id:
+    description: The group (C(bg-...)); required with O(state=sealed). With O(state=armed), a new id is made when unset.
+    type: str
+  arm_s:
+    description: Seconds from now to the common instant; every host must be waiting, its DryRun done, before then.
+    type: float
+    default: 20.0
+  lead_ms:
+    description: How long before the instant each host starts its freeze.
+    type: float
+    default: 50.0
+  hold_ms:
+    description: The least time each host holds its freeze after the instant; raised to twice the largest clock error plus 20 ms.
+    type: float
+    default: 50.0
+  clock_errors:
+    description: The hosts' clock error bounds in seconds (C(error_s) of M(stillpoint.snapshots.clock_offset)).
+    type: list
+    elements: float
+    default: []
+  members:
+    description: One item per host of the group, with O(state=sealed).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      host:
+        description: The inventory host.
+        type: str
+        required: true
+      set_result:
+        description: What M(stillpoint.snapshots.ebs_snapshot_set) returned on the host (registered, also when it failed).
+        type: dict
+        default: {}
+      clock_before:
+        description: M(stillpoint.snapshots.clock_offset) on the host before the group's freeze.
+        type: dict
+        default: {}
+      clock_after:
+        description: M(stillpoint.snapshots.clock_offset) on the host after it.
+        type: dict
+        default: {}
+extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+  - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
+attributes:
+  check_mode:
+    support: full
+    details: O(state=sealed) reports the verdict and what it would tag or delete, and changes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: A sealed group is reported unchanged.
+notes:
+  - "IAM: ec2:DescribeSnapshots, ec2:CreateTags, ec2:DeleteSnapshot (a failed group) on the group's snapshots."
+  - The hosts' clocks are meant to be synchronized (chrony, the Amazon Time Sync Service); the verdict does not
+    assume it, it uses the offsets the run measured.
+seealso:
+  - module: stillpoint.snapshots.ebs_snapshot_set
+  - module: stillpoint.snapshots.clock_offset
+"""
+
+EXAMPLES = r"""
+- name: Agree on the instant
+  stillpoint.snapshots.ebs_snapshot_group:
+    state: armed
+    clock_errors: "{{ ansible_play_hosts_all | map('extract', hostvars, ['clock', 'error_s']) | list }}"
+  run_once: true
+  delegate_to: localhost
+  register: armed
+
+- name: Seal it
+  stillpoint.snapshots.ebs_snapshot_group:
+    state: sealed
+    group_id: "{{ armed.group_id }}"
+    members: "{{ ... }}"  # host, set_result, clock_before, clock_after per host: see roles/array_backup
+  run_once: true
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+group_id:
+  description: The group.
+  returned: always
+  type: str
+  sample: bg-20261204T101500Z-1a2b3c
+instant:
+  description: With O(state=armed) the instant agreed; sealed, the common instant found (controller clock, epoch seconds).
+  returned: success
+  type: float
+lead_ms:
+  description: The lead to give the hosts (O(state=armed)).
+  returned: when armed
+  type: float
+hold_ms:
+  description: The hold to give the hosts, sized from the clock errors (O(state=armed)).
+  returned: when armed
+  type: float
+verdict:
+  description: V(consistent), V(inconsistent) or V(failed) (O(state=sealed)).
+  returned: when sealed
+  type: str
+margin_ms:
+  description: How far the hosts' frozen intervals overlap beyond the clock error bounds.
+  returned: when sealed
+  type: float
+hosts:
+  description: Per host - C(set_id), C(frozen) (on the controller's time line), C(offset_ms), C(error_ms), or C(failed).
+  returned: when sealed
+  type: dict
+sets:
+  description: The sets of the group found in the catalog.
+  returned: when sealed
+  type: list
+  elements: str
+problems:
+  description: Why the group is not consistent.
+  returned: when sealed
+  type: list
+  elements: str
+rollback:
+  description: What a failed group's rollback deleted (C(deleted)) or left tagged partial (C(left_partial)).
+  returned: when the group failed
+  type: dict
+"""
+
+import time
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _group as group
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["armed", "sealed"], required=True),
+    group_id=dict(type="str"),
+    arm_s=dict(type="float", default=20.0),
+    lead_ms=dict(type="float", default=50.0),
+    hold_ms=dict(type="float", default=50.0),
+    clock_errors=dict(type="list", elements="float", default=[]),
+    members=dict(type="list", elements="dict", default=[], options=dict(
+        host=dict(type="str", required=True),
+        set_result=dict(type="dict", default={}),
+        clock_before=dict(type="dict", default={}),
+        clock_after=dict(type="dict", default={}),
+    )),
+)
+
+
+def main():
+    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                              required_if=[("state", "sealed", ["group_id"])])
+    p = module.params
+    try:
+        if p["state"] == "armed":
+            armed = group.arm(p["clock_errors"], time.time(), p["arm_s"], p["lead_ms"], p["hold_ms"], p["group_id"])
+            module.exit_json(changed=False, group_id=armed.pop("id"), **armed)
+        members = dict((m["host"], group.member(m["set_result"], m["clock_before"], m["clock_after"]))
+                       for m in p["members"])
+        result = group.seal(module.client("ec2", retry_decorator=ebs.RETRY), p["group_id"], members, module.check_mode)
+    except StillpointError as e:
+        module.fail_json(**e.fail_kwargs())
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+# -*- coding: utf-8 -*-
+"""Consistency groups, the pure parts (plugins/module_utils/_group.py): the host's schedule around the instant
+on an injected clock, the clock offset from round trips, and the verdict from the hosts' intervals."""
+
+import pytest
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _group as group
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+
+class Clock:
+    """A clock that only moves when slept on (or when told)."""
+
+    def __init__(self, now):
+        self.now = now
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        assert seconds >= 0
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Inner:
+    level = "filesystem"
+
+    def __init__(self, clock, freeze_s=0.03):
+        self.clock = clock
+        self.freeze_s = freeze_s
+        self.events = []
+
+    def freeze(self):
+        self.events.append(("freeze", self.clock()))
+        self.clock.now += self.freeze_s
+        return {"mounts": ["/data"]}
+
+    def thaw(self):
+        self.events.append(("thaw", self.clock()))
+        return {"mounts": ["/data"], "window_ms": 123.0}
+
+
+GROUP = {"id": "bg-20261204T100000Z-abcdef", "instant": 1000.0, "lead_ms": 50.0, "hold_ms": 80.0}
+
+
+def test_freeze_starts_lead_before_the_instant_and_is_held_hold_after_it():
+    clock = Clock(990.0)
+    inner = Inner(clock)
+    q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
+    q.check(deadline=10.0)
+    assert q.level == "filesystem"
+    q.freeze()
+    assert inner.events == [("freeze", pytest.approx(999.95))]
+    clock.now += 0.01  # the call
+    q.called(True)
+    out = q.thaw()
+    assert inner.events[1] == ("thaw", pytest.approx(1000.08))
+    assert q.record["frozen"] == [pytest.approx(999.98), pytest.approx(1000.08)]
+    assert q.record["late_ms"] == pytest.approx(0.0)
+    assert out["window_ms"] == q.record["window_ms"] == 123.0
+
+
+def test_a_failed_call_thaws_at_once():
+    clock = Clock(999.0)
+    inner = Inner(clock)
+    q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
+    q.freeze()
+    q.called(False)
+    q.thaw()
+    assert inner.events[1][1] == pytest.approx(999.98)  # not held to the instant + hold
+
+
+def test_armed_too_late_or_too_early_or_too_long_is_refused_before_any_freeze():
+    clock = Clock(999.96)
+    inner = Inner(clock)
+    with pytest.raises(StillpointError, match="too late.*forks"):
+        group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep).check(deadline=10.0)
+    with pytest.raises(StillpointError, match="away"):
+        group.GroupQuiescer(inner, GROUP, clock=Clock(0.0)).check(deadline=10.0)
+    with pytest.raises(StillpointError, match="half the freeze deadline"):
+        group.GroupQuiescer(inner, dict(GROUP, hold_ms=5000.0), clock=Clock(990.0)).check(deadline=10.0)
+    assert inner.events == []
+
+
+def test_one_cycle_only():
+    clock = Clock(990.0)
+    q = group.GroupQuiescer(Inner(clock), GROUP, clock=clock, sleep=clock.sleep)
+    q.freeze()
+    q.thaw()
+    with pytest.raises(StillpointError, match="one freeze cycle"):
+        q.freeze()
+
+
+def test_offset_from_the_shortest_round_trip():
+    # host 2.0 s ahead; the second sample has the shortest round trip
+    samples = [(10.0, 12.3, 10.4), (11.0, 13.01, 11.02), (12.0, 14.2, 12.3)]
+    out = group.offset_from_samples(samples)
+    assert out["offset_s"] == pytest.approx(2.0)
+    assert out["error_s"] == pytest.approx(0.01)
+    assert out["samples"] == 3
+    with pytest.raises(StillpointError):
+        group.offset_from_samples([])
+
+
+def test_clock_bound_covers_drift_between_the_measurements():
+    out = group.clock_bound({"offset_s": 0.010, "error_s": 0.002}, {"offset_s": 0.014, "error_s": 0.003})
+    assert out["offset_s"] == pytest.approx(0.012)
+    assert out["error_s"] == pytest.approx(0.005)
+
+
+def test_arm_sizes_the_hold_from_the_clock_errors():
+    armed = group.arm([0.004, 0.030], now=100.0, arm_s=15, lead_ms=40, hold_ms=50)
+    assert armed["instant"] == pytest.approx(115.0)
+    assert armed["hold_ms"] == pytest.approx(80.0)  # 2 x 30 ms + 20 ms
+    assert armed["id"].startswith("bg-")
+    assert group.arm([0.001], now=0.0, hold_ms=50)["hold_ms"] == 50.0
+    with pytest.raises(StillpointError, match="arm_s"):
+        group.arm([], now=0.0, arm_s=0.1)
+
+
+def part(set_id, a, b, offset=0.0, error=0.002):
+    return {"set_id": set_id, "frozen": [a, b], "offset_s": offset, "error_s": error, "failed": None}
+
+
+def test_overlapping_intervals_are_consistent_at_the_middle_of_the_overlap():
+    out = group.verdict({"a": part("bs-a", 0.00, 0.10), "b": part("bs-b", 0.03, 0.12), "c": part("bs-c", 0.02, 0.09)})
+    assert out["verdict"] == "consistent"
+    assert out["margin_ms"] == pytest.approx(56.0)  # [0.032, 0.088]
+    assert out["instant"] == pytest.approx(0.06)
+    assert out["hosts"]["b"]["frozen"] == [0.03, 0.12]
+
+
+def test_a_clock_offset_moves_a_host_on_the_time_line():
+    # host b's clock is 0.5 s ahead: what it calls [0.53, 0.62] was [0.03, 0.12] on the controller's line
+    out = group.verdict({"a": part("bs-a", 0.0, 0.1), "b": part("bs-b", 0.53, 0.62, offset=0.5)})
+    assert out["verdict"] == "consistent"
+    # not measured (offset taken as 0): no shared instant
+    out = group.verdict({"a": part("bs-a", 0.0, 0.1), "b": part("bs-b", 0.53, 0.62)})
+    assert out["verdict"] == "inconsistent" and out["instant"] is None
+    assert "share no instant" in out["problems"][0]
+
+
+def test_error_bounds_eat_the_margin():
+    out = group.verdict({"a": part("bs-a", 0.0, 0.1, error=0.03), "b": part("bs-b", 0.05, 0.15, error=0.03)})
+    assert out["verdict"] == "inconsistent"  # overlap 50 ms, minus 2 x 30 ms
+    assert out["margin_ms"] == pytest.approx(-10.0)
+
+
+def test_a_failed_host_fails_the_group():
+    out = group.verdict({"a": part("bs-a", 0.0, 0.1), "b": dict(part(None, 0, 0), frozen=None, failed="EBUSY")})
+    assert out["verdict"] == "failed"
+    assert out["problems"] == ["b: EBUSY"]
+
+
+def test_member_from_registered_results():
+    clock = {"offset_s": 0.001, "error_s": 0.002}
+    ok = group.member({"set_id": "bs-1", "group": {"frozen": [1.0, 1.1]}}, clock, clock)
+    assert ok["failed"] is None and ok["frozen"] == [1.0, 1.1] and ok["offset_s"] == pytest.approx(0.001)
+    assert group.member({"failed": True, "msg": "boom"}, clock, clock)["failed"] == "boom"
+    assert group.member({}, clock, clock)["failed"]
+    assert "not measured" in group.member({"set_id": "bs-1", "group": {"frozen": [1, 2]}}, clock, {})["failed"]
