@@ -236,11 +236,11 @@ def seal(client, group_id, members, check_mode=False):
         result["verdict"] = sealed[0]["group"]["verdict"]
         return result
     if not check_mode:
-        by_set = dict((h["set_id"], h) for h in out["hosts"].values())
+        by_set = dict((h["set_id"], (name, h)) for name, h in out["hosts"].items())
         for rec in records:
-            mine = by_set[rec["set_id"]]
+            host, mine = by_set[rec["set_id"]]
             record = {"verdict": out["verdict"], "instant": out["instant"], "margin_ms": out["margin_ms"],
-                      "size": len(records), "frozen": mine["frozen"], "offset_ms": mine["offset_ms"],
+                      "size": len(records), "host": host, "frozen": mine["frozen"], "offset_ms": mine["offset_ms"],
                       "error_ms": mine["error_ms"]}
             ebs.tag(client, rec["snapshot_ids"], catalog.encode_json(catalog.K_GROUP, record, what="group record"))
     result["changed"] = True

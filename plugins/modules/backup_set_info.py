@@ -35,6 +35,10 @@ options:
   instance_id:
     description: Only sets taken from this instance.
     type: str
+  group_id:
+    description: Only the sets of this consistency group (C(stillpoint:group-id), see M(stillpoint.snapshots.ebs_snapshot_group)).
+    type: str
+    version_added: 0.2.0
   host:
     description: Only sets whose recorded host name is this one.
     type: str
@@ -207,6 +211,17 @@ sets:
       description: What the held application quiescer held and recorded (C(stillpoint:app); kind, lock, confirmed,
         held_ms, binlog_file, binlog_position, gtid), null if none.
       type: dict
+    group_id:
+      description: The consistency group the set belongs to (null if none); its sets count only once it is sealed.
+      type: str
+      version_added: 0.2.0
+    group:
+      description:
+        - The group's seal on this set (C(stillpoint:group)), null before the seal - C(verdict) (V(consistent) or
+          V(inconsistent)), C(instant) (the common instant, controller clock), C(margin_ms), C(size), and this host's
+          C(frozen) interval on the controller's time line with C(offset_ms) and C(error_ms).
+      type: dict
+      version_added: 0.2.0
     drill:
       description:
         - The last restore drill's verdict (C(stillpoint:drill)), null if the set was never drilled. C(result)
@@ -280,6 +295,7 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str"),
     instance_id=dict(type="str"),
     host=dict(type="str"),
+    group_id=dict(type="str"),
     state=dict(type="list", elements="str", choices=list(catalog.STATES)),
     latest=dict(type="bool", default=False),
     query=dict(type="str"),
@@ -304,7 +320,8 @@ def main():
     expression = compile_query(module, p["query"]) if p["query"] is not None else None
     client = module.client("ec2", retry_decorator=ebs.RETRY)
     try:
-        snapshots = ebs.catalog_snapshots(client, set_id=p["set_id"], name=p["name"], instance_id=p["instance_id"])
+        snapshots = ebs.catalog_snapshots(client, set_id=p["set_id"], name=p["name"], instance_id=p["instance_id"],
+                                          group_id=p["group_id"])
         records = catalog.select_sets(catalog.group_sets(snapshots), set_id=p["set_id"], name=p["name"],
                                       instance_id=p["instance_id"], host=p["host"])
         for rec in records:

@@ -277,7 +277,7 @@ options:
         set by the M(stillpoint.snapshots.ebs_snapshot_group) procedure in role C(array_backup)
         (C(array_backup_group=true)), which measures the hosts' clocks, agrees the instant and seals the group.
       - After the DryRun check the module waits, nothing frozen, until O(group.lead_ms) before O(group.instant) on this
-        host's clock (it refuses when that moment has already passed: raise the play's C(forks) to the group size),
+        host's clock (it refuses when that moment has already passed; raise the play's C(forks) to the group size),
         freezes, makes its one C(CreateSnapshots) call, keeps the filesystems frozen until O(group.hold_ms) after the
         instant, and thaws. It returns its frozen interval on this host's real-time clock (RV(group)).
       - The set is tagged with the group id and stays C(pending) in the catalog until the group is sealed.
