@@ -51,6 +51,11 @@ ARGUMENT_SPEC = dict(
     on_wait_timeout=dict(type="str", choices=["fail", "return"], default="fail"),
     max_freeze_cycles=dict(type="int", default=1),
     throttle_wait=dict(type="float", default=60.0),
+    pacer=dict(type="dict", default={}, options=dict(
+        enabled=dict(type="bool", default=True),
+        size=dict(type="int", default=100),
+        refill=dict(type="float", default=5.0),
+    )),
     group=dict(type="dict", options=dict(
         id=dict(type="str", required=True),
         instant=dict(type="float", required=True),

@@ -271,6 +271,28 @@ options:
         the probe only proves permission and parameters.
     type: float
     default: 60.0
+  pacer:
+    description:
+      - Controller mode (ignored in host mode). The forks of one run share one C(CreateSnapshots) token bucket on the
+        controller (a file in the run's local temporary directory, per endpoint, Region and access key); each set
+        takes two tokens (its DryRun probe and its call) before the probe, waiting outside any freeze at most
+        O(throttle_wait), so that a host freezes only when a token is there. A throttled answer empties the
+        pacer's bucket and halves its rate; calls that get through bring it back. See C(docs/throttling.md).
+    type: dict
+    default: {}
+    suboptions:
+      enabled:
+        description: Pace the run's calls.
+        type: bool
+        default: true
+      size:
+        description: The bucket's size (EC2's documented C(CreateSnapshots) bucket; a raised account limit may differ).
+        type: int
+        default: 100
+      refill:
+        description: Tokens a second (EC2's documented refill). Lower it to leave room for other clients of the account.
+        type: float
+        default: 5.0
   group:
     description:
       - Take this host's set as a member of a consistency group (several hosts, one instant; host mode only). Usually
@@ -411,6 +433,11 @@ probes:
   returned: success
   type: list
   elements: dict
+pacer:
+  description: Controller mode with O(pacer.enabled) - the seconds waited for the run's tokens before each probe, outside
+    any freeze (C(waited_s) in all, C(waits)), and the bucket's C(size) and C(refill).
+  returned: success, controller mode
+  type: dict
 call_ms:
   description: Duration of the successful CreateSnapshots call as seen by the caller, milliseconds; the freeze
     window is the kernel's freeze time (C(freeze.mounts[].freeze_ms)) plus this plus the thaw.
