@@ -131,7 +131,14 @@ class ActionModule(ActionBase):
             hooks = RemoteHooks(self, params["pre_hook"], params["post_hook"], params["hook_timeout"],
                                 params["on_hook_failure"])
         params = dict(params, set_id=params["set_id"] or catalog.new_set_id())
-        return snapshot_set.take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer,
-                                 hooks, host.get("hostname") or socket.gethostname(), log=display.vvv,
-                                 warn=display.warning,
-                                 on_progress=lambda s: display.display(progress_line(params["set_id"], s)))
+        # no freeze without a token: the forks of this run take CreateSnapshots tokens in turn (docs/throttling.md)
+        from ansible_collections.stillpoint.snapshots.plugins.plugin_utils import _pacer
+        call_client = _pacer.pace(aws.client("ec2", config=ebs.no_retry_config()), params)
+        try:
+            result = snapshot_set.take(client, call_client, plan, params, quiescer, hooks,
+                                       host.get("hostname") or socket.gethostname(), log=display.vvv, warn=display.warning,
+                                       on_progress=lambda s: display.display(progress_line(params["set_id"], s)))
+        except StillpointError as e:
+            e.details.update(_pacer.report(call_client))
+            raise
+        return dict(result, **_pacer.report(call_client))

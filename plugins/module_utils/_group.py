@@ -32,6 +32,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 
 MAX_ARM_WAIT = 600.0  # seconds a host may wait for the freeze to start
 MIN_ARM = 1.0
+MAX_DRIFT = 100e-6  # 100 ppm: an undisciplined quartz clock; chrony keeps EC2 clocks far closer
 
 
 def wait_until(target, clock=time.time, sleep=time.sleep):
@@ -88,12 +89,15 @@ class GroupQuiescer:
         if self.record is not None:
             raise StillpointError("group %s: one freeze cycle per group member" % self.group["id"])
         start = self._start()
+        if hasattr(self.inner, "prepare"):
+            self.inner.prepare()  # the guardian's fork, before the wait, not inside the lead
         wait_until(start, self.clock, self.sleep)
         began = self.clock()
         out = self.inner.freeze()
         frozen = self.clock()
         self.record = {"id": self.group["id"], "instant": self.group["instant"], "lead_ms": self.group["lead_ms"],
                        "hold_ms": self.group["hold_ms"], "late_ms": round((began - start) * 1000.0, 3),
+                       "frozen_after_instant_ms": round((frozen - self.group["instant"]) * 1000.0, 3),
                        "frozen": [frozen, None], "window_ms": None}
         return out
 
@@ -114,13 +118,14 @@ class GroupQuiescer:
 
 # --------------------------------------------------------------------------- controller side, pure
 
-def arm(errors_s, now, arm_s=20.0, lead_ms=50.0, hold_ms=50.0, group_id=None):
+def arm(errors_s, now, arm_s=20.0, lead_ms=100.0, hold_ms=50.0, group_id=None):
     """The group's id and instant, ``arm_s`` from ``now`` (controller clock), and the hold sized from the
     measured clock errors: the intervals must overlap by more than twice the largest error."""
     if arm_s < MIN_ARM:
         raise StillpointError("arm_s must be at least %s s (every host must be waiting before the instant)" % MIN_ARM)
     worst = max([float(e) for e in errors_s] or [0.0])
-    hold = max(float(hold_ms), 2000.0 * worst + 20.0)
+    # the bound used by the seal: the error measured, plus the drift allowed until the measurement after
+    hold = max(float(hold_ms), 2000.0 * (worst + MAX_DRIFT * (float(arm_s) + 30.0)) + 20.0)
     return {"id": group_id or catalog.new_set_id().replace("bs-", "bg-", 1), "instant": round(now + float(arm_s), 6),
             "lead_ms": float(lead_ms), "hold_ms": round(hold, 3), "clock_error_ms": round(worst * 1000.0, 3)}
 
@@ -135,15 +140,24 @@ def offset_from_samples(samples):
         raise StillpointError("no clock samples")
     sent, host, received = min(samples, key=lambda s: s[2] - s[0])
     rtt = max(0.0, received - sent)
-    return {"offset_s": host - (sent + received) / 2.0, "error_s": rtt / 2.0, "rtt_s": rtt, "samples": len(samples)}
+    return {"offset_s": host - (sent + received) / 2.0, "error_s": rtt / 2.0, "rtt_s": rtt, "samples": len(samples),
+            "measured_at": (sent + received) / 2.0}
 
 
 def clock_bound(before, after):
-    """One offset and error bound for the frozen interval, between a measurement before and one after:
-    the offset may have drifted linearly between them, so the bound covers both."""
-    mid = (before["offset_s"] + after["offset_s"]) / 2.0
-    err = max(before["error_s"], after["error_s"]) + abs(before["offset_s"] - after["offset_s"]) / 2.0
-    return {"offset_s": mid, "error_s": err}
+    """The offset during the freeze, from a measurement before and one after it.
+
+    Each measurement bounds the offset (``offset_s +- error_s``); the clock may drift between the two by at most
+    :data:`MAX_DRIFT` (seconds per second, far above what a disciplined clock does) times the time between them
+    (``measured_at``). The offset lies in both bounds so widened: their intersection. When they do not intersect,
+    a clock was stepped between them, and no offset is known (None)."""
+    elapsed = abs(float(after.get("measured_at", 0.0)) - float(before.get("measured_at", 0.0)))
+    drift = MAX_DRIFT * elapsed
+    lo = max(before["offset_s"] - before["error_s"], after["offset_s"] - after["error_s"]) - drift
+    hi = min(before["offset_s"] + before["error_s"], after["offset_s"] + after["error_s"]) + drift
+    if lo > hi:
+        return None
+    return {"offset_s": (lo + hi) / 2.0, "error_s": (hi - lo) / 2.0}
 
 
 def member(set_result, clock_before, clock_after):
@@ -156,8 +170,22 @@ def member(set_result, clock_before, clock_after):
     if len(clocks) < 2:
         part["failed"] = part["failed"] or "its clock offset was not measured before and after the freeze"
         return part
-    part.update(clock_bound(*clocks))
+    bound = clock_bound(*clocks)
+    if bound is None:
+        part["failed"] = part["failed"] or ("its clock moved between the measurements before and after the freeze "
+                                            "(offset %.1f ms, then %.1f ms): stepped, not drifted"
+                                            % (before["offset_s"] * 1000.0, after["offset_s"] * 1000.0))
+        return part
+    part.update(bound)
     return part
+
+
+def host_parts(hosts, set_results, clocks_before, clocks_after):
+    """``{host: part}`` from parallel lists (one item per host, as a play's hostvars give them)."""
+    if not len(hosts) == len(set_results) == len(clocks_before) == len(clocks_after):
+        raise StillpointError("hosts, set_results, clocks_before and clocks_after must have one item per host "
+                              "(%d, %d, %d, %d)" % (len(hosts), len(set_results), len(clocks_before), len(clocks_after)))
+    return dict((h, member(r, b, a)) for h, r, b, a in zip(hosts, set_results, clocks_before, clocks_after))
 
 
 def verdict(members):

@@ -74,8 +74,14 @@ class GuardianQuiescer:
         self.level = level
         self._guardian = None
 
+    def prepare(self):
+        """Start the guardian now (a fork), so that a later :meth:`freeze` is only the sync and the FIFREEZEs;
+        its deadline counts from the freeze."""
+        if self._guardian is None:
+            self._guardian = _freeze.Guardian.start(self.freeze_plan, deadline=self.deadline)
+
     def freeze(self):
-        self._guardian = _freeze.Guardian.start(self.freeze_plan, deadline=self.deadline)
+        self.prepare()
         try:
             return self._guardian.freeze()
         except Exception:

@@ -59,7 +59,7 @@ ARGUMENT_SPEC = dict(
     group=dict(type="dict", options=dict(
         id=dict(type="str", required=True),
         instant=dict(type="float", required=True),
-        lead_ms=dict(type="float", default=50.0),
+        lead_ms=dict(type="float", default=100.0),
         hold_ms=dict(type="float", default=50.0),
     )),
     **CONNECTION_ARGS

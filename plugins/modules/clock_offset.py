@@ -56,6 +56,10 @@ samples:
   description: How many round trips were made.
   returned: success
   type: int
+measured_at:
+  description: When the kept reading was made, on the controller's clock (epoch seconds).
+  returned: success
+  type: float
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -23,7 +23,9 @@ description:
     module fails (each set stays a valid set of its host; a group restore refuses the group). When a member failed,
     or a set of the group is missing or unreported, every set of the group is deleted (all or nothing) and the
     module fails.
-  - Run it once per group, on the controller (C(run_once), C(delegate_to=localhost)).
+  - Run it once per group (C(run_once)) - O(state=armed) on the controller (C(delegate_to=localhost); it reads the
+    clock the offsets were measured against and needs no AWS access), O(state=sealed) where the group's AWS access is
+    (in host mode, one host of the group).
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -42,7 +44,7 @@ options:
   lead_ms:
     description: How long before the instant each host starts its freeze.
     type: float
-    default: 50.0
+    default: 100.0
   hold_ms:
     description: The least time each host holds its freeze after the instant; raised to twice the largest clock error plus 20 ms.
     type: float
@@ -52,28 +54,26 @@ options:
     type: list
     elements: float
     default: []
-  members:
-    description: One item per host of the group, with O(state=sealed).
+  hosts:
+    description: The inventory hosts of the group, with O(state=sealed); the lists below are in the same order.
+    type: list
+    elements: str
+    default: []
+  set_results:
+    description: What M(stillpoint.snapshots.ebs_snapshot_set) returned on each host (registered, also when it failed).
     type: list
     elements: dict
     default: []
-    suboptions:
-      host:
-        description: The inventory host.
-        type: str
-        required: true
-      set_result:
-        description: What M(stillpoint.snapshots.ebs_snapshot_set) returned on the host (registered, also when it failed).
-        type: dict
-        default: {}
-      clock_before:
-        description: M(stillpoint.snapshots.clock_offset) on the host before the group's freeze.
-        type: dict
-        default: {}
-      clock_after:
-        description: M(stillpoint.snapshots.clock_offset) on the host after it.
-        type: dict
-        default: {}
+  clocks_before:
+    description: M(stillpoint.snapshots.clock_offset) on each host before the group's freeze.
+    type: list
+    elements: dict
+    default: []
+  clocks_after:
+    description: M(stillpoint.snapshots.clock_offset) on each host after it.
+    type: list
+    elements: dict
+    default: []
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -111,9 +111,11 @@ EXAMPLES = r"""
   stillpoint.snapshots.ebs_snapshot_group:
     state: sealed
     group_id: "{{ armed.group_id }}"
-    members: "{{ ... }}"  # host, set_result, clock_before, clock_after per host: see roles/array_backup
+    hosts: "{{ ansible_play_hosts_all }}"
+    set_results: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='taken', default={}) | list }}"
+    clocks_before: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='clock', default={}) | list }}"
+    clocks_after: "{{ ansible_play_hosts_all | map('extract', hostvars) | map(attribute='clock_after', default={}) | list }}"
   run_once: true
-  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -174,15 +176,13 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["armed", "sealed"], required=True),
     group_id=dict(type="str"),
     arm_s=dict(type="float", default=20.0),
-    lead_ms=dict(type="float", default=50.0),
+    lead_ms=dict(type="float", default=100.0),
     hold_ms=dict(type="float", default=50.0),
     clock_errors=dict(type="list", elements="float", default=[]),
-    members=dict(type="list", elements="dict", default=[], options=dict(
-        host=dict(type="str", required=True),
-        set_result=dict(type="dict", default={}),
-        clock_before=dict(type="dict", default={}),
-        clock_after=dict(type="dict", default={}),
-    )),
+    hosts=dict(type="list", elements="str", default=[]),
+    set_results=dict(type="list", elements="dict", default=[]),
+    clocks_before=dict(type="list", elements="dict", default=[]),
+    clocks_after=dict(type="list", elements="dict", default=[]),
 )
 
 
@@ -194,8 +194,7 @@ def main():
         if p["state"] == "armed":
             armed = group.arm(p["clock_errors"], time.time(), p["arm_s"], p["lead_ms"], p["hold_ms"], p["group_id"])
             module.exit_json(changed=False, group_id=armed.pop("id"), **armed)
-        members = dict((m["host"], group.member(m["set_result"], m["clock_before"], m["clock_after"]))
-                       for m in p["members"])
+        members = group.host_parts(p["hosts"], p["set_results"], p["clocks_before"], p["clocks_after"])
         result = group.seal(module.client("ec2", retry_decorator=ebs.RETRY), p["group_id"], members, module.check_mode)
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())

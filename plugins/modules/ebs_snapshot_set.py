@@ -317,7 +317,7 @@ options:
       lead_ms:
         description: How long before the instant the freeze starts (the kernel's freeze must be done by then).
         type: float
-        default: 50.0
+        default: 100.0
       hold_ms:
         description: How long after the instant the freeze is held, at least (covers the hosts' clock error).
         type: float

@@ -99,23 +99,34 @@ def test_offset_from_the_shortest_round_trip():
     out = group.offset_from_samples(samples)
     assert out["offset_s"] == pytest.approx(2.0)
     assert out["error_s"] == pytest.approx(0.01)
-    assert out["samples"] == 3
+    assert out["samples"] == 3 and out["measured_at"] == pytest.approx(11.01)
     with pytest.raises(StillpointError):
         group.offset_from_samples([])
 
 
-def test_clock_bound_covers_drift_between_the_measurements():
-    out = group.clock_bound({"offset_s": 0.010, "error_s": 0.002}, {"offset_s": 0.014, "error_s": 0.003})
+def test_clock_bound_is_where_both_measurements_agree_widened_by_drift():
+    before = {"offset_s": 0.010, "error_s": 0.004, "measured_at": 100.0}
+    after = {"offset_s": 0.013, "error_s": 0.003, "measured_at": 120.0}
+    out = group.clock_bound(before, after)
+    # [0.006, 0.014] and [0.010, 0.016] meet in [0.010, 0.014], widened by 20 s x 100 ppm = 2 ms
     assert out["offset_s"] == pytest.approx(0.012)
-    assert out["error_s"] == pytest.approx(0.005)
+    assert out["error_s"] == pytest.approx(0.004)
+    assert group.clock_bound(dict(before, measured_at=120.0), after)["error_s"] == pytest.approx(0.002)
+
+
+def test_a_clock_stepped_between_the_measurements_has_no_offset():
+    before = {"offset_s": 0.0, "error_s": 0.005, "measured_at": 100.0}
+    after = {"offset_s": 0.5, "error_s": 0.005, "measured_at": 110.0}
+    assert group.clock_bound(before, after) is None
+    assert "stepped" in group.member({"set_id": "bs-1", "group": {"frozen": [1, 2]}}, before, after)["failed"]
 
 
 def test_arm_sizes_the_hold_from_the_clock_errors():
     armed = group.arm([0.004, 0.030], now=100.0, arm_s=15, lead_ms=40, hold_ms=50)
     assert armed["instant"] == pytest.approx(115.0)
-    assert armed["hold_ms"] == pytest.approx(80.0)  # 2 x 30 ms + 20 ms
+    assert armed["hold_ms"] == pytest.approx(89.0)  # 2 x (30 ms + 45 s x 100 ppm) + 20 ms
     assert armed["id"].startswith("bg-")
-    assert group.arm([0.001], now=0.0, hold_ms=50)["hold_ms"] == 50.0
+    assert group.arm([0.001], now=0.0, arm_s=5, hold_ms=50)["hold_ms"] == 50.0
     with pytest.raises(StillpointError, match="arm_s"):
         group.arm([], now=0.0, arm_s=0.1)
 
