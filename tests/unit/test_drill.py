@@ -142,3 +142,72 @@ def test_newest_verified_per_instance_and_name():
     assert [(r["instance_id"], r["set_id"]) for r in got] == [("i-1", "bs-3"), ("i-2", "bs-1")]
     assert got[0]["region"] == "eu-west-1" and got[0]["rto_s"] == 3.0
     assert catalog.verified(records[2]) and not catalog.verified(records[0]) and not catalog.verified(records[1])
+
+
+def _verified_task():
+    """The role's task that ends the recovery time and sums up the checks (roles/restore_drill/tasks/main.yml)."""
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "roles", "restore_drill", "tasks", "main.yml")) as handle:
+        todo = list(yaml.safe_load(handle))
+    while todo:
+        entry = todo.pop(0)
+        for key in ("block", "rescue", "always"):
+            todo.extend(entry.get(key) or [])
+        if entry.get("name", "").startswith("Verified"):
+            return entry
+    raise AssertionError("no Verified task in the role")
+
+
+def _checks(up, verify=True, sentinel="", checksum_command=()):
+    """The role's ``__restore_drill_checks`` rendered by ansible's own templating from an array_host ``up`` result."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.template import trust_as_template
+
+    def trusted(value):
+        if isinstance(value, str):
+            return trust_as_template(value)
+        if isinstance(value, dict):
+            return dict((k, trusted(v)) for k, v in value.items())
+        return value
+    task = _verified_task()
+    variables = dict((k, trusted(v)) for k, v in task["vars"].items())
+    variables.update(__restore_drill_up=up, __restore_drill_set={"application": None},
+                     __restore_drill_in={"verify": verify, "sentinel": sentinel, "checksum_command": list(checksum_command)})
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return templar.template(trusted(task["ansible.builtin.set_fact"]["__restore_drill_checks"]))
+
+
+def fixture_up(name):
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "drill", name)) as handle:
+        return json.load(handle)
+
+
+def test_the_checks_of_an_md_lvm_xfs_drill_with_a_sentinel_and_a_log_replay():
+    """array_host's real answer in the lab (md RAID0 + LVM + XFS brought up as a clone on a second VM): the XFS of a
+    frozen copy is checked, its log replayed, checked again; the sentinel note (no command) is no filesystem check.
+    Before the fix, the sentinel note broke the summary (``first`` of its empty command) and failed a passed drill."""
+    up = fixture_up("lab-up-md-lvm-xfs.json")
+    checks = _checks(up, sentinel="payload2", checksum_command=["sha256sum", "--quiet", "-c", "/root/m.sha256"])
+    assert checks["filesystems"] == ("pass: 1 filesystem(s) checked read-only before mounting (xfs_repair), 1 log(s) "
+                                     "replayed on the scratch copy first, then checked again, mounted read-only")
+    assert checks["sentinel"] == "present: payload2" and checks["mounted"] == "1 of 1"
+    assert checks["manifest"] == "pass: the checksum command (sha256sum --quiet ...) exited 0"
+    assert checks["application"] == "none recorded (stillpoint:app)"
+
+
+def test_the_checks_of_two_filesystems_without_a_replay():
+    up = fixture_up("lab-up-md-lvm-xfs.json")
+    check = [a for a in up["actions"] if a["what"].startswith("check xfs ") and "again" not in a["what"]][0]
+    second = dict(check, what=check["what"].replace("/srv/data", "/srv/logs"))
+    up = dict(up, actions=[check, second], mounts=up["mounts"] * 2)
+    checks = _checks(up)
+    assert checks["filesystems"] == "pass: 2 filesystem(s) checked read-only before mounting (xfs_repair), mounted read-only"
+    assert checks["sentinel"] == "none asked" and checks["mounted"] == "2 of 2"
+    assert _checks(up, verify=False)["filesystems"] == "not checked (restore_drill_verify=false); mounted read-only"
