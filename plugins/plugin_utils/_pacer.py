@@ -1,0 +1,200 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""No freeze without a token: one CreateSnapshots pacer shared by every fork of one run (controller mode).
+
+EC2 throttles per account and Region with token buckets; CreateSnapshots has its own, 100 requests
+refilled at 5 a second (docs/throttling.md). The forks of an ansible-playbook run that all take sets
+in controller mode meet that bucket's edge at random unless they spend the tokens in turn. The
+pacer is a token bucket of the same numbers in a file, locked with ``fcntl.flock``, under the run's
+own local temporary directory (``ansible.constants.DEFAULT_LOCAL_TMP``: made by the ansible-playbook
+process, inherited by its forks, removed when the run ends), one file per endpoint, Region and
+access key (the account's stand-in: an STS call would need a permission the IAM policies do not
+give). A set takes two tokens before its DryRun probe: the probe's and the call's, since EC2 may
+charge DryRun to the bucket (not documented); the probe, the freeze and the call then follow at once.
+
+Tokens are reserved: a fork that finds the bucket empty takes its tokens on credit and sleeps until
+they have accrued, so the forks go in the order they asked, one refill interval apart, without polling.
+The pacer cannot see other clients of the account (other job slices, other tools): a throttled
+request tells it that the real bucket is empty, so it empties its own and halves its rate (at most once
+per set's worth of tokens at that rate, however many forks saw the throttle; never below a twentieth of
+the refill); each call that gets through gives back a twentieth of the refill (AIMD, as TCP shares a
+link it cannot see).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+SIZE = 100  # EC2's documented CreateSnapshots bucket (requests) ...
+REFILL = 5.0  # ... and its refill (requests a second)
+TOKENS_PER_SET = 2.0  # the DryRun probe and the call
+THROTTLE_CODES = ("RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException")
+MIN_SHARE = 0.05  # the rate never drops below this share of the refill ...
+STEP = 0.05  # ... and each call that gets through adds this share back
+
+
+def pacer_path(directory, endpoint_url, region, access_key):
+    """The pacer file of one endpoint, Region and access key under ``directory``."""
+    key = json.dumps([endpoint_url or "aws", region or "", access_key or ""])
+    return os.path.join(directory, "stillpoint-pacer-%s.json" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:16])
+
+
+def run_directory():
+    """The run's local temporary directory (made by ansible-playbook, shared by its forks, removed at its end)."""
+    from ansible import constants as C  # pylint: disable=import-outside-toplevel
+    return C.DEFAULT_LOCAL_TMP
+
+
+class Pacer:
+    """A token bucket in a file that every process of a run shares (``fcntl.flock`` around each update).
+
+    ``clock`` must be one clock for all of them: ``time.monotonic`` (CLOCK_MONOTONIC is system-wide)."""
+
+    def __init__(self, path, size=SIZE, refill=REFILL, clock=time.monotonic, sleep=time.sleep):
+        if size < 1 or refill <= 0:
+            raise StillpointError("pacer: size must be >= 1 and refill > 0 (got %s, %s)" % (size, refill))
+        self.path = path
+        self.size = float(size)
+        self.refill = float(refill)
+        self.clock = clock
+        self.sleep = sleep
+
+    def _update(self, change):
+        """Lock the file, bring the bucket up to now, apply ``change(state, now)`` (which may edit ``state``
+        and returns the answer), write it back."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.read(fd, 4096)
+            now = self.clock()
+            try:
+                state = json.loads(raw.decode("utf-8")) if raw else None
+            except ValueError:
+                state = None
+            if not isinstance(state, dict) or state.get("size") != self.size or state.get("refill") != self.refill:
+                state = {"size": self.size, "refill": self.refill, "level": self.size, "rate": self.refill, "t": now,
+                         "cut": None}
+            if now > state["t"]:
+                state["level"] = min(self.size, state["level"] + (now - state["t"]) * state["rate"])
+                state["t"] = now
+            answer = change(state, now)
+            data = json.dumps(state).encode("utf-8")
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
+            return answer
+        finally:
+            os.close(fd)  # releases the lock
+
+    def reserve(self, tokens=TOKENS_PER_SET, timeout=None):
+        """Take ``tokens`` (on credit if the bucket lacks them); returns the seconds to wait before using them,
+        or None (nothing taken) if that would be more than ``timeout``."""
+        def change(state, now):
+            wait = max(0.0, (tokens - state["level"]) / state["rate"])
+            if timeout is not None and wait > timeout:
+                return None
+            state["level"] -= tokens
+            return wait
+        return self._update(change)
+
+    def acquire(self, tokens=TOKENS_PER_SET, timeout=None):
+        """:meth:`reserve`, then sleep until the tokens are there; returns the seconds waited (None: refused)."""
+        wait = self.reserve(tokens, timeout)
+        if wait:
+            self.sleep(wait)
+        return wait
+
+    def throttled(self):
+        """EC2 answered RequestLimitExceeded: its bucket is empty now (others draw from it too)."""
+        def change(state, now):
+            state["level"] = min(state["level"], 0.0)
+            if state.get("cut") is None or now - state["cut"] >= TOKENS_PER_SET / state["rate"]:
+                state["rate"] = max(self.refill * MIN_SHARE, state["rate"] / 2.0)
+                state["cut"] = now
+        self._update(change)
+
+    def passed(self):
+        """A call got through: the rate creeps back towards the refill."""
+        def change(state, now):
+            state["rate"] = min(self.refill, state["rate"] + self.refill * STEP)
+        self._update(change)
+
+    def state(self):
+        return self._update(lambda state, now: dict(state))
+
+
+def _error_code(exc):
+    try:
+        return exc.response["Error"]["Code"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+class PacedClient:
+    """The client that makes a set's CreateSnapshots calls, with the run's pacer in front: each DryRun probe
+    (made before each freeze) first takes the tokens of the probe and of the call that follows it, waiting for
+    them at most ``timeout`` seconds (outside any freeze); throttled answers teach the pacer. Every other
+    attribute is the client's."""
+
+    def __init__(self, client, pacer, timeout, tokens=TOKENS_PER_SET):
+        self._client = client
+        self.pacer = pacer
+        self.timeout = timeout
+        self.tokens = tokens
+        self.waits = []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_snapshots(self, **kwargs):
+        dry_run = bool(kwargs.get("DryRun"))
+        if dry_run:
+            waited = self.pacer.acquire(self.tokens, timeout=self.timeout)
+            if waited is None:
+                raise StillpointError(
+                    "no CreateSnapshots token for this run within %.1f s (throttle_wait): the forks of this run queue "
+                    "for the account's CreateSnapshots bucket (pacer: %g requests, %g a second); nothing was frozen "
+                    "or created. Give the run fewer hosts, or more throttle_wait (docs/throttling.md)"
+                    % (self.timeout, self.pacer.size, self.pacer.refill))
+            self.waits.append(round(waited, 3))
+        try:
+            out = self._client.create_snapshots(**kwargs)
+        except Exception as exc:  # botocore's ClientError; anything else passes through untouched
+            if _error_code(exc) in THROTTLE_CODES:
+                self.pacer.throttled()
+            raise
+        if not dry_run:
+            self.pacer.passed()
+        return out
+
+    def report(self):
+        """What the result says about the pacing: seconds waited for tokens before each probe (outside any freeze)."""
+        return {"waited_s": round(sum(self.waits), 3), "waits": list(self.waits), "size": self.pacer.size,
+                "refill": self.pacer.refill}
+
+
+def for_run(client, params, directory=None):
+    """The pacer of this run for ``client`` (its endpoint and Region) and the task's credentials."""
+    options = params.get("pacer") or {}
+    path = pacer_path(directory or run_directory(), getattr(client.meta, "endpoint_url", None),
+                      getattr(client.meta, "region_name", None), params.get("access_key") or params.get("profile"))
+    return Pacer(path, size=options.get("size") or SIZE, refill=options.get("refill") or REFILL)
+
+
+def pace(client, params):
+    """``client`` behind the run's pacer (a :class:`PacedClient`), or as it is when ``pacer.enabled`` is false."""
+    if not (params.get("pacer") or {}).get("enabled", True):
+        return client
+    return PacedClient(client, for_run(client, params), params["throttle_wait"])
+
+
+def report(client):
+    """``{"pacer": ...}`` for the result when ``client`` is paced, else ``{}``."""
+    return {"pacer": client.report()} if isinstance(client, PacedClient) else {}

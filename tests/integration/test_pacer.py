@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The controller's pacer (plugins/plugin_utils/_pacer.py) against the endpoint's token buckets: the forks of one
+ansible-playbook run take sets in controller mode; with the pacer they spend the CreateSnapshots tokens in turn
+and no request is throttled, without it the same run meets the bucket's edge."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tests.support.world import run_playbook
+
+HOSTS = 6
+BUCKET = [2, 1.0]  # CreateSnapshots: 2 requests, 1 a second (EC2's 100/5 shrunk, so that a few hosts meet its edge)
+
+
+def fleet(ec2, tmp_path, count):
+    hosts = {}
+    for i in range(count):
+        inst = ec2.create_instance(volumes=[{"size": 1, "device": d} for d in ("/dev/sdf", "/dev/sdg")])
+        hosts["pacer-%d" % i] = {"instance_id": inst["instance_id"], "volume_ids": [v["volume_id"] for v in inst["volumes"]]}
+    path = str(tmp_path / "inventory.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}, "hosts": hosts}}, handle)
+    return hosts, path
+
+
+def take_sets(tmp_path, ec2, inventory, pacer):
+    task = {"name": "take set", "register": "out", "stillpoint.snapshots.ebs_snapshot_set": {
+        "mode": "controller", "instance_id": "{{ instance_id }}", "volume_ids": "{{ volume_ids }}", "name": "paced",
+        "endpoint_url": ec2.url, "region": ec2.region, "poll_interval": 0.2, "pacer": pacer}}
+    book = str(tmp_path / "paced.yml")
+    with open(book, "w", encoding="utf-8") as handle:
+        json.dump([{"name": "fleet", "hosts": "all", "gather_facts": False, "tasks": [task]}], handle)
+    rc, _last, data = run_playbook(book, ec2, inventory=inventory, env={"ANSIBLE_FORKS": str(HOSTS)})
+    results = {}
+    for play in data["plays"]:
+        for entry in play["tasks"]:
+            results.update(entry["hosts"])
+    return rc, results
+
+
+def test_forks_of_a_run_share_the_pacer_and_no_request_is_throttled(tmp_path, ec2):
+    hosts, inventory = fleet(ec2, tmp_path, HOSTS)
+    ec2.buckets(on=True, overrides={"CreateSnapshots": BUCKET})
+    rc, results = take_sets(tmp_path, ec2, inventory, {"size": BUCKET[0], "refill": BUCKET[1]})
+    assert rc == 0, dict((h, r.get("msg")) for h, r in results.items())
+    assert sorted(results) == sorted(hosts)
+    assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
+    assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]  # neither a probe nor a call
+    calls = ec2.calls("CreateSnapshots", dry_run=True)
+    assert len([c for c in calls if not c["dry_run"]]) == HOSTS
+    assert all(c["error_code"] in (None, "DryRunOperation") for c in calls)
+    # 12 tokens through a bucket of 2 refilled at 1 a second: the forks queued (outside any window) ...
+    assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0
+    assert all(r["pacer"]["size"] == 2 and r["pacer"]["refill"] == 1.0 for r in results.values())
+    # ... and the account's requests were spaced as the bucket allows: the k-th accepted one no earlier than (k-1)/1 s
+    times = sorted(c["t_start"] for c in calls)
+    assert times[-1] - times[0] >= (len(times) - BUCKET[0]) / BUCKET[1] - 0.5
+
+
+def test_the_same_run_without_the_pacer_meets_the_buckets_edge(tmp_path, ec2):
+    _hosts, inventory = fleet(ec2, tmp_path, HOSTS)
+    ec2.buckets(on=True, overrides={"CreateSnapshots": BUCKET})
+    _rc, results = take_sets(tmp_path, ec2, inventory, {"enabled": False})
+    assert all("pacer" not in r for r in results.values())
+    assert ec2.buckets()["throttled"].get("CreateSnapshots RequestLimitExceeded", 0) > 0
