@@ -91,12 +91,14 @@ class GroupQuiescer:
         start = self._start()
         if hasattr(self.inner, "prepare"):
             self.inner.prepare()  # the guardian's fork, before the wait, not inside the lead
+        armed = self.clock()
         wait_until(start, self.clock, self.sleep)
         began = self.clock()
         out = self.inner.freeze()
         frozen = self.clock()
         self.record = {"id": self.group["id"], "instant": self.group["instant"], "lead_ms": self.group["lead_ms"],
                        "hold_ms": self.group["hold_ms"], "late_ms": round((began - start) * 1000.0, 3),
+                       "waited_ms": round(max(0.0, start - armed) * 1000.0, 3),
                        "frozen_after_instant_ms": round((frozen - self.group["instant"]) * 1000.0, 3),
                        "frozen": [frozen, None], "window_ms": None}
         return out

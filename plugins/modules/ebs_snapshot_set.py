@@ -462,7 +462,9 @@ group:
     - With O(group), this host's part of the consistency group - C(id), C(instant), C(lead_ms), C(hold_ms), and
       C(frozen) (the frozen interval, C([frozen_at, thawing_at]), seconds since the epoch on this host's clock;
       measured after the freeze returned and before the thaw was asked, so inside the real frozen interval),
-      C(window_ms) and C(late_ms) (how late the freeze started after O(group.lead_ms) before the instant).
+      C(window_ms), C(late_ms) (how late the freeze started after O(group.lead_ms) before the instant),
+      C(waited_ms) (how long this host waited, ready, for the freeze to start: the slack left of the group's arming
+      time) and C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be).
   returned: when O(group) is set and the freeze happened
   type: dict
 plan:
