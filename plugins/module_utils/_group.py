@@ -256,10 +256,12 @@ def seal(client, group_id, members, check_mode=False):
         if check_mode:
             return dict(result, changed=bool(ids), msg="check mode: would delete the group's %d set(s)" % len(known))
         rb = ebs.rollback(client, ids) if ids else {"deleted": [], "left_partial": [], "errors": []}
+        details = dict(result)
+        details.update(rollback=rb, changed=bool(ids))
         raise StillpointError("group %s failed (%s); all %d set(s) of the group were %s" % (
             group_id, "; ".join(out["problems"]), len(known),
             "deleted" if not rb["left_partial"] else "deleted except %s, tagged partial" % ", ".join(rb["left_partial"])),
-            **dict(result, rollback=rb, changed=bool(ids)))
+            **details)
     sealed = [r for r in records if (r.get("group") or {}).get("verdict") in catalog.GROUP_SEALED]
     if len(sealed) == len(records) and records:
         result["msg"] = "group %s already sealed (%s)" % (group_id, sealed[0]["group"]["verdict"])

@@ -307,7 +307,7 @@ options:
     type: dict
     suboptions:
       id:
-        description: The group id (C(bs-...) form, from M(stillpoint.snapshots.ebs_snapshot_group) O(state=armed)).
+        description: The group id (C(bg-...), from M(stillpoint.snapshots.ebs_snapshot_group) O(stillpoint.snapshots.ebs_snapshot_group#module:state=armed)).
         type: str
         required: true
       instant:
@@ -463,7 +463,7 @@ group:
       C(frozen) (the frozen interval, C([frozen_at, thawing_at]), seconds since the epoch on this host's clock;
       measured after the freeze returned and before the thaw was asked, so inside the real frozen interval),
       C(window_ms), C(late_ms) (how late the freeze started after O(group.lead_ms) before the instant),
-      C(waited_ms) (how long this host waited, ready, for the freeze to start: the slack left of the group's arming
+      C(waited_ms) (how long this host waited, ready, for the freeze to start - the slack left of the group's arming
       time) and C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be).
   returned: when O(group) is set and the freeze happened
   type: dict

@@ -156,7 +156,7 @@ def test_group_backup_at_one_instant_then_group_restore_holds_a_causal_prefix(ec
     rc, res, _raw = run_playbook(os.path.join(ROOT, "playbooks", "catalog.yml"), ec2, {
         "catalog_name": "group-ok", "catalog_aws_endpoint_url": ec2.url, "catalog_aws_region": ec2.region})
     assert rc == 0
-    listed = [s for s in next(v for k, v in res.items() if k.endswith("Read the catalog"))["result"]]
+    listed = next(v for k, v in res.items() if k.endswith("Read the catalog"))["result"]
     assert len(listed) == 3 and all(s["state"] == "complete" for s in listed), listed
 
     live = [read_records(m) for m in mounts]
