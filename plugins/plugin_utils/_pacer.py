@@ -18,8 +18,10 @@ they have accrued, so the forks go in the order they asked, one refill interval 
 The pacer cannot see other clients of the account (other job slices, other tools): a throttled
 request tells it that the real bucket is empty, so it empties its own and halves its rate (at most once
 per set's worth of tokens at that rate, however many forks saw the throttle; never below a twentieth of
-the refill); each call that gets through gives back a twentieth of the refill (AIMD, as TCP shares a
-link it cannot see).
+the refill); each call that gets through adds a twentieth of the refill back (AIMD, as TCP shares a link
+it cannot see). A probe that EC2 lets through takes the token the call needs next when the real bucket
+is at its edge: the pacer keeps it off the edge rather than at it (benchmarks/fleet.py: a gentler
+decrease, with the rate growing back with time, finished sooner but re-froze more).
 """
 
 from __future__ import annotations
