@@ -10,6 +10,7 @@ endpoint emulates LockSnapshot/DescribeLockedSnapshots and the Recycle Bin (test
 """
 
 import datetime
+import os
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ from ansible.module_utils import basic
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_info
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_prune
+from tests.support.world import ROOT, run_playbook, task
 from tests.unit.utils import run_module
 
 UTC = datetime.timezone.utc
@@ -340,3 +342,33 @@ def test_an_sdk_without_snapshot_locks_prunes_with_a_warning_and_refuses_to_lock
     assert deleted_ids(ec2) == sorted(old[1]) and ec2.calls("DescribeLockedSnapshots") == []
     assert "snapshot locks were not read" in result["warnings"][0]
     assert set(new[1]) <= site.snapshot_ids()
+
+
+def test_prune_playbook_gfs_and_lock_from_survey_text(ec2):
+    """playbooks/prune.yml as an AWX survey sends it: GFS counts and the lock as text, 0 and "" as off."""
+    site = Site(ec2)
+    made = [site.take(at("2024-05-%02d 02:00" % d)) for d in range(1, 11)]  # ten daily sets, oldest first
+    extravars = {"prune_name": site.name, "prune_keep_last": "0", "prune_keep_daily": "3", "prune_keep_weekly": "0",
+                 "prune_keep_monthly": "", "prune_keep_yearly": "0", "prune_lock_mode": "governance",
+                 "prune_lock_days": "30", "prune_lock_cool_off_hours": "0",
+                 "prune_aws_endpoint_url": ec2.url, "prune_aws_region": ec2.region}
+    playbook = os.path.join(ROOT, "playbooks", "prune.yml")
+    rc, res, _raw = run_playbook(playbook, ec2, extravars, check=True)
+    assert rc == 0, res
+    assert ec2.calls("LockSnapshot") == [] and ec2.calls("DeleteSnapshot") == []
+    rc, res, raw = run_playbook(playbook, ec2, extravars)
+    assert rc == 0, res
+    pruned = task(res, "Apply retention")
+    kept = [sid for sid, _ids in made[-3:]]
+    assert sorted(k["set_id"] for k in pruned["kept"]) == sorted(kept)
+    assert sorted(d["set_id"] for d in pruned["deleted"]) == sorted(sid for sid, _ids in made[:-3])
+    locked = sorted(c["params"]["SnapshotId"] for c in ec2.calls("LockSnapshot"))
+    assert locked == sorted(s for _sid, ids in made[-3:] for s in ids)
+    assert all(c["params"]["LockMode"] == "governance" and c["params"]["LockDuration"] == "30"
+               for c in ec2.calls("LockSnapshot"))
+    assert sorted(raw["global_custom_stats"]["stillpoint_pruned_sets"]) == sorted(sid for sid, _ids in made[:-3])
+    # a second run: nothing to delete, nothing to lock
+    ec2.clear_calls()
+    rc, res, _raw = run_playbook(playbook, ec2, extravars)
+    assert rc == 0 and task(res, "Apply retention")["changed"] is False
+    assert ec2.calls("LockSnapshot") == [] and ec2.calls("DeleteSnapshot") == []

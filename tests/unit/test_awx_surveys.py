@@ -98,9 +98,11 @@ def variables(playbook):
         play_vars = play.get("vars") or {}
         # normalised copies (set_fact of prune.yml): a module option fed with __x is fed by the variables of x's expression
         through = {}
+        sub = {}  # a variable written as a dict entry ('mode': prune_lock_mode) is typed by that sub-option
         for task in tasks:
             for fact, expression in (task.get("ansible.builtin.set_fact") or {}).items():
                 through[fact] = re.findall(r"\b([a-z]\w*)\b", str(expression))
+                sub.update((var, key) for key, var in re.findall(r"'(\w+)':\s*([a-z]\w*)", str(expression)))
         for task in tasks:
             modules = [k for k in task if k.startswith(COLLECTION)]
             if not modules:
@@ -113,6 +115,9 @@ def variables(playbook):
                     if name.startswith("__") or name in out:
                         continue
                     spec = options[option]
+                    subs = spec.get("suboptions") or {}
+                    if sub.get(name) in subs:
+                        spec = dict(subs[sub[name]], required=False)  # the whole dict is optional
                     out[name] = dict(type=spec.get("type", "str"), required=bool(spec.get("required")),
                                      choices=spec.get("choices"), default=play_vars.get(name),
                                      has_default=True, origin="option %s of %s" % (option, modules[0]))
