@@ -15,7 +15,12 @@ changes nothing, and then the same set is restored onto the second VM, which nev
 (udev assembles the copy as md127 there and LVM autoactivates it; array_host deactivates, stops
 it and assembles /dev/md0 in the recorded order). The second test attaches another copy of the
 set beside its source: refused by default, then brought up with import_clone (mdadm
---update=uuid, vgimportclone, XFS nouuid at another mountpoint) and taken down again.
+--update=uuid, vgimportclone, XFS nouuid at another mountpoint) and taken down again. The third
+drills the set with playbooks/drill.yml (role restore_drill, host mode) on the second VM, where the
+restored array is up with the same UUIDs, while a writer runs on the first: a run SIGKILLed once its
+scratch volumes were attached, then a re-run that removes them first, brings the copy up read-only as a
+clone (xfs_repair -n, the frozen copy's log replayed on the scratch copy), checks a sentinel and a
+checksum manifest, records the verdict and removes its volumes; the source VM is never touched.
 
 With STILLPOINT_LAB_CAPTURE=<dir>, the real mdadm/lvm2 output of the guest is written to <dir>
 (the unit fixtures in tests/unit/fixtures/hostops/lab-*.txt were captured this way).
@@ -23,6 +28,9 @@ With STILLPOINT_LAB_CAPTURE=<dir>, the real mdadm/lvm2 output of the guest is wr
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -30,7 +38,7 @@ import pytest
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
-from tests.support.world import ROOT, run_playbook, task
+from tests.support.world import ROOT, ansible_env, run_playbook, task
 
 pytestmark = pytest.mark.lab
 
@@ -258,3 +266,194 @@ def test_a_copy_beside_its_source_is_refused_then_imported_as_a_clone(world, lab
     assert vm.ssh("findmnt --mountpoint %s" % COPY, check=False).returncode != 0
     assert _sums(vm) == STATE["before"]
     assert vm.ssh("test -e /dev/md/md0_clone", check=False).returncode != 0
+
+
+DRILL_ROOT = "/mnt/stillpoint-drill"
+DRILL_CREATE = "Create the scratch volumes from the set in the scratch instance's zone and attach them at free names"
+DRILL_UP = "Bring the copy up read-only under the drill root (check each filesystem, mount; md/LVM as clones)"
+DRILL_LEFTOVERS = "Remove the leftover scratch volumes (detach from the scratch instance, delete)"
+DRILL_REMOVE = "Remove the scratch volumes (detach from the scratch instance, delete)"
+CHANGING = ("Create", "Attach", "Detach", "Delete", "Modify", "Enable", "Disable", "Copy", "Lock")
+
+
+def _ec2_state(ec2, instance_id):
+    """The instance's block device mapping and its volumes with their attachments, as the endpoint says."""
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    ids = sorted(b["Ebs"]["VolumeId"] for b in inst["BlockDeviceMappings"])
+    vols = ec2.describe_volumes(VolumeIds=ids)["Volumes"]
+    return {"mapping": sorted((b["DeviceName"], b["Ebs"]["VolumeId"]) for b in inst["BlockDeviceMappings"]),
+            "volumes": sorted((v["VolumeId"], v["State"], v["Size"], [(a["InstanceId"], a["Device"], a["State"])
+                                                                      for a in v["Attachments"]]) for v in vols)}
+
+
+def _drill_volumes(ec2):
+    return ec2.describe_volumes(Filters=[{"Name": "tag-key", "Values": ["stillpoint:drill-of"]}])["Volumes"]
+
+
+def _verdicts(ec2, set_id):
+    out = {}
+    for snap in ec2.describe_snapshots(Filters=[{"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]:
+        tags = dict((t["Key"], t["Value"]) for t in snap.get("Tags", []))
+        chunks = [tags.get("stillpoint:drill")] + [tags[k] for k in sorted(k for k in tags if k.startswith("stillpoint:drill."))]
+        out[snap["SnapshotId"]] = json.loads("".join(chunks)) if chunks[0] else None
+    return out
+
+
+def _guest_state(vm):
+    """What a drill may leave in the scratch guest: disks, md arrays, volume groups, mounts under the drill root."""
+    out = vm.ssh("lsblk -dn -o NAME,SERIAL | sort; echo ==; cat /proc/mdstat | grep ^md || true; echo ==;"
+                 " vgs --noheadings -o vg_name,vg_uuid | sort; echo ==; findmnt -rn -o TARGET | grep '^%s' || true"
+                 % DRILL_ROOT).stdout
+    return [part.split() for part in out.split("==")]
+
+
+def _guest_modules_running(vm):
+    """Ansible modules still running in the guest (pipelined: ``/bin/sh -c '/usr/bin/python3 && sleep 0'``)."""
+    return int(vm.ssh("pgrep -fc '[p]ython3 && sleep 0' || true").stdout.strip() or 0)
+
+
+def test_restore_drill_on_the_second_vm_killed_half_way_then_rerun(world, lab_timer):
+    """playbooks/drill.yml (role restore_drill, host mode) drills the md RAID0 + LVM + XFS set on the second VM,
+    where the restored array of the first test is up with the same md/PV/VG/XFS UUIDs, while the source VM
+    goes on writing. The first run is SIGKILLed (ansible-playbook by its PID) once both scratch volumes were
+    attached; the re-run removes them first, brings the copy up read-only as a clone (new md and VG UUIDs,
+    xfs_repair -n), checks a checksum manifest, records the verdict on every member and removes its volumes:
+    counted at the endpoint, every volume of before and none more; the source instance's volumes and
+    attachments unchanged, no changing call names them, its writer never stalled."""
+    if not STATE:
+        pytest.skip("needs the set of the first test")
+    src, dst = world.instances
+    ec2 = world.endpoint.client()
+    set_id = STATE["set_id"]
+    copy = "%s/%s%s" % (DRILL_ROOT, set_id, MNT)
+    variables = {"drill_hosts": "vmdst", "restore_drill_instance_id": dst.instance_id, "restore_drill_set_id": set_id,
+                 "restore_drill_aws_endpoint_url": GUEST_EC2_URL, "restore_drill_imds_endpoint": GUEST_IMDS_URL,
+                 "restore_drill_aws_region": world.endpoint.region, "restore_drill_root": DRILL_ROOT,
+                 "restore_drill_sentinel": "payload2", "restore_drill_device_timeout": 60,
+                 "restore_drill_wait_timeout": 120,
+                 # the data's checksums from before the backup, checked in the mounted copy
+                 "restore_drill_checksum_command": ["sha256sum", "--quiet", "-c", "/root/drill-manifest.sha256"]}
+    dst.vm.ssh("printf '%s' > /root/drill-manifest.sha256" % "".join(
+        "%s  %s/%s\\n" % (digest, copy, name) for name, digest in sorted(STATE["before"].items())))
+    all_before = sorted(v["VolumeId"] for v in ec2.describe_volumes()["Volumes"])
+    source_before = _ec2_state(ec2, src.instance_id)
+    scratch_before = _ec2_state(ec2, dst.instance_id)
+    guest_before = _guest_state(dst.vm)
+    source_guest = src.vm.ssh("mdadm --detail --export /dev/md0 | grep ^MD_UUID=; vgs --noheadings -o vg_uuid data;"
+                              " findmnt -n -o SOURCE --mountpoint %s" % MNT).stdout.split()
+    assert _verdicts(ec2, set_id) and not any(_verdicts(ec2, set_id).values())
+    assert _drill_volumes(ec2) == []
+
+    log = "%s/drill-writer.log" % MNT
+    t_start = int(src.vm.ssh("date +%s%N").stdout)
+    writer = src.vm.popen(appender.command(log, stamp=True))
+    try:
+        world.endpoint.clear_calls()
+        cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", world.workdir + "/inventory.yml",
+               "%s/playbooks/drill.yml" % ROOT, "-e", json.dumps(variables)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(world.endpoint, {"ANSIBLE_PIPELINING": "True"}),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with lab_timer("drill.yml on the second VM until both AttachVolume calls, then SIGKILL"):
+                deadline = time.monotonic() + 300
+                while len(world.endpoint.calls("AttachVolume")) < 2:
+                    assert proc.poll() is None, "the drill ended before it attached its volumes"
+                    assert time.monotonic() < deadline, "no two AttachVolume calls within 300 s"
+                    time.sleep(0.2)
+                os.kill(proc.pid, signal.SIGKILL)  # ansible-playbook itself, by its PID
+                proc.wait(timeout=30)
+            with lab_timer("the killed drill's forked worker and its module in the guest end by themselves"):
+                deadline = time.monotonic() + 120
+                while _group_alive(proc.pid) or _guest_modules_running(dst.vm):
+                    assert time.monotonic() < deadline, "the killed drill's workers or guest module still run"
+                    time.sleep(0.5)
+        finally:
+            if proc.poll() is None or _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)  # the session we started, never anything else
+        left = sorted(v["VolumeId"] for v in _drill_volumes(ec2))
+        assert len(left) == 2, left
+        assert all(v["Attachments"] and v["Attachments"][0]["InstanceId"] == dst.instance_id
+                   for v in ec2.describe_volumes(VolumeIds=left)["Volumes"])
+        assert "DeleteVolume" not in [c["action"] for c in world.endpoint.calls()]
+        assert not any(_verdicts(ec2, set_id).values())  # killed before any verdict
+        serials = _guest_state(dst.vm)[0]
+        assert all(v.replace("-", "") in serials for v in left), serials  # plugged into the scratch guest
+        killed_calls = world.endpoint.calls()
+
+        world.endpoint.clear_calls()
+        with lab_timer("drill.yml re-run on the second VM (leftovers removed first, md/LVM clone, xfs_repair -n, verdict)"):
+            rc, results, data = _playbook(world, "drill.yml", variables)
+        t_end = int(src.vm.ssh("date +%s%N").stdout)
+    finally:
+        src.vm.ssh("pkill -f '[s]rv/data/drill-writer.log'", check=False)
+        writer.kill()
+    _keep("drill-rerun", results)
+    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    calls = killed_calls + world.endpoint.calls()
+
+    # the leftovers of the killed run went first, then the drill made its own two volumes and removed them
+    assert sorted(task(results, DRILL_LEFTOVERS)["removed"]) == left
+    actions = [c["action"] for c in world.endpoint.calls()]
+    assert actions[:actions.index("CreateVolume")].count("DeleteVolume") == 2
+    assert sorted(a for a in actions if a.startswith(CHANGING)) == sorted(
+        ["DetachVolume"] * 4 + ["DeleteVolume"] * 4 + ["CreateVolume"] * 2 + ["AttachVolume"] * 2 + ["CreateTags"])
+    made = sorted(v["volume_id"] for v in task(results, DRILL_CREATE)["volumes"])
+    assert len(made) == 2 and not set(made) & set(left)
+    assert sorted(task(results, DRILL_REMOVE)["removed"]) == made
+
+    # brought up as a clone beside the restored array with the same UUIDs: new names and UUIDs, checked read-only
+    up = task(results, DRILL_UP)
+    assert [(m["mountpoint"], m["mounted"]) for m in up["mounts"]] == [(copy, True)], up["mounts"]
+    assert "ro" in up["mounts"][0]["options"].split(","), up["mounts"]
+    done = [" ".join([os.path.basename(a["cmd"][0])] + a["cmd"][1:]) for a in up["actions"] if a.get("cmd")]
+    assert any(c.startswith("mdadm --assemble /dev/md/md0_drill --update=uuid ") for c in done), done
+    assert "vgimportclone --basevgname data_drill /dev/md/md0_drill" in done, done
+    assert "xfs_repair -n /dev/data_drill/lv" in done, done
+
+    # the verdict, on every member, read back from the endpoint
+    found = _verdicts(ec2, set_id)
+    assert len(found) == 2 and len(set(json.dumps(v, sort_keys=True) for v in found.values())) == 1, found
+    verdict = list(found.values())[0]
+    assert verdict["set"] == set_id and verdict["result"] == "pass" and verdict["instance"] == dst.instance_id
+    assert verdict["verified_at"].endswith("Z") and verdict["rto_s"] > 0
+    # the XFS of a frozen copy carries a log xfs_repair -n cannot judge: replayed on the scratch copy, checked again
+    assert verdict["checks"]["filesystems"] == ("pass: 1 filesystem(s) checked read-only before mounting (xfs_repair), 1 log(s)"
+                                                " replayed on the scratch copy first, then checked again, mounted read-only")
+    assert verdict["checks"]["mounted"] == "1 of 1" and verdict["checks"]["sentinel"] == "present: payload2"
+    assert verdict["checks"]["manifest"].startswith("pass: the checksum command (sha256sum --quiet"), verdict
+    assert sorted(verdict["phases"]) == ["attach_s", "create_s", "up_s"]
+    report = data["global_custom_stats"]["stillpoint_drills"]["vmdst"]
+    assert report["result"] == "pass" and report["rto_s"] == verdict["rto_s"]
+    assert sorted(report["leftovers_removed"]) == left
+    _keep("drill-report", report)
+
+    # nothing left: at the endpoint (every volume of before, none more) and in the scratch guest
+    assert _drill_volumes(ec2) == []
+    assert sorted(v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]) == all_before
+    assert _ec2_state(ec2, dst.instance_id) == scratch_before
+    assert _guest_state(dst.vm) == guest_before
+    assert _sums(dst.vm) == STATE["before"]  # the second VM's own restored array as it was
+
+    # the source: volumes and attachments unchanged, no changing call names it, its array as it was
+    assert _ec2_state(ec2, src.instance_id) == source_before
+    ids = set([src.instance_id] + [v for v, _s, _z, _a in source_before["volumes"]])
+    assert [c["action"] for c in calls if c["action"].startswith(CHANGING)
+            and any(str(v) in ids for k, v in c["params"].items() if "Tag" not in k)] == []
+    assert src.vm.ssh("mdadm --detail --export /dev/md0 | grep ^MD_UUID=; vgs --noheadings -o vg_uuid data;"
+                      " findmnt -n -o SOURCE --mountpoint %s" % MNT).stdout.split() == source_guest
+    assert _sums(src.vm) == STATE["before"]
+    # ... and its writer kept writing throughout both runs (guest clock), never stalled for long
+    stamps = [int(x) for x in src.vm.ssh("cat %s" % log).stdout.split()]
+    gaps = [(b - a) / 1e9 for a, b in zip(stamps, stamps[1:])]
+    assert stamps[0] - t_start < 10e9 and t_end - stamps[-1] < 10e9, (t_start, stamps[0], stamps[-1], t_end)
+    assert max(gaps) < 5, max(gaps)
+    print("\n".join(task(results, "Report the drill")["msg"]))
+    print("source writer: %d writes during both runs, longest gap %.2f s" % (len(stamps), max(gaps)))
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
