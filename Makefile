@@ -22,7 +22,7 @@ help:
 	@echo "make iam-check - the IAM policies proved: moto's IAM enforcement, iam-simulate for tag conditions, parliament"
 	@echo "make ee-check - ansible-builder create on execution-environment.yml, checks of the build context"
 	@echo "make lab    - the lab tier alone: qemu VMs as EC2 instances, LVM/mdadm/DRBD for real (image cached in ~/.cache)"
-	@echo "make bench  - freeze window (stock vs host vs controller mode), restore downtime and re-run cost, database stall (stock vs ours)"
+	@echo "make bench  - freeze window (stock vs host vs controller mode), restore downtime and re-run cost, database stall (stock vs ours), group window, fleet (quick; the 200-instance run: python benchmarks/fleet.py)"
 
 # Debian packages the tests and demo need (only the missing ones are installed).
 system-deps:
@@ -165,6 +165,8 @@ bench: deps
 	$(BIN)/python benchmarks/freeze_window.py
 	$(BIN)/python benchmarks/restore.py
 	$(BIN)/python benchmarks/app_quiesce.py
+	$(BIN)/python benchmarks/group_window.py
+	$(BIN)/python benchmarks/fleet.py --quick
 
 clean:
 	rm -rf $(BUILD) .pytest_cache tests/output
