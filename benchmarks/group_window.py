@@ -11,7 +11,7 @@ each host frozen from the instant - lead to the instant + hold, sealed). The win
 
 Target (issue 18): p99 host window in a 3-host group <= 3x the single-host window.
 
-Usage: python benchmarks/group_window.py [--runs 5] [--arm 10] [--lead MS]
+Usage: python benchmarks/group_window.py [--runs 5] [--arm 10] [--lead MS] [--hold MS]
 Last line: ``group-window ratio p99-group/single-median=<x> (target <= 3)``
 """
 
@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--arm", type=float, default=10.0, help="array_backup_group_arm_s")
     parser.add_argument("--lead", type=float, default=None, help="array_backup_group_lead_ms (default: the role's)")
+    parser.add_argument("--hold", type=float, default=None, help="array_backup_group_hold_ms (default: the role's)")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="stillpoint-group-bench-")
     ec2 = Endpoint()
@@ -82,7 +83,8 @@ def main():
             single.extend(r["freeze_window_ms"] for r in per_host(raw, TAKE).values())
             rc, _res, raw = run_playbook(BACKUP, ec2, dict(common, backup_hosts="shards", array_backup_name="group",
                                                            array_backup_group=True, array_backup_group_arm_s=args.arm,
-                                                           **({"array_backup_group_lead_ms": args.lead} if args.lead else {})),
+                                                           **dict((k, v) for k, v in (("array_backup_group_lead_ms", args.lead),
+                                                                                      ("array_backup_group_hold_ms", args.hold)) if v)),
                                          inventory=inv)
             seal = next(iter(per_host(raw, SEAL).values()), {})
             verdicts.append(seal.get("verdict"))
