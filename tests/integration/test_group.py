@@ -26,6 +26,7 @@ from tests.support.loopfs import probe_frozen
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
+from tests.support.world import task_hosts
 
 pytestmark = pytest.mark.skipif(missing_requirements("ext4") is not None, reason=str(missing_requirements("ext4")))
 
@@ -80,17 +81,6 @@ def inventory(tmp_path, instances, skew=None):
     return str(path)
 
 
-def per_host(raw, name):
-    """{host: result} of the task ``name`` (role prefix or not)."""
-    for play in raw.get("plays", []):
-        for entry in play.get("tasks", []):
-            if entry["task"]["name"] == name or entry["task"]["name"].endswith(" : " + name):
-                return entry["hosts"]
-    failed = [(e["task"]["name"], h, r.get("msg")) for play in raw.get("plays", []) for e in play.get("tasks", [])
-              for h, r in e["hosts"].items() if r.get("failed")]
-    raise AssertionError("no task %r; failed: %s" % (name, json.dumps(failed)[:3000]))
-
-
 def backup(ec2, inv, name, **extra):
     return run_playbook(BACKUP, ec2, dict({
         "backup_hosts": "shards", "backup_become": False, "array_backup_group": True,
@@ -137,11 +127,11 @@ def test_group_backup_at_one_instant_then_group_restore_holds_a_causal_prefix(ec
         if writer.poll() is None:
             os.kill(writer.pid, signal.SIGKILL)
             writer.wait()
-    seal = per_host(raw, SEAL)
+    seal = task_hosts(raw, SEAL)
     assert rc == 0, json.dumps(seal, indent=1)[:3000]
     sealed = next(iter(seal.values()))
     assert sealed["verdict"] == "consistent" and sealed["margin_ms"] > 0
-    takes = per_host(raw, TAKE)
+    takes = task_hosts(raw, TAKE)
     assert sorted(takes) == list(HOSTS)
     # every host's frozen interval, corrected, contains the common instant
     for host, part in sealed["hosts"].items():
@@ -196,7 +186,7 @@ def test_an_injected_clock_offset_makes_the_run_refuse_to_call_the_group_consist
     inv = inventory(tmp_path, shards, skew=("g3", 0.5))
     rc, _res, raw = backup(ec2, inv, "group-skew")
     assert rc != 0
-    seal = next(iter(per_host(raw, SEAL).values()))
+    seal = next(iter(task_hosts(raw, SEAL).values()))
     assert seal["failed"] and seal["verdict"] == "inconsistent", seal
     assert seal["margin_ms"] < 0
     # the run measured the offset it was not told about
@@ -220,13 +210,13 @@ def test_one_host_failing_its_freeze_leaves_no_set_of_the_group_and_every_host_t
     finally:
         subprocess.run(["fsfreeze", "--unfreeze", busy], check=False)
     assert rc != 0
-    takes = per_host(raw, TAKE)
+    takes = task_hosts(raw, TAKE)
     assert takes["g2"]["failed"]
     for host in ("g1", "g3"):
         assert not takes[host].get("failed"), takes[host]
         # held only until the instant + hold, far inside the freeze deadline (10 s)
         assert takes[host]["freeze_window_ms"] < 10000.0
-    seal = next(iter(per_host(raw, SEAL).values()))
+    seal = next(iter(task_hosts(raw, SEAL).values()))
     assert seal["failed"] and seal["verdict"] == "failed"
     assert "g2" in " ".join(seal["problems"])
     assert len(seal["rollback"]["deleted"]) == 2

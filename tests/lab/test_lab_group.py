@@ -23,7 +23,7 @@ import pytest
 
 from tests.lab.conftest import record_timing
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
-from tests.support.world import ROOT, run_playbook
+from tests.support.world import ROOT, run_playbook, task_hosts
 
 pytestmark = pytest.mark.lab
 
@@ -122,14 +122,6 @@ def _playbook(world, name, extravars):
                         inventory=world.workdir + "/inventory.yml", timeout=900, env={"ANSIBLE_PIPELINING": "True"})
 
 
-def _per_host(data, name):
-    for play in data.get("plays", []):
-        for entry in play.get("tasks", []):
-            if entry["task"]["name"].endswith(name):
-                return entry["hosts"]
-    raise AssertionError("no task %r: %s" % (name, json.dumps(data.get("plays"))[-4000:]))
-
-
 def _records(vm):
     out = vm.ssh("cat %s/records" % MOUNT).stdout
     return [int(line) for line in out.split() if line.isdigit()]
@@ -152,9 +144,9 @@ def test_two_vms_snapshotted_at_one_proved_instant_restore_as_a_group(world, lab
     finally:
         written = writer.finish()
     assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
-    sealed = next(iter(_per_host(data, SEAL).values()))
+    sealed = next(iter(task_hosts(data, SEAL).values()))
     assert sealed["verdict"] == "consistent" and sealed["margin_ms"] > 0, sealed
-    takes = _per_host(data, TAKE)
+    takes = task_hosts(data, TAKE)
     windows = dict((h, t["freeze_window_ms"]) for h, t in takes.items())
     record_timing("test_lab_group", "group margin %.0f ms, windows %s ms, clock errors %s ms, waited %s ms" % (
         sealed["margin_ms"], windows, dict((h, p["error_ms"]) for h, p in sealed["hosts"].items()),

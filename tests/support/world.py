@@ -496,6 +496,17 @@ def task(results, name):
     raise AssertionError("no task %r in %s" % (name, sorted(results)))
 
 
+def task_hosts(data, name):
+    """``{host: result}`` of the task ``name`` (role prefix or not) in ``run_playbook``'s raw json, every host's."""
+    for play in data.get("plays", []):
+        for entry in play.get("tasks", []):
+            if entry["task"]["name"] == name or entry["task"]["name"].endswith(" : " + name):
+                return entry["hosts"]
+    failed = [(e["task"]["name"], h, r.get("msg")) for play in data.get("plays", []) for e in play.get("tasks", [])
+              for h, r in e["hosts"].items() if r.get("failed")]
+    raise AssertionError("no task %r; failed: %s" % (name, json.dumps(failed)[:3000]))
+
+
 def write_playbook(directory, tasks, name="test.yml", vars=None):
     """A one-play playbook on localhost from a list of task dicts (written as JSON, which is YAML)."""
     path = os.path.join(str(directory), name)
