@@ -24,9 +24,8 @@ class ActionModule(ActionBase):
     _supports_check_mode = True
 
     def _python(self, task_vars):
-        for key in ("ansible_python_interpreter",):
-            if task_vars.get(key):
-                return self._templar.template(task_vars[key])
+        if task_vars.get("ansible_python_interpreter"):
+            return self._templar.template(task_vars["ansible_python_interpreter"])
         discovered = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
         return discovered or "/usr/bin/python3"
 

@@ -27,6 +27,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _snaps
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import ARGUMENT_SPEC
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import build_plan
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils import _pacer
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteHooks
@@ -132,7 +133,6 @@ class ActionModule(ActionBase):
                                 params["on_hook_failure"])
         params = dict(params, set_id=params["set_id"] or catalog.new_set_id())
         # no freeze without a token: the forks of this run take CreateSnapshots tokens in turn (docs/throttling.md)
-        from ansible_collections.stillpoint.snapshots.plugins.plugin_utils import _pacer
         call_client = _pacer.pace(aws.client("ec2", config=ebs.no_retry_config()), params)
         try:
             result = snapshot_set.take(client, call_client, plan, params, quiescer, hooks,

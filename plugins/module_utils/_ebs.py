@@ -266,14 +266,6 @@ def catalog_sets(client, set_id=None, name=None, instance_id=None, group_id=None
                                set_id=set_id)
 
 
-def find_sets(client, set_id=None, name=None, instance_id=None, host=None, states=None, latest=False, group_id=None):
-    """backup_set_info: the matching set records, newest first (only the newest with ``latest``)."""
-    records = catalog.select_sets(catalog_sets(client, set_id=set_id, name=name, instance_id=instance_id,
-                                               group_id=group_id),
-                                  name=name, instance_id=instance_id, host=host, states=states)
-    return records[:1] if latest else records
-
-
 # --------------------------------------------------------------------------- volumes
 
 FILTER_CHUNK = 100  # values per DescribeVolumes filter (EC2 allows 200)
