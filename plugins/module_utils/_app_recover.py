@@ -24,8 +24,13 @@ check fails or its position differs from the record; the error carries the resul
 from __future__ import annotations
 
 import glob
+import json
 import os
+import pwd
 import re
+import shlex
+import shutil
+import tempfile
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _mariadb
@@ -74,6 +79,7 @@ class Recovery:
         self.result = {"application": params["application"], "started": False, "already_running": False,
                        "ready_ms": None, "recovery": None, "check": None, "position": None}
         self._t_start = None
+        self.watch = None  # () -> None, or why the server cannot come up any more (a private server that died)
 
     # commands -----------------------------------------------------------------------------
 
@@ -131,6 +137,10 @@ class Recovery:
             if done:
                 self.note(what, t0=t0)
                 return detail
+            dead = self.watch() if self.watch else None
+            if dead:
+                self.note(what, t0=t0, rc=1)
+                self.fail("%s: the server is gone (%s)" % (what, dead))
             if self.clock() >= deadline:
                 self.note(what, t0=t0, rc=1)
                 self.fail("%s: not within recovery_timeout=%gs (%s)" % (what, timeout, detail))
@@ -556,6 +566,14 @@ def client_env(params):
     return env
 
 
+def _refuse_other_record(app, record):
+    if app not in RECOVER:
+        raise StillpointError("application must be one of %s, not %r" % (", ".join(APPLICATIONS), app))
+    if record and record.get("kind") and record["kind"] != app and {record["kind"], app} != {"mariadb", "mysql"}:
+        raise StillpointError("the set's record is of a %s server, not %s: refusing to compare; nothing was started"
+                              % (record["kind"], app))
+
+
 def recover(run_command, params, record=None, check_mode=False, which=None, sleep=time.sleep, clock=time.monotonic):
     """Start, wait, check, report and compare for ``params["application"]``; returns the module's result.
 
@@ -564,15 +582,18 @@ def recover(run_command, params, record=None, check_mode=False, which=None, slee
     result so far under ``app_recover``, when the server does not come up, the check fails or the position
     differs from the record."""
     app = params.get("application")
-    if app not in RECOVER:
-        raise StillpointError("application must be one of %s, not %r" % (", ".join(APPLICATIONS), app))
-    if record and record.get("kind") and record["kind"] != app and {record["kind"], app} != {"mariadb", "mysql"}:
-        raise StillpointError("the set's record is of a %s server, not %s: refusing to compare; nothing was started"
-                              % (record["kind"], app))
+    _refuse_other_record(app, record)
     ctx = Recovery(run_command, params, record, check_mode, which, sleep, clock, env=client_env(params))
+    return verify(ctx, "It is left running for inspection.")
+
+
+def verify(ctx, failed_note):
+    """``RECOVER[app](ctx)``, then the verdict: fails (``failed_note`` appended) when the check found problems or
+    the position differs from the record; else the result with its one-line ``msg``."""
+    app, params = ctx.params["application"], ctx.params
     result = RECOVER[app](ctx)
     out = dict(result, changed=ctx.changed, actions=ctx.actions)
-    if check_mode:
+    if ctx.check_mode:
         out["msg"] = "check mode: would start %s and verify it (%d steps)" % (app, len(ctx.actions))
         return out
     failures = []
@@ -582,8 +603,8 @@ def recover(run_command, params, record=None, check_mode=False, which=None, slee
         failures.append("the restored position differs from the catalog's record: %s"
                         % "; ".join(result["position"]["problems"]))
     if failures:
-        ctx.fail("the restored %s server is running but its verification failed: %s. It is left running for "
-                 "inspection." % (app, " ".join(failures)))
+        ctx.fail("the restored %s server is running but its verification failed: %s. %s"
+                 % (app, " ".join(failures), failed_note))
     rec = result["recovery"] or {}
     out["msg"] = "%s %s, ready in %s ms; recovery %s (%s bytes, from the %s); check %s; position %s" % (
         app, "started" if result["started"] else "already running", result["ready_ms"],
@@ -591,3 +612,395 @@ def recover(run_command, params, record=None, check_mode=False, which=None, slee
         rec.get("bytes"), rec.get("source"), result["check"]["status"] if result["check"] else "n/a",
         {True: "matches the record", False: "differs", None: "not recorded"}[result["position"]["matches"]])
     return out
+
+
+# a private server on a restore drill's scratch copy ---------------------------------------------------------
+#
+# The drill (role restore_drill) restores a set onto scratch volumes and mounts them under its root; the copy holds
+# the database as the snapshot caught it. recover_private() starts a server of the recorded kind on that copy and
+# nowhere else: the copy's own files only (its symlinks into the set's filesystems repointed at the copy, the
+# source server's lock file of the snapshot removed), a private configuration (no network: a unix socket in a
+# private directory; no archiving, no replication, no preloaded libraries), run as the owner of the data directory;
+# then verify() as for a restore, and the server is stopped by its PID whatever happened. Its pid file and a marker
+# (RUN_DIR/MARKER) lie on the scratch copy, so stop_private() finds a server a killed drill left running there.
+
+PRIVATE_APPLICATIONS = ("postgresql",)
+RUN_DIR = ".stillpoint-drill-app"  # at the top of the scratch filesystem of the data directory
+MARKER = "server.json"
+SOCKET_PREFIX = "stillpoint-drill-app-"
+PG_PRIVATE_PORT = 5432  # names the socket in the private directory only: no TCP listener
+STOP_SIGNALS = {"postgresql": ("SIGINT", "SIGQUIT", "SIGKILL")}  # fast shutdown, immediate shutdown, kill
+PG_FATAL_RE = re.compile(r"^.*\b(FATAL|PANIC):.*$", re.M)
+
+
+def _under(path, top):
+    return top == "/" or path == top or path.startswith(top + "/")
+
+
+def scratch_path(path, mountpoint_map):
+    """The scratch copy's path of ``path`` (a path on the source): mapped from the longest recorded mountpoint of
+    ``mountpoint_map`` (recorded -> scratch) that holds it; None when none does (it lies outside the set)."""
+    path = os.path.normpath(path)
+    hits = [mp for mp in mountpoint_map if _under(path, os.path.normpath(mp))]
+    if not hits:
+        return None
+    mp = max(hits, key=lambda m: len(os.path.normpath(m)))
+    rest = os.path.relpath(path, os.path.normpath(mp))
+    return mountpoint_map[mp] if rest == "." else os.path.join(mountpoint_map[mp], rest)
+
+
+def scratch_mount(path, mountpoint_map):
+    """The scratch mountpoint (a value of ``mountpoint_map``) that holds ``path``, or None."""
+    hits = [v for v in mountpoint_map.values() if _under(os.path.normpath(path), os.path.normpath(v))]
+    return max(hits, key=len) if hits else None
+
+
+def repoint(target, mountpoint_map):
+    """Where a symlink of the copy that points at ``target`` must point: ``target`` when relative or already on the
+    copy, its scratch path when it lies on one of the set's filesystems, None (refuse) when it lies outside."""
+    if not target.startswith("/") or scratch_mount(target, mountpoint_map):
+        return target
+    return scratch_path(target, mountpoint_map)
+
+
+def parse_pid_file(text):
+    """The first line of a server's pid file (PostgreSQL's postmaster.pid: the PID, then the data directory)."""
+    lines = text.splitlines()
+    pid = int(lines[0].strip()) if lines and lines[0].strip().isdigit() else None
+    return pid, (lines[1].strip() if len(lines) > 1 else None)
+
+
+def pg_private_settings(run_dir, socket_dir, port=PG_PRIVATE_PORT):
+    """The command-line settings of a private PostgreSQL server on a copy (they override postgresql.auto.conf)."""
+    return ["config_file=%s/postgresql.conf" % run_dir, "hba_file=%s/pg_hba.conf" % run_dir,
+            "ident_file=%s/pg_ident.conf" % run_dir, "port=%d" % port, "listen_addresses=",
+            "unix_socket_directories=%s" % socket_dir, "archive_mode=off", "synchronous_standby_names=",
+            "shared_preload_libraries=", "external_pid_file=", "logging_collector=off", "log_destination=stderr",
+            "ssl=off", "shared_buffers=128MB", "cluster_name=stillpoint-drill"]
+
+
+def _alive(pid, proc="/proc"):
+    try:
+        with open("%s/%d/stat" % (proc, pid)) as handle:
+            return handle.read().rsplit(") ", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _cwd(pid, proc="/proc"):
+    try:
+        return os.path.realpath(os.readlink("%s/%d/cwd" % (proc, pid)))
+    except OSError:
+        return None
+
+
+def _children(pid, proc="/proc"):
+    out = []
+    for entry in os.listdir(proc):
+        if entry.isdigit():
+            try:
+                with open("%s/%s/stat" % (proc, entry)) as handle:
+                    if int(handle.read().rsplit(") ", 1)[-1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def stop_server(pid_file, data_directory, signals, timeout=60.0, kill=os.kill, sleep=time.sleep,
+                clock=time.monotonic, proc="/proc"):
+    """Stop the server whose pid file is ``pid_file``, by its PID only, and only when that process works in
+    ``data_directory`` (a server's working directory is its data directory: a PID reused by anything else is never
+    signalled). ``signals`` in order, each given ``timeout`` (the last one 10 s); the last one also reaches the
+    server's children. Returns None when no such server runs, else what was done."""
+    import signal as signal_
+
+    try:
+        with open(pid_file) as handle:
+            pid, _named = parse_pid_file(handle.read())
+    except OSError:
+        return None
+    if pid is None or not _alive(pid, proc):
+        return None
+    cwd = _cwd(pid, proc)
+    if cwd != os.path.realpath(data_directory):
+        raise StillpointError("%s names PID %d, which works in %s, not in the copy's data directory %s: refusing to "
+                              "signal it" % (pid_file, pid, cwd, data_directory))
+    t0 = clock()
+    sent = []
+    for i, name in enumerate(signals):
+        last = i == len(signals) - 1
+        targets = [pid] + ([c for c in _children(pid, proc) if _cwd(c, proc) == cwd] if last else [])
+        for target in targets:
+            try:
+                kill(target, getattr(signal_, name))
+            except ProcessLookupError:
+                pass
+        sent.append(name)
+        deadline = clock() + (10.0 if last else timeout)
+        while _alive(pid, proc) and clock() < deadline:
+            sleep(POLL_S)
+        if not _alive(pid, proc):
+            return {"pid": pid, "signals": sent, "ms": ms_since(t0, clock()), "pid_file": pid_file}
+    raise StillpointError("the server PID %d (%s) is still running after %s" % (pid, pid_file, ", ".join(sent)))
+
+
+def _marker_path(scratch_mp):
+    return os.path.join(scratch_mp, RUN_DIR, MARKER)
+
+
+def stop_private(mountpoint_map, timeout=60.0, check_mode=False, kill=os.kill, sleep=time.sleep, clock=time.monotonic):
+    """Stop every private server a drill started on the copies of ``mountpoint_map`` (recorded -> scratch), found
+    by the marker and pid file on the copy, and remove its private socket directory and the marker. Idempotent:
+    nothing running, nothing done (``changed`` false)."""
+    out = {"changed": False, "stopped": [], "planned": []}
+    for scratch_mp in sorted(set(mountpoint_map.values())):
+        marker = _marker_path(scratch_mp)
+        try:
+            with open(marker) as handle:
+                info = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        datadir, pid_file = info.get("data_directory") or "", info.get("pid_file") or ""
+        if not (scratch_mount(datadir, mountpoint_map) and scratch_mount(pid_file, mountpoint_map)):
+            raise StillpointError("%s names %s / %s, outside the drill's copies: refusing to act on it"
+                                  % (marker, datadir, pid_file))
+        if check_mode:
+            out["planned"].append({"marker": marker, "pid_file": pid_file})
+            continue
+        stopped = stop_server(pid_file, datadir, tuple(info.get("signals") or ("SIGTERM", "SIGKILL")), timeout,
+                              kill=kill, sleep=sleep, clock=clock)
+        sock = info.get("socket_dir") or ""
+        if os.path.basename(sock).startswith(SOCKET_PREFIX):
+            shutil.rmtree(sock, ignore_errors=True)
+        os.unlink(marker)
+        out["changed"] = True
+        if stopped:
+            out["stopped"].append(dict(stopped, kind=info.get("kind"), data_directory=datadir))
+    return out
+
+
+def _pg_bindir(major, params, run):
+    """The directory of ``postgres`` and ``pg_ctl`` of major version ``major`` (the copy's PG_VERSION)."""
+    candidates = [params["bin_dir"]] if params.get("bin_dir") else []
+    candidates.append("/usr/lib/postgresql/%s/bin" % major)
+    found = shutil.which("pg_ctl")
+    if found:
+        candidates.append(os.path.dirname(found))
+    seen = []
+    for d in candidates:
+        if d in seen or not all(os.path.exists(os.path.join(d, b)) for b in ("postgres", "pg_ctl")):
+            continue
+        seen.append(d)
+        rc, out, _err = run([os.path.join(d, "postgres"), "--version"], env=False)
+        m = re.search(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?", out)
+        if rc == 0 and m and (m.group(1) == major or "%s.%s" % (m.group(1), m.group(2)) == major):
+            return d
+    raise StillpointError("the copy is a PostgreSQL %s cluster (PG_VERSION) and this host has no PostgreSQL %s "
+                          "server (postgres and pg_ctl; looked in %s): install it (Debian: postgresql-%s) or give "
+                          "bin_dir. Nothing was started" % (major, major, ", ".join(candidates) or "PATH", major))
+
+
+def prepare_postgresql(ctx, mountpoint_map):
+    """Make the copy startable as a private server: remount its filesystems read-write, repoint its symlinks at the
+    copy, remove the source server's lock file the snapshot holds, write the private configuration and the marker.
+    Sets the connection parameters and the start command on ``ctx.params``; returns the marker."""
+    p, rec = ctx.params, ctx.record
+    recorded = (rec.get("paths") or {}).get("data_directory")
+    if not recorded:
+        ctx.fail("the set's application record names no data directory (paths.data_directory): nothing to start")
+    pgdata = scratch_path(recorded, mountpoint_map)
+    if pgdata is None:
+        ctx.fail("the recorded data directory %s lies on none of the set's filesystems (%s)"
+                 % (recorded, ", ".join(sorted(mountpoint_map))))
+    try:
+        with open(os.path.join(pgdata, "PG_VERSION")) as handle:
+            major = handle.read().strip()
+        st = os.stat(pgdata)
+    except OSError as exc:
+        ctx.fail("the copy holds no PostgreSQL data directory at %s (%s); is the copy mounted?" % (pgdata, exc))
+    bindir = _pg_bindir(major, p, ctx.run)
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        ctx.fail("the copy's data directory %s belongs to uid %d, which no user of this host has" % (pgdata, st.st_uid))
+    as_user = []
+    if os.geteuid() != st.st_uid:
+        if os.geteuid() != 0:
+            ctx.fail("the copy's data directory belongs to %s; starting its server takes root or %s" % (user, user))
+        as_user = [ctx.which("runuser", required=False) or "runuser", "-u", user, "--"]
+
+    # the copy's symlinks (pg_wal, tablespaces) point at the source's paths: at the copy from now on
+    links = [os.path.join(pgdata, "pg_wal")] + sorted(glob.glob(os.path.join(pgdata, "pg_tblspc", "*")))
+    mounts = set([scratch_mount(pgdata, mountpoint_map)])
+    repoints = []
+    for link in links:
+        if not os.path.islink(link):
+            continue
+        target = os.readlink(link)
+        new = repoint(target, mountpoint_map)
+        if new is None:
+            ctx.fail("%s points at %s, which lies on none of the set's filesystems: a server started on the copy "
+                     "would write there. Nothing was started" % (link, target))
+        mounts.add(scratch_mount(new, mountpoint_map) or scratch_mount(pgdata, mountpoint_map))
+        if new != target:
+            repoints.append((link, target, new))
+    for mp in sorted(m for m in mounts if m):
+        if os.statvfs(mp).f_flag & os.ST_RDONLY:
+            cmd = [ctx.which("mount", required=False) or "mount", "-o", "remount,rw", mp]
+            t0 = ctx.clock()
+            rc, out, err = ctx.run(cmd, env=False)
+            ctx.note("remount the scratch copy %s read-write (the recovery writes to the copy)" % mp, cmd, rc, t0)
+            if rc != 0:
+                ctx.fail("cannot remount the scratch copy %s read-write (rc=%s)" % (mp, rc), rc=rc, stdout=out,
+                         stderr=err)
+    for link, target, new in repoints:
+        tmp = link + ".stillpoint-drill"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(new, tmp)
+        os.rename(tmp, link)
+        ctx.note("repoint the copy's %s from %s to %s" % (os.path.relpath(link, pgdata), target, new))
+    lock = os.path.join(pgdata, "postmaster.pid")
+    if os.path.exists(lock):
+        with open(lock) as handle:
+            pid, named = parse_pid_file(handle.read())
+        if pid is not None and _alive(pid) and _cwd(pid) == os.path.realpath(pgdata):
+            ctx.fail("a server (PID %d) runs on the copy's data directory %s and no marker names it" % (pid, pgdata))
+        os.unlink(lock)
+        ctx.note("remove the copy's postmaster.pid (PID %s of %s: the lock file the snapshot caught, no process of "
+                 "the copy)" % (pid, named))
+
+    run_dir = os.path.join(scratch_mount(pgdata, mountpoint_map), RUN_DIR)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    files = {"postgresql.conf": "# stillpoint restore drill: private server, settings on the command line\n",
+             "pg_hba.conf": "# the private socket directory is the access control (0700, %s)\nlocal all all trust\n"
+                            % user, "pg_ident.conf": "", "server.log": ""}
+    for name, text in files.items():
+        with open(os.path.join(run_dir, name), "w") as handle:
+            handle.write(text)
+        os.chown(os.path.join(run_dir, name), st.st_uid, st.st_gid)
+    os.chown(run_dir, st.st_uid, st.st_gid)
+    sock = tempfile.mkdtemp(prefix=SOCKET_PREFIX)
+    os.chown(sock, st.st_uid, st.st_gid)
+    marker = {"kind": "postgresql", "data_directory": pgdata, "pid_file": lock, "socket_dir": sock,
+              "signals": list(STOP_SIGNALS["postgresql"]), "run_dir": run_dir}
+    with open(os.path.join(run_dir, MARKER), "w") as handle:
+        json.dump(marker, handle)
+    opts = " ".join("-c %s" % shlex.quote(s) for s in pg_private_settings(run_dir, sock))
+    p.update(start_command=as_user + [ctx.which("env", required=False) or "env", "-C", run_dir,
+                                      os.path.join(bindir, "pg_ctl"), "start", "-W", "-D", pgdata, "-l",
+                                      os.path.join(run_dir, "server.log"), "-o", opts],
+             data_directory=pgdata, bin_dir=bindir, log_file=os.path.join(run_dir, "server.log"),
+             application_login_unix_socket=sock, application_login_port=PG_PRIVATE_PORT,
+             application_login_user=p.get("application_login_user") or user, application_login_host=None,
+             application_login_password=None, application_config_file=None)
+
+    def watch():
+        try:
+            with open(lock) as handle:
+                pid, _named = parse_pid_file(handle.read())
+        except OSError:
+            pid = None
+        if pid is not None and _alive(pid):
+            return None
+        # a dead server's pid file (an abort leaves it), or none and the log says why it did not start
+        lines = [m.group(0).strip() for m in PG_FATAL_RE.finditer(Recovery.read_log(p["log_file"], 0, PG_START_RE) or "")]
+        if pid is not None or lines:
+            return "; ".join(lines[-3:]) or "PID %s exited" % pid
+        return None
+
+    ctx.watch = watch
+    return marker
+
+
+PREPARE = {"postgresql": prepare_postgresql}
+
+
+def recover_private(run_command, params, mountpoint_map, record=None, check_mode=False, which=None,
+                    sleep=time.sleep, clock=time.monotonic, kill=os.kill):
+    """A restore drill's application check: a private server of the recorded kind on the scratch copy (the
+    copies of ``mountpoint_map``, recorded -> scratch), then :func:`verify`, then the server stopped by its PID,
+    also when anything failed. The result has ``stopped`` and ``summary`` (one line for the drill's verdict)."""
+    app = params.get("application")
+    _refuse_other_record(app, record)
+    if app not in PRIVATE_APPLICATIONS:
+        raise StillpointError("a private %s server on a copy is not supported (only %s); nothing was started"
+                              % (app, ", ".join(PRIVATE_APPLICATIONS)))
+    params = dict(params, start_command=[], compare_position=params.get("compare_position", True))
+    ctx = Recovery(run_command, params, record, check_mode, which, sleep, clock)
+    if check_mode:
+        for step in ("stop a private server an earlier drill left on the copy (marker %s/%s)" % (RUN_DIR, MARKER),
+                     "remount the copy's filesystems of the data read-write, repoint its symlinks at the copy, "
+                     "remove the source server's lock file the snapshot caught",
+                     "start a private %s server on the copy (no network, a private socket directory)" % app):
+            ctx.note(step)
+        out = verify(ctx, "")
+        ctx.note("stop it by its PID (pid file on the copy)")
+        out.update(actions=ctx.actions, changed=True, stopped=[], summary=None)
+        return out
+    earlier = stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+    for s in earlier["stopped"]:
+        ctx.note("stop the private server an earlier drill left running (PID %d: %s)" % (s["pid"], ", ".join(
+            s["signals"])), t0=None)
+    try:
+        PREPARE[app](ctx, mountpoint_map)
+        ctx.env = client_env(ctx.params)
+        out = verify(ctx, "It was stopped (by its PID) with the drill.")
+    except StillpointError as exc:
+        stops = stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+        exc.details.setdefault("actions", ctx.actions)
+        exc.details.setdefault("app_recover", ctx.result)
+        exc.details.update(stopped=stops["stopped"], changed=True,
+                           summary="failed: %s%s" % (exc.msg, _stopped_text(stops["stopped"])))
+        raise
+    except Exception:
+        stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+        raise
+    stops = stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+    for s in stops["stopped"]:
+        ctx.note("stop the private server (PID %d: %s)" % (s["pid"], ", ".join(s["signals"])), ms=s["ms"])
+    out.update(actions=ctx.actions, changed=True, stopped=stops["stopped"], summary=drill_summary(out, stops["stopped"]))
+    return out
+
+
+def _stopped_text(stopped):
+    return "; stopped PID %s (%s)" % (", ".join(str(s["pid"]) for s in stopped),
+                                       ", ".join(sorted(set(x for s in stopped for x in s["signals"])))) \
+        if stopped else "; no server left running"
+
+
+def position_text(position):
+    """The recorded position against the restored server's, one line."""
+    if not position:
+        return "position not compared"
+    rec, got = position.get("recorded") or {}, position.get("restored") or {}
+    if position.get("matches") is None:
+        return "position: %s" % "; ".join(position.get("problems") or ["nothing recorded"])
+    if "checkpoint_lsn" in rec:
+        control = got.get("pg_control_before_start") or {}
+        text = ("recorded checkpoint %s / redo %s / timeline %s, the copy's pg_control %s / %s / %s; redo replayed "
+                "%s..%s (recorded WAL position after the thaw %s)"
+                % (rec.get("checkpoint_lsn"), rec.get("redo_lsn"), rec.get("timeline"), control.get("checkpoint_lsn"),
+                   control.get("redo_lsn"), control.get("timeline"), got.get("redo_start_lsn"),
+                   got.get("redo_end_lsn"), rec.get("wal_lsn_after_thaw")))
+    else:
+        text = "recorded binary log %s:%s GTID %s, restored %s:%s GTID %s" % (
+            rec.get("binlog_file"), rec.get("binlog_position"), rec.get("gtid"), rec.get("binlog_file"),
+            got.get("binlog_position"), got.get("gtid"))
+    return "position %s (%s)" % ("matches" if position["matches"] else "differs", text)
+
+
+def drill_summary(out, stopped):
+    """The drill's ``application`` check line of a verified private server."""
+    rec, check = out.get("recovery") or {}, out.get("check") or {}
+    recovery = ("crash recovery replayed %s bytes (%s..%s)" % (rec.get("bytes"), rec.get("start_lsn"), rec.get("end_lsn"))
+                if rec.get("crash_recovery") else "no crash recovery" if rec.get("crash_recovery") is False
+                else "recovery unknown")
+    own = ("%s %s" % (check.get("tool"), check.get("status")) + (" (%s)" % check["reason"] if check.get("reason") else "")
+           if check else "no check")
+    verdict = "passed" if check.get("status") == "passed" else "recovered, own check %s" % check.get("status")
+    remounted = [a["what"].split(" ")[4] for a in out.get("actions") or [] if a["what"].startswith("remount the scratch copy ")]
+    return "%s: private %s server on the scratch copy%s, ready in %s ms, %s; %s; %s%s" % (
+        verdict, out["application"], " (remounted read-write: %s)" % ", ".join(remounted) if remounted else "",
+        out.get("ready_ms"), recovery, own, position_text(out.get("position")), _stopped_text(stopped))

@@ -32,14 +32,44 @@ description:
     without a quiescer records nothing; the comparison is then reported as V(null).
   - Fails when the server does not come up within O(recovery_timeout), when its check finds problems, or when the
     position differs from the record (O(compare_position)). The server is left running for inspection.
+  - With O(server=private) (a restore drill, role C(restore_drill)) it starts no service; it starts a private server
+    of the recorded kind on the drill's scratch copy (O(mountpoint_map)) and stops it by its PID at the end, also when
+    anything failed. The copy's filesystems holding the data are remounted read-write (the recovery writes to the
+    copy), its symlinks into the set's filesystems (C(pg_wal), tablespaces) are repointed at the copy, the source
+    server's C(postmaster.pid) the snapshot caught is removed, and the server runs as the owner of the data directory
+    with a private configuration (no TCP listener, a unix socket in a private 0700 directory, no archiving, no
+    synchronous standbys, no preloaded libraries). Its pid file and a marker (C(.stillpoint-drill-app/server.json) at
+    the top of the copy's filesystem of the data) lie on the copy. PostgreSQL only; the server binaries must match the
+    copy's C(PG_VERSION).
+  - With O(server=stop_private) it only stops a private server an earlier (killed) drill left running on the copies
+    of O(mountpoint_map), found by that marker and its pid file, and only a process working in the copy's data
+    directory.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
   application:
-    description: The database of the restored set.
+    description: The database of the restored set. Required unless O(server=stop_private).
     type: str
     choices: [mariadb, mysql, postgresql]
-    required: true
+  server:
+    description:
+      - V(existing) - the restored host's own server, started by O(start_command) (a restore).
+      - V(private) - a private server on a restore drill's scratch copy, started and stopped here (V(postgresql) only).
+      - V(stop_private) - only stop a private server a drill left running on the copies of O(mountpoint_map).
+    type: str
+    choices: [existing, private, stop_private]
+    default: existing
+  mountpoint_map:
+    description:
+      - With O(server=private) or O(server=stop_private), the drill's copies - recorded mountpoint to the scratch
+        mountpoint of its copy (C(clone.mountpoint_map) of M(stillpoint.snapshots.drill_scratch)).
+    type: dict
+    default: {}
+  stop_timeout:
+    description: With O(server=private) or O(server=stop_private), seconds a clean shutdown may take before the next
+      signal (PostgreSQL - SIGINT, then SIGQUIT, then SIGKILL).
+    type: float
+    default: 60
   record:
     description:
       - The set's application record from the catalog (C(application) of a
@@ -168,21 +198,21 @@ changed:
   type: bool
 application:
   description: The application.
-  returned: always
+  returned: unless server is stop_private
   type: str
   sample: postgresql
 started:
   description: Whether the start hook ran.
-  returned: always
+  returned: unless server is stop_private
   type: bool
 already_running:
   description: The server answered before the start hook (it was not run).
-  returned: always
+  returned: unless server is stop_private
   type: bool
 ready_ms:
   description: Milliseconds from the start hook until the server answered and its recovery was over (null when not
     started here).
-  returned: always
+  returned: unless server is stop_private
   type: float
 recovery:
   description:
@@ -203,6 +233,17 @@ position:
     when nothing was recorded) and C(problems).
   returned: success
   type: dict
+stopped:
+  description: With O(server=private) or O(server=stop_private), the private servers stopped - C(pid), C(signals),
+    C(ms), C(pid_file), C(kind), C(data_directory).
+  returned: when server is private or stop_private
+  type: list
+  elements: dict
+summary:
+  description: With O(server=private), one line for a drill's verdict - V(passed) (or V(recovered, own check skipped))
+    or V(failed), the recovery, the check, the recorded position against the restored one, the stop.
+  returned: when server is private
+  type: str
 actions:
   description: What was done (in check mode, what would be done), in order, in the collection's action shape.
   returned: always
@@ -214,13 +255,18 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import CONNECTION_ARGS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_recover import recover
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_recover import recover_private
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_recover import stop_private
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            application=dict(type="str", choices=["mariadb", "mysql", "postgresql"], required=True),
+            application=dict(type="str", choices=["mariadb", "mysql", "postgresql"]),
+            server=dict(type="str", choices=["existing", "private", "stop_private"], default="existing"),
+            mountpoint_map=dict(type="dict", default={}),
+            stop_timeout=dict(type="float", default=60.0),
             record=dict(type="dict", default={}),
             start_command=dict(type="list", elements="str", default=[]),
             hook_timeout=dict(type="float", default=60.0),
@@ -233,11 +279,22 @@ def main():
             compare_position=dict(type="bool", default=True),
             **CONNECTION_ARGS
         ),
+        required_if=[("server", "existing", ["application"]), ("server", "private", ["application", "mountpoint_map"]),
+                     ("server", "stop_private", ["mountpoint_map"])],
         supports_check_mode=True,
     )
+    p = module.params
     try:
-        module.exit_json(**recover(module.run_command, module.params, record=module.params["record"],
-                                   check_mode=module.check_mode, which=module.get_bin_path))
+        if p["server"] == "stop_private":
+            out = stop_private(p["mountpoint_map"], p["stop_timeout"], check_mode=module.check_mode)
+            out["msg"] = "stopped %d private server(s) on the copies" % len(out["stopped"]) if out["changed"] else \
+                "no private server on the copies"
+            module.exit_json(**out)
+        if p["server"] == "private":
+            module.exit_json(**recover_private(module.run_command, p, p["mountpoint_map"], record=p["record"],
+                                               check_mode=module.check_mode, which=module.get_bin_path))
+        module.exit_json(**recover(module.run_command, p, record=p["record"], check_mode=module.check_mode,
+                                   which=module.get_bin_path))
     except StillpointError as exc:
         module.fail_json(**exc.fail_kwargs())
 
