@@ -162,8 +162,19 @@ def _verified_task():
     raise AssertionError("no Verified task in the role")
 
 
-def _checks(up, verify=True, sentinel="", checksum_command=()):
-    """The role's ``__restore_drill_checks`` rendered by ansible's own templating from an array_host ``up`` result."""
+def _role_vars():
+    import os
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "roles", "restore_drill", "vars", "main.yml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def _checks(up, verify=True, sentinel="", checksum_command=(), recorded=None, application="auto", app=None):
+    """The role's ``__restore_drill_checks`` rendered by ansible's own templating from an array_host ``up`` result
+    (and, for a set that records an application, the app_recover result ``app`` of the drill's private server)."""
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar
     from ansible.template import trust_as_template
@@ -175,9 +186,12 @@ def _checks(up, verify=True, sentinel="", checksum_command=()):
             return dict((k, trusted(v)) for k, v in value.items())
         return value
     task = _verified_task()
-    variables = dict((k, trusted(v)) for k, v in task["vars"].items())
-    variables.update(__restore_drill_up=up, __restore_drill_set={"application": None},
-                     __restore_drill_in={"verify": verify, "sentinel": sentinel, "checksum_command": list(checksum_command)})
+    variables = dict((k, trusted(v)) for k, v in list(task["vars"].items()) + list(_role_vars().items()))
+    variables.update(__restore_drill_up=up, __restore_drill_set={"application": recorded},
+                     __restore_drill_in={"verify": verify, "sentinel": sentinel, "checksum_command": list(checksum_command),
+                                         "application": application})
+    if app is not None:
+        variables["__restore_drill_app"] = app
     templar = Templar(loader=DataLoader(), variables=variables)
     return templar.template(trusted(task["ansible.builtin.set_fact"]["__restore_drill_checks"]))
 
@@ -211,3 +225,17 @@ def test_the_checks_of_two_filesystems_without_a_replay():
     assert checks["filesystems"] == "pass: 2 filesystem(s) checked read-only before mounting (xfs_repair), mounted read-only"
     assert checks["sentinel"] == "none asked" and checks["mounted"] == "2 of 2"
     assert _checks(up, verify=False)["filesystems"] == "not checked (restore_drill_verify=false); mounted read-only"
+
+
+def test_the_application_line_of_the_checks():
+    """What the verdict says of a set's recorded application: the private server's summary when it ran (auto and a
+    kind the drill starts), else why it did not run."""
+    up = fixture_up("lab-up-md-lvm-xfs.json")
+    pg = {"kind": "postgresql", "checkpoint_lsn": "0/1A1FDA0"}
+    summary = "passed: private postgresql server on the scratch copy, ready in 914.6 ms; stopped PID 22907 (SIGINT)"
+    assert _checks(up, recorded=pg, app={"summary": summary})["application"] == summary
+    assert _checks(up, recorded=pg, application="skip")["application"] == (
+        "not run: restore_drill_application=skip (the set records postgresql)")
+    assert _checks(up, recorded={"kind": "mariadb"})["application"].startswith(
+        "not run: the set records mariadb; the drill starts a private server for postgresql only")
+    assert _checks(up)["application"] == "none recorded (stillpoint:app)"
