@@ -46,6 +46,8 @@ def progress_line(set_id, sample):
 
 class ActionModule(ActionBase):
 
+    _supports_async = True
+
     def run(self, tmp=None, task_vars=None):
         self._supports_check_mode = True
         result = super().run(tmp, task_vars)
@@ -58,8 +60,24 @@ class ActionModule(ActionBase):
                           "inside its own frozen interval (a call from the controller would add a task boundary to "
                           "every host's window); use mode=host")
             return result
+        if self._task.async_val:
+            return self._host_async(result, params, task_vars)
         mode = self._controller if params["mode"] == "controller" else self._host
         return run_on_controller(self, result, lambda: mode(params, task_vars))
+
+    def _host_async(self, result, params, task_vars):
+        """``async``: the module in one run in the background (a group member waiting for its instant,
+        docs/groups.md); it waits for completion itself (no progress lines), async_status collects it."""
+        if params["mode"] == "controller":
+            result.update(failed=True, msg="async is host mode only: in controller mode the EC2 call is made by this "
+                          "action plugin on the controller")
+            return result
+        args = dict(self._task.args)
+        args.pop("mode", None)
+        wrap_async = self._task.async_val and not self._connection.has_native_async
+        result.update(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars,
+                                           wrap_async=wrap_async))
+        return result
 
     # ------------------------------------------------------------------ host mode
     def _host(self, params, task_vars):

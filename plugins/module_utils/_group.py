@@ -18,20 +18,35 @@ The margin is how much the intervals overlap beyond the offsets' error bounds; z
 group is recorded ``inconsistent`` (each set stays a valid set of its own host). A host that failed to
 freeze or call makes the group ``failed``: every set of the group is deleted (all or nothing).
 
-Host side: :class:`GroupQuiescer`. Controller side: :func:`arm`, :func:`offset_from_samples`,
+The instant is chosen only once every host is ready: each host's module prepares (discovery, validation, its
+DryRun), says so in a private run directory (:class:`Rendezvous`: ``<run_dir>/state``) and waits, nothing
+frozen and nothing held, for the controller to hand it the instant (``<run_dir>/go``), or to release it. Each
+host reads the instant on its own clock: ``C + offset`` with the offset the run measured before (so the frozen
+intervals overlap in true time even when the clocks differ); the proof does not depend on it.
+
+Host side: :class:`Rendezvous`, :class:`GroupQuiescer`. Controller side: :func:`arm`, :func:`offset_from_samples`,
 :func:`clock_bound`, :func:`verdict` (pure), :func:`seal` (EC2).
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import re
+import shutil
 import time
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
-MAX_ARM_WAIT = 600.0  # seconds a host may wait for the freeze to start
+MAX_ARM_WAIT = 600.0  # seconds a host may wait for the freeze to start, once it has the instant
+MAX_READY_WAIT = 3600.0  # seconds a ready host may wait for the instant (group.wait_s)
 MIN_ARM = 1.0
+GO_POLL = 0.02  # seconds between looks for the controller's answer, while ready
+STATE, GO = "state", "go"
+MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_DRIFT = 100e-6  # 100 ppm: an undisciplined quartz clock; chrony keeps EC2 clocks far closer
 
 
@@ -46,18 +61,177 @@ def wait_until(target, clock=time.time, sleep=time.sleep):
 
 # --------------------------------------------------------------------------- host side
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM
+    return True
+
+
+def _write(path, text):
+    """``text`` to ``path`` atomically (a reader sees the old file, none, or the whole new one), mode 0600."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+class Rendezvous:
+    """A host's half of arming after readiness (docs/groups.md), in its private run directory ``run_dir``
+    (``<base>/<group id>/<member>``, 0700, made here; refused if it exists: a group id is new per run).
+
+    ``state`` says ``starting <pid>``, then ``ready <pid>`` once the module has prepared (discovery, DryRun), or
+    ``failed <pid>: <why>`` when it failed before; the controller waits for ``ready|failed`` on every host, then
+    writes ``go`` (JSON): ``{"id", "instant", "lead_ms", "hold_ms"}`` (the instant on the controller's clock), or
+    ``{"abort": why}`` when a host was not ready. A ready host waits at most ``wait_s`` seconds for it and then
+    refuses, nothing frozen. The directory is removed once the answer is read (or the wait ended); leftovers of
+    killed runs (their pid gone) under the same base are removed when the next one opens.
+    """
+
+    def __init__(self, group_id, run_dir, wait_s, clock=time.time, sleep=time.sleep, poll=GO_POLL):
+        run_dir = os.path.normpath(run_dir or "")
+        member, gid = os.path.basename(run_dir), os.path.basename(os.path.dirname(run_dir))
+        if not os.path.isabs(run_dir) or gid != group_id or not MEMBER.match(member) or not MEMBER.match(gid):
+            raise StillpointError("group %s: run_dir must be an absolute path <base>/%s/<member> (letters, digits, "
+                                  "'.', '_', '-'); got %r" % (group_id, group_id, run_dir))
+        if not 0 < float(wait_s) <= MAX_READY_WAIT:
+            raise StillpointError("group %s: wait_s must be more than 0 and at most %d s" % (group_id, MAX_READY_WAIT))
+        self.id, self.dir, self.wait_s = group_id, run_dir, float(wait_s)
+        self.base = os.path.dirname(os.path.dirname(run_dir))
+        self.clock, self.sleep, self.poll = clock, sleep, poll
+        self.opened = self.is_ready = self.answered = False
+        self.ready_at = None
+        self.pruned = []
+
+    def _state(self, word, why=None):
+        _write(os.path.join(self.dir, STATE), "%s %d%s\n" % (word, os.getpid(), ": %s" % why if why else ""))
+
+    def open(self):
+        """Make the run directory (and its parents, 0700) and say ``starting``; remove dead runs' leftovers."""
+        self.prune()
+        for attempt in (1, 2):
+            os.makedirs(os.path.dirname(self.dir), mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(self.dir, 0o700)
+                break
+            except FileExistsError as e:
+                raise StillpointError("group %s: the run directory %s already exists (another run of this group id, "
+                                      "or not ours); nothing was frozen" % (self.id, self.dir)) from e
+            except FileNotFoundError:  # the group's directory, empty, removed by a member closing just then
+                if attempt == 2:
+                    raise
+        self.opened = True
+        self._state("starting")
+
+    def prune(self):
+        """Member directories under the base whose module is gone (a killed run), with their group directory when
+        empty. A directory without a readable state (being made) or with a live pid is left alone."""
+        try:
+            groups = os.listdir(self.base)
+        except OSError:
+            return
+        for gid in groups:
+            gdir = os.path.join(self.base, gid)
+            if gid == self.id or not MEMBER.match(gid) or os.path.islink(gdir) or not os.path.isdir(gdir):
+                continue
+            for member in os.listdir(gdir):
+                mdir = os.path.join(gdir, member)
+                try:
+                    with open(os.path.join(mdir, STATE)) as handle:
+                        pid = int(handle.read().split()[1].rstrip(":"))
+                except (OSError, ValueError, IndexError):
+                    continue
+                if not _pid_alive(pid) and not os.path.islink(mdir):
+                    shutil.rmtree(mdir, ignore_errors=True)
+                    self.pruned.append(mdir)
+            try:
+                os.rmdir(gdir)
+            except OSError:
+                pass
+
+    def ready(self):
+        self._state("ready")
+        self.is_ready, self.ready_at = True, self.clock()
+
+    def failed(self, why):
+        """Before ready: tell the controller why (best effort; the directory stays for it to read)."""
+        if self.opened and not self.is_ready:
+            try:
+                self._state("failed", " ".join(str(why).split())[:500])
+            except OSError:
+                pass
+
+    def wait(self):
+        """The controller's answer: ``{"instant", "lead_ms", "hold_ms"}``; raises on a release or when none came."""
+        go = os.path.join(self.dir, GO)
+        end = self.ready_at + self.wait_s
+        try:
+            while True:
+                try:
+                    with open(go) as handle:
+                        text = handle.read()
+                    break
+                except FileNotFoundError:
+                    pass
+                if self.clock() >= end:
+                    raise StillpointError(
+                        "group %s: no instant from the controller within %.0f s of this host being ready (group.wait_s); "
+                        "nothing was frozen or created. The controller died, or another host never became ready"
+                        % (self.id, self.wait_s), waited_s=round(self.clock() - self.ready_at, 3))
+                self.sleep(self.poll)
+        finally:
+            self.close()
+        self.answered = True
+        try:
+            answer = json.loads(text)
+        except ValueError as e:
+            raise StillpointError("group %s: the controller's answer is not JSON: %r; nothing was frozen"
+                                  % (self.id, text[:200])) from e
+        if answer.get("abort"):
+            raise StillpointError("group %s: released by the controller before any freeze (%s); nothing was frozen or "
+                                  "created on this host" % (self.id, answer["abort"]), released=True)
+        if answer.get("id") != self.id or not isinstance(answer.get("instant"), (int, float)):
+            raise StillpointError("group %s: the controller's answer is for another group or has no instant: %r; "
+                                  "nothing was frozen" % (self.id, answer))
+        answer["waited_for_instant_ms"] = round((self.clock() - self.ready_at) * 1000.0, 3)
+        return answer
+
+    def close(self):
+        """Remove the run directory (and the group's, when empty)."""
+        if self.opened:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(self.dir))
+            except OSError:
+                pass
+            self.opened = False
+
+
 class GroupQuiescer:
-    """Wraps the host's quiescer: the freeze starts at ``instant - lead``, the thaw waits until ``instant + hold``.
+    """Wraps the host's quiescer: the freeze starts at ``instant - lead``, the thaw waits until ``instant + hold``,
+    both on this host's clock: the group's instant (controller time) plus this host's measured offset
+    (``group["offset_s"]``, host minus controller; 0 when not given).
+
+    Without ``group["instant"]`` a :class:`Rendezvous` is given: :meth:`ready` (called before the application is
+    held, or at the freeze) says this host is ready and waits for the instant, then checks it (:meth:`check`).
 
     ``record`` holds this host's part after the thaw: its frozen interval on this host's real-time clock,
     taken after the freeze returned and before the thaw was asked (inside the true frozen interval).
     """
 
-    def __init__(self, inner, group, clock=time.time, sleep=time.sleep):
+    def __init__(self, inner, group, clock=time.time, sleep=time.sleep, rendezvous=None, deadline=None):
         self.inner = inner
         self.group = dict(group)
+        self.group.setdefault("offset_s", 0.0)
         self.clock = clock
         self.sleep = sleep
+        self.rendezvous = rendezvous
+        self.deadline = deadline
+        self.answer = None
         self.record = None
         self.call_ok = False
 
@@ -65,8 +239,26 @@ class GroupQuiescer:
     def level(self):
         return self.inner.level
 
+    def _local(self):
+        """The instant on this host's clock."""
+        return self.group["instant"] + float(self.group.get("offset_s") or 0.0)
+
     def _start(self):
-        return self.group["instant"] - self.group["lead_ms"] / 1000.0
+        return self._local() - self.group["lead_ms"] / 1000.0
+
+    def ready(self):
+        """Tell the controller this host is ready and wait (nothing frozen, nothing held) for the instant; once."""
+        if self.rendezvous is None or self.answer is not None:
+            return
+        self.rendezvous.ready()
+        self.answer = self.rendezvous.wait()
+        self.group.update(instant=float(self.answer["instant"]), lead_ms=float(self.answer.get("lead_ms", 100.0)),
+                          hold_ms=float(self.answer.get("hold_ms", 50.0)))
+        self.check(self.deadline)
+
+    def hooks(self, hooks):
+        """``hooks`` (or None) so that the rendezvous comes before the application is held."""
+        return None if hooks is None else _ReadyFirst(hooks, self)
 
     def check(self, deadline):
         """Refusals before anything is frozen (called from the module after its DryRun)."""
@@ -76,11 +268,11 @@ class GroupQuiescer:
                 "group %s: armed %.0f ms too late (the freeze was to start %.0f ms before the instant %.3f on this "
                 "host's clock); nothing was frozen or created. Every host of a group must be waiting before the "
                 "instant: give the play forks >= the group size and no serial, or a later instant (array_backup_group_arm_s)"
-                % (self.group["id"], late * 1000.0, self.group["lead_ms"], self.group["instant"]), late_ms=round(late * 1000.0, 3))
+                % (self.group["id"], late * 1000.0, self.group["lead_ms"], self._local()), late_ms=round(late * 1000.0, 3))
         if -late > MAX_ARM_WAIT:
             raise StillpointError("group %s: the instant is %.0f s away (at most %d s); nothing was frozen"
                                   % (self.group["id"], -late, MAX_ARM_WAIT))
-        if (self.group["lead_ms"] + self.group["hold_ms"]) / 1000.0 >= deadline / 2.0:
+        if deadline is not None and (self.group["lead_ms"] + self.group["hold_ms"]) / 1000.0 >= deadline / 2.0:
             raise StillpointError("group %s: lead_ms + hold_ms (%.0f ms) must stay under half the freeze deadline "
                                   "(freeze_deadline=%s s); nothing was frozen"
                                   % (self.group["id"], self.group["lead_ms"] + self.group["hold_ms"], deadline))
@@ -88,6 +280,7 @@ class GroupQuiescer:
     def freeze(self):
         if self.record is not None:
             raise StillpointError("group %s: one freeze cycle per group member" % self.group["id"])
+        self.ready()
         start = self._start()
         if hasattr(self.inner, "prepare"):
             self.inner.prepare()  # the guardian's fork, before the wait, not inside the lead
@@ -97,10 +290,13 @@ class GroupQuiescer:
         out = self.inner.freeze()
         frozen = self.clock()
         self.record = {"id": self.group["id"], "instant": self.group["instant"], "lead_ms": self.group["lead_ms"],
-                       "hold_ms": self.group["hold_ms"], "late_ms": round((began - start) * 1000.0, 3),
+                       "hold_ms": self.group["hold_ms"], "offset_ms": round(float(self.group["offset_s"]) * 1000.0, 3),
+                       "local_instant": round(self._local(), 6), "late_ms": round((began - start) * 1000.0, 3),
                        "waited_ms": round(max(0.0, start - armed) * 1000.0, 3),
-                       "frozen_after_instant_ms": round((frozen - self.group["instant"]) * 1000.0, 3),
+                       "frozen_after_instant_ms": round((frozen - self._local()) * 1000.0, 3),
                        "frozen": [frozen, None], "window_ms": None}
+        if self.answer is not None:
+            self.record["waited_for_instant_ms"] = self.answer.get("waited_for_instant_ms")
         return out
 
     def called(self, ok):
@@ -109,7 +305,7 @@ class GroupQuiescer:
 
     def thaw(self):
         if self.call_ok:
-            wait_until(self.group["instant"] + self.group["hold_ms"] / 1000.0, self.clock, self.sleep)
+            wait_until(self._local() + self.group["hold_ms"] / 1000.0, self.clock, self.sleep)
         thawing = self.clock()
         out = self.inner.thaw()
         if self.record is not None:
@@ -118,17 +314,43 @@ class GroupQuiescer:
         return out
 
 
+class _ReadyFirst:
+    """The run's hooks (an application quiescer or pre/post hooks), with the group's rendezvous before ``pre``:
+    the application is not held while the host waits for the instant."""
+
+    def __init__(self, inner, quiescer):
+        self._inner, self._quiescer = inner, quiescer
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def pre(self):
+        self._quiescer.ready()
+        return self._inner.pre()
+
+    def post(self):
+        return self._inner.post()
+
+
 # --------------------------------------------------------------------------- controller side, pure
 
-def arm(errors_s, now, arm_s=20.0, lead_ms=100.0, hold_ms=50.0, group_id=None):
+def new_group_id():
+    return catalog.new_set_id().replace("bs-", "bg-", 1)
+
+
+def arm(errors_s, now, arm_s=20.0, lead_ms=100.0, hold_ms=50.0, group_id=None, since=None):
     """The group's id and instant, ``arm_s`` from ``now`` (controller clock), and the hold sized from the
-    measured clock errors: the intervals must overlap by more than twice the largest error."""
+    measured clock errors: the intervals must overlap by more than twice the largest error.
+
+    ``since``: when the clocks were measured (the earliest ``measured_at``); a clock may drift by
+    :data:`MAX_DRIFT` from then until the measurement after the freeze (taken as 30 s after the instant)."""
     if arm_s < MIN_ARM:
         raise StillpointError("arm_s must be at least %s s (every host must be waiting before the instant)" % MIN_ARM)
     worst = max([float(e) for e in errors_s] or [0.0])
+    span = float(arm_s) + 30.0 + (max(0.0, now - float(since)) if since is not None else 0.0)
     # the bound used by the seal: the error measured, plus the drift allowed until the measurement after
-    hold = max(float(hold_ms), 2000.0 * (worst + MAX_DRIFT * (float(arm_s) + 30.0)) + 20.0)
-    return {"id": group_id or catalog.new_set_id().replace("bs-", "bg-", 1), "instant": round(now + float(arm_s), 6),
+    hold = max(float(hold_ms), 2000.0 * (worst + MAX_DRIFT * span) + 20.0)
+    return {"id": group_id or new_group_id(), "instant": round(now + float(arm_s), 6),
             "lead_ms": float(lead_ms), "hold_ms": round(hold, 3), "clock_error_ms": round(worst * 1000.0, 3)}
 
 

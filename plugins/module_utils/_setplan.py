@@ -58,10 +58,13 @@ ARGUMENT_SPEC = dict(
     )),
     group=dict(type="dict", options=dict(
         id=dict(type="str", required=True),
-        instant=dict(type="float", required=True),
+        instant=dict(type="float"),
         lead_ms=dict(type="float", default=100.0),
         hold_ms=dict(type="float", default=50.0),
-    )),
+        offset_s=dict(type="float", default=0.0),
+        run_dir=dict(type="path"),
+        wait_s=dict(type="float", default=300.0),
+    ), required_one_of=[("instant", "run_dir")], mutually_exclusive=[("instant", "run_dir")]),
     **CONNECTION_ARGS
 )
 

@@ -17,6 +17,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catal
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._group import GroupQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._group import Rendezvous
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import GuardianQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._quiesce import Hooks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._setplan import host_plan
@@ -66,13 +67,34 @@ def take(client, call_client, plan, params, quiescer, hooks, host, log=None, war
 
 def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=None, warn=None):
     """The ebs_snapshot_set module (host mode): everything on this host, EC2 through ``aws.client(...)``
-    (the AnsibleAWSModule). A known ``set_id`` is reported (or waited for) instead of taking another set."""
+    (the AnsibleAWSModule). A known ``set_id`` is reported (or waited for) instead of taking another set.
+
+    A group member without an instant (``group.run_dir``) says in its run directory when it is ready (after its
+    plan and DryRun, before any application lock) and waits there for the instant (_group.Rendezvous); when it
+    fails before, it says why there."""
     client = aws.client("ec2", retry_decorator=ebs.RETRY)
     if params["set_id"]:
         found = ebs.existing_set(client, params["set_id"], check_mode, params["wait"], params["wait_timeout"],
                                  params["poll_interval"])
         if found is not None:
             return found
+    group = params.get("group")
+    rendezvous = None
+    if group and group.get("instant") is None and not check_mode:
+        rendezvous = Rendezvous(group["id"], group["run_dir"], group["wait_s"])
+        rendezvous.open()
+    try:
+        return _take_on_host(aws, client, params, runner, protect_paths, check_mode, log, warn, rendezvous)
+    except Exception as e:
+        if rendezvous is not None:
+            rendezvous.failed(getattr(e, "msg", None) or repr(e))
+        raise
+    finally:
+        if rendezvous is not None and rendezvous.is_ready:
+            rendezvous.close()
+
+
+def _take_on_host(aws, client, params, runner, protect_paths, check_mode, log, warn, rendezvous):
     plan = host_plan(client, params, protect_paths=protect_paths, runner=runner)
     for warning in plan["warnings"]:
         (warn or (lambda text: None))(warning)
@@ -91,8 +113,10 @@ def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=No
         if not plan["freeze_plan"]:
             raise StillpointError("group %s: this host has no filesystem to freeze, so it cannot hold its state at the "
                                   "group's instant; a group member needs freeze=true and mountpoints" % group["id"])
-        quiescer = GroupQuiescer(quiescer, group)
-        quiescer.check(params["freeze_deadline"])
+        quiescer = GroupQuiescer(quiescer, group, rendezvous=rendezvous, deadline=params["freeze_deadline"])
+        if rendezvous is None:
+            quiescer.check(params["freeze_deadline"])
+        hooks = quiescer.hooks(hooks)  # ready (and waiting for the instant) before the application is held
         params = dict(params, max_freeze_cycles=1, tags=dict(params["tags"], **{catalog.K_GROUP_ID: group["id"]}))
     try:
         result = take(client, aws.client("ec2", config=ebs.no_retry_config()), plan, params, quiescer, hooks,

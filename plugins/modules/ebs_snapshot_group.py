@@ -14,8 +14,12 @@ description:
   - The controller's half of a consistency group (C(docs/groups.md)); the hosts' half is
     M(stillpoint.snapshots.ebs_snapshot_set) with O(stillpoint.snapshots.ebs_snapshot_set#module:group). Role
     C(array_backup) runs the whole procedure with C(array_backup_group=true).
-  - O(state=armed) picks the group id and the common instant, O(arm_s) from now, and sizes the hold from the
-    clock errors measured on the hosts (M(stillpoint.snapshots.clock_offset)). It makes no AWS call.
+  - O(state=opened) only makes the group's id, for the hosts to start with (each prepares and waits, ready, for
+    the instant; C(docs/groups.md)). It makes no AWS call.
+  - O(state=armed) picks the group id (or takes O(group_id)) and the common instant, O(arm_s) from now, and sizes the
+    hold from the clock errors measured on the hosts (M(stillpoint.snapshots.clock_offset)). It makes no AWS call.
+    Role C(array_backup) arms only once every host is ready, so O(arm_s) only has to cover handing the instant to
+    the hosts (one task).
   - O(state=sealed) puts each member's frozen interval (on its own clock) on the controller's time line with the
     offsets measured before and after, and finds the instant every host was frozen at. With a positive margin the
     group is V(consistent) and every set is tagged with the verdict, the common instant, the margin and its host's
@@ -23,22 +27,25 @@ description:
     module fails (each set stays a valid set of its host; a group restore refuses the group). When a member failed,
     or a set of the group is missing or unreported, every set of the group is deleted (all or nothing) and the
     module fails.
-  - Run it once per group (C(run_once)) - O(state=armed) on the controller (C(delegate_to=localhost); it reads the
+  - Run it once per group (C(run_once)) - O(state=opened) and O(state=armed) on the controller (C(delegate_to=localhost); it reads the
     clock the offsets were measured against and needs no AWS access), O(state=sealed) where the group's AWS access is
     (in host mode, one host of the group).
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
   state:
-    description: V(armed) picks the instant; V(sealed) records the verdict.
+    description: V(opened) makes the group id; V(armed) picks the instant; V(sealed) records the verdict.
     type: str
-    choices: [armed, sealed]
+    choices: [opened, armed, sealed]
     required: true
   group_id:
     description: The group (C(bg-...)); required with O(state=sealed). With O(state=armed), a new id is made when unset.
     type: str
   arm_s:
-    description: Seconds from now to the common instant; every host must be waiting, its DryRun done, before then.
+    description:
+      - Seconds from now to the common instant; every host must have its instant, and be waiting (its DryRun done),
+        before then.
+      - Armed after every host is ready (role C(array_backup)), it only covers handing the instant over.
     type: float
     default: 20.0
   lead_ms:
@@ -65,7 +72,10 @@ options:
     elements: dict
     default: []
   clocks_before:
-    description: M(stillpoint.snapshots.clock_offset) on each host before the group's freeze.
+    description:
+      - M(stillpoint.snapshots.clock_offset) on each host before the group's freeze.
+      - With O(state=armed), when given, their C(error_s) size the hold (instead of O(clock_errors)) and their
+        C(measured_at) the drift allowed since they were measured.
     type: list
     elements: dict
     default: []
@@ -99,6 +109,14 @@ seealso:
 """
 
 EXAMPLES = r"""
+# role array_backup (array_backup_group=true) does all of this; docs/groups.md
+- name: A new group id, for the hosts to start with (each prepares, then waits ready for the instant)
+  stillpoint.snapshots.ebs_snapshot_group:
+    state: opened
+  run_once: true
+  delegate_to: localhost
+  register: opened
+
 - name: Agree on the instant
   stillpoint.snapshots.ebs_snapshot_group:
     state: armed
@@ -120,7 +138,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 group_id:
-  description: The group.
+  description: The group (with O(state=opened), a new one unless O(group_id) was given).
   returned: always
   type: str
   sample: bg-20261204T101500Z-1a2b3c
@@ -173,7 +191,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _group
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["armed", "sealed"], required=True),
+    state=dict(type="str", choices=["opened", "armed", "sealed"], required=True),
     group_id=dict(type="str"),
     arm_s=dict(type="float", default=20.0),
     lead_ms=dict(type="float", default=100.0),
@@ -191,8 +209,14 @@ def main():
                               required_if=[("state", "sealed", ["group_id"])])
     p = module.params
     try:
+        if p["state"] == "opened":
+            module.exit_json(changed=False, group_id=p["group_id"] or group.new_group_id())
         if p["state"] == "armed":
-            armed = group.arm(p["clock_errors"], time.time(), p["arm_s"], p["lead_ms"], p["hold_ms"], p["group_id"])
+            clocks = [c for c in p["clocks_before"] if c and "error_s" in c]
+            errors = [c["error_s"] for c in clocks] if clocks else p["clock_errors"]
+            measured = [float(c["measured_at"]) for c in clocks if c.get("measured_at")]
+            since = min(measured) if measured else None
+            armed = group.arm(errors, time.time(), p["arm_s"], p["lead_ms"], p["hold_ms"], p["group_id"], since=since)
             module.exit_json(changed=False, group_id=armed.pop("id"), **armed)
         members = group.host_parts(p["hosts"], p["set_results"], p["clocks_before"], p["clocks_after"])
         result = group.seal(module.client("ec2", retry_decorator=ebs.RETRY), p["group_id"], members, module.check_mode)

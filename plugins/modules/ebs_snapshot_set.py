@@ -296,30 +296,56 @@ options:
   group:
     description:
       - Take this host's set as a member of a consistency group (several hosts, one instant; host mode only). Usually
-        set by the M(stillpoint.snapshots.ebs_snapshot_group) procedure in role C(array_backup)
-        (C(array_backup_group=true)), which measures the hosts' clocks, agrees the instant and seals the group.
-      - After the DryRun check the module waits, nothing frozen, until O(group.lead_ms) before O(group.instant) on this
-        host's clock (it refuses when that moment has already passed; raise the play's C(forks) to the group size),
-        freezes, makes its one C(CreateSnapshots) call, keeps the filesystems frozen until O(group.hold_ms) after the
-        instant, and thaws. It returns its frozen interval on this host's real-time clock (RV(group)).
+        set by role C(array_backup) (C(array_backup_group=true)), which measures the hosts' clocks, opens the group
+        (M(stillpoint.snapshots.ebs_snapshot_group)), arms it once every host is ready and seals it.
+      - "With O(group.run_dir) (no O(group.instant)) the module plans and checks with a DryRun, writes C(ready <pid>) to
+        C(<run_dir>/state) (C(failed <pid>: <why>) when it fails before) and waits there, nothing frozen and no
+        application lock held, at most O(group.wait_s) seconds for the controller to write C(<run_dir>/go) - the
+        instant, lead and hold as JSON, or a release; it removes the directory once answered. Run it with C(async)
+        and C(poll=0) so that the controller can hand the instant over while it waits (docs/groups.md)."
+      - With O(group.instant) (given up front) it waits for it directly after the DryRun check.
+      - It then waits, nothing frozen, until the lead before the instant on this host's clock (the instant plus
+        O(group.offset_s)); it refuses when that moment has already passed. It freezes, makes its one C(CreateSnapshots)
+        call, keeps the filesystems frozen until the hold after the instant, and thaws. It returns its frozen interval
+        on this host's real-time clock (RV(group)).
       - The set is tagged with the group id and stays C(pending) in the catalog until the group is sealed.
       - Needs filesystems to freeze (a host that cannot hold its state cannot share an instant); one freeze cycle only.
     type: dict
     suboptions:
       id:
-        description: The group id (C(bg-...), from M(stillpoint.snapshots.ebs_snapshot_group) O(stillpoint.snapshots.ebs_snapshot_group#module:state=armed)).
+        description: The group id (C(bg-...), from M(stillpoint.snapshots.ebs_snapshot_group)).
         type: str
         required: true
       instant:
-        description: The common instant, seconds since the epoch (UTC) on synchronized clocks.
+        description:
+          - The common instant, seconds since the epoch (UTC) on the controller's clock, given up front.
+          - Exactly one of O(group.instant) and O(group.run_dir).
         type: float
-        required: true
+      run_dir:
+        description:
+          - This member's private run directory, C(<base>/<group id>/<member>), made here (mode 0700; refused when it
+            exists). Leftovers of killed runs under the same base (their module gone) are removed.
+          - Exactly one of O(group.instant) and O(group.run_dir).
+        type: path
+      wait_s:
+        description: With O(group.run_dir), how long the module waits, ready, for its instant before it refuses (at most 3600).
+        type: float
+        default: 300.0
+      offset_s:
+        description:
+          - This host's clock minus the controller's (RV(stillpoint.snapshots.clock_offset#module:offset_s)); the
+            instant is read on this host's clock as O(group.instant) plus this, so that the hosts' frozen intervals
+            overlap in true time when their clocks differ. 0 trusts this host's clock.
+        type: float
+        default: 0.0
       lead_ms:
-        description: How long before the instant the freeze starts (the kernel's freeze must be done by then).
+        description: How long before the instant the freeze starts (the kernel's freeze must be done by then); with
+          O(group.run_dir) the controller's answer gives it.
         type: float
         default: 100.0
       hold_ms:
-        description: How long after the instant the freeze is held, at least (covers the hosts' clock error).
+        description: How long after the instant the freeze is held, at least (covers the hosts' clock error); with
+          O(group.run_dir) the controller's answer gives it.
         type: float
         default: 50.0
 extends_documentation_fragment:
@@ -329,6 +355,11 @@ extends_documentation_fragment:
   - stillpoint.snapshots.attributes
   - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: partial
+    details: Host mode only - the module runs once in the background and waits for completion itself (no progress
+      lines); a group member started with O(group.run_dir) needs it.
   check_mode:
     support: full
     details: Resolves mountpoints and volumes and returns the plan (and the hooks that would run, RV(actions));
@@ -459,12 +490,14 @@ application:
   type: dict
 group:
   description:
-    - With O(group), this host's part of the consistency group - C(id), C(instant), C(lead_ms), C(hold_ms), and
+    - With O(group), this host's part of the consistency group - C(id), C(instant) (controller clock), C(offset_ms) and
+      C(local_instant) (the instant on this host's clock), C(lead_ms), C(hold_ms), and
       C(frozen) (the frozen interval, C([frozen_at, thawing_at]), seconds since the epoch on this host's clock;
       measured after the freeze returned and before the thaw was asked, so inside the real frozen interval),
-      C(window_ms), C(late_ms) (how late the freeze started after O(group.lead_ms) before the instant),
-      C(waited_ms) (how long this host waited, ready, for the freeze to start - the slack left of the group's arming
-      time) and C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be).
+      C(window_ms), C(late_ms) (how late the freeze started after the lead before the instant),
+      C(waited_ms) (how long this host waited, with its instant, for the freeze to start - the slack left of the group's
+      arming time), C(waited_for_instant_ms) (with O(group.run_dir), how long it waited, ready, for the instant) and
+      C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be).
   returned: when O(group) is set and the freeze happened
   type: dict
 plan:

@@ -2,6 +2,11 @@
 """Consistency groups, the pure parts (plugins/module_utils/_group.py): the host's schedule around the instant
 on an injected clock, the clock offset from round trips, and the verdict from the hosts' intervals."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _group as group
@@ -172,3 +177,137 @@ def test_member_from_registered_results():
     assert group.member({"failed": True, "msg": "boom"}, clock, clock)["failed"] == "boom"
     assert group.member({}, clock, clock)["failed"]
     assert "not measured" in group.member({"set_id": "bs-1", "group": {"frozen": [1, 2]}}, clock, {})["failed"]
+
+
+# --------------------------------------------------------------------------- armed after the hosts are ready
+
+GID = "bg-20261204T100000Z-abcdef"
+
+
+def rendezvous(tmp_path, clock, member="h1", wait_s=30.0, gid=GID):
+    return group.Rendezvous(gid, str(tmp_path / "run" / gid / member), wait_s, clock=clock, sleep=clock.sleep)
+
+
+def answer(tmp_path, text, member="h1"):
+    with open(str(tmp_path / "run" / GID / member / "go"), "w") as handle:
+        handle.write(text)
+
+
+def test_a_member_says_ready_then_reads_the_instant_on_its_own_clock_by_its_offset(tmp_path):
+    clock = Clock(1000.0)
+    rv = rendezvous(tmp_path, clock)
+    rv.open()
+    state = tmp_path / "run" / GID / "h1" / "state"
+    assert state.read_text().split() == ["starting", str(os.getpid())]
+    assert oct((tmp_path / "run" / GID / "h1").stat().st_mode & 0o777) == "0o700"
+    inner = Inner(clock)
+    # this host's clock is 2.0 s ahead of the controller's: the instant 1010.0 (controller) is 1012.0 here
+    q = group.GroupQuiescer(inner, {"id": GID, "offset_s": 2.0}, clock=clock, sleep=clock.sleep, rendezvous=rv,
+                            deadline=10.0)
+    real_sleep = clock.sleep
+
+    def sleep(seconds):  # the controller answers while this host waits
+        if clock.now >= 1001.0 and state.exists() and not (state.parent / "go").exists():
+            assert state.read_text().split()[0] == "ready"
+            answer(tmp_path, json.dumps({"id": GID, "instant": 1010.0, "lead_ms": 50.0, "hold_ms": 80.0}))
+        real_sleep(seconds)
+
+    clock.sleep = rv.sleep = q.sleep = sleep
+    q.freeze()
+    assert inner.events == [("freeze", pytest.approx(1011.95))]
+    q.called(True)
+    q.thaw()
+    assert inner.events[1] == ("thaw", pytest.approx(1012.08))
+    assert q.record["instant"] == 1010.0 and q.record["local_instant"] == pytest.approx(1012.0)
+    assert q.record["offset_ms"] == pytest.approx(2000.0)
+    assert q.record["waited_for_instant_ms"] == pytest.approx(1000.0, abs=60.0)
+    assert not (tmp_path / "run" / GID).exists()  # the member's directory (and the empty group's) removed
+
+
+def test_ready_comes_before_the_application_is_held(tmp_path):
+    clock = Clock(1000.0)
+    rv = rendezvous(tmp_path, clock)
+    rv.open()
+    answer(tmp_path, json.dumps({"id": GID, "instant": 1010.0, "lead_ms": 50.0, "hold_ms": 80.0}))
+    events = []
+
+    class App:
+        held = True
+
+        def pre(self):
+            events.append(("held", rv.is_ready))
+            return True, {}
+
+        def post(self):
+            return True, {}
+
+    q = group.GroupQuiescer(Inner(clock), {"id": GID}, clock=clock, sleep=clock.sleep, rendezvous=rv, deadline=10.0)
+    hooks = q.hooks(App())
+    assert hooks.held is True and q.hooks(None) is None
+    hooks.pre()
+    assert events == [("held", True)] and q.group["instant"] == 1010.0
+
+
+def test_a_released_member_or_one_without_an_instant_refuses_with_nothing_frozen(tmp_path):
+    clock = Clock(1000.0)
+    rv = rendezvous(tmp_path, clock)
+    rv.open()
+    answer(tmp_path, json.dumps({"abort": "not every host of the group was ready: h2"}))
+    inner = Inner(clock)
+    q = group.GroupQuiescer(inner, {"id": GID}, clock=clock, sleep=clock.sleep, rendezvous=rv, deadline=10.0)
+    with pytest.raises(StillpointError, match="released by the controller before any freeze.*h2"):
+        q.freeze()
+    assert inner.events == [] and not (tmp_path / "run" / GID).exists()
+
+    rv = rendezvous(tmp_path, clock, wait_s=5.0)
+    rv.open()
+    q = group.GroupQuiescer(inner, {"id": GID}, clock=clock, sleep=clock.sleep, rendezvous=rv, deadline=10.0)
+    with pytest.raises(StillpointError, match="no instant from the controller within 5 s"):
+        q.freeze()
+    assert inner.events == [] and clock.now == pytest.approx(1005.0, abs=0.05)
+    assert not (tmp_path / "run" / GID).exists()
+
+    # an answer that comes too late for the lead, or for another group: refused before the freeze
+    for text, match in ((json.dumps({"id": GID, "instant": clock.now + 0.01, "lead_ms": 50.0, "hold_ms": 80.0}), "too late"),
+                        (json.dumps({"id": "bg-other", "instant": clock.now + 5}), "another group"),
+                        ("{", "not JSON")):
+        rv = rendezvous(tmp_path, clock)
+        rv.open()
+        answer(tmp_path, text)
+        q = group.GroupQuiescer(inner, {"id": GID}, clock=clock, sleep=clock.sleep, rendezvous=rv, deadline=10.0)
+        with pytest.raises(StillpointError, match=match):
+            q.freeze()
+        assert inner.events == []
+
+
+def test_a_member_that_fails_before_ready_says_why_and_leftovers_of_dead_runs_are_removed(tmp_path):
+    clock = Clock(1000.0)
+    rv = rendezvous(tmp_path, clock)
+    rv.open()
+    rv.failed("/data is not a\nmountpoint")
+    text = (tmp_path / "run" / GID / "h1" / "state").read_text()
+    assert text == "failed %d: /data is not a mountpoint\n" % os.getpid()
+    # a killed run's member (its pid gone) and a live one of another group
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for gid, pid in (("bg-killed", dead.pid), ("bg-live", os.getpid())):
+        path = tmp_path / "run" / gid / "h1"
+        path.mkdir(parents=True)
+        (path / "state").write_text("ready %d\n" % pid)
+    nxt = rendezvous(tmp_path, clock, gid="bg-next")
+    nxt.open()
+    assert nxt.pruned == [str(tmp_path / "run" / "bg-killed" / "h1")]
+    assert sorted(os.listdir(str(tmp_path / "run"))) == sorted(["bg-live", "bg-next", GID])  # GID's member is alive
+    with pytest.raises(StillpointError, match="already exists"):
+        rendezvous(tmp_path, clock, gid="bg-next").open()
+    for bad in ("relative/bg-next/h1", str(tmp_path / "run" / "bg-other" / "h1"), str(tmp_path / "run" / "bg-next" / "h 1")):
+        with pytest.raises(StillpointError, match="run_dir"):
+            group.Rendezvous("bg-next", bad, 10.0)
+    with pytest.raises(StillpointError, match="wait_s"):
+        group.Rendezvous("bg-next", str(tmp_path / "run" / "bg-next" / "h1"), 0)
+
+
+def test_arm_counts_the_drift_since_the_clocks_were_measured():
+    armed = group.arm([0.004, 0.030], now=100.0, arm_s=15, lead_ms=40, hold_ms=50, since=40.0, group_id="bg-x")
+    assert armed["hold_ms"] == pytest.approx(101.0)  # 2 x (30 ms + (15 + 30 + 60) s x 100 ppm) + 20 ms
+    assert armed["id"] == "bg-x"
