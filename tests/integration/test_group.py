@@ -7,10 +7,19 @@ A writer appends a shared sequence number to the three hosts' filesystems in tur
 after record n returned: the causal order across hosts). After a group restore, the records on the three
 restored filesystems together must be exactly 1..k: no host holds a record that follows one missing on
 another host. An injected clock offset (one host's Python reads a clock 0.5 s ahead, a sitecustomize on its
-interpreter, outside the collection) makes the run refuse to call the group consistent; a host whose freeze
-fails (its filesystem already frozen by someone else) leaves no set of the group and every host thawed.
+interpreter, outside the collection) is measured and corrected: each host reads the instant on its own clock
+translated by its measured offset, and the group is consistent. The same offset makes the run refuse to call
+the group consistent when the hosts trust their clocks (array_backup_group_correct_offsets=false): the proof
+does not rely on the correction. A host whose freeze fails (its filesystem already frozen by someone else)
+leaves no set of the group and every host thawed.
+
+The group is armed only once every host is ready: a host that never becomes ready (a mountpoint that is not
+one) releases the others with nothing frozen and nothing created; a run killed while its hosts wait, ready,
+freezes nothing (the hosts give up after their budget and remove their run directories), and the next run,
+started while they still wait, is not affected.
 """
 
+import glob
 import json
 import os
 import signal
@@ -25,6 +34,7 @@ from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
+from tests.support.world import ansible_env
 from tests.support.world import run_playbook
 from tests.support.world import task_hosts
 
@@ -32,7 +42,8 @@ pytestmark = pytest.mark.skipif(missing_requirements("ext4") is not None, reason
 
 BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
-TAKE = "Take the backup set (discover, quiesce, freeze, one CreateSnapshots call, thaw, wait, mark complete)"
+TAKE = ("Collect this host's member of the group (ready, armed, frozen at the instant, one CreateSnapshots call, thaw, "
+        "wait, mark complete)")
 SEAL = "Seal the group (the common instant from the hosts' frozen intervals and clocks, or all sets deleted)"
 HOSTS = ("g1", "g2", "g3")
 RECORDS = "records"
@@ -58,7 +69,7 @@ SKEW = textwrap.dedent("""
 """)
 
 
-def inventory(tmp_path, instances, skew=None):
+def inventory(tmp_path, instances, skew=None, mountpoints=None):
     hosts = {}
     for name, inst in zip(HOSTS, instances):
         hosts[name] = {
@@ -67,6 +78,8 @@ def inventory(tmp_path, instances, skew=None):
             "array_backup_by_id_dir": inst.by_id_dir,
             "array_restore_instance_id": inst.instance_id, "array_restore_by_id_dir": inst.by_id_dir,
         }
+    for name, mounts in (mountpoints or {}).items():
+        hosts[name]["array_backup_mountpoints"] = mounts
     if skew:
         name, seconds = skew
         site = tmp_path / "skewed-site"
@@ -76,7 +89,7 @@ def inventory(tmp_path, instances, skew=None):
         wrapper.write_text("#!/bin/sh\nPYTHONPATH=%s exec %s \"$@\"\n" % (site, sys.executable))
         wrapper.chmod(0o755)
         hosts[name]["ansible_python_interpreter"] = str(wrapper)
-    path = tmp_path / ("inventory-%s.json" % (skew[0] if skew else "plain"))
+    path = tmp_path / ("inventory-%s%s.json" % (skew[0] if skew else "plain", "-mounts" if mountpoints else ""))
     path.write_text(json.dumps({"shards": {"hosts": hosts}}))
     return str(path)
 
@@ -84,8 +97,10 @@ def inventory(tmp_path, instances, skew=None):
 def backup(ec2, inv, name, **extra):
     return run_playbook(BACKUP, ec2, dict({
         "backup_hosts": "shards", "backup_become": False, "array_backup_group": True,
-        # a loaded machine: room for three hosts' planning before the instant, and for their freezes before it
-        "array_backup_group_arm_s": 30, "array_backup_group_lead_ms": 300, "array_backup_name": name, "array_backup_keep_last": 0,
+        # armed once the three hosts are ready: the arm covers handing the instant over (one local task); a loaded
+        # machine: room for the freezes before the instant; a host not ready within a minute fails the run
+        "array_backup_group_arm_s": 8, "array_backup_group_lead_ms": 300, "array_backup_group_ready_timeout": 60,
+        "array_backup_name": name, "array_backup_keep_last": 0,
         "array_backup_aws_endpoint_url": ec2.url, "array_backup_aws_region": ec2.region,
         "array_backup_poll_interval": 0.2}, **extra), inventory=inv)
 
@@ -184,7 +199,8 @@ def test_group_restore_refusals(ec2, shards, tmp_path):
 
 def test_an_injected_clock_offset_makes_the_run_refuse_to_call_the_group_consistent(ec2, shards, tmp_path):
     inv = inventory(tmp_path, shards, skew=("g3", 0.5))
-    rc, _res, raw = backup(ec2, inv, "group-skew")
+    # the hosts trust their clocks: each reads the common instant on its own clock, g3's being 0.5 s off
+    rc, _res, raw = backup(ec2, inv, "group-skew", array_backup_group_correct_offsets=False)
     assert rc != 0
     seal = next(iter(task_hosts(raw, SEAL).values()))
     assert seal["failed"] and seal["verdict"] == "inconsistent", seal
@@ -221,5 +237,132 @@ def test_one_host_failing_its_freeze_leaves_no_set_of_the_group_and_every_host_t
     assert "g2" in " ".join(seal["problems"])
     assert len(seal["rollback"]["deleted"]) == 2
     assert group_snapshots(ec2, seal["group_id"]) == []
+    for inst in shards:
+        assert not probe_frozen(inst.mountpoints[0])
+
+
+def test_an_injected_clock_offset_is_measured_and_corrected_each_host_freezing_at_the_instant_on_its_own_clock(
+        ec2, shards, tmp_path):
+    inv = inventory(tmp_path, shards, skew=("g3", 0.5))
+    rc, _res, raw = backup(ec2, inv, "group-skew-corrected")
+    seal = next(iter(task_hosts(raw, SEAL).values()))
+    assert rc == 0, json.dumps(seal, indent=1)[:3000]
+    assert seal["verdict"] == "consistent" and seal["margin_ms"] > 0
+    g3 = seal["hosts"]["g3"]
+    assert abs(g3["offset_ms"] - 500.0) < g3["error_ms"] + 5.0, g3
+    takes = task_hosts(raw, TAKE)
+    for host, part in seal["hosts"].items():
+        assert part["frozen"][0] < seal["instant"] < part["frozen"][1], (host, part, seal["instant"])
+    # g3 read the instant 0.5 s later on its clock (its measured offset), so its interval on its own clock is
+    # 0.5 s later than g1's, and on the controller's time line the two overlap
+    assert abs(takes["g3"]["group"]["offset_ms"] - 500.0) < 50.0, takes["g3"]["group"]
+    shift = takes["g3"]["group"]["frozen"][0] - takes["g1"]["group"]["frozen"][0]
+    assert abs(shift - 0.5) < 0.2, shift
+    tags = group_snapshots(ec2, seal["group_id"])
+    assert len(tags) == 3 and all(json.loads(t["stillpoint:group"])["verdict"] == "consistent" for t in tags)
+
+
+def test_a_host_that_never_becomes_ready_releases_the_others_with_nothing_frozen(ec2, shards, tmp_path):
+    inv = inventory(tmp_path, shards, mountpoints={"g2": [str(tmp_path / "not-a-mountpoint")]})
+    run_dir = tmp_path / "run"
+    rc, _res, raw = backup(ec2, inv, "group-not-ready", array_backup_group_run_dir=str(run_dir))
+    assert rc != 0
+    takes = task_hosts(raw, TAKE)
+    assert takes["g2"]["failed"] and "not-a-mountpoint" in takes["g2"]["msg"], takes["g2"]
+    for host in ("g1", "g3"):
+        assert takes[host]["failed"] and "released by the controller before any freeze" in takes[host]["msg"]
+        assert "g2" in takes[host]["msg"] and "group" not in takes[host], takes[host]
+    seal = next(iter(task_hosts(raw, SEAL).values()))
+    assert seal["failed"] and seal["verdict"] == "failed" and seal["sets"] == []
+    assert "g2" in " ".join(seal["problems"])
+    # nothing was frozen or created: no CreateSnapshots call but the DryRun probes, no set, no run directory left
+    assert ec2.calls("CreateSnapshots") == []
+    assert len(ec2.calls("CreateSnapshots", dry_run=None)) == 2
+    assert group_snapshots(ec2, seal["group_id"]) == []
+    assert os.listdir(str(run_dir)) == []
+    for inst in shards:
+        assert not probe_frozen(inst.mountpoints[0])
+
+
+def _descendants(pid):
+    """The pids whose parent chain leads to ``pid`` (read from /proc now)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        children = [p for p, parent in parents.items() if parent == current]
+        out += children
+        todo += children
+    return out
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with open("/proc/%d/stat" % pid) as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_run_is_not_affected(ec2, shards, tmp_path):
+    inv = inventory(tmp_path, shards)
+    run_dir = tmp_path / "run"
+    extra = {"backup_hosts": "shards", "backup_become": False, "array_backup_group": True,
+             "array_backup_group_arm_s": 5, "array_backup_group_lead_ms": 300, "array_backup_group_ready_timeout": 10,
+             "array_backup_group_run_dir": str(run_dir), "array_backup_name": "group-killed",
+             "array_backup_keep_last": 0, "array_backup_aws_endpoint_url": ec2.url,
+             "array_backup_aws_region": ec2.region, "array_backup_poll_interval": 0.2}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inv, BACKUP, "-e", json.dumps(extra)]
+    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waiting = {}
+    try:
+        deadline = time.time() + 300
+        while len(waiting) < len(HOSTS) and time.time() < deadline and controller.poll() is None:
+            waiting = {}
+            for state in glob.glob(str(run_dir / "*" / "*" / "state")):
+                with open(state) as handle:
+                    text = handle.read().split()
+                if text[:1] == ["ready"]:
+                    waiting[os.path.basename(os.path.dirname(state))] = (int(text[1]), os.path.dirname(state))
+            time.sleep(0.02)
+        workers = _descendants(controller.pid)
+        controller.kill()  # the controller dies with every host ready and waiting for its instant
+        controller.wait()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    assert sorted(waiting) == list(HOSTS), waiting
+    assert not any(os.path.exists(os.path.join(d, "go")) for _pid, d in waiting.values()), "the instant was handed over"
+    members = [pid for pid, _d in waiting.values()]
+    assert all(_alive(pid) for pid in members)  # still waiting, nothing frozen
+    for inst in shards:
+        assert not probe_frozen(inst.mountpoints[0])
+
+    # the next run, with a new group id, while the killed run's hosts still wait
+    rc, _res, raw = backup(ec2, inv, "group-after-kill", array_backup_group_run_dir=str(run_dir))
+    seal = next(iter(task_hosts(raw, SEAL).values()))
+    assert rc == 0, json.dumps(seal, indent=1)[:3000]
+    assert seal["verdict"] == "consistent"
+    assert len(ec2.calls("CreateSnapshots")) == 3  # the next run's; the killed run created nothing
+
+    # the killed run's hosts give up after their budget (ready_timeout + arm_s + 30 s), remove their directories
+    deadline = time.time() + 10 + 5 + 30 + 30
+    while any(_alive(pid) for pid in members) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in members)
+    assert os.listdir(str(run_dir)) == []
+    assert len(ec2.calls("CreateSnapshots")) == 3
     for inst in shards:
         assert not probe_frozen(inst.mountpoints[0])
