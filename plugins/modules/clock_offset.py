@@ -17,6 +17,11 @@ description:
     asymmetry of the path.
   - The clock is read by the host's Python interpreter (the one the modules run with), so the offset is that of
     the clock the collection's modules see.
+  - With O(reader=persistent) one such Python process is started on the host (in the task's remote temporary
+    directory, detached, ending after the samples or at the latest 30 s + 10 s a sample later) and answers every
+    sample; each sample is one command through the connection that writes a nonce to the reader's request FIFO and
+    reads its answer, so the round trip (and the error bound) no longer includes a Python start-up.
+    O(reader=fresh) starts a new Python for each sample.
   - Used by consistency groups (M(stillpoint.snapshots.ebs_snapshot_group)) before and after the hosts' freezes.
   - An action plugin; the host needs only its Python interpreter. Changes nothing.
 author:
@@ -26,6 +31,11 @@ options:
     description: How many round trips to make (at least 1).
     type: int
     default: 5
+  reader:
+    description: V(persistent) - one reader process on the host answers every sample; V(fresh) - a new Python per sample.
+    type: str
+    choices: [persistent, fresh]
+    default: persistent
 extends_documentation_fragment:
   - stillpoint.snapshots.attributes.info_module
 """
@@ -56,6 +66,10 @@ samples:
   description: How many round trips were made.
   returned: success
   type: int
+reader:
+  description: The reader used (O(reader)).
+  returned: success
+  type: str
 measured_at:
   description: When the kept reading was made, on the controller's clock (epoch seconds).
   returned: success
@@ -66,7 +80,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(samples=dict(type="int", default=5)), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=dict(samples=dict(type="int", default=5),
+                                              reader=dict(type="str", choices=["persistent", "fresh"],
+                                                          default="persistent")),
+                           supports_check_mode=True)
     module.fail_json(msg="stillpoint.snapshots.clock_offset runs as an action plugin (it needs the controller's clock)")
 
 

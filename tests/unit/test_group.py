@@ -311,3 +311,34 @@ def test_arm_counts_the_drift_since_the_clocks_were_measured():
     armed = group.arm([0.004, 0.030], now=100.0, arm_s=15, lead_ms=40, hold_ms=50, since=40.0, group_id="bg-x")
     assert armed["hold_ms"] == pytest.approx(101.0)  # 2 x (30 ms + (15 + 30 + 60) s x 100 ppm) + 20 ms
     assert armed["id"] == "bg-x"
+
+
+# --------------------------------------------------------------------------- the persistent clock reader
+
+class LocalConnection:
+    """What clock_offset's action uses of ActionBase, on this host: a temporary directory and shell commands."""
+
+    def __init__(self, tmp_path):
+        self.tmp = str(tmp_path)
+        self.commands = []
+
+    def _make_tmp_path(self):
+        return self.tmp
+
+    def _low_level_execute_command(self, cmd):
+        self.commands.append(cmd)
+        proc = subprocess.run(["/bin/sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=30, check=False)
+        return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def test_one_reader_process_answers_every_sample_within_its_round_trip(tmp_path):
+    from ansible_collections.stillpoint.snapshots.plugins.action.clock_offset import ActionModule
+
+    conn = LocalConnection(tmp_path)
+    out = ActionModule._measure_persistent(conn, 4, sys.executable)
+    assert out["reader"] == "persistent" and out["samples"] == 4
+    assert abs(out["offset_s"]) <= out["error_s"] + 0.001  # the same clock: no offset beyond the bound
+    assert len(conn.commands) == 5 and sys.executable in conn.commands[0]
+    assert all("python" not in cmd for cmd in conn.commands[1:])  # no Python started per sample
+    assert sorted(os.listdir(str(tmp_path))) == ["answer", "ask"]
