@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -68,8 +69,16 @@ SKEW = textwrap.dedent("""
     time.time_ns = lambda: _real_ns() + int({skew} * 1e9)
 """)
 
+# a clock stepped after it was measured: this host's Python reads time 0.5 s ahead once the flag file exists
+SKEW_AFTER = textwrap.dedent("""
+    import os, time
+    _real_time, _real_ns, _flag = time.time, time.time_ns, {flag!r}
+    time.time = lambda: _real_time() + ({skew} if os.path.exists(_flag) else 0.0)
+    time.time_ns = lambda: _real_ns() + (int({skew} * 1e9) if os.path.exists(_flag) else 0)
+""")
 
-def inventory(tmp_path, instances, skew=None, mountpoints=None):
+
+def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None):
     hosts = {}
     for name, inst in zip(HOSTS, instances):
         hosts[name] = {
@@ -84,12 +93,14 @@ def inventory(tmp_path, instances, skew=None, mountpoints=None):
         name, seconds = skew
         site = tmp_path / "skewed-site"
         site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(SKEW.format(skew=seconds))
+        (site / "sitecustomize.py").write_text(SKEW_AFTER.format(skew=seconds, flag=str(step_flag)) if step_flag
+                                               else SKEW.format(skew=seconds))
         wrapper = tmp_path / "python-skewed"
         wrapper.write_text("#!/bin/sh\nPYTHONPATH=%s exec %s \"$@\"\n" % (site, sys.executable))
         wrapper.chmod(0o755)
         hosts[name]["ansible_python_interpreter"] = str(wrapper)
-    path = tmp_path / ("inventory-%s%s.json" % (skew[0] if skew else "plain", "-mounts" if mountpoints else ""))
+    path = tmp_path / ("inventory-%s%s%s.json" % (skew[0] if skew else "plain", "-mounts" if mountpoints else "",
+                                                  "-step" if step_flag else ""))
     path.write_text(json.dumps({"shards": {"hosts": hosts}}))
     return str(path)
 
@@ -260,6 +271,45 @@ def test_an_injected_clock_offset_is_measured_and_corrected_each_host_freezing_a
     assert abs(shift - 0.5) < 0.2, shift
     tags = group_snapshots(ec2, seal["group_id"])
     assert len(tags) == 3 and all(json.loads(t["stillpoint:group"])["verdict"] == "consistent" for t in tags)
+
+
+def test_a_clock_stepped_after_its_measurement_makes_the_run_refuse_the_group(ec2, shards, tmp_path):
+    """The correction uses the offset measured before; a clock stepped after that (here 0.5 s, once g3 is ready,
+    before the freeze) puts g3's freeze 0.5 s away from the others in true time. The measurement after sees the step:
+    no offset fits both, the group fails and every set is deleted."""
+    flag = tmp_path / "stepped"
+    inv = inventory(tmp_path, shards, skew=("g3", 0.5), step_flag=flag)
+    run_dir = tmp_path / "run"
+    stop = threading.Event()
+
+    def step_when_ready():
+        while not stop.is_set():
+            for state in glob.glob(str(run_dir / "*" / "g3" / "state")):
+                try:
+                    with open(state) as handle:
+                        if handle.read().startswith("ready"):
+                            flag.write_text("now")
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    stepper = threading.Thread(target=step_when_ready)
+    stepper.start()
+    try:
+        rc, _res, raw = backup(ec2, inv, "group-step", array_backup_group_run_dir=str(run_dir))
+    finally:
+        stop.set()
+        stepper.join()
+    assert flag.exists(), "g3 never became ready"
+    assert rc != 0
+    seal = next(iter(task_hosts(raw, SEAL).values()))
+    assert seal["failed"] and seal["verdict"] == "failed", seal
+    assert any(p.startswith("g3:") and "stepped" in p for p in seal["problems"]), seal["problems"]
+    assert len(seal["rollback"]["deleted"]) == 3
+    assert group_snapshots(ec2, seal["group_id"]) == []
+    for inst in shards:
+        assert not probe_frozen(inst.mountpoints[0])
 
 
 def test_a_host_that_never_becomes_ready_releases_the_others_with_nothing_frozen(ec2, shards, tmp_path):
