@@ -114,8 +114,8 @@ class Rendezvous:
         """Make the run directory (and its parents, 0700) and say ``starting``; remove dead runs' leftovers."""
         self.prune()
         for attempt in (1, 2):
-            os.makedirs(os.path.dirname(self.dir), mode=0o700, exist_ok=True)
             try:
+                os.makedirs(os.path.dirname(self.dir), mode=0o700, exist_ok=True)
                 os.mkdir(self.dir, 0o700)
                 break
             except FileExistsError as e:
@@ -124,6 +124,10 @@ class Rendezvous:
             except FileNotFoundError:  # the group's directory, empty, removed by a member closing just then
                 if attempt == 2:
                     raise
+            except OSError as e:
+                raise StillpointError("group %s: cannot make the run directory %s (%s): the group's members need a "
+                                      "private directory there (become root, or another array_backup_group_run_dir); "
+                                      "nothing was frozen" % (self.id, self.dir, e.strerror or e)) from e
         self.opened = True
         self._state("starting")
 

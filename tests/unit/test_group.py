@@ -305,6 +305,9 @@ def test_a_member_that_fails_before_ready_says_why_and_leftovers_of_dead_runs_ar
             group.Rendezvous("bg-next", bad, 10.0)
     with pytest.raises(StillpointError, match="wait_s"):
         group.Rendezvous("bg-next", str(tmp_path / "run" / "bg-next" / "h1"), 0)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StillpointError, match="cannot make the run directory.*array_backup_group_run_dir"):
+        group.Rendezvous("bg-next", str(tmp_path / "a-file" / "bg-next" / "h1"), 10.0).open()
 
 
 def test_arm_counts_the_drift_since_the_clocks_were_measured():
