@@ -14,16 +14,24 @@ client-side deadline that kills the session if the server overstays it).
 Under the lock the binary log position and the GTID position are read; after the thaw the same session
 answers again (same connection id: the lock was never released) and the positions must be unchanged
 (no commit slipped through). Only then is the lock confirmed.
+
+Before the lock the server's own settings are read and recorded (:func:`server_record`) for a restore drill that
+starts a private server on a copy of the set (``_app_recover.prepare_mariadb``): ``paths`` (``data_directory``, and
+where they differ from the defaults the binary log's base name and index, ``innodb_log_group_home_dir``,
+``innodb_data_home_dir``, ``innodb_undo_directory``) and ``innodb`` (page size, redo log file size). No credentials.
+Every one of those paths must lie on the set's filesystems.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import time
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import Coprocess
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import SqlQuiescer
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -34,7 +42,12 @@ CLIENT_FLAGS = ["--batch", "--skip-column-names", "--unbuffered", "--force", "--
 BACKUP_STAGES = ("BACKUP STAGE START", "BACKUP STAGE FLUSH", "BACKUP STAGE BLOCK_DDL", "BACKUP STAGE BLOCK_COMMIT")
 ERROR_RE = re.compile(r"^ERROR (\d+)", re.M)
 INFO_SQL = ("SELECT CONNECTION_ID(), VERSION(), @@datadir, @@log_bin, IFNULL(@@log_bin_basename, ''), "
-            "@@innodb_log_group_home_dir")
+            "IFNULL(@@innodb_log_group_home_dir, ''), IFNULL(@@log_bin_index, ''), IFNULL(@@innodb_data_home_dir, ''), "
+            "IFNULL(@@innodb_undo_directory, ''), @@innodb_page_size, @@innodb_log_file_size")
+INFO_COLUMNS = ("connection_id", "version", "datadir", "log_bin", "log_bin_basename", "innodb_log_group_home_dir",
+                "log_bin_index", "innodb_data_home_dir", "innodb_undo_directory", "innodb_page_size",
+                "innodb_log_file_size")
+DRILL_FIELDS = ("paths", "innodb")  # what a drill's private server needs; dropped when the record would not fit
 
 
 def parse_version(text):
@@ -61,6 +74,43 @@ def parse_master_status(text):
         if len(cols) >= 2 and cols[1].isdigit():
             return cols[0], int(cols[1])
     return None, None
+
+
+def server_record(cols):
+    """The ``INFO_SQL`` answer (tab-separated columns) -> ``(connection id, version, record)``: ``record`` holds
+    ``server_version``, ``paths`` (absolute, normalised; a relative setting is relative to the data directory; the
+    defaults - redo and InnoDB data in the data directory, the binlog index beside the binlog - left out) and
+    ``innodb`` (``page_size``, ``log_file_size``: a server started on a copy must use the same)."""
+    row = dict(zip(INFO_COLUMNS, cols + [""] * (len(INFO_COLUMNS) - len(cols))))
+    datadir = os.path.normpath(row["datadir"])
+
+    def absolute(value):
+        return os.path.normpath(value if os.path.isabs(value) else os.path.join(datadir, value))
+
+    paths = {"data_directory": datadir}
+    if row["log_bin"] == "1" and row["log_bin_basename"]:
+        paths["log_bin_basename"] = absolute(row["log_bin_basename"])
+        if row["log_bin_index"] and absolute(row["log_bin_index"]) != paths["log_bin_basename"] + ".index":
+            paths["log_bin_index"] = absolute(row["log_bin_index"])
+    for key in ("innodb_log_group_home_dir", "innodb_data_home_dir", "innodb_undo_directory"):
+        if row[key] and absolute(row[key]) != datadir:
+            paths[key] = absolute(row[key])
+    innodb = {k: int(row["innodb_" + k]) for k in ("page_size", "log_file_size") if row["innodb_" + k].isdigit()}
+    return int(row["connection_id"]), row["version"], {"server_version": row["version"], "paths": paths,
+                                                       "innodb": innodb}
+
+
+def fit_record(record):
+    """The record as the catalog stores it (``stillpoint:app``, chunked by _catalog.encode_json). When the drill's
+    fields would make it too long for the catalog, they are left out (and ``drill`` says why), never the lock's."""
+    try:
+        _catalog.encode_json(_catalog.K_APP, record, what="application record")
+        return record
+    except StillpointError:
+        out = {k: v for k, v in record.items() if k not in DRILL_FIELDS}
+        out["drill"] = "paths not recorded: %d characters of JSON would exceed the catalog's tags" % len(
+            json.dumps(record, separators=(",", ":"), sort_keys=True))
+        return out
 
 
 def paths_outside(paths, mountpoints, stat=os.stat):
@@ -108,15 +158,11 @@ class MariaDBQuiescer(SqlQuiescer):
         if status != "ok":
             action.update(rc=self.co.kill(), ms=ms_since(t0), stderr=err)
             return self.refuse_or_continue("%s: no session (%s): %s" % (self.kind, status, err or out), action)
-        cols = out.strip().split("\t")
-        self.connection_id, version = int(cols[0]), cols[1]
-        datadir, log_bin, binlog_base, redo_dir = cols[2], cols[3], cols[4], cols[5]
-        redo_dir = redo_dir if os.path.isabs(redo_dir) else os.path.join(datadir, redo_dir)
-        self.recorded["server_version"] = version
-        paths = [datadir, redo_dir]
-        if log_bin == "1" and binlog_base:
-            paths.append(os.path.dirname(binlog_base))
-        outside = paths_outside(sorted(set(os.path.normpath(p) for p in paths)), self.mountpoints)
+        self.connection_id, version, server = server_record(out.strip("\n").split("\t"))
+        self.recorded.update(server)
+        paths = [os.path.dirname(p) if k in ("log_bin_basename", "log_bin_index") else p
+                 for k, p in server["paths"].items()]
+        outside = paths_outside(sorted(set(paths)), self.mountpoints)
         if outside:
             action.update(rc=self.co.finish(), ms=ms_since(t0))
             raise StillpointError(
@@ -170,6 +216,9 @@ class MariaDBQuiescer(SqlQuiescer):
             if status != "ok":
                 problems.append("%s failed: %s" % (self.release_sql, err or status))
         return self.close(action, t0, problems)
+
+    def catalog_record(self):
+        return fit_record(super().catalog_record())
 
 
 def client_argv(params, kind):
