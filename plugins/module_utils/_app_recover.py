@@ -30,6 +30,8 @@ import pwd
 import re
 import shlex
 import shutil
+import stat
+import subprocess
 import tempfile
 import time
 
@@ -65,7 +67,7 @@ class Recovery:
     (``record``, {} for a set without a quiescer), the actions taken, check mode and the clock."""
 
     def __init__(self, run_command, params, record=None, check_mode=False, which=None, sleep=time.sleep,
-                 clock=time.monotonic, env=None):
+                 clock=time.monotonic, env=None, spawn=None):
         self._run = run_command
         self.params = params
         self.record = dict(record or {})
@@ -80,6 +82,8 @@ class Recovery:
                        "ready_ms": None, "recovery": None, "check": None, "position": None}
         self._t_start = None
         self.watch = None  # () -> None, or why the server cannot come up any more (a private server that died)
+        self.spawn = spawn or spawn_detached
+        self.spawned = None  # the Popen of a server started detached (start_detached)
 
     # commands -----------------------------------------------------------------------------
 
@@ -114,6 +118,20 @@ class Recovery:
         if not cmd:
             self.fail("the %s server does not answer and no start_command was given to start it: give the start "
                       "hook (for example [systemctl, start, mariadb])" % self.params["application"])
+        if self.params.get("start_detached"):  # a server that does not detach by itself (mariadbd)
+            t0 = self._t_start = self.clock()
+            self.changed = True
+            try:
+                self.spawned = self.spawn(cmd)
+            except OSError as exc:
+                self.note("start the server detached", cmd, 127, t0)
+                self.fail("cannot start %s: %s. Nothing runs" % (cmd[0], exc))
+            self.result["started"] = True
+            if self.params.get("start_pid_file"):  # the PID on the copy at once: the server writes it only later
+                with open(self.params["start_pid_file"], "w") as handle:
+                    handle.write("%d\n" % self.spawned.pid)
+            self.note("start the server detached (PID %d)" % self.spawned.pid, cmd, 0, t0)
+            return True
         timeout = float(self.params.get("hook_timeout") or 60.0)
         argv = [self.timeout_bin(), "--kill-after=5", "%g" % timeout] + cmd
         t0 = self._t_start = self.clock()
@@ -177,6 +195,15 @@ class Recovery:
             if starts:
                 text = text[starts[-1]:]
         return text
+
+
+def spawn_detached(argv):
+    """Start a server that stays in the foreground (``mariadbd``) as a daemon: its own session, no terminal, stdio on
+    /dev/null (its error log is a file), so that it outlives this module and holds none of its pipes. ``run_command``
+    cannot start it: it waits for the pipes the server would keep. Returns the Popen (its ``pid`` is the server's)."""
+    return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True, start_new_session=True, cwd="/",
+                            env=dict(os.environ, LC_ALL="C", LANG="C"))
 
 
 def _limit(lines):
@@ -308,8 +335,13 @@ def recover_mariadb(ctx):
                                    "reason": "neither %s found on the host" % " nor ".join(names)}
         else:
             cmd = [tool] + argv[1:] + ["--all-databases", "--check"]
+            if p.get("check_timeout"):  # a bounded check: the whole CHECK TABLE run within check_timeout, else failed
+                cmd = [ctx.timeout_bin(), "--kill-after=5", "%g" % float(p["check_timeout"])] + cmd
             t0 = ctx.clock()
             rc, out, err = ctx.run(cmd)
+            if p.get("check_timeout") and rc in (124, 137):
+                out += "\nerror: the check did not finish within check_timeout=%gs (every table is checked in full: " \
+                       "raise the budget)" % float(p["check_timeout"])
             ctx.note("check every table (%s)" % os.path.basename(tool), cmd, rc, t0)
             ok, problems = parse_mariadb_check(rc, out + "\n" + err)
             ctx.result["check"] = {"tool": os.path.basename(tool), "status": "failed" if problems else "passed",
@@ -624,12 +656,16 @@ def verify(ctx, failed_note):
 # then verify() as for a restore, and the server is stopped by its PID whatever happened. Its pid file and a marker
 # (RUN_DIR/MARKER) lie on the scratch copy, so stop_private() finds a server a killed drill left running there.
 
-PRIVATE_APPLICATIONS = ("postgresql",)
+PRIVATE_APPLICATIONS = ("postgresql", "mariadb", "mysql")
 RUN_DIR = ".stillpoint-drill-app"  # at the top of the scratch filesystem of the data directory
 MARKER = "server.json"
 SOCKET_PREFIX = "stillpoint-drill-app-"
 PG_PRIVATE_PORT = 5432  # names the socket in the private directory only: no TCP listener
-STOP_SIGNALS = {"postgresql": ("SIGINT", "SIGQUIT", "SIGKILL")}  # fast shutdown, immediate shutdown, kill
+STOP_SIGNALS = {"postgresql": ("SIGINT", "SIGQUIT", "SIGKILL"),  # fast shutdown, immediate shutdown, kill
+                "mariadb": ("SIGTERM", "SIGKILL")}  # clean shutdown, kill
+MARIADB_PID = "mariadbd.pid"  # in the private run directory on the copy
+MARIADB_LOG = "error.log"
+MARIADB_ERROR_RE = re.compile(r"^.*\[ERROR\].*$", re.M)
 PG_FATAL_RE = re.compile(r"^.*\b(FATAL|PANIC):.*$", re.M)
 
 
@@ -801,6 +837,74 @@ def _pg_bindir(major, params, run):
                           "bin_dir. Nothing was started" % (major, major, ", ".join(candidates) or "PATH", major))
 
 
+def _mapped(ctx, what, recorded, mountpoint_map):
+    """The copy's path of a path the set recorded; refused (nothing started) when it lies outside the set."""
+    path = scratch_path(recorded, mountpoint_map)
+    if path is None:
+        ctx.fail("the recorded %s %s lies on none of the set's filesystems (%s): a server started on the copy would "
+                 "use the source's. Nothing was started" % (what, recorded, ", ".join(sorted(mountpoint_map))))
+    return path
+
+
+def _owner(ctx, datadir):
+    """``(user, stat)`` of the copy's data directory: its server runs as that user (this module is root or it)."""
+    st = os.stat(datadir)
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        ctx.fail("the copy's data directory %s belongs to uid %d, which no user of this host has" % (datadir, st.st_uid))
+    if os.geteuid() not in (0, st.st_uid):
+        ctx.fail("the copy's data directory belongs to %s; starting its server takes root or %s" % (user, user))
+    return user, st
+
+
+def _remount_rw(ctx, mounts):
+    """The copy's filesystems the server writes to (its recovery), read-only after the drill's mount: read-write."""
+    for mp in sorted(m for m in mounts if m):
+        if os.statvfs(mp).f_flag & os.ST_RDONLY:
+            cmd = [ctx.which("mount", required=False) or "mount", "-o", "remount,rw", mp]
+            t0 = ctx.clock()
+            rc, out, err = ctx.run(cmd, env=False)
+            ctx.note("remount the scratch copy %s read-write (the recovery writes to the copy)" % mp, cmd, rc, t0)
+            if rc != 0:
+                ctx.fail("cannot remount the scratch copy %s read-write (rc=%s)" % (mp, rc), rc=rc, stdout=out,
+                         stderr=err)
+
+
+def _remove_stale_pid(ctx, pid_file, datadir, what):
+    """Remove a pid file the snapshot caught (the source server's, no process of the copy); refuse when a live
+    process works in the copy's data directory and no marker names it."""
+    with open(pid_file) as handle:
+        pid, named = parse_pid_file(handle.read())
+    if pid is not None and _alive(pid) and _cwd(pid) == os.path.realpath(datadir):
+        ctx.fail("a server (PID %d) runs on the copy's data directory %s and no marker names it" % (pid, datadir))
+    os.unlink(pid_file)
+    ctx.note("remove the copy's %s (PID %s%s: the %s the snapshot caught, no process of the copy)"
+             % (os.path.basename(pid_file), pid, " of %s" % named if named else "", what))
+
+
+def _private_dirs(mount, st, files, marker):
+    """The private run directory (0700, the owner's) at the top of the copy's filesystem ``mount`` with
+    ``files`` (name -> text), a private socket directory (0700) and the marker a re-run finds a killed drill's
+    server by. ``marker`` (kind, data_directory, pid_file, signals; ``{run_dir}`` and ``{socket_dir}`` filled in) is
+    returned completed."""
+    run_dir = os.path.join(mount, RUN_DIR)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    for name, text in files.items():
+        with open(os.path.join(run_dir, name), "w") as handle:
+            handle.write(text)
+        os.chown(os.path.join(run_dir, name), st.st_uid, st.st_gid)
+    os.chown(run_dir, st.st_uid, st.st_gid)
+    sock = tempfile.mkdtemp(prefix=SOCKET_PREFIX)
+    os.chown(sock, st.st_uid, st.st_gid)
+    marker = {k: v.format(run_dir=run_dir, socket_dir=sock) if isinstance(v, str) else v for k, v in marker.items()}
+    marker.update(run_dir=run_dir, socket_dir=sock)
+    with open(os.path.join(run_dir, MARKER), "w") as handle:
+        json.dump(marker, handle)
+    return marker
+
+
 def prepare_postgresql(ctx, mountpoint_map):
     """Make the copy startable as a private server: remount its filesystems read-write, repoint its symlinks at the
     copy, remove the source server's lock file the snapshot holds, write the private configuration and the marker.
@@ -809,26 +913,15 @@ def prepare_postgresql(ctx, mountpoint_map):
     recorded = (rec.get("paths") or {}).get("data_directory")
     if not recorded:
         ctx.fail("the set's application record names no data directory (paths.data_directory): nothing to start")
-    pgdata = scratch_path(recorded, mountpoint_map)
-    if pgdata is None:
-        ctx.fail("the recorded data directory %s lies on none of the set's filesystems (%s)"
-                 % (recorded, ", ".join(sorted(mountpoint_map))))
+    pgdata = _mapped(ctx, "data directory", recorded, mountpoint_map)
     try:
         with open(os.path.join(pgdata, "PG_VERSION")) as handle:
             major = handle.read().strip()
-        st = os.stat(pgdata)
     except OSError as exc:
         ctx.fail("the copy holds no PostgreSQL data directory at %s (%s); is the copy mounted?" % (pgdata, exc))
     bindir = _pg_bindir(major, p, ctx.run)
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        ctx.fail("the copy's data directory %s belongs to uid %d, which no user of this host has" % (pgdata, st.st_uid))
-    as_user = []
-    if os.geteuid() != st.st_uid:
-        if os.geteuid() != 0:
-            ctx.fail("the copy's data directory belongs to %s; starting its server takes root or %s" % (user, user))
-        as_user = [ctx.which("runuser", required=False) or "runuser", "-u", user, "--"]
+    user, st = _owner(ctx, pgdata)
+    as_user = [] if os.geteuid() == st.st_uid else [ctx.which("runuser", required=False) or "runuser", "-u", user, "--"]
 
     # the copy's symlinks (pg_wal, tablespaces) point at the source's paths: at the copy from now on
     links = [os.path.join(pgdata, "pg_wal")] + sorted(glob.glob(os.path.join(pgdata, "pg_tblspc", "*")))
@@ -845,48 +938,20 @@ def prepare_postgresql(ctx, mountpoint_map):
         mounts.add(scratch_mount(new, mountpoint_map) or scratch_mount(pgdata, mountpoint_map))
         if new != target:
             repoints.append((link, target, new))
-    for mp in sorted(m for m in mounts if m):
-        if os.statvfs(mp).f_flag & os.ST_RDONLY:
-            cmd = [ctx.which("mount", required=False) or "mount", "-o", "remount,rw", mp]
-            t0 = ctx.clock()
-            rc, out, err = ctx.run(cmd, env=False)
-            ctx.note("remount the scratch copy %s read-write (the recovery writes to the copy)" % mp, cmd, rc, t0)
-            if rc != 0:
-                ctx.fail("cannot remount the scratch copy %s read-write (rc=%s)" % (mp, rc), rc=rc, stdout=out,
-                         stderr=err)
+    _remount_rw(ctx, mounts)
     for link, target, new in repoints:
-        tmp = link + ".stillpoint-drill"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(new, tmp)
-        os.rename(tmp, link)
+        _replace_link(link, new)
         ctx.note("repoint the copy's %s from %s to %s" % (os.path.relpath(link, pgdata), target, new))
     lock = os.path.join(pgdata, "postmaster.pid")
     if os.path.exists(lock):
-        with open(lock) as handle:
-            pid, named = parse_pid_file(handle.read())
-        if pid is not None and _alive(pid) and _cwd(pid) == os.path.realpath(pgdata):
-            ctx.fail("a server (PID %d) runs on the copy's data directory %s and no marker names it" % (pid, pgdata))
-        os.unlink(lock)
-        ctx.note("remove the copy's postmaster.pid (PID %s of %s: the lock file the snapshot caught, no process of "
-                 "the copy)" % (pid, named))
+        _remove_stale_pid(ctx, lock, pgdata, "lock file")
 
-    run_dir = os.path.join(scratch_mount(pgdata, mountpoint_map), RUN_DIR)
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    files = {"postgresql.conf": "# stillpoint restore drill: private server, settings on the command line\n",
-             "pg_hba.conf": "# the private socket directory is the access control (0700, %s)\nlocal all all trust\n"
-                            % user, "pg_ident.conf": "", "server.log": ""}
-    for name, text in files.items():
-        with open(os.path.join(run_dir, name), "w") as handle:
-            handle.write(text)
-        os.chown(os.path.join(run_dir, name), st.st_uid, st.st_gid)
-    os.chown(run_dir, st.st_uid, st.st_gid)
-    sock = tempfile.mkdtemp(prefix=SOCKET_PREFIX)
-    os.chown(sock, st.st_uid, st.st_gid)
-    marker = {"kind": "postgresql", "data_directory": pgdata, "pid_file": lock, "socket_dir": sock,
-              "signals": list(STOP_SIGNALS["postgresql"]), "run_dir": run_dir}
-    with open(os.path.join(run_dir, MARKER), "w") as handle:
-        json.dump(marker, handle)
+    marker = _private_dirs(scratch_mount(pgdata, mountpoint_map), st, {
+        "postgresql.conf": "# stillpoint restore drill: private server, settings on the command line\n",
+        "pg_hba.conf": "# the private socket directory is the access control (0700, %s)\nlocal all all trust\n" % user,
+        "pg_ident.conf": "", "server.log": ""}, {"kind": "postgresql", "data_directory": pgdata, "pid_file": lock,
+                                                "signals": list(STOP_SIGNALS["postgresql"])})
+    run_dir, sock = marker["run_dir"], marker["socket_dir"]
     opts = " ".join("-c %s" % shlex.quote(s) for s in pg_private_settings(run_dir, sock))
     p.update(start_command=as_user + [ctx.which("env", required=False) or "env", "-C", run_dir,
                                       os.path.join(bindir, "pg_ctl"), "start", "-W", "-D", pgdata, "-l",
@@ -914,11 +979,159 @@ def prepare_postgresql(ctx, mountpoint_map):
     return marker
 
 
-PREPARE = {"postgresql": prepare_postgresql}
+def _replace_link(link, new):
+    tmp = link + ".stillpoint-drill"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(new, tmp)
+    os.rename(tmp, link)
+
+
+def _replace_text(path, text):
+    st = os.stat(path)
+    tmp = path + ".stillpoint-drill"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, st.st_mode & 0o7777)
+    os.rename(tmp, path)
+
+
+def mariadb_server_bin(version_text, params, run, which):
+    """The ``mariadbd`` (or MySQL's ``mysqld``) of the recorded server's flavour and major.minor version: InnoDB does
+    not recover a redo log across those (MariaDB refuses an upgrade after a crash)."""
+    flavor, version = _mariadb.parse_version(version_text)
+    names = ("mariadbd", "mysqld") if flavor == "mariadb" else ("mysqld",)
+    candidates = []
+    for d in ([params["bin_dir"]] if params.get("bin_dir") else []) + ["/usr/sbin", "/usr/local/sbin"]:
+        candidates += [os.path.join(d, n) for n in names]
+    candidates += [found for found in (which(n, required=False) for n in names) if found]
+    seen = []
+    for path in candidates:
+        real = os.path.realpath(path)
+        if real in seen or not os.path.exists(path):
+            continue
+        seen.append(real)
+        rc, out, _err = run([path, "--version"], env=False)
+        m = re.search(r"Ver (\S+)", out)
+        if rc == 0 and m:
+            got_flavor, got = _mariadb.parse_version(m.group(1)) if re.match(r"\d", m.group(1)) else (None, ())
+            if got_flavor == flavor and got[:2] == version[:2]:
+                return path, m.group(1)
+    raise StillpointError("the set was taken from %s %s and this host has no %s %d.%d server (%s; looked at %s): a "
+                          "crash recovery across versions is not supported. Install it or give bin_dir. Nothing was "
+                          "started" % (flavor, version_text, flavor, version[0], version[1], " or ".join(names),
+                                       ", ".join(candidates) or "PATH"))
+
+
+def mariadb_private_options(flavor, datadir, run_dir, socket_dir, user, paths, innodb):
+    """The command line of a private ``mariadbd``/``mysqld`` on a copy: no option files, no TCP, its socket, pid file
+    and error log in private directories, no replication started, no events run, no grant tables (the 0700 socket
+    directory is the access control: the drill holds no credentials), the copy's binary log as the transaction
+    coordinator of the crash recovery, InnoDB's paths and sizes as recorded (``paths`` already the copy's).
+    InnoDB's read-only mode is not used: its crash recovery must run."""
+    opts = ["--no-defaults", "--datadir=%s" % datadir, "--user=%s" % user, "--skip-networking",
+            "--socket=%s" % os.path.join(socket_dir, "mysqld.sock"), "--pid-file=%s" % os.path.join(run_dir, MARIADB_PID),
+            "--log-error=%s" % os.path.join(run_dir, MARIADB_LOG), "--skip-grant-tables", "--event-scheduler=DISABLED",
+            "--skip-replica-start" if flavor == "mysql" else "--skip-slave-start"]
+    if paths.get("log_bin_basename"):
+        opts += ["--log-bin=%s" % paths["log_bin_basename"],
+                 "--log-bin-index=%s" % (paths.get("log_bin_index") or paths["log_bin_basename"] + ".index")]
+    else:
+        opts.append("--skip-log-bin")
+    for key in ("innodb_log_group_home_dir", "innodb_data_home_dir", "innodb_undo_directory"):
+        if paths.get(key):
+            opts.append("--%s=%s" % (key.replace("_", "-"), paths[key]))
+    for key in ("page_size", "log_file_size"):
+        if innodb.get(key):
+            opts.append("--innodb-%s=%d" % (key.replace("_", "-"), innodb[key]))
+    return opts
+
+
+def prepare_mariadb(ctx, mountpoint_map):
+    """Make the copy startable as a private ``mariadbd``: every recorded path mapped onto the copy (refused outside
+    the set), its filesystems remounted read-write, the binary log index and InnoDB/MyISAM links that name the
+    source's paths repointed at the copy, the source's pid and socket files the snapshot caught removed, the private
+    directories and the marker written. Sets the start command (started detached) and the connection."""
+    p, rec = ctx.params, ctx.record
+    recorded = dict(rec.get("paths") or {})
+    if not recorded.get("data_directory") or not rec.get("server_version"):
+        ctx.fail("the set's application record names no data directory or server version (paths.data_directory, "
+                 "server_version: a set taken before the MariaDB quiescer recorded them): nothing to start")
+    paths = {k: _mapped(ctx, k.replace("_", " "), v, mountpoint_map) for k, v in recorded.items()}
+    datadir = paths["data_directory"]
+    if not os.path.isdir(os.path.join(datadir, "mysql")):
+        ctx.fail("the copy holds no MariaDB/MySQL data directory at %s (no mysql schema); is the copy mounted?" % datadir)
+    binary, version = mariadb_server_bin(rec["server_version"], p, ctx.run, ctx.which)
+    user, st = _owner(ctx, datadir)
+    dirs = [datadir] + [os.path.dirname(v) if k.startswith("log_bin") else v for k, v in paths.items()]
+    _remount_rw(ctx, set(scratch_mount(d, mountpoint_map) for d in dirs))
+
+    # the copy's own references to the source's paths: the binary log index, DATA DIRECTORY links (.isl, symlinks)
+    index = paths.get("log_bin_index") or (paths["log_bin_basename"] + ".index" if paths.get("log_bin_basename") else None)
+    if index and os.path.exists(index):
+        with open(index) as handle:
+            lines = handle.read().splitlines()
+        new = [repoint(line, mountpoint_map) if line.strip() else line for line in lines]
+        if None in new:
+            ctx.fail("the copy's binary log index %s names %s, outside the set's filesystems. Nothing was started"
+                     % (index, ", ".join(l for l, n in zip(lines, new) if n is None)))
+        if new != lines:
+            _replace_text(index, "".join(line + "\n" for line in new))
+            ctx.note("repoint the copy's binary log index %s at the copy (%d of %d entries)"
+                     % (index, sum(a != b for a, b in zip(lines, new)), len(lines)))
+    for entry in sorted(glob.glob(os.path.join(datadir, "*", "*"))):
+        target = os.readlink(entry) if os.path.islink(entry) else None
+        if target is None and entry.endswith(".isl"):
+            with open(entry) as handle:
+                target = handle.read().strip()
+        if target is None:
+            continue
+        new = repoint(target, mountpoint_map)
+        if new is None:
+            ctx.fail("%s points at %s, which lies on none of the set's filesystems: a server started on the copy "
+                     "would use it. Nothing was started" % (entry, target))
+        if new != target:
+            _replace_link(entry, new) if os.path.islink(entry) else _replace_text(entry, new + "\n")
+            ctx.note("repoint the copy's %s from %s to %s" % (os.path.relpath(entry, datadir), target, new))
+    for name in sorted(os.listdir(datadir)):
+        path = os.path.join(datadir, name)
+        if name.endswith(".pid") and os.path.isfile(path):
+            _remove_stale_pid(ctx, path, datadir, "source server's pid file")
+        elif stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+            ctx.note("remove the copy's %s (the source server's socket the snapshot caught)" % name)
+
+    flavor = _mariadb.parse_version(version)[0]
+    marker = _private_dirs(scratch_mount(datadir, mountpoint_map), st, {MARIADB_LOG: "", MARIADB_PID: ""}, {
+        "kind": p["application"], "data_directory": datadir, "pid_file": "{run_dir}/" + MARIADB_PID,
+        "signals": list(STOP_SIGNALS["mariadb"])})
+    run_dir = marker["run_dir"]
+    argv = [binary] + mariadb_private_options(flavor, datadir, run_dir, marker["socket_dir"], user, paths,
+                                              rec.get("innodb") or {})
+    p.update(start_command=argv, start_detached=True, start_pid_file=marker["pid_file"],
+             log_file=os.path.join(run_dir, MARIADB_LOG),
+             application_login_unix_socket=os.path.join(marker["socket_dir"], "mysqld.sock"),
+             application_login_user="root", application_login_host=None, application_login_port=None,
+             application_login_password=None, application_config_file="/dev/null", server_binary=binary)
+    def watch():
+        proc = ctx.spawned
+        if proc is None or proc.poll() is None:
+            return None
+        text = Recovery.read_log(p["log_file"], 0, MARIADB_START_RE) or ""
+        lines = [m.group(0).strip() for m in MARIADB_ERROR_RE.finditer(text)]
+        lines = lines[:2] + lines[2:][-1:]  # the first errors name the cause, the last one the end
+        return "; ".join(lines) or "%s exited (rc=%s)" % (os.path.basename(binary), proc.returncode)
+
+    ctx.watch = watch
+    return marker
+
+
+PREPARE = {"postgresql": prepare_postgresql, "mariadb": prepare_mariadb, "mysql": prepare_mariadb}
 
 
 def recover_private(run_command, params, mountpoint_map, record=None, check_mode=False, which=None,
-                    sleep=time.sleep, clock=time.monotonic, kill=os.kill):
+                    sleep=time.sleep, clock=time.monotonic, kill=os.kill, spawn=None):
     """A restore drill's application check: a private server of the recorded kind on the scratch copy (the
     copies of ``mountpoint_map``, recorded -> scratch), then :func:`verify`, then the server stopped by its PID,
     also when anything failed. The result has ``stopped`` and ``summary`` (one line for the drill's verdict)."""
@@ -928,7 +1141,7 @@ def recover_private(run_command, params, mountpoint_map, record=None, check_mode
         raise StillpointError("a private %s server on a copy is not supported (only %s); nothing was started"
                               % (app, ", ".join(PRIVATE_APPLICATIONS)))
     params = dict(params, start_command=[], compare_position=params.get("compare_position", True))
-    ctx = Recovery(run_command, params, record, check_mode, which, sleep, clock)
+    ctx = Recovery(run_command, params, record, check_mode, which, sleep, clock, spawn=spawn)
     if check_mode:
         for step in ("stop a private server an earlier drill left on the copy (marker %s/%s)" % (RUN_DIR, MARKER),
                      "remount the copy's filesystems of the data read-write, repoint its symlinks at the copy, "
@@ -953,15 +1166,24 @@ def recover_private(run_command, params, mountpoint_map, record=None, check_mode
         exc.details.setdefault("app_recover", ctx.result)
         exc.details.update(stopped=stops["stopped"], changed=True,
                            summary="failed: %s%s" % (exc.msg, _stopped_text(stops["stopped"])))
+        _reap(ctx)
         raise
     except Exception:
         stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+        _reap(ctx)
         raise
     stops = stop_private(mountpoint_map, params.get("stop_timeout") or 60.0, kill=kill, sleep=sleep, clock=clock)
+    _reap(ctx)
     for s in stops["stopped"]:
         ctx.note("stop the private server (PID %d: %s)" % (s["pid"], ", ".join(s["signals"])), ms=s["ms"])
     out.update(actions=ctx.actions, changed=True, stopped=stops["stopped"], summary=drill_summary(out, stops["stopped"]))
     return out
+
+
+def _reap(ctx):
+    """A detached server this module started and stopped is its child until it exits: collect its exit status."""
+    if ctx.spawned is not None:
+        ctx.spawned.poll()
 
 
 def _stopped_text(stopped):

@@ -34,13 +34,25 @@ description:
     position differs from the record (O(compare_position)). The server is left running for inspection.
   - With O(server=private) (a restore drill, role C(restore_drill)) it starts no service; it starts a private server
     of the recorded kind on the drill's scratch copy (O(mountpoint_map)) and stops it by its PID at the end, also when
-    anything failed. The copy's filesystems holding the data are remounted read-write (the recovery writes to the
+    anything failed (PostgreSQL - the description below; MariaDB/MySQL - the next one). The copy's filesystems holding the data are remounted read-write (the recovery writes to the
     copy), its symlinks into the set's filesystems (C(pg_wal), tablespaces) are repointed at the copy, the source
     server's C(postmaster.pid) the snapshot caught is removed, and the server runs as the owner of the data directory
     with a private configuration (no TCP listener, a unix socket in a private 0700 directory, no archiving, no
     synchronous standbys, no preloaded libraries). Its pid file and a marker (C(.stillpoint-drill-app/server.json) at
-    the top of the copy's filesystem of the data) lie on the copy. PostgreSQL only; the server binaries must match the
-    copy's C(PG_VERSION).
+    the top of the copy's filesystem of the data) lie on the copy. The server binaries must match the copy's
+    C(PG_VERSION).
+  - O(server=private) for V(mariadb)/V(mysql) needs the paths the quiescer recorded (C(paths.data_directory),
+    C(server_version); older sets lack them and are refused). Every recorded path (data directory, binary log, redo,
+    InnoDB data and undo directories) is mapped onto the copy and refused outside the set; the copy's binary log
+    index and C(DATA DIRECTORY) links (C(.isl), symlinks) naming the source's paths are repointed at the copy; the
+    source's pid and socket files the snapshot caught are removed. C(mariadbd) (the recorded flavour and major.minor
+    version, from C(/usr/sbin) or O(bin_dir)) runs detached as the data directory's owner with C(--no-defaults),
+    C(--skip-networking), a socket in a private 0700 directory, its pid file and error log in
+    C(.stillpoint-drill-app/) on the copy, C(--skip-slave-start), C(--event-scheduler=DISABLED),
+    C(--skip-grant-tables) (the private socket is the access control; the drill holds no credentials) and the copy's
+    binary log as the coordinator of InnoDB's crash recovery (it opens a new binary log file on the copy; the
+    recorded file is not appended to). InnoDB's read-only mode is not used - its crash recovery must run. Stopped by
+    SIGTERM, then SIGKILL.
   - With O(server=stop_private) it only stops a private server an earlier (killed) drill left running on the copies
     of O(mountpoint_map), found by that marker and its pid file, and only a process working in the copy's data
     directory.
@@ -54,7 +66,7 @@ options:
   server:
     description:
       - V(existing) - the restored host's own server, started by O(start_command) (a restore).
-      - V(private) - a private server on a restore drill's scratch copy, started and stopped here (V(postgresql) only).
+      - V(private) - a private server on a restore drill's scratch copy, started and stopped here.
       - V(stop_private) - only stop a private server a drill left running on the copies of O(mountpoint_map).
     type: str
     choices: [existing, private, stop_private]
@@ -67,7 +79,7 @@ options:
     default: {}
   stop_timeout:
     description: With O(server=private) or O(server=stop_private), seconds a clean shutdown may take before the next
-      signal (PostgreSQL - SIGINT, then SIGQUIT, then SIGKILL).
+      signal (PostgreSQL - SIGINT, then SIGQUIT, then SIGKILL; MariaDB/MySQL - SIGTERM, then SIGKILL).
     type: float
     default: 60
   record:
@@ -104,12 +116,19 @@ options:
     type: path
   bin_dir:
     description: For V(postgresql), where C(pg_isready), C(pg_controldata) and C(pg_amcheck) are. Unset, E(PATH), then
-      C(/usr/lib/postgresql/<newest>/bin).
+      C(/usr/lib/postgresql/<newest>/bin). With O(server=private) for V(mariadb)/V(mysql), where C(mariadbd) (or
+      C(mysqld)) is; unset, C(/usr/sbin), then E(PATH).
     type: path
   run_check:
     description: Run the application's own check (C(mariadb-check), C(pg_amcheck)).
     type: bool
     default: true
+  check_timeout:
+    description:
+      - For V(mariadb) and V(mysql), seconds the whole C(mariadb-check --all-databases --check) run may take (under
+        coreutils C(timeout)). Every table is checked in full (C(CHECK TABLE)); a run that does not finish within the
+        budget is a failed check (it says so), never a partial pass. Unset, no limit.
+    type: float
   check_install_missing:
     description:
       - For V(postgresql), let C(pg_amcheck) create the C(amcheck) extension in each checked database that lacks it
@@ -275,6 +294,7 @@ def main():
             data_directory=dict(type="path"),
             bin_dir=dict(type="path"),
             run_check=dict(type="bool", default=True),
+            check_timeout=dict(type="float"),
             check_install_missing=dict(type="bool", default=True),
             compare_position=dict(type="bool", default=True),
             **CONNECTION_ARGS
