@@ -72,22 +72,26 @@ def take_on_host(aws, params, runner, protect_paths=(), check_mode=False, log=No
     A group member without an instant (``group.run_dir``) says in its run directory when it is ready (after its
     plan and DryRun, before any application lock) and waits there for the instant (_group.Rendezvous); when it
     fails before, it says why there."""
-    client = aws.client("ec2", retry_decorator=ebs.RETRY)
-    if params["set_id"]:
-        found = ebs.existing_set(client, params["set_id"], check_mode, params["wait"], params["wait_timeout"],
-                                 params["poll_interval"])
-        if found is not None:
-            return found
     group = params.get("group")
     rendezvous = None
     if group and group.get("instant") is None and not check_mode:
         rendezvous = Rendezvous(group["id"], group["run_dir"], group["wait_s"])
-        rendezvous.open()
+        rendezvous.open()  # first: whatever fails after this is told to the controller
     try:
+        client = aws.client("ec2", retry_decorator=ebs.RETRY)
+        if params["set_id"]:
+            found = ebs.existing_set(client, params["set_id"], check_mode, params["wait"], params["wait_timeout"],
+                                     params["poll_interval"])
+            if found is not None:
+                if rendezvous is not None:
+                    raise StillpointError("group %s: set %s exists already; a member of a group takes a new set at the "
+                                          "group's instant" % (group["id"], params["set_id"]))
+                return found
         return _take_on_host(aws, client, params, runner, protect_paths, check_mode, log, warn, rendezvous)
-    except Exception as e:
+    except BaseException as e:  # also fail_json's SystemExit (AnsibleAWSModule.client, for one)
         if rendezvous is not None:
-            rendezvous.failed(getattr(e, "msg", None) or repr(e))
+            rendezvous.failed(getattr(e, "msg", None) or ("the module failed before it was ready (its result says why)"
+                                                          if isinstance(e, SystemExit) else repr(e)))
         raise
     finally:
         if rendezvous is not None and rendezvous.is_ready:
