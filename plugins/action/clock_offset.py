@@ -8,7 +8,9 @@ task's connection, between two readings of the controller's clock (plugins/modul
 directory, ending after the samples or its lifetime) answers each sample: the sample's command only writes a nonce to
 its request FIFO and reads the answer (``<nonce> <time>``) from its reply FIFO, so a round trip is the connection's
 and a shell's, not a Python start-up's. The reading is taken after the nonce arrived (after the controller's first
-reading) and before the answer left (before its second). ``reader=fresh``: a new Python per sample."""
+reading) and before the answer left (before its second). The reader and the samples run as the connection's user,
+without become (the real-time clock is the system's; sudo would add its start-up to every round trip).
+``reader=fresh``: a new Python per sample (with the task's become, as before)."""
 
 from __future__ import annotations
 
@@ -82,7 +84,9 @@ class ActionModule(ActionBase):
         """N samples answered by one reader process on the host (see the module's docstring)."""
         tmp = self._make_tmp_path()
         start = "%s -c %s %s %d %d" % (shlex.quote(python), shlex.quote(READER), shlex.quote(tmp), count, 30 + 10 * count)
-        res = self._low_level_execute_command(start)
+        # as the connection's user, without become: reading the clock needs no privilege, and sudo's start-up would
+        # be part of every round trip (the remote tmp is the connection user's too)
+        res = self._low_level_execute_command(start, sudoable=False)
         if res.get("rc") != 0 or "started" not in res.get("stdout", ""):
             raise StillpointError("starting the clock reader on the host with %s failed" % python, rc=res.get("rc"),
                                   stdout=res.get("stdout"), stderr=res.get("stderr"))
@@ -91,7 +95,7 @@ class ActionModule(ActionBase):
             nonce = binascii.hexlify(os.urandom(8)).decode()
             cmd = "printf '%%s\\n' %s > %s && head -n 1 %s" % (nonce, shlex.quote(tmp + "/ask"), shlex.quote(tmp + "/answer"))
             sent = time.time()
-            res = self._low_level_execute_command(cmd)
+            res = self._low_level_execute_command(cmd, sudoable=False)
             received = time.time()
             words = (res.get("stdout") or "").split()
             if res.get("rc") != 0 or len(words) != 2 or words[0] != nonce:

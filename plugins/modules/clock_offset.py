@@ -20,7 +20,9 @@ description:
   - With O(reader=persistent) one such Python process is started on the host (in the task's remote temporary
     directory, detached, ending after the samples or at the latest 30 s + 10 s a sample later) and answers every
     sample; each sample is one command through the connection that writes a nonce to the reader's request FIFO and
-    reads its answer, so the round trip (and the error bound) no longer includes a Python start-up.
+    reads its answer, so the round trip (and the error bound) no longer includes a Python start-up. The reader and
+    the samples run as the connection's user, without C(become) (the real-time clock is the system's; a privilege
+    escalation's start-up would be part of every round trip).
     O(reader=fresh) starts a new Python for each sample.
   - Used by consistency groups (M(stillpoint.snapshots.ebs_snapshot_group)) before and after the hosts' freezes.
   - An action plugin; the host needs only its Python interpreter. Changes nothing.
