@@ -129,6 +129,31 @@ def alive(pid):
         return False
 
 
+def plan_changes_nothing(ec2, scratch, root, set_id, kind):
+    """The drill in check mode plans the private ``kind`` server and makes no changing call, starts nothing."""
+    ec2.clear_calls()
+    _v, (rc, res, _raw) = drill(ec2, scratch, root, set_id, check=True)
+    assert rc == 0, failed(res)
+    assert changing_calls(ec2) == [] and working_under(root) == []
+    plan = task(res, "Report the drill")["msg"]
+    assert "start a private %s server on the copy" % kind in plan, plan
+
+
+def failed_check_recorded(ec2, taken, res, raw, root):
+    """A private server that could not recover: the step failed at once, the verdict of every member is ``fail``
+    at the application step with ``application: failed: ...``, nothing is left (volumes, mounts, processes)."""
+    app = task(res, APP)
+    assert app["failed"] and "the server is gone" in app["msg"], app["msg"]
+    assert app["summary"].startswith("failed: "), app
+    for value in verdicts(ec2, taken["snapshot_ids"]).values():
+        assert value["result"] == "fail" and value["rto_s"] is None, value
+        assert value["checks"]["failed_at"] == APP
+        assert value["checks"]["application"].startswith("failed: "), value["checks"]
+    assert raw["global_custom_stats"]["stillpoint_drills"]["localhost"]["result"] == "fail"
+    assert drill_volumes(ec2) == [] and under(root) == [] and working_under(root) == []
+    return app
+
+
 @pytest.fixture
 def source(ec2):
     """The source instance with a running PostgreSQL, a writer, and an application-level set of it."""
@@ -167,13 +192,7 @@ def test_drill_runs_the_application_check_on_a_private_server(ec2, source):
     root = drill_root()
     with EmulatedInstance(ec2, n=1, local=True) as scratch:
         try:
-            # check mode plans the application step and changes nothing
-            ec2.clear_calls()
-            _v, (rc, res, _raw) = drill(ec2, scratch, root, taken["set_id"], check=True)
-            assert rc == 0, failed(res)
-            assert changing_calls(ec2) == [] and working_under(root) == []
-            plan = task(res, "Report the drill")["msg"]
-            assert "start a private postgresql server on the copy" in plan, plan
+            plan_changes_nothing(ec2, scratch, root, taken["set_id"], "postgresql")
 
             _v, (rc, res, _raw) = drill(ec2, scratch, root, taken["set_id"])
             assert rc == 0, failed(res)
@@ -227,15 +246,8 @@ def test_drill_runs_the_application_check_on_a_private_server(ec2, source):
                 sys.executable, script, base + server.pgdata, waldir, base + inst.mountpoints[1],
                 pg_bin("pg_controldata")])
             assert rc != 0
-            app = task(res, APP)
-            assert app["failed"] and "the server is gone" in app["msg"], app["msg"]
-            assert app["summary"].startswith("failed: ") and app["stopped"] == [], app
-            for value in verdicts(ec2, taken["snapshot_ids"]).values():
-                assert value["result"] == "fail" and value["rto_s"] is None, value
-                assert value["checks"]["failed_at"] == APP
-                assert value["checks"]["application"].startswith("failed: "), value["checks"]
-            assert raw["global_custom_stats"]["stillpoint_drills"]["localhost"]["result"] == "fail"
-            assert drill_volumes(ec2) == [] and under(root) == [] and working_under(root) == []
+            app = failed_check_recorded(ec2, taken, res, raw, root)
+            assert app["stopped"] == [], app
             assert set(source_wal) <= set(os.listdir(server.waldir))  # the source's segment is still there
             source_unchanged(server, wal_link)
             print("failed application check: %s" % app["msg"][:300])

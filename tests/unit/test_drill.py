@@ -236,6 +236,12 @@ def test_the_application_line_of_the_checks():
     assert _checks(up, recorded=pg, app={"summary": summary})["application"] == summary
     assert _checks(up, recorded=pg, application="skip")["application"] == (
         "not run: restore_drill_application=skip (the set records postgresql)")
+    # a MariaDB set taken before the quiescer recorded the server's paths: not run, with the reason
     assert _checks(up, recorded={"kind": "mariadb"})["application"].startswith(
-        "not run: the set records mariadb; the drill starts a private server for postgresql only")
+        "not run: the set records mariadb without the paths of the server (paths.data_directory")
+    maria = {"kind": "mariadb", "paths": {"data_directory": "/srv/db/mysql"}, "server_version": "10.11.19-MariaDB"}
+    summary = "passed: private mariadb server on the scratch copy, ready in 812.0 ms; stopped PID 4242 (SIGTERM)"
+    assert _checks(up, recorded=maria, app={"summary": summary})["application"] == summary
+    assert _checks(up, recorded={"kind": "held_hook"})["application"].startswith(
+        "not run: the set records held_hook; the drill starts a private server for postgresql, mariadb and mysql only")
     assert _checks(up)["application"] == "none recorded (stillpoint:app)"
