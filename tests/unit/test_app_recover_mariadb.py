@@ -124,6 +124,13 @@ def test_prepare_makes_the_copy_startable_and_never_names_the_source(tmp_path):
     runs = Runs()
     ctx = ar.Recovery(runs, {"application": "mariadb", "bin_dir": str(tmp_path / "bin")}, record)
     marker = ar.prepare_mariadb(ctx, mp)
+    try:
+        prepared_as_asked(tmp_path, mp, ctx, runs, marker)
+    finally:
+        os.rmdir(marker["socket_dir"])
+
+
+def prepared_as_asked(tmp_path, mp, ctx, runs, marker):
     datadir, binlog = mp["/srv/a"] + "/mysql", mp["/srv/b"] + "/binlog"
     assert (tmp_path / "copy" / "srv" / "b" / "binlog" / "bin.index").read_text() == binlog + "/bin.000001\n"
     assert (tmp_path / "copy" / "srv" / "a" / "mysql" / "w" / "t.isl").read_text() == mp["/srv/b"] + "/tables/w/t.ibd\n"
@@ -144,7 +151,6 @@ def test_prepare_makes_the_copy_startable_and_never_names_the_source(tmp_path):
     assert any(w.startswith("repoint the copy's binary log index") for w in whats)
     assert any("source-host.pid" in w for w in whats) and any("mysql.sock" in w for w in whats)
     assert [c for c in runs.calls if c[-1] != "--version"] == []  # the test's tree is read-write: no remount
-    os.rmdir(marker["socket_dir"])
 
 
 def test_prepare_refuses_a_path_outside_the_set(tmp_path):
