@@ -184,7 +184,7 @@ class ClusterHub:
                " --property=Restart=always python3 /usr/local/lib/stillpoint-ec2-loopback.py %d"
                % ec2_loopback_port, input=LOOPBACK_RELAY)
 
-    def bring_up(self, mkfs="mkfs.ext4 -q -F"):
+    def bring_up(self, mkfs="mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0"):
         """The mirror as CLUSTERPRO leaves it after installation: DRBD ``r0`` on each server's EBS volume (found by
         volume id), constructed (both disks fresh zeros, so the initial sync is skipped), a filesystem made on it;
         the fake's disks are those volumes. Returns the resource file."""
@@ -200,7 +200,7 @@ class ClusterHub:
             raise DataPlaneError("the servers' mirror volumes are at different disks %s; DRBD's resource file names one"
                                  % disks)
         res = ("resource %s {\n  device /dev/drbd%d;\n  disk %s;\n  meta-disk internal;\n  net { protocol C; }\n"
-               "  disk { size 320M; c-plan-ahead 0; resync-rate 200M; }\n" % (self.resource, self.minor, disks[names[0]]))
+               "  disk { size 320M; c-plan-ahead 0; resync-rate 200M; c-min-rate 0; }\n" % (self.resource, self.minor, disks[names[0]]))
         for s in names:
             res += "  on %s { address %s:7789; }\n" % (s, self.servers[s].vm.link_addresses[0])
         res += "}\n"
@@ -313,15 +313,18 @@ class ClusterHub:
         self.app_on = record.get("current") if self.app_resource in record.get("online", []) else None
         return state, mirror, active, running
 
+    def _log_bytes(self, server):
+        """The size of the application's log on ``server`` (-1 when there is none)."""
+        return int(self._ssh(server, "stat -c %%s %s/app.log 2>/dev/null || echo -1" % self.mount).strip())
+
     def _app(self, server, start):
         """The exec resource: the application's loop as a systemd unit; the size of its log is recorded."""
-        log = "%s/app.log" % self.mount
         if not start:
             self._ssh(server, "systemctl stop fake-%s" % self.app_resource)
-        size = int(self._ssh(server, "stat -c %%s %s 2>/dev/null || echo -1" % log).strip())
+        size = self._log_bytes(server)
         if start and self.app_command:
             self._ssh(server, "systemd-run --collect --unit=fake-%s sh -c %s"
-                      % (self.app_resource, shlex.quote(self.app_command % {"log": log})))
+                      % (self.app_resource, shlex.quote(self.app_command % {"log": "%s/app.log" % self.mount})))
         self.measured["app"].append({"server": server, "op": "start" if start else "stop", "log_bytes": size,
                                      "at": time.monotonic()})
         self.plane[server]["app"] = start
@@ -439,8 +442,11 @@ class ClusterHub:
                 return
             t0 = time.monotonic()
             oos = None
+            log_bytes = None
             if active is not None:
                 oos = self.proc(active)["oos"] if self.plane[active]["up"] else None
+                # what the business has written by now (the log's size): bounds what the resync may carry
+                log_bytes = self._log_bytes(active)
                 if oos:  # the business wrote while this server was away: the fake's copy there is stale now
                     with locked(self.path) as cluster:
                         cluster.write(self.md)
@@ -449,6 +455,8 @@ class ClusterHub:
                 self._ssh(server, "drbdadm up %s" % self.resource)
                 self.plane[server]["up"] = True
                 synced = self._wait_in_sync(server)
+                if active is not None:
+                    synced["app_log_bytes"] = self._log_bytes(active)
             with locked(self.path) as cluster:
                 before = len(cluster.state["log"])
                 cluster.boot(server)
@@ -457,5 +465,7 @@ class ClusterHub:
                         event["expected"] = True  # the data plane did it: DRBD's resync above
                         self.measured["recoveries"].append({
                             "server": server, "mode": event["mode"], "out_of_sync_kib_before": oos,
-                            "received_kib": synced["nr"] if synced else None, "seconds": round(time.monotonic() - t0, 1)})
+                            "received_kib": synced["nr"] if synced else None, "seconds": round(time.monotonic() - t0, 1),
+                            "app_log_bytes": log_bytes,  # at the boot, and when DRBD was in sync again
+                            "app_log_bytes_synced": synced.get("app_log_bytes") if synced else None})
             self.reconcile()

@@ -6,7 +6,9 @@
 Two instances at the strict EC2 endpoint, vma and vmb, each with one 1 GiB EBS volume at /dev/sdf
 (NVMe, EBS serial), joined by a lab wire (10.77.0.1/.2). The DRBD resource r0 uses 320 MiB of each
 volume (`disk { size 320M; }`: a full resync then takes seconds, not a minute, under TCG), XFS on
-/dev/drbd0 mounted at /srv/data on the Primary.
+/dev/drbd0 mounted at /srv/data on the Primary. The resync runs at a fixed rate (`c-plan-ahead 0`) and
+`c-min-rate 0` keeps DRBD from slowing it to 250 KiB/s while the writer's I/O goes on (its default
+throttle: the 21 MiB the split leaves out of sync took 45-87 s with it); what is resynced is the same.
 
 1. drbd_mirror_backup.yml while a writer appends to the Primary: freeze + disconnect + thaw on the
    Primary, snapshot of the Secondary's volume (level filesystem, split time in the catalog), reconnect;
@@ -30,7 +32,7 @@ import pytest
 
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
-from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
+from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld, fs_metadata_kib
 from tests.support.world import ROOT, run_playbook
 
 pytestmark = pytest.mark.lab
@@ -42,7 +44,7 @@ RESOURCE = """resource r0 {
   disk /dev/nvme0n1;
   meta-disk internal;
   net { protocol C; }
-  disk { size 320M; c-plan-ahead 0; resync-rate 200M; }
+  disk { size 320M; c-plan-ahead 0; resync-rate 200M; c-min-rate 0; }
   on vma { address 10.77.0.1:7789; }
   on vmb { address 10.77.0.2:7789; }
 }
@@ -73,6 +75,7 @@ def world(lab_image, tmp_path_factory):
         a.vm.ssh("drbdsetup wait-connect 0 --wfc-timeout=60 --degr-wfc-timeout=60 --outdated-wfc-timeout=60"
                  " && drbdadm new-current-uuid --clear-bitmap r0 && drbdadm primary r0 && mkfs.xfs -q -f /dev/drbd0"
                  " && mkdir -p %s && mount /dev/drbd0 %s" % (MNT, MNT))
+        STATE["fs_metadata_kib"] = fs_metadata_kib(a.vm, MNT)
         record_timing(HERE, "create-md, up, skip initial sync, mkfs.xfs", time.monotonic() - t0)
         w.inventory(str(w.workdir) + "/inventory.yml")
         yield w
@@ -166,9 +169,12 @@ def test_split_mirror_backup_resyncs_only_the_changes(world, lab_timer):
                  split_resync_sent_kib=resync["sent_kib"])
     record_timing(HERE, "split: freeze window %.0f ms; out of sync at reconnect %d KiB of %d KiB; resync sent %s KiB"
                   % (split["split"]["window_ms"], oos, size, resync["sent_kib"]), 0.0)
-    assert 0 < oos < size // 4, (oos, size)  # the writer's blocks, not the device
-    assert _proc(a)["state"].startswith("cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate")
     STATE["during_backup"] = a.vm.ssh("stat -c %%s %s/during" % MNT).stdout.strip()
+    # the writer's blocks, not the device: at most what it appended in the whole run (the split lasted
+    # only part of it; how much depends on the machine's speed) plus what XFS writes besides file data
+    slack_kib = STATE["fs_metadata_kib"]
+    assert 0 < oos <= int(STATE["during_backup"]) // 1024 + slack_kib < size, (oos, STATE["during_backup"], slack_kib)
+    assert _proc(a)["state"].startswith("cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate")
 
 
 def test_restore_both_sides_without_resync(world, lab_timer):

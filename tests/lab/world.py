@@ -51,6 +51,25 @@ GUEST_ROOT = "/opt/stillpoint"
 GUEST_COLLECTION = GUEST_ROOT + "/ansible_collections/stillpoint/snapshots"
 
 
+def fs_metadata_kib(vm, mount):
+    """What the filesystem mounted at ``mount`` may write besides file data, in KiB: its whole journal
+    (XFS's internal log or ext4's journal, written in a circle: a busy writer dirties all of it) plus
+    1 MiB of headers, inode and btree blocks. A bound for how far DRBD's out-of-sync count may exceed
+    the bytes an application appended (ext4 made without lazy init, so nothing is zeroed later)."""
+    fstype, source = vm.ssh("findmnt -n -o FSTYPE,SOURCE --mountpoint %s" % mount).stdout.split()
+    if fstype == "xfs":
+        line = next(ln for ln in vm.ssh("xfs_info %s" % mount).stdout.splitlines() if ln.split("=")[0].strip() == "log")
+        fields = dict(kv.rstrip(",").split("=") for kv in line.split() if kv.split("=")[0] in ("bsize", "blocks"))
+        return int(fields["bsize"]) * int(fields["blocks"]) // 1024 + 1024
+    if fstype == "ext4":
+        head = dict(ln.split(":", 1) for ln in vm.ssh("dumpe2fs -h %s 2>/dev/null" % source).stdout.splitlines()
+                    if ":" in ln)
+        # e.g. "16M" or "1024k"; e2fsprogs 1.47 says "Total journal size", older ones "Journal size"
+        size = (head.get("Total journal size") or head["Journal size"]).strip()
+        return int(size[:-1]) * {"k": 1, "M": 1024, "G": 1024 * 1024}[size[-1]] + 1024
+    raise AssertionError("no metadata bound known for %s at %s" % (fstype, mount))
+
+
 class LabInstance:
     """An endpoint instance whose machine is a lab VM."""
 
