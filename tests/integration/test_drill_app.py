@@ -46,6 +46,7 @@ from tests.support.dbservers import app_tag
 from tests.support.dbservers import lsn
 from tests.support.dbservers import pg_bin
 from tests.support.dbservers import postgresql_missing
+from tests.support.dbservers import serving
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import ansible_env
@@ -159,23 +160,12 @@ def source(ec2):
     """The source instance with a running PostgreSQL, a writer, and an application-level set of it."""
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems", local=True) as inst:
         server = make_server(inst)
-        writer = None
-        try:
-            server.initdb().start()
-            server.create_tables()
-            writer = server.writer()
-            writer.start()
-            writer.wait_for(50)
+        with serving(server, lambda: server.initdb().start()) as writer:
             taken, inst.backup_s = backup(ec2, inst, server, "pg-drill", application=True)
             assert taken["level"] == "application", taken
             yield inst, server, writer, taken
             writer.wait_for(len(writer.done) + 20, timeout=30)  # the source serves after the drills
             writer.finish()
-        finally:
-            if writer is not None and writer.is_alive():
-                writer.stop_event.set()
-                writer.proc.kill()
-            server.cleanup()
 
 
 def source_unchanged(server, wal_link):

@@ -43,6 +43,7 @@ from tests.integration.test_drill_app import working_under
 from tests.support.dbservers import MariaDBServer
 from tests.support.dbservers import app_tag
 from tests.support.dbservers import mariadb_missing
+from tests.support.dbservers import serving
 from tests.support.world import EmulatedInstance
 from tests.support.world import task
 
@@ -67,23 +68,12 @@ def source(ec2):
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems", local=True) as inst:
         data_mnt, log_mnt = inst.mountpoints
         server = MariaDBServer(os.path.join(data_mnt, "mysql"), os.path.join(log_mnt, "binlog"))
-        writer = None
-        try:
-            server.install().start()
-            server.create_tables()
-            writer = server.writer()
-            writer.start()
-            writer.wait_for(50)
+        with serving(server, lambda: server.install().start()) as writer:
             taken, inst.backup_s = backup(ec2, inst, server, "mariadb-drill", application=True)
             assert taken["level"] == "application" and taken["application"]["confirmed"] is True, taken
             yield inst, server, writer, taken
             writer.wait_for(len(writer.done) + 20, timeout=30)  # the source serves after the drills
             writer.finish()
-        finally:
-            if writer is not None and writer.is_alive():
-                writer.stop_event.set()
-                writer.proc.kill()
-            server.cleanup()
 
 
 def source_unchanged(server, index_text, served):

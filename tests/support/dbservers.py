@@ -7,6 +7,7 @@ socket (PostgreSQL also 127.0.0.1), never the system's instance. Each is started
 (``start()``) or by the restore's start hook (``start_command()``: a daemon that returns at once, then ``adopt()``
 reads its pid file), and stopped by its PID only (``stop()``)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -118,6 +119,26 @@ def boundary(server):
     assert a == list(range(1, k + 1)), "gap in a"
     assert b == a, "a two-table transaction is half applied"
     return k
+
+
+@contextlib.contextmanager
+def serving(server, start, rows=50):
+    """``server`` started by ``start()`` (e.g. ``server.install().start``), its tables made and a writer running
+    that has committed ``rows``; yields the writer. On the way out a writer still alive is stopped (killed) and
+    the server cleaned up, whatever happened."""
+    writer = None
+    try:
+        start()
+        server.create_tables()
+        writer = server.writer()
+        writer.start()
+        writer.wait_for(rows)
+        yield writer
+    finally:
+        if writer is not None and writer.is_alive():
+            writer.stop_event.set()
+            writer.proc.kill()
+        server.cleanup()
 
 
 def _pid_alive(pid):
