@@ -88,11 +88,12 @@ class Rendezvous:
     ``failed <pid>: <why>`` when it failed before; the controller waits for ``ready|failed`` on every host, then
     writes ``go`` (JSON): ``{"id", "instant", "lead_ms", "hold_ms"}`` (the instant on the controller's clock), or
     ``{"abort": why}`` when a host was not ready. A ready host waits at most ``wait_s`` seconds for it and then
-    refuses, nothing frozen. The directory is removed once the answer is read (or the wait ended); leftovers of
-    killed runs (their pid gone) under the same base are removed when the next one opens.
+    refuses, nothing frozen (counted on ``clock``, monotonic: a stepped real-time clock does not stretch it). The
+    directory is removed once the answer is read (or the wait ended); leftovers of killed runs (their pid gone) under
+    the same base are removed when the next one opens.
     """
 
-    def __init__(self, group_id, run_dir, wait_s, clock=time.time, sleep=time.sleep, poll=GO_POLL):
+    def __init__(self, group_id, run_dir, wait_s, clock=time.monotonic, sleep=time.sleep, poll=GO_POLL):
         run_dir = os.path.normpath(run_dir or "")
         member, gid = os.path.basename(run_dir), os.path.basename(os.path.dirname(run_dir))
         if not os.path.isabs(run_dir) or gid != group_id or not MEMBER.match(member) or not MEMBER.match(gid):
