@@ -949,8 +949,8 @@ def prepare_postgresql(ctx, mountpoint_map):
     marker = _private_dirs(scratch_mount(pgdata, mountpoint_map), st, {
         "postgresql.conf": "# stillpoint restore drill: private server, settings on the command line\n",
         "pg_hba.conf": "# the private socket directory is the access control (0700, %s)\nlocal all all trust\n" % user,
-        "pg_ident.conf": "", "server.log": ""}, {"kind": "postgresql", "data_directory": pgdata, "pid_file": lock,
-                                                "signals": list(STOP_SIGNALS["postgresql"])})
+        "pg_ident.conf": "", "server.log": ""},
+        {"kind": "postgresql", "data_directory": pgdata, "pid_file": lock, "signals": list(STOP_SIGNALS["postgresql"])})
     run_dir, sock = marker["run_dir"], marker["socket_dir"]
     opts = " ".join("-c %s" % shlex.quote(s) for s in pg_private_settings(run_dir, sock))
     p.update(start_command=as_user + [ctx.which("env", required=False) or "env", "-C", run_dir,
@@ -1114,6 +1114,7 @@ def prepare_mariadb(ctx, mountpoint_map):
              application_login_unix_socket=os.path.join(marker["socket_dir"], "mysqld.sock"),
              application_login_user="root", application_login_host=None, application_login_port=None,
              application_login_password=None, application_config_file="/dev/null", server_binary=binary)
+
     def watch():
         proc = ctx.spawned
         if proc is None or proc.poll() is None:
@@ -1187,9 +1188,10 @@ def _reap(ctx):
 
 
 def _stopped_text(stopped):
+    if not stopped:
+        return "; no server left running"
     return "; stopped PID %s (%s)" % (", ".join(str(s["pid"]) for s in stopped),
-                                       ", ".join(sorted(set(x for s in stopped for x in s["signals"])))) \
-        if stopped else "; no server left running"
+                                      ", ".join(sorted(set(x for s in stopped for x in s["signals"]))))
 
 
 def position_text(position):

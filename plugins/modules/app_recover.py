@@ -34,8 +34,9 @@ description:
     position differs from the record (O(compare_position)). The server is left running for inspection.
   - With O(server=private) (a restore drill, role C(restore_drill)) it starts no service; it starts a private server
     of the recorded kind on the drill's scratch copy (O(mountpoint_map)) and stops it by its PID at the end, also when
-    anything failed (PostgreSQL - the description below; MariaDB/MySQL - the next one). The copy's filesystems holding the data are remounted read-write (the recovery writes to the
-    copy), its symlinks into the set's filesystems (C(pg_wal), tablespaces) are repointed at the copy, the source
+    anything failed (PostgreSQL - the description below; MariaDB/MySQL - the next one). The copy's filesystems
+    holding the data are remounted read-write (the recovery writes to the copy), its symlinks into the set's
+    filesystems (C(pg_wal), tablespaces) are repointed at the copy, the source
     server's C(postmaster.pid) the snapshot caught is removed, and the server runs as the owner of the data directory
     with a private configuration (no TCP listener, a unix socket in a private 0700 directory, no archiving, no
     synchronous standbys, no preloaded libraries). Its pid file and a marker (C(.stillpoint-drill-app/server.json) at

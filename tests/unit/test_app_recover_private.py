@@ -7,7 +7,6 @@ processes, stopped by their PID), the marker a killed drill leaves, the refusals
 real PostgreSQL drill is tests/integration/test_drill_app.py."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
