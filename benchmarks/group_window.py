@@ -48,6 +48,7 @@ def per_host(raw, name):
 
 def inventory(workdir, instances):
     hosts = dict((name, {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                         "ansible_async_dir": os.path.join(workdir, "async"),  # see tests/integration/test_group.py
                          "array_backup_instance_id": inst.instance_id, "array_backup_mountpoints": inst.mountpoints,
                          "array_backup_by_id_dir": inst.by_id_dir}) for name, inst in zip(HOSTS, instances))
     path = os.path.join(workdir, "inventory.json")

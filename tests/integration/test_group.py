@@ -83,6 +83,10 @@ def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None):
     for name, inst in zip(HOSTS, instances):
         hosts[name] = {
             "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            # the async job files in one named place: with a local connection async_status looks under the
+            # user's home from the password database, the job writes under $HOME, and the two differ when
+            # HOME is set elsewhere (as a CI job may)
+            "ansible_async_dir": str(tmp_path / "async"),
             "array_backup_instance_id": inst.instance_id, "array_backup_mountpoints": inst.mountpoints,
             "array_backup_by_id_dir": inst.by_id_dir,
             "array_restore_instance_id": inst.instance_id, "array_restore_by_id_dir": inst.by_id_dir,
