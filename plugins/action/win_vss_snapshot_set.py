@@ -18,7 +18,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argu
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import execute_reading, run_on_controller
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 
 display = Display()
@@ -50,9 +50,4 @@ class ActionModule(ActionBase):
 
     def execute(self, module, args):
         """The Windows module only reads: it runs in check mode too."""
-        saved = self._task.check_mode
-        self._task.check_mode = False
-        try:
-            return self._execute_module(module_name=module, module_args=args, task_vars=self._task_vars)
-        finally:
-            self._task.check_mode = saved
+        return execute_reading(self, module, args)

@@ -19,3 +19,15 @@ def run_on_controller(action, result, work):
     finally:
         action._remove_tmp_path(action._connection._shell.tmpdir)
     return result
+
+
+def execute_reading(action, module, args):
+    """Run ``module`` with ``args`` on the task's host with check mode off for that run (the task's own check mode
+    is restored after): for the modules whose library only reads in check mode, so that a check-mode run can plan
+    from what the host really holds. ``action`` keeps its task variables in ``_task_vars``."""
+    saved = action._task.check_mode
+    action._task.check_mode = False
+    try:
+        return action._execute_module(module_name=module, module_args=args, task_vars=action._task_vars)
+    finally:
+        action._task.check_mode = saved

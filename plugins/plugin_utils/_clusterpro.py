@@ -23,7 +23,7 @@ from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import run_on_controller
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import execute_reading, run_on_controller
 
 display = Display()
 
@@ -165,12 +165,7 @@ class ClusterproAction(ActionBase):
     def execute(self, module, args):
         """Run one module on the target. Check mode is off for it: the library runs only reading commands
         (clpstat, clpmdstat, clpcfctrl --pull) and its work directory's upkeep in check mode."""
-        saved = self._task.check_mode
-        self._task.check_mode = False
-        try:
-            return self._execute_module(module_name=module, module_args=args, task_vars=self._task_vars)
-        finally:
-            self._task.check_mode = saved
+        return execute_reading(self, module, args)
 
     def write_file(self, path, text):
         """Write ``text`` to ``path`` on the target with the win_copy action (``content``)."""
