@@ -447,8 +447,9 @@ def run_playbook(playbook, endpoint, extravars=None, check=False, env=None, time
         cmd += ["-e", json.dumps(extravars)]
     if check:
         cmd.append("--check")
-    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(endpoint, env), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=timeout, check=False)
+    # stdin from /dev/null: an inherited stdin another process of the worker made non-blocking makes ansible refuse
+    proc = subprocess.run(cmd, cwd=ROOT, env=ansible_env(endpoint, env), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, check=False)
     # progress lines printed by the action plugin precede the JSON document
     lines = proc.stdout.splitlines()
     start = next((i for i, line in enumerate(lines) if line == "{"), 0)
