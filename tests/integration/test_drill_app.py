@@ -140,6 +140,21 @@ def plan_changes_nothing(ec2, scratch, root, set_id, kind):
     assert "start a private %s server on the copy" % kind in plan, plan
 
 
+def passed_check_recorded(ec2, taken, raw, kind):
+    """The catalog's verdict on both members and the drill's report say the application check of ``kind`` on the
+    scratch copy passed; returns the report and (verdict, its application text) per member for the caller's checks."""
+    found = verdicts(ec2, taken["snapshot_ids"])
+    assert len(found) == 2
+    for value in found.values():
+        assert value["result"] == "pass", value
+        text = value["checks"]["application"]
+        assert text.startswith("passed: private %s server on the scratch copy" % kind), text
+        assert "application_s" in value["phases"]
+    report = raw["global_custom_stats"]["stillpoint_drills"]["localhost"]
+    assert report["result"] == "pass" and report["checks"]["application"].startswith("passed: ")
+    return report, [(value, value["checks"]["application"]) for value in found.values()]
+
+
 def failed_check_recorded(ec2, taken, res, raw, root):
     """A private server that could not recover: the step failed at once, the verdict of every member is ``fail``
     at the application step with ``application: failed: ...``, nothing is left (volumes, mounts, processes)."""
@@ -204,17 +219,10 @@ def test_drill_runs_the_application_check_on_a_private_server(ec2, source):
                        for a in app["actions"]), app["actions"]
             assert working_under(root) == []
             # the verdict in the catalog
-            found = verdicts(ec2, taken["snapshot_ids"])
-            assert len(found) == 2
-            for value in found.values():
-                assert value["result"] == "pass", value
-                text = value["checks"]["application"]
-                assert text.startswith("passed: private postgresql server on the scratch copy"), text
+            report, members = passed_check_recorded(ec2, taken, _raw, "postgresql")
+            for value, text in members:
                 assert "position matches" in text and record["checkpoint_lsn"] in text, text
-                assert "application_s" in value["phases"]
                 assert abs(sum(value["phases"].values()) - value["rto_s"]) < 0.2, value
-            report = _raw["global_custom_stats"]["stillpoint_drills"]["localhost"]
-            assert report["result"] == "pass" and report["checks"]["application"].startswith("passed: ")
             # nothing left: volumes (endpoint), mounts, processes; the source untouched and serving
             assert drill_volumes(ec2) == [] and under(root) == []
             assert [d["volume_id"] for d in ec2.local_devices(instance_id=scratch.instance_id)] == scratch.volume_ids

@@ -38,6 +38,7 @@ from tests.integration.test_drill_app import alive
 from tests.integration.test_drill_app import drill
 from tests.integration.test_drill_app import drill_root
 from tests.integration.test_drill_app import failed_check_recorded
+from tests.integration.test_drill_app import passed_check_recorded
 from tests.integration.test_drill_app import plan_changes_nothing
 from tests.integration.test_drill_app import working_under
 from tests.support.dbservers import MariaDBServer
@@ -126,17 +127,10 @@ def test_drill_checks_mariadb_on_a_private_server(ec2, source):
             assert "--skip-networking" in started and "--no-defaults" == started[1], started
             assert "--log-bin=%s/%s%s/bin" % (root, taken["set_id"], server.binlog_dir) in started, started
             # the verdict in the catalog
-            found = verdicts(ec2, taken["snapshot_ids"])
-            assert len(found) == 2
-            for value in found.values():
-                assert value["result"] == "pass", value
-                text = value["checks"]["application"]
-                assert text.startswith("passed: private mariadb server on the scratch copy"), text
+            report, members = passed_check_recorded(ec2, taken, raw, "mariadb")
+            for _value, text in members:
                 assert "mariadb-check passed" in text and "position matches" in text, text
                 assert "%s:%s" % (record["binlog_file"], record["binlog_position"]) in text, text
-                assert "application_s" in value["phases"]
-            report = raw["global_custom_stats"]["stillpoint_drills"]["localhost"]
-            assert report["result"] == "pass" and report["checks"]["application"].startswith("passed: ")
             # nothing left: volumes (endpoint), mounts, processes; the source untouched and serving
             assert drill_volumes(ec2) == [] and under(root) == []
             assert [d["volume_id"] for d in ec2.local_devices(instance_id=scratch.instance_id)] == scratch.volume_ids
