@@ -32,7 +32,6 @@ from tests.integration.test_drill import drill_volumes
 from tests.integration.test_drill import failed
 from tests.integration.test_drill import under
 from tests.integration.test_drill import unmount_under
-from tests.integration.test_drill import verdicts
 from tests.integration.test_drill_app import APP
 from tests.integration.test_drill_app import alive
 from tests.integration.test_drill_app import drill
