@@ -58,6 +58,16 @@ for _i in range(count):
 """
 
 
+def sample_command(nonce, directory):
+    """The shell command of one sample: the nonce to the reader's request FIFO, its answer line from the reply FIFO.
+
+    The previous answer's writer may still hold the reply FIFO open after its line was read (the reader closes after
+    writing): a read opened in that moment ends empty at that close, so an empty read is tried again (it then waits
+    for this nonce's writer)."""
+    return ("printf '%%s\\n' %s > %s && for _t in 1 2 3; do l=$(head -n 1 %s); [ -n \"$l\" ] && break; done; "
+            "printf '%%s\\n' \"$l\"" % (nonce, shlex.quote(directory + "/ask"), shlex.quote(directory + "/answer")))
+
+
 class ActionModule(ActionBase):
 
     TRANSFERS_FILES = False
@@ -93,7 +103,7 @@ class ActionModule(ActionBase):
         samples = []
         for i in range(count):
             nonce = binascii.hexlify(os.urandom(8)).decode()
-            cmd = "printf '%%s\\n' %s > %s && head -n 1 %s" % (nonce, shlex.quote(tmp + "/ask"), shlex.quote(tmp + "/answer"))
+            cmd = sample_command(nonce, tmp)
             sent = time.time()
             res = self._low_level_execute_command(cmd, sudoable=False)
             received = time.time()

@@ -2,10 +2,12 @@
 """Consistency groups, the pure parts (plugins/module_utils/_group.py): the host's schedule around the instant
 on an injected clock, the clock offset from round trips, and the verdict from the hosts' intervals."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -346,3 +348,74 @@ def test_one_reader_process_answers_every_sample_within_its_round_trip(tmp_path)
     assert len(conn.commands) == 5 and sys.executable in conn.commands[0]
     assert all("python" not in cmd for cmd in conn.commands[1:])  # no Python started per sample
     assert sorted(os.listdir(str(tmp_path))) == ["answer", "ask"]
+
+
+def _process_holding(path):
+    """The pid of a process other than this one that has ``path`` open (read from /proc), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % pid)
+            if any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) == path for fd in fds):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def _running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_sample_whose_read_meets_the_previous_answers_writer_still_open_reads_again(tmp_path):
+    # the race a loaded CI run met ("the clock reader on the host did not answer sample 3"): the reader wrote the
+    # previous answer, the sample's head read it and exited, and the next sample's head opened the reply FIFO before
+    # the reader had closed it; that read ended empty at the close
+    from ansible_collections.stillpoint.snapshots.plugins.action.clock_offset import sample_command
+
+    ask, answer = str(tmp_path / "ask"), str(tmp_path / "answer")
+    os.mkfifo(ask, 0o600)
+    os.mkfifo(answer, 0o600)
+    requests = os.open(ask, os.O_RDWR)
+    stale = os.open(answer, os.O_RDWR)  # the previous answer's writer, its line already read
+    sample = subprocess.Popen(["/bin/sh", "-c", sample_command("n0nce", str(tmp_path))], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        nonce = b""
+        while not nonce.endswith(b"\n"):
+            nonce += os.read(requests, 1)
+        assert nonce == b"n0nce\n"
+        deadline = time.monotonic() + 30
+        while _process_holding(answer) is None:  # the sample's read has met the stale writer
+            assert time.monotonic() < deadline and sample.poll() is None
+            time.sleep(0.01)
+        first_read = _process_holding(answer)
+        os.close(stale)  # its close ends that read empty
+        stale = None
+        while _running(first_read):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while True:  # the answer, once a read of the reply FIFO is open again (never, if the sample gave up)
+            assert time.monotonic() < deadline and sample.poll() is None, "the sample gave up after the empty read"
+            try:
+                writer = os.open(answer, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO
+                time.sleep(0.01)
+        os.write(writer, b"n0nce 1796404438.5\n")
+        os.close(writer)
+        out, _ = sample.communicate(timeout=30)
+        assert out.split() == ["n0nce", "1796404438.5"]
+    finally:
+        if stale is not None:
+            os.close(stale)
+        os.close(requests)
+        if sample.poll() is None:
+            sample.kill()
+            sample.wait()
