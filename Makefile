@@ -149,9 +149,11 @@ ee-check: deps $(ANSIBLE_BUILDER)/.deps
 
 # The VM lab tier (tests/lab): qemu TCG guests from an mmdebstrap image cached outside the tree; a
 # timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
-# time (--dist loadfile).
+# time (--dist loadfile). Both guest images (bookworm's 6.1 kernel, and bookworm-backports' 6.12 that
+# test_lvm_cross_lv.py boots) are built before the tests, not inside a test's time.
 lab-image: deps
 	$(BIN)/python -m tests.lab.image
+	$(BIN)/python -m tests.lab.image --kernel backports
 
 lab: lab-image
 	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab
