@@ -308,6 +308,13 @@ class GroupQuiescer:
         """The run tells whether the call succeeded: only then is the freeze held until the instant + hold."""
         self.call_ok = bool(ok)
 
+    def catalog_tags(self):
+        """This host's record for the catalog (``stillpoint:group-host``), once it has thawed: the set's run writes it
+        with the level after the thaw, in the same CreateTags (a fleet run is bound by CreateTags, docs/throttling.md)."""
+        if self.record is None or self.record["frozen"][1] is None:
+            return {}
+        return catalog.encode_json(catalog.K_GROUP_HOST, self.record, what="group host record")
+
     def thaw(self):
         if self.call_ok:
             wait_until(self._local() + self.group["hold_ms"] / 1000.0, self.clock, self.sleep)

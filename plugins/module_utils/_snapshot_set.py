@@ -132,6 +132,5 @@ def _take_on_host(aws, client, params, runner, protect_paths, check_mode, log, w
             e.details.setdefault("group", quiescer.record)
         raise
     if group:
-        result["group"] = quiescer.record
-        ebs.tag(client, result["snapshot_ids"], catalog.encode_json(catalog.K_GROUP_HOST, quiescer.record, what="group host record"))
+        result["group"] = quiescer.record  # also in the catalog (stillpoint:group-host), tagged with the level
     return result

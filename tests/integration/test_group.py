@@ -31,6 +31,7 @@ import time
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
 from tests.support.world import ROOT
@@ -126,6 +127,20 @@ def group_snapshots(ec2, group_id):
     return [dict((t["Key"], t["Value"]) for t in s.get("Tags", [])) for s in snaps]
 
 
+def create_tags_per_set(ec2, group_id):
+    """``{set id: number of CreateTags requests that named a snapshot of it}`` for the group's sets, from the
+    endpoint's request log (what the run asked EC2 for; the throttling bound of a fleet run, docs/throttling.md)."""
+    snaps = ec2.client().describe_snapshots(OwnerIds=["self"], Filters=[
+        {"Name": "tag:stillpoint:group-id", "Values": [group_id]}])["Snapshots"]
+    set_of = dict((s["SnapshotId"], dict((t["Key"], t["Value"]) for t in s["Tags"])["stillpoint:set-id"]) for s in snaps)
+    counts = dict((sid, 0) for sid in set_of.values())
+    for call in ec2.calls("CreateTags"):
+        named = set(set_of.get(v) for k, v in call["params"].items() if k.startswith("ResourceId."))
+        for sid in named - {None}:
+            counts[sid] += 1
+    return counts
+
+
 def read_records(mountpoint):
     with open(os.path.join(mountpoint, RECORDS)) as handle:
         return [int(line) for line in handle.read().split("\n") if line.strip().isdigit()]
@@ -172,6 +187,12 @@ def test_group_backup_at_one_instant_then_group_restore_holds_a_causal_prefix(ec
     tags = group_snapshots(ec2, group_id)
     assert len(tags) == 3 and len(set(t["stillpoint:set-id"] for t in tags)) == 3
     assert all(json.loads(t["stillpoint:group"])["verdict"] == "consistent" for t in tags)
+    # each host's own record (its frozen interval on its clock) is on its set, written in the same CreateTags as the
+    # level after the thaw: per set (one member) the member's tags, the level, complete and the seal
+    for t in tags:
+        host = next(h for h in HOSTS if takes[h]["set_id"] == t["stillpoint:set-id"])
+        assert catalog.decode_json(t, "stillpoint:group-host")["frozen"] == takes[host]["group"]["frozen"], t
+    assert sorted(create_tags_per_set(ec2, group_id).values()) == [4, 4, 4], create_tags_per_set(ec2, group_id)
     # the catalog counts the group's sets as complete only now, and finds them by group id
     rc, res, _raw = run_playbook(os.path.join(ROOT, "playbooks", "catalog.yml"), ec2, {
         "catalog_name": "group-ok", "catalog_aws_endpoint_url": ec2.url, "catalog_aws_region": ec2.region})

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _group as group
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
@@ -67,6 +68,19 @@ def test_freeze_starts_lead_before_the_instant_and_is_held_hold_after_it():
     assert q.record["frozen"] == [pytest.approx(999.98), pytest.approx(1000.08)]
     assert q.record["late_ms"] == pytest.approx(0.0)
     assert out["window_ms"] == q.record["window_ms"] == 123.0
+
+
+def test_the_hosts_record_is_offered_for_the_catalog_only_once_thawed():
+    clock = Clock(990.0)
+    q = group.GroupQuiescer(Inner(clock), GROUP, clock=clock, sleep=clock.sleep)
+    assert q.catalog_tags() == {}
+    q.freeze()
+    assert q.catalog_tags() == {}  # frozen, not thawed: no interval yet
+    q.called(True)
+    q.thaw()
+    tags = q.catalog_tags()
+    assert set(tags) <= {"stillpoint:group-host"} | set("stillpoint:group-host.%d" % i for i in range(1, 8))
+    assert catalog.decode_json(tags, "stillpoint:group-host") == json.loads(json.dumps(q.record))
 
 
 def test_a_failed_call_thaws_at_once():
