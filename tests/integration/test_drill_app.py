@@ -254,6 +254,76 @@ def test_drill_runs_the_application_check_on_a_private_server(ec2, source):
             shutil.rmtree(root, ignore_errors=True)
 
 
+def kill_drill_while_its_server_runs(ec2, scratch, root, set_id, pid_file, marker, timeout=180):
+    """playbooks/drill.yml started and SIGKILLed (the playbook, its workers and the app_recover module: the drill's
+    processes, found from the playbook's PID) once the private server it started on the scratch copy runs (its marker
+    and pid file on the copy, the PID alive), never the server itself. Returns (the server's PID, the scratch volumes
+    the killed drill left, counted at the endpoint)."""
+    variables = {"drill_hosts": "localhost", "drill_become": False, "restore_drill_instance_id": scratch.instance_id,
+                 "restore_drill_set_id": set_id, "restore_drill_by_id_dir": scratch.by_id_dir,
+                 "restore_drill_root": root, "restore_drill_aws_endpoint_url": ec2.url,
+                 "restore_drill_aws_region": ec2.region, "restore_drill_device_timeout": 30}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local", "-e",
+           "ansible_python_interpreter=%s" % sys.executable, DRILL, "-e", json.dumps(variables)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    leftover = None
+    try:
+        deadline = time.monotonic() + timeout
+        while leftover is None:
+            assert proc.poll() is None, "the drill ended before its server ran"
+            assert time.monotonic() < deadline, "no private server within %d s" % timeout
+            try:
+                with open(pid_file) as handle:
+                    pid = int(handle.readline())
+                if os.path.exists(marker) and alive(pid):
+                    leftover = pid
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        # ansible's workers run in their own sessions: the playbook's process group, then every process below it
+        # except the server (and anything working on the copy, which only the server does)
+        tree = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:
+            if pid != leftover and not working_under(root, [pid]):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    finally:
+        if leftover is None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    left = sorted(v["VolumeId"] for v in drill_volumes(ec2, set_id))
+    return leftover, left
+
+
+def rerun_stops_the_leftover_first(ec2, scratch, root, taken, leftover, left, marker):
+    """The killed drill's server and marker still on the copy; the re-run stops that server by its PID (the first
+    changing step), takes the leftover copy down, detaches and deletes the leftover volumes, then drills the set
+    anew and passes; nothing is left (volumes at the endpoint, mounts, processes under the root). Returns
+    (the stop's record, the re-run's results, its raw stats)."""
+    time.sleep(2)
+    before = (os.path.exists(marker), alive(leftover))
+    assert before == (True, True), "the killed drill's server and its marker should be left on the copy"
+    ec2.clear_calls()
+    _v, (rc, res, raw) = drill(ec2, scratch, root, taken["set_id"])
+    assert rc == 0, failed(res)
+    stops = task(res, LEFTOVER_APPS)
+    assert len(stops["results"][0]["stopped"]) == 1, (stops["results"][0], before)
+    [stopped] = stops["results"][0]["stopped"]
+    assert stopped["pid"] == leftover and not alive(leftover)
+    assert sorted(task(res, LEFTOVERS)["removed"]) == left
+    calls = [c["action"] for c in ec2.calls()]
+    assert "DetachVolume" in calls and "DeleteVolume" in calls
+    assert all(v["result"] == "pass" and v["checks"]["application"].startswith("passed: ")
+               for v in verdicts(ec2, taken["snapshot_ids"]).values())
+    assert raw["global_custom_stats"]["stillpoint_drills"]["localhost"]["result"] == "pass"
+    assert drill_volumes(ec2) == [] and under(root) == [] and working_under(root) == []
+    return stopped, res, raw
+
+
 def test_drill_killed_while_its_server_runs_then_rerun_stops_it_first(ec2, source):
     inst, server, writer, taken = source
     wal_link = os.readlink(os.path.join(server.pgdata, "pg_wal"))
@@ -263,59 +333,9 @@ def test_drill_killed_while_its_server_runs_then_rerun_stops_it_first(ec2, sourc
     with EmulatedInstance(ec2, n=1, local=True) as scratch:
         leftover = None
         try:
-            variables = {"drill_hosts": "localhost", "drill_become": False,
-                         "restore_drill_instance_id": scratch.instance_id, "restore_drill_set_id": taken["set_id"],
-                         "restore_drill_by_id_dir": scratch.by_id_dir, "restore_drill_root": root,
-                         "restore_drill_aws_endpoint_url": ec2.url, "restore_drill_aws_region": ec2.region,
-                         "restore_drill_device_timeout": 30}
-            cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c",
-                   "local", "-e", "ansible_python_interpreter=%s" % sys.executable, DRILL, "-e", json.dumps(variables)]
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
-            try:
-                deadline = time.monotonic() + 180
-                while leftover is None:
-                    assert proc.poll() is None, "the drill ended before its server ran"
-                    assert time.monotonic() < deadline, "no private server within 180 s"
-                    try:
-                        with open(pid_file) as handle:
-                            pid = int(handle.readline())
-                        if os.path.exists(marker) and alive(pid):
-                            leftover = pid
-                    except (OSError, ValueError):
-                        pass
-                    time.sleep(0.02)
-                # ansible's workers run in their own sessions: the playbook, its workers and the app_recover module
-                # (the drill's processes, found from the playbook's PID), never the server they started
-                tree = descendants(proc.pid)
-                os.killpg(proc.pid, signal.SIGKILL)
-                for pid in tree:
-                    if pid != leftover and not working_under(root, [pid]):
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-            finally:
-                proc.wait(timeout=30)
-            left = sorted(v["VolumeId"] for v in drill_volumes(ec2, taken["set_id"]))
+            leftover, left = kill_drill_while_its_server_runs(ec2, scratch, root, taken["set_id"], pid_file, marker)
             assert len(left) == 2
-
-            time.sleep(2)
-            before = (os.path.exists(marker), alive(leftover))
-            assert before == (True, True), "the killed drill's server and its marker should be left on the copy"
-            ec2.clear_calls()
-            _v, (rc, res, raw) = drill(ec2, scratch, root, taken["set_id"])
-            assert rc == 0, failed(res)
-            stops = task(res, LEFTOVER_APPS)
-            assert len(stops["results"][0]["stopped"]) == 1, (stops["results"][0], before)
-            [stopped] = stops["results"][0]["stopped"]
-            assert stopped["pid"] == leftover and not alive(leftover)
-            assert sorted(task(res, LEFTOVERS)["removed"]) == left
-            calls = [c["action"] for c in ec2.calls()]
-            assert "DetachVolume" in calls
-            assert all(v["result"] == "pass" and v["checks"]["application"].startswith("passed: ")
-                       for v in verdicts(ec2, taken["snapshot_ids"]).values())
-            assert drill_volumes(ec2) == [] and under(root) == [] and working_under(root) == []
+            stopped, _res, _raw = rerun_stops_the_leftover_first(ec2, scratch, root, taken, leftover, left, marker)
             source_unchanged(server, wal_link)
             print("\nkilled drill's server PID %d stopped by the re-run (%s, %.0f ms), leftovers %s removed"
                   % (leftover, ", ".join(stopped["signals"]), stopped["ms"], ", ".join(left)))

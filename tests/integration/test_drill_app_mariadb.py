@@ -16,29 +16,39 @@ local instance (the scratch instance) against the strict EC2 endpoint:
 - the copy's redo log damaged (the test overwrites the header of the scratch copy's ``ib_logfile0``, never the
   source's, through restore_drill_checksum_command, which runs between the mount and the application check): the
   private server cannot recover, the verdict is ``fail`` with ``application: failed ...``, nothing is left running or
-  attached, the source still serves.
+  attached, the source still serves;
+- the drill SIGKILLed while its private ``mariadbd`` runs on the scratch copy (started detached in its own session, so
+  it outlives the killed module), then re-run: the re-run first stops that server by the pid file and marker on the
+  copy (its PID gone), takes the leftover copy down and deletes the leftover volumes, then drills the set anew and
+  records ``pass``; no process works under the drill root, no scratch volume is left (counted at the endpoint), the
+  source still commits.
 
 Skipped when the MariaDB server binaries are missing, except under CI (CI=true), where that fails.
 """
 
 import os
 import shutil
+import signal
 import sys
 
 import pytest
 
 from tests.integration.test_app_mariadb import backup
+from tests.integration.test_drill import changing_calls
 from tests.integration.test_drill import drill_volumes
 from tests.integration.test_drill import failed
 from tests.integration.test_drill import under
 from tests.integration.test_drill import unmount_under
 from tests.integration.test_drill_app import APP
+from tests.integration.test_drill_app import LEFTOVER_APPS
 from tests.integration.test_drill_app import alive
 from tests.integration.test_drill_app import drill
 from tests.integration.test_drill_app import drill_root
 from tests.integration.test_drill_app import failed_check_recorded
+from tests.integration.test_drill_app import kill_drill_while_its_server_runs
 from tests.integration.test_drill_app import passed_check_recorded
 from tests.integration.test_drill_app import plan_changes_nothing
+from tests.integration.test_drill_app import rerun_stops_the_leftover_first
 from tests.integration.test_drill_app import working_under
 from tests.support.dbservers import MariaDBServer
 from tests.support.dbservers import app_tag
@@ -154,5 +164,48 @@ def test_drill_checks_mariadb_on_a_private_server(ec2, source):
             source_unchanged(server, index_text, served)
             print("failed application check: %s" % app["msg"][:400])
         finally:
+            unmount_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def test_drill_killed_while_its_mariadbd_runs_then_rerun_stops_it_first(ec2, source):
+    inst, server, writer, taken = source
+    with open(os.path.join(server.binlog_dir, "bin.index")) as handle:
+        index_text = handle.read()
+    root = drill_root()
+    run_dir = root + "/" + taken["set_id"] + inst.mountpoints[0] + "/.stillpoint-drill-app"
+    marker, pid_file = run_dir + "/server.json", run_dir + "/mariadbd.pid"
+    with EmulatedInstance(ec2, n=1, local=True) as scratch:
+        leftover = None
+        try:
+            served = len(writer.done)
+            leftover, left = kill_drill_while_its_server_runs(ec2, scratch, root, taken["set_id"], pid_file, marker)
+            assert len(left) == 2
+            # check mode after the kill plans the cleanup and touches nothing: the server runs on, the volumes stay
+            ec2.clear_calls()
+            _v, (rc, res, _raw) = drill(ec2, scratch, root, taken["set_id"], check=True)
+            assert rc == 0, failed(res)
+            assert changing_calls(ec2) == [] and alive(leftover) and os.path.exists(marker)
+            planned = task(res, LEFTOVER_APPS)["results"][0]
+            assert planned["stopped"] == [] and [p["pid_file"] for p in planned["planned"]] == [pid_file], planned
+            plan = task(res, "Report the drill")["msg"]
+            assert "first remove the leftovers" in plan and all(v in plan for v in left), plan
+            assert sorted(v["VolumeId"] for v in drill_volumes(ec2, taken["set_id"])) == left
+            stopped, res, raw = rerun_stops_the_leftover_first(ec2, scratch, root, taken, leftover, left, marker)
+            assert stopped["kind"] == "mariadb" and stopped["signals"] == ["SIGTERM"], stopped
+            assert stopped["data_directory"] == root + "/" + taken["set_id"] + server.datadir, stopped
+            # the re-run's own server: started, checked and stopped like any drill's, on fresh scratch volumes
+            app = task(res, APP)
+            assert app["check"]["status"] == "passed" and app["position"]["matches"] is True, app
+            [own] = app["stopped"]
+            assert own["pid"] != leftover and not alive(own["pid"])
+            assert not any(v in left for v in raw["global_custom_stats"]["stillpoint_drills"]["localhost"]["removed"])
+            source_unchanged(server, index_text, served)
+            print("\nkilled drill's mariadbd PID %d stopped by the re-run (%s, %.0f ms), leftovers %s removed; "
+                  "the re-run's check: %s" % (leftover, ", ".join(stopped["signals"]), stopped["ms"], ", ".join(left),
+                                              app["summary"][:160]))
+        finally:
+            if leftover is not None and alive(leftover):
+                os.kill(leftover, signal.SIGKILL)
             unmount_under(root)
             shutil.rmtree(root, ignore_errors=True)
