@@ -49,12 +49,14 @@ def powershell_files():
     return sorted(out)
 
 
-DISK_SCRIPTS = ("Get-EbsDisk.ps1", "Set-EbsDiskOffline.ps1", "Set-EbsDiskOnline.ps1")
+DISK_SCRIPTS = ("Get-EbsArrayDisks.ps1", "Get-EbsDisk.ps1", "Set-EbsArrayDisks.ps1", "Set-EbsDiskOffline.ps1",
+                "Set-EbsDiskOnline.ps1")
 
 
 def test_the_collection_has_powershell_scripts():
     """The Windows disk scripts are in one place: the files of the windows_ebs_disk role, which both
-    CLUSTERPRO roles include (tasks_from disks, offline, online)."""
+    CLUSTERPRO roles include (tasks_from disks, offline, online) and the win_array_host action plugin sends
+    (Get-EbsArrayDisks.ps1, Set-EbsArrayDisks.ps1)."""
     found = [os.path.relpath(p, ROOT) for p in powershell_files() if os.path.basename(p) in DISK_SCRIPTS]
     assert sorted(found) == [os.path.join("roles", "windows_ebs_disk", "files", name) for name in DISK_SCRIPTS]
 
@@ -102,7 +104,8 @@ def test_a_broken_file_on_disk_fails_the_file_check(tmp_path):
         test_script_parses_cleanly(str(bad))
 
 
-# -- rules for the Windows modules (plugins/modules/*.ps1, plugins/module_utils/*.psm1) ----------------
+# -- rules for the Windows modules (plugins/modules/*.ps1, plugins/module_utils/*.psm1) and the scripts of the ----
+# windows_ebs_disk role (roles/windows_ebs_disk/files/*.ps1) ----------------------------------------------------
 # No aliases, $ErrorActionPreference = 'Stop' at the top level, every native command (called with the call
 # operator `&`) followed by a check of $LASTEXITCODE, no Invoke-Expression.
 
@@ -118,8 +121,8 @@ NATIVE_NAMES = {"vssadmin", "vssadmin.exe", "diskpart", "diskpart.exe", "ec2-vss
 
 
 def module_scripts():
-    top = os.path.join(ROOT, "plugins")
-    return [p for p in powershell_files() if p.startswith(top + os.sep)]
+    tops = (os.path.join(ROOT, "plugins"), os.path.join(ROOT, "roles", "windows_ebs_disk", "files"))
+    return [p for p in powershell_files() if p.startswith(tuple(top + os.sep for top in tops))]
 
 
 def rule_violations(source):
@@ -156,6 +159,7 @@ def rule_violations(source):
 def test_the_modules_have_powershell():
     names = [os.path.relpath(p, ROOT) for p in module_scripts()]
     assert os.path.join("plugins", "modules", "win_vss_snapshot_set.ps1") in names
+    assert os.path.join("roles", "windows_ebs_disk", "files", "Set-EbsArrayDisks.ps1") in names
 
 
 @pytest.mark.parametrize("path", module_scripts(), ids=lambda p: os.path.relpath(p, ROOT))

@@ -1,0 +1,77 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin of stillpoint.snapshots.win_array_host: the Windows host steps of a restore.
+
+Sends the windows_ebs_disk role's scripts (Get-EbsArrayDisks.ps1 reads, Set-EbsArrayDisks.ps1 runs planned
+steps) through ansible.windows.win_powershell and decides on the controller (module_utils/_win_restore.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _win_restore as win
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import execute_reading, run_on_controller
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "roles", "windows_ebs_disk", "files")
+POWERSHELL = "ansible.windows.win_powershell"
+
+
+def script_text(name):
+    with open(os.path.join(SCRIPTS, name), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def script_output(name, result):
+    """The one object the script writes, or a StillpointError with what win_powershell reported."""
+    errors = [((e.get("exception") or {}).get("message") or e.get("output") or str(e)) if isinstance(e, dict) else str(e)
+              for e in result.get("error") or []]
+    if result.get("failed") or errors:
+        raise StillpointError("%s on the Windows host failed: %s" % (name, "; ".join(
+            [result.get("msg")] * bool(result.get("msg")) + errors) or "no message"), script=name,
+            host_out=result.get("host_out"))
+    out = result.get("output") or []
+    if len(out) != 1 or not isinstance(out[0], dict):
+        raise StillpointError("%s returned %d objects, expected one" % (name, len(out)), script=name)
+    return out[0]
+
+
+class ActionModule(ActionBase):
+
+    def run(self, tmp=None, task_vars=None):
+        self._supports_check_mode = True
+        self._supports_async = False
+        result = super().run(tmp, task_vars)
+        del tmp
+        self._task_vars = task_vars or {}
+        return run_on_controller(self, result, self._run)
+
+    def _run(self):
+        if self._connection._shell.SHELL_FAMILY != "powershell":
+            raise StillpointError("stillpoint.snapshots.win_array_host runs on Windows hosts only (WinRM or PSRP, shell "
+                                  "family powershell); %s has the %s shell family"
+                                  % (self._task_vars.get("inventory_hostname"), self._connection._shell.SHELL_FAMILY))
+        validated = ArgumentSpecValidator(win.ARGUMENT_SPEC).validate(dict(self._task.args))
+        if validated.error_messages:
+            raise StillpointError("; ".join(validated.error_messages))
+        params = validated.validated_parameters
+        check = self._task.check_mode
+        if params["state"] == "info":
+            return win.info(params, self.execute)
+        if params["state"] == "down":
+            return win.down(params, self.execute, check)
+        return win.up(params, self.execute, check)
+
+    def execute(self, name, parameters):
+        args = {"script": script_text(name), "parameters": parameters}
+        if name == win.GATHER:
+            result = execute_reading(self, POWERSHELL, args)  # reads only: in check mode too
+        else:
+            result = self._execute_module(module_name=POWERSHELL, module_args=args, task_vars=self._task_vars)
+        return script_output(name, result)

@@ -1,0 +1,431 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Windows host steps of a restore (``win_array_host``): disks found by EBS volume id, taken offline
+before the swap, brought back after it.
+
+The PowerShell on the host only gathers and runs fixed command forms (roles/windows_ebs_disk/files:
+``Get-EbsArrayDisks.ps1`` reads Get-Disk and diskpart's ``list disk`` / ``list volume`` / ``detail disk`` /
+``detail volume``; ``Set-EbsArrayDisks.ps1`` runs one list of steps, each disk re-found by its NVMe serial).
+Everything that decides is here, tested without Windows:
+
+* :func:`parse_list_volume`, :func:`parse_selected_volumes`, :func:`host_facts`: the parsers;
+* :func:`plan_down`: the disks of the volumes about to be detached, offline (never the system disk); a copy
+  beside its source refused before anything changes unless ``import_clone``;
+* :func:`plan_up`: one round of steps from what the host holds now - a new signature for a copy that collides
+  with its source (only with ``import_clone``), ``online disk``, ``attributes disk clear readonly``, ``import``
+  of a foreign dynamic pack, then each recorded volume's drive letter or mount folder given back;
+* :func:`up`, :func:`down`: the procedures (gather, plan, apply, gather again until nothing is left),
+  ``chkdsk`` without ``/f`` (read-only) as the verification.
+
+Nothing here exits; failures are StillpointError. Command lines and their sources: docs/windows-vss.md.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+
+GATHER = "Get-EbsArrayDisks.ps1"
+APPLY = "Set-EbsArrayDisks.ps1"
+MAX_ROUNDS = 6
+LETTER_RE = re.compile(r"^[A-Za-z]:\\$")
+# chkdsk's documented exit codes (Microsoft Learn, chkdsk): 0 no errors found; 1 errors found and fixed;
+# 2 disk cleanup performed, or not performed because /f was not given; 3 could not check the disk, or errors
+# not fixed because /f was not given
+CHKDSK_RC = {0: "no errors found", 1: "errors found and fixed", 2: "cleanup not performed (no /f)",
+             3: "errors found, not fixed (read-only check) or the disk could not be checked"}
+
+
+# --------------------------------------------------------------------------- parsers
+
+def parse_list_volume(text):
+    """diskpart's ``list volume`` table (the first volume table of ``text``) -> ``[{"number", "letter", "label",
+    "fs", "type", "status", "info"}]`` (columns cut at the header's positions)."""
+    out = []
+    header = None
+    cols = ["Ltr", "Label", "Fs", "Type", "Size", "Status", "Info"]
+    for line in (text or "").splitlines():
+        if header is None:
+            if re.match(r"^\s*Volume ###", line):
+                header = line
+            continue
+        m = re.match(r"^\s*\*?\s*Volume (\d+)\s", line)
+        if not m:
+            if out or not line.strip().startswith("-"):
+                break
+            continue
+        pos = [header.find(c) for c in cols]
+        if min(pos) < 0:
+            break
+        pos.append(len(line) + 1)
+        cell = dict((c, line[pos[i]:pos[i + 1]].strip()) for i, c in enumerate(cols))
+        out.append({"number": int(m.group(1)), "letter": cell["Ltr"] or None, "label": cell["Label"],
+                    "fs": cell["Fs"], "type": cell["Type"], "status": cell["Status"], "info": cell["Info"]})
+    return out
+
+
+def parse_selected_volumes(text):
+    """One diskpart run of ``select volume N`` + ``detail volume`` per volume -> ``{N: [disk numbers]}``."""
+    parts = re.split(r"^\s*Volume (\d+) is the selected volume\.\s*$", text or "", flags=re.M)
+    out = {}
+    for i in range(1, len(parts) - 1, 2):
+        out[int(parts[i])] = [r["number"] for r in vss.parse_disk_rows(parts[i + 1])]
+    return out
+
+
+def normalize_path(path):
+    """``E``, ``e:``, ``E:\\`` -> ``E:\\``; a mount folder ends in one backslash (as the catalog records them)."""
+    return vss.normalize_member(path)
+
+
+def diskpart_target(path):
+    """How diskpart names a path: ``E`` for ``E:\\``, ``C:\\mnt\\data`` for a mount folder."""
+    p = normalize_path(path)
+    return p[0] if LETTER_RE.match(p) else p.rstrip("\\")
+
+
+def host_facts(raw):
+    """The gather script's output -> ``{"disks": {volume_id: {...}}, "others": [...], "volumes": [...],
+    "paths": {path: volume number or None}, "instance_id", "imds_error", "computer_name"}``."""
+    gets = dict((d.get("Number"), d) for d in raw.get("disks") or [])
+    text = raw.get("diskpart") or ""
+    rows = dict((r["number"], r) for r in vss.parse_disk_rows(text.split("Volume ###")[0]))
+    by_number = {}
+    disks = {}
+    others = []
+    for number, d in sorted(gets.items()):
+        row = rows.get(number) or {}
+        rec = {"number": number, "offline": bool(d.get("IsOffline")), "read_only": bool(d.get("IsReadOnly")),
+               "offline_reason": d.get("OfflineReason") or None, "style": d.get("PartitionStyle"),
+               "signature": d.get("Signature"), "guid": (d.get("Guid") or "").strip("{}").lower() or None,
+               "boot": bool(d.get("IsBoot")) or bool(d.get("IsSystem")), "status": row.get("status") or "",
+               "dynamic": bool(row.get("dynamic"))}
+        vid = vss.disk_volume_id(d)
+        rec["volume_id"] = vid
+        by_number[number] = rec
+        if vid is None:
+            others.append(rec)
+        elif vid in disks:
+            raise StillpointError("disks %d and %d carry the serial of EBS volume %s; refusing to guess"
+                                  % (disks[vid]["number"], number, vid))
+        else:
+            disks[vid] = rec
+    on_disks = parse_selected_volumes(text)
+    volumes = []
+    for v in parse_list_volume(text):
+        nums = on_disks.get(v["number"], [])
+        v = dict(v, disk_numbers=nums, disks=[(by_number.get(n) or {}).get("volume_id") for n in nums], paths=[])
+        volumes.append(v)
+    paths = {}
+    for path, res in (raw.get("diskpart_paths") or {}).items():
+        detail = vss.parse_volume_detail((res or {}).get("output"))
+        paths[normalize_path(path)] = detail["volume"] if (res or {}).get("rc") == 0 else None
+    for path, number in paths.items():
+        for v in volumes:
+            if v["number"] == number and not LETTER_RE.match(path):
+                v["paths"].append(path)
+    return {"disks": disks, "others": others, "volumes": volumes, "paths": paths,
+            "instance_id": raw.get("instance_id"), "imds_error": raw.get("imds_error"),
+            "computer_name": raw.get("computer_name")}
+
+
+def chkdsk_verdict(path, rc, output):
+    """``{"path", "rc", "ok", "meaning", "tail"}``: ok only for exit code 0."""
+    lines = [line for line in (output or "").splitlines() if line.strip()]
+    return {"path": path, "rc": rc, "ok": rc == 0, "meaning": CHKDSK_RC.get(rc, "unknown exit code"),
+            "tail": lines[-3:]}
+
+
+# --------------------------------------------------------------------------- planning
+
+def _identity(disk):
+    return disk["guid"] if disk["style"] == "GPT" else disk["signature"]
+
+
+def check_identity(facts, expect_instance_id):
+    """Refuse a host whose instance metadata does not name the target instance."""
+    if not expect_instance_id:
+        return
+    got = facts.get("instance_id")
+    if not got:
+        raise StillpointError("host %s could not prove that it is the target instance %s: its instance metadata did "
+                              "not answer (%s). Nothing was changed." % (facts.get("computer_name"), expect_instance_id,
+                                                                          facts.get("imds_error") or "no answer"))
+    if got != expect_instance_id:
+        raise StillpointError("host %s is instance %s, not the target instance %s; nothing was changed"
+                              % (facts.get("computer_name"), got, expect_instance_id), instance_id=got)
+
+
+def plan_down(facts, volume_ids, sources=(), import_clone=False):
+    """Steps taking the disks of ``volume_ids`` (about to be detached) offline; raises for the system disk and
+    for a copy that would come up beside its source (a source volume attached here and not being detached)."""
+    problems = []
+    steps = []
+    for vid in volume_ids:
+        disk = facts["disks"].get(vid)
+        if disk is None:
+            continue  # not attached here (any more): nothing to take down
+        if disk["boot"]:
+            problems.append("disk %d (%s) holds the running system; it is never taken offline" % (disk["number"], vid))
+        elif not disk["offline"] and disk["status"].lower() != "offline":
+            steps.append({"op": "offline", "volume_id": vid, "what": "disk %d (%s) offline" % (disk["number"], vid)})
+    beside = [s for s in sources if s and s in facts["disks"] and s not in volume_ids]
+    if beside and not import_clone:
+        problems.append(
+            "source volume(s) %s stay attached to this host: their restored copies would carry the same disk signature "
+            "(MBR) or disk GUID (GPT), and Windows keeps a disk that collides with an online disk offline. Refused; "
+            "set import_clone (a new signature for each copy, new drive letters or mount folders from the path map) "
+            "or detach the source first" % ", ".join(beside))
+    if problems:
+        raise StillpointError("refusing the Windows host step (nothing was changed): " + "; ".join(problems),
+                              problems=problems)
+    return steps
+
+
+def expected_volumes(layout, new_ids, sources, path_map=None, import_clone=False):
+    """The catalog's volumes with the restored disks they must lie on and the path each must get."""
+    path_map = dict((normalize_path(k), normalize_path(v)) for k, v in (path_map or {}).items())
+    src_to_new = dict(zip(sources, new_ids))
+    out = []
+    problems = []
+    recorded = [normalize_path(v["path"]) for v in (layout or {}).get("volumes") or []]
+    for vol in (layout or {}).get("volumes") or []:
+        path = normalize_path(vol["path"])
+        disks = [src_to_new.get(s) for s in vol.get("volume_ids") or []]
+        if None in disks or not disks:
+            problems.append("volume %s lies on %s, not all members of the set" % (path, vol.get("volume_ids")))
+            continue
+        target = path_map.get(path, path)
+        if import_clone and (path not in path_map or target in recorded):
+            problems.append("import_clone needs a new drive letter or mount folder for %s (path map, never one of the "
+                            "set's own: %s)" % (path, ", ".join(recorded)))
+        out.append({"path": path, "target": target, "disks": sorted(disks)})
+    if problems:
+        raise StillpointError("refusing the Windows host step (nothing was changed): " + "; ".join(problems),
+                              problems=problems)
+    return sorted(out, key=lambda v: (not LETTER_RE.match(v["target"]), v["target"].count("\\"), v["target"]))
+
+
+def new_disk_id(style):
+    """A new disk GUID (GPT) or MBR signature (8 hex digits) for diskpart's ``uniqueid disk id=``."""
+    return str(uuid.uuid4()) if style == "GPT" else "%08x" % (uuid.uuid4().int & 0xFFFFFFFF)
+
+
+def plan_disks(facts, new_ids, import_clone=False, new_id=None):
+    """The disk steps of one round (new signature, online, clear read-only, import), or raises."""
+    new_id = new_id or new_disk_id
+    problems = []
+    steps = []
+    present = [d for v, d in facts["disks"].items() if v not in new_ids and not d["offline"]
+               and d["status"].lower() != "offline"] + facts["others"]
+    imported = False
+    for vid in new_ids:
+        disk = facts["disks"][vid]
+        ident = _identity(disk)
+        twins = [d for d in present if ident and _identity(d) == ident]
+        collides = bool(twins) or disk["offline_reason"] == "Collision"
+        if collides:
+            twin = ", ".join("disk %d (%s)" % (d["number"], d["volume_id"] or "not EBS") for d in twins) or "another disk"
+            if disk["dynamic"]:
+                problems.append("disk %d (%s) is a dynamic disk whose identity collides with %s: a copy of a dynamic "
+                                "pack is never brought up beside its source (a new disk signature does not give the "
+                                "pack a new identity); detach the source pack first" % (disk["number"], vid, twin))
+                continue
+            if not import_clone:
+                problems.append("disk %d (%s) has the same disk %s as %s (a copy beside its source: Windows keeps it "
+                                "offline, signature collision). Refused; import_clone gives it a new one"
+                                % (disk["number"], vid, "GUID" if disk["style"] == "GPT" else "signature", twin))
+                continue
+            steps.append({"op": "new_signature", "volume_id": vid, "id": new_id(disk["style"]),
+                          "what": "disk %d (%s) new %s (collided with %s)" % (
+                              disk["number"], vid, "GUID" if disk["style"] == "GPT" else "signature", twin)})
+        status = disk["status"].lower()
+        if disk["offline"] or status == "offline":
+            steps.append({"op": "online", "volume_id": vid, "what": "disk %d (%s) online" % (disk["number"], vid)})
+        if disk["read_only"]:
+            steps.append({"op": "clear_readonly", "volume_id": vid,
+                          "what": "disk %d (%s) read-only attribute cleared" % (disk["number"], vid)})
+        if status == "foreign" and not imported:
+            imported = True  # diskpart's import takes every disk of the foreign group of the selected one
+            steps.append({"op": "import", "volume_id": vid,
+                          "what": "foreign dynamic pack of disk %d (%s) imported" % (disk["number"], vid)})
+        elif status not in ("online", "offline", "foreign", ""):
+            problems.append("disk %d (%s) is %s in diskpart" % (disk["number"], vid, disk["status"]))
+    if problems:
+        raise StillpointError("refusing to bring the restored disks up: " + "; ".join(problems), problems=problems)
+    return steps
+
+
+def plan_paths(facts, wanted):
+    """The drive letter / mount folder steps of one round for ``wanted`` (:func:`expected_volumes`), or raises."""
+    problems = []
+    steps = []
+    taken = dict((v["letter"].upper(), v) for v in facts["volumes"] if v["letter"])
+    for w in wanted:
+        matches = [v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
+                   and len(v["disks"]) == len(w["disks"])]
+        target = w["target"]
+        letter = target[0].upper() if LETTER_RE.match(target) else None
+        here = [v for v in matches if (letter and (v["letter"] or "").upper() == letter)
+                or (not letter and facts["paths"].get(target) == v["number"])]
+        if len(matches) > 1 and not here:
+            problems.append("%s: %d volumes lie on %s (%s); which one was %s is not recorded" % (
+                w["path"], len(matches), ", ".join(w["disks"]), ", ".join("volume %d" % v["number"] for v in matches),
+                w["path"]))
+            continue
+        if not matches:
+            problems.append("%s: no volume lies on exactly %s (is the pack imported and healthy?)"
+                            % (w["path"], ", ".join(w["disks"])))
+            continue
+        vol = (here or matches)[0]
+        if not vol["status"].lower().startswith("healthy"):
+            problems.append("%s: volume %d on %s is %s, not Healthy" % (w["path"], vol["number"], ", ".join(w["disks"]),
+                                                                       vol["status"] or "in no state"))
+            continue
+        base = {"volume": vol["number"], "disks": w["disks"]}
+        if here:
+            continue
+        if letter:
+            holder = taken.get(letter)
+            if holder is not None and holder["number"] != vol["number"]:
+                problems.append("drive letter %s: is held by volume %d (on %s), not by the restored %s; free it first, "
+                                "or give a path map" % (letter, holder["number"], ", ".join(d or "a non-EBS disk" for d in
+                                                                                         holder["disks"]), w["path"]))
+                continue
+            if vol["letter"]:
+                steps.append(dict(base, op="remove_letter", letter=vol["letter"].upper(),
+                                  what="volume %d: letter %s: removed (given by Windows on arrival)" % (
+                                      vol["number"], vol["letter"].upper())))
+            steps.append(dict(base, op="assign", letter=letter, what="volume %d (%s) gets %s:" % (
+                vol["number"], ", ".join(w["disks"]), letter)))
+        else:
+            holder = facts["paths"].get(target)
+            if holder is not None:
+                problems.append("mount folder %s is a mount point of volume %d already, not of the restored %s"
+                                % (target, holder, w["path"]))
+                continue
+            steps.append(dict(base, op="assign", mount=diskpart_target(target), what="volume %d (%s) mounted at %s" % (
+                vol["number"], ", ".join(w["disks"]), target)))
+    if problems:
+        raise StillpointError("refusing to give the restored volumes their paths: " + "; ".join(problems),
+                              problems=problems)
+    return steps
+
+
+# --------------------------------------------------------------------------- procedures
+
+def _apply(execute, steps):
+    out = execute(APPLY, {"Steps": [dict((k, v) for k, v in s.items() if k != "what") for s in steps]})
+    return out.get("results") or []
+
+
+def down(params, execute, check_mode=False):
+    """Take the disks of ``params["volume_ids"]`` offline (before their volumes are detached)."""
+    raw = execute(GATHER, {"Path": [], "Identify": bool(params.get("expect_instance_id")),
+                           "ImdsEndpoint": params.get("imds_endpoint") or ""})
+    facts = host_facts(raw)
+    check_identity(facts, params.get("expect_instance_id"))
+    steps = plan_down(facts, params.get("volume_ids") or [], params.get("source_volume_ids") or [],
+                      params.get("import_clone"))
+    result = {"changed": bool(steps), "actions": [dict(what=s["what"], planned=check_mode) for s in steps],
+              "instance_id": facts["instance_id"]}
+    if steps and not check_mode:
+        result["results"] = _apply(execute, steps)
+    return result
+
+
+def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic):
+    """Bring the restored disks up: wait for them (by volume id), disk steps, paths, then chkdsk read-only."""
+    new_ids = list(params["volume_ids"])
+    sources = list(params.get("source_volume_ids") or [])
+    if len(sources) != len(new_ids):
+        raise StillpointError("source_volume_ids must name the source of every restored volume, in member order")
+    wanted = expected_volumes(params.get("layout"), new_ids, sources, params.get("path_map"), params.get("import_clone"))
+    paths = sorted(set(w["target"] for w in wanted))
+    deadline = clock() + float(params.get("device_timeout") or 0)
+    actions = []
+    rounds = 0
+    while True:
+        raw = execute(GATHER, {"Path": paths, "Identify": bool(params.get("expect_instance_id")),
+                               "ImdsEndpoint": params.get("imds_endpoint") or ""})
+        facts = host_facts(raw)
+        check_identity(facts, params.get("expect_instance_id"))
+        missing = [v for v in new_ids if v not in facts["disks"]]
+        if missing:
+            if check_mode or clock() > deadline:
+                if check_mode:
+                    return {"changed": True, "actions": [dict(what="wait for the disks of %s, then bring them up"
+                                                              % ", ".join(missing), planned=True)], "volumes": [],
+                            "chkdsk": []}
+                raise StillpointError("the restored volumes %s did not appear as disks (NVMe serial) within %s s"
+                                      % (", ".join(missing), params.get("device_timeout")), actions=actions)
+            sleep(2.0)
+            continue
+        steps = plan_disks(facts, new_ids, params.get("import_clone"))
+        if not steps:
+            steps = plan_paths(facts, wanted)
+        if not steps:
+            break
+        if check_mode:
+            actions += [dict(what=s["what"], planned=True) for s in steps]
+            if any(s["op"] != "assign" and s["op"] != "remove_letter" for s in steps):
+                actions.append(dict(what="then give back %s" % ", ".join(w["target"] for w in wanted), planned=True))
+            return {"changed": True, "actions": actions, "volumes": [], "chkdsk": []}
+        rounds += 1
+        if rounds > MAX_ROUNDS:
+            raise StillpointError("the restored disks did not come up after %d rounds of steps" % MAX_ROUNDS,
+                                  actions=actions)
+        try:
+            _apply(execute, steps)
+        except StillpointError as exc:
+            exc.details["actions"] = actions
+            raise
+        actions += [dict(what=s["what"], planned=False) for s in steps]
+    volumes = []
+    for w in wanted:
+        vol = next(v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
+                   and (((v["letter"] or "").upper() == w["target"][0]) if LETTER_RE.match(w["target"])
+                        else facts["paths"].get(w["target"]) == v["number"]))
+        volumes.append({"path": w["path"], "target": w["target"], "volume": vol["number"], "disks": w["disks"],
+                        "type": vol["type"], "status": vol["status"]})
+    checks = []
+    if params.get("verify", True):
+        res = _apply(execute, [{"op": "chkdsk", "path": diskpart_target(w["target"]) + (":" if LETTER_RE.match(
+            w["target"]) else "")} for w in wanted])
+        checks = [chkdsk_verdict(w["target"], r.get("rc"), r.get("output")) for w, r in zip(wanted, res)]
+        bad = [c for c in checks if not c["ok"]]
+        if bad:
+            raise StillpointError("read-only chkdsk found problems: %s" % "; ".join(
+                "%s rc=%s (%s): %s" % (c["path"], c["rc"], c["meaning"], " / ".join(c["tail"])) for c in bad),
+                chkdsk=checks, actions=actions, volumes=volumes, changed=bool(actions))
+    return {"changed": bool(actions), "actions": actions, "volumes": volumes, "chkdsk": checks,
+            "instance_id": facts["instance_id"]}
+
+
+def info(params, execute):
+    """Read only: the facts, and the identity proof when asked."""
+    raw = execute(GATHER, {"Path": [], "Identify": bool(params.get("expect_instance_id")),
+                           "ImdsEndpoint": params.get("imds_endpoint") or ""})
+    facts = host_facts(raw)
+    check_identity(facts, params.get("expect_instance_id"))
+    return {"changed": False, "instance_id": facts["instance_id"], "computer_name": facts["computer_name"],
+            "disks": sorted(facts["disks"].values(), key=lambda d: d["number"]), "volumes": facts["volumes"]}
+
+
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", required=True, choices=["info", "down", "up"]),
+    volume_ids=dict(type="list", elements="str", default=[]),
+    source_volume_ids=dict(type="list", elements="str", default=[]),
+    layout=dict(type="dict", default={}),
+    import_clone=dict(type="bool", default=False),
+    path_map=dict(type="dict", default={}),
+    verify=dict(type="bool", default=True),
+    device_timeout=dict(type="float", default=120.0),
+    expect_instance_id=dict(type="str"),
+    imds_endpoint=dict(type="str"),
+)

@@ -1,0 +1,135 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# The module is an action plugin (plugins/action/win_array_host.py) that sends the windows_ebs_disk role's
+# PowerShell scripts through ansible.windows.win_powershell; this file holds its documentation only.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: win_array_host
+short_description: Windows host steps of an array restore - disks by EBS volume id offline, online, foreign pack import, drive letters back
+version_added: 0.2.0
+description:
+  - The Windows counterpart of M(stillpoint.snapshots.array_host), used by the role C(stillpoint.snapshots.array_restore)
+    for sets taken by M(stillpoint.snapshots.win_vss_snapshot_set) (array kind C(windows-volumes)). Every disk is found
+    by the EBS volume id in its NVMe serial number (Get-Disk C(SerialNumber)), never by disk number.
+  - V(down) takes the disks of O(volume_ids) (the volumes about to be detached) offline with diskpart C(offline disk);
+    the boot or system disk is refused. A source volume of O(source_volume_ids) that stays attached (a copy beside its
+    source) is refused before anything changes unless O(import_clone).
+  - 'V(up) waits up to O(device_timeout) seconds for the disks of O(volume_ids), then in rounds, each planned from what
+    the host holds at that moment: a copy whose disk signature (MBR) or disk GUID (GPT) collides with a disk of the host
+    is refused, or given a new one (diskpart C(uniqueid disk id=)) with O(import_clone); C(online disk), C(attributes
+    disk clear readonly), C(import) of a foreign dynamic pack; then every volume O(layout) records gets back its drive
+    letter or mount folder (or the one O(path_map) names), the volume found by the restored disks it lies on (diskpart
+    C(detail volume)). A letter held by another volume is refused, never taken away; a letter Windows gave the
+    restored volume on arrival is removed. Finally C(chkdsk) without C(/f) (read-only) on every volume with
+    O(verify); any exit code but 0 fails the task.'
+  - A copy of a dynamic pack is never brought up beside its source pack (refused).
+  - V(info) reads only.
+  - Check mode reads the host and returns the planned steps of the first round.
+  - Nothing was ever run on a Windows host in this project; docs/windows-vss.md lists every command line, its source
+    and whether it was verified.
+author:
+  - stillpoint.snapshots maintainers (@stillpoint)
+options:
+  state:
+    description: V(info) reads, V(down) before the swap, V(up) after it.
+    type: str
+    required: true
+    choices: [info, down, up]
+  volume_ids:
+    description: V(down) - the EBS volumes about to be detached. V(up) - the restored volumes, in member order.
+    type: list
+    elements: str
+    default: []
+  source_volume_ids:
+    description: The set's source volume of each member, in member order (the catalog's C(source_volume)).
+    type: list
+    elements: str
+    default: []
+  layout:
+    description: The set's array record from the catalog (C(kind=windows-volumes), C(volumes) with C(path) and C(volume_ids)).
+    type: dict
+    default: {}
+  import_clone:
+    description: Bring a copy up beside its source - a new disk signature or GUID for each disk that collides, and every
+      volume at the path O(path_map) gives it (required for every recorded path, never one of the set's own).
+    type: bool
+    default: false
+  path_map:
+    description: Recorded path (C(E:\), C(C:\mnt\data\)) -> new drive letter or mount folder.
+    type: dict
+    default: {}
+  verify:
+    description: Run C(chkdsk) read-only (without C(/f)) on every restored volume.
+    type: bool
+    default: true
+  device_timeout:
+    description: Seconds to wait for the restored volumes to appear as disks.
+    type: float
+    default: 120
+  expect_instance_id:
+    description: Refuse the host unless its instance metadata (IMDSv2) names this instance.
+    type: str
+  imds_endpoint:
+    description: Instance metadata endpoint on the host; empty uses http://169.254.169.254.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+  platform:
+    platforms: windows
+requirements:
+  - ansible.windows (win_powershell)
+notes:
+  - The host needs diskpart, chkdsk and the Storage module's Get-Disk (Windows Server 2012 and later).
+"""
+
+EXAMPLES = r"""
+- name: Take the disks of the volumes to be replaced offline
+  stillpoint.snapshots.win_array_host:
+    state: down
+    volume_ids: [vol-0123456789abcdef0, vol-0123456789abcdef1]
+
+- name: Bring the restored array up with its drive letters, check it read-only
+  stillpoint.snapshots.win_array_host:
+    state: up
+    volume_ids: "{{ restored.volumes | sort(attribute='index') | map(attribute='volume_id') }}"
+    source_volume_ids: "{{ set.members | sort(attribute='index') | map(attribute='source_volume') }}"
+    layout: "{{ set.array }}"
+"""
+
+RETURN = r"""
+actions:
+  description: The steps, in order (C(planned) in check mode).
+  returned: down, up
+  type: list
+  elements: dict
+volumes:
+  description: Each recorded volume with the path it has now, its diskpart volume number, type and status.
+  returned: up
+  type: list
+  elements: dict
+chkdsk:
+  description: Each read-only chkdsk - path, exit code, its documented meaning and the last lines of its output.
+  returned: up with verify
+  type: list
+  elements: dict
+instance_id:
+  description: The host's instance id from its instance metadata, when asked.
+  returned: always
+  type: str
+disks:
+  description: The host's EBS disks (V(info)).
+  returned: info
+  type: list
+  elements: dict
+"""

@@ -1,0 +1,114 @@
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Windows restore of an array (win_array_host, gather): reads and returns raw facts, changes nothing.
+# Get-Disk (serial number = EBS volume id on NVMe, offline state and reason, partition style, signature/GUID),
+# one diskpart run of `list disk` + `list volume`, one of `select disk N` + `detail disk` per disk and
+# `select volume N` + `detail volume` per volume, and `select volume=<path>` + `detail volume` per path asked
+# for (drive letter or mount folder). With -Identify, the instance id from the instance metadata (IMDSv2).
+# The controller (module_utils/_win_restore.py) parses and decides. Sources: docs/windows-vss.md.
+[CmdletBinding()]
+param(
+    [string[]]$Path = @(),
+
+    [switch]$Identify,
+
+    [string]$ImdsEndpoint = ''
+)
+
+$ErrorActionPreference = 'Stop'
+
+function Invoke-Diskpart {
+    param(
+        [Parameter(Mandatory = $true)]
+        [string[]]$Line
+    )
+    $script = [System.IO.Path]::GetTempFileName()
+    try {
+        Set-Content -LiteralPath $script -Value $Line -Encoding Ascii
+        $diskpart = Join-Path -Path $env:SystemRoot -ChildPath 'System32\diskpart.exe'
+        $output = & $diskpart /s $script 2>&1 | Out-String
+        $rc = $LASTEXITCODE
+        return [PSCustomObject]@{ rc = $rc; output = $output }
+    }
+    finally {
+        Remove-Item -LiteralPath $script -Force -ErrorAction SilentlyContinue
+    }
+}
+
+$disks = @(Get-Disk | Sort-Object -Property Number | ForEach-Object {
+        [ordered]@{
+            Number         = [int]$_.Number
+            SerialNumber   = "$($_.SerialNumber)"
+            IsOffline      = [bool]$_.IsOffline
+            IsReadOnly     = [bool]$_.IsReadOnly
+            OfflineReason  = if ($_.IsOffline) { "$($_.OfflineReason)" } else { $null }
+            PartitionStyle = "$($_.PartitionStyle)"
+            Signature      = if ($null -ne $_.Signature) { '{0:x8}' -f [uint32]$_.Signature } else { $null }
+            Guid           = "$($_.Guid)"
+            IsBoot         = [bool]$_.IsBoot
+            IsSystem       = [bool]$_.IsSystem
+        }
+    })
+
+$lists = Invoke-Diskpart -Line @('list disk', 'list volume')
+if ($lists.rc -ne 0) {
+    throw "diskpart list disk / list volume failed (rc=$($lists.rc)): $($lists.output)"
+}
+$numbers = @([regex]::Matches($lists.output, '(?m)^\s*\*?\s*Volume (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value } |
+        Sort-Object -Unique)
+$lines = [System.Collections.Generic.List[string]]@()
+foreach ($disk in $disks) {
+    $lines.Add("select disk $($disk.Number)")
+    $lines.Add('detail disk')
+}
+foreach ($number in $numbers) {
+    $lines.Add("select volume $number")
+    $lines.Add('detail volume')
+}
+$details = ''
+if ($lines.Count -gt 0) {
+    $res = Invoke-Diskpart -Line $lines
+    if ($res.rc -ne 0) {
+        throw "diskpart detail disk / detail volume failed (rc=$($res.rc)): $($res.output)"
+    }
+    $details = $res.output
+}
+
+# a path with no volume behind it makes diskpart fail: recorded (rc, output), decided by the controller
+$paths = @{}
+foreach ($item in $Path) {
+    $target = $item.TrimEnd('\')
+    if ($target -match '^[A-Za-z]:$') {
+        $target = $target.Substring(0, 1)
+    }
+    $res = Invoke-Diskpart -Line @("select volume=`"$target`"", 'detail volume')
+    $paths[$item] = @{ rc = $res.rc; output = $res.output }
+}
+
+$instanceId = $null
+$imdsError = $null
+if ($Identify) {
+    $base = if ($ImdsEndpoint) { $ImdsEndpoint.TrimEnd('/') } else { 'http://169.254.169.254' }
+    try {
+        $token = Invoke-RestMethod -Method Put -Uri "$base/latest/api/token" -TimeoutSec 5 -UseBasicParsing `
+            -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '60' }
+        $instanceId = Invoke-RestMethod -Uri "$base/latest/meta-data/instance-id" -TimeoutSec 5 -UseBasicParsing `
+            -Headers @{ 'X-aws-ec2-metadata-token' = "$token" }
+    }
+    catch {
+        $imdsError = "${base}: $($_.Exception.Message)"
+    }
+}
+
+if (Get-Variable -Name Ansible -ErrorAction SilentlyContinue) {
+    $Ansible.Changed = $false
+}
+[ordered]@{
+    computer_name  = $env:COMPUTERNAME
+    instance_id    = if ($instanceId) { "$instanceId" } else { $null }
+    imds_error     = $imdsError
+    disks          = $disks
+    diskpart       = $lists.output + $details
+    diskpart_paths = $paths
+}

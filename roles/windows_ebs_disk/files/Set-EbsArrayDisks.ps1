@@ -1,0 +1,141 @@
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# Windows restore of an array (win_array_host, apply): runs the steps the controller planned
+# (module_utils/_win_restore.py), in order, stopping at the first failure. Each disk is found again here by
+# the EBS volume id in Get-Disk's SerialNumber, never by a disk number sent from the controller; a volume
+# step names the diskpart volume number AND the EBS volumes it must lie on, checked with `detail volume`
+# right before the change. Fixed command forms only (docs/windows-vss.md names their sources):
+#   offline        diskpart: select disk N / offline disk        (never the boot or system disk)
+#   online         diskpart: select disk N / online disk
+#   clear_readonly diskpart: select disk N / attributes disk clear readonly
+#   new_signature  diskpart: select disk N / uniqueid disk id=<8 hex digits | GUID>
+#   import         diskpart: select disk N / import              (the disk's whole foreign group)
+#   assign         diskpart: select volume V / assign letter=L | assign mount=<folder>
+#   remove_letter  diskpart: select volume V / remove letter=L
+#   chkdsk         chkdsk.exe <X:|folder>, without /f: read-only; the exit code is returned, not judged here
+[CmdletBinding()]
+param(
+    [Parameter(Mandatory = $true)]
+    [object[]]$Steps
+)
+
+$ErrorActionPreference = 'Stop'
+
+function Invoke-Diskpart {
+    param(
+        [Parameter(Mandatory = $true)]
+        [string[]]$Line
+    )
+    $script = [System.IO.Path]::GetTempFileName()
+    try {
+        Set-Content -LiteralPath $script -Value $Line -Encoding Ascii
+        $diskpart = Join-Path -Path $env:SystemRoot -ChildPath 'System32\diskpart.exe'
+        $output = & $diskpart /s $script 2>&1 | Out-String
+        $rc = $LASTEXITCODE
+        if ($rc -ne 0) {
+            throw "diskpart ($($Line -join ' / ')) failed (rc=$rc): $output"
+        }
+        return $output
+    }
+    finally {
+        Remove-Item -LiteralPath $script -Force -ErrorAction SilentlyContinue
+    }
+}
+
+function Find-EbsDiskNumber {
+    param(
+        [string]$VolumeId
+    )
+    if ($VolumeId -notmatch '^vol-[0-9a-f]{8,17}$') {
+        throw "Invalid EBS volume id '$VolumeId': expected vol- followed by 8 to 17 hex digits."
+    }
+    $serial = $VolumeId.Replace('-', '')
+    $found = @(Get-Disk | Where-Object { $_.SerialNumber -and ($_.SerialNumber.Trim() -match "^$serial(\b|_|$)") })
+    if ($found.Count -ne 1) {
+        throw "Expected exactly one disk with the serial of $VolumeId ($serial), found $($found.Count); refusing."
+    }
+    return $found[0]
+}
+
+function Assert-VolumeOnDisk {
+    param(
+        [int]$Volume,
+        [string[]]$VolumeId
+    )
+    $want = @($VolumeId | ForEach-Object { (Find-EbsDiskNumber -VolumeId $_).Number } | Sort-Object)
+    $detail = Invoke-Diskpart -Line @("select volume $Volume", 'detail volume')
+    $have = @([regex]::Matches($detail, '(?m)^\s*\*?\s*Disk (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value } |
+            Sort-Object)
+    if (($want -join ',') -ne ($have -join ',')) {
+        throw "Volume $Volume lies on disk(s) $($have -join ', '), not on the disks of $($VolumeId -join ', ') ($($want -join ', ')); refusing."
+    }
+}
+
+$results = [System.Collections.Generic.List[object]]@()
+foreach ($step in $Steps) {
+    $op = [string]$step.op
+    $record = [ordered]@{ op = $op; rc = 0; output = '' }
+    if ($op -in @('offline', 'online', 'clear_readonly', 'new_signature', 'import')) {
+        $disk = Find-EbsDiskNumber -VolumeId ([string]$step.volume_id)
+        $record.volume_id = [string]$step.volume_id
+        $record.disk_number = [int]$disk.Number
+        $select = "select disk $($disk.Number)"
+        if ($op -eq 'offline') {
+            if ($disk.IsBoot -or $disk.IsSystem) {
+                throw "Disk $($disk.Number) of $($step.volume_id) holds the running system; refusing to take it offline."
+            }
+            $record.output = Invoke-Diskpart -Line @($select, 'offline disk')
+        }
+        elseif ($op -eq 'online') {
+            $record.output = Invoke-Diskpart -Line @($select, 'online disk')
+        }
+        elseif ($op -eq 'clear_readonly') {
+            $record.output = Invoke-Diskpart -Line @($select, 'attributes disk clear readonly')
+        }
+        elseif ($op -eq 'new_signature') {
+            $id = [string]$step.id
+            if ($id -notmatch '^([0-9a-fA-F]{8}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$') {
+                throw "Invalid disk id '$id': 8 hex digits (MBR signature) or a GUID (GPT)."
+            }
+            $record.output = Invoke-Diskpart -Line @($select, "uniqueid disk id=$id")
+        }
+        else {
+            $record.output = Invoke-Diskpart -Line @($select, 'import')
+        }
+    }
+    elseif ($op -in @('assign', 'remove_letter')) {
+        $volume = [int]$step.volume
+        Assert-VolumeOnDisk -Volume $volume -VolumeId ([string[]]$step.disks)
+        $record.volume = $volume
+        if ($op -eq 'remove_letter') {
+            $record.output = Invoke-Diskpart -Line @("select volume $volume", "remove letter=$($step.letter)")
+        }
+        elseif ($step.letter) {
+            $record.output = Invoke-Diskpart -Line @("select volume $volume", "assign letter=$($step.letter)")
+        }
+        else {
+            $folder = [string]$step.mount
+            if (-not (Test-Path -LiteralPath $folder)) {
+                New-Item -ItemType Directory -Path $folder | Out-Null
+            }
+            $record.output = Invoke-Diskpart -Line @("select volume $volume", "assign mount=`"$folder`"")
+        }
+    }
+    elseif ($op -eq 'chkdsk') {
+        $chkdsk = Join-Path -Path $env:SystemRoot -ChildPath 'System32\chkdsk.exe'
+        $output = & $chkdsk ([string]$step.path) 2>&1 | Out-String
+        $record.rc = $LASTEXITCODE
+        $record.output = $output
+        $record.path = [string]$step.path
+    }
+    else {
+        throw "Unknown step '$op'."
+    }
+    $results.Add($record)
+}
+
+if (Get-Variable -Name Ansible -ErrorAction SilentlyContinue) {
+    $Ansible.Changed = @($results | Where-Object { $_.op -ne 'chkdsk' }).Count -gt 0
+}
+[ordered]@{ results = $results }

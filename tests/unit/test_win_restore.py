@@ -1,0 +1,183 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""win_array_host's parsers, planners and procedures (module_utils/_win_restore.py) against the FAKE Windows disk
+subsystem (tests/fakes/vss/disks.py: Get-Disk, diskpart and chkdsk as Microsoft documents them, rendered in the
+layout of the fixtures under fixtures/vss and fixtures/win_restore). No Windows runs here."""
+
+import copy
+import os
+
+import pytest
+
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _win_restore as win
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from tests.fakes.vss import disks as fake
+
+BOOT, A, B, C = "vol-0aaaaaaaaaaaaaaa0", "vol-0bbbbbbbbbbbbbbb1", "vol-0ccccccccccccccc2", "vol-0ddddddddddddddd3"
+NA, NB, NC = "vol-01111111111111111", "vol-02222222222222222", "vol-03333333333333333"
+GUID_F = "1a2b3c4d-5e6f-4701-8293-a4b5c6d7e8f9"
+LAYOUT = {"kind": "windows-volumes", "volumes": [{"path": "E:\\", "volume_ids": [A, B]}, {"path": "F:\\", "volume_ids": [C]}]}
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "win_restore")
+
+
+def host(**kw):
+    """The FAKE host at backup time: E: spanned over A+B (a dynamic pack), F: a basic GPT disk C."""
+    pack = fake.dynamic_pack("grp1", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+    contents = {BOOT: fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30), A: pack[0], B: pack[1],
+                C: fake.basic_content("GPT", GUID_F, "BACKUP", **kw)}
+    contents[BOOT]["volumes"] = []
+    state = fake.new_state("http://unused", "eu-west-1", "i-0123", BOOT, contents,
+                           letters={A: {"vE": "E"}, C: {"part1": "F"}})
+    state["attached"] = [["/dev/sda1", BOOT], ["/dev/sdf", A], ["/dev/sdg", B], ["/dev/sdh", C]]
+    state["origin"] = {NA: A, NB: B, NC: C}
+    return fake.FakeWindowsDisks(state)
+
+
+def executor(h, calls=None):
+    def execute(name, params):
+        if calls is not None:
+            calls.append((name, copy.deepcopy(params)))
+        out = h.gather(params) if name == win.GATHER else h.apply(params)
+        return out
+    return execute
+
+
+def swap(h, pairs):
+    """What the EC2 swap does, as the host sees it: the old volume's disk gone, the new one arrived."""
+    now = dict((v, d) for d, v in h.state["attached"])
+    for old, new in pairs:
+        dev = now.pop(old)
+        h.state["attached"] = [a for a in h.state["attached"] if a[1] != old] + [[dev, new]]
+
+
+def params(**kw):
+    out = dict((k, v.get("default")) for k, v in win.ARGUMENT_SPEC.items())
+    out.update(layout=LAYOUT, volume_ids=[NA, NB, NC], source_volume_ids=[A, B, C], device_timeout=0)
+    out.update(kw)
+    return out
+
+
+def letters(h):
+    vols = h.volumes()
+    return dict((h.state["letters"].get(v["key"]), sorted(d["volume_id"] for d in v["disks"])) for v in vols)
+
+
+def diskpart_lines(h, since=0):
+    return [line for entry in h.state["log"][since:] for line in entry[1:] if entry[0] == "diskpart"
+            and not line.startswith(("list", "select", "detail"))]
+
+
+def test_parsers_on_the_fixture():
+    with open(os.path.join(FIXTURES, "diskpart_list_volume.txt"), encoding="utf-8") as handle:
+        rows = win.parse_list_volume(handle.read())
+    assert [(r["number"], r["letter"], r["type"], r["status"]) for r in rows] == [
+        (0, "C", "Partition", "Healthy"), (1, None, "Spanned", "Healthy"), (2, "F", "Partition", "Healthy"),
+        (3, "G", "Mirror", "Failed Rd")]
+    assert rows[0]["info"] == "Boot" and rows[1]["label"] == "SQLDATA"
+
+
+def test_host_facts_map_disks_and_volumes_by_volume_id():
+    h = host()
+    facts = win.host_facts(h.gather({"Path": ["E:\\", "F:\\", "C:\\mnt\\none\\"]}))
+    assert sorted(facts["disks"]) == sorted([BOOT, A, B, C]) and facts["disks"][A]["dynamic"]
+    assert facts["disks"][C]["style"] == "GPT" and facts["disks"][C]["guid"] == GUID_F
+    vols = dict((v["letter"], v) for v in facts["volumes"])
+    assert sorted(vols["E"]["disks"]) == [A, B] and vols["E"]["type"] == "Spanned" and vols["F"]["disks"] == [C]
+    assert facts["paths"]["C:\\mnt\\none\\"] is None and facts["paths"]["E:\\"] == vols["E"]["number"]
+
+
+def test_down_up_in_place_imports_the_foreign_pack_and_gives_the_letters_back():
+    h = host()
+    down = win.down(params(volume_ids=[A, B, C]), executor(h))
+    assert [a["what"] for a in down["actions"]] == ["disk 1 (%s) offline" % A, "disk 2 (%s) offline" % B,
+                                                   "disk 3 (%s) offline" % C]
+    assert diskpart_lines(h) == ["offline disk"] * 3
+    assert win.down(params(volume_ids=[A, B, C]), executor(h))["changed"] is False  # idempotent
+    swap(h, [(A, NA), (B, NB), (C, NC)])
+    # check mode: the first round's steps, nothing done
+    since = len(h.state["log"])
+    plan = win.up(params(), executor(h), check_mode=True)
+    assert plan["changed"] and diskpart_lines(h, since) == []
+    assert [a["what"].split(" (")[0] for a in plan["actions"]][:3] == ["disk 1", "disk 1", "disk 2"]
+    done = win.up(params(), executor(h))
+    ran = diskpart_lines(h, since)
+    assert ran.count("online disk") == 3 and ran.count("attributes disk clear readonly") == 3
+    assert ran.count("import") == 1, "one import takes the whole foreign group"
+    assert "remove letter=D" in ran and "assign letter=E" in ran  # the pack's volume came up as D:, got E: back
+    assert letters(h) == {"E": [NA, NB], "F": [NC]}  # F: came back by itself (same GUID, known partition)
+    assert [(v["target"], v["type"]) for v in done["volumes"]] == [("E:\\", "Spanned"), ("F:\\", "Partition")]
+    assert [(c["path"], c["rc"], c["ok"]) for c in done["chkdsk"]] == [("E:\\", 0, True), ("F:\\", 0, True)]
+    assert ["chkdsk", "E:"] in h.state["log"] and not any("/f" in " ".join(e) for e in h.state["log"])
+    since = len(h.state["log"])
+    again = win.up(params(), executor(h))
+    assert again["changed"] is False and diskpart_lines(h, since) == []
+
+
+def test_copy_beside_its_source_refused_then_brought_up_with_a_new_signature():
+    h = host()
+    # F:'s source stays attached (at another device) while its copy arrives: the copy collides
+    with pytest.raises(StillpointError, match="stay attached to this host"):
+        win.down(params(volume_ids=[A, B]), executor(h))
+    assert diskpart_lines(h) == []  # refused before any change
+    win.down(params(volume_ids=[A, B], import_clone=True), executor(h))
+    swap(h, [(A, NA), (B, NB)])
+    h.state["attached"].append(["/dev/sdi", NC])
+    since = len(h.state["log"])
+    with pytest.raises(StillpointError, match="same disk GUID as disk 3"):
+        win.up(params(), executor(h))
+    assert h.state["disk"][NC]["reason"] == "Collision"
+    with pytest.raises(StillpointError, match="import_clone needs a new drive letter"):
+        win.up(params(import_clone=True), executor(h))
+    pm = {"E:": "X:", "F:\\": "G:"}
+    done = win.up(params(import_clone=True, path_map=pm), executor(h))
+    ran = diskpart_lines(h, since)
+    assert len([r for r in ran if r.startswith("uniqueid disk id=")]) == 1 and ran.count("import") == 1
+    assert h.state["content"][NC]["id"] != GUID_F
+    assert letters(h) == {"F": [C], "X": [NA, NB], "G": [NC]}
+    assert [v["target"] for v in done["volumes"]] == ["G:\\", "X:\\"]
+    assert win.up(params(import_clone=True, path_map=pm), executor(h))["changed"] is False
+
+
+def test_dynamic_copy_beside_its_source_is_refused_even_with_import_clone():
+    h = host()
+    h.state["attached"] += [["/dev/sdi", NA], ["/dev/sdj", NB], ["/dev/sdk", NC]]
+    with pytest.raises(StillpointError, match="never brought up beside its source"):
+        win.up(params(import_clone=True, path_map={"E:": "X:", "F:": "G:"}), executor(h))
+
+
+def test_a_letter_held_by_another_volume_is_refused_never_taken():
+    h = host()
+    win.down(params(volume_ids=[A, B], source_volume_ids=[A, B]), executor(h))
+    swap(h, [(A, NA), (B, NB)])
+    layout = {"volumes": [{"path": "F:\\", "volume_ids": [A, B]}]}  # the pack's volume wants F:, held by disk C
+    with pytest.raises(StillpointError, match="drive letter F: is held by volume"):
+        win.up(params(layout=layout, volume_ids=[NA, NB], source_volume_ids=[A, B]), executor(h))
+    assert letters(h)["F"] == [C]
+
+
+def test_chkdsk_problems_fail_the_step():
+    h = host(errors=True)
+    win.down(params(volume_ids=[C], source_volume_ids=[C]), executor(h))
+    swap(h, [(C, NC)])
+    layout = {"volumes": [{"path": "F:\\", "volume_ids": [C]}]}
+    with pytest.raises(StillpointError, match="F:.* rc=3") as info:
+        win.up(params(layout=layout, volume_ids=[NC], source_volume_ids=[C]), executor(h))
+    assert info.value.details["chkdsk"][0]["tail"][-1] == "Errors found. CHKDSK cannot continue in read-only mode."
+    again = win.up(params(layout=layout, volume_ids=[NC], source_volume_ids=[C], verify=False), executor(h))
+    assert again["changed"] is False and again["chkdsk"] == []
+
+
+def test_missing_disk_times_out_and_the_host_identity_is_checked():
+    h = host()
+    with pytest.raises(StillpointError, match="did not appear as disks"):
+        win.up(params(), executor(h))
+    with pytest.raises(StillpointError, match="could not prove that it is the target instance i-0999"):
+        win.info(dict(expect_instance_id="i-0999", imds_endpoint="http://127.0.0.1:9"), executor(h))
+
+
+def test_system_disk_is_never_taken_offline():
+    h = host()
+    with pytest.raises(StillpointError, match="holds the running system"):
+        win.down(params(volume_ids=[BOOT]), executor(h))
