@@ -8,6 +8,12 @@ The planning is pure (:func:`plan_copy` and the functions it uses, over Describe
 calls are in :func:`copy_set`. Cross-account: the source snapshots are shared with the destination
 account (createVolumePermission, source credentials), copied there (CopySnapshot in the destination
 region, destination credentials), and the share is removed once the copy set is complete.
+
+Encrypted sources across accounts (:func:`check_encryption`, before any change): EC2 cannot share a snapshot
+encrypted with the AWS managed key (aws/ebs), only one encrypted with a customer managed key, and the
+destination account needs that key shared with it (AWS, Amazon EBS User Guide: "Share an Amazon EBS snapshot",
+"Share the KMS key used to encrypt a shared Amazon EBS snapshot"; "Copy an Amazon EBS snapshot"). Such a copy is
+re-keyed with ``kms_key_id``, a key of the destination account in the destination region.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ K_SOURCE_SNAPSHOT = catalog.PREFIX + "source-snapshot"
 K_KMS_KEY = catalog.PREFIX + "kms-key-id"  # the key the copy was re-keyed with ("" when none was given)
 K_COMPLETION_MINUTES = catalog.PREFIX + "completion-minutes"
 K_COPIED = catalog.PREFIX + "copied"  # when the copy was asked for (the data's time stays in stillpoint:created)
+
+AWS_MANAGED_ALIAS_PREFIX = "alias/aws/"  # reserved for AWS managed keys (aws/ebs for EBS)
+USABLE_KEY_STATES = ("Enabled",)
+# what the destination account needs on the source's customer managed key (key policy or grant); AWS: "Share the
+# KMS key used to encrypt a shared Amazon EBS snapshot"
+SHARED_KEY_ACTIONS = ("kms:DescribeKey", "kms:CreateGrant", "kms:Decrypt", "kms:ReEncrypt*",
+                      "kms:GenerateDataKeyWithoutPlaintext")
 
 COPY_KEYS = (K_COPY_OF, K_SOURCE_SET_ID, K_SOURCE_REGION, K_SOURCE_ACCOUNT, K_SOURCE_SNAPSHOT, K_KMS_KEY,
              K_COMPLETION_MINUTES, K_COPIED)
@@ -90,6 +103,93 @@ def check_destination(source_region, source_account, dest_region, dest_account):
         raise StillpointError("refused, nothing was copied: the destination is the source itself (region %s, account "
                               "%s). Give destination_region, or destination credentials of another account"
                               % (source_region, source_account))
+
+
+def encrypted_members(source_snaps):
+    """``({key: [snapshot ids]}, [encrypted snapshot ids EC2 names no key for])`` of the encrypted members."""
+    keys, unnamed = {}, []
+    for snap in sorted(source_snaps, key=lambda s: s["SnapshotId"]):
+        if not snap.get("Encrypted"):
+            continue
+        if snap.get("KmsKeyId"):
+            keys.setdefault(snap["KmsKeyId"], []).append(snap["SnapshotId"])
+        else:
+            unnamed.append(snap["SnapshotId"])
+    return keys, unnamed
+
+
+def aws_managed(meta, aliases=()):
+    """Whether a key (DescribeKey's KeyMetadata, its alias names) is an AWS managed key: KeyManager ``AWS``, or
+    an ``alias/aws/*`` name (that prefix is reserved for AWS managed keys)."""
+    return meta.get("KeyManager") == "AWS" or any(a.startswith(AWS_MANAGED_ALIAS_PREFIX) for a in aliases)
+
+
+def arn_account(arn):
+    """The account of a KMS ARN (``arn:aws:kms:<region>:<account>:key/...``), None for anything else."""
+    parts = (arn or "").split(":")
+    return parts[4] if len(parts) > 5 and parts[0] == "arn" and parts[2] == "kms" else None
+
+
+def check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, source_account, dest_account,
+                     dest_region):
+    """Refuse (nothing changed) a cross-account copy the destination could not make or would not own: members
+    encrypted with an AWS managed key (never shareable), with a key EC2 does not name or that is not usable,
+    encrypted members without ``kms_key_id``, and a ``kms_key_id`` (``dest_key``: DescribeKey's KeyMetadata with
+    the destination credentials in ``dest_region``) that is not an enabled key of the destination account.
+    ``source_keys``: ``{key: (KeyMetadata, [alias names])}`` of the members' keys (source credentials).
+    Returns what was checked (the module's ``encryption``)."""
+    keys, unnamed = encrypted_members(source_snaps)
+    out = dict(encrypted=sorted(sid for ids in keys.values() for sid in ids) + unnamed,
+               source_keys=[dict(key_id=k, key_manager=source_keys[k][0].get("KeyManager"),
+                                 aliases=list(source_keys[k][1]), snapshot_ids=ids) for k, ids in sorted(keys.items())],
+               destination_key=None)
+    if unnamed:
+        raise StillpointError("refused, nothing was copied: EC2 reports %s of set %s encrypted but names no KMS key "
+                              "(KmsKeyId), so it cannot be checked that the key can be shared with account %s"
+                              % (", ".join(unnamed), set_id, dest_account), encryption=out)
+    managed = [(k, ids) for k, ids in sorted(keys.items()) if aws_managed(*source_keys[k])]
+    if managed:
+        raise StillpointError(
+            "refused, nothing was copied: %s of set %s %s encrypted with the AWS managed key %s of account %s, and "
+            "EC2 does not share snapshots encrypted with an AWS managed key with another account (only with a "
+            "customer managed key; AWS: 'Share an Amazon EBS snapshot'), so account %s cannot copy them. Re-encrypt "
+            "with a customer managed key: copy the set to another region of account %s with kms_key_id set to a "
+            "customer managed key there (backup_set_copy without destination credentials), share that key with "
+            "account %s (key policy or grant: %s) and copy that copy set to account %s; for later sets make a "
+            "customer managed key the volumes' EBS encryption key"
+            % (", ".join(sid for _k, ids in managed for sid in ids), set_id,
+               "is" if sum(len(ids) for _k, ids in managed) == 1 else "are",
+               ", ".join("%s (%s)" % (k, ", ".join(source_keys[k][1]) or source_keys[k][0].get("KeyManager"))
+                         for k, _ids in managed), source_account, dest_account, source_account, dest_account,
+               ", ".join(SHARED_KEY_ACTIONS), dest_account), encryption=out)
+    unusable = [k for k in sorted(keys) if source_keys[k][0].get("KeyState") not in USABLE_KEY_STATES]
+    if unusable:
+        raise StillpointError("refused, nothing was copied: the key of set %s's snapshots %s is %s, not Enabled: no "
+                              "copy can be made with it" % (set_id, ", ".join(unusable), ", ".join(
+                                  str(source_keys[k][0].get("KeyState")) for k in unusable)), encryption=out)
+    if keys and not kms_key_id:
+        raise StillpointError(
+            "refused, nothing was copied: set %s's snapshots are encrypted with the customer managed key %s of "
+            "account %s, and the copy to account %s names no kms_key_id. Give kms_key_id, a customer managed key of "
+            "account %s in %s: the copies are re-keyed with it and owned by that account (without it EC2 encrypts "
+            "them with whatever default key account %s has, and the catalog records none). Account %s also needs "
+            "the source key shared with it (its key policy or a grant: %s; AWS: 'Share the KMS key used to encrypt "
+            "a shared Amazon EBS snapshot', 'Copy an Amazon EBS snapshot')"
+            % (set_id, ", ".join(sorted(keys)), source_account, dest_account, dest_account, dest_region, dest_account,
+               dest_account, ", ".join(SHARED_KEY_ACTIONS)), encryption=out)
+    if kms_key_id and dest_key is not None:
+        out["destination_key"] = dest_key.get("Arn")
+        owner = dest_key.get("AWSAccountId") or arn_account(dest_key.get("Arn"))
+        if owner != dest_account:
+            raise StillpointError("refused, nothing was copied: kms_key_id %s is key %s of account %s, not of the "
+                                  "destination account %s: the copies would depend on another account's key. Give a "
+                                  "key of account %s in %s" % (kms_key_id, dest_key.get("Arn"), owner, dest_account,
+                                                               dest_account, dest_region), encryption=out)
+        if dest_key.get("KeyState") not in USABLE_KEY_STATES:
+            raise StillpointError("refused, nothing was copied: kms_key_id %s (%s) is %s, not Enabled: CopySnapshot "
+                                  "cannot encrypt with it" % (kms_key_id, dest_key.get("Arn"), dest_key.get("KeyState")),
+                                  encryption=out)
+    return out
 
 
 def copy_tags(snapshot, copy_id, key, source_region, source_account, source_set_id, kms_key_id=None,
@@ -183,9 +283,8 @@ def plan_copy(source_rec, source_snaps, copies, key, kms_key_id=None):
 
 # --------------------------------------------------------------------------- calls
 
-def destination_clients(aws, params, source_region):
-    """EC2 (and, to learn the account, STS) clients of the destination: ``aws`` is the AnsibleAWSModule
-    (``aws.client`` = amazon.aws's client factory: retries, endpoint, credentials as users know them)."""
+def destination_params(params, source_region):
+    """``(region, the client parameters of the destination credentials, whether they are the destination's own)``."""
     region = params.get("destination_region") or source_region
     extra = {"region": region}
     endpoint = params.get("destination_endpoint_url") or params.get("endpoint_url")
@@ -199,9 +298,55 @@ def destination_clients(aws, params, source_region):
         extra.update(profile_name=None, aws_access_key_id=params["destination_access_key"],
                      aws_secret_access_key=params.get("destination_secret_key"),
                      aws_session_token=params.get("destination_session_token") or None)
+    return region, extra, own
+
+
+def destination_clients(aws, params, source_region):
+    """EC2 (and, to learn the account, STS) clients of the destination: ``aws`` is the AnsibleAWSModule
+    (``aws.client`` = amazon.aws's client factory: retries, endpoint, credentials as users know them)."""
+    region, extra, own = destination_params(params, source_region)
     ec2 = aws.client("ec2", retry_decorator=ebs.RETRY, **extra)
     sts = aws.client("sts", **extra) if own and not params.get("destination_account_id") else None
     return region, ec2, sts, own
+
+
+def describe_key(kms, key_id, what):
+    """DescribeKey's KeyMetadata; a refusal naming ``what`` when the key is not found or not allowed."""
+    try:
+        return kms.describe_key(KeyId=key_id, aws_retry=True)["KeyMetadata"]
+    except ebs.aws_errors() as e:
+        raise ebs.aws_error("refused, nothing was copied: KMS DescribeKey %s (%s)" % (key_id, what), e)
+
+
+def key_aliases(kms, key_id, what):
+    """The alias names of a key (ListAliases with KeyId)."""
+    try:
+        return sorted(a["AliasName"] for a in kms.list_aliases(KeyId=key_id, aws_retry=True).get("Aliases", []))
+    except ebs.aws_errors() as e:
+        raise ebs.aws_error("refused, nothing was copied: KMS ListAliases of %s (%s)" % (key_id, what), e)
+
+
+def encryption_preflight(aws, params, set_id, source_snaps, source_account, dest_account, dest_region):
+    """A cross-account copy's KMS checks (:func:`check_encryption`), read-only: DescribeKey and ListAliases of
+    the members' keys with the source credentials, DescribeKey of ``kms_key_id`` with the destination's. Whether
+    the destination credentials may use the source key is not asked (a key of another account, from the
+    destination): the copy call tells."""
+    keys, _unnamed = encrypted_members(source_snaps)
+    kms_key_id = params.get("kms_key_id")
+    source_keys = {}
+    if keys:
+        src_kms = aws.client("kms", retry_decorator=ebs.RETRY)
+        for key in sorted(keys):
+            what = "the key of %s, source credentials, region %s" % (", ".join(keys[key]), aws.region)
+            source_keys[key] = (describe_key(src_kms, key, what), key_aliases(src_kms, key, what))
+    dest_key = None
+    if kms_key_id:
+        _region, extra, _own = destination_params(params, aws.region)
+        dest_kms = aws.client("kms", retry_decorator=ebs.RETRY, **extra)
+        dest_key = describe_key(dest_kms, kms_key_id, "kms_key_id, destination credentials, region %s; give a key of "
+                                "account %s in that region" % (dest_region, dest_account))
+    return check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, source_account, dest_account,
+                            dest_region)
 
 
 def caller_account(sts):
@@ -273,6 +418,8 @@ def copy_set(aws, params, check_mode=False, log=None, sleep=time.sleep):
     dest_account = params.get("destination_account_id") or (caller_account(sts) if sts is not None else source_account)
     check_destination(source_region, source_account, dest_region, dest_account)
     cross_account = dest_account != source_account
+    encryption = (encryption_preflight(aws, params, set_id, source_snaps, source_account, dest_account, dest_region)
+                  if cross_account else None)
     key = copy_key(source_account, source_region, set_id)
     copy_id = copy_set_id(set_id, source_account, source_region, dest_account, dest_region)
     kms = params.get("kms_key_id")
@@ -285,7 +432,8 @@ def copy_set(aws, params, check_mode=False, log=None, sleep=time.sleep):
     result = dict(changed=False, set_id=copy_id, source_set_id=set_id, source_region=source_region,
                   source_account=source_account, destination_region=dest_region, destination_account=dest_account,
                   cross_account=cross_account, kms_key_id=kms, completion_duration_minutes=minutes,
-                  members=plan["members"], deleted=[], shared=[], unshared=[], copy_calls=0, progress=[])
+                  members=plan["members"], deleted=[], shared=[], unshared=[], copy_calls=0, progress=[],
+                  encryption=encryption)
     tags = [copy_tags(by_id[m["source_snapshot_id"]], copy_id, key, source_region, source_account, set_id, kms, minutes)
             for m in to_copy]  # every tag checked before anything changes
     if check_mode:

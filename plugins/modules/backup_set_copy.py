@@ -28,11 +28,19 @@ description:
     the copy set is complete.
   - Cross-account, with destination credentials (O(destination_profile) or O(destination_access_key)), the source
     snapshots are shared with the destination account (C(createVolumePermission), source credentials), copied with
-    the destination credentials, and the share is removed once the copy set is complete. Encrypted snapshots also
-    need their KMS key shared with the destination account (not done here); give O(kms_key_id) to re-key the copies
-    with a key of the destination.
-  - Refused, with nothing changed, are a set that does not exist, a V(pending) or V(partial) set, and a destination
-    that is the source region and account itself.
+    the destination credentials, and the share is removed once the copy set is complete.
+  - Cross-account copies of encrypted snapshots are checked before any change (KMS C(DescribeKey) and
+    C(ListAliases) of the members' keys with the source credentials, C(DescribeKey) of O(kms_key_id) with the
+    destination's). EC2 shares only snapshots encrypted with a customer managed key, and the destination account
+    needs that key shared with it by its key policy or a grant (AWS, Amazon EBS User Guide, "Share an Amazon EBS
+    snapshot" and "Share the KMS key used to encrypt a shared Amazon EBS snapshot"; "Copy an Amazon EBS snapshot").
+    So a set encrypted with the AWS managed key (C(aws/ebs)) is refused (re-encrypt it with a customer managed key
+    first, for example by a copy to another region of the source account with O(kms_key_id)), and so is a copy of
+    encrypted snapshots without O(kms_key_id), which must be an enabled key of the destination account in
+    O(destination_region). Sharing the source key is not done here, and whether the destination may use it is not
+    asked before the copy (a C(CopySnapshot) refused for it rolls the copy set back).
+  - Refused, with nothing changed, are a set that does not exist, a V(pending) or V(partial) set, a destination
+    that is the source region and account itself, and the encrypted cross-account cases above.
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -72,6 +80,8 @@ options:
       - Re-key the copies with this KMS key of the destination (C(Encrypted=true) and C(KmsKeyId) on
         C(CopySnapshot)); recorded as C(stillpoint:kms-key-id). Copies that already exist with another key are
         refused, nothing changed.
+      - Required for a cross-account copy of encrypted snapshots; there it must be an enabled key of the destination
+        account in O(destination_region) (checked with C(DescribeKey) and the destination credentials).
     type: str
   completion_duration_minutes:
     description:
@@ -115,7 +125,7 @@ attributes:
       complete and the share removed.
 notes:
   - "IAM, source account: ec2:DescribeSnapshots; cross-account also ec2:DescribeSnapshotAttribute and
-    ec2:ModifySnapshotAttribute."
+    ec2:ModifySnapshotAttribute, and for encrypted members kms:DescribeKey on their keys and kms:ListAliases."
   - "IAM, destination account: ec2:DescribeSnapshots, ec2:CopySnapshot, ec2:CreateTags (copies are tagged at
     creation and marked complete), ec2:DeleteSnapshot (roll-back, stale copies); with O(kms_key_id) or an encrypted
     source kms:CreateGrant, kms:Decrypt, kms:GenerateDataKeyWithoutPlaintext, kms:ReEncrypt* and kms:DescribeKey on
@@ -263,6 +273,24 @@ planned:
     mark_complete:
       description: Whether the copy set still has to be marked complete.
       type: bool
+encryption:
+  description:
+    - For a cross-account copy, what the KMS preflight found (None for a copy within the account). Also returned
+      with its refusal.
+  returned: always
+  type: dict
+  contains:
+    encrypted:
+      description: The encrypted source members.
+      type: list
+      elements: str
+    source_keys:
+      description: The members' keys, C({key_id, key_manager, aliases, snapshot_ids}).
+      type: list
+      elements: dict
+    destination_key:
+      description: The ARN of O(kms_key_id) in the destination account.
+      type: str
 rollback:
   description: On a failure, the copies deleted and those tagged partial.
   returned: failure
