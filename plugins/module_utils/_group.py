@@ -346,6 +346,44 @@ class _ReadyFirst:
 
 # --------------------------------------------------------------------------- controller side, pure
 
+READY_LINE = re.compile(r"^(?P<status>ready|failed|pending)\b[ :]*(?P<rest>.*)$")
+
+
+def readiness(hosts, waits):
+    """Each host's member after the controller's wait: ``{"ready": [host...], "failed": {host: why}, "pending":
+    {host: why}}``, from what each host's wait printed (``waits``, one text per host, in ``hosts``' order).
+
+    The wait (role array_backup) prints one line: the member's state (``ready <pid>``, ``failed <pid>: <why>``),
+    ``failed <pid>: ...`` for a member whose module ended without saying either (its pid gone, or its async job
+    finished), or ``pending: <why>`` when the ready timeout ended first. A host whose wait printed none of these (its
+    member never started: an earlier task failed there, or the host was unreachable) counts as failed."""
+    if len(hosts) != len(waits):
+        raise StillpointError("hosts and ready_states must have one item per host (%d, %d)" % (len(hosts), len(waits)))
+    out = {"ready": [], "failed": {}, "pending": {}}
+    for host, text in zip(hosts, waits):
+        found = None
+        for line in str(text or "").replace("\r", "\n").split("\n"):
+            found = READY_LINE.match(line.strip()) or found
+        if found is None:
+            out["failed"][host] = "its member did not start or its wait reported nothing (an earlier task failed there, or the host was unreachable)"
+        elif found.group("status") == "ready":
+            out["ready"].append(host)
+        else:
+            rest = found.group("rest")
+            why = rest.split(":", 1)[1].strip() if found.group("status") == "failed" and ":" in rest else rest
+            out[found.group("status")][host] = why or found.group("status")
+    return out
+
+
+def released(summary):
+    """Why the group is released (nothing frozen anywhere), naming each host that is not ready; None when all are."""
+    parts = ["%s (failed: %s)" % (h, why) for h, why in sorted(summary["failed"].items())]
+    parts += ["%s (%s)" % (h, why) for h, why in sorted(summary["pending"].items())]
+    if not parts:
+        return None
+    return "not every host of the group was ready: %s" % "; ".join(parts)
+
+
 def new_group_id():
     return catalog.new_set_id().replace("bs-", "bg-", 1)
 

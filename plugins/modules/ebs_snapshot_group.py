@@ -20,6 +20,10 @@ description:
     hold from the clock errors measured on the hosts (M(stillpoint.snapshots.clock_offset)). It makes no AWS call.
     Role C(array_backup) arms only once every host is ready, so O(arm_s) only has to cover handing the instant to
     the hosts (one task).
+  - With O(ready_states) (what the wait printed on each host of O(hosts)) O(state=armed) reports which hosts are
+    ready, failed or still pending (RV(members)) and arms only when every host is ready;
+    otherwise it returns RV(released), the reason to release every host with nothing frozen, naming each host
+    that is not ready and why, and no instant.
   - O(state=sealed) puts each member's frozen interval (on its own clock) on the controller's time line with the
     offsets measured before and after, and finds the instant every host was frozen at. With a positive margin the
     group is V(consistent) and every set is tagged with the verdict, the common instant, the margin and its host's
@@ -62,10 +66,19 @@ options:
     elements: float
     default: []
   hosts:
-    description: The inventory hosts of the group, with O(state=sealed); the lists below are in the same order.
+    description:
+      - The inventory hosts of the group, with O(state=sealed); the lists below are in the same order.
+      - With O(state=armed), the hosts O(ready_states) are for.
     type: list
     elements: str
     default: []
+  ready_states:
+    description:
+      - "With O(state=armed), what the wait for each host's member printed, one text per host of O(hosts) (role
+        C(array_backup): C(ready <pid>), C(failed <pid>: <why>), or C(pending: <why>) when its ready timeout ended)."
+      - An empty text (the host's wait did not run) counts as failed.
+    type: list
+    elements: str
   set_results:
     description: What M(stillpoint.snapshots.ebs_snapshot_set) returned on each host (registered, also when it failed).
     type: list
@@ -146,6 +159,18 @@ instant:
   description: With O(state=armed) the instant agreed; sealed, the common instant found (controller clock, epoch seconds).
   returned: success
   type: float
+members:
+  description:
+    - With O(ready_states), each host's member after the wait - C(ready) (the hosts whose member is ready), C(failed)
+      (host to why - it failed, or ended, before it was ready) and C(pending) (host to what it last said - not ready
+      within the wait).
+  returned: when armed with O(ready_states)
+  type: dict
+  sample: {ready: [db1], failed: {db2: "its module (pid 4242) ended before it said ready or failed (killed, or it crashed)"}, pending: {}}
+released:
+  description: With O(ready_states), why the group is released instead of armed (a host not ready); no RV(instant) then.
+  returned: when a host was not ready
+  type: str
 lead_ms:
   description: The lead to give the hosts (O(state=armed)).
   returned: when armed
@@ -198,6 +223,7 @@ ARGUMENT_SPEC = dict(
     hold_ms=dict(type="float", default=50.0),
     clock_errors=dict(type="list", elements="float", default=[]),
     hosts=dict(type="list", elements="str", default=[]),
+    ready_states=dict(type="list", elements="str"),
     set_results=dict(type="list", elements="dict", default=[]),
     clocks_before=dict(type="list", elements="dict", default=[]),
     clocks_after=dict(type="list", elements="dict", default=[]),
@@ -212,11 +238,19 @@ def main():
         if p["state"] == "opened":
             module.exit_json(changed=False, group_id=p["group_id"] or group.new_group_id())
         if p["state"] == "armed":
+            summary = {}
+            if p["ready_states"] is not None:
+                summary = group.readiness(p["hosts"], p["ready_states"])
+                why = group.released(summary)
+                if why:
+                    module.exit_json(changed=False, group_id=p["group_id"], released=why, msg="released: %s" % why, members=summary)
             clocks = [c for c in p["clocks_before"] if c and "error_s" in c]
             errors = [c["error_s"] for c in clocks] if clocks else p["clock_errors"]
             measured = [float(c["measured_at"]) for c in clocks if c.get("measured_at")]
             since = min(measured) if measured else None
             armed = group.arm(errors, time.time(), p["arm_s"], p["lead_ms"], p["hold_ms"], p["group_id"], since=since)
+            if summary:
+                armed.update(members=summary, msg="every host ready (%s): instant %.3f" % (", ".join(summary["ready"]), armed["instant"]))
             module.exit_json(changed=False, group_id=armed.pop("id"), **armed)
         members = group.host_parts(p["hosts"], p["set_results"], p["clocks_before"], p["clocks_after"])
         result = group.seal(module.client("ec2", retry_decorator=ebs.RETRY), p["group_id"], members, module.check_mode)

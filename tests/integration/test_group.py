@@ -46,6 +46,9 @@ BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
 TAKE = ("Collect this host's member of the group (ready, armed, frozen at the instant, one CreateSnapshots call, thaw, "
         "wait, mark complete)")
+WAIT = "Wait until this host's member of the group is ready (planned, DryRun done), has failed or has died"
+ARM = ("Arm the group once every host is ready (the instant arm_s away; the hold sized from the clock errors), or "
+       "release it")
 SEAL = "Seal the group (the common instant from the hosts' frozen intervals and clocks, or all sets deleted)"
 HOSTS = ("g1", "g2", "g3")
 RECORDS = "records"
@@ -79,7 +82,7 @@ SKEW_AFTER = textwrap.dedent("""
 """)
 
 
-def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None):
+def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None, host_vars=None):
     hosts = {}
     for name, inst in zip(HOSTS, instances):
         hosts[name] = {
@@ -94,6 +97,8 @@ def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None):
         }
     for name, mounts in (mountpoints or {}).items():
         hosts[name]["array_backup_mountpoints"] = mounts
+    for name, more in (host_vars or {}).items():
+        hosts[name].update(more)
     if skew:
         name, seconds = skew
         site = tmp_path / "skewed-site"
@@ -104,8 +109,8 @@ def inventory(tmp_path, instances, skew=None, mountpoints=None, step_flag=None):
         wrapper.write_text("#!/bin/sh\nPYTHONPATH=%s exec %s \"$@\"\n" % (site, sys.executable))
         wrapper.chmod(0o755)
         hosts[name]["ansible_python_interpreter"] = str(wrapper)
-    path = tmp_path / ("inventory-%s%s%s.json" % (skew[0] if skew else "plain", "-mounts" if mountpoints else "",
-                                                  "-step" if step_flag else ""))
+    path = tmp_path / ("inventory-%s%s%s%s.json" % (skew[0] if skew else "plain", "-mounts" if mountpoints else "",
+                                                    "-step" if step_flag else "", "-vars" if host_vars else ""))
     path.write_text(json.dumps({"shards": {"hosts": hosts}}))
     return str(path)
 
@@ -353,6 +358,69 @@ def test_a_host_that_never_becomes_ready_releases_the_others_with_nothing_frozen
     # nothing was frozen or created: no CreateSnapshots call but the DryRun probes, no set, no run directory left
     assert ec2.calls("CreateSnapshots") == []
     assert len(ec2.calls("CreateSnapshots", dry_run=None)) == 2
+    assert group_snapshots(ec2, seal["group_id"]) == []
+    assert os.listdir(str(run_dir)) == []
+    for inst in shards:
+        assert not probe_frozen(inst.mountpoints[0])
+
+
+def test_members_that_die_before_ready_release_the_others_at_once_naming_them(ec2, shards, tmp_path):
+    """g2's module ends before it has a state to write (its run directory's base is a file: it cannot make it); g3's
+    module is killed (SIGKILL) while it plans, before it says ready or failed. The controller's wait sees both at once
+    (g3's pid gone, g2's async job finished), so g1 is released with nothing frozen, long before the ready timeout
+    (600 s here: the run would end by its own timeout first), and the release names g2 and g3 and why."""
+    run_dir, blocker = tmp_path / "run", tmp_path / "not-a-directory"
+    blocker.write_text("")
+    inv = inventory(tmp_path, shards, host_vars={
+        "g1": {"array_backup_group_run_dir": str(run_dir)}, "g2": {"array_backup_group_run_dir": str(blocker)},
+        "g3": {"array_backup_group_run_dir": str(run_dir)}})
+    ec2.latency("DescribeInstances", 3000)  # every member plans for 3 s or more: g3 is killed inside its plan
+    killed, stop = [], threading.Event()
+
+    def kill_g3_while_it_plans():
+        while not stop.is_set():
+            for state in glob.glob(str(run_dir / "*" / "g3" / "state")):
+                try:
+                    with open(state) as handle:
+                        word, pid = handle.read().split()[:2]
+                except (OSError, ValueError):
+                    continue
+                if word == "starting":
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_g3_while_it_plans)
+    killer.start()
+    try:
+        rc, _res, raw = backup(ec2, inv, "group-dead", array_backup_group_ready_timeout=600)
+    finally:
+        stop.set()
+        killer.join()
+        ec2.latency("DescribeInstances", 0)
+    assert len(killed) == 1, "g3 was not seen starting (killed: %s)" % killed
+    assert rc != 0
+    waits = task_hosts(raw, WAIT)
+    assert waits["g1"]["stdout"].startswith("ready ")
+    assert waits["g2"]["stdout"].startswith("failed -: its module ended before it made its run directory"), waits["g2"]
+    assert waits["g3"]["stdout"].startswith("failed %d: its module (pid %d) ended before it said ready" % (killed[0], killed[0]))
+    armed = next(iter(task_hosts(raw, ARM).values()))  # the wait's outcome, per host, in the arming's result
+    members = armed["members"]
+    assert members["ready"] == ["g1"] and sorted(members["failed"]) == ["g2", "g3"] and members["pending"] == {}, armed
+    assert "instant" not in armed and "cannot make the run directory" in members["failed"]["g2"]
+    takes = task_hosts(raw, TAKE)
+    assert "cannot make the run directory" in takes["g2"]["msg"] and takes["g3"]["failed"]
+    released = takes["g1"]["msg"]
+    assert takes["g1"]["failed"] and "released by the controller before any freeze" in released, takes["g1"]
+    # named and why; not "not ready within" (the ready timeout did not run out)
+    assert "g2 (failed: its module ended before it made its run directory" in released, released
+    assert "g3 (failed: its module (pid %d) ended before it said ready or failed" % killed[0] in released, released
+    assert "not ready within" not in released and "group" not in takes["g1"]
+    seal = next(iter(task_hosts(raw, SEAL).values()))
+    assert seal["failed"] and seal["verdict"] == "failed" and seal["sets"] == []
+    # nothing frozen or created: the DryRun probe of g1 only, no set, no run directory left
+    assert ec2.calls("CreateSnapshots") == [] and len(ec2.calls("CreateSnapshots", dry_run=None)) == 1
     assert group_snapshots(ec2, seal["group_id"]) == []
     assert os.listdir(str(run_dir)) == []
     for inst in shards:

@@ -433,3 +433,84 @@ def test_a_sample_whose_read_meets_the_previous_answers_writer_still_open_reads_
         if sample.poll() is None:
             sample.kill()
             sample.wait()
+
+
+# --------------------------------------------------------------------------- the controller's wait for readiness
+
+def wait_command(run_dir, results_file, ready_timeout):
+    """The role's wait task (roles/array_backup/tasks/main.yml, one raw command per host), rendered for this host."""
+    import shlex
+
+    import jinja2
+    import yaml
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "roles", "array_backup", "tasks", "main.yml")) as handle:
+        tasks = yaml.safe_load(handle)
+    block = next(t["block"] for t in tasks if "block" in t)
+    task = next(t for t in block if t["name"].startswith("Wait until this host's member of the group is ready"))
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["quote"] = lambda s: shlex.quote(str(s))
+    return env.from_string(task["ansible.builtin.raw"]).render(
+        __array_backup_run_dir=str(run_dir), __array_backup_set={"results_file": str(results_file)},
+        __array_backup_in={"group_ready_timeout": ready_timeout})
+
+
+def run_wait(run_dir, job, ready_timeout=60):
+    started = time.monotonic()
+    out = subprocess.run(["/bin/sh", "-c", wait_command(run_dir, job, ready_timeout)], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout, time.monotonic() - started
+
+
+def test_the_wait_ends_at_once_on_ready_failed_a_dead_member_or_a_finished_job_and_says_which(tmp_path):
+    run_dir, job = tmp_path / "run" / GID / "h1", tmp_path / "job"
+    job.write_text(json.dumps({"started": True, "finished": False, "ansible_job_id": "j1"}))  # async_wrapper's, no newline
+    run_dir.mkdir(parents=True)
+    state = run_dir / "state"
+    state.write_text("ready 4242\n")
+    assert run_wait(run_dir, job)[0] == "ready 4242\n"
+    state.write_text("failed 4242: /data is not a mountpoint\n")
+    assert run_wait(run_dir, job)[0] == "failed 4242: /data is not a mountpoint\n"
+    # the member died before it said either (killed): its pid is gone, the job file still says started
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.write_text("starting %d\n" % dead.pid)
+    out, took = run_wait(run_dir, job)
+    assert out.startswith("failed %d: its module (pid %d) ended before it said ready or failed" % (dead.pid, dead.pid))
+    assert took < 5.0  # not the ready timeout (60 s)
+    # it ended before it made its run directory: no state, its async job finished with its message
+    os.remove(str(state))
+    job.write_text(json.dumps({"failed": True, "msg": "group %s: cannot make the run directory /x (Not a directory): "
+                                                      "become root\nmore" % GID, "invocation": {"module_args": {}}}))
+    out, took = run_wait(run_dir, job)
+    assert out == ("failed -: its module ended before it made its run directory: group %s: cannot make the run "
+                   "directory /x (Not a directory): become root\n" % GID)
+    summary = group.readiness(["h1", "h2", "h3", "h4"], ["ready 1\r\n", out, "", "pending: not ready within 0.3 s"])
+    assert summary == {"ready": ["h1"], "pending": {"h4": "not ready within 0.3 s"}, "failed": {
+        "h2": "its module ended before it made its run directory: group %s: cannot make the run directory /x (Not a "
+              "directory): become root" % GID,
+        "h3": "its member did not start or its wait reported nothing (an earlier task failed there, or the host was "
+              "unreachable)"}}
+    why = group.released(summary)
+    assert why.startswith("not every host of the group was ready: h2 (failed: its module ended before it made its run")
+    assert "h3 (failed: its member did not start" in why and why.endswith("h4 (not ready within 0.3 s)")
+    assert group.released(group.readiness(["h1"], ["ready 1"])) is None
+
+
+def test_the_wait_sees_a_live_member_until_it_says_ready_or_the_timeout(tmp_path):
+    run_dir, job = tmp_path / "run" / GID / "h1", tmp_path / "job"
+    job.write_text(json.dumps({"started": 1, "finished": 0, "ansible_job_id": "j1"}))  # ansible-core 2.17's
+    run_dir.mkdir(parents=True)
+    (run_dir / "state").write_text("starting %d\n" % os.getpid())  # alive: this process
+    out, took = run_wait(run_dir, job, ready_timeout=0.3)
+    assert out == "pending: not ready within 0.3 s (its state: starting %d)\n" % os.getpid() and took >= 0.3
+    member = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(0.5); "
+                               "open(sys.argv[1] + '.tmp', 'w').write('ready %d\\n' % os.getpid()); "
+                               "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(5)", str(run_dir / "state")])
+    try:
+        (run_dir / "state").write_text("starting %d\n" % member.pid)
+        out, took = run_wait(run_dir, job)
+        assert out == "ready %d\n" % member.pid and took < 5.0
+    finally:
+        member.kill()
+        member.wait()
