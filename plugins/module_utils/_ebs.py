@@ -633,9 +633,8 @@ class SnapshotSetRun:
             for m in members:
                 tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
             # a group member's own record (_group.GroupQuiescer) rides on this call: no CreateTags of its own
-            quiescer_tags = quiescer.catalog_tags() if hasattr(quiescer, "catalog_tags") else {}
-            tag(self.client, all_ids, dict(app_tags, **dict(quiescer_tags, **{catalog.K_LEVEL: level,
-                                                                               catalog.K_FREEZE_MS: "%.3f" % freeze_ms})))
+            after = dict(app_tags, **(quiescer.catalog_tags() if hasattr(quiescer, "catalog_tags") else {}))
+            tag(self.client, all_ids, dict(after, **{catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms}))
         except StillpointError as e:
             e.details["rollback"] = rollback(self.client, all_ids)
             e.msg += "; the set was rolled back"
