@@ -340,3 +340,135 @@ def from_params(params, mountpoints=()):
         return _postgresql.from_params(params, mountpoints)
     from ansible_collections.stillpoint.snapshots.plugins.module_utils import _mariadb
     return _mariadb.from_params(params, mountpoints)
+
+
+# ------------------------------------------------------------------ controller mode: the freeze guardian holds it
+# In controller mode (the action plugin of ebs_snapshot_set) the module that freezes returns before the call, so the
+# held quiescer belongs to the freeze guardian (_freeze._GuardianProcess), which outlives it: it takes the lock when
+# asked to freeze, right before the freeze, and releases it right after its thaw. The client is then the guardian's
+# child and dies with it. These two run inside the guardian: no import, no log, nothing opened on what is frozen.
+
+def take_in_guardian(quiescer):
+    """The quiescer's ``pre()`` in the guardian, before its freeze. Returns ``(go, fields)``: ``go`` False refuses
+    the freeze (nothing frozen; ``fields`` carry ``error``, ``msg``); ``fields`` hold ``application`` (the summary)
+    and ``actions`` for the freeze's reply. ``continue`` after a failed lock goes on (``application.locked`` false)."""
+    try:
+        _ok, action = quiescer.pre()
+    except StillpointError as e:
+        return False, {"error": "quiesce", "msg": e.msg, "application": quiescer.summary(),
+                       "actions": list(e.details.get("actions") or [])}
+    except Exception as e:  # never a traceback in the guardian
+        co = getattr(quiescer, "co", None)
+        if co is not None and co.proc is not None:
+            co.kill()
+        quiescer.problem = "%s: the quiescer failed: %s: %s" % (quiescer.kind, type(e).__name__, e)
+        return False, {"error": "quiesce", "msg": quiescer.problem + "; nothing was frozen or snapshotted",
+                       "application": quiescer.summary(), "actions": []}
+    return True, {"application": quiescer.summary(), "actions": [action] if action else []}
+
+
+def release_in_guardian(quiescer, thawed_by):
+    """After the guardian's thaw (or a failed freeze): confirm and release through the quiescer's ``post()`` once.
+    Only a thaw the run asked for (``thawed_by == "client"``) can confirm: when the guardian thawed on its own
+    (deadline, its owner gone, SIGTERM) the call may still have been running when the lock went. Returns
+    ``application`` (summary), ``application_record`` (the catalog's, None when nothing was locked) and
+    ``application_action`` for the thaw record."""
+    action = None
+    if quiescer.locked and quiescer.released_at is None:
+        try:
+            _ok, action = quiescer.post()
+        except Exception as e:  # never a traceback in the guardian; the client dies with it anyway
+            co = getattr(quiescer, "co", None)
+            if co is not None and co.proc is not None:
+                co.kill()
+            quiescer.mark_released()
+            quiescer.confirmed = False
+            quiescer.problem = "releasing failed: %s: %s" % (type(e).__name__, e)
+        if thawed_by != "client":
+            quiescer.confirmed = False
+            quiescer.problem = "; ".join(p for p in (
+                "the freeze guardian thawed on its own (%s) and released the lock before the run asked for the thaw: "
+                "the call may have outlived the lock" % thawed_by, quiescer.problem) if p)
+    return {"application": quiescer.summary(), "application_action": action,
+            "application_record": quiescer.catalog_record() if quiescer.locked else None}
+
+
+class GuardedQuiescer:
+    """The controller's view of a held quiescer that the host's freeze guardian runs (controller mode): the same
+    interface as :class:`HeldQuiescer` for ``_ebs.SnapshotSetRun``, fed with what the guardian reported. The lock
+    is taken inside the freeze request (``pre()`` only says so), the release comes with the thaw's record.
+
+    ``confirmed`` only when the guardian's thaw record says the quiescer confirmed its lock after a thaw the run
+    asked for (``thawed_by: client``); a guardian gone at the thaw (killed: its client session died with it),
+    a deadline thaw or a lost lock never confirm."""
+
+    held = True
+
+    def __init__(self, kind, on_failure="abort"):
+        if on_failure not in ("abort", "continue"):
+            raise StillpointError("on_quiesce_failure must be abort or continue, not %r" % on_failure)
+        self.kind = kind
+        self.on_failure = on_failure
+        self.confirmed = False
+        self.problem = None
+        self._summary = {"kind": kind, "locked": False, "confirmed": False}
+        self._record = None
+        self.lock_action = None
+        self.release_action = None
+        self._thaw = None
+
+    def pre(self):
+        return True, None  # the guardian takes the lock in the freeze request, right before it freezes
+
+    def frozen(self, result):
+        """fsfreeze's result (or failure) for the freeze request: what the lock did."""
+        if result.get("application"):
+            self._summary = dict(result["application"])
+            self.problem = self._summary.get("problem")
+        actions = result.get("actions") or []
+        self.lock_action = actions[0] if actions else None
+
+    def thawed(self, record):
+        """The guardian's thaw record (the raw thaw's reply, or the fsfreeze module's result)."""
+        self._thaw = dict(record or {})
+
+    def post(self):
+        self.confirmed = False
+        if not self._summary.get("locked"):
+            return False, self._action()
+        record = self._thaw or {}
+        app = record.get("application")
+        if not app:
+            self.problem = ("the freeze guardian on the host did not report the release (%s): its client session "
+                            "ends with it, so the lock was not confirmed held to the end of the call"
+                            % ("it was gone at the thaw: killed?" if record.get("guardian") == "gone" or record.get("gone")
+                               else "no thaw record" if not record else "its thaw record has no application"))
+            self._summary.update(confirmed=False, problem=self.problem)
+            return False, self._action()
+        self._summary = dict(app)
+        self._record = record.get("application_record")
+        self.release_action = record.get("application_action")
+        self.confirmed = bool(app.get("confirmed")) and record.get("thawed_by") == "client"
+        self.problem = app.get("problem")
+        if not self.confirmed and not self.problem:
+            self.problem = "the guardian's thaw was %s, not the run's" % record.get("thawed_by")
+        self._summary.update(confirmed=self.confirmed, problem=self.problem)
+        return self.confirmed, self._action()
+
+    def _action(self):
+        if self.lock_action is None and self.release_action is None:
+            return None
+        last = self.release_action or self.lock_action
+        return dict(what="%s: held by the freeze guardian on the host (lock before the freeze, release after the thaw)"
+                    % self.kind, cmd=list(last.get("cmd") or []), rc=last.get("rc"),
+                    ms=sum(a.get("ms") or 0 for a in (self.lock_action, self.release_action) if a), planned=False,
+                    lock=self.lock_action, release=self.release_action)
+
+    def summary(self):
+        return dict(self._summary)
+
+    def catalog_record(self):
+        out = dict(self._record) if self._record else {"kind": self.kind, "lock": self._summary.get("lock"),
+                                                       "held_ms": self._summary.get("held_ms")}
+        out["confirmed"] = self.confirmed
+        return out

@@ -50,6 +50,7 @@ import sysconfig
 import threading
 import time
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _app_quiesce
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import containing_mount
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
@@ -292,8 +293,12 @@ def _mnt_id_of_fd(fd):
 
 
 class _GuardianProcess:
-    def __init__(self, owner, listener, wake_r, fds, plan, token, deadline, hold, grace, waves=None, done=None):
+    def __init__(self, owner, listener, wake_r, fds, plan, token, deadline, hold, grace, waves=None, done=None,
+                 app=None):
         self.owner = owner
+        self.app = app              # a held quiescer (_app_quiesce) this guardian locks before and releases after
+        self.app_taken = False
+        self.keeper = False         # the owner is a keeper (Guardian.hand_over): tell it when we thaw
         self.listener = listener
         self.wake_r = wake_r
         self.fds = list(fds)
@@ -623,6 +628,13 @@ class _GuardianProcess:
         self.frozen = [] if not errors else [i for i in self.frozen if self.plan[i]["mountpoint"] in errors]
         self.release_fds()
         self.state = "thawed"
+        if self.keeper and self.owner_alive:
+            try:
+                _send(self.owner, {"event": "thawed", "by": by})
+            except OSError:
+                pass
+        if self.app is not None:  # thawed first, then the application is released (and its summary recorded)
+            self.record.update(_app_quiesce.release_in_guardian(self.app, by))
 
     def status(self):
         out = {
@@ -640,6 +652,9 @@ class _GuardianProcess:
             out["pending"] = [self.plan[i]["mountpoint"] for i in pending]
         if self.late:
             out["late"] = list(self.late)
+        if self.app is not None:
+            out["application"] = self.app.summary()
+            out["keeper"] = self.keeper
         if self.record is not None:
             out["thawed_by"] = self.record["thawed_by"]
             out["deadline_thawed"] = self.record["deadline_thawed"]
@@ -649,6 +664,40 @@ class _GuardianProcess:
 
     # -- requests -------------------------------------------------------------------------
 
+    def owner_gone(self):
+        """True when the owner's connection has hung up (checked without reading it)."""
+        if not self.owner_alive:
+            return True
+        poller = select.poll()
+        poller.register(self.owner.fileno(), 0)
+        return any(event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _fd, event in poller.poll(0))
+
+    def quiesce_and_freeze(self, sock):
+        """The freeze request: with a held application, its lock first (within its own budget; a refusal freezes
+        nothing), then the freeze; a freeze that fails releases the lock again."""
+        fields = {}
+        if self.app is not None and not self.app_taken:
+            self.app_taken = True
+            go, fields = _app_quiesce.take_in_guardian(self.app)
+            if not go:
+                self.state = "failed"
+                self.exit_now = True
+                return dict(fields, ok=False, op="freeze")
+            if self.owner_gone():  # the module died while the lock was being taken: release, freeze nothing
+                fields.update(_app_quiesce.release_in_guardian(self.app, "disconnect"))
+                self.state = "failed"
+                self.exit_now = True
+                return dict(fields, ok=False, op="freeze", error="disconnect",
+                            msg="the client went away while the application's lock was taken; released, nothing frozen")
+        reply = self.do_freeze(sock)
+        reply.update(fields)
+        if not reply["ok"]:
+            if self.app is not None and self.app.locked and self.app.released_at is None:
+                reply.update(_app_quiesce.release_in_guardian(self.app, "freeze_failed"))
+            if self.state == "failed":
+                self.exit_now = True
+        return reply
+
     def handle(self, fd, request):
         sock, _buf, is_owner = self.conns[fd]
         op = request.get("op") if isinstance(request, dict) else None
@@ -656,9 +705,7 @@ class _GuardianProcess:
             if self.state != "ready":
                 reply = {"ok": False, "op": op, "error": "state", "msg": "cannot freeze: the guardian is %s" % self.state}
             else:
-                reply = self.do_freeze(sock)
-                if not reply["ok"] and self.state == "failed":
-                    self.exit_now = True
+                reply = self.quiesce_and_freeze(sock)
         elif op == "thaw":
             if self.state == "frozen":
                 self.do_thaw("client")
@@ -670,6 +717,14 @@ class _GuardianProcess:
             else:
                 reply = {"ok": False, "op": op, "error": "not_frozen",
                          "msg": "nothing was frozen by this guardian (state %s)" % self.state}
+        elif op == "keep":
+            if not is_owner:
+                reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can hand over"}
+            elif self.state != "frozen":
+                reply = {"ok": False, "op": op, "error": "not_frozen", "msg": "nothing is frozen: there is nothing to hand over"}
+            else:
+                self.keeper = True
+                reply = {"ok": True, "op": op, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono}
         elif op == "detach":
             if not is_owner:
                 reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can detach"}
@@ -811,7 +866,7 @@ def _on_signal(_signum, _frame):
     return None
 
 
-def _guardian_main(owner, fds, plan, token, deadline, hold, grace, waves=None):
+def _guardian_main(owner, fds, plan, token, deadline, hold, grace, waves=None, app=None):
     """Body of the guardian process. Never returns."""
     code = 0
     listener = None
@@ -859,7 +914,7 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace, waves=None):
             pass
         owner.settimeout(5.0)
         guardian = _GuardianProcess(owner, listener, wake_r, fds, plan, token, deadline, hold, grace, waves=waves,
-                                    done=(done_r, done_w))
+                                    done=(done_r, done_w), app=app)
         _send(owner, {"ready": True, "pid": os.getpid(), "token": token})
         guardian.run()
     except StillpointError as exc:
@@ -971,12 +1026,13 @@ class Guardian:
         self.deadline_s = deadline_s
         self.deadline = deadline if deadline is not None else time.time() + deadline_s
         self.waves = [[i] for i in range(len(plan or []))]
+        self.app_wait = 0.0
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
     def start(cls, plan, deadline=DEFAULT_DEADLINE, hold_on_disconnect=True, token=None, grace=DEFAULT_GRACE,
-              parallel=True):
+              parallel=True, application=None):
         """Fork a guardian for ``plan`` (the output of :func:`check_mountpoints`); return its client.
 
         Nothing is frozen yet: call :meth:`freeze`. ``hold_on_disconnect``: after thawing on its
@@ -984,6 +1040,9 @@ class Guardian:
         later :meth:`connect` can fetch it; False makes it exit as soon as no client is connected.
         ``parallel``: freeze (and thaw) the members of a wave at once (see :func:`freeze_waves`);
         False freezes one after another, for comparison in ``benchmarks/freeze_window.py``.
+        ``application``: a held quiescer (_app_quiesce, built here, nothing started) that the guardian runs: it takes
+        the application's lock in the freeze request before it freezes, and releases it after its thaw; the client
+        session is the guardian's child and dies with it (controller mode, docs/applications.md).
         """
         try:
             deadline = float(deadline)
@@ -1031,7 +1090,7 @@ class Guardian:
                 os.setsid()
                 if os.fork() == 0:
                     _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect), float(grace),
-                                   waves)
+                                   waves, application)
             finally:
                 os._exit(0)
         guardian_sock.close()
@@ -1041,6 +1100,8 @@ class Guardian:
             pass
         client = cls(client_sock, token, None, plan, deadline, owner=True, fds=fds)
         client.waves = waves
+        if application is not None:  # the session, the lock's budget and the post-lock reads before the reply
+            client.app_wait = 2 * float(application.lock_wait_timeout) + 40.0
         try:
             hello = client._read_reply(_START_TIMEOUT)
         except (_GuardianLost, socket.timeout):
@@ -1096,6 +1157,8 @@ class Guardian:
                     raise _GuardianLost("unreadable answer from the guardian: %r" % line[:200])
                 if message.get("event") == "frozen":
                     self._frozen.append(message["index"])
+                    continue
+                if "event" in message:  # "thawed", for a keeper (hand_over)
                     continue
                 return message
             remaining = end - time.monotonic()
@@ -1205,7 +1268,7 @@ class Guardian:
         """
         presync = presync_filesystems([p["mountpoint"] for p in self.plan])
         try:
-            reply = self._request("freeze", timeout=self.deadline_s + _REPLY_TIMEOUT)
+            reply = self._request("freeze", timeout=self.deadline_s + _REPLY_TIMEOUT + self.app_wait)
         except _GuardianLost as exc:
             if self._owner and self._frozen:
                 record = self._self_thaw(str(exc))
@@ -1216,13 +1279,24 @@ class Guardian:
                                   % (self.pid, exc))
         if not reply.get("ok"):
             self._frozen = []
-            raise _freeze_error(reply)
+            if reply.get("error") == "quiesce":  # the application's lock was refused: nothing was frozen
+                raise StillpointError(reply.get("msg"), application=reply.get("application"),
+                                      actions=reply.get("actions") or [])
+            error = _freeze_error(reply)
+            for key in ("application", "actions", "application_action"):
+                if key in reply:
+                    error.details[key] = reply[key]
+            raise error
         self._frozen_at = reply["frozen_at"]
         self._deadline_mono = reply.get("deadline_mono")
         self.deadline = reply["deadline"]
         self._frozen = [m.get("index", n) for n, m in enumerate(reply["mounts"])]
-        return {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"],
-                "freeze_span_ms": reply.get("freeze_span_ms"), "waves": reply.get("waves"), "presync_ms": presync}
+        out = {"mounts": reply["mounts"], "frozen_at": reply["frozen_at"], "deadline": reply["deadline"],
+               "freeze_span_ms": reply.get("freeze_span_ms"), "waves": reply.get("waves"), "presync_ms": presync}
+        for key in ("application", "actions"):
+            if key in reply:
+                out[key] = reply[key]
+        return out
 
     def thaw(self):
         """Thaw in the reverse of the freeze waves, each wave at once; return the record (see the module
@@ -1261,6 +1335,88 @@ class Guardian:
         self.deadline = reply.get("deadline", self.deadline)
         self._detached = True
         self._teardown()
+
+    def hand_over(self):
+        """Like :meth:`detach` (this process may exit, the freeze stays), but the owner's end of the connection
+        goes to a **keeper**: a process of its own (double fork, ``setsid``, stdio on /dev/null) that holds it and
+        the directory fds, and waits. The guardian tells it when it thawed, and it exits. If the guardian dies
+        without saying so (SIGKILL) the keeper thaws, through its own fds, what the guardian had frozen (as a
+        connected client does); if the keeper dies, the guardian sees its owner gone and thaws (and releases
+        the application). Used in controller mode with a held application: neither process alone can leave the
+        filesystems frozen or the application locked."""
+        if not self._owner:
+            raise StillpointError("only the client that started the guardian can hand over")
+        try:
+            reply = self._request("keep")
+        except _GuardianLost as exc:
+            raise StillpointError("the freeze guardian (pid %s) is gone (%s)" % (self.pid, exc))
+        if not reply.get("ok"):
+            raise StillpointError("hand-over refused by the guardian: %s" % reply.get("msg"))
+        self.deadline = reply.get("deadline", self.deadline)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        pid = os.fork()
+        if pid == 0:  # intermediate child
+            try:
+                os.setsid()
+                if os.fork() == 0:
+                    self._keeper_main()
+            finally:
+                os._exit(0)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        self._detached = True
+        self._teardown()  # this process's copies; the keeper holds its own
+
+    def _keeper_main(self):
+        """Body of the keeper (see :meth:`hand_over`). Never returns; imports nothing, opens no frozen path."""
+        code = 0
+        try:
+            gc.disable()
+            for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
+                           signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM):
+                signal.signal(signum, signal.SIG_IGN)
+            os.chdir("/")
+            null = os.open("/dev/null", os.O_RDWR)
+            for target in (0, 1, 2):
+                os.dup2(null, target)
+            keep = sorted({0, 1, 2, self._sock.fileno()} | set(fd for fd in self._fds if fd >= 0))
+            low = 3
+            for fd in keep:
+                if fd >= low:
+                    if fd > low:
+                        os.closerange(low, fd)
+                    low = fd + 1
+            os.closerange(low, max(1 << 20, os.sysconf("SC_OPEN_MAX")))
+            self._sock.settimeout(None)
+            while True:
+                try:
+                    data = self._sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                self._buf += data
+                while b"\n" in self._buf:
+                    line, self._buf = self._buf.split(b"\n", 1)
+                    try:
+                        message = json.loads(line.decode("utf-8"))
+                    except ValueError:
+                        continue
+                    if message.get("event") == "thawed":
+                        os._exit(0)
+            # the connection ended and the guardian never said it thawed: it died while holding the freeze
+            if self._frozen:
+                self._self_thaw("the guardian died while it held the freeze (the keeper thawed)")
+        except BaseException:  # never a traceback here
+            code = 3
+        finally:
+            os._exit(code)
 
     def status(self):
         """The guardian's state: ``state`` (ready|frozen|thawed|failed), ``mounts`` with ``frozen``, ``deadline``..."""
@@ -1340,23 +1496,35 @@ def force_thaw(mountpoints, mountinfo=None):
     return results
 
 
-def _freeze_now(params, check_mode, protect_paths, result):
+def _freeze_now(params, check_mode, protect_paths, result, warnings):
     plan = check_mountpoints(params["mountpoints"], protect_paths=protect_paths)
     result.update(plan=plan, python=sys.executable)
+    # a held application (controller mode): built and checked here, run by the guardian (nothing started yet)
+    app = _app_quiesce.from_params(dict(params, pre_hook=None, post_hook=None),
+                                   mountpoints=[m["mountpoint"] for m in plan]) if params.get("application") else None
     if check_mode:
-        result.update(changed=True, msg="check mode: would freeze %s" % ", ".join(m["mountpoint"] for m in plan))
+        result.update(changed=True, msg="check mode: would %sfreeze %s" % (
+            "take the %s lock, " % params["application"] if app else "", ", ".join(m["mountpoint"] for m in plan)))
         return
-    guardian = Guardian.start(plan, deadline=params["deadline"])
+    guardian = Guardian.start(plan, deadline=params["deadline"], application=app)
     try:
         frozen = guardian.freeze()
-        guardian.detach()
+        if app is None:
+            guardian.detach()
+        else:
+            guardian.hand_over()  # a keeper: the guardian's death thaws too (its client, and the lock, die with it)
     except BaseException:
-        guardian.close()  # thaws whatever is still frozen
+        guardian.close()  # thaws whatever is still frozen (and the guardian releases the application)
         raise
     result.update(changed=True, token=guardian.token, guardian_pid=guardian.pid, deadline=guardian.deadline,
                   mounts=frozen["mounts"], frozen_at=frozen["frozen_at"], freeze_span_ms=frozen["freeze_span_ms"],
                   msg="frozen %s until the thaw or the deadline (%gs)" % (", ".join(m["mountpoint"] for m in plan),
                                                                           params["deadline"]))
+    if app is not None:
+        result.update(application=frozen.get("application"), actions=frozen.get("actions") or [])
+        if not frozen["application"]["locked"]:
+            warnings.append("the %s lock was not taken (on_quiesce_failure=continue): %s; frozen at the filesystem "
+                            "level only" % (params["application"], frozen["application"].get("problem")))
 
 
 def _thaw_token(token, check_mode, result, warnings):
@@ -1410,7 +1578,10 @@ def _fsfreeze(params, check_mode, protect_paths, result, warnings):
     if params["state"] == "frozen":
         if params["token"] or params["force"]:
             raise StillpointError("token and force only go with state=thawed")
-        _freeze_now(params, check_mode, protect_paths, result)
+        _freeze_now(params, check_mode, protect_paths, result, warnings)
+    elif params.get("application"):
+        raise StillpointError("application goes with state=frozen (the guardian takes the lock before it freezes); the "
+                              "thaw with the token releases it")
     elif params["token"]:
         if params["force"]:
             raise StillpointError("give either token (thaw the freeze it names) or force=true with mountpoints "

@@ -141,3 +141,106 @@ def _running(pid):
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- controller mode: the guardian's side and the controller's
+def test_guardian_takes_and_releases_a_held_hook_with_a_client_thaw():
+    q = hook(HOLDS, lock_wait_timeout=5)
+    go, fields = app.take_in_guardian(q)
+    assert go and fields["application"]["locked"] is True and fields["actions"][0]["rc"] == 0
+    out = app.release_in_guardian(q, "client")
+    assert out["application"]["confirmed"] is True and out["application_record"]["confirmed"] is True
+    assert out["application_action"]["rc"] == 0
+    # a second thaw record (already thawed) does not release twice
+    again = app.release_in_guardian(q, "client")
+    assert again["application_action"] is None and again["application"]["confirmed"] is True
+
+
+@pytest.mark.parametrize("by", ["deadline", "disconnect", "signal", "freeze_failed"])
+def test_a_thaw_the_run_did_not_ask_for_never_confirms(by):
+    q = hook(HOLDS, lock_wait_timeout=5)
+    assert app.take_in_guardian(q)[0]
+    out = app.release_in_guardian(q, by)
+    assert not q.co.alive()  # released all the same
+    assert out["application"]["confirmed"] is False and out["application_record"]["confirmed"] is False
+    assert ("thawed on its own (%s)" % by) in out["application"]["problem"]
+
+
+def test_guardian_refusal_carries_the_summary_and_the_action():
+    q = hook("import time; time.sleep(30)", lock_wait_timeout=0.3)
+    go, fields = app.take_in_guardian(q)
+    assert not go and fields["error"] == "quiesce" and "did not print READY" in fields["msg"]
+    assert fields["application"]["locked"] is False and fields["actions"][0]["what"].startswith("held hook")
+    assert not q.co.alive()
+
+
+def test_guardian_continue_freezes_without_the_lock():
+    q = hook("import sys; sys.exit(2)", lock_wait_timeout=2, on_failure="continue")
+    go, fields = app.take_in_guardian(q)
+    assert go and fields["application"]["locked"] is False
+    out = app.release_in_guardian(q, "client")
+    assert out["application_record"] is None and out["application_action"] is None
+
+
+def test_guardian_turns_an_unexpected_error_into_a_refusal():
+    class Broken(app.HeldQuiescer):
+        kind = "broken"
+
+        def pre(self):
+            raise KeyError("x")
+    go, fields = app.take_in_guardian(Broken())
+    assert not go and "KeyError" in fields["msg"] and "nothing was frozen" in fields["msg"]
+
+
+SUMMARY = {"kind": "mariadb", "lock": "backup_stage", "locked": True, "confirmed": False, "held_ms": None,
+           "recorded": {"binlog_file": "bin.000001", "binlog_position": 4242}}
+LOCK = {"what": "mariadb: open a session and take the backup lock", "cmd": ["/usr/bin/mariadb"], "rc": 0, "ms": 20.0}
+RELEASE = {"what": "mariadb: confirm the lock on the same session, then release it", "cmd": ["/usr/bin/mariadb"],
+           "rc": 0, "ms": 5.0}
+
+
+def thaw_record(confirmed=True, by="client"):
+    return {"window_ms": 300.0, "thawed_by": by, "application": dict(SUMMARY, confirmed=confirmed, held_ms=410.0),
+            "application_record": {"kind": "mariadb", "lock": "backup_stage", "confirmed": confirmed, "held_ms": 410.0,
+                                   "binlog_file": "bin.000001", "binlog_position": 4242},
+            "application_action": RELEASE}
+
+
+def test_controller_view_confirms_only_a_confirmed_release_after_the_runs_thaw():
+    g = app.GuardedQuiescer("mariadb", "abort")
+    assert g.held and g.pre() == (True, None)
+    g.frozen({"application": SUMMARY, "actions": [LOCK]})
+    g.thawed(thaw_record())
+    ok, action = g.post()
+    assert ok and g.confirmed and g.summary()["held_ms"] == 410.0
+    assert action["lock"] == LOCK and action["release"] == RELEASE and action["ms"] == 25.0
+    assert g.catalog_record()["binlog_position"] == 4242 and g.catalog_record()["confirmed"] is True
+
+
+def test_controller_view_lost_lock_or_guardian_never_confirms():
+    g = app.GuardedQuiescer("mariadb", "continue")
+    g.frozen({"application": SUMMARY, "actions": [LOCK]})
+    g.thawed(dict(thaw_record(confirmed=False), application=dict(SUMMARY, problem="the binary log moved")))
+    assert g.post()[0] is False and g.problem == "the binary log moved"
+    assert g.catalog_record()["confirmed"] is False
+
+    g = app.GuardedQuiescer("mariadb", "abort")  # the guardian was SIGKILLed: fsfreeze found no guardian
+    g.frozen({"application": SUMMARY, "actions": [LOCK]})
+    g.thawed({"changed": False, "guardian": "gone", "already_thawed": True, "mounts": []})
+    assert g.post()[0] is False and "killed?" in g.problem and g.summary()["confirmed"] is False
+    assert g.catalog_record() == {"kind": "mariadb", "lock": "backup_stage", "held_ms": None, "confirmed": False}
+
+    g = app.GuardedQuiescer("mariadb", "abort")  # a confirmed release after a deadline thaw does not count
+    g.frozen({"application": SUMMARY, "actions": [LOCK]})
+    g.thawed(thaw_record(by="deadline"))
+    assert g.post()[0] is False and "deadline" in g.problem
+
+
+def test_controller_view_of_a_lock_never_taken():
+    g = app.GuardedQuiescer("postgresql", "continue")
+    g.frozen({"application": dict(SUMMARY, kind="postgresql", locked=False, problem="no session"), "actions": [LOCK]})
+    g.thawed({"window_ms": 5.0, "thawed_by": "client", "application": dict(SUMMARY, locked=False)})
+    ok, action = g.post()
+    assert not ok and g.problem == "no session" and action["release"] is None
+    with pytest.raises(StillpointError):
+        app.GuardedQuiescer("mariadb", "sometimes")
