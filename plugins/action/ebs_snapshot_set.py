@@ -10,6 +10,9 @@ controller mode: the host has no AWS access. Runs ``ebs_mount_info`` on the host
 window), ``fsfreeze state=frozen`` (the guardian holds the freeze and the module returns), makes
 the one CreateSnapshots call here, and thaws with a single raw command that talks to the guardian,
 so no second module transfer sits inside the window. Waiting happens after the thaw, here.
+With ``application`` the guardian also holds the application's lock: it takes it in the freeze request
+right before it freezes and releases it right after the thaw, whose reply says whether the lock was
+confirmed held (docs/applications.md, "Controller mode").
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action impor
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteHooks
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import RemoteQuiescer
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._remote_host import application_args
 
 display = Display()
 
@@ -115,11 +119,14 @@ class ActionModule(ActionBase):
 
     # ------------------------------------------------------------------ controller mode
     def _controller(self, params, task_vars):
-        if params["application"]:
-            raise StillpointError(
-                "application=%s is host mode only in this version: the lock must be held by a client running on the "
-                "host for the whole freeze and call, which controller mode does not do yet. Use mode=host (the host "
-                "calls EC2), or hold the lock yourself and take the set at the filesystem level" % params["application"])
+        app = application_args(params)
+        if app:
+            if params["pre_hook"] or params["post_hook"]:
+                raise StillpointError("application=%s holds the application itself: drop pre_hook/post_hook (or run "
+                                      "your own command as application=held_hook)" % params["application"])
+            if not params["freeze"]:
+                raise StillpointError("application=%s in controller mode needs freeze=true: the lock is held by the "
+                                      "freeze guardian on the host" % params["application"])
         aws = TaskAWS(MODULE, params)
         client = aws.client("ec2", retry_decorator=ebs.RETRY)
         if params["set_id"]:
@@ -138,14 +145,20 @@ class ActionModule(ActionBase):
         if host.get("failed"):
             raise StillpointError("on the host: %s" % host.get("msg"), host=host)
         plan = build_plan(client, params, host)
-        if self._task.check_mode:
-            return snapshot_set.check_mode_result(plan, params, on=host.get("hostname"))
+        if app and not plan["freeze_plan"]:
+            raise StillpointError("application=%s in controller mode needs a freeze (mountpoints): the lock is held by "
+                                  "the freeze guardian on the host" % params["application"])
         if plan["freeze_plan"]:
             quiescer = RemoteQuiescer(self, task_vars, [p["mountpoint"] for p in plan["freeze_plan"]],
-                                      params["freeze_deadline"], params["protect_paths"], plan["public"]["level"])
+                                      params["freeze_deadline"], params["protect_paths"], plan["public"]["level"],
+                                      application=app)
         else:
             quiescer = ebs.NoQuiesce(plan["public"]["level"])
-        hooks = None
+        if self._task.check_mode:
+            if app:
+                quiescer.check()  # the host checks the quiescer's options and finds its client; starts nothing
+            return snapshot_set.check_mode_result(plan, params, on=host.get("hostname"))
+        hooks = quiescer.app if app else None
         if params["pre_hook"] or params["post_hook"]:
             hooks = RemoteHooks(self, params["pre_hook"], params["post_hook"], params["hook_timeout"],
                                 params["on_hook_failure"])

@@ -171,6 +171,11 @@ options:
         C(docs/applications.md)). The lock is taken before the freeze by the application's client running as a
         child of this module (a coprocess), confirmed on the same session after the thaw, then released. If the
         module dies, the client dies, its session ends and the lock goes.
+      - With O(mode=controller) the client is a child of the freeze guardian on the host instead (the
+        M(stillpoint.snapshots.fsfreeze) module returns before the call). The guardian takes the lock right before
+        it freezes and releases it right after the thaw the controller asks for, whose reply says whether the lock
+        was confirmed. If the guardian dies, the client dies with it and a keeper process thaws; the deadline
+        (O(freeze_deadline)) thaws and releases. Needs a freeze (O(freeze=true) and O(mountpoints)).
       - V(mariadb) and V(mysql) use the server's C(mariadb)/C(mysql) client; C(BACKUP STAGE START), C(FLUSH),
         C(BLOCK_DDL), C(BLOCK_COMMIT) on MariaDB 10.4 or later, C(FLUSH TABLES WITH READ LOCK) otherwise; the binary
         log file and position and the GTID position read under the lock are recorded in the catalog
@@ -185,7 +190,8 @@ options:
       - V(held_hook) runs O(application_hook), waits for it to print a line C(READY), keeps it running through the
         call, and closes its stdin after the thaw; exit status 0 confirms the lock.
       - The set is recorded V(application) only when the lock was confirmed held through the call. Not with
-        O(pre_hook)/O(post_hook). Host mode only in this version (refused with O(mode=controller)).
+        O(pre_hook)/O(post_hook). In O(mode=controller) never when the guardian thawed on its own (its
+        deadline, SIGTERM, its keeper gone) or was gone at the thaw.
     type: str
     choices: [mariadb, mysql, postgresql, held_hook]
   application_login_user:
@@ -397,6 +403,16 @@ EXAMPLES = r"""
 
 - name: Application-consistent MariaDB set, its lock held across the freeze and the call
   stillpoint.snapshots.ebs_snapshot_set:
+    mountpoints: [/var/lib/mysql, /var/log/mysql-binlog]
+    application: mariadb
+    application_login_unix_socket: /run/mysqld/mysqld.sock
+    lock_wait_timeout: 5
+    name: db
+
+- name: The same from the controller (the host has no AWS access; its freeze guardian holds the lock)
+  stillpoint.snapshots.ebs_snapshot_set:
+    mode: controller
+    region: eu-west-1
     mountpoints: [/var/lib/mysql, /var/log/mysql-binlog]
     application: mariadb
     application_login_unix_socket: /run/mysqld/mysqld.sock

@@ -24,6 +24,12 @@ description:
     twice (bind mounts, btrfs subvolumes) and filesystem types that cannot be frozen.
   - A filesystem already frozen by someone else is never thawed by the guardian. The freeze fails, what this
     run froze is thawed again, and O(force=true) is the way for an administrator to thaw it.
+  - With O(application) the guardian also holds the application's backup lock across the freeze (the controller
+    mode of C(stillpoint.snapshots.ebs_snapshot_set)). It opens the application's session and takes the lock within
+    O(lock_wait_timeout) right before it freezes, and releases the lock right after its thaw; the thaw's record says
+    whether the lock was confirmed held. The client session is the guardian's child and dies with it, and a
+    B(keeper) process holds the module's end of the connection, so that a killed guardian is thawed by the keeper
+    and a killed keeper makes the guardian thaw and release. See C(docs/applications.md).
 author:
   - stillpoint.snapshots maintainers (@stillpoint)
 options:
@@ -70,6 +76,56 @@ options:
     type: list
     elements: path
     default: []
+  application:
+    description:
+      - With O(state=frozen), the guardian holds this application's backup lock across the freeze. V(mariadb) and
+        V(mysql) (C(BACKUP STAGE) or C(FLUSH TABLES WITH READ LOCK)), V(postgresql) (C(CHECKPOINT) and the recorded
+        LSNs), V(held_hook) (O(application_hook) runs until the thaw).
+      - The options mean what they mean in M(stillpoint.snapshots.ebs_snapshot_set), which passes them in controller
+        mode.
+    type: str
+    choices: [mariadb, mysql, postgresql, held_hook]
+  application_hook:
+    description: The command (argv list) of O(application=held_hook).
+    type: list
+    elements: str
+    default: []
+  lock_wait_timeout:
+    description:
+      - Seconds the application's lock may take to be granted. After that the session is ended (nothing waits
+        behind it) and, with O(on_quiesce_failure=abort), nothing is frozen.
+    type: float
+    default: 10.0
+  on_quiesce_failure:
+    description:
+      - V(abort) refuses the freeze when the application's lock cannot be taken; V(continue) freezes anyway and
+        RV(application) says the lock was not taken.
+    type: str
+    choices: [abort, continue]
+    default: abort
+  application_login_user:
+    description: User for the application's client. Unset, the client's option files decide.
+    type: str
+  application_login_password:
+    description:
+      - Password for the application's client. Passed in its environment (C(MYSQL_PWD), C(PGPASSWORD)), never on
+        its command line, never returned.
+    type: str
+  application_login_host:
+    description: Host of the application's server.
+    type: str
+  application_login_port:
+    description: Port of the application's server.
+    type: int
+  application_login_unix_socket:
+    description: Unix socket (or, for PostgreSQL, its directory) of the application's server.
+    type: path
+  application_config_file:
+    description: The client's option file (MariaDB C(--defaults-file)) or password file (PostgreSQL C(PGPASSFILE)).
+    type: path
+  application_client:
+    description: Path of the application's client (C(mariadb), C(mysql), C(psql)); found on C(PATH) when unset.
+    type: path
 extends_documentation_fragment:
   - stillpoint.snapshots.attributes
 attributes:
@@ -204,6 +260,25 @@ already_thawed:
   returned: state=thawed with token
   type: bool
   sample: false
+application:
+  description:
+    - With O(application), what the quiescer did - C(kind), C(lock), C(locked), C(confirmed), C(lock_wait_ms),
+      C(held_ms), C(locked_at), C(released_at), C(recorded) (binary log position and GTID, or LSNs), C(problem).
+    - After O(state=frozen) the lock (C(locked)); after the thaw with the token its release (C(confirmed) is true only
+      when the thaw was asked for and the quiescer confirmed its lock on the same session).
+  returned: with O(application), not in check mode; state=thawed with token when the guardian held an application
+  type: dict
+  sample: {"kind": "mariadb", "lock": "backup_stage", "locked": true, "confirmed": true, "held_ms": 812.4}
+application_record:
+  description: What the catalog records for the application (C(stillpoint:app)), from the guardian's release.
+  returned: state=thawed with token when the guardian held an application
+  type: dict
+  sample: {"kind": "mariadb", "lock": "backup_stage", "confirmed": true, "binlog_file": "bin.000001"}
+actions:
+  description: The lock's step (the application's client, its exit status and time), as in ebs_snapshot_set.
+  returned: state=frozen with O(application), not in check mode
+  type: list
+  elements: dict
 guardian:
   description: C(running) or C(gone) (the guardian had already thawed and exited, or was killed).
   returned: state=thawed with token
@@ -214,6 +289,8 @@ guardian:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import APPLICATIONS
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import CONNECTION_ARGS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 
@@ -226,6 +303,11 @@ def main():
             token=dict(type="str", no_log=False),
             force=dict(type="bool", default=False),
             protect_paths=dict(type="list", elements="path", default=[]),
+            application=dict(type="str", choices=list(APPLICATIONS)),
+            application_hook=dict(type="list", elements="str", default=[]),
+            lock_wait_timeout=dict(type="float", default=10.0),
+            on_quiesce_failure=dict(type="str", choices=["abort", "continue"], default="abort"),
+            **CONNECTION_ARGS
         ),
         required_if=[("state", "frozen", ["mountpoints"])],
         supports_check_mode=True,
