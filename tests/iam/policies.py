@@ -84,6 +84,13 @@ COPY = [
 # Cross-account copies: the source account shares its own snapshots with the destination account, and
 # removes the share when the copy set is complete.
 SHARE = [stmt("ShareOwnSnapshots", ["ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute"], [SNAPSHOT], OURS)]
+# The KMS preflight of a cross-account copy (read-only, before any change): the source account reads the keys of
+# its encrypted members (an AWS managed key cannot be shared: refused), the destination account the key named by
+# kms_key_id. Direct calls, not through EC2: no kms:ViaService condition. Any key ARN (the members' keys are
+# whatever keys they were encrypted with; narrow it to your key ARNs); ListAliases has no resource-level permission.
+KMS_KEY = "arn:aws:kms:*:*:key/*"
+SOURCE_KEYS = [stmt("ReadSourceKeys", ["kms:DescribeKey"], [KMS_KEY]), stmt("ListKeyAliases", ["kms:ListAliases"], ["*"])]
+DESTINATION_KEY = [stmt("ReadDestinationKey", ["kms:DescribeKey"], [KMS_KEY])]
 # A restore drill: the RESTORE statements that create, attach and delete its own volumes, a detach limited to
 # volumes carrying the marker (it never detaches anything of the scratch instance it did not make), and the
 # verdict written on (and its stale chunks removed from) the set's own snapshots.
@@ -111,10 +118,10 @@ POLICIES = {
     "drbd_mirror_restore": read(*RESTORE_READ) + RESTORE,
     "clusterpro_mirror_backup": read(*BACKUP_READ) + SNAPSHOT_SET + DELETE_OWN_SNAPSHOTS + STOP_START,
     "clusterpro_mirror_restore": read(*RESTORE_READ) + RESTORE,
-    "backup_set_copy": read("DescribeSnapshots") + COPY + DELETE_OWN_SNAPSHOTS,
+    "backup_set_copy": read("DescribeSnapshots") + COPY + DELETE_OWN_SNAPSHOTS + DESTINATION_KEY,
     "restore_drill": read("DescribeInstances", "DescribeVolumes", "DescribeSnapshots", "ListSnapshotsInRecycleBin")
     + DRILL,
-    "backup_set_copy-share": read("DescribeSnapshots") + SHARE,
+    "backup_set_copy-share": read("DescribeSnapshots") + SHARE + SOURCE_KEYS,
 }
 
 # Only for volumes encrypted with a customer managed KMS key (attach beside the procedure's policy):
@@ -178,6 +185,10 @@ WHY = {
                                      "are already shared with the destination account)",
     "ec2:ModifySnapshotAttribute": "_copy.share (backup_set_copy across accounts: createVolumePermission add "
                                    "before the copy, remove once the copy set is complete)",
+    "kms:DescribeKey": "_copy.describe_key (backup_set_copy across accounts, before any change: the members' keys "
+                       "with the source credentials, kms_key_id with the destination's)",
+    "kms:ListAliases": "_copy.key_aliases (backup_set_copy across accounts: an alias/aws/* name marks an AWS managed "
+                       "key, which cannot be shared)",
     "ec2:StopInstances": "amazon.aws.ec2_instance state=stopped (clusterpro_mirror_backup step 2: the standby)",
     "ec2:StartInstances": "amazon.aws.ec2_instance state=running (clusterpro_mirror_backup step 4 and its rescue)",
 }
@@ -198,7 +209,8 @@ UNTAKEN = {
     "backup_set_prune": {"ec2:LockSnapshot": "lock given",
                          "ec2:ListSnapshotsInRecycleBin": "set_ids naming a set that is not there"},
     "backup_set_copy": {"ec2:DeleteSnapshot": "a copy that failed (the copy set is removed whole), stale copies of "
-                                              "an earlier run"},
+                                              "an earlier run",
+                        "kms:DescribeKey": "a cross-account copy with kms_key_id (tests/integration/test_set_copy_kms.py)"},
     "array_restore": {
         "ec2:DescribeAvailabilityZones": "array_restore_availability_zone given",
         "ec2:DescribeFastSnapshotRestores": "array_restore_fast_snapshot_restore: true",

@@ -1,6 +1,6 @@
 // Evaluate requests against IAM policies with @cloud-copilot/iam-simulate (a full policy evaluator:
 // conditions, aws:ResourceTag/aws:RequestTag, ec2:CreateAction, ForAllValues).
-// stdin: JSON [{"id", "policy", "action", "resource", "context": {key: value or [values]}}]
+// stdin: JSON [{"id", "policy", "action", "resource", "context": {key: value or [values]}, "resource_policy"?}]
 // stdout: JSON [{"id", "result": "Allowed" | "ImplicitlyDenied" | "ExplicitlyDenied" | "error", "errors"}]
 // IAM_NODE_DIR: the directory where tests/iam/package.json was installed (npm ci), default the cwd.
 import { createRequire } from 'node:module'
@@ -23,6 +23,7 @@ async function evaluate(c) {
     serviceControlPolicies: [],
     resourceControlPolicies: []
   }
+  if (c.resource_policy) simulation.resourcePolicy = c.resource_policy
   const response = await runSimulation(simulation, {})
   if (response.resultType === 'error') {
     return { id: c.id, result: 'error', errors: response.errors }

@@ -20,6 +20,12 @@ SNAP = "arn:aws:ec2:%s::snapshot/snap-0123456789abcdef0" % REGION
 NEW_SNAP = "arn:aws:ec2:%s::snapshot/*" % REGION  # the snapshot a create/copy call makes (no id yet)
 VOL = "arn:aws:ec2:%s:%s:volume/vol-0123456789abcdef0" % (REGION, ACCOUNT)
 INST = "arn:aws:ec2:%s:%s:instance/i-0123456789abcdef0" % (REGION, ACCOUNT)
+KEY = "arn:aws:kms:%s:%s:key/1234abcd-12ab-34cd-56ef-1234567890ab" % (REGION, ACCOUNT)
+# AWS's default key policy: the account's IAM policies decide who may use the key (KMS Developer Guide, "Default key
+# policy"); without a key policy that lets them, no IAM policy gives access to a KMS key
+DEFAULT_KEY_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::%s:root" % ACCOUNT},
+     "Action": "kms:*", "Resource": "*"}]}
 MARKED = {"aws:ResourceTag/%s" % policies.CREATOR_KEY: policies.CREATOR}
 FOREIGN = {"aws:ResourceTag/%s" % policies.CREATOR_KEY: "someone-else"}
 
@@ -68,10 +74,10 @@ def simulate(node_dir, cases):
 def test_tag_conditions_with_a_real_evaluator(iam_node_dir):
     cases, expect = [], {}
 
-    def case(name, action, resource, context, result):
+    def case(name, action, resource, context, result, resource_policy=None):
         cid = "%s|%s|%s|%s" % (name, action, resource, json.dumps(context, sort_keys=True))
         cases.append({"id": cid, "policy": policies.load(name), "action": action, "resource": resource,
-                      "context": context})
+                      "context": context, "resource_policy": resource_policy})
         expect[cid] = result
 
     for name in sorted(policies.POLICIES):
@@ -132,6 +138,12 @@ def test_tag_conditions_with_a_real_evaluator(iam_node_dir):
             # wildcard, so the source statement's snapshot/snap-* answers for it; EC2 compares it literally)
             case(name, "ec2:CreateTags", SNAP, {"ec2:CreateAction": "CopySnapshot"}, "Allowed")
             case(name, "ec2:CreateTags", SNAP, {"aws:TagKeys": ["stillpoint:state"]}, "ImplicitlyDenied")
+        if "kms:DescribeKey" in acts:  # a cross-account copy's KMS preflight reads keys, nothing else of KMS
+            case(name, "kms:DescribeKey", KEY, {}, "Allowed", DEFAULT_KEY_POLICY)
+            case(name, "kms:Decrypt", KEY, {}, "ImplicitlyDenied", DEFAULT_KEY_POLICY)
+            case(name, "kms:CreateGrant", KEY, {}, "ImplicitlyDenied", DEFAULT_KEY_POLICY)
+        if "kms:ListAliases" in acts:
+            case(name, "kms:ListAliases", "*", {}, "Allowed")
         for action in ("ec2:ModifySnapshotAttribute", "ec2:DescribeSnapshotAttribute", "ec2:LockSnapshot"):
             if action in acts:  # shares, share reads and locks only of our own snapshots
                 case(name, action, SNAP, MARKED, "Allowed")
