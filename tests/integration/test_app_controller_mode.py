@@ -16,6 +16,8 @@ localhost (local connection), the EC2 endpoint on 127.0.0.1.
   lock is held, the recorded GTID is the writer's count at the lock; the password given never shows;
 - PostgreSQL: the set records ``application`` with the checkpoint, redo and WAL LSNs; the live server's latest
   checkpoint is still the recorded one;
+- the dead-man deadline under a longer call: the guardian thaws and releases at the deadline, the database serves
+  while the call runs, the set is recorded crash (continue), never application;
 - the lock-wait budget (a session holding a table write lock): refused within the budget, nothing frozen, no
   snapshot, no guardian or keeper left, the writer keeps committing; with continue the set is ``filesystem``;
 - the guardian SIGKILLed while it holds the lock (its CreateSnapshots in flight): the keeper thaws at once (long
@@ -197,8 +199,8 @@ def test_mariadb_controller_mode_lock_wait_budget_refuses_with_nothing_frozen(tm
         before = own_snapshots(ec2)
         ec2.clear_calls()
         n0 = len(writer.done)
-        rc, res, raw, refused_s = run(tmp_path, ec2, inst, **mariadb_args(server, lock_wait_timeout=2,
-                                                                         application_login_password=SECRET))
+        args = mariadb_args(server, lock_wait_timeout=2, application_login_password=SECRET)
+        rc, res, raw, refused_s = run(tmp_path, ec2, inst, **args)
         assert rc != 0 and "not granted within lock_wait_timeout=2s" in res["msg"], res
         assert "nothing was frozen or snapshotted" in res["msg"]
         lock_wait_ms = res["application"]["lock_wait_ms"]
@@ -209,8 +211,8 @@ def test_mariadb_controller_mode_lock_wait_budget_refuses_with_nothing_frozen(tm
         wait_no_holders(inst.mountpoints, timeout=5)  # the guardian refused and exited; no keeper was made
         writer.wait_for(n0 + 20, timeout=10)  # the application kept serving, during and after
 
-        rc, res, raw, continued_s = run(tmp_path, ec2, inst, **mariadb_args(server, lock_wait_timeout=2,
-                                                                           on_quiesce_failure="continue"))
+        args = mariadb_args(server, lock_wait_timeout=2, on_quiesce_failure="continue")
+        rc, res, raw, continued_s = run(tmp_path, ec2, inst, **args)
         assert rc == 0, res.get("msg")
         assert res["level"] == "filesystem" and res["application"]["locked"] is False, res
         assert any("recorded at level filesystem" in str(w) for w in res.get("warnings", [])), res.get("warnings")
@@ -275,6 +277,34 @@ def test_guardian_or_keeper_sigkilled_while_holding_thaws_and_releases(tmp_path,
             play.kill()
             play.communicate()
         ec2.latency("CreateSnapshots", 0)
+
+
+@needs_mariadb
+def test_the_deadline_thaws_and_releases_while_the_call_runs(tmp_path, ec2, mariadb):
+    """freeze_deadline 1 s, a call of 4 s: the guardian thaws and releases at the deadline, the application serves
+    during the rest of the call, and the set (on_quiesce_failure=continue) is recorded crash, never application."""
+    inst, server, writer = mariadb
+    ec2.latency("CreateSnapshots", 4000)
+    try:
+        rc, res, _raw, _took = run(tmp_path, ec2, inst, freeze_deadline=1.0,
+                                   **mariadb_args(server, on_quiesce_failure="continue"))
+    finally:
+        ec2.latency("CreateSnapshots", 0)
+    assert rc == 0, res.get("msg")
+    app = res["application"]
+    assert res["level"] == "crash" and res["thaw"]["deadline_thawed"] is True, (res["level"], res["thaw"])
+    assert app["locked"] is True and app["confirmed"] is False, app
+    assert "thawed on its own (deadline)" in app["problem"], app
+    assert res["call_ms"] >= 4000 and app["released_at"] - app["locked_at"] < 2.5, (res["call_ms"], app)
+    # released at the deadline: commits went on while the controller's call was still in flight
+    served = commits_between(writer, app["released_at"], app["released_at"] + 2.0)
+    assert served, "no commit in the 2 s after the deadline's release"
+    record, level = app_tag(ec2, res["set_id"])
+    assert level == "crash" and record["confirmed"] is False
+    wait_no_holders(inst.mountpoints)
+    print("\ncontroller mode, deadline 1 s under a 4 s call: released %.2f s after the lock, %d commits in the next 2 s "
+          "while the call ran (%.0f ms); recorded crash" % (app["released_at"] - app["locked_at"], len(served),
+                                                            res["call_ms"]))
 
 
 @needs_mariadb

@@ -244,3 +244,18 @@ def test_controller_view_of_a_lock_never_taken():
     assert not ok and g.problem == "no session" and action["release"] is None
     with pytest.raises(StillpointError):
         app.GuardedQuiescer("mariadb", "sometimes")
+
+
+def test_controller_passes_the_application_options_and_counts_a_thaw_it_did_not_ask_for_as_the_deadline():
+    from ansible_collections.stillpoint.snapshots.plugins.plugin_utils import _remote_host as remote
+    assert remote.application_args(dict(PARAMS)) == {}
+    args = remote.application_args(dict(PARAMS, application="mariadb", application_login_password="pw",
+                                        application_login_unix_socket="/run/mysqld/mysqld.sock"))
+    # only to fsfreeze, which declares the password no_log; unset options are left to fsfreeze's defaults
+    assert args == {"application": "mariadb", "lock_wait_timeout": 1.0, "on_quiesce_failure": "abort",
+                    "application_login_password": "pw", "application_login_unix_socket": "/run/mysqld/mysqld.sock"}
+    assert set(args) <= set(remote.APPLICATION_ARGS)
+    assert remote.ended_by_the_run({"thawed_by": "client", "window_ms": 1.0}).get("deadline_thawed") is None
+    for by in ("disconnect", "signal", "deadline"):
+        assert remote.ended_by_the_run({"thawed_by": by, "window_ms": 1.0})["deadline_thawed"] is True
+    assert remote.without_invocation({"invocation": {"module_args": {}}, "msg": "x"}) == {"msg": "x"}
