@@ -11,10 +11,16 @@ whichever comes first.
 
 Wire protocol (one JSON object per line, over a ``socketpair`` for the client that started the
 guardian and over the abstract unix socket ``\\0stillpoint-freeze-<token>`` for later clients):
-requests ``{"op": "freeze" | "thaw" | "detach" | "status"}``; every request gets exactly one
+requests ``{"op": "freeze" | "thaw" | "detach" | "keep" | "status"}``; every request gets exactly one
 reply line with ``"ok": true|false`` (and ``"msg"`` when false). While freezing, the guardian
 also sends ``{"event": "frozen", "index": i}`` lines before the reply so that the client always
-knows what is frozen, even if the guardian dies half way.
+knows what is frozen, even if the guardian dies half way. ``keep`` hands the owner's end to a keeper
+(:meth:`Guardian.hand_over`), which the guardian tells ``{"event": "thawed"}`` when it thawed.
+
+With a held application (controller mode, _app_quiesce) the freeze request first takes the application's
+lock (its client is started as the guardian's child, before anything is frozen), and every thaw is followed
+by the lock's release; the thaw's record carries ``application``, ``application_record`` and
+``application_action``.
 
 The freeze runs in waves (:func:`freeze_waves`): a filesystem mounted inside another one of the set
 is frozen before it and thawed after it; the members of one wave are frozen at once, one thread
@@ -27,7 +33,9 @@ someone else's freeze), the rest of its wave is waited for and everything this c
 nothing it did not freeze is ever thawed.
 
 After the fork the guardian imports nothing, writes no log and never opens a path on a
-filesystem it may freeze: it only issues ioctls on directory fds opened before the fork.
+filesystem it may freeze: it only issues ioctls on directory fds opened before the fork (a held
+application's client is executed from the host's own binaries before the freeze; the keeper, too,
+imports nothing and opens nothing on what is frozen).
 """
 
 from __future__ import annotations
