@@ -18,8 +18,7 @@ their files against what the playbooks accept:
 - the host variable is asked, as required, and so is every variable the role's spec requires (neither has a
   default); a workflow survey question is a variable of one of its nodes' playbooks, checked the same way;
 - every variable a job template's playbook accepts is either asked or named in its survey file's ``# Not asked:``
-  comment (with why), so a role input added to the spec is never silently missing from AWX; the surveys that are
-  known not to be complete yet are listed in KNOWN_UNASKED, exactly (closing a gap means removing it there)."""
+  comment (with why), so a role input added to the spec is never silently missing from AWX."""
 
 import ast
 import json
@@ -37,20 +36,6 @@ TASK_LISTS = ("tasks", "pre_tasks", "post_tasks", "handlers", "block", "rescue",
 AWX_TYPES = ("text", "textarea", "password", "integer", "float", "multiplechoice", "multiselect")
 ROLE_TYPE_TO_SURVEY = {"str": ("text",), "path": ("text",), "raw": ("text",), "list": ("text", "textarea"),
                        "bool": ("multiplechoice",), "int": ("integer",), "float": ("float",), "dict": ("textarea",)}
-
-
-# Role inputs a survey neither asks nor names under "Not asked" yet (not part of the drill work): asserted exactly, so
-# the list only shrinks. Every other survey covers its playbook completely.
-KNOWN_UNASKED = {
-    "backup": [
-        "array_backup_group", "array_backup_group_arm_s", "array_backup_group_clock_samples",
-        "array_backup_group_correct_offsets", "array_backup_group_hold_ms", "array_backup_group_lead_ms",
-        "array_backup_group_ready_timeout", "array_backup_group_run_dir", "array_backup_keep_daily",
-        "array_backup_keep_monthly", "array_backup_keep_weekly", "array_backup_keep_yearly",
-        "array_backup_lock_cool_off_hours", "array_backup_lock_days", "array_backup_lock_mode",
-        "array_backup_lock_wait_timeout", "array_backup_on_quiesce_failure"],
-    "restore": ["array_restore_check_host", "array_restore_imds_endpoint"],
-}
 
 
 def load(*parts):
@@ -261,11 +246,8 @@ def test_job_template_survey_covers_its_playbook(jt):
     both = sorted(n for n in asked if n in names or n.startswith(prefixes or ("\0",)))
     assert not both, "%s: asked and also named under 'Not asked': %s" % (where, both)
     missing = sorted(n for n in set(accepted) - asked - names if not n.startswith(prefixes or ("\0",)))
-    known = sorted(KNOWN_UNASKED.get(jt["survey"], []))
-    assert missing == known, (
-        "%s: inputs of %s neither asked nor named under 'Not asked' (ask them, or say why not): %s" % (
-            where, jt["playbook"], sorted(set(missing) - set(known)) or "none new; KNOWN_UNASKED lists %s, which "
-            "are covered now: remove them there" % sorted(set(known) - set(missing))))
+    assert missing == [], "%s: inputs of %s neither asked nor named under 'Not asked' (ask them, or say why not): %s" % (
+        where, jt["playbook"], missing)
 
 
 def test_drill_survey_asks_the_application_check():
