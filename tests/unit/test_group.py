@@ -424,7 +424,7 @@ def test_a_sample_whose_read_meets_the_previous_answers_writer_still_open_reads_
                 time.sleep(0.01)
         os.write(writer, b"n0nce 1796404438.5\n")
         os.close(writer)
-        out, _ = sample.communicate(timeout=30)
+        out = sample.communicate(timeout=30)[0]
         assert out.split() == ["n0nce", "1796404438.5"]
     finally:
         if stale is not None:
