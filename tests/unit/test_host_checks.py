@@ -147,14 +147,22 @@ def test_array_restore_proves_the_host_before_its_first_changing_task():
     prove = next(i for i, t in enumerate(tasks) if "stillpoint.snapshots.ebs_mount_info" in t)
     refuse = next(i for i, t in enumerate(tasks)
                   if "__array_restore_host_id" in str((t.get("ansible.builtin.assert") or {}).get("that")))
-    first_change = min(i for i, t in enumerate(tasks) if any(m in t for m in CHANGING))
+    first_change = min(i for i, t in enumerate(tasks) if any(m in t for m in CHANGING)
+                       or (t.get("stillpoint.snapshots.win_array_host") or {}).get("state") in ("down", "up"))
     assert prove < refuse < first_change, names
     probe = tasks[prove]
     assert "delegate_to" not in probe  # on the play host itself, in host and controller mode
     assert probe["stillpoint.snapshots.ebs_mount_info"]["expect_instance_id"] == "{{ __array_restore_instance }}"
     assert "check_mode" not in probe and "check_mode" not in tasks[refuse]  # check mode refuses too
-    for task in (probe, tasks[refuse]):
-        assert task["when"] == "__array_restore_in.check_host"
+    for task in (probe, tasks[refuse]):  # Linux sets; a Windows set is proved by win_array_host (below)
+        assert task["when"] == "__array_restore_in.check_host and not __array_restore_windows"
+    windows = next(i for i, t in enumerate(tasks) if "stillpoint.snapshots.win_array_host" in t)
+    assert windows < first_change, names
+    proof = tasks[windows]
+    assert proof["when"] == "__array_restore_windows and __array_restore_in.check_host"
+    assert proof["stillpoint.snapshots.win_array_host"]["state"] == "info"
+    assert proof["stillpoint.snapshots.win_array_host"]["expect_instance_id"] == "{{ __array_restore_instance }}"
+    assert "delegate_to" not in proof and "check_mode" not in proof and "failed_when" not in proof
     message = str(tasks[refuse]["vars"])
     for needed in ("__array_restore_host_id", "__array_restore_target", "array_restore_instance_id",
                    "array_restore_check_host", "array_restore_imds_endpoint"):
