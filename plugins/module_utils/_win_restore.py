@@ -154,8 +154,8 @@ def check_identity(facts, expect_instance_id):
     got = facts.get("instance_id")
     if not got:
         raise StillpointError("host %s could not prove that it is the target instance %s: its instance metadata did "
-                              "not answer (%s). Nothing was changed." % (facts.get("computer_name"), expect_instance_id,
-                                                                          facts.get("imds_error") or "no answer"))
+                              "not answer (%s). Nothing was changed."
+                              % (facts.get("computer_name"), expect_instance_id, facts.get("imds_error") or "no answer"))
     if got != expect_instance_id:
         raise StillpointError("host %s is instance %s, not the target instance %s; nothing was changed"
                               % (facts.get("computer_name"), got, expect_instance_id), instance_id=got)
@@ -284,8 +284,8 @@ def plan_paths(facts, wanted):
             continue
         vol = (here or matches)[0]
         if not vol["status"].lower().startswith("healthy"):
-            problems.append("%s: volume %d on %s is %s, not Healthy" % (w["path"], vol["number"], ", ".join(w["disks"]),
-                                                                       vol["status"] or "in no state"))
+            problems.append("%s: volume %d on %s is %s, not Healthy"
+                            % (w["path"], vol["number"], ", ".join(w["disks"]), vol["status"] or "in no state"))
             continue
         base = {"volume": vol["number"], "disks": w["disks"]}
         if here:
@@ -293,9 +293,9 @@ def plan_paths(facts, wanted):
         if letter:
             holder = taken.get(letter)
             if holder is not None and holder["number"] != vol["number"]:
+                held_on = ", ".join(d or "a non-EBS disk" for d in holder["disks"])
                 problems.append("drive letter %s: is held by volume %d (on %s), not by the restored %s; free it first, "
-                                "or give a path map" % (letter, holder["number"], ", ".join(d or "a non-EBS disk" for d in
-                                                                                         holder["disks"]), w["path"]))
+                                "or give a path map" % (letter, holder["number"], held_on, w["path"]))
                 continue
             if vol["letter"]:
                 steps.append(dict(base, op="remove_letter", letter=vol["letter"].upper(),

@@ -78,14 +78,20 @@ options:
   imds_endpoint:
     description: Instance metadata endpoint on the host; empty uses http://169.254.169.254.
     type: str
+extends_documentation_fragment:
+  - stillpoint.snapshots.attributes
 attributes:
   check_mode:
     support: full
+    details: Reads the host and returns the steps it would run; runs none of them.
   diff_mode:
     support: none
   idempotent:
     support: full
+    details: Each state plans from what the host holds; a second run finds nothing left to do.
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: windows
 requirements:
   - ansible.windows (win_powershell)

@@ -80,8 +80,10 @@ def run(tmp_path, ec2, inst, check=False, **args):
 
 
 def mariadb_args(server, **extra):
-    return dict({"application": "mariadb", "application_login_user": "root",
-                 "application_login_unix_socket": server.socket, "lock_wait_timeout": 5}, **extra)
+    args = {"application": "mariadb", "application_login_user": "root",
+            "application_login_unix_socket": server.socket, "lock_wait_timeout": 5}
+    args.update(extra)
+    return args
 
 
 def own_snapshots(ec2):

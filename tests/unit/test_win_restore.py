@@ -91,8 +91,8 @@ def test_host_facts_map_disks_and_volumes_by_volume_id():
 def test_down_up_in_place_imports_the_foreign_pack_and_gives_the_letters_back():
     h = host()
     down = win.down(params(volume_ids=[A, B, C]), executor(h))
-    assert [a["what"] for a in down["actions"]] == ["disk 1 (%s) offline" % A, "disk 2 (%s) offline" % B,
-                                                   "disk 3 (%s) offline" % C]
+    assert [a["what"] for a in down["actions"]] == [
+        "disk 1 (%s) offline" % A, "disk 2 (%s) offline" % B, "disk 3 (%s) offline" % C]
     assert diskpart_lines(h) == ["offline disk"] * 3
     assert win.down(params(volume_ids=[A, B, C]), executor(h))["changed"] is False  # idempotent
     swap(h, [(A, NA), (B, NB), (C, NC)])
@@ -100,7 +100,7 @@ def test_down_up_in_place_imports_the_foreign_pack_and_gives_the_letters_back():
     since = len(h.state["log"])
     plan = win.up(params(), executor(h), check_mode=True)
     assert plan["changed"] and diskpart_lines(h, since) == []
-    assert [a["what"].split(" (")[0] for a in plan["actions"]][:3] == ["disk 1", "disk 1", "disk 2"]
+    assert [a["what"].split(" (", maxsplit=1)[0] for a in plan["actions"]][:3] == ["disk 1", "disk 1", "disk 2"]
     done = win.up(params(), executor(h))
     ran = diskpart_lines(h, since)
     assert ran.count("online disk") == 3 and ran.count("attributes disk clear readonly") == 3

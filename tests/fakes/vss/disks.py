@@ -445,9 +445,9 @@ class FakeWindowsDisks:
                     if v.get("errors"):
                         rec.update(rc=3, output=out + "Errors found. CHKDSK cannot continue in read-only mode.\n")
                     else:
-                        rec.update(output=out + "Stage 2: Examining file name linkage ...\nStage 3: Examining security "
-                                              "descriptors ...\n\nWindows has scanned the file system and found no "
-                                              "problems.\nNo further action is required.\n")
+                        rec.update(output=out + ("Stage 2: Examining file name linkage ...\nStage 3: Examining security "
+                                                 "descriptors ...\n\nWindows has scanned the file system and found no "
+                                                 "problems.\nNo further action is required.\n"))
                 rec["path"] = step["path"]
             else:
                 raise DiskpartError("Unknown step '%s'." % op)
