@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _win_restore as win
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import execute_reading, run_on_controller
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import WindowsAction, execute_reading
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        "roles", "windows_ebs_disk", "files")
@@ -42,21 +41,11 @@ def script_output(name, result):
     return out[0]
 
 
-class ActionModule(ActionBase):
+class ActionModule(WindowsAction):
 
-    def run(self, tmp=None, task_vars=None):
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        del tmp
-        self._task_vars = task_vars or {}
-        return run_on_controller(self, result, self._run)
+    MODULE = "stillpoint.snapshots.win_array_host"
 
     def _run(self):
-        if self._connection._shell.SHELL_FAMILY != "powershell":
-            raise StillpointError("stillpoint.snapshots.win_array_host runs on Windows hosts only (WinRM or PSRP, shell "
-                                  "family powershell); %s has the %s shell family"
-                                  % (self._task_vars.get("inventory_hostname"), self._connection._shell.SHELL_FAMILY))
         validated = ArgumentSpecValidator(win.ARGUMENT_SPEC).validate(dict(self._task.args))
         if validated.error_messages:
             raise StillpointError("; ".join(validated.error_messages))

@@ -11,34 +11,23 @@ on the instance, the proof through the EC2 API, the catalog tags (module_utils/_
 from __future__ import annotations
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argument_spec
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import execute_reading, run_on_controller
+from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._action import WindowsAction, execute_reading
 from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import TaskAWS
 
 display = Display()
 
 
-class ActionModule(ActionBase):
+class ActionModule(WindowsAction):
 
-    def run(self, tmp=None, task_vars=None):
-        self._supports_check_mode = True
-        self._supports_async = False
-        result = super().run(tmp, task_vars)
-        del tmp
-        self._task_vars = task_vars or {}
-        return run_on_controller(self, result, self._run)
+    MODULE = vss.WINDOWS_MODULE
 
     def _run(self):
-        if self._connection._shell.SHELL_FAMILY != "powershell":
-            raise StillpointError("%s runs on Windows hosts only (WinRM or PSRP, shell family powershell); %s has the %s "
-                                  "shell family" % (vss.WINDOWS_MODULE, self._task_vars.get("inventory_hostname"),
-                                                    self._connection._shell.SHELL_FAMILY))
         spec = aws_argument_spec()
         spec.update(vss.ARGUMENT_SPEC)
         validated = ArgumentSpecValidator(spec).validate(dict(self._task.args))

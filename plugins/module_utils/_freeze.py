@@ -1330,17 +1330,21 @@ class Guardian:
         self._frozen = []
         return record
 
-    def detach(self):
-        """Hand the freeze over to the guardian: only the deadline or a later connect()+thaw() ends it."""
+    def _owner_request(self, op, what):
+        """``op`` (detach, keep), which only the client that started the guardian may ask; the deadline it answers."""
         if not self._owner:
-            raise StillpointError("only the client that started the guardian can detach")
+            raise StillpointError("only the client that started the guardian can ask for a %s" % what)
         try:
-            reply = self._request("detach")
+            reply = self._request(op)
         except _GuardianLost as exc:
             raise StillpointError("the freeze guardian (pid %s) is gone (%s)" % (self.pid, exc))
         if not reply.get("ok"):
-            raise StillpointError("detach refused by the guardian: %s" % reply.get("msg"))
+            raise StillpointError("%s refused by the guardian: %s" % (what, reply.get("msg")))
         self.deadline = reply.get("deadline", self.deadline)
+
+    def detach(self):
+        """Hand the freeze over to the guardian: only the deadline or a later connect()+thaw() ends it."""
+        self._owner_request("detach", "detach")
         self._detached = True
         self._teardown()
 
@@ -1352,15 +1356,7 @@ class Guardian:
         connected client does); if the keeper dies, the guardian sees its owner gone and thaws (and releases
         the application). Used in controller mode with a held application: neither process alone can leave the
         filesystems frozen or the application locked."""
-        if not self._owner:
-            raise StillpointError("only the client that started the guardian can hand over")
-        try:
-            reply = self._request("keep")
-        except _GuardianLost as exc:
-            raise StillpointError("the freeze guardian (pid %s) is gone (%s)" % (self.pid, exc))
-        if not reply.get("ok"):
-            raise StillpointError("hand-over refused by the guardian: %s" % reply.get("msg"))
-        self.deadline = reply.get("deadline", self.deadline)
+        self._owner_request("keep", "hand-over")
         try:
             sys.stdout.flush()
             sys.stderr.flush()
