@@ -36,7 +36,6 @@ def execute_reading(action, module, args):
         action._task.check_mode = saved
 
 
-
 class WindowsAction(ActionBase):
     """The controller half of a Windows module: check mode supported, no async, the task variables kept in
     ``_task_vars``, a host whose connection is not a PowerShell one refused, then ``self._run()`` (a dict, or a
