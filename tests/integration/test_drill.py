@@ -298,7 +298,7 @@ def test_drill_killed_after_attach_then_rerun_leaves_nothing(ec2, tmp_path):
                        "local", "-e", "ansible_python_interpreter=%s" % sys.executable, DRILL, "-e", json.dumps(variables)]
                 ec2.clear_calls()
                 ec2.latency("DescribeVolumes", 400)
-                proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL,
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
                 try:
                     deadline = time.monotonic() + 120

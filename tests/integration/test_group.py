@@ -464,7 +464,7 @@ def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_ru
              "array_backup_keep_last": 0, "array_backup_aws_endpoint_url": ec2.url,
              "array_backup_aws_region": ec2.region, "array_backup_poll_interval": 0.2}
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inv, BACKUP, "-e", json.dumps(extra)]
-    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    controller = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     waiting = {}
     try:
         deadline = time.time() + 300

@@ -351,13 +351,21 @@ def test_restore_drill_on_the_second_vm_killed_half_way_then_rerun(world, lab_ti
         world.endpoint.clear_calls()
         cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", world.workdir + "/inventory.yml",
                "%s/playbooks/drill.yml" % ROOT, "-e", json.dumps(variables)]
+        # stdin from /dev/null (a stdin made non-blocking elsewhere in the worker makes ansible refuse to start);
+        # its output kept, so that a run that ends early says why
+        output = os.path.join(world.workdir, "drill-killed.out")
+        out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(world.endpoint, {"ANSIBLE_PIPELINING": "True"}),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, stdout=out_fd, stderr=subprocess.STDOUT, start_new_session=True)
+        os.close(out_fd)  # the run has its own copy
         try:
             with lab_timer("drill.yml on the second VM until both AttachVolume calls, then SIGKILL"):
                 deadline = time.monotonic() + 300
                 while len(world.endpoint.calls("AttachVolume")) < 2:
-                    assert proc.poll() is None, "the drill ended before it attached its volumes"
+                    if proc.poll() is not None:
+                        with open(output) as ended:
+                            raise AssertionError("the drill ended before it attached its volumes (rc %s): %s"
+                                                 % (proc.returncode, ended.read()[-3000:]))
                     assert time.monotonic() < deadline, "no two AttachVolume calls within 300 s"
                     time.sleep(0.2)
                 os.kill(proc.pid, signal.SIGKILL)  # ansible-playbook itself, by its PID
