@@ -974,6 +974,31 @@ def presync_filesystems(mountpoints):
     return round((time.monotonic() - t0) * 1000.0, 3)
 
 
+def _spawn_detached(main, close_in_child=None):
+    """``main()`` (which never returns) in a grandchild in a session of its own: a double fork, so that it is
+    nobody's zombie and has no controlling terminal. Returns once the intermediate child has exited.
+    ``close_in_child``: a socket of this process the new one must not hold."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    pid = os.fork()
+    if pid == 0:  # intermediate child
+        try:
+            if close_in_child is not None:
+                close_in_child.close()
+            os.setsid()
+            if os.fork() == 0:
+                main()
+        finally:
+            os._exit(0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 class _GuardianLost(Exception):
     pass
 
@@ -1086,26 +1111,9 @@ class Guardian:
                 os.close(fd)
             raise
 
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-        pid = os.fork()
-        if pid == 0:  # intermediate child
-            try:
-                client_sock.close()
-                os.setsid()
-                if os.fork() == 0:
-                    _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect), float(grace),
-                                   waves, application)
-            finally:
-                os._exit(0)
+        _spawn_detached(lambda: _guardian_main(guardian_sock, fds, plan, token, deadline, bool(hold_on_disconnect),
+                                               float(grace), waves, application), close_in_child=client_sock)
         guardian_sock.close()
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
         client = cls(client_sock, token, None, plan, deadline, owner=True, fds=fds)
         client.waves = waves
         if application is not None:  # the session, the lock's budget and the post-lock reads before the reply
@@ -1357,23 +1365,7 @@ class Guardian:
         the application). Used in controller mode with a held application: neither process alone can leave the
         filesystems frozen or the application locked."""
         self._owner_request("keep", "hand-over")
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-        pid = os.fork()
-        if pid == 0:  # intermediate child
-            try:
-                os.setsid()
-                if os.fork() == 0:
-                    self._keeper_main()
-            finally:
-                os._exit(0)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        _spawn_detached(self._keeper_main)
         self._detached = True
         self._teardown()  # this process's copies; the keeper holds its own
 
