@@ -29,7 +29,7 @@ from tests.lab.clusterpro_hub import GUEST_PORT, ClusterHub
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
 from tests.lab.world import LabWorld, fs_metadata_kib
-from tests.support.world import ROOT, run_playbook
+from tests.support.world import ROOT, failures, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -92,9 +92,7 @@ def _playbook(world, name, extravars):
     rc, _results, data = run_playbook("%s/playbooks/%s" % (ROOT, name), world.endpoint, extravars=extravars,
                                       inventory=world.workdir + "/inventory.yml", timeout=900,
                                       env={"ANSIBLE_PIPELINING": "True"})
-    failed = ["%s on %s: %s" % (t["task"]["name"], h, r.get("msg")) for p in data.get("plays", []) for t in p["tasks"]
-              for h, r in t["hosts"].items() if r.get("failed") and not r.get("ignore_errors")]
-    assert rc == 0, "\n".join(failed + world.hub.errors) or json.dumps(data.get("plays"), indent=1)[-8000:]
+    assert rc == 0, "\n".join(world.hub.errors + [failures(data)])
     return data
 
 

@@ -33,7 +33,7 @@ import pytest
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld, fs_metadata_kib
-from tests.support.world import ROOT, run_playbook
+from tests.support.world import ROOT, failures, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -90,9 +90,7 @@ def _playbook(world, name, extravars):
     rc, _results, data = run_playbook("%s/playbooks/%s" % (ROOT, name), world.endpoint, extravars=extravars,
                                       inventory=world.workdir + "/inventory.yml", timeout=900,
                                       env={"ANSIBLE_PIPELINING": "True"})
-    failed = ["%s on %s: %s" % (t["task"]["name"], h, r.get("msg")) for p in data.get("plays", []) for t in p["tasks"]
-              for h, r in t["hosts"].items() if r.get("failed") and not r.get("ignore_errors")]
-    assert rc == 0, "\n".join(failed) or json.dumps(data.get("plays"), indent=1)[-8000:]
+    assert rc == 0, failures(data)
     return data
 
 
@@ -130,7 +128,7 @@ def _module(world, host, module, args, expect_fail=False):
             {"name": "call", "stillpoint.snapshots.%s" % module: args, "register": "out"}]}], f)
     rc, results, data = run_playbook(book, world.endpoint, inventory=world.workdir + "/inventory.yml", timeout=300,
                                      env={"ANSIBLE_PIPELINING": "True"})
-    assert (rc != 0) == expect_fail, json.dumps(data.get("plays"), indent=1)[-4000:]
+    assert (rc != 0) == expect_fail, failures(data)
     return results["call"]
 
 

@@ -14,7 +14,6 @@ The guests' clocks are set from the host's before the run, as chrony would keep 
 at its template's time): the run still measures their offsets itself and the seal uses those.
 """
 
-import json
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from tests.lab.conftest import record_timing
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
-from tests.support.world import ROOT, run_playbook, task_hosts
+from tests.support.world import ROOT, failures, run_playbook, task_hosts
 
 pytestmark = pytest.mark.lab
 
@@ -145,7 +144,7 @@ def test_two_vms_snapshotted_at_one_proved_instant_restore_as_a_group(world, lab
                 "array_backup_poll_interval": 1})
     finally:
         written = writer.finish()
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     sealed = next(iter(task_hosts(data, SEAL).values()))
     assert sealed["verdict"] == "consistent" and sealed["margin_ms"] > 0, sealed
     takes = task_hosts(data, TAKE)
@@ -168,7 +167,7 @@ def test_two_vms_snapshotted_at_one_proved_instant_restore_as_a_group(world, lab
         rc, _results, data = _playbook(world, "restore.yml", {
             "restore_hosts": "lab", "array_restore_group_id": sealed["group_id"],
             "array_restore_aws_endpoint_url": GUEST_EC2_URL, "array_restore_imds_endpoint": GUEST_IMDS_URL})
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     restored = [_records(vm) for vm in vms]
     union = sorted(n for recs in restored for n in recs)
     assert union and union == list(range(1, union[-1] + 1)), "a restored record follows one missing on the other VM"

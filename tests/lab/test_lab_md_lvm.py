@@ -38,7 +38,7 @@ import pytest
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
-from tests.support.world import ROOT, ansible_env, run_playbook, task
+from tests.support.world import ROOT, ansible_env, failures, run_playbook, task
 
 pytestmark = pytest.mark.lab
 
@@ -140,7 +140,7 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
     finally:
         vm.ssh("pkill -f '[s]rv/data/log'", check=False)
         writer.kill()
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     made = task(results, TAKE)
     assert made["state"] == "complete" and made["level"] == "filesystem", made
     set_id = made["set_id"]
@@ -170,7 +170,7 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
                     "array_restore_aws_endpoint_url": GUEST_EC2_URL, "array_restore_imds_endpoint": GUEST_IMDS_URL}
     with lab_timer("restore.yml on the same VM (2 volumes hot-plugged, md + LVM up, xfs check, mount)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     _keep("restore-same-vm", results)
     assert _sums(vm) == before
     STATE.update(set_id=set_id, array=array, before=before)
@@ -184,14 +184,14 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
 
     with lab_timer("restore.yml again on the same VM (nothing to do)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     assert _changed(data) == []
     assert _sums(vm) == before
 
     with lab_timer("restore.yml onto a second VM (udev-assembled copy taken over)"):
         rc, results, data = _playbook(world, "restore.yml", dict(restore_vars, restore_hosts="vmdst",
                                                                  array_restore_instance_id=dst.instance_id))
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     _keep("restore-second-vm", results)
     assert _sums(dst.vm) == before
     assert dst.vm.ssh("findmnt -n -o FSTYPE --mountpoint %s" % MNT).stdout.strip() == "xfs"
@@ -396,7 +396,7 @@ def test_restore_drill_on_the_second_vm_killed_half_way_then_rerun(world, lab_ti
         src.vm.ssh("pkill -f '[s]rv/data/drill-writer.log'", check=False)
         writer.kill()
     _keep("drill-rerun", results)
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     calls = killed_calls + world.endpoint.calls()
 
     # the leftovers of the killed run went first, then the drill made its own two volumes and removed them

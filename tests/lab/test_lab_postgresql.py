@@ -30,7 +30,7 @@ from tests.lab.conftest import record_timing
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
 from tests.support import dbwriter
 from tests.support.dbservers import app_tag, lsn
-from tests.support.world import ROOT, run_playbook, task
+from tests.support.world import ROOT, failures, run_playbook, task
 
 pytestmark = pytest.mark.lab
 
@@ -185,7 +185,7 @@ def test_postgresql_on_md_lvm_backup_under_load_disaster_restore(world, lab_time
                 "array_backup_application_login_user": "root", "array_backup_application_login_unix_socket": RUN,
                 "array_backup_application_login_port": PORT, "array_backup_lock_wait_timeout": 30})
             backup_s = time.monotonic() - t0
-        assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+        assert rc == 0, failures(data)
         after = len(_commits(vm))
         assert after >= before + 10, (before, after)  # the writer kept committing while backup.yml ran
         _wait_commits(vm, after + 10)
@@ -225,7 +225,7 @@ def test_postgresql_on_md_lvm_backup_under_load_disaster_restore(world, lab_time
             "array_restore_application_data_directory": PGDATA, "array_restore_application_recovery_timeout": 300,
             "array_restore_hook_timeout": 120})
         restore_s = time.monotonic() - t0
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     got = task(results, APP)
     assert got["started"] is True and got["already_running"] is False, got
     check = got["check"]

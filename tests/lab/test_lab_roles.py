@@ -12,7 +12,6 @@ writing; the snapshots are qemu backup jobs; the restore creates volumes from th
 them at the recorded device names.
 """
 
-import json
 import time
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
 from tests.lab.world import GUEST_EC2_URL, GUEST_IMDS_URL, LabWorld
-from tests.support.world import ROOT, run_playbook, task
+from tests.support.world import ROOT, failures, run_playbook, task
 
 pytestmark = pytest.mark.lab
 
@@ -80,7 +79,7 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
     finally:
         vm.ssh("pkill -f '[d]ata1/log'", check=False)
         writer.kill()
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     made = task(results, TAKE)
     assert made["state"] == "complete" and made["level"] == "filesystem", made
     set_id = made["set_id"]
@@ -101,7 +100,7 @@ def test_backup_disaster_restore_on_a_vm(world, lab_timer):
                     "array_restore_aws_endpoint_url": GUEST_EC2_URL, "array_restore_imds_endpoint": GUEST_IMDS_URL}
     with lab_timer("restore.yml (create 2 volumes, swap by hot-plug, verify, mount)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
-    assert rc == 0, json.dumps(data.get("plays"), indent=1)[-6000:]
+    assert rc == 0, failures(data)
     assert _sums(inst) == before
     for mnt in MOUNTS:
         assert vm.ssh("findmnt -n -o FSTYPE --mountpoint %s" % mnt).stdout.strip() == "xfs"

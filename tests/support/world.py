@@ -503,9 +503,22 @@ def task_hosts(data, name):
         for entry in play.get("tasks", []):
             if entry["task"]["name"] == name or entry["task"]["name"].endswith(" : " + name):
                 return entry["hosts"]
-    failed = [(e["task"]["name"], h, r.get("msg")) for play in data.get("plays", []) for e in play.get("tasks", [])
-              for h, r in e["hosts"].items() if r.get("failed")]
-    raise AssertionError("no task %r; failed: %s" % (name, json.dumps(failed)[:3000]))
+    raise AssertionError("no task %r; %s" % (name, failures(data)))
+
+
+def failures(data, limit=6000):
+    """What went wrong in ``run_playbook``'s raw json, for an assertion message: every failed or unreachable
+    task result (task, host, msg, the tail of its stderr/stdout), then the play recap. A run's last host result
+    is rarely the one that failed."""
+    failed = []
+    for play in data.get("plays", []):
+        for entry in play.get("tasks", []):
+            for host, res in entry.get("hosts", {}).items():
+                if res.get("failed") or res.get("unreachable"):
+                    failed.append({"task": entry["task"]["name"], "host": host, "msg": res.get("msg"),
+                                   "rc": res.get("rc"), "stderr": str(res.get("stderr") or "")[-800:],
+                                   "stdout": str(res.get("stdout") or "")[-800:]})
+    return ("failed: %s\nrecap: %s" % (json.dumps(failed, indent=1), json.dumps(data.get("stats"))))[-limit:]
 
 
 def write_playbook(directory, tasks, name="test.yml", vars=None):
