@@ -80,6 +80,11 @@ class GuardianQuiescer:
         if self._guardian is None:
             self._guardian = _freeze.Guardian.start(self.freeze_plan, deadline=self.deadline)
 
+    def presync(self):
+        """Write the plan's dirty data out now (``syncfs``, nothing frozen); the milliseconds it took. A caller that
+        waits for an instant calls it just before, so the sync that opens :meth:`freeze` has little left to flush."""
+        return _freeze.presync_filesystems([p["mountpoint"] for p in self.freeze_plan])
+
     def freeze(self):
         self.prepare()
         try:

@@ -70,6 +70,27 @@ def test_freeze_starts_lead_before_the_instant_and_is_held_hold_after_it():
     assert out["window_ms"] == q.record["window_ms"] == 123.0
 
 
+class SyncingInner(Inner):
+    """A freezer that can write its dirty data out ahead of the freeze (GuardianQuiescer.presync)."""
+
+    def presync(self):
+        self.events.append(("presync", self.clock()))
+        self.clock.now += 0.2
+        return 200.0
+
+
+def test_the_dirty_data_is_written_out_one_lead_before_the_freeze_so_the_freeze_starts_on_time():
+    clock = Clock(990.0)
+    inner = SyncingInner(clock)
+    q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
+    q.freeze()
+    # freeze due at 999.95 (lead 50 ms): the early sync at 999.90, then the wait goes on to 999.95 although the sync
+    # took 200 ms (it ran late: the freeze starts once it returns, never before the sync is done)
+    assert inner.events[0] == ("presync", pytest.approx(999.90))
+    assert inner.events[1][0] == "freeze" and inner.events[1][1] >= 999.95
+    assert q.record["early_presync_ms"] == 200.0
+
+
 def test_the_hosts_record_is_offered_for_the_catalog_only_once_thawed():
     clock = Clock(990.0)
     q = group.GroupQuiescer(Inner(clock), GROUP, clock=clock, sleep=clock.sleep)
