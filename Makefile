@@ -151,9 +151,12 @@ ee-check: deps $(ANSIBLE_BUILDER)/.deps
 # timing table ends the run. Slowest, so last. Two pytest-xdist workers, one test module each at a
 # time (--dist loadfile). Both guest images (bookworm's 6.1 kernel, and bookworm-backports' 6.12 that
 # test_lvm_cross_lv.py boots) are built before the tests, not inside a test's time.
+# the backports image is built while the default image's resume template boots (one core each), so the lab
+# tier starts with both images and the template ready
 lab-image: deps
 	$(BIN)/python -m tests.lab.image
-	$(BIN)/python -m tests.lab.image --kernel backports
+	$(BIN)/python -m tests.lab.image --kernel backports & backports=$$!; \
+	$(BIN)/python -m tests.lab.image --resume-template; rc=$$?; wait $$backports && exit $$rc
 
 lab: lab-image
 	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab

@@ -266,12 +266,20 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--force", action="store_true", help="rebuild even if the cached image is complete")
     p.add_argument("--kernel", default="default", choices=sorted(KERNELS), help="kernel variant")
+    p.add_argument("--resume-template", action="store_true",
+                   help="also the saved state lab VMs of the default shape resume from (tests/lab/resume.py: one cold boot)")
     args = p.parse_args(argv)
     try:
         image = build(args.cache_dir, force=args.force, kernel=args.kernel)
     except ImageError as e:
         sys.exit("lab image: %s" % e)
-    print(json.dumps(dict(image.info, path=image.path)))
+    out = dict(image.info, path=image.path)
+    if args.resume_template:
+        from . import resume  # boots a VM: only when asked
+        t0 = time.monotonic()
+        out["resume_template"], built = resume.ensure(image.path, log=sys.stderr)
+        out["resume_template_seconds"] = round(time.monotonic() - t0, 1) if built else 0.0
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
