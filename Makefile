@@ -74,7 +74,7 @@ unit: deps
 # two workers, a test file whole on one: most of the tier waits on ansible-playbook runs and the endpoint
 # (12 min 43 s on one process, 6 min 6 s on two, quiet, 2026-12-03); each worker starts its own endpoint
 integration: deps $(CORE_OLDEST)/.deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/integration
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests/integration
 
 # The oldest ansible-core the collection declares (meta/runtime.yml), for the AWX-shaped playbook runs of
 # tests/integration/test_awx_runner.py (ansible-runner drives both it and .venv's newest one).
@@ -159,7 +159,7 @@ lab-image: deps
 	$(BIN)/python -m tests.lab.image --resume-template; rc=$$?; wait $$backports && exit $$rc
 
 lab: lab-image
-	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests/lab
+	STILLPOINT_LAB_REQUIRED=1 $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --no-loadscope-reorder tests/lab
 
 test: unit integration docs-check galaxy-check iam-check ee-check sanity lint lab
 

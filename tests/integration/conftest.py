@@ -7,7 +7,8 @@ __all__ = ["ec2", "ec2_endpoint"]
 
 # The files that took longest in a quiet run (pytest --durations, -n 2 --dist loadfile, 2026-12-04: the sum of their
 # tests' calls, 80-230 s each), run first: xdist's loadfile hands out whole files in collection order, so a long
-# file collected last (alphabetically) keeps one worker busy while the other has nothing left. Order only.
+# file collected last (alphabetically) keeps one worker busy while the other has nothing left. Order only. `make
+# integration` passes --no-loadscope-reorder: xdist's default reorders the files by their number of tests instead.
 LONGEST_FIRST = ("test_group.py", "test_restore_playbook.py", "test_drill.py", "test_drill_app_mariadb.py",
                  "test_win_array_restore.py", "test_drill_app.py", "test_clusterpro_roles.py", "test_app_mariadb.py",
                  "test_app_postgresql.py", "test_app_controller_mode.py")
