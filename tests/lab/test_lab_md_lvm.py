@@ -147,9 +147,12 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
     # members are numbered in md role order: role 0 is the volume at /dev/sdg
     assert [m["volume_id"] for m in made["members"]] == [src.volume_ids[1], src.volume_ids[0]]
     assert len(world.endpoint.calls("CreateSnapshots")) == 1
+    assert data["global_custom_stats"]["stillpoint_backup_sets"] == {"vmsrc": set_id}  # the AWX artifact
 
     record = world.endpoint.client()  # the catalog, as backup_set_info reads it
     snaps = record.describe_snapshots(Filters=[{"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]
+    assert sorted(s["VolumeId"] for s in snaps) == sorted(src.volume_ids)
+    assert {s["State"] for s in snaps} == {"completed"}  # array_backup_wait's default: waited for, then complete
     tags = dict((t["Key"], t["Value"]) for t in snaps[0]["Tags"])
     keys = sorted((k for k in tags if k.startswith("stillpoint:array")), key=lambda k: (len(k), k))
     array = json.loads("".join(tags[k] for k in keys))
@@ -181,6 +184,10 @@ def test_md_lvm_backup_disaster_restore_here_and_on_another_vm(world, lab_timer)
     roles = [line.split()[-1] for line in detail.splitlines() if "active sync" in line]
     assert roles == now, detail  # assembled in the recorded order: role i is member i's restored volume
     assert vm.ssh("findmnt -n -o FSTYPE,SOURCE --mountpoint %s" % MNT).stdout.split() == ["xfs", "/dev/mapper/data-lv"]
+    attached = record.describe_instances(InstanceIds=[src.instance_id])
+    devices = {m["DeviceName"]: m["Ebs"]["VolumeId"] for r in attached["Reservations"] for i in r["Instances"]
+               for m in i["BlockDeviceMappings"]}
+    assert {devices["/dev/sdf"], devices["/dev/sdg"]} == set(restored), devices  # the recorded devices, new volumes
 
     with lab_timer("restore.yml again on the same VM (nothing to do)"):
         rc, results, data = _playbook(world, "restore.yml", restore_vars)
