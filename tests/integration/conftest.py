@@ -2,6 +2,7 @@
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 from tests.ec2_endpoint.fixtures import ec2, ec2_endpoint  # noqa: F401  (pytest fixtures)
+from tests.support.ordering import longest_first
 
 __all__ = ["ec2", "ec2_endpoint"]
 
@@ -15,7 +16,4 @@ LONGEST_FIRST = ("test_group.py", "test_restore_playbook.py", "test_drill.py", "
 
 
 def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: the tests of a file keep their order, the other files theirs
+    longest_first(items, LONGEST_FIRST)

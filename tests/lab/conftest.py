@@ -26,6 +26,7 @@ import pytest
 
 from tests.lab import resume
 from tests.lab.image import build
+from tests.support.ordering import longest_first
 
 # the files by their time in the last clean-clone runs, longest first (sum of their timed phases, s): drbd 470,
 # clusterpro 375, md_lvm 290, group 255, lvm_snapshot_set 160, postgresql 150, cross_lv 80, endpoint 70, molecule
@@ -37,10 +38,7 @@ LONGEST_FIRST = ("test_lab_drbd.py", "test_lab_clusterpro.py", "test_lab_md_lvm.
 
 
 def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: the tests of a file keep their order
+    longest_first(items, LONGEST_FIRST)
 
 
 def _shared_log(variable, prefix):
