@@ -84,10 +84,10 @@ def test_the_dirty_data_is_written_out_one_lead_before_the_freeze_so_the_freeze_
     inner = SyncingInner(clock)
     q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
     q.freeze()
-    # freeze due at 999.95 (lead 50 ms): the early sync at 999.90, then the wait goes on to 999.95 although the sync
-    # took 200 ms (it ran late: the freeze starts once it returns, never before the sync is done)
+    # freeze due at 999.95 (lead 50 ms): the early sync starts one lead before, at 999.90. This one takes 200 ms,
+    # longer than the lead, so the freeze starts when it returns (1000.10), never while it runs
     assert inner.events[0] == ("presync", pytest.approx(999.90))
-    assert inner.events[1][0] == "freeze" and inner.events[1][1] >= 999.95
+    assert inner.events[1] == ("freeze", pytest.approx(1000.10))
     assert q.record["early_presync_ms"] == 200.0
 
 
