@@ -50,6 +50,9 @@ MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_DRIFT = 100e-6  # 100 ppm: an undisciplined quartz clock; chrony keeps EC2 clocks far closer
 
 
+DRAIN_SYNCS = 8  # at most this many syncs while a member waits for its instant (GroupQuiescer._drain)
+
+
 def wait_until(target, clock=time.time, sleep=time.sleep):
     """Sleep until ``clock()`` reaches ``target`` (short sleeps near the end)."""
     while True:
@@ -290,12 +293,15 @@ class GroupQuiescer:
         if hasattr(self.inner, "prepare"):
             self.inner.prepare()  # the guardian's fork, before the wait, not inside the lead
         armed = self.clock()
-        early_ms = None
+        early_ms, drained = None, []
         if hasattr(self.inner, "presync"):
-            # the dirty data written out once more one lead before the freeze is due, nothing frozen: the sync the
-            # freeze makes first then has only the lead's writes to flush. Without it a writer's backlog made that
-            # sync outlast the lead (610 ms against a 500 ms lead in a TCG guest) and the host froze after the instant
-            wait_until(start - self.group["lead_ms"] / 1000.0, self.clock, self.sleep)
+            # the dirty data written out while waiting (the backlog) and once more one lead before the freeze is due,
+            # nothing frozen: the sync the freeze makes first then has only the lead's writes to flush. Without them a
+            # writer's backlog made that sync outlast the lead (610 ms against a 500 ms lead in a TCG guest) and the
+            # host froze after the instant
+            lead_at = start - self.group["lead_ms"] / 1000.0
+            drained = self._drain(lead_at)
+            wait_until(lead_at, self.clock, self.sleep)
             early_ms = self.inner.presync()
         wait_until(start, self.clock, self.sleep)
         began = self.clock()
@@ -305,11 +311,26 @@ class GroupQuiescer:
                        "hold_ms": self.group["hold_ms"], "offset_ms": round(float(self.group["offset_s"]) * 1000.0, 3),
                        "local_instant": round(self._local(), 6), "late_ms": round((began - start) * 1000.0, 3),
                        "waited_ms": round(max(0.0, start - armed) * 1000.0, 3), "early_presync_ms": early_ms,
+                       "drain_presync_ms": drained,
                        "frozen_after_instant_ms": round((frozen - self._local()) * 1000.0, 3),
                        "frozen": [frozen, None], "window_ms": None}
         if self.answer is not None:
             self.record["waited_for_instant_ms"] = self.answer.get("waited_for_instant_ms")
         return out
+
+    def _drain(self, until):
+        """Syncs back to back while the backlog stays large (the last took more than a quarter lead) and the wait
+        allows (twice the larger of one lead and the last sync's time left before ``until``: a sync that outlasts its
+        estimate delays the freeze), at most ``DRAIN_SYNCS``; their times in ms. The sync one lead before the freeze
+        then has only the writes made since the last of them."""
+        lead_ms, drained = self.group["lead_ms"], []
+        while len(drained) < DRAIN_SYNCS:
+            if drained and drained[-1] <= lead_ms / 4.0:
+                break
+            if (until - self.clock()) * 1000.0 < 2.0 * max([lead_ms] + drained[-1:]):
+                break
+            drained.append(self.inner.presync())
+        return drained
 
     def called(self, ok):
         """The run tells whether the call succeeded: only then is the freeze held until the instant + hold."""

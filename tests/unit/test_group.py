@@ -85,10 +85,53 @@ def test_the_dirty_data_is_written_out_one_lead_before_the_freeze_so_the_freeze_
     q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
     q.freeze()
     # freeze due at 999.95 (lead 50 ms): the early sync starts one lead before, at 999.90. This one takes 200 ms,
-    # longer than the lead, so the freeze starts when it returns (1000.10), never while it runs
-    assert inner.events[0] == ("presync", pytest.approx(999.90))
-    assert inner.events[1] == ("freeze", pytest.approx(1000.10))
+    # longer than the lead, so the freeze starts when it returns (1000.10), never while it runs. Before it, syncs that
+    # never get shorter drain the backlog at most DRAIN_SYNCS times
+    assert q.record["drain_presync_ms"] == [200.0] * group.DRAIN_SYNCS
+    assert inner.events[-2] == ("presync", pytest.approx(999.90))
+    assert inner.events[-1] == ("freeze", pytest.approx(1000.10))
     assert q.record["early_presync_ms"] == 200.0
+
+
+class BacklogInner(Inner):
+    """A freezer whose sync takes 50 ms per second of writes since the last one began (a writer's backlog), 2 s at
+    most."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.synced = clock() - 60.0
+
+    def presync(self):
+        self.events.append(("presync", self.clock()))
+        took = min(2.0, 0.05 * (self.clock() - self.synced))
+        self.synced = self.clock()  # what is written while it runs is left for the next one
+        self.clock.now += took
+        return round(took * 1000.0, 3)
+
+
+def test_the_backlog_is_drained_while_waiting_so_the_sync_one_lead_before_is_short():
+    clock = Clock(990.0)
+    inner = BacklogInner(clock)
+    q = group.GroupQuiescer(inner, dict(GROUP, lead_ms=500.0), clock=clock, sleep=clock.sleep)
+    q.freeze()
+    drained = q.record["drain_presync_ms"]
+    # a minute of writes: the first sync takes the 2 s cap, the next ones less and less, until one is under a quarter
+    # lead (125 ms) and the draining stops; the sync one lead before the freeze (at 999.0) has only the writes since
+    assert drained[0] == 2000.0 and drained == sorted(drained, reverse=True) and drained[-1] <= 125.0
+    assert [e for e, _ in inner.events] == ["presync"] * (len(drained) + 1) + ["freeze"]
+    assert inner.events[-2][1] == pytest.approx(999.0)
+    assert drained == [2000.0, 100.0]
+    assert q.record["early_presync_ms"] == pytest.approx(350.0)  # 7 s of writes since the last drain began: inside the lead
+    assert inner.events[-1] == ("freeze", pytest.approx(999.5))
+
+
+def test_no_drain_when_the_wait_is_shorter_than_a_lead():
+    clock = Clock(999.84)
+    inner = SyncingInner(clock)
+    q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
+    q.freeze()
+    assert q.record["drain_presync_ms"] == []  # 60 ms to the lead's sync: less than two leads, none started
+    assert inner.events[0] == ("presync", pytest.approx(999.90))
 
 
 def test_the_hosts_record_is_offered_for_the_catalog_only_once_thawed():
