@@ -25,7 +25,6 @@ Skipped when the server binaries are missing, except under CI (CI=true), where t
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -36,16 +35,15 @@ from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
 from tests.support.dbservers import mariadb_missing
+from tests.support.dbservers import snapshot_set_argv
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
-from tests.support.world import COLLECTIONS
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
 from tests.support.world import task
 
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
-MODULE = os.path.join(ROOT, "plugins", "modules", "ebs_snapshot_set.py")
 APP = "Start the application, wait for its recovery, check it and compare it with the catalog's record"
 
 MISSING = mariadb_missing()
@@ -163,18 +161,9 @@ def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
 
 
 def module_args(tmp_path, inst, ec2, server, **extra):
-    args = {"mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir, "endpoint_url": ec2.url,
-            "region": ec2.region, "wait": False, "name": "mariadb-budget", "instance_id": inst.instance_id,
-            "application": "mariadb", "application_login_user": "root",
-            "application_login_unix_socket": server.socket,
-            "_ansible_remote_tmp": str(tmp_path), "_ansible_keep_remote_files": False}
-    args.update(extra)
-    path = tmp_path / ("args-%d.json" % len(os.listdir(str(tmp_path))))
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, **ec2.env())
-    env["PYTHONPATH"] = os.pathsep.join([COLLECTIONS, ROOT])
-    env["AWS_EC2_METADATA_DISABLED"] = "false"
-    return [sys.executable, MODULE, str(path)], env
+    return snapshot_set_argv(tmp_path, inst, ec2, **dict({
+        "name": "mariadb-budget", "application": "mariadb", "application_login_user": "root",
+        "application_login_unix_socket": server.socket}, **extra))
 
 
 def run_module(tmp_path, inst, ec2, server, **extra):

@@ -16,6 +16,8 @@ authentication as role ``root``. A writer thread commits numbered transactions (
   released. Then the filesystem-level set is restored the same way (crash recovery from an older checkpoint,
   nothing recorded to compare): rows 1..k within the freeze, and the WAL each replayed is printed side by side;
 - pg_wal outside the set (the set given only the PGDATA filesystem): refused, nothing frozen, no snapshot;
+- SIGKILL to the module while frozen, its call in flight: thawed by the guardian, its psql session gone from the
+  process table and from the server, the writer commits again, no snapshot;
 - the budget: a session holding ACCESS EXCLUSIVE on a table does not delay CHECKPOINT (the run succeeds); what
   does stall it is storage that does not take writes - the test freezes the PGDATA filesystem it made, and a
   run with lock_wait_timeout=2 refuses within the budget (statement_timeout), no snapshot; after the thaw the
@@ -27,7 +29,6 @@ Skipped when the server binaries are missing, except under CI (CI=true), where t
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -37,17 +38,18 @@ from tests.support.dbservers import app_tag
 from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
+from tests.support.dbservers import children
 from tests.support.dbservers import lsn
 from tests.support.dbservers import postgresql_missing
+from tests.support.dbservers import snapshot_set_argv
 from tests.support.loopfs import probe_frozen
-from tests.support.world import COLLECTIONS
+from tests.support.loopfs import wait_thawed
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
 from tests.support.world import task
 
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
-MODULE = os.path.join(ROOT, "plugins", "modules", "ebs_snapshot_set.py")
 APP = "Start the application, wait for its recovery, check it and compare it with the catalog's record"
 
 MISSING = postgresql_missing()
@@ -166,21 +168,16 @@ def test_postgresql_backup_under_load_restores_by_crash_recovery(ec2):
             server.cleanup()
 
 
+def module_args(tmp_path, inst, ec2, server, **extra):
+    return snapshot_set_argv(tmp_path, inst, ec2, **dict({
+        "name": "pg-budget", "application": "postgresql", "application_login_user": "root",
+        "application_login_unix_socket": os.path.join(server.run_dir, ".s.PGSQL.%d" % server.port)}, **extra))
+
+
 def run_module(tmp_path, inst, ec2, server, **extra):
-    args = {"mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir, "endpoint_url": ec2.url,
-            "region": ec2.region, "wait": False, "name": "pg-budget", "instance_id": inst.instance_id,
-            "application": "postgresql", "application_login_user": "root",
-            "application_login_unix_socket": os.path.join(server.run_dir, ".s.PGSQL.%d" % server.port),
-            "_ansible_remote_tmp": str(tmp_path), "_ansible_keep_remote_files": False}
-    args.update(extra)
-    path = tmp_path / ("args-%d.json" % len(os.listdir(str(tmp_path))))
-    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, **ec2.env())
-    env["PYTHONPATH"] = os.pathsep.join([COLLECTIONS, ROOT])
-    env["AWS_EC2_METADATA_DISABLED"] = "false"
+    argv, env = module_args(tmp_path, inst, ec2, server, **extra)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, MODULE, str(path)], env=env, cwd=str(tmp_path), capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(argv, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, check=False)
     return json.loads(proc.stdout), time.monotonic() - t0, proc.stdout
 
 
@@ -245,6 +242,67 @@ def test_refusals_and_the_checkpoint_budget(tmp_path, ec2):
             if blocker is not None:
                 blocker.kill()
                 blocker.wait()
+            if writer is not None and writer.is_alive():
+                writer.stop_event.set()
+                writer.proc.kill()
+            server.cleanup()
+
+
+def test_module_sigkilled_while_frozen_ends_its_session_and_the_freeze(tmp_path, ec2):
+    """SIGKILL to the module while PGDATA and pg_wal are frozen and its CreateSnapshots call is in flight: the
+    guardian thaws (dead-man), its psql coprocess ends with it (stdin closed, and the parent-death signal), the
+    server has no session of it left, the writer commits again, and no snapshot exists."""
+    with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
+        server = make_server(inst)
+        writer = proc = None
+        try:
+            server.initdb().start()
+            server.create_tables()
+            writer = server.writer()
+            writer.start()
+            writer.wait_for(20)
+            before = own_snapshots(ec2)
+            ec2.latency("CreateSnapshots", 6000)
+            ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
+            argv, env = module_args(tmp_path, inst, ec2, server, freeze_deadline=5.0, lock_wait_timeout=5)
+            proc = subprocess.Popen(argv, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+            t0 = time.monotonic()
+            while ec2.received("CreateSnapshots") < 1:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() - t0 < 60, "no CreateSnapshots arrived"
+                time.sleep(0.02)
+            sessions = children(proc.pid, "psql")
+            assert len(sessions) == 1, sessions  # the quiescer's session, held across the call
+            stalled = len(writer.done)
+            time.sleep(0.5)
+            assert len(writer.done) == stalled, "commits went on: the filesystems were not frozen"
+            proc.kill()  # the module alone
+            t_kill = time.monotonic()
+            proc.communicate(timeout=10)
+            assert wait_thawed(inst.mountpoints, timeout=6.0) is not None
+            writer.wait_for(stalled + 1, timeout=10)
+            resumed = time.monotonic() - t_kill
+            deadline = time.monotonic() + 10
+            while any(os.path.exists("/proc/%d" % pid) for pid in sessions) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(os.path.exists("/proc/%d" % pid) for pid in sessions), sessions
+            others = server.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                "AND pid <> pg_backend_pid()")[1].strip()
+            assert others == "1", others  # the writer's session only
+            print("\nSIGKILL while frozen (PostgreSQL): commits resumed %.2f s after the kill; psql %s gone"
+                  % (resumed, sessions))
+            deadline = time.monotonic() + 30
+            while not ec2.calls("CreateSnapshots") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["InternalError"]
+            assert own_snapshots(ec2) == before
+            writer.finish()
+        finally:
+            ec2.latency("CreateSnapshots", 0)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             if writer is not None and writer.is_alive():
                 writer.stop_event.set()
                 writer.proc.kill()

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -103,6 +104,42 @@ def backup_playbook(ec2, inst, name, extra):
     taken = task(res, TAKE)
     assert taken["state"] == "complete", taken
     return taken, time.monotonic() - t0
+
+
+def snapshot_set_argv(tmp_path, inst, ec2, **args):
+    """argv and environment that run ebs_snapshot_set's module file directly on the local instance ``inst`` (no
+    waiting for completion) with ``args`` added, for tests that time or kill the module process itself."""
+    from tests.support.world import COLLECTIONS, ROOT
+
+    full = {"mountpoints": inst.mountpoints, "by_id_dir": inst.by_id_dir, "endpoint_url": ec2.url,
+            "region": ec2.region, "wait": False, "instance_id": inst.instance_id,
+            "_ansible_remote_tmp": str(tmp_path), "_ansible_keep_remote_files": False}
+    full.update(args)
+    path = tmp_path / ("args-%d.json" % len(os.listdir(str(tmp_path))))
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": full}))
+    env = dict(os.environ, **ec2.env())
+    env["PYTHONPATH"] = os.pathsep.join([COLLECTIONS, ROOT])
+    env["AWS_EC2_METADATA_DISABLED"] = "false"
+    module = os.path.join(ROOT, "plugins", "modules", "ebs_snapshot_set.py")
+    return [sys.executable, module, str(path)], env
+
+
+def children(pid, name):
+    """PIDs of ``pid``'s child processes whose command name is ``name`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == pid and comm == name:
+            found.append(int(entry))
+    return found
 
 
 def freeze_bounds(writer, taken):
