@@ -725,21 +725,17 @@ class _GuardianProcess:
             else:
                 reply = {"ok": False, "op": op, "error": "not_frozen",
                          "msg": "nothing was frozen by this guardian (state %s)" % self.state}
-        elif op == "keep":
+        elif op in ("keep", "detach"):
             if not is_owner:
-                reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can hand over"}
+                reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can %s"
+                         % ("hand over" if op == "keep" else "detach")}
             elif self.state != "frozen":
                 reply = {"ok": False, "op": op, "error": "not_frozen", "msg": "nothing is frozen: there is nothing to hand over"}
             else:
-                self.keeper = True
-                reply = {"ok": True, "op": op, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono}
-        elif op == "detach":
-            if not is_owner:
-                reply = {"ok": False, "op": op, "error": "not_owner", "msg": "only the client that started the guardian can detach"}
-            elif self.state != "frozen":
-                reply = {"ok": False, "op": op, "error": "not_frozen", "msg": "nothing is frozen: there is nothing to hand over"}
-            else:
-                self.detached = True
+                if op == "keep":
+                    self.keeper = True
+                else:
+                    self.detached = True
                 reply = {"ok": True, "op": op, "deadline": self.deadline_epoch, "deadline_mono": self.deadline_mono}
         elif op == "status":
             reply = self.status()
