@@ -280,6 +280,18 @@ def _send(sock, obj):
     sock.sendall(data)
 
 
+def close_fds_except(keep):
+    """Close every file descriptor from 3 up but those in ``keep`` (0, 1 and 2 are always kept): a forked
+    guardian or keeper holds no descriptor of its parent's that it was not handed."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            if fd > low:
+                os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, max(1 << 20, os.sysconf("SC_OPEN_MAX")))
+
+
 def _socket_name(token):
     return "\0" + SOCKET_PREFIX + token
 
@@ -900,14 +912,7 @@ def _guardian_main(owner, fds, plan, token, deadline, hold, grace, waves=None, a
         except OSError as exc:
             raise StillpointError("token %s is already in use by another guardian (%s)" % (token, exc.strerror))
         listener.listen(16)
-        keep = sorted({0, 1, 2, owner.fileno(), listener.fileno(), wake_r, wake_w, done_r, done_w} | set(fds))
-        low = 3
-        for fd in keep:
-            if fd >= low:
-                if fd > low:
-                    os.closerange(low, fd)
-                low = fd + 1
-        os.closerange(low, max(1 << 20, os.sysconf("SC_OPEN_MAX")))
+        close_fds_except({owner.fileno(), listener.fileno(), wake_r, wake_w, done_r, done_w} | set(fds))
         try:
             adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
@@ -1377,14 +1382,7 @@ class Guardian:
             null = os.open("/dev/null", os.O_RDWR)
             for target in (0, 1, 2):
                 os.dup2(null, target)
-            keep = sorted({0, 1, 2, self._sock.fileno()} | set(fd for fd in self._fds if fd >= 0))
-            low = 3
-            for fd in keep:
-                if fd >= low:
-                    if fd > low:
-                        os.closerange(low, fd)
-                    low = fd + 1
-            os.closerange(low, max(1 << 20, os.sysconf("SC_OPEN_MAX")))
+            close_fds_except({self._sock.fileno()} | set(fd for fd in self._fds if fd >= 0))
             self._sock.settimeout(None)
             while True:
                 try:
