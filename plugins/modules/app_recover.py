@@ -141,32 +141,8 @@ options:
     description: Fail when the restored server's position differs from O(record). V(false) only reports it.
     type: bool
     default: true
-  application_login_user:
-    description: User (MariaDB/MySQL, PostgreSQL role). Unset, the client's option files decide (peer or socket
-      authentication over the unix socket).
-    type: str
-  application_login_password:
-    description:
-      - Password, handed to the client through its environment (C(MYSQL_PWD), C(PGPASSWORD)), never on its command
-        line, never returned. Prefer an option file (O(application_config_file)) or socket authentication.
-    type: str
-  application_login_host:
-    description: Server host (TCP).
-    type: str
-  application_login_port:
-    description: Server port.
-    type: int
-  application_login_unix_socket:
-    description: Server socket. For V(postgresql) the socket directory, or the socket file C(.s.PGSQL.<port>).
-    type: path
-  application_config_file:
-    description:
-      - Client option file (C(--defaults-file)) for MariaDB/MySQL; for V(postgresql) a password file (E(PGPASSFILE)).
-    type: path
-  application_client:
-    description: Path of the client program (C(mariadb), C(mysql), C(psql)); the check program is looked for beside it.
-    type: path
 extends_documentation_fragment:
+  - stillpoint.snapshots.application
   - stillpoint.snapshots.attributes
 attributes:
   check_mode:

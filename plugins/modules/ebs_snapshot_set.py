@@ -194,33 +194,6 @@ options:
         deadline, SIGTERM, its keeper gone) or was gone at the thaw.
     type: str
     choices: [mariadb, mysql, postgresql, held_hook]
-  application_login_user:
-    description:
-      - User for O(application=mariadb), V(mysql) or V(postgresql). Unset, the client's option files decide (for
-        C(psql) E(PGUSER), else the operating system user, peer authentication over the unix socket).
-    type: str
-  application_login_password:
-    description:
-      - Password for that user, handed to the client through its environment (C(MYSQL_PWD), C(PGPASSWORD)), never on
-        its command line, never returned. Prefer an option file (O(application_config_file)) or socket authentication.
-    type: str
-  application_login_host:
-    description: Server host (TCP).
-    type: str
-  application_login_port:
-    description: Server port (TCP).
-    type: int
-  application_login_unix_socket:
-    description: Server socket. For V(postgresql) the socket directory, or the socket file C(.s.PGSQL.<port>) (its port is used).
-    type: path
-  application_config_file:
-    description:
-      - Client option file (C(--defaults-file)), for example one with a C([client]) section holding the credentials.
-      - For V(postgresql), a password file in C(~/.pgpass) format (E(PGPASSFILE)).
-    type: path
-  application_client:
-    description: Path of the client program. Default C(mariadb), else C(mysql) (C(psql) for V(postgresql)), from E(PATH).
-    type: path
   application_hook:
     description: The command (argv list) of O(application=held_hook).
     type: list
@@ -355,6 +328,7 @@ options:
         type: float
         default: 50.0
 extends_documentation_fragment:
+  - stillpoint.snapshots.application
   - amazon.aws.common.modules
   - amazon.aws.region.modules
   - amazon.aws.boto3

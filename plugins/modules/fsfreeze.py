@@ -103,30 +103,8 @@ options:
     type: str
     choices: [abort, continue]
     default: abort
-  application_login_user:
-    description: User for the application's client. Unset, the client's option files decide.
-    type: str
-  application_login_password:
-    description:
-      - Password for the application's client. Passed in its environment (C(MYSQL_PWD), C(PGPASSWORD)), never on
-        its command line, never returned.
-    type: str
-  application_login_host:
-    description: Host of the application's server.
-    type: str
-  application_login_port:
-    description: Port of the application's server.
-    type: int
-  application_login_unix_socket:
-    description: Unix socket (or, for PostgreSQL, its directory) of the application's server.
-    type: path
-  application_config_file:
-    description: The client's option file (MariaDB C(--defaults-file)) or password file (PostgreSQL C(PGPASSFILE)).
-    type: path
-  application_client:
-    description: Path of the application's client (C(mariadb), C(mysql), C(psql)); found on C(PATH) when unset.
-    type: path
 extends_documentation_fragment:
+  - stillpoint.snapshots.application
   - stillpoint.snapshots.attributes
 attributes:
   check_mode:
