@@ -133,9 +133,14 @@ def _story(data):
     assertion message: a host that froze late (a sync outlasting the lead) shows in ``frozen_after_instant_ms``."""
     keys = ("late_ms", "waited_ms", "drain_presync_ms", "early_presync_ms", "frozen_after_instant_ms", "frozen",
             "lead_ms", "hold_ms")
-    takes = dict((h, dict((k, (t.get("group") or {}).get(k)) for k in keys) for h, t in task_hosts(data, TAKE).items())
-    seal = dict((h, dict((k, r.get(k)) for k in ("verdict", "margin_ms", "hosts", "msg")))
-                for h, r in task_hosts(data, SEAL).items())
+    def hosts(name):  # a run that failed before the task has none
+        try:
+            return task_hosts(data, name)
+        except AssertionError:
+            return {}
+
+    takes = {h: {k: (t.get("group") or {}).get(k) for k in keys} for h, t in hosts(TAKE).items()}
+    seal = {h: {k: r.get(k) for k in ("verdict", "margin_ms", "hosts", "msg")} for h, r in hosts(SEAL).items()}
     return "\nmembers: %s\nseal: %s" % (json.dumps(takes, indent=1), json.dumps(seal, indent=1))
 
 
