@@ -133,6 +133,7 @@ def _story(data):
     assertion message: a host that froze late (a sync outlasting the lead) shows in ``frozen_after_instant_ms``."""
     keys = ("late_ms", "waited_ms", "drain_presync_ms", "early_presync_ms", "frozen_after_instant_ms", "frozen",
             "lead_ms", "hold_ms")
+
     def hosts(name):  # a run that failed before the task has none
         try:
             return task_hosts(data, name)

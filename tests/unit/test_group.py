@@ -118,7 +118,7 @@ def test_the_backlog_is_drained_while_waiting_so_the_sync_one_lead_before_is_sho
     # a minute of writes: the first sync takes the 2 s cap, the next ones less and less, until one is under a quarter
     # lead (125 ms) and the draining stops; the sync one lead before the freeze (at 999.0) has only the writes since
     assert drained[0] == 2000.0 and drained == sorted(drained, reverse=True) and drained[-1] <= 125.0
-    assert [e for e, _ in inner.events] == ["presync"] * (len(drained) + 1) + ["freeze"]
+    assert [event[0] for event in inner.events] == ["presync"] * (len(drained) + 1) + ["freeze"]
     assert inner.events[-2][1] == pytest.approx(999.0)
     assert drained == [2000.0, 100.0]
     assert q.record["early_presync_ms"] == pytest.approx(350.0)  # 7 s of writes since the last drain began: inside the lead
