@@ -34,7 +34,9 @@ from tests.support.dbservers import app_tag
 from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
+from tests.support.dbservers import killed_in_its_call
 from tests.support.dbservers import mariadb_missing
+from tests.support.dbservers import serving
 from tests.support.dbservers import snapshot_set_argv
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
@@ -182,20 +184,9 @@ def db(ec2):
     """A server on an emulated instance's two filesystems (data, binlog), with a writer running."""
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
         server = MariaDBServer(os.path.join(inst.mountpoints[0], "mysql"), os.path.join(inst.mountpoints[1], "binlog"))
-        writer = None
-        try:
-            server.install().start()
-            server.create_tables()
-            writer = server.writer()
-            writer.start()
-            writer.wait_for(20)
+        with serving(server, lambda: server.install().start(), rows=20) as writer:
             yield inst, server, writer
             writer.finish()
-        finally:
-            if writer is not None and writer.is_alive():
-                writer.stop_event.set()
-                writer.proc.kill()
-            server.cleanup()
 
 
 def test_lock_wait_budget_refuses_then_continue_takes_filesystem(tmp_path, ec2, db):
@@ -232,21 +223,8 @@ def test_lock_wait_budget_refuses_then_continue_takes_filesystem(tmp_path, ec2, 
 
 def test_module_sigkilled_while_holding_the_lock_releases_it(tmp_path, ec2, db):
     inst, server, writer = db
-    before = own_snapshots(ec2)
-    ec2.latency("CreateSnapshots", 6000)
-    ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
     argv, env = module_args(tmp_path, inst, ec2, server, freeze_deadline=5.0, lock_wait_timeout=5)
-    proc = subprocess.Popen(argv, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        t0 = time.monotonic()
-        while ec2.received("CreateSnapshots") < 1:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() - t0 < 60, "no CreateSnapshots arrived"
-            time.sleep(0.02)
-        stalled = len(writer.done)
-        time.sleep(0.5)
-        assert len(writer.done) == stalled, "commits went on: the lock was not held"
+    with killed_in_its_call(ec2, argv, env, str(tmp_path), writer) as (proc, stalled):
         proc.kill()  # the module alone: its client must die with it
         t_kill = time.monotonic()
         proc.communicate(timeout=10)
@@ -255,13 +233,3 @@ def test_module_sigkilled_while_holding_the_lock_releases_it(tmp_path, ec2, db):
         assert wait_thawed(inst.mountpoints, timeout=6.0) is not None
         assert server.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%'")[1].strip() == "0"
         print("\nSIGKILL while holding: commits resumed %.2f s after the kill" % resumed)
-        deadline = time.monotonic() + 30
-        while not ec2.calls("CreateSnapshots") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["InternalError"]
-        assert own_snapshots(ec2) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        ec2.latency("CreateSnapshots", 0)

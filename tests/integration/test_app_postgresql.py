@@ -38,9 +38,11 @@ from tests.support.dbservers import app_tag
 from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
+from tests.support.dbservers import killed_in_its_call
 from tests.support.dbservers import children
 from tests.support.dbservers import lsn
 from tests.support.dbservers import postgresql_missing
+from tests.support.dbservers import serving
 from tests.support.dbservers import snapshot_set_argv
 from tests.support.loopfs import probe_frozen
 from tests.support.loopfs import wait_thawed
@@ -168,6 +170,15 @@ def test_postgresql_backup_under_load_restores_by_crash_recovery(ec2):
             server.cleanup()
 
 
+@pytest.fixture
+def pg(ec2):
+    """A server on an emulated instance's two filesystems (PGDATA, pg_wal), with a writer running."""
+    with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
+        server = make_server(inst)
+        with serving(server, lambda: server.initdb().start(), rows=20) as writer:
+            yield inst, server, writer
+
+
 def module_args(tmp_path, inst, ec2, server, **extra):
     return snapshot_set_argv(tmp_path, inst, ec2, **dict({
         "name": "pg-budget", "application": "postgresql", "application_login_user": "root",
@@ -185,125 +196,80 @@ def own_snapshots(ec2):
     return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
 
 
-def test_refusals_and_the_checkpoint_budget(tmp_path, ec2):
-    with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
-        server = make_server(inst)
-        writer = blocker = None
+def test_refusals_and_the_checkpoint_budget(tmp_path, ec2, pg):
+    inst, server, writer = pg
+    blocker = None
+    frozen = None
+    try:
+        # pg_wal outside the set: only the PGDATA filesystem given
+        before = own_snapshots(ec2)
+        ec2.clear_calls()
+        res, took, raw = run_module(tmp_path, inst, ec2, server, mountpoints=inst.mountpoints[:1],
+                                    application_login_password="s3cret-never-shown")
+        assert res.get("failed") and "pg_wal (%s) outside" % server.waldir in res["msg"], res
+        assert "nothing was frozen or snapshotted" in res["msg"] and "s3cret-never-shown" not in raw
+        assert ec2.calls("CreateSnapshots") == [] and own_snapshots(ec2) == before
+        outside_s = took
+
+        # ACCESS EXCLUSIVE on a table does not stand in CHECKPOINT's way
+        blocker = subprocess.Popen(server.client(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, bufsize=1)
+        blocker.stdin.write("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        blocker.stdin.flush()
+        assert blocker.stdout.readline().strip() == "locked"
+        res, took, raw = run_module(tmp_path, inst, ec2, server, lock_wait_timeout=2)
+        assert not res.get("failed") and res["level"] == "application", res
+        locked_s, locked_ckpt = took, res["application"]["lock_wait_ms"]
+
+        # storage that takes no writes does: the test freezes the PGDATA filesystem it made
+        before = own_snapshots(ec2)
+        ec2.clear_calls()
+        subprocess.run(["fsfreeze", "-f", inst.mountpoints[0]], check=True)
+        frozen = inst.mountpoints[0]
+        res, took, raw = run_module(tmp_path, inst, ec2, server, lock_wait_timeout=2)
+        assert res.get("failed") and "CHECKPOINT did not finish within lock_wait_timeout=2s" in res["msg"], res
+        assert "statement timeout" in res["msg"], res["msg"]
+        assert took < 2 + 6, took
+        assert ec2.calls("CreateSnapshots") == [] and own_snapshots(ec2) == before
+        stalled = len(writer.done)
+        subprocess.run(["fsfreeze", "-u", frozen], check=True)
         frozen = None
-        try:
-            server.initdb().start()
-            server.create_tables()
-            writer = server.writer()
-            writer.start()
-            writer.wait_for(20)
-
-            # pg_wal outside the set: only the PGDATA filesystem given
-            before = own_snapshots(ec2)
-            ec2.clear_calls()
-            res, took, raw = run_module(tmp_path, inst, ec2, server, mountpoints=inst.mountpoints[:1],
-                                        application_login_password="s3cret-never-shown")
-            assert res.get("failed") and "pg_wal (%s) outside" % server.waldir in res["msg"], res
-            assert "nothing was frozen or snapshotted" in res["msg"] and "s3cret-never-shown" not in raw
-            assert ec2.calls("CreateSnapshots") == [] and own_snapshots(ec2) == before
-            outside_s = took
-
-            # ACCESS EXCLUSIVE on a table does not stand in CHECKPOINT's way
-            blocker = subprocess.Popen(server.client(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, bufsize=1)
-            blocker.stdin.write("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
-            blocker.stdin.flush()
-            assert blocker.stdout.readline().strip() == "locked"
-            res, took, raw = run_module(tmp_path, inst, ec2, server, lock_wait_timeout=2)
-            assert not res.get("failed") and res["level"] == "application", res
-            locked_s, locked_ckpt = took, res["application"]["lock_wait_ms"]
-
-            # storage that takes no writes does: the test freezes the PGDATA filesystem it made
-            before = own_snapshots(ec2)
-            ec2.clear_calls()
-            subprocess.run(["fsfreeze", "-f", inst.mountpoints[0]], check=True)
-            frozen = inst.mountpoints[0]
-            res, took, raw = run_module(tmp_path, inst, ec2, server, lock_wait_timeout=2)
-            assert res.get("failed") and "CHECKPOINT did not finish within lock_wait_timeout=2s" in res["msg"], res
-            assert "statement timeout" in res["msg"], res["msg"]
-            assert took < 2 + 6, took
-            assert ec2.calls("CreateSnapshots") == [] and own_snapshots(ec2) == before
-            stalled = len(writer.done)
-            subprocess.run(["fsfreeze", "-u", frozen], check=True)
-            frozen = None
-            writer.wait_for(stalled + 20, timeout=20)  # the application serves again after the thaw
-            assert not probe_frozen(inst.mountpoints[0])
-            print("\nrefusals: pg_wal outside the set refused in %.1f s; with ACCESS EXCLUSIVE held the run took "
-                  "%.1f s (CHECKPOINT %.1f ms); PGDATA frozen: refused within budget 2 s in %.1f s (whole module run)"
-                  % (outside_s, locked_s, locked_ckpt, took))
-            writer.finish()
-        finally:
-            if frozen:
-                subprocess.run(["fsfreeze", "-u", frozen], check=False)
-            if blocker is not None:
-                blocker.kill()
-                blocker.wait()
-            if writer is not None and writer.is_alive():
-                writer.stop_event.set()
-                writer.proc.kill()
-            server.cleanup()
+        writer.wait_for(stalled + 20, timeout=20)  # the application serves again after the thaw
+        assert not probe_frozen(inst.mountpoints[0])
+        print("\nrefusals: pg_wal outside the set refused in %.1f s; with ACCESS EXCLUSIVE held the run took "
+              "%.1f s (CHECKPOINT %.1f ms); PGDATA frozen: refused within budget 2 s in %.1f s (whole module run)"
+              % (outside_s, locked_s, locked_ckpt, took))
+        writer.finish()
+    finally:
+        if frozen:
+            subprocess.run(["fsfreeze", "-u", frozen], check=False)
+        if blocker is not None:
+            blocker.kill()
+            blocker.wait()
 
 
-def test_module_sigkilled_while_frozen_ends_its_session_and_the_freeze(tmp_path, ec2):
+def test_module_sigkilled_while_frozen_ends_its_session_and_the_freeze(tmp_path, ec2, pg):
     """SIGKILL to the module while PGDATA and pg_wal are frozen and its CreateSnapshots call is in flight: the
     guardian thaws (dead-man), its psql coprocess ends with it (stdin closed, and the parent-death signal), the
     server has no session of it left, the writer commits again, and no snapshot exists."""
-    with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems") as inst:
-        server = make_server(inst)
-        writer = proc = None
-        try:
-            server.initdb().start()
-            server.create_tables()
-            writer = server.writer()
-            writer.start()
-            writer.wait_for(20)
-            before = own_snapshots(ec2)
-            ec2.latency("CreateSnapshots", 6000)
-            ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
-            argv, env = module_args(tmp_path, inst, ec2, server, freeze_deadline=5.0, lock_wait_timeout=5)
-            proc = subprocess.Popen(argv, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True)
-            t0 = time.monotonic()
-            while ec2.received("CreateSnapshots") < 1:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() - t0 < 60, "no CreateSnapshots arrived"
-                time.sleep(0.02)
-            sessions = children(proc.pid, "psql")
-            assert len(sessions) == 1, sessions  # the quiescer's session, held across the call
-            stalled = len(writer.done)
-            time.sleep(0.5)
-            assert len(writer.done) == stalled, "commits went on: the filesystems were not frozen"
-            proc.kill()  # the module alone
-            t_kill = time.monotonic()
-            proc.communicate(timeout=10)
-            assert wait_thawed(inst.mountpoints, timeout=6.0) is not None
-            writer.wait_for(stalled + 1, timeout=10)
-            resumed = time.monotonic() - t_kill
-            deadline = time.monotonic() + 10
-            while any(os.path.exists("/proc/%d" % pid) for pid in sessions) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not any(os.path.exists("/proc/%d" % pid) for pid in sessions), sessions
-            others = server.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                                "AND pid <> pg_backend_pid()")[1].strip()
-            assert others == "1", others  # the writer's session only
-            print("\nSIGKILL while frozen (PostgreSQL): commits resumed %.2f s after the kill; psql %s gone"
-                  % (resumed, sessions))
-            deadline = time.monotonic() + 30
-            while not ec2.calls("CreateSnapshots") and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["InternalError"]
-            assert own_snapshots(ec2) == before
-            writer.finish()
-        finally:
-            ec2.latency("CreateSnapshots", 0)
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if writer is not None and writer.is_alive():
-                writer.stop_event.set()
-                writer.proc.kill()
-            server.cleanup()
+    inst, server, writer = pg
+    argv, env = module_args(tmp_path, inst, ec2, server, freeze_deadline=5.0, lock_wait_timeout=5)
+    with killed_in_its_call(ec2, argv, env, str(tmp_path), writer) as (proc, stalled):
+        sessions = children(proc.pid, "psql")
+        assert len(sessions) == 1, sessions  # the quiescer's session, held across the call
+        proc.kill()  # the module alone
+        t_kill = time.monotonic()
+        proc.communicate(timeout=10)
+        assert wait_thawed(inst.mountpoints, timeout=6.0) is not None
+        writer.wait_for(stalled + 1, timeout=10)
+        resumed = time.monotonic() - t_kill
+        deadline = time.monotonic() + 10
+        while any(os.path.exists("/proc/%d" % pid) for pid in sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(os.path.exists("/proc/%d" % pid) for pid in sessions), sessions
+        others = server.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                            "AND pid <> pg_backend_pid()")[1].strip()
+        assert others == "1", others  # the writer's session only
+        print("\nSIGKILL while frozen (PostgreSQL): commits resumed %.2f s after the kill; psql %s gone"
+              % (resumed, sessions))
+    writer.finish()

@@ -124,6 +124,42 @@ def snapshot_set_argv(tmp_path, inst, ec2, **args):
     return [sys.executable, module, str(path)], env
 
 
+@contextlib.contextmanager
+def killed_in_its_call(ec2, argv, env, cwd, writer):
+    """ebs_snapshot_set run by ``argv`` with its CreateSnapshots call held 6 s by the endpoint (and then failed, so
+    that a call that still lands creates nothing); yields once the call is in flight and the writer is seen
+    stalled: ``(proc, stalled)`` (the writer's count). The caller SIGKILLs the module; on the way out the call must
+    have failed and no snapshot may exist beyond those of before."""
+    def own():
+        return {x["SnapshotId"] for x in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+    before = own()
+    ec2.latency("CreateSnapshots", 6000)
+    ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while ec2.received("CreateSnapshots") < 1:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() - t0 < 60, "no CreateSnapshots arrived"
+            time.sleep(0.02)
+        stalled = len(writer.done)
+        time.sleep(0.5)
+        assert len(writer.done) == stalled, "commits went on while the run held the application and its filesystems"
+        yield proc, stalled
+        deadline = time.monotonic() + 30
+        while not ec2.calls("CreateSnapshots") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["InternalError"]
+        assert own() == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ec2.latency("CreateSnapshots", 0)
+
+
 def children(pid, name):
     """PIDs of ``pid``'s child processes whose command name is ``name`` (from /proc)."""
     found = []
