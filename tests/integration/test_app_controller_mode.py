@@ -40,6 +40,7 @@ import pytest
 from tests.support.dbservers import MariaDBServer
 from tests.support.dbservers import PostgreSQLServer
 from tests.support.dbservers import app_tag
+from tests.support.dbservers import children_matching
 from tests.support.dbservers import lsn
 from tests.support.dbservers import mariadb_missing
 from tests.support.dbservers import postgresql_missing
@@ -50,7 +51,9 @@ from tests.support.loopfs import wait_thawed
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import ansible_env
+from tests.support.world import own_snapshots
 from tests.support.world import run_playbook
+from tests.support.world import wait_for_call
 from tests.support.world import write_playbook
 
 MARIADB = mariadb_missing()
@@ -86,10 +89,6 @@ def mariadb_args(server, **extra):
     return args
 
 
-def own_snapshots(ec2):
-    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
-
-
 def holders(mountpoints):
     """PIDs of the processes holding an fd on one of ``mountpoints`` (the guardian and its keeper do)."""
     out = set()
@@ -113,24 +112,6 @@ def wait_no_holders(mountpoints, timeout=10.0):
     while holders(mountpoints):
         assert time.monotonic() < deadline, "still held by %s" % holders(mountpoints)
         time.sleep(0.05)
-
-
-def children_matching(ppid=None, needle=""):
-    """PIDs (and parent PIDs) of processes whose command line holds ``needle``."""
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                cmd = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            with open("/proc/%s/stat" % pid) as handle:
-                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if needle in cmd and (ppid is None or parent == ppid):
-            out.append((int(pid), parent))
-    return out
 
 
 def commits_between(writer, t0, t1):
@@ -241,11 +222,7 @@ def test_guardian_or_keeper_sigkilled_while_holding_thaws_and_releases(tmp_path,
     play = subprocess.Popen(cmd, cwd=ROOT, env=ansible_env(ec2), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        t0 = time.monotonic()
-        while ec2.received("CreateSnapshots") < 1:
-            assert play.poll() is None, play.communicate()
-            assert time.monotonic() - t0 < 120, "no CreateSnapshots arrived"
-            time.sleep(0.02)
+        wait_for_call(ec2, play, "CreateSnapshots", timeout=120)
         assert all(probe_frozen(m) for m in inst.mountpoints)
         stalled = len(writer.done)
         time.sleep(0.5)

@@ -17,6 +17,7 @@ import pytest
 from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
 from tests.support.world import EmulatedInstance
+from tests.support.world import own_snapshots
 from tests.support.world import run_playbook
 from tests.support.world import write_playbook
 
@@ -34,10 +35,6 @@ def run(tmp_path, ec2, inst, name, **args):
     t0 = time.monotonic()
     rc, results, _raw = run_playbook(book, ec2)
     return rc, results[TASK], time.monotonic() - t0
-
-
-def own_snapshots(ec2):
-    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
 
 
 def alive(pid):

@@ -43,6 +43,7 @@ from tests.support.loopfs import wait_thawed
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
+from tests.support.world import own_snapshots
 from tests.support.world import task
 
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
@@ -173,10 +174,6 @@ def run_module(tmp_path, inst, ec2, server, **extra):
     t0 = time.monotonic()
     proc = subprocess.run(argv, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120, check=False)
     return json.loads(proc.stdout), time.monotonic() - t0, proc.stdout
-
-
-def own_snapshots(ec2):
-    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
 
 
 @pytest.fixture

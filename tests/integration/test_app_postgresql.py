@@ -38,8 +38,8 @@ from tests.support.dbservers import app_tag
 from tests.support.dbservers import backup_playbook
 from tests.support.dbservers import boundary
 from tests.support.dbservers import freeze_bounds
+from tests.support.dbservers import children_matching
 from tests.support.dbservers import killed_in_its_call
-from tests.support.dbservers import children
 from tests.support.dbservers import lsn
 from tests.support.dbservers import postgresql_missing
 from tests.support.dbservers import serving
@@ -49,6 +49,7 @@ from tests.support.loopfs import wait_thawed
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import run_playbook
+from tests.support.world import own_snapshots
 from tests.support.world import task
 
 RESTORE = os.path.join(ROOT, "playbooks", "restore.yml")
@@ -192,10 +193,6 @@ def run_module(tmp_path, inst, ec2, server, **extra):
     return json.loads(proc.stdout), time.monotonic() - t0, proc.stdout
 
 
-def own_snapshots(ec2):
-    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
-
-
 def test_refusals_and_the_checkpoint_budget(tmp_path, ec2, pg):
     inst, server, writer = pg
     blocker = None
@@ -255,7 +252,7 @@ def test_module_sigkilled_while_frozen_ends_its_session_and_the_freeze(tmp_path,
     inst, server, writer = pg
     argv, env = module_args(tmp_path, inst, ec2, server, freeze_deadline=5.0, lock_wait_timeout=5)
     with killed_in_its_call(ec2, argv, env, str(tmp_path), writer) as (proc, stalled):
-        sessions = children(proc.pid, "psql")
+        sessions = [pid for pid, _parent in children_matching(ppid=proc.pid, needle="psql")]
         assert len(sessions) == 1, sessions  # the quiescer's session, held across the call
         proc.kill()  # the module alone
         t_kill = time.monotonic()

@@ -22,6 +22,7 @@ from tests.support.loopfs import wait_thawed
 from tests.support.world import COLLECTIONS
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
+from tests.support.world import own_snapshots
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 
@@ -44,10 +45,6 @@ def write_blocked(mountpoint, wait=0.3):
         return False, None
     except subprocess.TimeoutExpired:
         return True, proc
-
-
-def own_snapshots(ec2):
-    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
 
 
 def test_module_sigkilled_mid_freeze_twenty_times(tmp_path, ec2):

@@ -130,20 +130,15 @@ def killed_in_its_call(ec2, argv, env, cwd, writer):
     that a call that still lands creates nothing); yields once the call is in flight and the writer is seen
     stalled: ``(proc, stalled)`` (the writer's count). The caller SIGKILLs the module; on the way out the call must
     have failed and no snapshot may exist beyond those of before."""
-    def own():
-        return {x["SnapshotId"] for x in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    from tests.support.world import own_snapshots, wait_for_call
 
-    before = own()
+    before = own_snapshots(ec2)
     ec2.latency("CreateSnapshots", 6000)
     ec2.fail_next("CreateSnapshots", "InternalError", "killed run: create nothing")
     proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        t0 = time.monotonic()
-        while ec2.received("CreateSnapshots") < 1:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() - t0 < 60, "no CreateSnapshots arrived"
-            time.sleep(0.02)
+        wait_for_call(ec2, proc, "CreateSnapshots", timeout=60)
         stalled = len(writer.done)
         time.sleep(0.5)
         assert len(writer.done) == stalled, "commits went on while the run held the application and its filesystems"
@@ -152,7 +147,7 @@ def killed_in_its_call(ec2, argv, env, cwd, writer):
         while not ec2.calls("CreateSnapshots") and time.monotonic() < deadline:
             time.sleep(0.2)
         assert [c["error_code"] for c in ec2.calls("CreateSnapshots")] == ["InternalError"]
-        assert own() == before
+        assert own_snapshots(ec2) == before
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -160,22 +155,22 @@ def killed_in_its_call(ec2, argv, env, cwd, writer):
         ec2.latency("CreateSnapshots", 0)
 
 
-def children(pid, name):
-    """PIDs of ``pid``'s child processes whose command name is ``name`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+def children_matching(ppid=None, needle=""):
+    """PIDs (and parent PIDs) of processes whose command line holds ``needle`` (and whose parent is ``ppid``)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as handle:
-                stat = handle.read()
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                cmd = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open("/proc/%s/stat" % pid) as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if ppid == pid and comm == name:
-            found.append(int(entry))
-    return found
+        if needle in cmd and (ppid is None or parent == ppid):
+            out.append((int(pid), parent))
+    return out
 
 
 def freeze_bounds(writer, taken):

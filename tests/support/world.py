@@ -413,6 +413,21 @@ def destroy(sums):
     os.sync()
 
 
+def own_snapshots(ec2):
+    """The ids of every snapshot the endpoint's account owns."""
+    return {s["SnapshotId"] for s in ec2.client().describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+
+def wait_for_call(ec2, proc, action, timeout):
+    """Until the endpoint has received an ``action`` call (what happened, not a delay assumed); fails when ``proc``
+    (the run that makes it) ended first or nothing came within ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while ec2.received(action) < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, "no %s arrived" % action
+        time.sleep(0.02)
+
+
 def ansible_env(endpoint, extra=None):
     """Environment for ansible-playbook runs against the local endpoint (never the real AWS)."""
     env = dict(os.environ)
