@@ -11,9 +11,9 @@ short_description: Bring a DRBD resource up or down, connect, switch roles, crea
 version_added: 0.1.0
 description:
   - "Drives one DRBD resource (defined in C(/etc/drbd.d)) on this host towards the wanted state, in this order:
-    metadata (O(create_md)), up/attach (O(state=up)), O(connection=connected), skipping the initial resync
-    (O(skip_initial_sync)), O(role=secondary), O(connection=disconnected) (optionally inside a freeze),
-    O(role=primary), O(wait_sync). O(state=down) demotes (O(role=secondary)) and takes the resource down."
+    metadata (O(create_md)), up/attach (O(state=up)), O(connection=connected), O(role=secondary),
+    O(connection=disconnected) (optionally inside a freeze), O(role=primary), O(wait_sync). O(state=down) demotes
+    (O(role=secondary)) and takes the resource down."
   - "Refuses what would lose data (seed 003, DOMAIN.md): promoting a disk that is not UpToDate (Inconsistent,
     Outdated, Diskless) unless O(force); even with O(force), promoting when the peer's disk is UpToDate (that
     would make this side the sync source and overwrite the good copy: promote the survivor instead) or when
@@ -75,25 +75,6 @@ options:
         device path or an EBS volume id (resolved on this host by NVMe serial). Must be this resource's disk
         (C(drbdadm sh-ll-dev)). Only with O(create_md=true).
     type: str
-  skip_initial_sync:
-    description:
-      - Skip the initial resync (C(drbdadm new-current-uuid --clear-bitmap)) after both sides were restored from
-        the same snapshot and their metadata recreated. The EC2 catalog must prove it (RV(proof)).
-    type: dict
-    suboptions:
-      set_id:
-        description: The backup set both sides were restored from.
-        type: str
-        required: true
-      volume_ids:
-        description: The backing EBS volumes of both sides (this host's must be among them).
-        type: list
-        elements: str
-        required: true
-  connect_timeout:
-    description: Seconds to wait for the peer to connect before O(skip_initial_sync).
-    type: int
-    default: 120
   wait_sync:
     description: Wait until both disks are UpToDate, reporting progress and the amount resynced (RV(sync)).
     type: bool
@@ -103,21 +84,20 @@ options:
     type: int
     default: 3600
 extends_documentation_fragment:
-  - amazon.aws.common.modules
-  - amazon.aws.region.modules
-  - amazon.aws.boto3
   - stillpoint.snapshots.attributes
-  - stillpoint.snapshots.attributes.actiongroup_aws
 notes:
-  - AWS access (boto3 and credentials on this host) is needed only for O(skip_initial_sync).
-  - Every EC2 failure of the proof (the service's answer, or none at all - no network, a bad O(endpoint_url), no
-    credentials) fails the task with a message that names the calls and what to check; nothing is changed.
+  - "Skipping the initial resync after both sides were restored from one snapshot (C(new-current-uuid
+    --clear-bitmap)) is M(stillpoint.snapshots.drbd_skip_initial_sync): the only DRBD step that needs the EC2
+    catalog, kept apart so that this module needs no boto3 and starts without importing it."
+seealso:
+  - module: stillpoint.snapshots.drbd_skip_initial_sync
+  - module: stillpoint.snapshots.drbd_info
 attributes:
   check_mode:
     support: full
     details:
       - Reads the state, checks every refusal and returns the planned RV(actions) (RV(actions[].planned=true));
-        nothing is changed, frozen or waited for. With O(skip_initial_sync) the catalog proof is checked too.
+        nothing is changed, frozen or waited for.
   diff_mode:
     support: full
     details: C(before)/C(after) of the resource summary (as RV(status)).
@@ -146,19 +126,6 @@ EXAMPLES = r"""
     name: r0
     connection: disconnected
     freeze: [/srv/data]
-
-- name: Both sides restored from one snapshot - skip the initial resync (AWS options from module_defaults)
-  module_defaults:
-    group/stillpoint.snapshots.aws:
-      region: eu-west-1
-  stillpoint.snapshots.drbd_resource:
-    name: r0
-    create_md: true
-    replaced_disk: vol-0123456789abcdef0
-    connection: connected
-    skip_initial_sync:
-      set_id: 20240101T000000Z-1a2b3c4d
-      volume_ids: [vol-0123456789abcdef0, vol-0fedcba9876543210]
 """
 
 RETURN = r"""
@@ -249,39 +216,11 @@ sync:
     status:
       description: The resource summary at the end of the wait.
       type: dict
-proof:
-  description: With O(skip_initial_sync), what the catalog proved.
-  returned: when O(skip_initial_sync) is set
-  type: dict
-  contains:
-    same_snapshot:
-      description: Always true (otherwise the module fails).
-      type: bool
-    set_id:
-      description: The backup set.
-      type: str
-    snapshot_id:
-      description: The one snapshot every listed volume was created from.
-      type: str
-    member_index:
-      description: That snapshot's member index in the set.
-      type: int
-    volumes:
-      description: Each listed volume's source snapshot, as EC2 reports it.
-      type: dict
-    level:
-      description: The consistency level the set recorded.
-      type: str
-    local_volume:
-      description: This host's backing volume.
-      type: str
 """
 
-from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drbd
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
 
 ARGUMENT_SPEC = dict(
@@ -294,23 +233,23 @@ ARGUMENT_SPEC = dict(
     freeze_deadline=dict(type="float", default=10.0),
     create_md=dict(type="bool", default=False),
     replaced_disk=dict(type="str"),
-    skip_initial_sync=dict(type="dict", options=dict(
-        set_id=dict(type="str", required=True),
-        volume_ids=dict(type="list", elements="str", required=True),
-    )),
-    connect_timeout=dict(type="int", default=120),
     wait_sync=dict(type="bool", default=False),
     sync_timeout=dict(type="int", default=3600),
 )
 
 
+def _protect_paths(module):
+    # imported only when a split freezes: the freeze library is the largest of all, its compile a cost to every run
+    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
+    return _freeze.module_protect_paths(module)
+
+
 def main():
-    module = AnsibleAWSModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True, check_boto3=False)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     drbd = _drbd.Drbd(CommandRunner.from_module(module))
     try:
         result = _drbd.ensure(drbd, module.params, check_mode=module.check_mode, diff=module._diff,
-                              ec2=lambda: module.client("ec2", retry_decorator=ebs.RETRY),
-                              protect_paths=_freeze.module_protect_paths(module))
+                              protect_paths=lambda: _protect_paths(module))
     except StillpointError as e:
         module.fail_json(**e.fail_kwargs())
     module.exit_json(**result)

@@ -3,12 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """_restore.same_snapshot_proof against the strict EC2 endpoint (real HTTP on 127.0.0.1).
 
-The proof is what drbd_resource's skip_initial_sync needs before ``new-current-uuid --clear-bitmap``:
+The proof is what drbd_skip_initial_sync needs before ``new-current-uuid --clear-bitmap``:
 both sides' backing volumes were created from one snapshot of one complete backup set. The set is made
 by ebs_snapshot_set's own library (SnapshotSetRun: one CreateSnapshots, member tags, wait, complete
 mark); the volumes by CreateVolume from its snapshots.
 
-The module tests at the end run drbd_resource's main() against this endpoint, with the DRBD commands replayed
+The module tests at the end run drbd_skip_initial_sync's main() against this endpoint, with the DRBD commands replayed
 from the lab's captures (tests/unit/test_drbd.py): the proof, check mode, and an EC2 error on the way.
 """
 
@@ -20,7 +20,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catal
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.modules import drbd_resource
+from ansible_collections.stillpoint.snapshots.plugins.modules import drbd_skip_initial_sync
 
 from tests.unit.test_drbd import CLEAR, DISK, GET_GI, RES, SH_LL_DEV, cap, run_drbd_module, status
 
@@ -122,29 +122,29 @@ def test_refused_for_an_unknown_or_pending_set(ec2, mirror_set):
         m["raw"].create_tags(Resources=m["snaps"], Tags=[{"Key": catalog.K_STATE, "Value": "complete"}])
 
 
-# -- drbd_resource's skip_initial_sync, end to end -----------------------------------------------------------
+# -- drbd_skip_initial_sync, end to end ---------------------------------------------------------------------
 
 def skip_args(ec2, set_id, volume_ids):
-    return dict(name=RES, skip_initial_sync=dict(set_id=set_id, volume_ids=volume_ids), endpoint_url=ec2.url,
-                region=ec2.region, access_key="testing", secret_key="testing")
+    return dict(name=RES, set_id=set_id, volume_ids=volume_ids, endpoint_url=ec2.url, region=ec2.region,
+                access_key="testing", secret_key="testing")
 
 
 def test_module_skips_the_initial_resync_with_the_proof(ec2, mirror_set, monkeypatch):
     m = mirror_set
     a, b = m["volume"](m["snaps"][0]), m["volume"](m["snaps"][0])
     fresh = status("84-status-connected-inconsistent", proc="84-proc-connected-inconsistent")
-    # check mode: before, up(), sh-ll-dev, the proof, the planned clear (one status), after
-    planned, lab = run_drbd_module(monkeypatch, drbd_resource, [fresh, fresh, SH_LL_DEV, fresh, fresh],
+    # check mode: before, sh-ll-dev, the proof, the planned clear (one status), after
+    planned, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, [fresh, SH_LL_DEV, fresh, fresh],
                                    skip_args(ec2, m["set_id"], [a, b]), check_mode=True, volumes={DISK: a})
     lab.done()
     assert planned["changed"] is True and planned["proof"]["snapshot_id"] == m["snaps"][0], planned
     assert planned["actions"] == [{"what": "skip the initial resync of %s (snapshot %s)" % (RES, m["snaps"][0]),
                                    "cmd": CLEAR, "rc": None, "ms": None, "planned": True}]
     # the real run: wait for the connection (connected at once), then the refusal checks and the clear
-    steps = [fresh, fresh, SH_LL_DEV, fresh,  # before, up(), sh-ll-dev, wait_connected()
+    steps = [fresh, SH_LL_DEV, fresh,  # before, sh-ll-dev, wait_connected()
              fresh, (GET_GI, cap("84-getgi-both-fresh")), (CLEAR, cap("84-clear-bitmap")),  # clear_bitmap()
              status("84-status-uptodate-verbose", proc="84-proc-after-clear-bitmap")]  # after
-    done, lab = run_drbd_module(monkeypatch, drbd_resource, steps, skip_args(ec2, m["set_id"], [a, b]),
+    done, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, steps, skip_args(ec2, m["set_id"], [a, b]),
                                 volumes={DISK: a})
     lab.done()
     assert done["changed"] is True and "failed" not in done, done
@@ -159,7 +159,7 @@ def test_module_refuses_volumes_of_two_snapshots(ec2, mirror_set, monkeypatch):
     m = mirror_set
     a, b = m["volume"](m["snaps"][0]), m["volume"](m["snaps"][1])
     fresh = status("84-status-connected-inconsistent")
-    result, lab = run_drbd_module(monkeypatch, drbd_resource, [fresh, fresh, SH_LL_DEV],
+    result, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, [fresh, SH_LL_DEV],
                                   skip_args(ec2, m["set_id"], [a, b]), volumes={DISK: a})
     lab.done()
     assert result["failed"] and "different snapshots of set %s" % m["set_id"] in result["msg"], result
@@ -171,7 +171,7 @@ def test_module_ec2_error_during_the_proof_is_a_clear_failure(ec2, mirror_set, m
     a, b = m["volume"](m["snaps"][0]), m["volume"](m["snaps"][0])
     fresh = status("84-status-connected-inconsistent")
     ec2.fail_next("DescribeVolumes", "UnauthorizedOperation", "injected: not allowed", status=403)
-    result, lab = run_drbd_module(monkeypatch, drbd_resource, [fresh, fresh, SH_LL_DEV],
+    result, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, [fresh, SH_LL_DEV],
                                   skip_args(ec2, m["set_id"], [a, b]), volumes={DISK: a})
     lab.done()
     assert result["failed"] and "UnauthorizedOperation" in result["msg"] and "injected: not allowed" in result["msg"]

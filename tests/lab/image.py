@@ -110,11 +110,17 @@ IPv6AcceptRA=no
 EOF
 done
 chroot "$R" systemctl enable systemd-networkd ssh
+# Guest CPU is the lab's scarce resource (TCG): nothing runs that no test needs. dpkg-db-backup.timer and
+# systemd-tmpfiles-clean.timer fired in every VM resumed from the saved state (its clock moves on by hours; dpkg's
+# backup took 5 s of guest CPU), e2scrub_reap 10 s and the gettys of getty-static at every cold boot; the kvm
+# modules load because -cpu max offers svm/vmx, for no use.
 for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
          getty@tty1.service serial-getty@ttyS0.service mdmonitor.service mdmonitor-oneshot.timer \
-         mdcheck_start.timer mdcheck_continue.timer lvm2-monitor.service systemd-timesyncd.service; do
+         mdcheck_start.timer mdcheck_continue.timer lvm2-monitor.service systemd-timesyncd.service \
+         dpkg-db-backup.timer systemd-tmpfiles-clean.timer e2scrub_reap.service getty-static.service; do
   chroot "$R" systemctl mask "$u" >/dev/null 2>&1 || true
 done
+printf 'blacklist kvm_amd\nblacklist kvm_intel\nblacklist kvm\n' > "$R/etc/modprobe.d/stillpoint-lab.conf"
 chroot "$R" systemctl disable drbd.service >/dev/null 2>&1 || true
 # PostgreSQL: the server binaries only; the cluster the package made at install is dropped and nothing starts one
 # (tests/lab/test_lab_postgresql.py runs its own initdb on the array, started by pg_ctl as postgres)

@@ -226,10 +226,10 @@ def test_restore_both_sides_without_resync(world, lab_timer):
     # refusals on the live pair (DOMAIN.md 1, 2)
     refused = _module(world, "vmb", "drbd_resource", {"name": "r0", "role": "primary"}, expect_fail=True)
     assert "the peer is Primary" in refused["msg"]
-    refused = _module(world, "vma", "drbd_resource", {
-        "name": "r0", "skip_initial_sync": {"set_id": STATE["set_id"], "volume_ids": [a.volume_ids[0], b.volume_ids[0]]},
+    refused = _module(world, "vma", "drbd_skip_initial_sync", {
+        "name": "r0", "set_id": STATE["set_id"], "volume_ids": [a.volume_ids[0], b.volume_ids[0]],
         "endpoint_url": GUEST_EC2_URL}, expect_fail=True)
-    assert "not among skip_initial_sync.volume_ids" in refused["msg"] or "not created from a snapshot" in refused["msg"]
+    assert "which is not among volume_ids" in refused["msg"] or "not created from a snapshot" in refused["msg"]
 
     # the stock path: one side restored, the other overwritten by a full resync. Its EC2 calls are made from the
     # controller (mode controller, the endpoint as the controller reaches it): the first run above made them from the

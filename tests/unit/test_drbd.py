@@ -24,7 +24,7 @@ from ansible.module_utils import basic
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _drbd
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import CommandRunner, StillpointError
-from ansible_collections.stillpoint.snapshots.plugins.modules import drbd_info, drbd_resource
+from ansible_collections.stillpoint.snapshots.plugins.modules import drbd_info, drbd_resource, drbd_skip_initial_sync
 
 from tests.unit.utils import run_module
 
@@ -1105,13 +1105,13 @@ def test_module_create_md_on_a_volume_id(monkeypatch):
 
 
 def test_module_proof_refused_when_this_disk_is_not_listed(monkeypatch):
-    steps = [status("84-status-connected-inconsistent"), status("84-status-connected-inconsistent"), SH_LL_DEV]
-    args = dict(name=RES, skip_initial_sync=dict(set_id="set-x", volume_ids=["vol-0aaaaaaaaaaaaaaa1",
-                                                                             "vol-0aaaaaaaaaaaaaaa2"]))
-    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, args, volumes={DISK: "vol-0bbbbbbbbbbbbbbb1"})
+    steps = [status("84-status-connected-inconsistent"), SH_LL_DEV]  # before, then the proof's local disk
+    args = dict(name=RES, set_id="set-x", volume_ids=["vol-0aaaaaaaaaaaaaaa1", "vol-0aaaaaaaaaaaaaaa2"])
+    result, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, steps, args,
+                                  volumes={DISK: "vol-0bbbbbbbbbbbbbbb1"})
     lab.done()
-    assert result["failed"] and "is volume vol-0bbbbbbbbbbbbbbb1, which is not among skip_initial_sync.volume_ids" \
-        in result["msg"]
+    assert result["failed"] and "is volume vol-0bbbbbbbbbbbbbbb1, which is not among volume_ids" in result["msg"]
+    assert result["actions"] == []
 
 
 def test_module_unreachable_ec2_is_a_clear_failure(monkeypatch):
@@ -1122,11 +1122,10 @@ def test_module_unreachable_ec2_is_a_clear_failure(monkeypatch):
         port = sock.getsockname()[1]
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     volumes = ["vol-0aaaaaaaaaaaaaaa1", "vol-0aaaaaaaaaaaaaaa2"]
-    steps = [status("84-status-connected-inconsistent"), status("84-status-connected-inconsistent"), SH_LL_DEV]
-    args = dict(name=RES, skip_initial_sync=dict(set_id="set-x", volume_ids=volumes),
-                endpoint_url="http://127.0.0.1:%d" % port, region="eu-west-1", access_key="testing",
-                secret_key="testing")
-    result, lab = run_drbd_module(monkeypatch, drbd_resource, steps, args, volumes={DISK: volumes[0]})
+    steps = [status("84-status-connected-inconsistent"), SH_LL_DEV]
+    args = dict(name=RES, set_id="set-x", volume_ids=volumes, endpoint_url="http://127.0.0.1:%d" % port,
+                region="eu-west-1", access_key="testing", secret_key="testing")
+    result, lab = run_drbd_module(monkeypatch, drbd_skip_initial_sync, steps, args, volumes={DISK: volumes[0]})
     lab.done()
     assert result["failed"], result
     assert result["msg"].startswith("DescribeSnapshots") and "EndpointConnectionError: " in result["msg"], result["msg"]
