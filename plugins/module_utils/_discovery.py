@@ -5,7 +5,7 @@
 
 Private to the collection. Walks sysfs from each mount's device (through a
 :class:`~._devices.DeviceResolver`) and asks ``mdadm --detail --export`` and ``pvs``/``lvs
---reportformat json`` (parsed by ``_md`` and ``_lvm``); the result is what ``_setplan.layout``
+--reportformat json`` (parsed by ``_md`` and ``_lvm_report``); the result is what ``_setplan.layout``
 records in the catalog as the set's array descriptor (``_layout.Layout`` reads it at restore time).
 """
 
@@ -17,7 +17,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_sysfs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import slaves
 # LVM's report parser lives with the LVM library (the snapshot sets); only the parser is used here
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm_report import parse_lvm_report
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import chunk_text
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export

@@ -6,7 +6,7 @@
 Private to the collection. Pure Python: commands go through a :class:`~._common.CommandRunner`
 (argv lists, ``LC_ALL=C``) and every change through a :class:`~._common.Recorder` (LVM's ``--test``
 is the dry run of check mode); LVM is read through ``lvs``/``vgs --reportformat json`` (parsed by
-:func:`parse_lvm_report`, which the restore side reads LVM with too), mounts through
+:func:`._lvm_report.parse_lvm_report`, which the restore side reads LVM with too), mounts through
 ``/proc/self/mountinfo``.
 
 A set is found by its LVM tags, never by names alone. Every member carries:
@@ -45,7 +45,6 @@ by someone else) before its last member is rolled back: it is not of one instant
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -54,6 +53,7 @@ import time
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import Recorder
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError, lower_level, ms_since
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._devices import read_mountinfo
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm_report import parse_lvm_report
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._freeze import (
     DEFAULT_DEADLINE, FREEZABLE_FSTYPES, MAX_DEADLINE, Guardian, check_mountpoints)
 
@@ -90,25 +90,6 @@ _UNITS = {"b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 
 
 
 # -- pure helpers ----------------------------------------------------------------------------
-
-
-def parse_lvm_report(text, section):
-    """Rows of an LVM ``--reportformat json`` report section (``"vg"``, ``"lv"``, ``"pv"``)."""
-    try:
-        data = json.loads(text)
-        rows = []
-        for report in data["report"]:
-            rows.extend(report.get(section, []))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise StillpointError(
-            "Cannot parse the LVM JSON report (section %r): %r. LVM 2.02.158 or later is needed for "
-            "--reportformat json." % (section, (text or "")[:200]))
-    return rows
-
-
-def lvm_uuid_key(uuid):
-    """An LVM UUID without its dashes (LVM UUIDs are case-sensitive)."""
-    return (uuid or "").replace("-", "").strip()
 
 
 def parse_size(text):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import APPLICATIONS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._app_quiesce import CONNECTION_ARGS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -81,6 +80,10 @@ def resolve_on_host(params, protect_paths=(), runner=None, resolver=None):
     excluded = resolver.resolve(params["exclude_mountpoints"]) if params["exclude_mountpoints"] else []
     freeze_plan = None
     if params["freeze"] and params["mountpoints"]:
+        # imported here: only a plan that freezes needs the freeze library, the largest file of all (ebs_mount_info's
+        # reads would compile it in every start)
+        from ansible_collections.stillpoint.snapshots.plugins.module_utils import _freeze
+
         freeze_plan = _freeze.check_mountpoints(params["mountpoints"],
                                                 protect_paths=list(params["protect_paths"]) + list(protect_paths))
     return {"mounts": mounts, "exclude_mounts": excluded, "freeze_plan": freeze_plan, "warnings": warnings}

@@ -56,8 +56,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Checks the catalog proof and the resource's state and returns the planned RV(actions)
-        (RV(actions[].planned=true)); nothing is changed or waited for.
+      - Checks the catalog proof and the resource's state and returns the planned RV(actions) (each with
+        C(planned=true)); nothing is changed or waited for.
   diff_mode:
     support: full
     details: C(before)/C(after) of the resource summary (as RV(status)).

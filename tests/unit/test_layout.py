@@ -22,7 +22,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._discovery import discover_stacks
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import Layout
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._layout import clone_layout
-from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm import parse_lvm_report
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._lvm_report import parse_lvm_report
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_detail_devices
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import md_uuid_key
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._md import parse_export
