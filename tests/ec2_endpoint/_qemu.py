@@ -928,6 +928,11 @@ class QemuBackend:
     def _op_stop(self, q, info, kill):
         """Stop (``kill``: terminate) the VM, after its backup jobs concluded."""
         t0 = time.monotonic()
+        if not kill and q.vm.pid is None and q.seen_pid is not None:
+            # the guest powered itself off before the watcher saw it: that is the guest's shutdown, as EC2 would have
+            # reported it (the instance was stopping or stopped before this call arrived), not this call's doing
+            self._op_guest_shutdown(q, q.seen_pid)
+            q.seen_pid = None
         while True:
             finished = self._wait_jobs(q)
             with q.lock:

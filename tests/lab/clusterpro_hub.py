@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GUEST_PORT = 8091
 COMMANDS = ("clpstat", "clpgrp", "clprsc", "clpcl", "clpdown", "clpstdn", "clpmdstat", "clpmdctrl", "clpcfctrl")
 NODE_FILE = "/etc/stillpoint-fake-clusterpro-node"
+POWEROFF_WAIT = 180  # seconds a guest may take to power itself off after clpdown (a loaded TCG guest: 10-40 s)
 
 RELAY = r'''#!/usr/bin/python3
 # FAKE CLUSTERPRO command (tests/lab/clusterpro_hub.py): not NEC software. Relays this command to the
@@ -377,6 +378,14 @@ class ClusterHub:
             if vm.pid is not None:
                 self.off_pid[s] = vm.pid
                 vm.ssh("systemctl poweroff", check=False, timeout=15)
+                # clpdown's server is down when the command has answered: wait for the guest's own power-off (its
+                # qemu exits), so that whatever the caller does next (EC2's view of the instance) sees it down
+                end = time.monotonic() + POWEROFF_WAIT
+                while vm.pid is not None and time.monotonic() < end:
+                    time.sleep(0.2)
+                if vm.pid is not None:
+                    self.errors.append("clpdown %s: the guest was still running %d s after systemctl poweroff"
+                                       % (s, POWEROFF_WAIT))
                 self.measured["poweroffs"].append({"server": s, "pid": self.off_pid[s], "at": time.monotonic()})
                 self.plane[s] = {"up": False, "mounted": False, "app": False}
 
