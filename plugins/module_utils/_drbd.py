@@ -688,8 +688,8 @@ class Resource:
 def ensure(drbd, params, check_mode=False, diff=False, protect_paths=(), resolver=None,
            sleep=time.sleep, clock=time.monotonic):
     """What ``drbd_resource`` does: drive resource ``params["name"]`` towards ``params`` (the module's options)
-    and return the module's result (``changed``, ``status``, ``actions``, and ``proof``, ``freeze_plan``,
-    ``split``, ``sync``, ``warnings``, ``diff`` where they apply).
+    and return the module's result (``changed``, ``status``, ``actions``, and ``freeze_plan``, ``split``,
+    ``sync``, ``warnings``, ``diff`` where they apply).
 
     ``protect_paths`` are ``(path, why)`` never to freeze (or a callable returning them, called only when
     ``params["freeze"]`` names filesystems); ``resolver`` maps disks to EBS volumes (a :class:`DeviceResolver` by

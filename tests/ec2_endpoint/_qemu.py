@@ -973,26 +973,17 @@ class QemuBackend:
             rc = q.vm.ssh("systemctl poweroff", check=False, timeout=15).returncode
         except subprocess.TimeoutExpired:
             rc = None
-        if self._gone(q, pid, POWEROFF_SECONDS if rc in (0, 255) else 5.0):
+        if q.vm.wait_gone(pid, POWEROFF_SECONDS if rc in (0, 255) else 5.0):
             return "ssh poweroff"
         with q.lock:
             try:
                 q.qmp("quit")
             except (QMPError, QemuError):
                 pass
-        if self._gone(q, pid, 10.0):
+        if q.vm.wait_gone(pid, 10.0):
             return "qmp quit"
         q.vm.kill()
         return "kill"
-
-    @staticmethod
-    def _gone(q, pid, timeout):
-        deadline = time.monotonic() + timeout
-        while q.vm.pid == pid:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
 
     def _copy_deferred(self, q):
         """Snapshots asked for while the VM powered off: its images are final now."""

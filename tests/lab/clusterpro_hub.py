@@ -380,10 +380,7 @@ class ClusterHub:
                 vm.ssh("systemctl poweroff", check=False, timeout=15)
                 # clpdown's server is down when the command has answered: wait for the guest's own power-off (its
                 # qemu exits), so that whatever the caller does next (EC2's view of the instance) sees it down
-                end = time.monotonic() + POWEROFF_WAIT
-                while vm.pid is not None and time.monotonic() < end:
-                    time.sleep(0.2)
-                if vm.pid is not None:
+                if not vm.wait_gone(self.off_pid[s], POWEROFF_WAIT):
                     self.errors.append("clpdown %s: the guest was still running %d s after systemctl poweroff"
                                        % (s, POWEROFF_WAIT))
                 self.measured["poweroffs"].append({"server": s, "pid": self.off_pid[s], "at": time.monotonic()})

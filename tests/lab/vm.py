@@ -129,6 +129,15 @@ class VM:
     def running(self):
         return self.pid is not None
 
+    def wait_gone(self, pid, timeout):
+        """Whether this VM's qemu process ``pid`` has exited within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.pid == pid:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def command(self, disks=(), template=None):
         """qemu's command line; with ``template`` (a resume template directory) the guest's state is
         loaded from it, and links and disks are left out (``resume.hot_plug`` adds them)."""
