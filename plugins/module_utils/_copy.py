@@ -131,13 +131,15 @@ def arn_account(arn):
 
 
 def check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, source_account, dest_account,
-                     dest_region):
+                     dest_region, source_key_access=None):
     """Refuse (nothing changed) a cross-account copy the destination could not make or would not own: members
     encrypted with an AWS managed key (never shareable), with a key EC2 does not name or that is not usable,
     encrypted members without ``kms_key_id``, and a ``kms_key_id`` (``dest_key``: DescribeKey's KeyMetadata with
     the destination credentials in ``dest_region``) that is not an enabled key of the destination account.
     ``source_keys``: ``{key: (KeyMetadata, [alias names])}`` of the members' keys (source credentials).
-    Returns what was checked (the module's ``encryption``)."""
+    ``source_key_access``: ``{key: None, or why DescribeKey of its ARN with the destination credentials failed}``;
+    a key the destination cannot describe is not shared with it (DescribeKey is among the actions sharing takes),
+    and the copy is refused before the share. Returns what was checked (the module's ``encryption``)."""
     keys, unnamed = encrypted_members(source_snaps)
     out = dict(encrypted=sorted(sid for ids in keys.values() for sid in ids) + unnamed,
                source_keys=[dict(key_id=k, key_manager=source_keys[k][0].get("KeyManager"),
@@ -177,6 +179,16 @@ def check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, so
             "a shared Amazon EBS snapshot', 'Copy an Amazon EBS snapshot')"
             % (set_id, ", ".join(sorted(keys)), source_account, dest_account, dest_account, dest_region, dest_account,
                dest_account, ", ".join(SHARED_KEY_ACTIONS)), encryption=out)
+    denied = [k for k in sorted(keys) if (source_key_access or {}).get(k)]
+    if denied:
+        raise StillpointError(
+            "refused, nothing was copied: account %s cannot use the key %s of set %s's snapshots: KMS DescribeKey of "
+            "%s with the destination credentials answered %s. The key's owner (account %s) must share it with "
+            "account %s (its key policy or a grant: %s; AWS: 'Share the KMS key used to encrypt a shared Amazon EBS "
+            "snapshot'), and the destination credentials need the same actions on it (IAM)"
+            % (dest_account, ", ".join(denied), set_id, ", ".join(source_keys[k][0].get("Arn") or k for k in denied),
+               "; ".join(source_key_access[k] for k in denied), source_account, dest_account,
+               ", ".join(SHARED_KEY_ACTIONS)), encryption=out)
     if kms_key_id and dest_key is not None:
         out["destination_key"] = dest_key.get("Arn")
         owner = dest_key.get("AWSAccountId") or arn_account(dest_key.get("Arn"))
@@ -328,9 +340,10 @@ def key_aliases(kms, key_id, what):
 
 def encryption_preflight(aws, params, set_id, source_snaps, source_account, dest_account, dest_region):
     """A cross-account copy's KMS checks (:func:`check_encryption`), read-only: DescribeKey and ListAliases of
-    the members' keys with the source credentials, DescribeKey of ``kms_key_id`` with the destination's. Whether
-    the destination credentials may use the source key is not asked (a key of another account, from the
-    destination): the copy call tells."""
+    the members' keys with the source credentials; with the destination's, DescribeKey of each member's key by its
+    ARN in the source region (may the destination account use it?) and of ``kms_key_id`` in the destination region.
+    DescribeKey is the probe because it changes nothing and sharing a key for EBS grants it; a dry-run CreateGrant
+    would be denied by the usual ``kms:GrantIsForAWSResource`` condition."""
     keys, _unnamed = encrypted_members(source_snaps)
     kms_key_id = params.get("kms_key_id")
     source_keys = {}
@@ -340,13 +353,36 @@ def encryption_preflight(aws, params, set_id, source_snaps, source_account, dest
             what = "the key of %s, source credentials, region %s" % (", ".join(keys[key]), aws.region)
             source_keys[key] = (describe_key(src_kms, key, what), key_aliases(src_kms, key, what))
     dest_key = None
+    _region, extra, _own = destination_params(params, aws.region)
+    access = source_key_access(aws.client("kms", retry_decorator=ebs.RETRY, **dict(extra, region=aws.region)),
+                               source_keys) if source_keys else {}
     if kms_key_id:
-        _region, extra, _own = destination_params(params, aws.region)
         dest_kms = aws.client("kms", retry_decorator=ebs.RETRY, **extra)
         dest_key = describe_key(dest_kms, kms_key_id, "kms_key_id, destination credentials, region %s; give a key of "
                                 "account %s in that region" % (dest_region, dest_account))
     return check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, source_account, dest_account,
-                            dest_region)
+                            dest_region, access)
+
+
+# what KMS answers a principal whose account the key policy does not let use the key, or that names a key its
+# Region does not hold (AWS KMS Developer Guide, "Allowing users in other accounts to use a KMS key")
+NOT_SHARED_CODES = ("AccessDeniedException", "NotFoundException")
+
+
+def source_key_access(dest_kms, source_keys):
+    """``{key: None, or the refusal}``: DescribeKey of each member's key by its ARN with the destination
+    credentials (``dest_kms``: a KMS client of the destination credentials in the source region)."""
+    out = {}
+    for key, (meta, _aliases) in sorted(source_keys.items()):
+        arn = meta.get("Arn") or key
+        try:
+            dest_kms.describe_key(KeyId=arn, aws_retry=True)
+            out[key] = None
+        except ebs.aws_errors() as e:
+            if ebs.error_code(e) not in NOT_SHARED_CODES:
+                raise ebs.aws_error("KMS DescribeKey of the source key %s with the destination credentials" % arn, e)
+            out[key] = str(e)
+    return out
 
 
 def caller_account(sts):

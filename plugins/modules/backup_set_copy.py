@@ -30,15 +30,16 @@ description:
     snapshots are shared with the destination account (C(createVolumePermission), source credentials), copied with
     the destination credentials, and the share is removed once the copy set is complete.
   - Cross-account copies of encrypted snapshots are checked before any change (KMS C(DescribeKey) and
-    C(ListAliases) of the members' keys with the source credentials, C(DescribeKey) of O(kms_key_id) with the
-    destination's). EC2 shares only snapshots encrypted with a customer managed key, and the destination account
+    C(ListAliases) of the members' keys with the source credentials; with the destination's, C(DescribeKey) of
+    each member's key by its ARN and of O(kms_key_id)). EC2 shares only snapshots encrypted with a customer managed key, and the destination account
     needs that key shared with it by its key policy or a grant (AWS, Amazon EBS User Guide, "Share an Amazon EBS
     snapshot" and "Share the KMS key used to encrypt a shared Amazon EBS snapshot"; "Copy an Amazon EBS snapshot").
     So a set encrypted with the AWS managed key (C(aws/ebs)) is refused (re-encrypt it with a customer managed key
     first, for example by a copy to another region of the source account with O(kms_key_id)), and so is a copy of
     encrypted snapshots without O(kms_key_id), which must be an enabled key of the destination account in
-    O(destination_region). Sharing the source key is not done here, and whether the destination may use it is not
-    asked before the copy (a C(CopySnapshot) refused for it rolls the copy set back).
+    O(destination_region), and so is a member's key the destination credentials cannot describe (not shared with
+    the destination account). Sharing the source key is not done here; a key shared for C(DescribeKey) but not
+    for the copy's other actions fails the C(CopySnapshot), which rolls the copy set back.
   - Refused, with nothing changed, are a set that does not exist, a V(pending) or V(partial) set, a destination
     that is the source region and account itself, and the encrypted cross-account cases above.
 author:

@@ -622,6 +622,8 @@ def install():
     ElasticBlockStore.describe_snapshots = _resp_describe_snapshots
     from . import _locks  # snapshot lock and Recycle Bin emulation (_locks.py)
     _locks.install()
+    from . import _kms  # DescribeKey across accounts by the key policy (_kms.py)
+    _kms.install()
 
 
 # --------------------------------------------------------------------------- the world

@@ -90,7 +90,7 @@ SHARE = [stmt("ShareOwnSnapshots", ["ec2:DescribeSnapshotAttribute", "ec2:Modify
 # whatever keys they were encrypted with; narrow it to your key ARNs); ListAliases has no resource-level permission.
 KMS_KEY = "arn:aws:kms:*:*:key/*"
 SOURCE_KEYS = [stmt("ReadSourceKeys", ["kms:DescribeKey"], [KMS_KEY]), stmt("ListKeyAliases", ["kms:ListAliases"], ["*"])]
-DESTINATION_KEY = [stmt("ReadDestinationKey", ["kms:DescribeKey"], [KMS_KEY])]
+DESTINATION_KEY = [stmt("ReadDestinationKey", ["kms:DescribeKey"], [KMS_KEY])]  # kms_key_id and the source keys
 # A restore drill: the RESTORE statements that create, attach and delete its own volumes, a detach limited to
 # volumes carrying the marker (it never detaches anything of the scratch instance it did not make), and the
 # verdict written on (and its stale chunks removed from) the set's own snapshots.
@@ -185,8 +185,9 @@ WHY = {
                                      "are already shared with the destination account)",
     "ec2:ModifySnapshotAttribute": "_copy.share (backup_set_copy across accounts: createVolumePermission add "
                                    "before the copy, remove once the copy set is complete)",
-    "kms:DescribeKey": "_copy.describe_key (backup_set_copy across accounts, before any change: the members' keys "
-                       "with the source credentials, kms_key_id with the destination's)",
+    "kms:DescribeKey": "_copy.describe_key, _copy.source_key_access (backup_set_copy across accounts, before any "
+                       "change: the members' keys with the source credentials; with the destination's, the members' "
+                       "keys by ARN (are they shared with it?) and kms_key_id)",
     "kms:ListAliases": "_copy.key_aliases (backup_set_copy across accounts: an alias/aws/* name marks an AWS managed "
                        "key, which cannot be shared)",
     "ec2:StopInstances": "amazon.aws.ec2_instance state=stopped (clusterpro_mirror_backup step 2: the standby)",

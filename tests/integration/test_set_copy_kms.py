@@ -8,13 +8,14 @@ destination account needs the source key shared with it (Amazon EBS User Guide: 
 "Share the KMS key used to encrypt a shared Amazon EBS snapshot"; "Copy an Amazon EBS snapshot"). The module refuses,
 before any change (also in check mode), a cross-account copy of members under the AWS managed key, of encrypted
 members without ``kms_key_id``, and a ``kms_key_id`` that is not an enabled key of the destination account in the
-destination region; a copy under a customer managed key re-keyed with the destination's key goes through.
+destination region, and members whose key the destination account cannot describe (not shared with it by the key
+policy); a copy under a customer managed key re-keyed with the destination's key goes through.
 
 Encrypted sets are made the way EC2 makes them encrypted: the members of a plain set copied in the source region with
 ``Encrypted`` (and ``KmsKeyId`` of a customer managed key, or none: the account's aws/ebs key), tagged as a set.
 What the endpoint cannot tell (README "Not emulated"): moto's KMS marks its aws/ebs key ``KeyManager: CUSTOMER``
-(the module also knows it by its reserved ``alias/aws/`` name, as on AWS), finds no key of another account from the
-destination even when the key policy allows it, and CopySnapshot checks no key access at all; KMS calls are not in
+(the module also knows it by its reserved ``alias/aws/`` name, as on AWS), and CopySnapshot checks no key access at
+all; DescribeKey of another account's key by its ARN follows the key policy (the endpoint's ``_kms.py``); KMS calls are not in
 the endpoint's call log (only EC2's are), so "nothing changed" is counted on the EC2 side.
 """
 
@@ -126,6 +127,28 @@ def test_encrypted_members_without_kms_key_id_refused(monkeypatch, ec2, source, 
         "kms:CreateGrant", "Share the KMS key used to encrypt a shared Amazon EBS snapshot"])
     assert res["encryption"]["encrypted"] == sorted(ids) and res["encryption"]["source_keys"][0]["key_manager"] == \
         "CUSTOMER", res["encryption"]
+
+
+def test_source_key_not_shared_with_the_destination_refused(monkeypatch, ec2, source, other):
+    key = cmk(ec2)  # its key policy allows only the source account
+    set_id, ids, _keys = encrypted_set(ec2, source, key)
+    dest_key = cmk(ec2, region=DEST, credentials=other, account=other["account_id"])
+    refused = refused_changing_nothing(monkeypatch, ec2, cross_args(source, set_id, other, kms_key_id=dest_key), [
+        "account %s cannot use the key %s" % (other["account_id"], key), "AccessDeniedException",
+        "kms:DescribeKey", "must share it with account %s" % other["account_id"], "kms:CreateGrant",
+        "Share the KMS key used to encrypt a shared Amazon EBS snapshot"])
+    assert refused["encryption"]["encrypted"] == sorted(ids), refused["encryption"]
+    assert copies(ec2, _copy.copy_key(SOURCE_ACCOUNT, ec2.region, set_id), credentials=other) == []
+
+    # the same key once its policy shares it with the destination account: the copy goes through
+    kms = ec2.client("kms")
+    policy = json.loads(kms.get_key_policy(KeyId=key.rsplit("/", 1)[1], PolicyName="default")["Policy"])
+    policy["Statement"].append({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::%s:root" % other["account_id"]},
+                                "Action": list(_copy.SHARED_KEY_ACTIONS), "Resource": "*"})
+    kms.put_key_policy(KeyId=key.rsplit("/", 1)[1], PolicyName="default", Policy=json.dumps(policy))
+    res = run(monkeypatch, backup_set_copy, cross_args(source, set_id, other, kms_key_id=dest_key))
+    assert res["state"] == "complete" and res["copy_calls"] == len(ids), res
+    print("\nrefused (source key not shared): %s" % refused["msg"][:300])
 
 
 def test_destination_key_must_be_an_enabled_key_of_the_destination(monkeypatch, ec2, source, other):

@@ -4,8 +4,8 @@
 """backup_set_copy's KMS decision (_copy.check_encryption) on the recorded set members (fixtures/catalog/
 describe_snapshots.json) made encrypted, with KeyMetadata shaped as AWS KMS answers DescribeKey. The cases moto's KMS
 cannot produce are here: an AWS managed key known by ``KeyManager: AWS`` alone (moto says CUSTOMER for its aws/ebs
-key), and a destination key of another account that the destination credentials can describe (moto finds no key of
-another account). The rest runs against the strict endpoint in tests/integration/test_set_copy_kms.py."""
+key), and a destination key of another account that the destination credentials can describe. The
+rest runs against the strict endpoint in tests/integration/test_set_copy_kms.py."""
 
 import copy
 import json
@@ -108,3 +108,19 @@ def test_customer_managed_key_with_a_destination_key_passes(members):
     assert out == dict(encrypted=ids, destination_key=DST_KEY, source_keys=[dict(
         key_id=SRC_KEY, key_manager="CUSTOMER", aliases=["alias/backups"], snapshot_ids=ids)])
     assert _copy.arn_account(DST_KEY) == DST and _copy.arn_account("alias/dr") is None
+
+
+def test_source_key_the_destination_cannot_describe_refused(members):
+    denied = ("An error occurred (AccessDeniedException) when calling the DescribeKey operation: User: "
+              "arn:aws:iam::%s:root is not authorized to perform: kms:DescribeKey on resource: %s" % (DST, SRC_KEY))
+    with pytest.raises(StillpointError) as info:
+        _copy.check_encryption(NEW, members, {SRC_KEY: (meta(SRC_KEY), [])}, DST_KEY, meta(DST_KEY), SRC, DST, REGION,
+                               {SRC_KEY: denied})
+    msg = info.value.msg
+    assert "account %s cannot use the key %s" % (DST, SRC_KEY) in msg and denied in msg, msg
+    assert "must share it with account %s" % DST in msg and "kms:GenerateDataKeyWithoutPlaintext" in msg
+    assert info.value.details["encryption"]["destination_key"] is None  # refused before the destination key
+    # the same key described by the destination: no refusal
+    out = _copy.check_encryption(NEW, members, {SRC_KEY: (meta(SRC_KEY), [])}, DST_KEY, meta(DST_KEY), SRC, DST,
+                                 REGION, {SRC_KEY: None})
+    assert out["destination_key"] == DST_KEY
