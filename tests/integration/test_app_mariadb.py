@@ -14,6 +14,8 @@ seen half-applied).
   writer's count when the lock was taken and when it was released, the check passed, the position matches. Then
   the filesystem-level set is restored the same way (crash recovery, nothing recorded to compare): rows 1..k
   again, k within the freeze, and the redo each restore replayed is printed side by side;
+- the same in controller mode (backup.yml with array_backup_mode=controller: the host's freeze guardian holds the
+  lock, the controller makes the call): the restored rows are 1..k with k within the lock, the position matches;
 - the lock-wait budget: a session holding a table write lock makes the run refuse within the budget, nothing
   frozen, no snapshot, the writer keeps committing; with on_quiesce_failure=continue the set is filesystem;
 - the module SIGKILLed while it holds the lock (its CreateSnapshots in flight): the database accepts commits
@@ -55,11 +57,11 @@ if MISSING and os.environ.get("CI") == "true":
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
-def backup(ec2, inst, server, name, application):
+def backup(ec2, inst, server, name, application, **more):
     extra = {"array_backup_application": "mariadb", "array_backup_application_login_user": "root",
              "array_backup_application_login_unix_socket": server.socket,
              "array_backup_lock_wait_timeout": 5} if application else {}
-    return backup_playbook(ec2, inst, name, extra)
+    return backup_playbook(ec2, inst, name, dict(extra, **more))
 
 
 def restore_vars(inst, ec2, server, set_id, **extra):
@@ -161,6 +163,48 @@ def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
                 writer.stop_event.set()
                 writer.proc.kill()
             server.cleanup()
+
+
+def test_controller_mode_set_restores_to_a_transaction_boundary(ec2):
+    """The same proof for a set taken in controller mode (the host without AWS access: its guardian holds the lock,
+    the controller makes the call): backup.yml with array_backup_mode=controller under load, the disaster,
+    restore.yml with the application step: rows 1..k, k within the lock, the recorded position is the restored
+    server's."""
+    with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems", local=True) as inst:
+        server = MariaDBServer(os.path.join(inst.mountpoints[0], "mysql"), os.path.join(inst.mountpoints[1], "binlog"))
+        with serving(server, lambda: server.install().start(), rows=50) as writer:
+            ec2.latency("CreateSnapshots", 500)  # the controller's call: hold through a visible stretch of it
+            try:
+                taken, backup_s = backup(ec2, inst, server, "mariadb-controller", application=True,
+                                         array_backup_mode="controller", array_backup_instance_id=inst.instance_id)
+            finally:
+                ec2.latency("CreateSnapshots", 0)
+            writer.wait_for(len(writer.done) + 20)  # commits go on after the release
+            writer.finish()
+            app = taken["application"]
+            assert taken["level"] == "application", taken
+            action = taken["actions"][0]  # controller mode: the host's guardian took and released the lock
+            assert action["lock"]["rc"] == 0 and action["release"]["rc"] == 0, action
+            assert app["confirmed"] is True and app["lock"] == "backup_stage", app
+            assert app["held_ms"] >= taken["freeze_window_ms"] >= 500, (app["held_ms"], taken["freeze_window_ms"])
+            k_lock, k_release = writer.count_at(app["locked_at"]), writer.count_at(app["released_at"])
+            record, level = app_tag(ec2, taken["set_id"])
+            assert level == "application" and record["confirmed"] is True, record
+            written = len(writer.done)
+            server.destroy()
+            got, restore_s = restore(ec2, inst, server, taken["set_id"])
+            k = boundary(server)
+            assert k_lock <= k <= k_release, (k_lock, k, k_release)
+            pos = got["position"]
+            assert pos["matches"] is True and pos["problems"] == [], pos
+            assert (pos["restored"]["binlog_position"], pos["restored"]["gtid"]) == (
+                record["binlog_position"], record["gtid"]), pos
+            print("\nrestore figures (MariaDB, controller mode): rows k=%d (lock %d .. release %d, %d written), held "
+                  "%.1f ms, freeze window %.1f ms, binlog %s:%s gtid %s matches the restored server; redo replayed %d "
+                  "bytes; mariadb-check %s; backup.yml %.1f s, restore.yml %.1f s"
+                  % (k, k_lock, k_release, written, app["held_ms"], taken["freeze_window_ms"], record["binlog_file"],
+                     record["binlog_position"], record["gtid"], got["recovery"]["bytes"], got["check"]["status"],
+                     backup_s, restore_s))
 
 
 def module_args(tmp_path, inst, ec2, server, **extra):
