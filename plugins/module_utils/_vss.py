@@ -323,12 +323,7 @@ def run_vss_command(ssm, instance_id, parameters, timeout, poll=2.0, sleep=time.
     command_id = sent["Command"]["CommandId"]
     start = clock()
     while True:
-        try:
-            inv = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
-        except ebs.aws_errors() as e:
-            if ebs.error_code(e) != "InvocationDoesNotExist" or clock() - start > 60:
-                raise ebs.aws_error("SSM GetCommandInvocation %s (command %s)" % (instance_id, command_id), e)
-            inv = {"Status": "Pending"}
+        inv = command_invocation(ssm, command_id, instance_id, unknown_ok=clock() - start <= 60)
         if inv.get("Status") in SSM_DONE:
             return {"command_id": command_id, "status": inv["Status"], "status_details": inv.get("StatusDetails"),
                     "stdout": inv.get("StandardOutputContent") or "", "stderr": inv.get("StandardErrorContent") or "",
@@ -338,6 +333,17 @@ def run_vss_command(ssm, instance_id, parameters, timeout, poll=2.0, sleep=time.
                                   "stillpoint:set-id (backup_set_info / backup_set_prune find them)"
                                   % (command_id, SSM_DOCUMENT, inv.get("Status"), timeout + 60), command_id=command_id)
         sleep(poll)
+
+
+def command_invocation(ssm, command_id, instance_id, unknown_ok=True):
+    """One GetCommandInvocation of ``command_id`` on the instance; ``{"Status": "Pending"}`` while SSM does not know
+    the invocation yet (``InvocationDoesNotExist``, right after SendCommand) and ``unknown_ok``."""
+    try:
+        return ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+    except ebs.aws_errors() as e:
+        if ebs.error_code(e) != "InvocationDoesNotExist" or not unknown_ok:
+            raise ebs.aws_error("SSM GetCommandInvocation %s (command %s)" % (instance_id, command_id), e)
+        return {"Status": "Pending"}
 
 
 def classify_failure(output):

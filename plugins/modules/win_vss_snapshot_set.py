@@ -116,6 +116,9 @@ notes:
   - Windows cannot run in this project's test suite. The controller half is tested against a strict EC2 endpoint
     with a FAKE AWS VSS agent; the PowerShell is only parsed. docs/windows-vss.md says what was never executed.
   - Xen/PV instances (disks without a C(vol...) serial number) are refused in this version.
+  - "IAM, the task's credentials (shipped as iam/win_vss_snapshot_set.json): ssm:SendCommand on the document
+    AWSEC2-CreateVssSnapshot and the instance, ssm:GetCommandInvocation, ec2:DescribeInstances, ec2:DescribeVolumes,
+    ec2:DescribeSnapshots, and ec2:CreateTags and ec2:DeleteSnapshot on snapshots carrying stillpoint:creator."
 seealso:
   - name: Application consistent Windows VSS based Amazon EBS snapshots
     description: AWS's VSS solution, its SSM documents, parameters, tags, IAM policy and version history.

@@ -102,6 +102,18 @@ DRILL = [s for s in RESTORE if s["Sid"] in DRILL_FROM_RESTORE] + [
     stmt("RecordVerdictOnOwnSnapshots", ["ec2:CreateTags", "ec2:DeleteTags"], [SNAPSHOT], OURS),
 ]
 STOP_START = [stmt("StopStartClusterServers", ["ec2:StartInstances", "ec2:StopInstances"], [INSTANCE])]
+# win_vss_snapshot_set's controller half: the AWS VSS components on the instance make the snapshots (with the
+# instance profile, AWS's AWSEC2VssSnapshotPolicy; docs/windows-vss.md), started by SSM Run Command with AWS's own
+# document (the account field ``*``: it also matches the empty account of an AWS-owned document's ARN, and the
+# service's ARN format has one); the controller waits on the invocation, then proves,
+# tags, completes or rolls back the snapshots, which carry the creator marker from their creation (the document's
+# tags parameter).
+VSS_DOCUMENT = "arn:aws:ssm:*:*:document/AWSEC2-CreateVssSnapshot"
+VSS_RUN = [
+    stmt("RunVssDocumentOnInstances", ["ssm:SendCommand"], [VSS_DOCUMENT, INSTANCE]),
+    stmt("ReadCommandInvocations", ["ssm:GetCommandInvocation"], ["*"]),
+    stmt("TagOwnSnapshots", ["ec2:CreateTags"], [SNAPSHOT], OURS),
+]
 
 BACKUP_READ = ("DescribeInstances", "DescribeVolumes", "DescribeSnapshots")
 RESTORE_READ = ("DescribeInstances", "DescribeVolumes", "DescribeSnapshots", "DescribeAvailabilityZones",
@@ -122,6 +134,7 @@ POLICIES = {
     "restore_drill": read("DescribeInstances", "DescribeVolumes", "DescribeSnapshots", "ListSnapshotsInRecycleBin")
     + DRILL,
     "backup_set_copy-share": read("DescribeSnapshots") + SHARE + SOURCE_KEYS,
+    "win_vss_snapshot_set": read(*BACKUP_READ) + VSS_RUN + DELETE_OWN_SNAPSHOTS,
 }
 
 # Only for volumes encrypted with a customer managed KMS key (attach beside the procedure's policy):
@@ -190,6 +203,10 @@ WHY = {
                        "keys by ARN (are they shared with it?) and kms_key_id)",
     "kms:ListAliases": "_copy.key_aliases (backup_set_copy across accounts: an alias/aws/* name marks an AWS managed "
                        "key, which cannot be shared)",
+    "ssm:SendCommand": "_vss.run_vss_command (win_vss_snapshot_set: AWSEC2-CreateVssSnapshot to the instance, once "
+                       "per set)",
+    "ssm:GetCommandInvocation": "_vss.command_invocation (win_vss_snapshot_set: the wait for the document's run to "
+                                "end, and its output)",
     "ec2:StopInstances": "amazon.aws.ec2_instance state=stopped (clusterpro_mirror_backup step 2: the standby)",
     "ec2:StartInstances": "amazon.aws.ec2_instance state=running (clusterpro_mirror_backup step 4 and its rescue)",
 }

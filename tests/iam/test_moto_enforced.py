@@ -9,7 +9,7 @@
    called or is listed in ``policies.UNTAKEN`` with the path that needs it.
 2. backup.yml with ec2:CreateSnapshots taken out of the policy fails before anything is frozen or created,
    with a message naming the permission.
-3. Every action of every policy (DRBD and CLUSTERPRO included): with the policy the call is authorized,
+3. Every action of every policy (DRBD, CLUSTERPRO and win_vss_snapshot_set included): with the policy the call is authorized,
    with the policy minus that one action it is refused (UnauthorizedOperation) and the library function
    that makes the call (a boto3 call for the amazon.aws modules' actions) reports ``ec2:<Action>``.
 """
@@ -41,6 +41,7 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils import _copy 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _restore as restore
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _retention as retention
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _swap as swap
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
 BACKUP = os.path.join(ROOT, "playbooks", "backup.yml")
@@ -163,8 +164,10 @@ def site(iam_endpoint):
         {"ResourceType": "snapshot", "Tags": MARK}])["SnapshotId"]
     iam_endpoint.pending(0, snapshot_ids=[snap])
     key = iam_endpoint.client("kms").create_key(Description="iam probe")["KeyMetadata"]["Arn"]
+    command = iam_endpoint.client("ssm").send_command(DocumentName=vss.SSM_DOCUMENT, InstanceIds=[inst["instance_id"]],
+                                                      Parameters={"ExcludeBootVolume": ["True"]})["Command"]["CommandId"]
     return {"instance_id": inst["instance_id"], "az": az, "data_volume": inst["volumes"][0]["volume_id"],
-            "snapshot": snap, "kms_key": key}
+            "snapshot": snap, "kms_key": key, "command_id": command}
 
 
 def fresh_snapshot(endpoint, site):
@@ -194,9 +197,9 @@ def _message(call):
     return None
 
 
-def probe(name, action, client, endpoint, site, kms=None):
-    """Make the collection's call for ``action`` the way the code of policy ``name``'s procedure does (``kms``: the
-    KMS client of the same identity); the error text or None."""
+def probe(name, action, client, endpoint, site, kms=None, ssm=None):
+    """Make the collection's call for ``action`` the way the code of policy ``name``'s procedure does (``kms``,
+    ``ssm``: the KMS and SSM clients of the same identity); the error text or None."""
     iid, az = site["instance_id"], site["az"]
 
     def tagging():
@@ -240,6 +243,8 @@ def probe(name, action, client, endpoint, site, kms=None):
         "ec2:StartInstances": lambda: client.start_instances(InstanceIds=[iid], DryRun=True),
         "kms:DescribeKey": lambda: copy.describe_key(kms, site["kms_key"], "iam probe"),
         "kms:ListAliases": lambda: copy.key_aliases(kms, site["kms_key"], "iam probe"),
+        "ssm:SendCommand": lambda: vss.run_vss_command(ssm, iid, {"ExcludeBootVolume": ["True"]}, 30, poll=0.1),
+        "ssm:GetCommandInvocation": lambda: vss.command_invocation(ssm, site["command_id"], iid, unknown_ok=False),
     }
     return _message(calls[action])
 
@@ -261,9 +266,10 @@ MOTO_UNIMPLEMENTED = ("ec2:DescribeFastSnapshotRestores", "ec2:EnableFastSnapsho
                       "ec2:DisableFastSnapshotRestores")
 
 
-# moto evaluates KMS requests against the resource "*" (its KMS responses name no resource), so a statement on key
-# ARNs never allows them there; tests/iam/test_policies.py shows them allowed on a key ARN with a real evaluator
-MOTO_KMS_RESOURCE_STAR = ("kms:DescribeKey",)
+# moto evaluates KMS and SSM requests against the resource "*" (their responses name no resource), so a statement on
+# key, document or instance ARNs never allows them there; tests/iam/test_policies.py shows them allowed on those
+# ARNs with a real evaluator
+MOTO_RESOURCE_STAR = ("kms:DescribeKey", "ssm:SendCommand")
 
 
 @pytest.mark.parametrize("name", sorted(policies.POLICIES))
@@ -271,17 +277,19 @@ def test_every_action_is_needed_and_its_refusal_is_reported(iam_endpoint, make_u
     document = policies.load(name)
     env = make_user(document, name)
     full, full_kms = client_for(iam_endpoint, env), client_for(iam_endpoint, env, "kms")
+    full_ssm = client_for(iam_endpoint, env, "ssm")
     for action in policies.actions(document):
         assert action in policies.WHY, action
         iam_endpoint.clear_calls()
-        allowed = probe(name, action, full, iam_endpoint, site, full_kms)
-        if action.startswith("kms:"):  # KMS is not logged by the EC2 endpoint: allowed means answered
-            if action in MOTO_KMS_RESOURCE_STAR:  # moto refuses it; test_policies' real evaluator allows it
+        allowed = probe(name, action, full, iam_endpoint, site, full_kms, full_ssm)
+        if action.startswith(("kms:", "ssm:")):  # not logged by the EC2 endpoint: allowed means answered
+            if action in MOTO_RESOURCE_STAR:  # moto refuses it; test_policies' real evaluator allows it
                 assert allowed is not None and "AccessDenied" in allowed, (name, action, allowed)
             else:
                 assert allowed is None, (name, action, allowed)
             less = make_user(policies.without(document, action), name)
-            denied = probe(name, action, None, iam_endpoint, site, client_for(iam_endpoint, less, "kms"))
+            denied = probe(name, action, None, iam_endpoint, site, client_for(iam_endpoint, less, "kms"),
+                           client_for(iam_endpoint, less, "ssm"))
             assert denied is not None and "AccessDenied" in denied and action in denied, (name, action, denied)
             continue
         served = iam_endpoint.calls(action[len("ec2:"):], dry_run=True)

@@ -21,6 +21,9 @@ NEW_SNAP = "arn:aws:ec2:%s::snapshot/*" % REGION  # the snapshot a create/copy c
 VOL = "arn:aws:ec2:%s:%s:volume/vol-0123456789abcdef0" % (REGION, ACCOUNT)
 INST = "arn:aws:ec2:%s:%s:instance/i-0123456789abcdef0" % (REGION, ACCOUNT)
 KEY = "arn:aws:kms:%s:%s:key/1234abcd-12ab-34cd-56ef-1234567890ab" % (REGION, ACCOUNT)
+# (with an account: the evaluator knows no resource type for the account-less ARN of an AWS-owned document)
+VSS_DOC = "arn:aws:ssm:%s:%s:document/AWSEC2-CreateVssSnapshot" % (REGION, ACCOUNT)
+OTHER_DOC = "arn:aws:ssm:%s:%s:document/AWS-RunPowerShellScript" % (REGION, ACCOUNT)
 # AWS's default key policy: the account's IAM policies decide who may use the key (KMS Developer Guide, "Default key
 # policy"); without a key policy that lets them, no IAM policy gives access to a KMS key
 DEFAULT_KEY_POLICY = {"Version": "2012-10-17", "Statement": [
@@ -142,6 +145,13 @@ def test_tag_conditions_with_a_real_evaluator(iam_node_dir):
             case(name, "kms:DescribeKey", KEY, {}, "Allowed", DEFAULT_KEY_POLICY)
             case(name, "kms:Decrypt", KEY, {}, "ImplicitlyDenied", DEFAULT_KEY_POLICY)
             case(name, "kms:CreateGrant", KEY, {}, "ImplicitlyDenied", DEFAULT_KEY_POLICY)
+        if "ssm:SendCommand" in acts:  # AWS's VSS document on instances, no other document
+            case(name, "ssm:SendCommand", VSS_DOC, {}, "Allowed")
+            case(name, "ssm:SendCommand", INST, {}, "Allowed")
+            case(name, "ssm:SendCommand", OTHER_DOC, {}, "ImplicitlyDenied")
+            case(name, "ssm:GetCommandInvocation", "*", {}, "Allowed")
+        else:
+            case(name, "ssm:SendCommand", VSS_DOC, {}, "ImplicitlyDenied")
         if "kms:ListAliases" in acts:
             case(name, "kms:ListAliases", "*", {}, "Allowed")
         for action in ("ec2:ModifySnapshotAttribute", "ec2:DescribeSnapshotAttribute", "ec2:LockSnapshot"):
