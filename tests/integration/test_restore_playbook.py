@@ -176,6 +176,13 @@ def test_restore_refuses_a_partial_set(ec2):
         refusal = task(res, "Refuse anything but one complete set")
         assert "only a complete set is restored, never part of one" in refusal["msg"]
         assert mutating_calls(ec2) == []
+        # Windows services named for a Linux set: refused before any change
+        client.create_tags(Resources=[taken["snapshot_ids"][1]], Tags=[{"Key": "stillpoint:state", "Value": "complete"}])
+        rc, res, _raw = restore(ec2, inst, taken["set_id"], array_restore_windows_services="MSSQLSERVER")
+        assert rc != 0
+        refusal = task(res, "Refuse Windows services for a Linux set (nothing has changed yet)")
+        assert "is not a Windows set: array_restore_windows_services (MSSQLSERVER)" in refusal["msg"], refusal
+        assert mutating_calls(ec2) == []
 
 
 def test_restore_in_controller_mode(ec2):

@@ -209,3 +209,66 @@ def test_copy_beside_its_source_refused_then_brought_up_with_a_new_signature(ec2
     since = len(windows(w).state["log"])
     rc, res, _raw = restore(ec2, w, array_restore_import_clone=True, array_restore_mountpoint_map=pm)
     assert rc == 0 and task(res, UP)["changed"] is False and changes(w, since) == []
+
+
+def service_log(w, since=0):
+    """The FAKE host's log reduced to service changes, disks going offline and chkdsk runs, in order."""
+    out = []
+    for e in windows(w).state["log"][since:]:
+        if e[0] == "service":
+            out.append("%s %s" % (e[1], e[2]))
+        elif e[0] == "chkdsk":
+            out.append("chkdsk")
+        elif e[0] == "diskpart" and "offline disk" in e[1:]:
+            out.append("offline")
+    return out
+
+
+def test_windows_services_stopped_before_the_disks_go_offline_and_started_after(ec2, world):
+    w = world
+    host = windows(w)
+    host.state["services"] = {"MSSQLSERVER": {"state": "running", "dependencies": []},
+                              "SQLSERVERAGENT": {"state": "running", "dependencies": ["MSSQLSERVER"]}}
+    host.save(w["state"])
+    survey = "MSSQLSERVER, SQLSERVERAGENT"  # AWX survey text
+
+    def running():
+        return dict((n, s["state"]) for n, s in windows(w).state["services"].items())
+
+    # a service that is not installed: refused before any change
+    ec2.clear_calls()
+    rc, res, _raw = restore(ec2, w, array_restore_windows_services="MSSQLSERVER, MSSQLSERVR")
+    assert rc != 0
+    assert "MSSQLSERVR not installed" in [r for r in res.values() if r.get("failed")][0]["msg"]
+    assert mutating(ec2) == [] and changes(w) == [] and service_log(w) == []
+    assert running() == {"MSSQLSERVER": "running", "SQLSERVERAGENT": "running"}
+
+    # check mode: planned, nothing stopped
+    rc, res, _raw = restore(ec2, w, check=True, array_restore_windows_services=survey)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert service_log(w) == [] and running() == {"MSSQLSERVER": "running", "SQLSERVERAGENT": "running"}
+
+    # interrupted at the second attach: the services were stopped before the disks went offline and stay stopped
+    ec2.fail_next("AttachVolume", "UnauthorizedOperation", "injected: attach interrupted", status=403, after=1)
+    rc, res, _raw = restore(ec2, w, array_restore_windows_services=survey)
+    assert rc != 0 and "injected" in json.dumps(res)
+    first = service_log(w)
+    assert first[:2] == ["stop SQLSERVERAGENT", "stop MSSQLSERVER"], first  # the running dependent first
+    assert first[2:] == ["offline"] * 3 and "chkdsk" not in first, first
+    assert running() == {"MSSQLSERVER": "stopped", "SQLSERVERAGENT": "stopped"}
+
+    # the re-run finishes the restore and starts them once the disks are up and checked, the agent's dependency first
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w, array_restore_windows_services=survey)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    second = service_log(w, since)
+    assert second[-2:] == ["start MSSQLSERVER", "start SQLSERVERAGENT"], second
+    assert "chkdsk" in second and second.index("chkdsk") < second.index("start MSSQLSERVER"), second
+    assert not [s for s in second if s.startswith("stop")], second
+    assert running() == {"MSSQLSERVER": "running", "SQLSERVERAGENT": "running"}
+
+    # a third run: nothing to swap, the services are not touched (the read-only chkdsk runs again)
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w, array_restore_windows_services=survey)
+    assert rc == 0 and set(service_log(w, since)) <= {"chkdsk"} and changes(w, since) == []
+    print("\nWindows services: interrupted run %s; re-run %s" % (first, second))
