@@ -52,6 +52,7 @@ from tests.support.world import EmulatedInstance
 from tests.support.world import ansible_env
 from tests.support.world import run_playbook
 from tests.support.world import task
+from tests.support.procs import descendants
 
 MISSING = postgresql_missing()
 if MISSING and os.environ.get("CI") == "true":
@@ -88,25 +89,6 @@ def drill(ec2, scratch, root, set_id, check=False, **extra):
                  "restore_drill_wait_timeout": 60, "restore_drill_application_recovery_timeout": 60}
     variables.update(extra)
     return variables, run_playbook(DRILL, ec2, variables, check=check)
-
-
-def descendants(pid):
-    """The PIDs of the processes below ``pid``, read from /proc (ppid links)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(") ", 1)[-1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        kids = [p for p, pp in parents.items() if pp == parent]
-        out += kids
-        todo += kids
-    return out
 
 
 def working_under(root, pids=None):

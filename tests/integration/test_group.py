@@ -34,6 +34,8 @@ import pytest
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
+from tests.support.procs import alive
+from tests.support.procs import descendants
 from tests.support.world import ROOT
 from tests.support.world import EmulatedInstance
 from tests.support.world import ansible_env
@@ -427,34 +429,6 @@ def test_members_that_die_before_ready_release_the_others_at_once_naming_them(ec
         assert not probe_frozen(inst.mountpoints[0])
 
 
-def _descendants(pid):
-    """The pids whose parent chain leads to ``pid`` (read from /proc now)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        children = [p for p, parent in parents.items() if parent == current]
-        out += children
-        todo += children
-    return out
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    with open("/proc/%d/stat" % pid) as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_run_is_not_affected(ec2, shards, tmp_path):
     inv = inventory(tmp_path, shards)
     run_dir = tmp_path / "run"
@@ -476,11 +450,11 @@ def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_ru
                 if text[:1] == ["ready"]:
                     waiting[os.path.basename(os.path.dirname(state))] = (int(text[1]), os.path.dirname(state))
             time.sleep(0.02)
-        workers = _descendants(controller.pid)
+        workers = descendants(controller.pid)
         controller.kill()  # the controller dies with every host ready and waiting for its instant
         controller.wait()
         for pid in workers:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     finally:
         if controller.poll() is None:
@@ -489,7 +463,7 @@ def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_ru
     assert sorted(waiting) == list(HOSTS), waiting
     assert not any(os.path.exists(os.path.join(d, "go")) for _pid, d in waiting.values()), "the instant was handed over"
     members = [pid for pid, _d in waiting.values()]
-    assert all(_alive(pid) for pid in members)  # still waiting, nothing frozen
+    assert all(alive(pid) for pid in members)  # still waiting, nothing frozen
     for inst in shards:
         assert not probe_frozen(inst.mountpoints[0])
 
@@ -502,9 +476,9 @@ def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_ru
 
     # the killed run's hosts give up after their budget (ready_timeout + arm_s + 30 s), remove their directories
     deadline = time.time() + 10 + 5 + 30 + 30
-    while any(_alive(pid) for pid in members) and time.time() < deadline:
+    while any(alive(pid) for pid in members) and time.time() < deadline:
         time.sleep(0.5)
-    assert not any(_alive(pid) for pid in members)
+    assert not any(alive(pid) for pid in members)
     assert os.listdir(str(run_dir)) == []
     assert len(ec2.calls("CreateSnapshots")) == 3
     for inst in shards:

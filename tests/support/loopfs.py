@@ -23,6 +23,9 @@ import time
 
 import pytest
 
+from tests.support.procs import alive  # noqa: F401 (tests import it from here)
+from tests.support.procs import wait_gone  # noqa: F401
+
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 
@@ -56,23 +59,6 @@ def _run(argv, check=True, timeout=30):
     if check and proc.returncode != 0:
         raise RuntimeError("%s failed (rc=%s): %s" % (" ".join(argv), proc.returncode, proc.stderr.strip()))
     return proc
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pid, timeout=3.0):
-    end = time.monotonic() + timeout
-    while alive(pid):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
