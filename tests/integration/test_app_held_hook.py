@@ -9,7 +9,6 @@ the local EC2 endpoint): the generic held hook decides the level by holding on.
 - a hook that never prints READY: refused within lock_wait_timeout, the hook stopped, nothing frozen, no
   CreateSnapshots, no snapshot."""
 
-import os
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from tests.support.world import EmulatedInstance
 from tests.support.world import own_snapshots
 from tests.support.world import run_playbook
 from tests.support.world import write_playbook
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements()))
 
@@ -35,15 +35,6 @@ def run(tmp_path, ec2, inst, name, **args):
     t0 = time.monotonic()
     rc, results, _raw = run_playbook(book, ec2)
     return rc, results[TASK], time.monotonic() - t0
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open("/proc/%d/stat" % pid) as handle:
-        return handle.read().split(") ")[-1].split()[0] != "Z"
 
 
 def test_held_hook_level_follows_the_hook(tmp_path, ec2):

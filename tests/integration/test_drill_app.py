@@ -53,6 +53,7 @@ from tests.support.world import ansible_env
 from tests.support.world import run_playbook
 from tests.support.world import task
 from tests.support.procs import descendants
+from tests.support.procs import alive
 
 MISSING = postgresql_missing()
 if MISSING and os.environ.get("CI") == "true":
@@ -102,14 +103,6 @@ def working_under(root, pids=None):
             except OSError:
                 continue
     return out
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(") ", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def plan_changes_nothing(ec2, scratch, root, set_id, kind):

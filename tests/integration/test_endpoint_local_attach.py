@@ -25,6 +25,7 @@ from tests.ec2_endpoint import ROOT, Endpoint
 from tests.ec2_endpoint._local import LocalBackend
 from tests.support.loopfs import missing_requirements
 from tests.support.world import EmulatedInstance
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None,
                                 reason="loop devices unavailable: %s" % missing_requirements())
@@ -341,27 +342,19 @@ def test_server_whose_parent_dies_releases_its_loop_devices(tmp_path):
         assert loops_of(images[0]) == [made["volumes"][0]["loop_device"]]
         shell.kill()
         shell.wait()
-        wait_for(lambda: not _alive(pid), timeout=10, what="server exit after its parent died")
+        wait_for(lambda: not alive(pid), timeout=10, what="server exit after its parent died")
         pid = None
         assert loops_of(images[0]) == [] and os.listdir(tmp_path / "by-id") == []
     finally:
         if shell.poll() is None:
             shell.kill()
             shell.wait()
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             os.kill(pid, signal.SIGKILL)
         log.close()
         for image in images:
             for device in loops_of(image):
                 subprocess.run(["losetup", "-d", device], check=False)
-
-
-def _alive(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
 
 
 def test_a_later_server_on_the_same_state_dir_releases_what_a_killed_one_left(tmp_path):

@@ -23,6 +23,8 @@ from tests.unit.utils import AnsibleExitJson
 from tests.unit.utils import AnsibleFailJson
 from tests.unit.utils import patched_exits
 from tests.unit.utils import set_module_args
+from tests.support.procs import alive
+from tests.support.procs import wait_gone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,25 +44,15 @@ def run_module(monkeypatch, args, check_mode=False):
     raise AssertionError("the module neither exited nor failed")
 
 
-def _alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def guardian_pids():
     """Guardians a test started through the module: SIGTERM (thaw + exit) any left at the end."""
     pids = []
     yield pids
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGTERM)
-            end = time.monotonic() + 3
-            while _alive(pid) and time.monotonic() < end:
-                time.sleep(0.01)
+            wait_gone(pid, 3.0)
 
 
 def test_check_mode_validates_and_touches_nothing(monkeypatch, loopfs):
@@ -94,9 +86,7 @@ def test_frozen_then_thawed_by_token_then_thawed_again(monkeypatch, loopfs, guar
     assert thawed["window_ms"] > 0
     assert not any(probe_frozen(p) for p in paths)
 
-    end = time.monotonic() + 3
-    while _alive(frozen["guardian_pid"]) and time.monotonic() < end:
-        time.sleep(0.01)
+    wait_gone(frozen["guardian_pid"], 3.0)
     failed, again = run_module(monkeypatch, {"state": "thawed", "token": frozen["token"]})
     assert not failed, again
     assert again["changed"] is False and again["guardian"] == "gone"

@@ -27,6 +27,7 @@ import pytest
 
 from tests.ec2_endpoint import Endpoint
 from tests.lab.vm import VM, Lab
+from tests.support.procs import alive
 
 pytestmark = pytest.mark.lab
 
@@ -95,15 +96,6 @@ def file_sha(path, offset_mib):
     with open(path, "rb") as f:
         f.seek(offset_mib * MiB)
         return hashlib.sha256(f.read(MiB)).hexdigest()
-
-
-def alive(pid):
-    """True while ``pid`` is a process that runs (a zombie waiting for its reaper does not)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def appear(vm, path, timeout=90):

@@ -23,6 +23,7 @@ import time
 
 from tests.support import dbwriter
 from tests.support.loopfs import missing_requirements
+from tests.support.procs import alive
 
 MARIADB_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb")
 PG_BINARIES = ("initdb", "postgres", "pg_controldata", "psql")
@@ -209,20 +210,6 @@ def serving(server, start, rows=50):
         server.cleanup()
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class _Server:
     """Start/stop plumbing shared by both: a child process or an adopted daemon, stopped by PID."""
 
@@ -271,14 +258,14 @@ class _Server:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
-        elif self.pid is not None and _pid_alive(self.pid):
+        elif self.pid is not None and alive(self.pid):
             os.kill(self.pid, self.STOP_SIGNAL)
             deadline = time.monotonic() + timeout
-            while _pid_alive(self.pid) and time.monotonic() < deadline:
+            while alive(self.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _pid_alive(self.pid):
+            if alive(self.pid):
                 os.kill(self.pid, signal.SIGKILL)
-                while _pid_alive(self.pid):
+                while alive(self.pid):
                     time.sleep(0.05)
         self.proc = None
         self.pid = None
