@@ -100,6 +100,16 @@ def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
         layout = json.loads("".join(tags[k] for k in sorted(tags) if k.startswith("stillpoint:array")))
         assert layout["filesystems"] == [{"mountpoint": mp, "fstype": "ext4", "options": "rw,relatime",
                                           "members": [j]} for j, mp in enumerate(inst.mountpoints)]
+    # the array descriptor names every member: not sent per member inside the freeze, but once, after the thaw,
+    # in the CreateTags that writes the level for all of them
+    [call] = ec2.calls("CreateSnapshots")
+    sent = [v for k, v in call["params"].items() if k.endswith(".Key")]
+    assert "stillpoint:set-id" in sent and not [k for k in sent if k.startswith("stillpoint:array")]
+    with_array = [c for c in ec2.calls("CreateTags") if "stillpoint:array" in c["params"].values()]
+    assert len(with_array) == 1
+    assert sorted(v for k, v in with_array[0]["params"].items() if k.startswith("ResourceId")) == \
+        sorted(s["SnapshotId"] for s in snaps)
+    assert with_array[0]["t_start"] > call["t_end"]
 
 
 def test_check_mode_touches_nothing(tmp_path, ec2, inst):
