@@ -6,11 +6,11 @@
 A consistency-group member freezes at ``instant - lead`` on its own clock and must be frozen by the instant
 (docs/groups.md, step 7). The freeze opens with a sync of every filesystem; a writer's backlog of dirty data can
 make that sync outlast the lead, and the host then froze after the instant (a lab run saw 610 ms against a
-500 ms lead). The drain (``GroupQuiescer._drain`` and the presync one lead before the freeze) writes the backlog
-out while the member waits, nothing frozen. This script isolates its effect: the same group member (the library's
+500 ms lead). The drain (``GroupQuiescer._drain``) writes the backlog out while the member waits, nothing frozen,
+and keeps syncing until just before the freeze. This script isolates its effect: the same group member (the library's
 ``GroupQuiescer`` over a ``GuardianQuiescer``, exactly as ebs_snapshot_set builds it, without Ansible, EC2 or
 other hosts) on the same loop filesystems under the same writers, alternately with the drain and with the inner
-quiescer's ``presync`` hidden (so the group member skips the drain and the presync, as before they existed).
+quiescer's ``presync`` hidden (so the group member skips the drain, as before it existed).
 
 Setup: ``--filesystems`` ext4 loop filesystems this script makes (only those are frozen; everything is
 removed in ``finally``), one writer thread per filesystem rewriting a ``--file-mb`` file at about ``--rate-mb``
@@ -27,6 +27,7 @@ drain=<a>/<n> no-drain=<b>/<n>``
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -101,7 +102,7 @@ def one_run(plan, drain, arm_s, lead_ms):
         member.thaw()
     rec = member.record
     return {"after": rec["frozen_after_instant_ms"], "late": rec["late_ms"], "window": rec["window_ms"],
-            "early": rec["early_presync_ms"], "drained": rec["drain_presync_ms"]}
+            "presync": rec["presync"]}
 
 
 def summary(rows, key):
@@ -137,9 +138,9 @@ def main():
                 time.sleep(2.0)
                 rows[drain].append(one_run(plan, drain, args.arm, args.lead))
                 r = rows[drain][-1]
-                print("run %d %-8s frozen after the instant %8.1f ms  late %7.1f ms  window %7.1f ms  early presync %s "
-                      "drain syncs %s" % (n + 1, "drain" if drain else "no-drain", r["after"], r["late"], r["window"],
-                                          r["early"], r["drained"]), flush=True)
+                print("run %d %-8s frozen after the instant %8.1f ms  late %7.1f ms  window %7.1f ms  presync %s"
+                      % (n + 1, "drain" if drain else "no-drain", r["after"], r["late"], r["window"],
+                         json.dumps(r["presync"], sort_keys=True)), flush=True)
     finally:
         for w in writers:
             w.stop.set()

@@ -50,7 +50,9 @@ MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
 MAX_DRIFT = 100e-6  # 100 ppm: an undisciplined quartz clock; chrony keeps EC2 clocks far closer
 
 
-DRAIN_SYNCS = 8  # at most this many syncs while a member waits for its instant (GroupQuiescer._drain)
+# while a member waits for its instant (GroupQuiescer._drain): the rest between two short syncs, and the least
+# time a sync is assumed to take, in leads
+DRAIN_REST, DRAIN_FLOOR = 0.25, 0.05
 
 
 def wait_until(target, clock=time.time, sleep=time.sleep):
@@ -293,16 +295,14 @@ class GroupQuiescer:
         if hasattr(self.inner, "prepare"):
             self.inner.prepare()  # the guardian's fork, before the wait, not inside the lead
         armed = self.clock()
-        early_ms, drained = None, []
+        presync = None
         if hasattr(self.inner, "presync"):
-            # the dirty data written out while waiting (the backlog) and once more one lead before the freeze is due,
-            # nothing frozen: the sync the freeze makes first then has only the lead's writes to flush. Without them a
-            # writer's backlog made that sync outlast the lead (610 ms against a 500 ms lead in a TCG guest) and the
-            # host froze after the instant
-            lead_at = start - self.group["lead_ms"] / 1000.0
-            drained = self._drain(lead_at)
-            wait_until(lead_at, self.clock, self.sleep)
-            early_ms = self.inner.presync()
+            # the dirty data written out while waiting, nothing frozen, up to just before the freeze: the sync the
+            # freeze makes first then has only the last moments' writes to flush. Without it a writer's backlog made
+            # that sync outlast the lead (610 ms against a 500 ms lead in a TCG guest) and the host froze after the
+            # instant; with syncs that stopped early, the backlog built up again before the freeze
+            # (benchmarks/group_drain.py)
+            presync = self._drain(start)
         wait_until(start, self.clock, self.sleep)
         began = self.clock()
         out = self.inner.freeze()
@@ -310,8 +310,7 @@ class GroupQuiescer:
         self.record = {"id": self.group["id"], "instant": self.group["instant"], "lead_ms": self.group["lead_ms"],
                        "hold_ms": self.group["hold_ms"], "offset_ms": round(float(self.group["offset_s"]) * 1000.0, 3),
                        "local_instant": round(self._local(), 6), "late_ms": round((began - start) * 1000.0, 3),
-                       "waited_ms": round(max(0.0, start - armed) * 1000.0, 3), "early_presync_ms": early_ms,
-                       "drain_presync_ms": drained,
+                       "waited_ms": round(max(0.0, start - armed) * 1000.0, 3), "presync": presync,
                        "frozen_after_instant_ms": round((frozen - self._local()) * 1000.0, 3),
                        "frozen": [frozen, None], "window_ms": None}
         if self.answer is not None:
@@ -319,18 +318,29 @@ class GroupQuiescer:
         return out
 
     def _drain(self, until):
-        """Syncs back to back while the backlog stays large (the last took more than a quarter lead) and the wait
-        allows (twice the larger of one lead and the last sync's time left before ``until``: a sync that outlasts its
-        estimate delays the freeze), at most ``DRAIN_SYNCS``; their times in ms. The sync one lead before the freeze
-        then has only the writes made since the last of them."""
-        lead_ms, drained = self.group["lead_ms"], []
-        while len(drained) < DRAIN_SYNCS:
-            if drained and drained[-1] <= lead_ms / 4.0:
+        """Syncs (``presync``: ``syncfs``, nothing frozen) from now until ``until``, the freeze's start: back to back
+        while they are long (a backlog), then ``DRAIN_REST`` of a lead apart. A sync starts only with twice its
+        estimate left before ``until`` (the last sync's time, at least ``DRAIN_FLOOR`` of a lead: one that outlasts
+        its estimate would delay the freeze), and the last rest is cut so that the last sync ends just before the
+        freeze: the sync the freeze opens with then has only the writes made since. Returns a summary for the
+        host's record (which goes into a tag, so not the list): ``{"syncs", "total_ms", "max_ms", "last_ms",
+        "idle_ms"}``, ``idle_ms`` from the end of the last sync to ``until``."""
+        rest = self.group["lead_ms"] * DRAIN_REST / 1000.0
+        floor = self.group["lead_ms"] * DRAIN_FLOOR / 1000.0
+        syncs, total, longest, last, ended = 0, 0.0, 0.0, 0.0, None
+        while True:
+            need = 2.0 * max(floor, last / 1000.0)
+            if until - self.clock() < need:
                 break
-            if (until - self.clock()) * 1000.0 < 2.0 * max([lead_ms] + drained[-1:]):
-                break
-            drained.append(self.inner.presync())
-        return drained
+            if syncs and last / 1000.0 <= rest:  # the backlog is gone: rest, keeping it small
+                self.sleep(max(0.0, min(rest, until - self.clock() - need)))
+            last = float(self.inner.presync())
+            ended = self.clock()
+            syncs += 1
+            total += last
+            longest = max(longest, last)
+        return {"syncs": syncs, "total_ms": round(total, 3), "max_ms": round(longest, 3), "last_ms": round(last, 3),
+                "idle_ms": None if ended is None else round(max(0.0, until - ended) * 1000.0, 3)}
 
     def called(self, ok):
         """The run tells whether the call succeeded: only then is the freeze held until the instant + hold."""

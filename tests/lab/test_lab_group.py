@@ -131,7 +131,7 @@ def _records(vm):
 def _story(data):
     """Each host's own record of its freeze (from its member task) and the seal's view of the intervals, for an
     assertion message: a host that froze late (a sync outlasting the lead) shows in ``frozen_after_instant_ms``."""
-    keys = ("late_ms", "waited_ms", "drain_presync_ms", "early_presync_ms", "frozen_after_instant_ms", "frozen",
+    keys = ("late_ms", "waited_ms", "presync", "frozen_after_instant_ms", "frozen",
             "lead_ms", "hold_ms")
 
     def hosts(name):  # a run that failed before the task has none

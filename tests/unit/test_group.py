@@ -79,18 +79,31 @@ class SyncingInner(Inner):
         return 200.0
 
 
-def test_the_dirty_data_is_written_out_one_lead_before_the_freeze_so_the_freeze_starts_on_time():
+def syncs_end_before(inner):
+    """When each presync began (the event log opens with them); the events after them."""
+    spans, events = [], list(inner.events)
+    while events and events[0][0] == "presync":
+        spans.append(events.pop(0)[1])
+    return spans, events
+
+
+def test_long_syncs_go_back_to_back_and_stop_with_twice_their_time_to_spare_so_the_freeze_starts_on_time():
     clock = Clock(990.0)
     inner = SyncingInner(clock)
     q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
     q.freeze()
-    # freeze due at 999.95 (lead 50 ms): the early sync starts one lead before, at 999.90. This one takes 200 ms,
-    # longer than the lead, so the freeze starts when it returns (1000.10), never while it runs. Before it, syncs that
-    # never get shorter drain the backlog at most DRAIN_SYNCS times
-    assert q.record["drain_presync_ms"] == [200.0] * group.DRAIN_SYNCS
-    assert inner.events[-2] == ("presync", pytest.approx(999.90))
-    assert inner.events[-1] == ("freeze", pytest.approx(1000.10))
-    assert q.record["early_presync_ms"] == 200.0
+    # freeze due at 999.95 (lead 50 ms). Every sync takes 200 ms, longer than the lead: one starts only with 400 ms
+    # left, so the last ends 200-400 ms before the freeze, which starts on time, never while a sync runs
+    began, after = syncs_end_before(inner)
+    assert after == [("freeze", pytest.approx(999.95))]
+    assert all(b == pytest.approx(a + 0.2) for a, b in zip(began, began[1:]))  # back to back, no rest
+    assert 999.95 - 0.4 <= began[-1] + 0.2 <= 999.95 - 0.2 + 1e-9
+    presync = q.record["presync"]
+    assert presync["syncs"] == len(began) == 48
+    assert presync["max_ms"] == presync["last_ms"] == 200.0
+    assert presync["total_ms"] == pytest.approx(200.0 * len(began))
+    assert presync["idle_ms"] == pytest.approx((999.95 - began[-1] - 0.2) * 1000.0)
+    assert q.record["late_ms"] == pytest.approx(0.0)
 
 
 class BacklogInner(Inner):
@@ -100,38 +113,55 @@ class BacklogInner(Inner):
     def __init__(self, clock):
         super().__init__(clock)
         self.synced = clock() - 60.0
+        self.took = []
 
     def presync(self):
         self.events.append(("presync", self.clock()))
         took = min(2.0, 0.05 * (self.clock() - self.synced))
         self.synced = self.clock()  # what is written while it runs is left for the next one
         self.clock.now += took
+        self.took.append(took)
         return round(took * 1000.0, 3)
 
 
-def test_the_backlog_is_drained_while_waiting_so_the_sync_one_lead_before_is_short():
+def test_the_backlog_is_drained_and_kept_small_until_just_before_the_freeze():
     clock = Clock(990.0)
     inner = BacklogInner(clock)
     q = group.GroupQuiescer(inner, dict(GROUP, lead_ms=500.0), clock=clock, sleep=clock.sleep)
     q.freeze()
-    drained = q.record["drain_presync_ms"]
-    # a minute of writes: the first sync takes the 2 s cap, the next ones less and less, until one is under a quarter
-    # lead (125 ms) and the draining stops; the sync one lead before the freeze (at 999.0) has only the writes since
-    assert drained[0] == 2000.0 and drained == sorted(drained, reverse=True) and drained[-1] <= 125.0
-    assert [event[0] for event in inner.events] == ["presync"] * (len(drained) + 1) + ["freeze"]
-    assert inner.events[-2][1] == pytest.approx(999.0)
-    assert drained == [2000.0, 100.0]
-    assert q.record["early_presync_ms"] == pytest.approx(350.0)  # 7 s of writes since the last drain began: inside the lead
-    assert inner.events[-1] == ("freeze", pytest.approx(999.5))
+    began, after = syncs_end_before(inner)
+    # a minute of writes: the first sync takes the 2 s cap, the next 100 ms (2 s of writes), then the backlog is
+    # gone (under a quarter lead, 125 ms) and the syncs come a 125 ms rest apart, each flushing 7-11 ms, up to
+    # the freeze at 999.5: the last ends with twice its floor (25 ms, a twentieth of the lead) or less to spare,
+    # so the sync the freeze opens with has only those last milliseconds of writes
+    assert inner.took[:2] == [2.0, pytest.approx(0.1)]
+    assert all(took < 0.012 for took in inner.took[2:]) and len(inner.took) > 50
+    assert all(b - a == pytest.approx(0.125, abs=0.01) for a, b in zip(began[3:-1], began[4:-1]))
+    assert after == [("freeze", pytest.approx(999.5))]
+    presync = q.record["presync"]
+    assert presync["syncs"] == len(began) and presync["max_ms"] == 2000.0
+    assert 0.0 < presync["idle_ms"] <= 50.0
+    assert presync["idle_ms"] == pytest.approx((999.5 - began[-1] - inner.took[-1]) * 1000.0)
+    assert q.record["late_ms"] == pytest.approx(0.0)
+    # the sync before the freeze had the writes since the one before it began: a rest and a little more
+    assert presync["last_ms"] == pytest.approx(50.0 * (began[-1] - began[-2]))
 
 
-def test_no_drain_when_the_wait_is_shorter_than_a_lead():
-    clock = Clock(999.84)
+def test_no_drain_when_the_wait_is_shorter_than_twice_the_floor():
+    clock = Clock(999.945)
     inner = SyncingInner(clock)
     q = group.GroupQuiescer(inner, GROUP, clock=clock, sleep=clock.sleep)
     q.freeze()
-    assert q.record["drain_presync_ms"] == []  # 60 ms to the lead's sync: less than two leads, none started
-    assert inner.events[0] == ("presync", pytest.approx(999.90))
+    # 5 ms to the freeze, the floor is 2.5 ms (a twentieth of the 50 ms lead): none started
+    assert q.record["presync"] == {"syncs": 0, "total_ms": 0.0, "max_ms": 0.0, "last_ms": 0.0, "idle_ms": None}
+    assert inner.events == [("freeze", pytest.approx(999.95))]
+
+
+def test_a_freezer_without_presync_is_not_drained():
+    clock = Clock(990.0)
+    q = group.GroupQuiescer(Inner(clock), GROUP, clock=clock, sleep=clock.sleep)
+    q.freeze()
+    assert q.record["presync"] is None
 
 
 def test_the_hosts_record_is_offered_for_the_catalog_only_once_thawed():
