@@ -170,6 +170,7 @@ bench: deps
 	$(BIN)/python benchmarks/freeze_window.py
 	$(BIN)/python benchmarks/restore.py
 	$(BIN)/python benchmarks/app_quiesce.py
+	$(BIN)/python benchmarks/app_quiesce.py --busy-s 3
 	$(BIN)/python benchmarks/group_window.py
 	$(BIN)/python benchmarks/group_drain.py
 	$(BIN)/python benchmarks/fleet.py --quick

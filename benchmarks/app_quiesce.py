@@ -26,7 +26,15 @@ release is included).
 Each repetition runs both (alternating which goes first) on the same server and writer. Only the filesystems
 this script made are frozen. Everything started (endpoint, servers, loop devices) is stopped in ``finally``.
 
+``--busy-s S`` (default 0: none) adds a long write statement to each backup: another session runs
+``UPDATE w.c SET n = n + 1 WHERE SLEEP(S) = 0`` on a table the writer never touches, started before the backup
+and seen running in the process list. What the two locks do with it is the server's: the run prints the writer's
+stall either way. (A 3 s ``SELECT SLEEP(3) FROM w.a`` was tried first: Debian's MariaDB let
+``FLUSH TABLES WITH READ LOCK`` through at once, stock's stall stayed its freeze window; a SELECT is not the lock
+queue.) The scenario and S are this script's choice, not a measured workload.
+
 Usage: python benchmarks/app_quiesce.py [--runs 3] [--volumes 2,4] [--threshold-ms 25] [--call-latency-ms 0]
+       [--busy-s 0]
 Last line:  app-stall ratio ours/stock=<x> (2 volumes) <y> (4 volumes); ours/filesystem-freeze-window=<z>
 (x, y: median longest commit gap, ours over stock; z: ours' median longest commit gap over the module's median
 freeze_window_ms, the larger of the volume counts measured).
@@ -158,17 +166,42 @@ def run_stock(inst, ec2, server):
                     "creates": len(ec2.calls("CreateSnapshot"))}
 
 
-def measure(approach, workdir, inst, ec2, server, writer, threshold_ms):
+def start_busy(server, seconds):
+    """A session running one write statement for ``seconds`` on table ``c`` (the writer never touches it); returns once
+    the server runs it."""
+    server.sql("CREATE TABLE IF NOT EXISTS w.c (n INT PRIMARY KEY) ENGINE=InnoDB; INSERT IGNORE INTO w.c VALUES (1)")
+    busy = subprocess.Popen(server.client() + ["-e", "UPDATE w.c SET n = n + 1 WHERE SLEEP(%g) = 0" % seconds],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 10.0
+    while time.time() < deadline:
+        _rc, out, _err = server.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'UPDATE w.c %'")
+        if out.strip() not in ("", "0"):
+            time.sleep(0.3)
+            return busy
+        time.sleep(0.05)
+    busy.kill()
+    raise SystemExit("the long write statement did not start: %s" % busy.stderr.read())
+
+
+def measure(approach, workdir, inst, ec2, server, writer, threshold_ms, busy_s=0.0):
     settle(writer, 0.5)
     ec2.clear_calls()
-    if approach == "ours":
-        t0, t1, row = run_ours(workdir, inst, ec2, server)
-    else:
-        t0, t1, row = run_stock(inst, ec2, server)
+    started = time.time()
+    busy = start_busy(server, busy_s) if busy_s > 0 else None
+    try:
+        if approach == "ours":
+            t0, t1, row = run_ours(workdir, inst, ec2, server)
+        else:
+            t0, t1, row = run_stock(inst, ec2, server)
+    finally:
+        if busy is not None:
+            busy.wait(timeout=busy_s + 60)
+    busy_ran = time.time() - started if busy is not None else 0.0
     writer.wait_for(len(writer.done) + 10)
     time.sleep(AFTER_S)
     row["max_gap_ms"], row["over_ms"], row["commits"] = stall(writer, t0, t1, threshold_ms)
     row["wall_s"] = t1 - t0
+    row["busy_s"] = busy_ran  # from its start to its end (its statement, and the client around it)
     return row
 
 
@@ -180,6 +213,9 @@ def main():
     parser.add_argument("--call-latency-ms", type=int, default=0,
                         help="added by the endpoint to every CreateSnapshot and CreateSnapshots call (default 0: the "
                              "local endpoint answers in a few ms; EC2's own latency is not modelled)")
+    parser.add_argument("--busy-s", type=float, default=0.0,
+                        help="a write statement on another table runs this many seconds when each backup starts "
+                             "(0: none)")
     args = parser.parse_args()
     missing = mariadb_missing()
     if missing:
@@ -212,12 +248,14 @@ def main():
                             order = approaches if rep % 2 == 0 else tuple(reversed(approaches))
                             for approach in order:
                                 row = measure(approach, pathlib.Path(workdir), inst, ec2, server, writer,
-                                              args.threshold_ms)
+                                              args.threshold_ms, args.busy_s)
                                 runs[approach].append(row)
                                 print("run %d %-5s %d volumes: longest commit gap %8.1f ms, sum over %g ms %8.1f ms, "
-                                      "freeze %7.1f ms, held %7.1f ms, create calls %d"
+                                      "freeze %7.1f ms, held %7.1f ms, create calls %d%s"
                                       % (rep + 1, approach, n, row["max_gap_ms"], args.threshold_ms, row["over_ms"],
-                                         row["freeze_ms"], row["held_ms"], row["creates"]), flush=True)
+                                         row["freeze_ms"], row["held_ms"], row["creates"],
+                                         ", the write statement ran %.2f s" % row["busy_s"] if row["busy_s"] else ""),
+                                      flush=True)
                         for approach in approaches:
                             table[(approach, n)] = dict(
                                 (key, statistics.median(r[key] for r in runs[approach]))
@@ -234,8 +272,9 @@ def main():
 
     print()
     print("median of %d runs; MariaDB writer (one session, two-table transactions, sync_binlog=1) on ext4 loop "
-          "filesystems in /tmp, one per volume; endpoint on 127.0.0.1, snapshots complete at once, added call latency %d ms"
-          % (args.runs, args.call_latency_ms))
+          "filesystems in /tmp, one per volume; endpoint on 127.0.0.1, snapshots complete at once, added call latency %d ms; "
+          "%s" % (args.runs, args.call_latency_ms, "a %g s write statement on another table running at each backup"
+                  % args.busy_s if args.busy_s > 0 else "no other statement"))
     for n in counts:
         b_max, b_over, b_commits, b_med = baseline[n]
         print("baseline %d volumes (2 s, no backup): median commit %.1f ms, longest %.1f ms, sum over %g ms %.1f ms "
@@ -259,7 +298,8 @@ def main():
               "ours longest gap / ours freeze window=%.2f" % (
                   n, ratios[-1], 1 / ratios[-1], ours["over_ms"] / stock["over_ms"] if stock["over_ms"] else float("nan"),
                   windows[-1]))
-    print("app-stall ratio ours/stock=%s; ours/filesystem-freeze-window=%.2f" % (
+    print("app-stall ratio%s ours/stock=%s; ours/filesystem-freeze-window=%.2f" % (
+        " with a %g s write statement" % args.busy_s if args.busy_s > 0 else "",
         " ".join("%.3f (%d volumes)" % (r, n) for r, n in zip(ratios, counts)), max(windows)))
 
 
