@@ -149,14 +149,46 @@ def parse_disk_rows(text):
     return out
 
 
-def parse_volume_rows(text):
-    """diskpart's volume table (``detail disk``, ``list volume``) -> ``[{"number", "letter"}]``."""
+VOLUME_COLUMNS = ("Ltr", "Label", "Fs", "Type", "Size", "Status", "Info")
+IDENTITY = ("label", "fs", "size")  # a volume's look in the catalog (volume_identity)
+
+
+def parse_volume_rows(text, first_table=False):
+    """diskpart's volume tables (``detail disk``, ``list volume``) -> ``[{"number", "letter", "label", "fs", "type",
+    "size", "status", "info"}]``: each cell cut at its header's column positions (a size is right-aligned under its
+    header, inside the column). A table ends at the first line that is neither a row nor its dashes;
+    ``first_table``: the rows of the first table only."""
     out = []
-    for header, line, number in _table_rows((text or "").splitlines(), "Volume"):
-        ltr_at = header.find("Ltr")
-        letter = line[ltr_at:ltr_at + 3].strip() if ltr_at >= 0 else ""
-        out.append({"number": number, "letter": letter or None})
+    header = None
+    for line in (text or "").splitlines():
+        if re.match(r"^\s*Volume ###", line):
+            if first_table and out:
+                break
+            header = line
+            continue
+        if header is None:
+            continue
+        m = re.match(r"^\s*\*?\s*Volume (\d+)\s", line)
+        if not m:
+            if not line.strip().startswith("-"):
+                header = None  # the table ended
+                if first_table and out:
+                    break
+            continue
+        pos = [header.find(c) for c in VOLUME_COLUMNS]
+        if min(pos) < 0:
+            continue  # not a table this version reads
+        pos.append(len(line) + 1)
+        cell = dict((c, line[pos[i]:pos[i + 1]].strip()) for i, c in enumerate(VOLUME_COLUMNS))
+        out.append({"number": int(m.group(1)), "letter": cell["Ltr"] or None, "label": cell["Label"], "fs": cell["Fs"],
+                    "type": cell["Type"], "size": cell["Size"], "status": cell["Status"], "info": cell["Info"]})
     return out
+
+
+def volume_identity(row):
+    """What a volume looked like in diskpart's volume table (label, file system, size, as diskpart prints them): the
+    catalog records it per volume, so that a restore tells apart volumes that lie on the same disks."""
+    return dict((k, row[k]) for k in IDENTITY if (row or {}).get(k))
 
 
 def parse_disk_details(text):
@@ -281,11 +313,13 @@ def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True
     if problems:
         raise StillpointError("preflight on the Windows host refused the snapshot: " + "; ".join(problems),
                               problems=problems, writers=writers, agent_version=version)
+    rows = dict((r["number"], r) for r in parse_volume_rows(raw.get("diskpart_disks")))
     array = []
     for path in paths:
         nums = [r["number"] for r in selected[path]["disks"]]
         array.append({"path": path, "volume": selected[path]["volume"], "disks": nums,
-                      "volume_ids": [disk_volume_id(disks[n]) for n in nums]})
+                      "volume_ids": [disk_volume_id(disks[n]) for n in nums],
+                      "identity": volume_identity(rows.get(selected[path]["volume"]))})
     volume_ids = []
     for n in member_disks:
         vid = disk_volume_id(disks[n])
@@ -419,6 +453,18 @@ def _find_snapshots(ec2, set_id, expect, tries=3, sleep=time.sleep):
     return snaps
 
 
+def layout(pre):
+    """The set's array descriptor (``stillpoint:array``) from :func:`preflight`'s plan: each volume's path, the EBS
+    volumes it lies on and, where diskpart showed it, what it looked like (``identity``)."""
+    volumes = []
+    for m in pre["members"]:
+        entry = {"path": m["path"], "volume_ids": m["volume_ids"]}
+        if m.get("identity"):
+            entry["identity"] = m["identity"]
+        volumes.append(entry)
+    return {"kind": "windows-volumes", "volumes": volumes}
+
+
 def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=None):
     """The whole procedure. ``execute(module, args)`` runs a module on the Windows host and returns its result;
     ``aws.client(service, ...)`` gives boto3 clients (plugin_utils/_aws.TaskAWS)."""
@@ -442,7 +488,7 @@ def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=N
     for m in pre["members"]:
         for vid in m["volume_ids"]:
             mounts.setdefault(vid, []).append(m["path"])
-    array = {"kind": "windows-volumes", "volumes": [dict((k, m[k]) for k in ("path", "volume_ids")) for m in pre["members"]]}
+    array = layout(pre)
     result = {"changed": not check_mode, "instance_id": instance_id, "agent_version": pre["agent_version"],
               "members": plan["members"], "array": array, "writers": pre["writers"], "method": "ssm",
               "copy_only": params["copy_only"], "exclude_boot_volume": plan["exclude_boot_volume"]}

@@ -45,28 +45,8 @@ CHKDSK_RC = {0: "no errors found", 1: "errors found and fixed", 2: "cleanup not 
 
 def parse_list_volume(text):
     """diskpart's ``list volume`` table (the first volume table of ``text``) -> ``[{"number", "letter", "label",
-    "fs", "type", "status", "info"}]`` (columns cut at the header's positions)."""
-    out = []
-    header = None
-    cols = ["Ltr", "Label", "Fs", "Type", "Size", "Status", "Info"]
-    for line in (text or "").splitlines():
-        if header is None:
-            if re.match(r"^\s*Volume ###", line):
-                header = line
-            continue
-        m = re.match(r"^\s*\*?\s*Volume (\d+)\s", line)
-        if not m:
-            if out or not line.strip().startswith("-"):
-                break
-            continue
-        pos = [header.find(c) for c in cols]
-        if min(pos) < 0:
-            break
-        pos.append(len(line) + 1)
-        cell = dict((c, line[pos[i]:pos[i + 1]].strip()) for i, c in enumerate(cols))
-        out.append({"number": int(m.group(1)), "letter": cell["Ltr"] or None, "label": cell["Label"],
-                    "fs": cell["Fs"], "type": cell["Type"], "status": cell["Status"], "info": cell["Info"]})
-    return out
+    "fs", "type", "size", "status", "info"}]`` (:func:`_vss.parse_volume_rows`)."""
+    return vss.parse_volume_rows(text, first_table=True)
 
 
 def parse_selected_volumes(text):
@@ -204,7 +184,7 @@ def expected_volumes(layout, new_ids, sources, path_map=None, import_clone=False
         if import_clone and (path not in path_map or target in recorded):
             problems.append("import_clone needs a new drive letter or mount folder for %s (path map, never one of the "
                             "set's own: %s)" % (path, ", ".join(recorded)))
-        out.append({"path": path, "target": target, "disks": sorted(disks)})
+        out.append({"path": path, "target": target, "disks": sorted(disks), "identity": vol.get("identity") or {}})
     if problems:
         raise StillpointError("refusing the Windows host step (nothing was changed): " + "; ".join(problems),
                               problems=problems)
@@ -261,22 +241,54 @@ def plan_disks(facts, new_ids, import_clone=False, new_id=None):
     return steps
 
 
+def candidates(facts, w):
+    """The volumes that may be ``w`` (:func:`expected_volumes`): those on exactly its disks; where several are, and the
+    catalog recorded what ``w`` looked like (label, file system, size, as diskpart prints them), those that look so."""
+    on = [v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
+          and len(v["disks"]) == len(w["disks"])]
+    look = w.get("identity") or {}
+    if len(on) > 1 and look:
+        on = [v for v in on if all((v.get(k) or "") == value for k, value in look.items())]
+    return on
+
+
+def _at(facts, vol, target):
+    """Whether ``vol`` is at ``target`` (its drive letter, or a mount folder of it)."""
+    if LETTER_RE.match(target):
+        return (vol["letter"] or "").upper() == target[0].upper()
+    return facts["paths"].get(target) == vol["number"]
+
+
 def plan_paths(facts, wanted):
     """The drive letter / mount folder steps of one round for ``wanted`` (:func:`expected_volumes`), or raises."""
     problems = []
     steps = []
     taken = dict((v["letter"].upper(), v) for v in facts["volumes"] if v["letter"])
+    restored = [w["disks"] for w in wanted]
+    freed = set()  # (volume number, letter) removals planned in this round
+
+    def free(vol, what):
+        if (vol["number"], vol["letter"].upper()) not in freed:
+            freed.add((vol["number"], vol["letter"].upper()))
+            steps.append({"volume": vol["number"], "disks": sorted(d for d in vol["disks"] if d), "op": "remove_letter",
+                          "letter": vol["letter"].upper(), "what": "volume %d: letter %s: removed (%s)" % (
+                              vol["number"], vol["letter"].upper(), what)})
+
     for w in wanted:
-        matches = [v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
-                   and len(v["disks"]) == len(w["disks"])]
+        matches = candidates(facts, w)
         target = w["target"]
         letter = target[0].upper() if LETTER_RE.match(target) else None
-        here = [v for v in matches if (letter and (v["letter"] or "").upper() == letter)
-                or (not letter and facts["paths"].get(target) == v["number"])]
-        if len(matches) > 1 and not here:
-            problems.append("%s: %d volumes lie on %s (%s); which one was %s is not recorded" % (
+        here = [v for v in matches if _at(facts, v, target)]
+        if len(matches) > 1 and (not here or not w.get("identity")):
+            look = ", ".join("%s %s" % kv for kv in sorted(w["identity"].items())) if w.get("identity") else None
+            problems.append("%s: %d volumes lie on %s (%s); %s" % (
                 w["path"], len(matches), ", ".join(w["disks"]), ", ".join("volume %d" % v["number"] for v in matches),
-                w["path"]))
+                "the catalog's record of it (%s) fits each of them" % look if look else
+                "which one was %s is not recorded (a set taken before this version)" % w["path"]))
+            continue
+        if not matches and w.get("identity") and candidates(facts, dict(w, identity={})):
+            problems.append("%s: no volume on %s looks as the catalog recorded it (%s)" % (
+                w["path"], ", ".join(w["disks"]), ", ".join("%s %s" % kv for kv in sorted(w["identity"].items()))))
             continue
         if not matches:
             problems.append("%s: no volume lies on exactly %s (is the pack imported and healthy?)"
@@ -293,14 +305,15 @@ def plan_paths(facts, wanted):
         if letter:
             holder = taken.get(letter)
             if holder is not None and holder["number"] != vol["number"]:
-                held_on = ", ".join(d or "a non-EBS disk" for d in holder["disks"])
-                problems.append("drive letter %s: is held by volume %d (on %s), not by the restored %s; free it first, "
-                                "or give a path map" % (letter, holder["number"], held_on, w["path"]))
-                continue
+                if sorted(d for d in holder["disks"] if d) not in restored:
+                    held_on = ", ".join(d or "a non-EBS disk" for d in holder["disks"])
+                    problems.append("drive letter %s: is held by volume %d (on %s), not by the restored %s; free it "
+                                    "first, or give a path map" % (letter, holder["number"], held_on, w["path"]))
+                    continue
+                # another restored volume came up with it (Windows' choice on arrival): it gets its own next
+                free(holder, "given by Windows on arrival; wanted by %s" % w["path"])
             if vol["letter"]:
-                steps.append(dict(base, op="remove_letter", letter=vol["letter"].upper(),
-                                  what="volume %d: letter %s: removed (given by Windows on arrival)" % (
-                                      vol["number"], vol["letter"].upper())))
+                free(vol, "given by Windows on arrival")
             steps.append(dict(base, op="assign", letter=letter, what="volume %d (%s) gets %s:" % (
                 vol["number"], ", ".join(w["disks"]), letter)))
         else:
@@ -388,9 +401,7 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
         actions += [dict(what=s["what"], planned=False) for s in steps]
     volumes = []
     for w in wanted:
-        vol = next(v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
-                   and (((v["letter"] or "").upper() == w["target"][0]) if LETTER_RE.match(w["target"])
-                        else facts["paths"].get(w["target"]) == v["number"]))
+        vol = next(v for v in candidates(facts, w) if _at(facts, v, w["target"]))
         volumes.append({"path": w["path"], "target": w["target"], "volume": vol["number"], "disks": w["disks"],
                         "type": vol["type"], "status": vol["status"]})
     checks = []

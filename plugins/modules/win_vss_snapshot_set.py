@@ -170,9 +170,14 @@ vss_set_id:
   returned: success
   type: str
 array:
-  description: The named volumes and their EBS volume ids (recorded in C(stillpoint:array)).
+  description:
+    - The named volumes and their EBS volume ids (recorded in C(stillpoint:array)), C(kind=windows-volumes).
+    - Each of C(volumes) is C(path), C(volume_ids) and C(identity), what the volume looked like in diskpart's volume
+      table (C(label), C(fs), C(size)); a restore tells apart volumes on the same disks by it.
   returned: always
   type: dict
+  sample: {"kind": "windows-volumes", "volumes": [{"path": "E:\\", "volume_ids": ["vol-0bbbbbbbbbbbbbbb1"],
+           "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}]}
 writers:
   description: The VSS writers (C(name), C(state), C(last_error), ...) as the preflight read them; on failure, as
     read after the failed run.

@@ -100,7 +100,8 @@ def test_complete_application_set(ec2, world):
     assert rec["state"] == "complete" and rec["level"] == "application" and rec["procedure"] == "win_vss_snapshot_set"
     assert [m["source_volume"] for m in rec["members"]] == world["array"]
     assert rec["members"][0]["mountpoints"] == ["E:\\"] and rec["members"][2]["mountpoints"] == ["F:\\"]
-    assert rec["array"]["volumes"][0] == {"path": "E:\\", "volume_ids": world["array"][:2]}
+    assert rec["array"]["volumes"][0] == {
+        "path": "E:\\", "volume_ids": world["array"][:2], "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}
     assert res["vss_set_id"] == agent.runs[0]["vss_set_id"].strip("{}").lower()
     for s in remaining:
         tags = dict((t["Key"], t["Value"]) for t in s["Tags"])

@@ -73,8 +73,15 @@ def test_normalize_member_refuses_other_forms():
 def test_preflight_maps_the_spanned_volume_and_the_partition():
     plan = vss.preflight(facts(), ["E:\\", "F:\\"])
     assert plan["volume_ids"] == VOLS and plan["disks"] == [1, 2, 3] and plan["agent_version"] == "2.5.1"
-    assert plan["members"][0] == {"path": "E:\\", "volume": 2, "disks": [1, 2], "volume_ids": VOLS[:2]}
+    # what each volume looked like in diskpart's detail disk tables goes into the catalog (a restore tells apart
+    # volumes on the same disks by it)
+    assert plan["members"][0] == {"path": "E:\\", "volume": 2, "disks": [1, 2], "volume_ids": VOLS[:2],
+                                  "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}
     assert plan["members"][1]["volume_ids"] == [VOLS[2]]
+    assert plan["members"][1]["identity"] == {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}
+    assert vss.layout(plan) == {"kind": "windows-volumes", "volumes": [
+        {"path": "E:\\", "volume_ids": VOLS[:2], "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}},
+        {"path": "F:\\", "volume_ids": [VOLS[2]], "identity": {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}}]}
 
 
 def refusal(raw, members=("E:\\", "F:\\"), **kw):

@@ -10,9 +10,11 @@ import os
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _win_restore as win
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 from tests.fakes.vss import disks as fake
+from tests.fakes.vss import fake_windows_facts
 
 BOOT, A, B, C = "vol-0aaaaaaaaaaaaaaa0", "vol-0bbbbbbbbbbbbbbb1", "vol-0ccccccccccccccc2", "vol-0ddddddddddddddd3"
 NA, NB, NC = "vol-01111111111111111", "vol-02222222222222222", "vol-03333333333333333"
@@ -113,6 +115,66 @@ def test_down_up_in_place_imports_the_foreign_pack_and_gives_the_letters_back():
     since = len(h.state["log"])
     again = win.up(params(), executor(h))
     assert again["changed"] is False and diskpart_lines(h, since) == []
+
+
+def shared_pack_host(log_label="SQLLOG", log_size_gb=5):
+    """E: (spanned) and G: (striped) on the same two dynamic disks A+B; F: alone on C."""
+    pack = fake.dynamic_pack("grp1", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1], "size_gb": 13},
+                              {"key": "vG", "label": log_label, "type": "Stripe", "disks": [0, 1],
+                               "size_gb": log_size_gb}])
+    h = host()
+    h.state["content"][A], h.state["content"][B] = pack
+    h.state["letters"] = {h.volume_key(A, "vE"): "E", h.volume_key(A, "vG"): "G", h.volume_key(C, "part1"): "F"}
+    return h
+
+
+def shared_pack_layout(h):
+    """The set's array descriptor as win_vss_snapshot_set records it, from the FAKE host's own diskpart output."""
+    raw = dict(fake_windows_facts([A, B, C], boot_volume_id=BOOT), **h.vss_facts(["E:\\", "G:\\", "F:\\"]))
+    return vss.layout(vss.preflight(raw, ["E:", "G:", "F:"]))
+
+
+def test_volumes_on_the_same_disks_are_told_apart_by_what_the_catalog_recorded():
+    h = shared_pack_host()
+    layout = shared_pack_layout(h)
+    assert [(v["path"], v["volume_ids"], v["identity"]) for v in layout["volumes"]] == [
+        ("E:\\", [A, B], {"label": "SQLDATA", "fs": "NTFS", "size": "13 GB"}),
+        ("G:\\", [A, B], {"label": "SQLLOG", "fs": "NTFS", "size": "5 GB"}),
+        ("F:\\", [C], {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"})]
+    win.down(params(layout=layout, volume_ids=[A, B, C]), executor(h))
+    swap(h, [(A, NA), (B, NB), (C, NC)])
+    since = len(h.state["log"])
+    done = win.up(params(layout=layout), executor(h))
+    # the imported pack's two volumes arrived with letters Windows chose (the log volume took E:, the data volume
+    # D:); each got its own back, by its look: E: freed from the sibling first, never from a volume not restored
+    assert diskpart_lines(h, since)[-4:] == ["remove letter=E", "remove letter=D", "assign letter=E", "assign letter=G"]
+    vols = dict((h.state["letters"].get(v["key"]), v["label"]) for v in h.volumes())
+    assert vols == {"E": "SQLDATA", "G": "SQLLOG", "F": "BACKUP"}
+    assert sorted((v["target"], v["type"]) for v in done["volumes"]) == [
+        ("E:\\", "Spanned"), ("F:\\", "Partition"), ("G:\\", "Stripe")]
+    assert sorted(c["path"] for c in done["chkdsk"] if c["ok"]) == ["E:\\", "F:\\", "G:\\"]
+    assert win.up(params(layout=layout), executor(h))["changed"] is False
+
+
+def test_volumes_on_the_same_disks_are_refused_when_the_catalog_cannot_tell_them_apart():
+    # a set taken before the catalog recorded the volumes' look
+    h = shared_pack_host()
+    old = {"kind": "windows-volumes", "volumes": [dict((k, v[k]) for k in ("path", "volume_ids"))
+                                                  for v in shared_pack_layout(h)["volumes"]]}
+    win.down(params(layout=old, volume_ids=[A, B, C]), executor(h))
+    swap(h, [(A, NA), (B, NB), (C, NC)])
+    with pytest.raises(StillpointError, match=r"E:\\: 2 volumes lie on .*which one was E:\\ is not recorded"):
+        win.up(params(layout=old), executor(h))
+    # two volumes that look alike (same label, file system and size): refused too, never guessed
+    twin = shared_pack_host(log_label="SQLDATA", log_size_gb=13)
+    layout = shared_pack_layout(twin)
+    win.down(params(layout=layout, volume_ids=[A, B, C]), executor(twin))
+    swap(twin, [(A, NA), (B, NB), (C, NC)])
+    with pytest.raises(StillpointError, match=r"the catalog's record of it \(fs NTFS, label SQLDATA, size 13 GB\) "
+                                              r"fits each of them"):
+        win.up(params(layout=layout), executor(twin))
+    assert not any(line.startswith("assign letter=E") for line in diskpart_lines(twin))
 
 
 def test_copy_beside_its_source_refused_then_brought_up_with_a_new_signature():

@@ -324,6 +324,21 @@ class FakeWindowsDisks:
                 return n, v
         return None
 
+    def vss_facts(self, members):
+        """The disk facts win_vss_snapshot_set.ps1 returns for ``members`` (paths as the module passes them): Get-Disk,
+        diskpart's ``list disk`` and ``select disk N`` + ``detail disk`` of every disk, ``select volume`` + ``detail
+        volume`` per member; for fake_windows_facts (tests/fakes/vss/windows.py) in place of its fixtures, so that a
+        set is taken from the same FAKE host a restore then meets."""
+        disks, vols = self.numbered()
+        head = DP_HEAD % self.state["computer_name"]
+        out = {"disks": self.get_disk(disks), "diskpart_members": {},
+               "diskpart_disks": head + self.list_disk(disks) + "".join(self.detail_disk(d, vols) for d in disks)}
+        for member in members:
+            found = self.find_volume(member.rstrip("\\").rstrip(":"), vols)
+            out["diskpart_members"][member] = head + (self.detail_volume(found[0], found[1], disks) if found else
+                                                      "There is no volume selected.\n")
+        return out
+
     def gather(self, params, imds=None):
         """What Get-EbsArrayDisks.ps1 returns."""
         disks, vols = self.numbered()
