@@ -32,6 +32,7 @@ MUTATING = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume")
 CHANGING = ("Create", "Attach", "Detach", "Delete", "Modify", "Enable", "Disable")
 PROVE = "Read which instance the play host is (its own instance metadata, IMDSv2)"
 REFUSE_HOST = "Refuse a play host that is not the target instance (nothing has changed yet)"
+PLAN = "Plan of the swap and the host steps (check mode, volumes not created yet)"
 
 
 def backup(ec2, inst, mode="host"):
@@ -89,6 +90,9 @@ def test_restore_check_mode_real_run_and_rerun(ec2, layout):
         assert all(checksum(p) != s for p, s in sums.items())  # nothing was touched
         planned = task(res, "Create the volumes from the set in the instance's zone (before any downtime)")
         assert len(planned["volumes_to_create"]) == 3
+        # the plan names the host's steps (the Windows task, skipped here, once overwrote them with its skip)
+        [host_line] = [line for line in task(res, PLAN)["msg"] if line.startswith("host: ")]
+        assert all("unmount %s" % mp in host_line for mp in inst.mountpoints), host_line
 
         ec2.clear_calls()
         rc, res, _raw = restore(ec2, inst, taken["set_id"])
