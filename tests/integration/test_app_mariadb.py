@@ -89,6 +89,23 @@ def restore(ec2, inst, server, set_id, **extra):
     return app, time.monotonic() - t0
 
 
+def restored_within_the_lock(ec2, inst, server, set_id, k_lock, k_release, record):
+    """restore.yml of ``set_id`` with the application step; the proof: the rows are 1..k (boundary), k between the
+    writer's count when the lock was taken and when it was released, and the binlog position the catalog recorded is
+    the restored server's, as app_recover reported it and as the server itself says. Returns (app_recover's result,
+    restore seconds, k)."""
+    got, restore_s = restore(ec2, inst, server, set_id)
+    k = boundary(server)
+    assert k_lock <= k <= k_release, (k_lock, k, k_release)
+    pos = got["position"]
+    assert pos["matches"] is True and pos["problems"] == [], pos
+    assert (pos["restored"]["binlog_position"], pos["restored"]["gtid"]) == (
+        record["binlog_position"], record["gtid"]), pos
+    logs = dict(line.split("\t")[:2] for line in server.sql("SHOW BINARY LOGS")[1].splitlines())
+    assert int(logs[record["binlog_file"]]) == record["binlog_position"], logs
+    return got, restore_s, k
+
+
 def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
     with EmulatedInstance(ec2, n=2, size_mb=256, layout="filesystems", local=True) as inst:
         data_mnt, log_mnt = inst.mountpoints
@@ -127,16 +144,7 @@ def test_mariadb_backup_under_load_restores_to_a_transaction_boundary(ec2):
             plan = task(res, "Plan of the swap and the host steps (check mode, volumes not created yet)")["msg"]
             assert "then start mariadb, wait for its recovery, check it and compare it" in " ".join(plan), plan
             assert not os.path.exists(server.socket) and not os.path.exists(server.pid_file())
-            got, restore_s = restore(ec2, inst, server, taken["set_id"])
-            k = boundary(server)
-            assert k_lock <= k <= k_release, (k_lock, k, k_release)
-            pos = got["position"]
-            assert pos["matches"] is True and pos["problems"] == [], pos
-            assert pos["restored"]["binlog_position"] == record["binlog_position"], pos
-            assert pos["restored"]["gtid"] == record["gtid"], pos
-            # the server's own view agrees with what app_recover reported
-            logs = dict(line.split("\t")[:2] for line in server.sql("SHOW BINARY LOGS")[1].splitlines())
-            assert int(logs[record["binlog_file"]]) == record["binlog_position"], logs
+            got, restore_s, k = restored_within_the_lock(ec2, inst, server, taken["set_id"], k_lock, k_release, record)
 
             # the same backup without the quiescer: crash recovery, nothing recorded to compare
             server.stop()
@@ -192,13 +200,7 @@ def test_controller_mode_set_restores_to_a_transaction_boundary(ec2):
             assert level == "application" and record["confirmed"] is True, record
             written = len(writer.done)
             server.destroy()
-            got, restore_s = restore(ec2, inst, server, taken["set_id"])
-            k = boundary(server)
-            assert k_lock <= k <= k_release, (k_lock, k, k_release)
-            pos = got["position"]
-            assert pos["matches"] is True and pos["problems"] == [], pos
-            assert (pos["restored"]["binlog_position"], pos["restored"]["gtid"]) == (
-                record["binlog_position"], record["gtid"]), pos
+            got, restore_s, k = restored_within_the_lock(ec2, inst, server, taken["set_id"], k_lock, k_release, record)
             print("\nrestore figures (MariaDB, controller mode): rows k=%d (lock %d .. release %d, %d written), held "
                   "%.1f ms, freeze window %.1f ms, binlog %s:%s gtid %s matches the restored server; redo replayed %d "
                   "bytes; mariadb-check %s; backup.yml %.1f s, restore.yml %.1f s"
