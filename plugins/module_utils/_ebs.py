@@ -454,8 +454,8 @@ class SnapshotSetRun:
         return tags
 
     def array_tags(self):
-        """The array descriptor's tags, written once for all members by the CreateTags after the thaw (which also
-        rewrites the level; a set whose run died before it stays ``pending``, never complete)."""
+        """The array descriptor's tags, written once for all members by the CreateTags after the thaw that also
+        rewrites the level, before the members' own tags (a set whose run died before them is never complete)."""
         return catalog.encode_json(catalog.K_ARRAY, self.array) if self.array else {}
 
     def member_tag_sets(self):
@@ -641,12 +641,15 @@ class SnapshotSetRun:
                 rollback=rb)
         freeze_ms = thawed.get("window_ms", 0.0)
         try:
-            for m in members:
-                tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
-            # a group member's own record (_group.GroupQuiescer) rides on this call: no CreateTags of its own
+            # the set's own tags first (the level reached, the array descriptor...), the members' indexes after: a
+            # run that dies between them leaves members without an index, which never make a complete set
+            # (catalog._evaluate), so no set is complete without its descriptor.
+            # A group member's own record (_group.GroupQuiescer) rides on this call: no CreateTags of its own
             after = dict(app_tags, **(quiescer.catalog_tags() if hasattr(quiescer, "catalog_tags") else {}))
             after.update(array_tags)
             tag(self.client, all_ids, dict(after, **{catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms}))
+            for m in members:
+                tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
         except StillpointError as e:
             e.details["rollback"] = rollback(self.client, all_ids)
             e.msg += "; the set was rolled back"
