@@ -42,44 +42,57 @@ MUTATING = ("CreateVolume", "AttachVolume", "DetachVolume", "DeleteVolume")
 GUID_F = "1a2b3c4d-5e6f-4701-8293-a4b5c6d7e8f9"
 
 
-def take_set(ec2, inst):
-    """A complete application set of E: and F: (win_vss_snapshot_set's library, FAKE agent and host)."""
+def take_set(ec2, inst, members=("E:", "F:"), facts=None):
+    """A complete application set of ``members`` (win_vss_snapshot_set's library, FAKE agent and host; ``facts``:
+    the FAKE host's module answer, by default the fixtures' E: and F:)."""
     vols = [v["volume_id"] for v in inst["volumes"]]
     client = ec2.client()
     agent = FakeVssAgent(client, "ok")
     proxy = FakeSsmProxy(ec2.url, agent).start()
     params = dict((k, v.get("default")) for k, v in vss.ARGUMENT_SPEC.items())
-    params.update(members=["E:", "F:"], name="sql01", wait_timeout=60, poll_interval=0.2, command_timeout=60)
+    params.update(members=list(members), name="sql01", wait_timeout=60, poll_interval=0.2, command_timeout=60)
     aws = TaskAWS(vss.WINDOWS_MODULE, dict(params, endpoint_url=proxy.url, region=ec2.region, access_key="testing",
                                            secret_key="testing", session_token=None, profile=None, aws_ca_bundle=None,
                                            aws_config=None, validate_certs=True, debug_botocore_endpoint_logs=False))
     try:
-        res = vss.take(params, FakeWindowsHost(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"])), aws,
-                       sleep=lambda s: None)
+        res = vss.take(params, FakeWindowsHost(facts or fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"])),
+                       aws, sleep=lambda s: None)
     finally:
         proxy.stop()
     assert res["state"] == "complete", res
     return res
 
 
-@pytest.fixture
-def world(ec2, tmp_path):
+def make_world(ec2, tmp_path, pack_volumes, pack_letters, members=None):
+    """The instance, its FAKE Windows host (a dynamic pack of ``pack_volumes`` over sdf+sdg with ``pack_letters``,
+    F: on sdh) and a set taken of it: by default from the fixtures' facts (E: and F:), with ``members`` from what the
+    FAKE host itself shows (FakeWindowsDisks.vss_facts)."""
     inst = ec2.create_instance(az=AZ, volumes=[{"size": 1, "device": d} for d in DEVICES])
     vols = [v["volume_id"] for v in inst["volumes"]]
-    taken = take_set(ec2, inst)
     pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
-                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+                             pack_volumes)
     boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
     boot["volumes"] = []
     state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
                            {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
                             vols[2]: fake.basic_content("GPT", GUID_F, "BACKUP")},
-                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}})
+                           letters={vols[0]: pack_letters, vols[2]: {"part1": "F"}})
     path = str(tmp_path / "fake-windows.json")
     host = fake.FakeWindowsDisks(state)
+    if members:
+        facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]),
+                     **host.vss_facts([vss.normalize_member(m) for m in members]))
+        taken = take_set(ec2, inst, members, facts)
+    else:
+        taken = take_set(ec2, inst)
     host.save(path)
     ec2.set_imds(instance_id=inst["instance_id"], az=inst["az"])
     return dict(inst, vols=vols, set_id=taken["set_id"], state=path, tmp=tmp_path, client=ec2.client())
+
+
+@pytest.fixture
+def world(ec2, tmp_path):
+    return make_world(ec2, tmp_path, [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}], {"vE": "E"})
 
 
 def restore(ec2, w, check=False, **extra):
@@ -154,6 +167,27 @@ def test_restore_check_mode_real_run_and_rerun(ec2, world):
     assert rc == 0, json.dumps(res, indent=1)[-3000:]
     assert mutating(ec2) == [] and changes(w, since) == []
     assert task(res, UP)["changed"] is False and task(res, DOWN).get("skipped")
+
+
+def test_two_volumes_on_the_same_dynamic_disks_come_back_each_at_its_own_letter(ec2, tmp_path):
+    # a data and a log volume in one dynamic pack: the catalog records each one's look, the restore goes by it
+    w = make_world(ec2, tmp_path, [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1], "size_gb": 13},
+                                   {"key": "vG", "label": "SQLLOG", "type": "Stripe", "disks": [0, 1], "size_gb": 5}],
+                   {"vE": "E", "vG": "G"}, members=("E:", "G:", "F:"))
+    rc, res, _raw = restore(ec2, w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    new = dict((v["index"], v["volume_id"]) for v in task(res, CREATE)["volumes"])
+    h = windows(w)
+    got = dict((h.state["letters"].get(v["key"]), (v["label"], sorted(d["volume_id"] for d in v["disks"])))
+               for v in h.volumes())
+    assert got == {"E": ("SQLDATA", sorted([new[0], new[1]])), "G": ("SQLLOG", sorted([new[0], new[1]])),
+                   "F": ("BACKUP", [new[2]])}
+    up = task(res, UP)
+    assert sorted((v["target"], v["type"]) for v in up["volumes"]) == [
+        ("E:\\", "Spanned"), ("F:\\", "Partition"), ("G:\\", "Stripe")]
+    assert all(c["rc"] == 0 for c in up["chkdsk"]) and len(up["chkdsk"]) == 3
+    rc, res, _raw = restore(ec2, w)
+    assert rc == 0 and task(res, UP)["changed"] is False
 
 
 def test_bad_survey_input_changes_nothing(ec2, world):
