@@ -88,11 +88,23 @@ class ActionModule(ActionBase):
         args = dict(self._task.args)
         args.pop("mode", None)
         want_wait = params["wait"]
-        if self._task.check_mode or not want_wait:
+        if self._task.check_mode:
             return self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+        # no freeze without a token: the host's set starts when the run's pacer has its tokens (docs/throttling.md);
+        # a group's members call at one instant, unpaced
+        pacer, waited = (None, None) if params["group"] else _pacer.admit(params)
+        paced = {} if pacer is None else {"pacer": {"waited_s": round(waited, 3), "waits": [round(waited, 3)],
+                                                    "size": pacer.size, "refill": pacer.refill, "admitted": True}}
+        if not want_wait:
+            first = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+            if pacer is not None:
+                _pacer.learn(pacer, first)
+            return dict(first, **paced)
         args.setdefault("set_id", catalog.new_set_id())
         args["wait"] = False
-        first = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
+        first = dict(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars), **paced)
+        if pacer is not None:
+            _pacer.learn(pacer, first)
         if first.get("failed") or first.get("state") == "complete":
             return first
         remaining = params["wait_timeout"]

@@ -252,11 +252,14 @@ options:
     default: 60.0
   pacer:
     description:
-      - Controller mode (ignored in host mode). The forks of one run share one C(CreateSnapshots) token bucket on the
-        controller (a file in the run's local temporary directory, per endpoint, Region and access key); each set
-        takes two tokens (its DryRun probe and its call) before the probe, waiting outside any freeze at most
-        O(throttle_wait), so that a host freezes only when a token is there. A throttled answer empties the
-        pacer's bucket and halves its rate; calls that get through bring it back. See C(docs/throttling.md).
+      - The forks of one run share one C(CreateSnapshots) token bucket on the controller (a file in the run's local
+        temporary directory, per endpoint, Region and access key); each set takes two tokens (its DryRun probe and
+        its call), waiting outside any freeze at most O(throttle_wait), so that a host freezes only when a token is
+        there. A throttled answer empties the pacer's bucket and halves its rate; calls that get through bring it
+        back. See C(docs/throttling.md).
+      - Controller mode takes the tokens before each probe. Host mode takes them before the module starts on the
+        host (the host then probes, freezes and calls itself) and learns from the throttles the module reports. A
+        member of a consistency group (O(group)) is not paced, since the group's hosts call at one instant.
     type: dict
     default: {}
     suboptions:
@@ -455,9 +458,10 @@ probes:
   type: list
   elements: dict
 pacer:
-  description: Controller mode with O(pacer.enabled) - the seconds waited for the run's tokens before each probe, outside
-    any freeze (C(waited_s) in all, C(waits)), and the bucket's C(size) and C(refill).
-  returned: success, controller mode
+  description: With O(pacer.enabled) - the seconds waited for the run's tokens, outside any freeze (C(waited_s) in
+    all, C(waits)), and the bucket's C(size) and C(refill); in host mode the wait before the module started on the
+    host (C(admitted)).
+  returned: success, unless O(group) is set
   type: dict
 call_ms:
   description: Duration of the successful CreateSnapshots call as seen by the caller, milliseconds; the freeze

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""No freeze without a token: one CreateSnapshots pacer shared by every fork of one run (controller mode).
+"""No freeze without a token: one CreateSnapshots pacer shared by every fork of one run.
 
 EC2 throttles per account and Region with token buckets; CreateSnapshots has its own, 100 requests
 refilled at 5 a second (docs/throttling.md). The forks of an ansible-playbook run that all take sets
@@ -22,6 +22,10 @@ the refill); each call that gets through adds a twentieth of the refill back (AI
 it cannot see). A probe that EC2 lets through takes the token the call needs next when the real bucket
 is at its edge: the pacer keeps it off the edge rather than at it (benchmarks/fleet.py: a gentler
 decrease, with the rate growing back with time, finished sooner but re-froze more).
+
+In controller mode the pacer sits in front of the client that calls (:func:`pace`). In host mode the host calls
+EC2 itself: the action plugin takes the set's tokens before it starts the module on the host (:func:`admit`) and
+learns from what the module reports (:func:`learn`). A group's members are not paced: they call at one instant.
 """
 
 from __future__ import annotations
@@ -182,12 +186,45 @@ class PacedClient:
                 "refill": self.pacer.refill}
 
 
+def _for(endpoint_url, region, params, directory=None):
+    options = params.get("pacer") or {}
+    path = pacer_path(directory or run_directory(), endpoint_url, region, params.get("access_key") or params.get("profile"))
+    return Pacer(path, size=options.get("size") or SIZE, refill=options.get("refill") or REFILL)
+
+
 def for_run(client, params, directory=None):
     """The pacer of this run for ``client`` (its endpoint and Region) and the task's credentials."""
-    options = params.get("pacer") or {}
-    path = pacer_path(directory or run_directory(), getattr(client.meta, "endpoint_url", None),
-                      getattr(client.meta, "region_name", None), params.get("access_key") or params.get("profile"))
-    return Pacer(path, size=options.get("size") or SIZE, refill=options.get("refill") or REFILL)
+    return _for(getattr(client.meta, "endpoint_url", None), getattr(client.meta, "region_name", None), params,
+                directory)
+
+
+def admit(params, directory=None):
+    """Host mode: the host makes its own calls, so the controller admits its set only once the run's pacer has the
+    set's tokens (the schedule the controller hands out: the module starts when its turn comes, nothing frozen
+    before). Keyed by the task's ``endpoint_url`` and ``region`` (the host's own when not given). Returns
+    ``(pacer, seconds waited)``, ``(None, None)`` when ``pacer.enabled`` is false; raises when the turn would come
+    after ``throttle_wait``."""
+    if not (params.get("pacer") or {}).get("enabled", True):
+        return None, None
+    pacer = _for(params.get("endpoint_url"), params.get("region"), params, directory)
+    waited = pacer.acquire(timeout=params["throttle_wait"])
+    if waited is None:
+        raise StillpointError(
+            "no CreateSnapshots token for this run within %.1f s (throttle_wait): the hosts of this run queue for the "
+            "account's CreateSnapshots bucket (pacer: %g requests, %g a second); nothing was frozen or created. Give "
+            "the run fewer hosts, or more throttle_wait (docs/throttling.md)"
+            % (params["throttle_wait"], pacer.size, pacer.refill))
+    return pacer, waited
+
+
+def learn(pacer, result):
+    """Host mode: what the host met teaches the run's pacer, as :class:`PacedClient` learns in controller mode
+    (a throttled probe or call: EC2's bucket is empty; a call that got through: the rate creeps back)."""
+    codes = [c.get("error") for c in result.get("freeze_intervals") or []]
+    if any(p.get("throttled") for p in result.get("probes") or []) or any(c in THROTTLE_CODES for c in codes):
+        pacer.throttled()
+    elif result.get("create_calls") and not result.get("failed"):
+        pacer.passed()
 
 
 def pace(client, params):

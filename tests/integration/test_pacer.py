@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The controller's pacer (plugins/plugin_utils/_pacer.py) against the endpoint's token buckets: the forks of one
 ansible-playbook run take sets in controller mode; with the pacer they spend the CreateSnapshots tokens in turn
-and no request is throttled, without it the same run meets the bucket's edge."""
+and no request is throttled, without it the same run meets the bucket's edge. In host mode the controller hands
+the hosts their turns from the same pacer."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ BUCKET = [2, 1.0]  # CreateSnapshots: 2 requests, 1 a second (EC2's 100/5 shrunk
 # of one set's tokens that late call finds it empty, the refill it was counted on lost while the bucket sat full.
 # EC2's own bucket is 100 (50 sets). Still 12 tokens through 4: the forks must queue
 PACED_BUCKET = [4, 1.0]
+# host mode: the turn is taken before the module starts on the host, and a host may start later than the next one:
+# the account's bucket holds one set more than the pacer's, so a host that starts a set's time late is absorbed
+HOST_BUCKET = [6, 1.0]
 
 
 def fleet(ec2, tmp_path, count):
@@ -32,9 +36,9 @@ def fleet(ec2, tmp_path, count):
     return hosts, path
 
 
-def take_sets(tmp_path, ec2, inventory, pacer):
+def take_sets(tmp_path, ec2, inventory, pacer, mode="controller"):
     task = {"name": "take set", "register": "out", "stillpoint.snapshots.ebs_snapshot_set": {
-        "mode": "controller", "instance_id": "{{ instance_id }}", "volume_ids": "{{ volume_ids }}", "name": "paced",
+        "mode": mode, "instance_id": "{{ instance_id }}", "volume_ids": "{{ volume_ids }}", "name": "paced",
         "endpoint_url": ec2.url, "region": ec2.region, "poll_interval": 0.2, "pacer": pacer}}
     book = str(tmp_path / "paced.yml")
     with open(book, "w", encoding="utf-8") as handle:
@@ -72,3 +76,18 @@ def test_the_same_run_without_the_pacer_meets_the_buckets_edge(tmp_path, ec2):
     _rc, results = take_sets(tmp_path, ec2, inventory, {"enabled": False})
     assert all("pacer" not in r for r in results.values())
     assert ec2.buckets()["throttled"].get("CreateSnapshots RequestLimitExceeded", 0) > 0
+
+
+def test_host_mode_hosts_take_their_turns_from_the_controllers_pacer(tmp_path, ec2):
+    hosts, inventory = fleet(ec2, tmp_path, HOSTS)
+    ec2.buckets(on=True, overrides={"CreateSnapshots": HOST_BUCKET})
+    rc, results = take_sets(tmp_path, ec2, inventory, {"size": PACED_BUCKET[0], "refill": PACED_BUCKET[1]}, mode="host")
+    assert rc == 0, dict((h, r.get("msg")) for h, r in results.items())
+    assert sorted(results) == sorted(hosts)
+    assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
+    assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]  # neither a probe nor a call
+    calls = ec2.calls("CreateSnapshots", dry_run=True)
+    assert len([c for c in calls if not c["dry_run"]]) == HOSTS
+    # 12 tokens through the pacer's 4 refilled at 1 a second: the hosts were started in turn, before any freeze
+    assert all(r["pacer"]["admitted"] and r["pacer"]["size"] == 4 for r in results.values())
+    assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0

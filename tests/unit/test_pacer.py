@@ -196,3 +196,31 @@ def test_pace_wraps_unless_disabled(tmp_path, monkeypatch):
     assert isinstance(paced, _pacer.PacedClient) and paced.timeout == 7.0 and paced.pacer.size == 3.0
     assert os.path.dirname(paced.pacer.path) == str(tmp_path)
     assert _pacer.pace(raw, {"throttle_wait": 7.0, "pacer": {"enabled": False}}) is raw
+
+
+def test_host_mode_admits_a_set_on_the_runs_pacer_and_refuses_past_throttle_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(_pacer, "run_directory", lambda: str(tmp_path))
+    params = {"endpoint_url": "http://127.0.0.1:1", "region": "eu-west-1", "access_key": "AK1", "throttle_wait": 5.0,
+              "pacer": {"enabled": True, "size": 4, "refill": 0.1}}
+    pacer, waited = _pacer.admit(params)
+    assert waited == 0.0 and pacer.path == _pacer.pacer_path(str(tmp_path), "http://127.0.0.1:1", "eu-west-1", "AK1")
+    assert _pacer.admit(params)[1] == 0.0  # the bucket's 4 tokens: two sets
+    with pytest.raises(StillpointError) as info:  # the third set's turn is 20 s away, throttle_wait is 5
+        _pacer.admit(params)
+    assert "throttle_wait" in info.value.msg and "nothing was frozen or created" in info.value.msg
+    assert pacer.state()["level"] == pytest.approx(0.0, abs=0.01)  # the refused turn took nothing
+    assert _pacer.admit(dict(params, pacer={"enabled": False})) == (None, None)
+
+
+def test_host_mode_learns_from_what_the_module_met(tmp_path):
+    pacer, _clock = make(tmp_path, size=4, refill=2.0)
+    _pacer.learn(pacer, {"probes": [{"cycle": 1, "throttled": 2}], "create_calls": 1})  # the probe was throttled
+    assert pacer.state()["rate"] == 1.0 and pacer.state()["level"] == 0.0
+    _pacer.learn(pacer, {"probes": [{"throttled": 0}], "create_calls": 1, "state": "complete"})
+    assert pacer.state()["rate"] == pytest.approx(1.1)
+    pacer2, _clock = make(tmp_path, size=4, refill=2.0, name="q.json")
+    _pacer.learn(pacer2, {"failed": True, "probes": [{"throttled": 0}], "create_calls": 1,
+                          "freeze_intervals": [{"cycle": 1, "error": "RequestLimitExceeded"}]})  # the call, frozen
+    assert pacer2.state()["rate"] == 1.0
+    _pacer.learn(pacer2, {"failed": True, "msg": "refused before any call", "create_calls": 0})
+    assert pacer2.state()["rate"] == 1.0  # nothing learnt
