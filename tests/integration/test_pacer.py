@@ -51,17 +51,24 @@ def take_sets(tmp_path, ec2, inventory, pacer, mode="controller"):
     return rc, results
 
 
+def complete_and_never_throttled(ec2, hosts, rc, results):
+    """Every host's set complete in one freeze, one call each, and the endpoint throttled neither a probe nor a call;
+    returns the CreateSnapshots requests (probes included)."""
+    assert rc == 0, dict((h, r.get("msg")) for h, r in results.items())
+    assert sorted(results) == sorted(hosts)
+    assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
+    assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]
+    calls = ec2.calls("CreateSnapshots", dry_run=True)
+    assert len([c for c in calls if not c["dry_run"]]) == len(hosts)
+    assert all(c["error_code"] in (None, "DryRunOperation") for c in calls)
+    return calls
+
+
 def test_forks_of_a_run_share_the_pacer_and_no_request_is_throttled(tmp_path, ec2):
     hosts, inventory = fleet(ec2, tmp_path, HOSTS)
     ec2.buckets(on=True, overrides={"CreateSnapshots": PACED_BUCKET})
     rc, results = take_sets(tmp_path, ec2, inventory, {"size": PACED_BUCKET[0], "refill": PACED_BUCKET[1]})
-    assert rc == 0, dict((h, r.get("msg")) for h, r in results.items())
-    assert sorted(results) == sorted(hosts)
-    assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
-    assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]  # neither a probe nor a call
-    calls = ec2.calls("CreateSnapshots", dry_run=True)
-    assert len([c for c in calls if not c["dry_run"]]) == HOSTS
-    assert all(c["error_code"] in (None, "DryRunOperation") for c in calls)
+    calls = complete_and_never_throttled(ec2, hosts, rc, results)
     # 12 tokens through a bucket of 4 refilled at 1 a second: the forks queued (outside any window) ...
     assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0
     assert all(r["pacer"]["size"] == 4 and r["pacer"]["refill"] == 1.0 for r in results.values())
@@ -82,12 +89,7 @@ def test_host_mode_hosts_take_their_turns_from_the_controllers_pacer(tmp_path, e
     hosts, inventory = fleet(ec2, tmp_path, HOSTS)
     ec2.buckets(on=True, overrides={"CreateSnapshots": HOST_BUCKET})
     rc, results = take_sets(tmp_path, ec2, inventory, {"size": PACED_BUCKET[0], "refill": PACED_BUCKET[1]}, mode="host")
-    assert rc == 0, dict((h, r.get("msg")) for h, r in results.items())
-    assert sorted(results) == sorted(hosts)
-    assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
-    assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]  # neither a probe nor a call
-    calls = ec2.calls("CreateSnapshots", dry_run=True)
-    assert len([c for c in calls if not c["dry_run"]]) == HOSTS
+    complete_and_never_throttled(ec2, hosts, rc, results)
     # 12 tokens through the pacer's 4 refilled at 1 a second: the hosts were started in turn, before any freeze
     assert all(r["pacer"]["admitted"] and r["pacer"]["size"] == 4 for r in results.values())
     assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0
