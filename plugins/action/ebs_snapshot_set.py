@@ -93,19 +93,14 @@ class ActionModule(ActionBase):
         # no freeze without a token: the host's set starts when the run's pacer has its tokens (docs/throttling.md);
         # a group's members call at one instant, unpaced
         pacer, waited = (None, None) if params["group"] else _pacer.admit(params)
-        paced = {} if pacer is None else {"pacer": {"waited_s": round(waited, 3), "waits": [round(waited, 3)],
-                                                    "size": pacer.size, "refill": pacer.refill, "admitted": True}}
-        if not want_wait:
-            first = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
-            if pacer is not None:
-                _pacer.learn(pacer, first)
-            return dict(first, **paced)
-        args.setdefault("set_id", catalog.new_set_id())
-        args["wait"] = False
-        first = dict(self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars), **paced)
+        if want_wait:  # the set in one run, then its progress in short waiting runs
+            args.setdefault("set_id", catalog.new_set_id())
+            args["wait"] = False
+        first = self._execute_module(module_name=MODULE, module_args=args, task_vars=task_vars)
         if pacer is not None:
             _pacer.learn(pacer, first)
-        if first.get("failed") or first.get("state") == "complete":
+            first["pacer"] = _pacer.admitted(pacer, waited)
+        if not want_wait or first.get("failed") or first.get("state") == "complete":
             return first
         remaining = params["wait_timeout"]
         last = first

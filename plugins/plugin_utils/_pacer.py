@@ -162,14 +162,7 @@ class PacedClient:
     def create_snapshots(self, **kwargs):
         dry_run = bool(kwargs.get("DryRun"))
         if dry_run:
-            waited = self.pacer.acquire(self.tokens, timeout=self.timeout)
-            if waited is None:
-                raise StillpointError(
-                    "no CreateSnapshots token for this run within %.1f s (throttle_wait): the forks of this run queue "
-                    "for the account's CreateSnapshots bucket (pacer: %g requests, %g a second); nothing was frozen "
-                    "or created. Give the run fewer hosts, or more throttle_wait (docs/throttling.md)"
-                    % (self.timeout, self.pacer.size, self.pacer.refill))
-            self.waits.append(round(waited, 3))
+            self.waits.append(round(_turn(self.pacer, self.tokens, self.timeout, "forks"), 3))
         try:
             out = self._client.create_snapshots(**kwargs)
         except Exception as exc:  # botocore's ClientError; anything else passes through untouched
@@ -182,8 +175,26 @@ class PacedClient:
 
     def report(self):
         """What the result says about the pacing: seconds waited for tokens before each probe (outside any freeze)."""
-        return {"waited_s": round(sum(self.waits), 3), "waits": list(self.waits), "size": self.pacer.size,
-                "refill": self.pacer.refill}
+        return _report(self.pacer, self.waits)
+
+
+def _report(pacer, waits):
+    return {"waited_s": round(sum(waits), 3), "waits": list(waits), "size": pacer.size, "refill": pacer.refill}
+
+
+def _turn(pacer, tokens, timeout, who):
+    """Wait for ``tokens`` (outside any freeze); the seconds waited, or refused when that would exceed ``timeout``."""
+    waited = pacer.acquire(tokens, timeout=timeout)
+    if waited is None:
+        raise StillpointError(
+            "no CreateSnapshots token for this run within %.1f s (throttle_wait): the %s of this run queue for the "
+            "account's CreateSnapshots bucket (pacer: %g requests, %g a second); nothing was frozen or created. Give "
+            "the run fewer hosts, or more throttle_wait (docs/throttling.md)" % (timeout, who, pacer.size, pacer.refill))
+    return waited
+
+
+def _enabled(params):
+    return (params.get("pacer") or {}).get("enabled", True)
 
 
 def _for(endpoint_url, region, params, directory=None):
@@ -204,17 +215,16 @@ def admit(params, directory=None):
     before). Keyed by the task's ``endpoint_url`` and ``region`` (the host's own when not given). Returns
     ``(pacer, seconds waited)``, ``(None, None)`` when ``pacer.enabled`` is false; raises when the turn would come
     after ``throttle_wait``."""
-    if not (params.get("pacer") or {}).get("enabled", True):
+    if not _enabled(params):
         return None, None
     pacer = _for(params.get("endpoint_url"), params.get("region"), params, directory)
-    waited = pacer.acquire(timeout=params["throttle_wait"])
-    if waited is None:
-        raise StillpointError(
-            "no CreateSnapshots token for this run within %.1f s (throttle_wait): the hosts of this run queue for the "
-            "account's CreateSnapshots bucket (pacer: %g requests, %g a second); nothing was frozen or created. Give "
-            "the run fewer hosts, or more throttle_wait (docs/throttling.md)"
-            % (params["throttle_wait"], pacer.size, pacer.refill))
-    return pacer, waited
+    return pacer, _turn(pacer, TOKENS_PER_SET, params["throttle_wait"], "hosts")
+
+
+def admitted(pacer, waited):
+    """Host mode: what the result says about the pacing (:meth:`PacedClient.report`'s shape): the wait before the
+    module started on the host."""
+    return dict(_report(pacer, [round(waited, 3)]), admitted=True)
 
 
 def learn(pacer, result):
@@ -229,7 +239,7 @@ def learn(pacer, result):
 
 def pace(client, params):
     """``client`` behind the run's pacer (a :class:`PacedClient`), or as it is when ``pacer.enabled`` is false."""
-    if not (params.get("pacer") or {}).get("enabled", True):
+    if not _enabled(params):
         return client
     return PacedClient(client, for_run(client, params), params["throttle_wait"])
 
