@@ -279,16 +279,16 @@ def plan_paths(facts, wanted):
         target = w["target"]
         letter = target[0].upper() if LETTER_RE.match(target) else None
         here = [v for v in matches if _at(facts, v, target)]
-        if len(matches) > 1 and (not here or not w.get("identity")):
-            look = ", ".join("%s %s" % kv for kv in sorted(w["identity"].items())) if w.get("identity") else None
+        look = ", ".join("%s %s" % kv for kv in sorted(w["identity"].items())) if w.get("identity") else None
+        if len(matches) > 1 and (not here or not look):
             problems.append("%s: %d volumes lie on %s (%s); %s" % (
                 w["path"], len(matches), ", ".join(w["disks"]), ", ".join("volume %d" % v["number"] for v in matches),
                 "the catalog's record of it (%s) fits each of them" % look if look else
                 "which one was %s is not recorded (a set taken before this version)" % w["path"]))
             continue
-        if not matches and w.get("identity") and candidates(facts, dict(w, identity={})):
+        if not matches and look and candidates(facts, dict(w, identity={})):
             problems.append("%s: no volume on %s looks as the catalog recorded it (%s)" % (
-                w["path"], ", ".join(w["disks"]), ", ".join("%s %s" % kv for kv in sorted(w["identity"].items()))))
+                w["path"], ", ".join(w["disks"]), look))
             continue
         if not matches:
             problems.append("%s: no volume lies on exactly %s (is the pack imported and healthy?)"
