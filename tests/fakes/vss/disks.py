@@ -100,6 +100,13 @@ def new_state(ec2_url, region, instance_id, boot_volume_id, contents, letters=No
     return state
 
 
+def _diskpart_target(path):
+    """How the scripts name a path to diskpart's ``select volume=``: ``E`` for ``E:\\``, the folder without its
+    trailing backslash for a mount folder."""
+    target = path.rstrip("\\")
+    return target[0] if re.match(r"^[A-Za-z]:$", target) else target
+
+
 class FakeWindowsDisks:
     """The model over one state dict (``load``/``save`` for a JSON file shared with the FAKE module)."""
 
@@ -334,7 +341,7 @@ class FakeWindowsDisks:
         out = {"disks": self.get_disk(disks), "diskpart_members": {},
                "diskpart_disks": head + self.list_disk(disks) + "".join(self.detail_disk(d, vols) for d in disks)}
         for member in members:
-            found = self.find_volume(member.rstrip("\\").rstrip(":"), vols)
+            found = self.find_volume(_diskpart_target(member), vols)
             out["diskpart_members"][member] = head + (self.detail_volume(found[0], found[1], disks) if found else
                                                       "There is no volume selected.\n")
         return out
@@ -350,8 +357,7 @@ class FakeWindowsDisks:
         self.log("diskpart", "list disk", "list volume")
         paths = {}
         for path in params.get("Path") or []:
-            target = path.rstrip("\\")
-            target = target[0] if re.match(r"^[A-Za-z]:$", target) else target
+            target = _diskpart_target(path)
             self.log("diskpart", 'select volume="%s"' % target, "detail volume")
             found = self.find_volume(target, vols)
             if found is None:
