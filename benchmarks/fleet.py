@@ -22,6 +22,8 @@ memory are reset in between):
   pacer told the CreateSnapshots bucket's numbers in the endpoint's scale (plugins/plugin_utils/_pacer.py:
   one bucket per slice, shared by the slice's forks; the slices do not know of each other);
 * ours-nopacer (``--approaches stock,ours-nopacer,ours``): the same with ``pacer: {enabled: false}``.
+* ours-split (``--approaches ours,ours-split``): the same with ``pacer: {slices: N}`` (N = ``--slices``): each
+  slice's pacer takes 1/N of the bucket, as an AWX job template with ``job_slice_count`` N would be set up.
 
 Per approach: wall time (first slice started to last slice ended); the window per host, median and
 p99: for ours what the module reports (the CreateSnapshots call's ``call_ms`` in each freeze cycle,
@@ -63,7 +65,7 @@ DEVICES = ("/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi")
 THROTTLES = ("RequestLimitExceeded", "SnapshotCreationPerVolumeRateExceeded")
 SNAPSHOT_CALLS = ("CreateSnapshot", "CreateSnapshots")
 POLLS = ("DescribeSnapshots",)  # waiting: at best one request per snapshot (stock) or set (ours)
-APPROACHES = ("stock", "ours-nopacer", "ours")
+APPROACHES = ("stock", "ours-nopacer", "ours", "ours-split")
 
 
 def build_fleet(ec2, count, prefix):
@@ -100,6 +102,10 @@ def write_playbooks(workdir, ec2, args):
             ours, pacer={"size": int(max(1, round(size * args.scale))), "refill": refill * args.scale})},
         "ours-nopacer": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(
             ours, pacer={"enabled": False})},
+        # the same, each slice's pacer told it is one of --slices runs (pacer.slices: 1/N of the bucket each)
+        "ours-split": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(
+            ours, pacer={"size": int(max(1, round(size * args.scale))), "refill": refill * args.scale,
+                         "slices": args.slices})},
     }
     paths = {}
     for approach, task in tasks.items():
@@ -245,8 +251,8 @@ def main():
                              "with the emulated fleet and its controller, and must not starve behind them")
     parser.add_argument("--quick", action="store_true", help="20 instances (a fast check)")
     parser.add_argument("--approaches", default="stock,ours",
-                        help="comma-separated, in order, from: %s (ours-nopacer: ours with pacer.enabled false)"
-                        % ", ".join(APPROACHES))
+                        help="comma-separated, in order, from: %s (ours-nopacer: ours with pacer.enabled false; "
+                             "ours-split: ours with pacer.slices = --slices)" % ", ".join(APPROACHES))
     args = parser.parse_args()
     if args.quick:
         args.instances = 20

@@ -64,6 +64,11 @@ class ActionModule(ActionBase):
                           "inside its own frozen interval (a call from the controller would add a task boundary to "
                           "every host's window); use mode=host")
             return result
+        try:
+            _pacer.share(params["pacer"] or {})  # its options checked before anything, check mode too
+        except StillpointError as exc:
+            result.update(failed=True, msg=exc.msg)
+            return result
         if self._task.async_val:
             return self._host_async(result, params, task_vars)
         mode = self._controller if params["mode"] == "controller" else self._host

@@ -54,6 +54,7 @@ ARGUMENT_SPEC = dict(
         enabled=dict(type="bool", default=True),
         size=dict(type="int", default=100),
         refill=dict(type="float", default=5.0),
+        slices=dict(type="int", default=1),
     )),
     group=dict(type="dict", options=dict(
         id=dict(type="str", required=True),

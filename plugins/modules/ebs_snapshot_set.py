@@ -275,6 +275,15 @@ options:
         description: Tokens a second (EC2's documented refill). Lower it to leave room for other clients of the account.
         type: float
         default: 5.0
+      slices:
+        description:
+          - The number of runs that take sets from the same account and Region at the same time without sharing this
+            controller's temporary directory, such as the jobs of an AWX job template with C(job_slice_count) N (each
+            slice is its own C(ansible-playbook) run, possibly on another node). The pacer then takes 1/N of
+            O(pacer.size) and O(pacer.refill), so that the runs together stay within the account's bucket instead of
+            learning it from throttles.
+        type: int
+        default: 1
   group:
     description:
       - Take this host's set as a member of a consistency group (several hosts, one instant; host mode only). Usually

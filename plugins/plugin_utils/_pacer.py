@@ -15,7 +15,10 @@ charge DryRun to the bucket (not documented); the probe, the freeze and the call
 
 Tokens are reserved: a fork that finds the bucket empty takes its tokens on credit and sleeps until
 they have accrued, so the forks go in the order they asked, one refill interval apart, without polling.
-The pacer cannot see other clients of the account (other job slices, other tools): a throttled
+Runs that draw from one account at the same time and share no file (AWX job slices, each its own
+ansible-playbook run, possibly on another node) split the bucket: ``pacer.slices`` = N gives each run's
+pacer 1/N of its size and refill (:func:`share`), a schedule fixed before the run rather than learnt from
+throttles. The pacer cannot see other clients of the account (other tools): a throttled
 request tells it that the real bucket is empty, so it empties its own and halves its rate (at most once
 per set's worth of tokens at that rate, however many forks saw the throttle; never below a twentieth of
 the refill); each call that gets through adds a twentieth of the refill back (AIMD, as TCP shares a link
@@ -197,10 +200,24 @@ def _enabled(params):
     return (params.get("pacer") or {}).get("enabled", True)
 
 
+def share(options):
+    """``(size, refill)`` of this run's pacer: the bucket's numbers, divided by ``slices`` when the run is one of
+    several runs that draw from the same account's bucket at the same time (AWX job slices: each slice is its own
+    ansible-playbook run, possibly on another node, with no file in common), so that together they stay within it."""
+    slices = 1 if options.get("slices") is None else options["slices"]
+    if not isinstance(slices, int) or isinstance(slices, bool) or slices < 1:
+        raise StillpointError("pacer.slices must be an integer >= 1 (the number of runs sharing the account's "
+                              "CreateSnapshots bucket at once, e.g. the AWX job template's job_slice_count); got %r"
+                              % (slices,))
+    size = float(options.get("size") or SIZE)
+    refill = float(options.get("refill") or REFILL)
+    return max(1.0, size / slices), refill / slices
+
+
 def _for(endpoint_url, region, params, directory=None):
-    options = params.get("pacer") or {}
+    size, refill = share(params.get("pacer") or {})
     path = pacer_path(directory or run_directory(), endpoint_url, region, params.get("access_key") or params.get("profile"))
-    return Pacer(path, size=options.get("size") or SIZE, refill=options.get("refill") or REFILL)
+    return Pacer(path, size=size, refill=refill)
 
 
 def for_run(client, params, directory=None):

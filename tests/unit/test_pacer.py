@@ -224,3 +224,31 @@ def test_host_mode_learns_from_what_the_module_met(tmp_path):
     assert pacer2.state()["rate"] == 1.0
     _pacer.learn(pacer2, {"failed": True, "msg": "refused before any call", "create_calls": 0})
     assert pacer2.state()["rate"] == 1.0  # nothing learnt
+
+
+def test_slices_split_the_bucket_so_that_the_runs_together_stay_within_it(tmp_path):
+    # four AWX job slices, each its own run with its own directory: each pacer gets a quarter of the bucket
+    params = {"access_key": "AK1", "pacer": {"enabled": True, "size": 100, "refill": 5.0, "slices": 4}}
+    runs = [_pacer.for_run(FakeClient([]), params, directory=str(tmp_path / str(i))) for i in range(4)]
+    assert [(p.size, p.refill) for p in runs] == [(25.0, 1.25)] * 4
+    for i in range(4):
+        os.mkdir(str(tmp_path / str(i)))
+    # over 60 s every slice asks for a set's two tokens as fast as its pacer lets it; together they never take more
+    # than the account's bucket allows in that time (100 + 60 * 5 = 400 tokens)
+    clock = Clock()
+    paced = [_pacer.Pacer(p.path, size=p.size, refill=p.refill, clock=clock, sleep=clock.sleep) for p in runs]
+    taken = 0
+    while clock.t < 560.0:
+        waits = [p.reserve(2) for p in paced]
+        taken += 2 * len(paced)
+        clock.t += max(waits) or 0.0
+    assert taken <= 100 + 60 * 5 + 4 * 2  # one set per slice may be on credit at the end
+    assert _pacer.share({"size": 3, "slices": 8}) == (1.0, 5.0 / 8)  # never a bucket below one token
+    assert _pacer.share({}) == (100.0, 5.0)
+
+
+@pytest.mark.parametrize("slices", [0, -2, "4", True])
+def test_slices_must_be_a_whole_number_of_runs(slices):
+    with pytest.raises(StillpointError) as info:
+        _pacer.share({"slices": slices})
+    assert "pacer.slices must be an integer >= 1" in info.value.msg and "job_slice_count" in info.value.msg
