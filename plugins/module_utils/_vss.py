@@ -10,8 +10,8 @@ Python, so it can be tested without Windows:
 
 * :func:`parse_writers`, :func:`parse_diskpart`, :func:`disk_volume_id`: the parsers;
 * :func:`preflight`: agent version, writers stable, no snapshot set in progress, the dynamic pack's
-  disks online, every member disk mapped to its EBS volume by NVMe serial, the members exactly the
-  array the user named;
+  disks online, every member disk mapped to its EBS volume (NVMe serial; on Xen, the PV target id's device name
+  through the instance's block device mappings: :func:`map_disk`), the members exactly the array the user named;
 * :func:`run_vss_command`: the snapshot through Systems Manager's ``AWSEC2-CreateVssSnapshot``
   (AWS's own documented path: the AWS VSS agent ``ec2-vss-agent.exe`` makes the one CreateSnapshots
   call inside VSS's flush-and-hold; its own command line is not documented beyond ``-nw``/``-copy``);
@@ -217,6 +217,102 @@ def disk_volume_id(disk):
     return "vol-" + m.group(1) if m else None
 
 
+# Xen instances (AWS PV / Citrix PV drivers; AWS EC2 User Guide for Windows, "Map non-NVMe disks on Amazon EC2 Windows
+# instance to volumes"): an EBS disk's Get-Disk Path holds PROD_PVDISK, its Win32_DiskDrive location is bus 0, LUN 0,
+# target N; target 0 is the device name /dev/sda1, targets 1..25 are xvdb..xvdz ('a' + N). Targets 78..89
+# (xvdca..xvdcl) are instance store disks, never an EBS volume.
+PV_PATH_MARKER = "PROD_PVDISK"
+PV_EBS_TARGETS = range(0, 26)
+PV_INSTANCE_STORE_TARGETS = range(78, 90)
+MAPPED_BY_SERIAL = "nvme-serial"
+MAPPED_BY_PV_TARGET = "pv-target"
+
+
+def is_pv_disk(disk):
+    """Whether a Get-Disk object is a disk of the Xen PV drivers (its Path holds ``PROD_PVDISK``)."""
+    return PV_PATH_MARKER.lower() in (disk.get("Path") or "").lower()
+
+
+def _int_or_none(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def pv_device_name(disk):
+    """The device name of a Xen PV disk from its SCSI location (``/dev/sda1`` for target 0, ``xvd<a + N>`` for
+    targets 1..25). Raises StillpointError saying why when the disk is not an EBS disk at such a location."""
+    bus, lun, target = (_int_or_none(disk.get(k)) for k in ("SCSIBus", "SCSILogicalUnit", "SCSITargetId"))
+    where = "bus %s, target %s, LUN %s" % (bus, target, lun)
+    if target in PV_INSTANCE_STORE_TARGETS:
+        raise StillpointError("it is an instance store disk (Xen PV %s), not an EBS volume" % where)
+    if bus != 0 or lun != 0 or target not in PV_EBS_TARGETS:
+        raise StillpointError("its Xen PV location (%s) is not one where an EBS volume sits (bus 0, LUN 0, target "
+                              "0..25)" % where)
+    return "/dev/sda1" if target == 0 else "xvd" + chr(ord("a") + target)
+
+
+def _bare_device(name):
+    n = (name or "").strip().lower()
+    return n[len("/dev/"):] if n.startswith("/dev/") else n
+
+
+def pv_volume_id(disk, instance):
+    """The EBS volume of a Xen PV disk: the block device mapping of ``instance`` (DescribeInstances) whose
+    DeviceName is the disk's device name (with or without ``/dev/``). Returns ``(volume_id, device name)``; raises
+    StillpointError when no mapping or more than one has that name (never guessed)."""
+    device = pv_device_name(disk)
+    found = [b for b in (instance or {}).get("BlockDeviceMappings") or []
+             if _bare_device(b.get("DeviceName")) == _bare_device(device) and (b.get("Ebs") or {}).get("VolumeId")]
+    if not found:
+        raise StillpointError("its device name %s (Xen PV target %s) is in none of instance %s's block device "
+                              "mappings (%s)" % (device, disk.get("SCSITargetId"), instance.get("InstanceId"), ", ".join(
+                                  b.get("DeviceName") or "?" for b in instance.get("BlockDeviceMappings") or []) or "none"))
+    if len(found) > 1:
+        raise StillpointError("its device name %s matches %d block device mappings of instance %s (%s)" % (
+            device, len(found), instance.get("InstanceId"), ", ".join(
+                "%s %s" % (b["DeviceName"], b["Ebs"]["VolumeId"]) for b in found)))
+    return found[0]["Ebs"]["VolumeId"], found[0]["DeviceName"]
+
+
+def map_disk(disk, instance=None):
+    """How a member disk maps to its EBS volume: ``{"volume_id", "mapped_by", "device"}``. By the NVMe serial where
+    there is one; else, for a Xen PV disk, by its target id through ``instance``'s block device mappings (which
+    the caller read from EC2 for the instance the host's metadata names). Raises StillpointError saying why not."""
+    vid = disk_volume_id(disk)
+    if vid:
+        return {"volume_id": vid, "mapped_by": MAPPED_BY_SERIAL, "device": None}
+    if not is_pv_disk(disk):
+        raise StillpointError("it has no EBS volume id in its serial number (%r) and is not a Xen PV disk (no %s in "
+                              "its path %r): only NVMe EBS disks and Xen PV EBS disks are mapped; never guessed by disk "
+                              "order" % (disk.get("SerialNumber"), PV_PATH_MARKER, disk.get("Path")))
+    pv_device_name(disk)  # an instance store disk or an odd location is refused before anything else
+    if instance is None:
+        raise StillpointError("it is a Xen PV disk, mapped through the instance's block device mappings, and the "
+                              "instance is not known (the host's instance metadata did not answer)")
+    vid, device = pv_volume_id(disk, instance)
+    return {"volume_id": vid, "mapped_by": MAPPED_BY_PV_TARGET, "device": device}
+
+
+def pv_consistency(disks, instance):
+    """Problems that show the host's Xen PV disks are not ``instance``'s: an attached EBS mapping named like a PV
+    location (``/dev/sda1``, ``xvdb``..``xvdz``) with no PV disk at that target on the host."""
+    targets = set(_int_or_none(d.get("SCSITargetId")) for d in disks if is_pv_disk(d)
+                  and _int_or_none(d.get("SCSIBus")) == 0 and _int_or_none(d.get("SCSILogicalUnit")) == 0)
+    names = dict((("/dev/sda1" if t == 0 else "xvd" + chr(ord("a") + t)), t) for t in PV_EBS_TARGETS)
+    names = dict((_bare_device(k), v) for k, v in names.items())
+    missing = []
+    for b in (instance or {}).get("BlockDeviceMappings") or []:
+        t = names.get(_bare_device(b.get("DeviceName")))
+        if t is not None and (b.get("Ebs") or {}).get("Status") == "attached" and t not in targets:
+            missing.append("%s (%s, target %d)" % (b["DeviceName"], b["Ebs"].get("VolumeId"), t))
+    if missing:
+        return ["instance %s has %s attached, but the host shows no Xen PV disk at that target: the host is not that "
+                "instance, or an attachment is not visible yet" % (instance.get("InstanceId"), ", ".join(missing))]
+    return []
+
+
 def normalize_member(path):
     """``E``, ``e:``, ``E:\\`` -> ``E:\\``; a mount folder gets one trailing backslash."""
     p = (path or "").strip().replace("/", "\\")
@@ -248,8 +344,10 @@ def vss_set_id(tags):
 
 # --------------------------------------------------------------------------- preflight
 
-def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True):
-    """Decide from the Windows module's raw facts. Returns the array plan; raises with every problem found."""
+def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True, instance=None):
+    """Decide from the Windows module's raw facts. Returns the array plan; raises with every problem found.
+    ``instance``: DescribeInstances' record of the instance the host's metadata names (``raw["instance_id"]``),
+    needed only to map Xen PV disks (:func:`map_disk`)."""
     problems = []
     version, source = agent_version(raw.get("components"))
     if version is None:
@@ -285,6 +383,7 @@ def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True
         selected[path] = detail
     member_volumes = set(d["volume"] for d in selected.values())
     member_disks = sorted(set(r["number"] for d in selected.values() for r in d["disks"]))
+    mapped = {}
     for n in member_disks:
         disk = disks.get(n)
         row = next((r for r in pack if r["number"] == n), None)
@@ -296,14 +395,23 @@ def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True
             state = "offline" if disk.get("IsOffline") else row["status"]
             problems.append("disk %s is %s: %s" % (n, state, CLUSTER_ADVICE
                                                    if raw.get("cluster_service") else "bring it online first"))
-        if disk_volume_id(disk) is None:
-            problems.append("disk %s has no EBS volume id in its serial number (%r): only NVMe EBS disks (Nitro) are "
-                            "mapped by this version; Xen/PV disks are refused, never guessed by disk order"
-                            % (n, disk.get("SerialNumber")))
+        try:
+            mapped[n] = map_disk(disk, instance)
+        except StillpointError as exc:
+            problems.append("disk %s is not mapped to an EBS volume: %s" % (n, exc.msg))
         others = sorted(set(volumes_by_disk.get(n, [])) - member_volumes)
         if others:
             problems.append("disk %s also holds volume(s) %s that are not named: name every volume of the array's "
                             "disks, or the set would hold half of another volume" % (n, ", ".join(map(str, others))))
+    by_volume = {}
+    for n, m in sorted(mapped.items()):
+        by_volume.setdefault(m["volume_id"], []).append(n)
+    for vid, nums in sorted(by_volume.items()):
+        if len(nums) > 1:
+            problems.append("disks %s all map to EBS volume %s: refusing to guess which one it is"
+                            % (", ".join(map(str, nums)), vid))
+    if any(m["mapped_by"] == MAPPED_BY_PV_TARGET for m in mapped.values()):
+        problems.extend(pv_consistency(raw.get("disks") or [], instance))
     dynamic = [r for r in pack if r["dynamic"]]
     if any(r["number"] in member_disks for r in dynamic):
         sick = [r for r in dynamic if r["status"].lower() != "online"]
@@ -318,15 +426,17 @@ def preflight(raw, members, min_version=MIN_AGENT_VERSION, writers_required=True
     for path in paths:
         nums = [r["number"] for r in selected[path]["disks"]]
         array.append({"path": path, "volume": selected[path]["volume"], "disks": nums,
-                      "volume_ids": [disk_volume_id(disks[n]) for n in nums],
+                      "volume_ids": [mapped[n]["volume_id"] for n in nums],
+                      "mapped_by": [mapped[n]["mapped_by"] for n in nums],
                       "identity": volume_identity(rows.get(selected[path]["volume"]))})
     volume_ids = []
     for n in member_disks:
-        vid = disk_volume_id(disks[n])
+        vid = mapped[n]["volume_id"]
         if vid not in volume_ids:
             volume_ids.append(vid)
     return {"members": array, "volume_ids": volume_ids, "disks": member_disks, "writers": writers,
-            "agent_version": version, "hostname": raw.get("hostname")}
+            "agent_version": version, "hostname": raw.get("hostname"),
+            "mapping": dict((n, mapped[n]) for n in member_disks)}
 
 
 # --------------------------------------------------------------------------- the snapshot (SSM)
@@ -459,6 +569,8 @@ def layout(pre):
     volumes = []
     for m in pre["members"]:
         entry = {"path": m["path"], "volume_ids": m["volume_ids"]}
+        if m.get("mapped_by"):
+            entry["mapped_by"] = m["mapped_by"]
         if m.get("identity"):
             entry["identity"] = m["identity"]
         volumes.append(entry)
@@ -479,10 +591,21 @@ def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=N
     raw = execute(WINDOWS_MODULE, args)
     if raw.get("failed"):
         raise StillpointError("the Windows side (%s) failed: %s" % (WINDOWS_MODULE, raw.get("msg")), host=raw)
-    pre = preflight(raw, members, params["min_agent_version"], writers_required=writers)
     ec2 = aws.client("ec2", retry_decorator=ebs.RETRY)
+    host_instance_id = raw.get("instance_id") or None
+    instance = None
+    if any(is_pv_disk(d) for d in raw.get("disks") or []) and host_instance_id:
+        # Xen PV disks carry no volume id: they are mapped through the block device mappings of the instance the
+        # host's own metadata (IMDSv2) names; the volumes found are checked below to be attached to it
+        instance = ebs.describe_instance(ec2, host_instance_id)
+    pre = preflight(raw, members, params["min_agent_version"], writers_required=writers, instance=instance)
     instance_id = ebs.instance_for_volumes(ec2, pre["volume_ids"])
-    instance = ebs.describe_instance(ec2, instance_id)
+    if host_instance_id and instance_id != host_instance_id:
+        raise StillpointError("the host's instance metadata names instance %s, but the member volumes %s are attached "
+                              "to %s; refusing (nothing was created)"
+                              % (host_instance_id, ", ".join(pre["volume_ids"]), instance_id))
+    if instance is None or instance.get("InstanceId") != instance_id:
+        instance = ebs.describe_instance(ec2, instance_id)
     plan = ebs.plan_members(instance, include_volume_ids=pre["volume_ids"], exclude_boot_volume=True)
     mounts = {}
     for m in pre["members"]:

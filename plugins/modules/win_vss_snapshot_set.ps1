@@ -5,7 +5,7 @@
 #AnsibleRequires -CSharpUtil Ansible.Basic
 
 # The Windows half of stillpoint.snapshots.win_vss_snapshot_set. It only reads: the AwsVssComponents
-# version, `vssadmin list writers`, Get-Disk, diskpart's `list disk` / `detail disk` / `detail volume`,
+# version, `vssadmin list writers`, Get-Disk with Win32_DiskDrive's SCSI location, the instance id (IMDSv2), diskpart's `list disk` / `detail disk` / `detail volume`,
 # running ec2-vss-agent processes and the cluster service. It returns the raw text and objects; the
 # controller's library (module_utils/_vss.py) parses and decides, where it is tested. Every native
 # command's exit code is checked. Command lines and their sources: docs/windows-vss.md.
@@ -92,8 +92,15 @@ try {
     $module.Result.cluster_service = if ($null -ne $cluster) { "$($cluster.Status)" } else { $null }
     $module.Result.hostname = $env:COMPUTERNAME
 
+    # Xen PV disks carry no volume id: their SCSI location (Win32_DiskDrive, matched to Get-Disk by DeviceID
+    # \\.\PHYSICALDRIVE<Number>) and Get-Disk's Path are reported for the controller to map (module_utils/_vss.py)
+    $drives = @{}
+    foreach ($drive in @(Get-CimInstance -ClassName Win32_DiskDrive)) {
+        $drives["$($drive.DeviceID)".ToUpperInvariant()] = $drive
+    }
     $disks = @(Get-Disk | Sort-Object -Property Number)
     $module.Result.disks = @($disks | ForEach-Object {
+            $drive = $drives["\\.\PHYSICALDRIVE$($_.Number)"]
             @{
                 Number = [int]$_.Number
                 SerialNumber = "$($_.SerialNumber)"
@@ -104,8 +111,28 @@ try {
                 PartitionStyle = "$($_.PartitionStyle)"
                 BusType = "$($_.BusType)"
                 Location = "$($_.Location)"
+                Path = "$($_.Path)"
+                SCSIBus = if ($null -ne $drive -and $null -ne $drive.SCSIBus) { [int]$drive.SCSIBus } else { $null }
+                SCSITargetId = if ($null -ne $drive -and $null -ne $drive.SCSITargetId) { [int]$drive.SCSITargetId } else { $null }
+                SCSILogicalUnit = if ($null -ne $drive -and $null -ne $drive.SCSILogicalUnit) { [int]$drive.SCSILogicalUnit } else { $null }
             }
         })
+
+    # the instance this host is (IMDSv2): Xen PV disks are mapped through its block device mappings, and the
+    # controller checks that the member volumes are attached to it. No answer is recorded, decided there.
+    $module.Result.instance_id = $null
+    $module.Result.imds_error = $null
+    $imds = 'http://169.254.169.254'
+    try {
+        $token = Invoke-RestMethod -Method Put -Uri "$imds/latest/api/token" -TimeoutSec 5 -UseBasicParsing `
+            -Headers @{ 'X-aws-ec2-metadata-token-ttl-seconds' = '60' }
+        $instanceId = Invoke-RestMethod -Uri "$imds/latest/meta-data/instance-id" -TimeoutSec 5 -UseBasicParsing `
+            -Headers @{ 'X-aws-ec2-metadata-token' = "$token" }
+        $module.Result.instance_id = "$instanceId"
+    }
+    catch {
+        $module.Result.imds_error = "${imds}: $($_.Exception.Message)"
+    }
 
     $lines = [System.Collections.Generic.List[string]]@('list disk')
     foreach ($disk in $disks) {

@@ -22,7 +22,8 @@ description:
     O(min_agent_version); every VSS writer C([1] Stable) with C(No error) (C(vssadmin list writers)); no snapshot set
     in progress (writers waiting, a running C(ec2-vss-agent.exe)); every disk under the named volumes online, the
     dynamic pack healthy, each disk mapped to its EBS volume id by its NVMe serial number (C(vol0123...) is
-    C(vol-0123...)); every volume on those disks named. Any failure refuses the run before anything is created.'
+    C(vol-0123...)), or on a Xen instance by its PV target id (see the notes); every volume on those disks named. Any
+    failure refuses the run before anything is created.'
   - 'The snapshot: the controller runs the Systems Manager document C(AWSEC2-CreateVssSnapshot) on the instance (the
     AWS VSS agent makes one CreateSnapshots call for the instance inside VSS flush-and-hold, at most 10 seconds, and
     tags the snapshots C(AppConsistent) and C(AwsVssConfig)). C(CopyOnly) is on by default so that SQL Server''s
@@ -115,7 +116,15 @@ attributes:
 notes:
   - Windows cannot run in this project's test suite. The controller half is tested against a strict EC2 endpoint
     with a FAKE AWS VSS agent; the PowerShell is only parsed. docs/windows-vss.md says what was never executed.
-  - Xen/PV instances (disks without a C(vol...) serial number) are refused in this version.
+  - "Xen instances (AWS PV or Citrix PV drivers, e.g. t2, m4, c4): a disk without a C(vol...) serial whose Get-Disk
+    Path holds C(PROD_PVDISK) is mapped by its Win32_DiskDrive location as AWS documents it (bus 0, LUN 0, target 0
+    is C(/dev/sda1), targets 1 to 25 are C(xvdb) to C(xvdz)) to the block device mapping of that device name, with
+    or without C(/dev/), of the instance the host's own instance metadata (IMDSv2) names. Refused, never guessed:
+    no instance metadata, a device name in no mapping or in two, two disks on one volume, an instance store disk
+    (targets 78 to 89), any other location, or an attached mapping at a PV location where the host shows no disk.
+    A volume attached under another name (C(/dev/sdf)) is refused. This mapping never ran on Windows."
+  - The catalog's array record says per volume how each disk was mapped (C(mapped_by), C(nvme-serial) or
+    C(pv-target)). The restore (M(stillpoint.snapshots.win_array_host)) does not handle Xen disks yet and refuses them.
   - "IAM, the task's credentials (shipped as iam/win_vss_snapshot_set.json): ssm:SendCommand on the document
     AWSEC2-CreateVssSnapshot and the instance, ssm:GetCommandInvocation, ec2:DescribeInstances, ec2:DescribeVolumes,
     ec2:DescribeSnapshots, and ec2:CreateTags and ec2:DeleteSnapshot on snapshots carrying stillpoint:creator."
@@ -172,12 +181,13 @@ vss_set_id:
 array:
   description:
     - The named volumes and their EBS volume ids (recorded in C(stillpoint:array)), C(kind=windows-volumes).
-    - Each of C(volumes) is C(path), C(volume_ids) and C(identity), what the volume looked like in diskpart's volume
-      table (C(label), C(fs), C(size)); a restore tells apart volumes on the same disks by it.
+    - Each of C(volumes) is C(path), C(volume_ids), C(mapped_by) (per volume id, C(nvme-serial) or C(pv-target)) and
+      C(identity), what the volume looked like in diskpart's volume table (C(label), C(fs), C(size)); a restore tells
+      apart volumes on the same disks by it.
   returned: always
   type: dict
   sample: {"kind": "windows-volumes", "volumes": [{"path": "E:\\", "volume_ids": ["vol-0bbbbbbbbbbbbbbb1"],
-           "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}]}
+           "mapped_by": ["nvme-serial"], "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}]}
 writers:
   description: The VSS writers (C(name), C(state), C(last_error), ...) as the preflight read them; on failure, as
     read after the failed run.

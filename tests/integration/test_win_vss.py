@@ -10,6 +10,9 @@ serials); Systems Manager is the FAKE SSM proxy (tests/fakes/vss/proxy.py) that 
 (module_utils/_vss.py) talks to both with real boto3 clients from amazon.aws's plugin helper (TaskAWS), as the
 action plugin does. What is left in the endpoint is counted after each case.
 
+``test_xen_instance_maps_disks_by_pv_target`` takes a set on a FAKE Xen instance (tests/fakes/vss/disks.py in Xen
+mode: PV disks without a volume id, target ids from the device names of the endpoint's block device mappings).
+
 ``test_real_windows_host`` runs the module on a real Windows instance when one is given (see its docstring);
 here it is skipped.
 """
@@ -26,6 +29,7 @@ from ansible_collections.stillpoint.snapshots.plugins.plugin_utils._aws import T
 from tests.fakes.vss import FakeSsmProxy
 from tests.fakes.vss import FakeVssAgent
 from tests.fakes.vss import FakeWindowsHost
+from tests.fakes.vss import disks as fake
 from tests.fakes.vss import fake_windows_facts
 from tests.support.world import run_playbook
 from tests.support.world import task
@@ -101,7 +105,8 @@ def test_complete_application_set(ec2, world):
     assert [m["source_volume"] for m in rec["members"]] == world["array"]
     assert rec["members"][0]["mountpoints"] == ["E:\\"] and rec["members"][2]["mountpoints"] == ["F:\\"]
     assert rec["array"]["volumes"][0] == {
-        "path": "E:\\", "volume_ids": world["array"][:2], "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}
+        "path": "E:\\", "volume_ids": world["array"][:2], "mapped_by": ["nvme-serial", "nvme-serial"],
+        "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}
     assert res["vss_set_id"] == agent.runs[0]["vss_set_id"].strip("{}").lower()
     for s in remaining:
         tags = dict((t["Key"], t["Value"]) for t in s["Tags"])
@@ -165,6 +170,85 @@ def test_no_writers_gives_a_filesystem_set(ec2, world):
 def test_preflight_refusal_sends_nothing(ec2, world):
     res, agent, proxy, _host = run(ec2, world, facts=fake_windows_facts(world["array"], version="2.3.1"))
     assert isinstance(res, StillpointError) and "older than 2.3.3" in res.msg and not proxy.sent
+
+
+XEN_DEVICES = ("xvdh", "xvdf", "xvdg", "xvdi")  # E: spans xvdh+xvdf (disks 3 and 1), F: is xvdg, xvdi is outside
+
+
+@pytest.fixture
+def xen_world(ec2):
+    """A Xen instance (m4) whose FAKE Windows host shows PV disks: attached out of order, so that disk order and volume
+    order differ and only the target ids can tell the disks apart."""
+    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
+                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
+                            vols[2]: fake.basic_content("GPT", "1a2b3c4d-5e6f-4701-8293-a4b5c6d7e8f9", "BACKUP"),
+                            vols[3]: fake.basic_content("GPT", "2b3c4d5e-6f70-4812-93a4-b5c6d7e8f9a0", "OTHER")},
+                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}, vols[3]: {"part1": "G"}}, xen=True)
+    host = fake.FakeWindowsDisks(state)
+    facts = dict(fake_windows_facts(vols[:3], boot_volume_id=inst["boot_volume_id"]),
+                 **host.vss_facts(["E:\\", "F:\\"]))
+    return dict(inst, array=vols[:3], outside=vols[3], client=ec2.client(), facts=facts, host=host)
+
+
+def test_xen_instance_maps_disks_by_pv_target(ec2, xen_world):
+    w = xen_world
+    disks = w["facts"]["disks"]
+    assert all(vss.disk_volume_id(d) is None and vss.is_pv_disk(d) for d in disks)  # nothing to read a volume id from
+    assert [d["SCSITargetId"] for d in disks] == [0, 5, 6, 7, 8]  # sda1, then xvdf..xvdi by device name
+    # check mode: the preflight maps every member disk and stops there
+    ec2.clear_calls()
+    res, agent, proxy, _host = run(ec2, w, facts=w["facts"], check_mode=True)
+    assert not isinstance(res, Exception), res
+    assert res["instance_id"] == w["instance_id"] and res["set_id"] is None and not proxy.sent and not agent.runs
+    assert ec2.calls("CreateSnapshots") == []
+    assert res["array"]["volumes"][0]["volume_ids"] == w["array"][:2]
+    assert res["array"]["volumes"][0]["mapped_by"] == ["pv-target", "pv-target"]
+    # the real run: every member snapshot is of the volume at the member's device name
+    res, agent, proxy, _host = run(ec2, w, facts=w["facts"])
+    assert not isinstance(res, Exception), res
+    assert res["state"] == "complete" and res["level"] == "application"
+    snaps = dict((s["SnapshotId"], s) for s in left(w, res["set_id"]))
+    assert sorted(snaps) == sorted(res["snapshot_ids"]) and len(snaps) == 3
+    by_volume = dict((s["VolumeId"], s) for s in snaps.values())
+    assert sorted(by_volume) == sorted(w["array"]) and w["outside"] not in by_volume
+    for vid, device in zip(w["array"], XEN_DEVICES):
+        assert dict((t["Key"], t["Value"]) for t in by_volume[vid]["Tags"])["stillpoint:device"] == device
+    rec = ebs.catalog_sets(w["client"], set_id=res["set_id"])[0]
+    assert rec["array"]["volumes"] == [
+        {"path": "E:\\", "volume_ids": w["array"][:2], "mapped_by": ["pv-target", "pv-target"],
+         "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}},
+        {"path": "F:\\", "volume_ids": [w["array"][2]], "mapped_by": ["pv-target"],
+         "identity": {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}}]
+    assert dict((m["source_volume"], m["mountpoints"]) for m in rec["members"]) == {
+        w["array"][0]: ["E:\\"], w["array"][1]: ["E:\\"], w["array"][2]: ["F:\\"]}
+
+
+def test_xen_instance_refusals(ec2, xen_world):
+    w = xen_world
+    # the host's metadata did not answer: the PV disks cannot be mapped, nothing is sent
+    res, _agent, proxy, _host = run(ec2, w, facts=dict(w["facts"], instance_id=None, imds_error="FAKE: timed out"))
+    assert isinstance(res, StillpointError) and not proxy.sent
+    assert "disk 1 is not mapped to an EBS volume: it is a Xen PV disk" in res.msg
+    # the metadata names another instance whose mappings do not fit the host's disks (one more volume, at xvdj)
+    other = ec2.create_instance(az=AZ, instance_type="m4.large",
+                                volumes=[{"size": 1, "device": d} for d in XEN_DEVICES + ("xvdj",)])
+    res, _agent, proxy, _host = run(ec2, w, facts=dict(w["facts"], instance_id=other["instance_id"]))
+    assert isinstance(res, StillpointError) and not proxy.sent
+    assert "instance %s has xvdj (%s, target 9) attached, but the host shows no Xen PV disk at that target" % (
+        other["instance_id"], other["volumes"][4]["volume_id"]) in res.msg
+    # a member volume attached under a name the PV table does not have: in no mapping, refused
+    w["client"].detach_volume(VolumeId=w["array"][2])
+    w["client"].get_waiter("volume_available").wait(VolumeIds=[w["array"][2]], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    w["client"].attach_volume(VolumeId=w["array"][2], InstanceId=w["instance_id"], Device="/dev/sdg")
+    res, _agent, proxy, _host = run(ec2, w, facts=w["facts"])
+    assert isinstance(res, StillpointError) and not proxy.sent
+    assert "its device name xvdg (Xen PV target 6) is in none of instance %s's block device mappings" % w["instance_id"] in res.msg
 
 
 def test_posix_host_is_refused(tmp_path, ec2):

@@ -76,12 +76,15 @@ def test_preflight_maps_the_spanned_volume_and_the_partition():
     # what each volume looked like in diskpart's detail disk tables goes into the catalog (a restore tells apart
     # volumes on the same disks by it)
     assert plan["members"][0] == {"path": "E:\\", "volume": 2, "disks": [1, 2], "volume_ids": VOLS[:2],
+                                  "mapped_by": ["nvme-serial", "nvme-serial"],
                                   "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}}
     assert plan["members"][1]["volume_ids"] == [VOLS[2]]
     assert plan["members"][1]["identity"] == {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}
     assert vss.layout(plan) == {"kind": "windows-volumes", "volumes": [
-        {"path": "E:\\", "volume_ids": VOLS[:2], "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}},
-        {"path": "F:\\", "volume_ids": [VOLS[2]], "identity": {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}}]}
+        {"path": "E:\\", "volume_ids": VOLS[:2], "mapped_by": ["nvme-serial", "nvme-serial"],
+         "identity": {"label": "SQLDATA", "fs": "NTFS", "size": "19 GB"}},
+        {"path": "F:\\", "volume_ids": [VOLS[2]], "mapped_by": ["nvme-serial"],
+         "identity": {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}}]}
 
 
 def refusal(raw, members=("E:\\", "F:\\"), **kw):
@@ -133,7 +136,90 @@ def test_preflight_refuses_offline_foreign_and_unmapped_disks():
     assert "the dynamic pack is not healthy: disk 2 Foreign" in msg
     pv = facts()
     pv["disks"][1]["SerialNumber"] = "AWS-PV-DISK-1"
-    assert "disk 1 has no EBS volume id in its serial number" in refusal(pv).msg
+    msg = refusal(pv).msg
+    assert "disk 1 is not mapped to an EBS volume: it has no EBS volume id in its serial number" in msg
+    assert "not a Xen PV disk" in msg and "never guessed by disk order" in msg
+
+
+# --------------------------------------------------------------------------- Xen PV disks (AWS PV / Citrix PV drivers)
+
+XEN_DEVICES = ("/dev/sda1", "xvdf", "xvdg", "xvdh")  # disks 0..3: boot, E: on xvdf+xvdg, F: on xvdh
+XEN_ID = "i-0123456789abcdef0"
+
+
+def xen_instance(devices=("/dev/sda1", "xvdf", "xvdg", "xvdh"), volumes=None, instance_id=XEN_ID):
+    """DescribeInstances' record of the Xen instance: ``devices`` mapped to the boot volume and VOLS in order."""
+    vols = volumes or ["vol-0aaaaaaaaaaaaaaa0"] + VOLS
+    return {"InstanceId": instance_id, "RootDeviceName": "/dev/sda1", "BlockDeviceMappings": [
+        {"DeviceName": d, "Ebs": {"VolumeId": v, "Status": "attached"}} for d, v in zip(devices, vols)]}
+
+
+def xen_facts(devices=XEN_DEVICES, **kw):
+    return facts(xen_devices=list(devices), instance_id=XEN_ID, **kw)
+
+
+def test_the_fake_xen_disk_is_what_aws_describes():
+    # the FAKE renders what the library reads: no volume id in the serial, PROD_PVDISK in the path, bus 0 LUN 0
+    disk = xen_facts()["disks"][1]
+    assert vss.disk_volume_id(disk) is None and vss.is_pv_disk(disk)
+    assert (disk["SCSIBus"], disk["SCSITargetId"], disk["SCSILogicalUnit"]) == (0, 5, 0)
+
+
+@pytest.mark.parametrize("target,device", [(0, "/dev/sda1"), (1, "xvdb"), (5, "xvdf"), (25, "xvdz")])
+def test_pv_device_name_follows_aws_table(target, device):
+    assert vss.pv_device_name({"SCSIBus": 0, "SCSILogicalUnit": 0, "SCSITargetId": target}) == device
+
+
+@pytest.mark.parametrize("location,why", [
+    ((0, 78, 0), "instance store disk"), ((0, 89, 0), "instance store disk"),
+    ((0, 26, 0), "not one where an EBS volume sits"), ((1, 5, 0), "not one where an EBS volume sits"),
+    ((0, 5, 1), "not one where an EBS volume sits"), ((None, None, None), "not one where an EBS volume sits"),
+])
+def test_pv_device_name_refuses_other_locations(location, why):
+    bus, target, lun = location
+    with pytest.raises(StillpointError, match=why):
+        vss.pv_device_name({"SCSIBus": bus, "SCSITargetId": target, "SCSILogicalUnit": lun})
+
+
+def test_preflight_maps_xen_disks_through_the_block_device_mappings():
+    plan = vss.preflight(xen_facts(), ["E:\\", "F:\\"], instance=xen_instance())
+    assert plan["volume_ids"] == VOLS and plan["disks"] == [1, 2, 3]
+    assert plan["mapping"][1] == {"volume_id": VOLS[0], "mapped_by": "pv-target", "device": "xvdf"}
+    assert plan["members"][0]["volume_ids"] == VOLS[:2] and plan["members"][0]["mapped_by"] == ["pv-target"] * 2
+    assert vss.layout(plan)["volumes"][1] == {"path": "F:\\", "volume_ids": [VOLS[2]], "mapped_by": ["pv-target"],
+                                              "identity": {"label": "BACKUP", "fs": "NTFS", "size": "19 GB"}}
+    # the device name matches with or without /dev/, and the order of the mappings does not matter
+    shuffled = xen_instance(devices=("/dev/sda1", "/dev/xvdh", "/dev/xvdg", "/dev/xvdf"),
+                            volumes=["vol-0aaaaaaaaaaaaaaa0", VOLS[2], VOLS[1], VOLS[0]])
+    assert vss.preflight(xen_facts(), ["E:", "F:"], instance=shuffled)["volume_ids"] == VOLS
+    # the disks' order is not the devices' order: each disk is mapped by its own target id
+    swapped = xen_facts(devices=["/dev/sda1", "xvdg", "xvdf", "xvdh"])
+    assert vss.preflight(swapped, ["E:", "F:"], instance=xen_instance())["members"][0]["volume_ids"] == [VOLS[1], VOLS[0]]
+
+
+def test_preflight_refuses_xen_disks_it_cannot_map():
+    # no instance known (the host's metadata did not answer)
+    assert "the instance is not known (the host's instance metadata did not answer)" in refusal(xen_facts()).msg
+    # the device name is in no mapping (attached as /dev/sdf: no documented target for that name)
+    inst = xen_instance(devices=("/dev/sda1", "/dev/sdf", "xvdg", "xvdh"))
+    msg = refusal(xen_facts(), instance=inst).msg
+    assert "disk 1 is not mapped to an EBS volume: its device name xvdf (Xen PV target 5) is in none of instance" in msg
+    # two mappings with that name
+    inst = xen_instance()
+    inst["BlockDeviceMappings"].append({"DeviceName": "/dev/xvdf", "Ebs": {"VolumeId": "vol-0eeeeeeeeeeeeeee4",
+                                                                           "Status": "attached"}})
+    assert "its device name xvdf matches 2 block device mappings" in refusal(xen_facts(), instance=inst).msg
+    # two disks map to one volume
+    twice = xen_facts(devices=["/dev/sda1", "xvdf", "xvdf", "xvdh"])
+    assert "disks 1, 2 all map to EBS volume %s: refusing to guess" % VOLS[0] in refusal(twice, instance=xen_instance()).msg
+    # an instance store disk (target 78 = xvdca) is never an EBS volume
+    store = xen_facts(devices=["/dev/sda1", "xvdf", "xvdg", "xvdca"])
+    assert "disk 3 is not mapped to an EBS volume: it is an instance store disk" in refusal(store, instance=xen_instance()).msg
+    # the instance's mappings name a PV location where the host has no disk: not this host's instance
+    inst = xen_instance(devices=("/dev/sda1", "xvdf", "xvdg", "xvdh", "xvdj"),
+                        volumes=["vol-0aaaaaaaaaaaaaaa0"] + VOLS + ["vol-0fffffffffffffff5"])
+    msg = refusal(xen_facts(), instance=inst).msg
+    assert "has xvdj (vol-0fffffffffffffff5, target 9) attached, but the host shows no Xen PV disk at that target" in msg
 
 
 def snap(sid, vid, app=True, config="FAKE;SnapshotSetId={6f1d3c2a-0000-4000-8000-00000000000a}"):

@@ -12,7 +12,10 @@ behaviour follows:
 
 * the disks are the EBS volumes EC2 says are attached to the instance (DescribeInstances at the strict
   endpoint), numbered boot first, then by device name; the serial number is the volume id without the dash
-  (AWS, "Map NVMe disks on Amazon EC2 Windows instance to volumes"). A volume made from a snapshot carries the
+  (AWS, "Map NVMe disks on Amazon EC2 Windows instance to volumes"). In Xen mode (``new_state(xen=True)``) they
+  are Xen PV disks instead: no volume id in the serial, Get-Disk's Path holds PROD_PVDISK and Win32_DiskDrive's
+  target id is the one AWS's table gives the device name of the block device mapping (AWS, "Map non-NVMe disks
+  on Amazon EC2 Windows instance to volumes"; the rest of the record is the FAKE's, see windows.py). A volume made from a snapshot carries the
   on-disk content (partition style, MBR signature / GPT disk GUID, dynamic pack, volumes) of the snapshot's
   source volume;
 * a disk seen for the first time follows the SAN policy (diskpart ``san``: with ``OfflineAll`` new disks are
@@ -49,6 +52,8 @@ import urllib.request
 
 import boto3
 
+from tests.fakes.vss.windows import xen_disk
+
 BOOT = "boot"
 LETTERS = "DEFGHIJKLMNOPQRSTUVWXYZ"
 DP_HEAD = "\nMicrosoft DiskPart version 10.0.20348.1\n\nCopyright (C) Microsoft Corporation.\nOn computer: %s\n\n"
@@ -82,10 +87,11 @@ def dynamic_pack(group, idents, volumes, size_gb=10):
 
 
 def new_state(ec2_url, region, instance_id, boot_volume_id, contents, letters=None, san_policy="OfflineAll",
-              computer_name="FAKE-SQL01"):
+              computer_name="FAKE-SQL01", xen=False):
     """The FAKE host as it was at backup time: ``contents`` {volume_id: content}, those disks online, their packs
-    imported, ``letters`` {volume_id: {volume key: letter}} mounted."""
+    imported, ``letters`` {volume_id: {volume key: letter}} mounted; ``xen``: a Xen instance (PV disks)."""
     state = {"ec2": {"url": ec2_url, "region": region, "instance_id": instance_id}, "boot_volume_id": boot_volume_id,
+             "xen": bool(xen),
              "computer_name": computer_name, "san_policy": san_policy, "content": {}, "disk": {}, "groups": [],
              "letters": {}, "mounts": {}, "log": []}
     for vid, content in contents.items():
@@ -174,8 +180,8 @@ class FakeWindowsDisks:
     def disks(self):
         """The disks now: ``[{"number", "volume_id", "content", "state"}]``; a disk seen for the first time
         arrives as the SAN policy and a signature collision with an online disk say."""
-        out = [{"number": number, "volume_id": vid, "content": self._content_of(vid), "state": self.state["disk"].get(vid)}
-               for number, (_dev, vid) in enumerate(self.attached())]
+        out = [{"number": number, "volume_id": vid, "device": dev, "content": self._content_of(vid),
+                "state": self.state["disk"].get(vid)} for number, (dev, vid) in enumerate(self.attached())]
         for d in out:
             if d["state"] is not None:
                 continue
@@ -283,7 +289,9 @@ class FakeWindowsDisks:
         c = d["content"]
         ident = ("{%s}" % c["id"].upper()) if c["style"] == "GPT" else (c["id"] or "00000000").upper()
         boot = d["volume_id"] == self.state["boot_volume_id"]
-        text = ("Disk %d is now the selected disk.\n\nNVMe Amazon Elastic B\nDisk ID: %s\nType   : NVMe\n"
+        kind = ("FAKE AWS PV disk\nDisk ID: %s\nType   : SCSI\n" if self.state.get("xen") else
+                "NVMe Amazon Elastic B\nDisk ID: %s\nType   : NVMe\n")
+        text = ("Disk %d is now the selected disk.\n\n" + kind +
                 "Status : %s\nPath   : 0\nTarget : 0\nLUN ID : 0\nCurrent Read-only State : %s\nRead-only  : %s\n"
                 "Boot Disk  : %s\nPagefile Disk  : %s\nHibernation File Disk  : No\nCrashdump Disk  : No\n"
                 "Clustered Disk  : No\n\n") % (d["number"], ident, self.status(d), "Yes" if d["state"]["read_only"] else "No",
@@ -317,6 +325,8 @@ class FakeWindowsDisks:
                         "Guid": ("{%s}" % c["id"]) if c["style"] == "GPT" else "",
                         "IsBoot": d["volume_id"] == self.state["boot_volume_id"],
                         "IsSystem": d["volume_id"] == self.state["boot_volume_id"]})
+            if self.state.get("xen"):
+                out[-1] = xen_disk(out[-1], d["device"])
         return out
 
     def find_volume(self, target, vols):
@@ -338,7 +348,8 @@ class FakeWindowsDisks:
         set is taken from the same FAKE host a restore then meets."""
         disks, vols = self.numbered()
         head = DP_HEAD % self.state["computer_name"]
-        out = {"disks": self.get_disk(disks), "diskpart_members": {},
+        out = {"disks": self.get_disk(disks), "diskpart_members": {}, "instance_id": self.state["ec2"]["instance_id"],
+               "imds_error": None,
                "diskpart_disks": head + self.list_disk(disks) + "".join(self.detail_disk(d, vols) for d in disks)}
         for member in members:
             found = self.find_volume(_diskpart_target(member), vols)
