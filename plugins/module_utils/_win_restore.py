@@ -10,6 +10,8 @@ The PowerShell on the host only gathers and runs fixed command forms (roles/wind
 Everything that decides is here, tested without Windows:
 
 * :func:`parse_list_volume`, :func:`parse_selected_volumes`, :func:`host_facts`: the parsers;
+* :func:`refuse_xen`: a host with Xen PV disks is refused before anything changes (disks are found by NVMe serial
+  only here; ``win_vss_snapshot_set`` maps Xen disks, this restore does not yet);
 * :func:`plan_down`: the disks of the volumes about to be detached, offline (never the system disk); a copy
   beside its source refused before anything changes unless ``import_clone``;
 * :func:`plan_up`: one round of steps from what the host holds now - a new signature for a copy that collides
@@ -110,8 +112,21 @@ def host_facts(raw):
             if v["number"] == number and not LETTER_RE.match(path):
                 v["paths"].append(path)
     return {"disks": disks, "others": others, "volumes": volumes, "paths": paths,
+            "pv_disks": [number for number, d in sorted(gets.items()) if vss.is_pv_disk(d)],
             "instance_id": raw.get("instance_id"), "imds_error": raw.get("imds_error"),
             "computer_name": raw.get("computer_name")}
+
+
+def refuse_xen(facts):
+    """Refuse a host with Xen PV disks: this version's restore finds disks by NVMe serial only (the PowerShell that
+    changes disks re-finds each by it), and would otherwise see none of the restored disks."""
+    if facts.get("pv_disks"):
+        raise StillpointError(
+            "host %s has Xen PV disks (disk(s) %s: no EBS volume id in their serial number): the Windows restore maps "
+            "disks by NVMe serial only and does not restore on Xen instances yet (a Xen set is taken by "
+            "win_vss_snapshot_set through the PV target ids; restore it by hand: swap the volumes at the recorded "
+            "device names, then bring the disks online and import the pack with diskpart). Nothing was changed."
+            % (facts.get("computer_name"), ", ".join(map(str, facts["pv_disks"]))), pv_disks=facts["pv_disks"])
 
 
 def chkdsk_verdict(path, rc, output):
@@ -343,6 +358,7 @@ def down(params, execute, check_mode=False):
                            "ImdsEndpoint": params.get("imds_endpoint") or ""})
     facts = host_facts(raw)
     check_identity(facts, params.get("expect_instance_id"))
+    refuse_xen(facts)
     steps = plan_down(facts, params.get("volume_ids") or [], params.get("source_volume_ids") or [],
                       params.get("import_clone"))
     result = {"changed": bool(steps), "actions": [dict(what=s["what"], planned=check_mode) for s in steps],
@@ -368,6 +384,7 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
                                "ImdsEndpoint": params.get("imds_endpoint") or ""})
         facts = host_facts(raw)
         check_identity(facts, params.get("expect_instance_id"))
+        refuse_xen(facts)
         missing = [v for v in new_ids if v not in facts["disks"]]
         if missing:
             if check_mode or clock() > deadline:
@@ -424,6 +441,7 @@ def info(params, execute):
                            "ImdsEndpoint": params.get("imds_endpoint") or ""})
     facts = host_facts(raw)
     check_identity(facts, params.get("expect_instance_id"))
+    refuse_xen(facts)
     return {"changed": False, "instance_id": facts["instance_id"], "computer_name": facts["computer_name"],
             "disks": sorted(facts["disks"].values(), key=lambda d: d["number"]), "volumes": facts["volumes"]}
 

@@ -97,6 +97,8 @@ requirements:
   - ansible.windows (win_powershell)
 notes:
   - The host needs diskpart, chkdsk and the Storage module's Get-Disk (Windows Server 2012 and later).
+  - Disks are found by the EBS volume id in their NVMe serial only. A host with Xen PV disks (Get-Disk Path with
+    C(PROD_PVDISK)) is refused by every state before anything changes.
 """
 
 EXAMPLES = r"""

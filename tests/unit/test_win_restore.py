@@ -243,3 +243,20 @@ def test_system_disk_is_never_taken_offline():
     h = host()
     with pytest.raises(StillpointError, match="holds the running system"):
         win.down(params(volume_ids=[BOOT]), executor(h))
+
+
+def test_xen_host_is_refused_before_anything_changes():
+    """A Xen instance (PV disks, no volume id in the serial): this restore finds disks by NVMe serial only, so every
+    state refuses it before a step runs (else `down` would find none of the disks to take offline)."""
+    h = host()
+    h.state["xen"] = True
+    h.state["attached"] = [["/dev/sda1", BOOT], ["xvdf", A], ["xvdg", B], ["xvdh", C]]
+    calls = []
+    for state, run in (("info", lambda: win.info(params(), executor(h, calls))),
+                       ("down", lambda: win.down(params(volume_ids=[A, B, C]), executor(h, calls))),
+                       ("up", lambda: win.up(params(), executor(h, calls)))):
+        with pytest.raises(StillpointError) as info:
+            run()
+        assert "has Xen PV disks (disk(s) 0, 1, 2, 3" in info.value.msg, state
+        assert "does not restore on Xen instances yet" in info.value.msg and "Nothing was changed" in info.value.msg
+    assert [name for name, _p in calls] == [win.GATHER] * 3 and diskpart_lines(h) == []

@@ -2,10 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Windows restore of an array (win_array_host, gather): reads and returns raw facts, changes nothing.
-# Get-Disk (serial number = EBS volume id on NVMe, offline state and reason, partition style, signature/GUID),
-# one diskpart run of `list disk` + `list volume`, one of `select disk N` + `detail disk` per disk and
-# `select volume N` + `detail volume` per volume, and `select volume=<path>` + `detail volume` per path asked
-# for (drive letter or mount folder). With -Identify, the instance id from the instance metadata (IMDSv2).
+# Get-Disk (serial number = EBS volume id on NVMe, Path (PROD_PVDISK marks a Xen PV disk, which the controller
+# refuses), offline state and reason, partition style, signature/GUID), one diskpart run of `list disk` +
+# `list volume`, one of `select disk N` + `detail disk` per disk and `select volume N` + `detail volume` per
+# volume, and `select volume=<path>` + `detail volume` per path asked for (drive letter or mount folder).
+# With -Identify, the instance id from the instance metadata (IMDSv2).
 # The controller (module_utils/_win_restore.py) parses and decides. Sources: docs/windows-vss.md.
 [CmdletBinding()]
 param(
@@ -40,6 +41,7 @@ $disks = @(Get-Disk | Sort-Object -Property Number | ForEach-Object {
         [ordered]@{
             Number         = [int]$_.Number
             SerialNumber   = "$($_.SerialNumber)"
+            Path           = "$($_.Path)"
             IsOffline      = [bool]$_.IsOffline
             IsReadOnly     = [bool]$_.IsReadOnly
             OfflineReason  = if ($_.IsOffline) { "$($_.OfflineReason)" } else { $null }
