@@ -8,6 +8,7 @@ the hosts their turns from the same pacer."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 
@@ -25,11 +26,11 @@ PACED_BUCKET = [4, 1.0]
 HOST_BUCKET = [6, 1.0]
 
 
-def fleet(ec2, tmp_path, count):
+def fleet(ec2, tmp_path, count, prefix="pacer"):
     hosts = {}
     for i in range(count):
         inst = ec2.create_instance(volumes=[{"size": 1, "device": d} for d in ("/dev/sdf", "/dev/sdg")])
-        hosts["pacer-%d" % i] = {"instance_id": inst["instance_id"], "volume_ids": [v["volume_id"] for v in inst["volumes"]]}
+        hosts["%s-%d" % (prefix, i)] = {"instance_id": inst["instance_id"], "volume_ids": [v["volume_id"] for v in inst["volumes"]]}
     path = str(tmp_path / "inventory.json")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}, "hosts": hosts}}, handle)
@@ -93,3 +94,34 @@ def test_host_mode_hosts_take_their_turns_from_the_controllers_pacer(tmp_path, e
     # 12 tokens through the pacer's 4 refilled at 1 a second: the hosts were started in turn, before any freeze
     assert all(r["pacer"]["admitted"] and r["pacer"]["size"] == 4 for r in results.values())
     assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0
+
+
+def test_job_slices_that_share_no_controller_split_the_bucket_and_none_is_throttled(tmp_path, ec2):
+    # two slices of one job template: two ansible-playbook runs at once, each with its own local temporary directory
+    # (its own pacer file), 3 hosts each. The account's bucket (10, 2 a second) is smaller than the two pacers'
+    # together would be unsplit (8 + 8): with pacer.slices 2 each takes half of 8 (4, 1 a second)
+    slices = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        slices.append(fleet(ec2, tmp_path / str(i), HOSTS // 2, prefix="slice%d" % i))
+    ec2.buckets(on=True, overrides={"CreateSnapshots": [10, 2.0]})
+    pacer = {"size": 8, "refill": 2.0, "slices": "2"}  # survey text, typed by the module
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda s: take_sets(s[0], ec2, s[1][1], pacer), [(tmp_path / "0", slices[0]),
+                                                                               (tmp_path / "1", slices[1])]))
+    hosts = dict(slices[0][0], **slices[1][0])
+    results = dict(runs[0][1], **runs[1][1])
+    complete_and_never_throttled(ec2, hosts, max(rc for rc, _r in runs), results)
+    assert all(r["pacer"]["size"] == 4 and r["pacer"]["refill"] == 1.0 for r in results.values())
+    assert sum(r["pacer"]["waited_s"] for r in results.values()) > 0  # 6 tokens a slice through 4: they queued
+
+
+def test_a_bad_slices_count_is_refused_before_anything(tmp_path, ec2):
+    hosts, inventory = fleet(ec2, tmp_path, 1)
+    rc, results = take_sets(tmp_path, ec2, inventory, {"slices": 0})
+    assert rc != 0
+    (only,) = results.values()
+    assert only["failed"] and "pacer.slices must be an integer >= 1" in only["msg"]
+    assert ec2.calls("CreateSnapshots", dry_run=True) == []
+    volume_ids = list(hosts.values())[0]["volume_ids"]
+    assert ec2.client().describe_snapshots(Filters=[{"Name": "volume-id", "Values": volume_ids}])["Snapshots"] == []
