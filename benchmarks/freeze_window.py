@@ -14,6 +14,12 @@ once, as in the issue's stock measurement), on real loop filesystems that this s
 Ansible's local connection. The window is first freeze start -> last thaw end: for stock from
 ``date +%s%N`` around the fsfreeze commands, for ours from the guardian's monotonic clock.
 
+The runs go in rounds: each round measures every volume count with every approach once (all the
+instances exist for the whole run), so that other work on the machine's cores falls on all of them
+alike; the figures are the medians over the rounds. (Measuring one volume count's runs, then the
+next's, put the 1 and 16 filesystem runs minutes apart: on a shared 2-core machine three runs of
+the same code gave a 16/1 ratio of 1.23x, 1.84x and 1.42x.)
+
 The kernel freeze share is the part of the window spent freezing: for stock the fsfreeze loop, for
 ours the guardian's ``freeze_span_ms`` (the freeze request to the end of the last FIFREEZE; the
 guardian freezes the filesystems of a set at once, see plugins/module_utils/_freeze.py). With
@@ -27,6 +33,7 @@ Prints a table, the ratios (16/1 flatness against the target of 1.5x), and as it
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -145,27 +152,38 @@ def main():
     with tempfile.TemporaryDirectory(prefix="stillpoint-bench-") as workdir:
         ec2.start(os.path.join(workdir, "ec2"), pending_seconds=0)
         try:
-            for n in counts:
-                with EmulatedInstance(ec2, n=n, size_mb=16, image_dir=args.image_dir, layout=args.layout) as inst:
-                    for approach in approaches:
-                        runs = [measure(approach, ec2, inst, workdir) for _run in range(args.runs)]
-                        row = dict((key, statistics.median(r[key] for r in runs))
-                                   for key in ("window_ms", "wall_s", "kernel_freeze_ms"))
-                        row["call_ms"] = (statistics.median(r["call_ms"] for r in runs)
-                                          if runs[0]["call_ms"] is not None else None)
-                        row["creates"] = sorted(set(r["creates"] for r in runs))
-                        table[(approach, n)] = row
-                        print("measured %-10s %2d volumes: window %9.1f ms  wall %6.2f s  create calls/run %s"
-                              % (approach, n, row["window_ms"], row["wall_s"], row["creates"]), flush=True)
-                    if args.layout == "filesystems":
-                        for parallel, row in guardian_only(inst.mountpoints, args.runs).items():
+            with contextlib.ExitStack() as stack:
+                instances = dict((n, stack.enter_context(EmulatedInstance(
+                    ec2, n=n, size_mb=16, image_dir=args.image_dir, layout=args.layout))) for n in counts)
+                # rounds: every volume count and approach once per round, so that what the machine does meanwhile
+                # (other work on its cores) falls on all of them alike, not on one volume count's runs
+                runs = dict(((a, n), []) for a in approaches for n in counts)
+                for r in range(args.runs):
+                    for n in counts:
+                        # the instance metadata names the instance being measured (each EmulatedInstance set it
+                        # to its own when it was made)
+                        ec2.set_imds(instance_id=instances[n].info["instance_id"], az=instances[n].info["az"])
+                        for approach in approaches:
+                            runs[(approach, n)].append(measure(approach, ec2, instances[n], workdir))
+                    print("round %d of %d done" % (r + 1, args.runs), flush=True)
+                for (approach, n), done in runs.items():
+                    row = dict((key, statistics.median(r[key] for r in done))
+                               for key in ("window_ms", "wall_s", "kernel_freeze_ms"))
+                    row["call_ms"] = (statistics.median(r["call_ms"] for r in done)
+                                      if done[0]["call_ms"] is not None else None)
+                    row["creates"] = sorted(set(r["creates"] for r in done))
+                    table[(approach, n)] = row
+                if args.layout == "filesystems":
+                    for n in counts:
+                        for parallel, row in guardian_only(instances[n].mountpoints, args.runs).items():
                             direct[(parallel, n)] = row
         finally:
             ec2.stop()
 
     print()
-    print("median of %d runs, volumes %s, layout %s, loop images in %s, ansible local connection, endpoint on "
-          "127.0.0.1" % (args.runs, args.volumes, args.layout, args.image_dir))
+    print("median of %d runs (in rounds: each volume count and approach once a round), volumes %s, layout %s, loop "
+          "images in %s, ansible local connection, endpoint on 127.0.0.1"
+          % (args.runs, args.volumes, args.layout, args.image_dir))
     header = ("approach", "volumes", "window ms", "kernel freeze ms", "kernel share", "EC2 call ms", "wall s",
               "create calls/run")
     print("%-11s %8s %11s %17s %12s %12s %8s %17s" % header)
