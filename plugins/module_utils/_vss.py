@@ -258,6 +258,22 @@ def _bare_device(name):
     return n[len("/dev/"):] if n.startswith("/dev/") else n
 
 
+def pv_target_of_device(name):
+    """The Xen PV target id where AWS's table puts an EBS volume attached at device ``name`` (``/dev/sda1`` 0,
+    ``xvdb``..``xvdz`` 1..25, with or without ``/dev/``), or None for a name the table gives no EBS location
+    (``/dev/sdf``, the instance store's ``xvdca``..``xvdcl``): :func:`pv_device_name` read backwards."""
+    n = _bare_device(name)
+    if n == "sda1":
+        return 0
+    m = re.match(r"^xvd([b-z])$", n)
+    return ord(m.group(1)) - ord("a") if m else None
+
+
+def pv_location_device(target):
+    """The device name of Xen PV target ``target`` (bus 0, LUN 0): :func:`pv_device_name` of that location."""
+    return pv_device_name({"SCSIBus": 0, "SCSILogicalUnit": 0, "SCSITargetId": target})
+
+
 def pv_volume_id(disk, instance):
     """The EBS volume of a Xen PV disk: the block device mapping of ``instance`` (DescribeInstances) whose
     DeviceName is the disk's device name (with or without ``/dev/``). Returns ``(volume_id, device name)``; raises

@@ -6,12 +6,18 @@ before the swap, brought back after it.
 
 The PowerShell on the host only gathers and runs fixed command forms (roles/windows_ebs_disk/files:
 ``Get-EbsArrayDisks.ps1`` reads Get-Disk and diskpart's ``list disk`` / ``list volume`` / ``detail disk`` /
-``detail volume``; ``Set-EbsArrayDisks.ps1`` runs one list of steps, each disk re-found by its NVMe serial).
-Everything that decides is here, tested without Windows:
+``detail volume``; ``Set-EbsArrayDisks.ps1`` runs one list of steps, each disk re-found by its NVMe serial, or on a
+Xen instance by its PV location). Everything that decides is here, tested without Windows:
 
 * :func:`parse_list_volume`, :func:`parse_selected_volumes`, :func:`host_facts`: the parsers;
-* :func:`refuse_xen`: a host with Xen PV disks is refused before anything changes (disks are found by NVMe serial
-  only here; ``win_vss_snapshot_set`` maps Xen disks, this restore does not yet);
+* :func:`xen_instance`, :func:`host_facts`: a Xen PV disk (no volume id in its serial) is mapped by its location
+  (bus 0, target N, LUN 0 -> device name, AWS's table in :mod:`_vss`) through the block device mappings of the
+  instance, read fresh from EC2 (DescribeInstances, by the action plugin) at every gather; the instance is the one
+  the host's own metadata names, and it must be the one the restore targets. Every step on such a disk carries its
+  location; the mappings are read again right before the steps are sent (:func:`_apply`) and the PowerShell finds
+  the disk at that location right before each change. Refused, never guessed: no instance id from the metadata, a
+  device name in no mapping or in two, two disks at one location, a volume at a device name the table gives no
+  EBS location (instance store ``xvdca``..``xvdcl``, ``/dev/sdf``...), a restored volume not at its location in time;
 * :func:`plan_down`: the disks of the volumes about to be detached, offline (never the system disk); a copy
   beside its source refused before anything changes unless ``import_clone``;
 * :func:`plan_up`: one round of steps from what the host holds now - a new signature for a copy that collides
@@ -71,10 +77,38 @@ def diskpart_target(path):
     return p[0] if LETTER_RE.match(p) else p.rstrip("\\")
 
 
-def host_facts(raw):
+def _pv_map(d, rec, instance, located, problems):
+    """The volume id of Xen PV disk ``d`` (its record ``rec`` gets ``pv_target`` and ``device``), or None: a disk at no
+    EBS location (instance store, another bus or LUN) is never acted on; one whose device name is in no mapping of
+    ``instance`` or in two is a problem (``problems``). Two disks at one location raise."""
+    try:
+        device = vss.pv_device_name(d)
+    except StillpointError as exc:
+        rec["pv_note"] = exc.msg
+        return None
+    target = int(d.get("SCSITargetId"))
+    if target in located:
+        raise StillpointError("disks %d and %d are both at Xen PV bus 0, target %d, LUN 0 (device name %s): refusing to "
+                              "guess which one it is; no step of this round was sent" % (located[target], rec["number"], target, device))
+    located[target] = rec["number"]
+    rec.update(pv_target=target, device=device)
+    if instance is None:
+        return None
+    try:
+        return vss.pv_volume_id(d, instance)[0]
+    except StillpointError as exc:
+        problems.append("disk %d is not mapped to an EBS volume: %s" % (rec["number"], exc.msg))
+        return None
+
+
+def host_facts(raw, instance=None):
     """The gather script's output -> ``{"disks": {volume_id: {...}}, "others": [...], "volumes": [...],
-    "paths": {path: volume number or None}, "instance_id", "imds_error", "computer_name"}``."""
+    "paths": {path: volume number or None}, "instance_id", "imds_error", "computer_name", "xen", "pv_disks",
+    "pv_problems"}``. ``instance``: DescribeInstances' record of the instance the host's metadata names, read
+    for a host with Xen PV disks (:func:`xen_instance`); they are mapped through its block device mappings."""
     gets = dict((d.get("Number"), d) for d in raw.get("disks") or [])
+    located = {}
+    pv_problems = []
     text = raw.get("diskpart") or ""
     rows = dict((r["number"], r) for r in vss.parse_disk_rows(text.split("Volume ###")[0]))
     by_number = {}
@@ -88,13 +122,16 @@ def host_facts(raw):
                "boot": bool(d.get("IsBoot")) or bool(d.get("IsSystem")), "status": row.get("status") or "",
                "dynamic": bool(row.get("dynamic"))}
         vid = vss.disk_volume_id(d)
+        if vid is None and vss.is_pv_disk(d):
+            vid = _pv_map(d, rec, instance, located, pv_problems)
         rec["volume_id"] = vid
         by_number[number] = rec
         if vid is None:
             others.append(rec)
         elif vid in disks:
-            raise StillpointError("disks %d and %d carry the serial of EBS volume %s; refusing to guess"
-                                  % (disks[vid]["number"], number, vid))
+            raise StillpointError("disks %d and %d %s EBS volume %s; refusing to guess"
+                                  % (disks[vid]["number"], number, "map to" if "pv_target" in rec else
+                                     "carry the serial of", vid))
         else:
             disks[vid] = rec
     on_disks = parse_selected_volumes(text)
@@ -111,22 +148,120 @@ def host_facts(raw):
         for v in volumes:
             if v["number"] == number and not LETTER_RE.match(path):
                 v["paths"].append(path)
-    return {"disks": disks, "others": others, "volumes": volumes, "paths": paths,
-            "pv_disks": [number for number, d in sorted(gets.items()) if vss.is_pv_disk(d)],
+    pv_disks = [number for number, d in sorted(gets.items()) if vss.is_pv_disk(d)]
+    return {"disks": disks, "others": others, "volumes": volumes, "paths": paths, "xen": bool(pv_disks),
+            "pv_disks": pv_disks, "pv_problems": pv_problems,
             "instance_id": raw.get("instance_id"), "imds_error": raw.get("imds_error"),
             "computer_name": raw.get("computer_name")}
 
 
-def refuse_xen(facts):
-    """Refuse a host with Xen PV disks: this version's restore finds disks by NVMe serial only (the PowerShell that
-    changes disks re-finds each by it), and would otherwise see none of the restored disks."""
-    if facts.get("pv_disks"):
+# --------------------------------------------------------------------------- Xen instances
+
+def xen_instance(raw, params, describe):
+    """The instance whose block device mappings map a Xen host's PV disks: the one the host's own instance metadata
+    names (the gather script asks it whenever it sees a PV disk), which must be the instance the restore targets
+    (``instance_id``, ``expect_instance_id``), read fresh with ``describe`` (DescribeInstances on the controller)."""
+    pv = [d.get("Number") for d in raw.get("disks") or [] if vss.is_pv_disk(d)]
+    host = raw.get("computer_name")
+    got = raw.get("instance_id")
+    if not got:
         raise StillpointError(
-            "host %s has Xen PV disks (disk(s) %s: no EBS volume id in their serial number): the Windows restore maps "
-            "disks by NVMe serial only and does not restore on Xen instances yet (a Xen set is taken by "
-            "win_vss_snapshot_set through the PV target ids; restore it by hand: swap the volumes at the recorded "
-            "device names, then bring the disks online and import the pack with diskpart). Nothing was changed."
-            % (facts.get("computer_name"), ", ".join(map(str, facts["pv_disks"]))), pv_disks=facts["pv_disks"])
+            "host %s has Xen PV disks (disk(s) %s: no EBS volume id in their serial number); they are mapped by their "
+            "location through the block device mappings of the instance the host's metadata names, and its instance "
+            "metadata did not answer (%s). Refusing, never guessed; no step of this round was sent."
+            % (host, ", ".join(map(str, pv)), raw.get("imds_error") or "no answer"), pv_disks=pv)
+    for key in ("instance_id", "expect_instance_id"):
+        want = params.get(key)
+        if want and got != want:
+            raise StillpointError("host %s is instance %s, not the instance the restore targets (%s); its Xen PV disks "
+                                  "would be mapped through another instance's block device mappings. No step of "
+                                  "this round was sent." % (host, got, want), instance_id=got)
+    if describe is None:
+        raise StillpointError("host %s has Xen PV disks: mapping them needs the EC2 API (DescribeInstances of %s); "
+                              "no step was sent" % (host, got))
+    instance = describe(got)
+    if (instance or {}).get("InstanceId") != got:
+        raise StillpointError("DescribeInstances of %s answered for %s; no step was sent"
+                              % (got, (instance or {}).get("InstanceId")))
+    return instance
+
+
+def _mappings_of(instance, volume_id):
+    return [b for b in (instance or {}).get("BlockDeviceMappings") or []
+            if (b.get("Ebs") or {}).get("VolumeId") == volume_id]
+
+
+def pv_volume_problems(facts, instance, volume_ids, seen=False):
+    """On a Xen host: the volumes of ``volume_ids`` attached to ``instance`` at a device name AWS's table gives no EBS
+    location (their disk cannot be located: refused, never guessed); with ``seen``, also those attached where the
+    host shows no disk (before the swap: the disk to take offline is not where the mappings say)."""
+    if not facts.get("xen"):
+        return []
+    problems = []
+    for vid in volume_ids:
+        for b in _mappings_of(instance, vid):
+            target = vss.pv_target_of_device(b.get("DeviceName"))
+            if target is not None and seen and vid not in facts["disks"]:
+                problems.append("volume %s is attached to %s at %s, but the host shows no Xen PV disk at target %d"
+                                % (vid, instance.get("InstanceId"), b.get("DeviceName"), target))
+            if target is None:
+                problems.append(
+                    "volume %s is attached to %s at %s: on a Xen instance AWS's table puts an EBS volume at /dev/sda1 or "
+                    "xvdb..xvdz (PV targets 0..25; xvdca..xvdcl, targets 78..89, are the instance store), so its disk "
+                    "cannot be located" % (vid, instance.get("InstanceId"), b.get("DeviceName")))
+    return problems
+
+
+def where_expected(instance, volume_id):
+    """Where a volume's disk is looked for on a Xen host: ``xvdf (Xen PV target 5)``."""
+    found = _mappings_of(instance, volume_id)
+    if not found:
+        return "in none of instance %s's block device mappings" % (instance or {}).get("InstanceId")
+    return ", ".join("%s (Xen PV target %s)" % (b.get("DeviceName"), vss.pv_target_of_device(b.get("DeviceName")))
+                     for b in found)
+
+
+def locate(steps, facts):
+    """Each step on a Xen PV disk gets that disk's location (``pv_target``; ``pv_targets`` beside a volume step's
+    ``disks``): the PowerShell finds the disk there, right before the change (never by a disk number)."""
+    if not facts.get("xen"):
+        return steps
+    out = []
+    for s in steps:
+        s = dict(s)
+        disk = facts["disks"].get(s.get("volume_id")) if s.get("volume_id") else None
+        if disk is not None and disk.get("pv_target") is not None:
+            s["pv_target"] = disk["pv_target"]
+        if s.get("disks"):
+            s["pv_targets"] = [(facts["disks"].get(v) or {}).get("pv_target") for v in s["disks"]]
+        out.append(s)
+    return out
+
+
+def recheck_locations(steps, facts, describe):
+    """Right before steps are sent: every (volume, PV location) they name is still what the instance's block device
+    mappings say, read again now (a swap or an attach in between would make a location mean another volume)."""
+    pairs = set()
+    for s in steps:
+        if s.get("pv_target") is not None:
+            pairs.add((s["volume_id"], s["pv_target"]))
+        for vid, target in zip(s.get("disks") or [], s.get("pv_targets") or []):
+            if target is not None:
+                pairs.add((vid, target))
+    if not pairs:
+        return
+    instance = describe(facts["instance_id"])
+    problems = []
+    for vid, target in sorted(pairs):
+        device = vss.pv_location_device(target)
+        held = [(b.get("Ebs") or {}).get("VolumeId") for b in instance.get("BlockDeviceMappings") or []
+                if vss.pv_target_of_device(b.get("DeviceName")) == target and (b.get("Ebs") or {}).get("VolumeId")]
+        if held != [vid]:
+            problems.append("%s (Xen PV target %d) holds %s, not %s" % (device, target, ", ".join(held) or "nothing", vid))
+    if problems:
+        raise StillpointError("instance %s's block device mappings changed since the host was read: %s; refusing the "
+                              "round (none of its steps was sent)" % (facts["instance_id"], "; ".join(problems)),
+                              problems=problems)
 
 
 def chkdsk_verdict(path, rc, output):
@@ -347,29 +482,55 @@ def plan_paths(facts, wanted):
 
 # --------------------------------------------------------------------------- procedures
 
-def _apply(execute, steps):
+def _apply(execute, steps, facts=None, describe=None):
+    """Send ``steps`` to the host. On a Xen host each disk step carries its disk's PV location (:func:`locate`),
+    checked first against the instance's block device mappings read again now (:func:`recheck_locations`)."""
+    if facts is not None and facts.get("xen"):
+        steps = locate(steps, facts)
+        recheck_locations(steps, facts, describe)
     out = execute(APPLY, {"Steps": [dict((k, v) for k, v in s.items() if k != "what") for s in steps]})
     return out.get("results") or []
 
 
-def down(params, execute, check_mode=False):
-    """Take the disks of ``params["volume_ids"]`` offline (before their volumes are detached)."""
-    raw = execute(GATHER, {"Path": [], "Identify": bool(params.get("expect_instance_id")),
+def gather(params, execute, describe=None, paths=()):
+    """``(facts, instance)``: the host read by the gather script; on a Xen host (PV disks) the instance whose block
+    device mappings map them (:func:`xen_instance`), else None. The identity proof as asked."""
+    raw = execute(GATHER, {"Path": list(paths), "Identify": bool(params.get("expect_instance_id")),
                            "ImdsEndpoint": params.get("imds_endpoint") or ""})
-    facts = host_facts(raw)
+    instance = None
+    if any(vss.is_pv_disk(d) for d in raw.get("disks") or []):
+        check_identity(raw, params.get("expect_instance_id"))
+        instance = xen_instance(raw, params, describe)
+    facts = host_facts(raw, instance)
     check_identity(facts, params.get("expect_instance_id"))
-    refuse_xen(facts)
+    return facts, instance
+
+
+def _refuse_pv(facts, instance, volume_ids, what, seen=False):
+    problems = facts["pv_problems"] + pv_volume_problems(facts, instance, volume_ids, seen)
+    if problems:
+        raise StillpointError("refusing %s on host %s (Xen PV disks, mapped through instance %s's block device "
+                              "mappings; no step of this round was sent): %s"
+                              % (what, facts.get("computer_name"), facts["instance_id"], "; ".join(problems)),
+                              problems=problems)
+
+
+def down(params, execute, check_mode=False, describe=None):
+    """Take the disks of ``params["volume_ids"]`` offline (before their volumes are detached)."""
+    facts, instance = gather(params, execute, describe)
+    _refuse_pv(facts, instance, params.get("volume_ids") or [], "the Windows host step", seen=True)
     steps = plan_down(facts, params.get("volume_ids") or [], params.get("source_volume_ids") or [],
                       params.get("import_clone"))
     result = {"changed": bool(steps), "actions": [dict(what=s["what"], planned=check_mode) for s in steps],
               "instance_id": facts["instance_id"]}
     if steps and not check_mode:
-        result["results"] = _apply(execute, steps)
+        result["results"] = _apply(execute, steps, facts, describe)
     return result
 
 
-def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic):
-    """Bring the restored disks up: wait for them (by volume id), disk steps, paths, then chkdsk read-only."""
+def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic, describe=None):
+    """Bring the restored disks up: wait for them (by volume id; on a Xen host at the PV location of the device name
+    each is attached at), disk steps, paths, then chkdsk read-only."""
     new_ids = list(params["volume_ids"])
     sources = list(params.get("source_volume_ids") or [])
     if len(sources) != len(new_ids):
@@ -380,18 +541,23 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
     actions = []
     rounds = 0
     while True:
-        raw = execute(GATHER, {"Path": paths, "Identify": bool(params.get("expect_instance_id")),
-                               "ImdsEndpoint": params.get("imds_endpoint") or ""})
-        facts = host_facts(raw)
-        check_identity(facts, params.get("expect_instance_id"))
-        refuse_xen(facts)
+        facts, instance = gather(params, execute, describe, paths)
+        located = pv_volume_problems(facts, instance, new_ids)
+        if located:
+            _refuse_pv(facts, instance, new_ids, "to bring the restored disks up")
         missing = [v for v in new_ids if v not in facts["disks"]]
-        if missing:
+        if missing or facts["pv_problems"]:
             if check_mode or clock() > deadline:
-                if check_mode:
+                if check_mode and not facts["pv_problems"]:
                     return {"changed": True, "actions": [dict(what="wait for the disks of %s, then bring them up"
                                                               % ", ".join(missing), planned=True)], "volumes": [],
                             "chkdsk": []}
+                if facts["xen"]:
+                    raise StillpointError(
+                        "the restored volumes did not appear at their Xen PV locations within %s s: %s. Refused, "
+                        "never guessed." % (params.get("device_timeout"), "; ".join(
+                            ["%s, expected at %s" % (v, where_expected(instance, v)) for v in missing]
+                            + facts["pv_problems"])), actions=actions, problems=facts["pv_problems"])
                 raise StillpointError("the restored volumes %s did not appear as disks (NVMe serial) within %s s"
                                       % (", ".join(missing), params.get("device_timeout")), actions=actions)
             sleep(2.0)
@@ -411,7 +577,7 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
             raise StillpointError("the restored disks did not come up after %d rounds of steps" % MAX_ROUNDS,
                                   actions=actions)
         try:
-            _apply(execute, steps)
+            _apply(execute, steps, facts, describe)
         except StillpointError as exc:
             exc.details["actions"] = actions
             raise
@@ -422,7 +588,7 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
         volumes.append({"path": w["path"], "target": w["target"], "volume": vol["number"], "disks": w["disks"],
                         "type": vol["type"], "status": vol["status"]})
     checks = []
-    if params.get("verify", True):
+    if params.get("verify", True) and not check_mode:  # the apply script does not run in check mode
         res = _apply(execute, [{"op": "chkdsk", "path": diskpart_target(w["target"]) + (":" if LETTER_RE.match(
             w["target"]) else "")} for w in wanted])
         checks = [chkdsk_verdict(w["target"], r.get("rc"), r.get("output")) for w, r in zip(wanted, res)]
@@ -435,13 +601,10 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
             "instance_id": facts["instance_id"]}
 
 
-def info(params, execute):
+def info(params, execute, describe=None):
     """Read only: the facts, and the identity proof when asked."""
-    raw = execute(GATHER, {"Path": [], "Identify": bool(params.get("expect_instance_id")),
-                           "ImdsEndpoint": params.get("imds_endpoint") or ""})
-    facts = host_facts(raw)
-    check_identity(facts, params.get("expect_instance_id"))
-    refuse_xen(facts)
+    facts, instance = gather(params, execute, describe)
+    _refuse_pv(facts, instance, [], "to report its disks")
     return {"changed": False, "instance_id": facts["instance_id"], "computer_name": facts["computer_name"],
             "disks": sorted(facts["disks"].values(), key=lambda d: d["number"]), "volumes": facts["volumes"]}
 
@@ -456,5 +619,6 @@ ARGUMENT_SPEC = dict(
     verify=dict(type="bool", default=True),
     device_timeout=dict(type="float", default=120.0),
     expect_instance_id=dict(type="str"),
+    instance_id=dict(type="str"),
     imds_endpoint=dict(type="str"),
 )

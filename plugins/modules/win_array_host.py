@@ -16,7 +16,8 @@ version_added: 0.2.0
 description:
   - The Windows counterpart of M(stillpoint.snapshots.array_host), used by the role C(stillpoint.snapshots.array_restore)
     for sets taken by M(stillpoint.snapshots.win_vss_snapshot_set) (array kind C(windows-volumes)). Every disk is found
-    by the EBS volume id in its NVMe serial number (Get-Disk C(SerialNumber)), never by disk number.
+    by the EBS volume id in its NVMe serial number (Get-Disk C(SerialNumber)), or on a Xen instance by its PV location
+    (below), never by disk number.
   - V(down) takes the disks of O(volume_ids) (the volumes about to be detached) offline with diskpart C(offline disk);
     the boot or system disk is refused. A source volume of O(source_volume_ids) that stays attached (a copy beside its
     source) is refused before anything changes unless O(import_clone).
@@ -30,7 +31,8 @@ description:
     O(verify); any exit code but 0 fails the task.'
   - A copy of a dynamic pack is never brought up beside its source pack (refused).
   - V(info) reads only.
-  - Check mode reads the host and returns the planned steps of the first round.
+  - Check mode reads the host and returns the planned steps of the first round; it runs no C(chkdsk) (the step script
+    does not run in check mode), also when nothing is left to do.
   - Nothing was ever run on a Windows host in this project; docs/windows-vss.md lists every command line, its source
     and whether it was verified.
 author:
@@ -75,11 +77,20 @@ options:
   expect_instance_id:
     description: Refuse the host unless its instance metadata (IMDSv2) names this instance.
     type: str
+  instance_id:
+    description:
+      - The instance the restore targets (the role passes its target). Used on a Xen host only - the host's instance
+        metadata must name this instance, else the host is refused before anything changes. Ignored on an NVMe host.
+    type: str
   imds_endpoint:
     description: Instance metadata endpoint on the host; empty uses http://169.254.169.254.
     type: str
 extends_documentation_fragment:
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
   - stillpoint.snapshots.attributes
+  - stillpoint.snapshots.attributes.actiongroup_aws
 attributes:
   check_mode:
     support: full
@@ -97,8 +108,20 @@ requirements:
   - ansible.windows (win_powershell)
 notes:
   - The host needs diskpart, chkdsk and the Storage module's Get-Disk (Windows Server 2012 and later).
-  - Disks are found by the EBS volume id in their NVMe serial only. A host with Xen PV disks (Get-Disk Path with
-    C(PROD_PVDISK)) is refused by every state before anything changes.
+  - "Xen instances (AWS PV or Citrix PV drivers, e.g. t2, m4, c4): a disk without a C(vol...) serial whose Get-Disk
+    Path holds C(PROD_PVDISK) is found by its Win32_DiskDrive location as AWS documents it (bus 0, LUN 0, target 0 is
+    C(/dev/sda1), targets 1 to 25 are C(xvdb) to C(xvdz)) through the block device mappings of the instance the
+    host's own instance metadata (IMDSv2) names, read on the controller with DescribeInstances (the AWS options
+    below) at every gather of every state and again right before steps are sent. After the swap the restored volume
+    is attached at the old device name, so it is the disk at the old target id. Each step names the disk's location;
+    the PowerShell finds the one PV disk there right before the change."
+  - "Refused on a Xen host, never guessed, before any step of the round is sent: no instance id from the instance
+    metadata, or one other than O(instance_id) or O(expect_instance_id); a disk whose device name is in no block
+    device mapping or in two; two disks at one location; a volume to take down or bring up attached at a device name with no EBS location
+    in AWS's table (the instance store's C(xvdca) to C(xvdcl), or C(/dev/sdf)); a volume to take down that the host
+    shows at no location; mappings that changed between the gather and the steps; a restored volume not at its
+    location within O(device_timeout). This mapping never ran on Windows."
+  - On an NVMe host nothing of this runs and no EC2 call is made.
 """
 
 EXAMPLES = r"""
@@ -136,7 +159,7 @@ instance_id:
   returned: always
   type: str
 disks:
-  description: The host's EBS disks (V(info)).
+  description: The host's EBS disks (V(info)); on a Xen host each with its PV location C(pv_target) and C(device) name.
   returned: info
   type: list
   elements: dict

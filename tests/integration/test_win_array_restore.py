@@ -306,3 +306,112 @@ def test_windows_services_stopped_before_the_disks_go_offline_and_started_after(
     rc, res, _raw = restore(ec2, w, array_restore_windows_services=survey)
     assert rc == 0 and set(service_log(w, since)) <= {"chkdsk"} and changes(w, since) == []
     print("\nWindows services: interrupted run %s; re-run %s" % (first, second))
+
+
+XEN_DEVICES = ("xvdh", "xvdf", "xvdg")  # E: spans xvdh+xvdf (a dynamic pack), F: is xvdg: disk order is not volume order
+
+
+def test_xen_instance_restore_maps_disks_by_pv_location(ec2, tmp_path):
+    """A set taken on a FAKE Xen instance (PV disks: no volume id in the serial, each at the target id of its device
+    name, as in test_win_vss.py) restored through the role: each disk found by its location through the instance's
+    block device mappings of that moment, the restored volumes at the old targets."""
+    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
+                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
+                            vols[2]: fake.basic_content("GPT", GUID_F, "BACKUP")},
+                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}}, xen=True)
+    host = fake.FakeWindowsDisks(state)
+    facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]), **host.vss_facts(["E:\\", "F:\\"]))
+    assert all(vss.disk_volume_id(d) is None and vss.is_pv_disk(d) for d in facts["disks"])
+    assert [d["SCSITargetId"] for d in facts["disks"]] == [0, 5, 6, 7]  # sda1, xvdf, xvdg, xvdh
+    old_targets = dict((d["volume_id"], g["SCSITargetId"]) for d, g in zip(host.disks(), host.get_disk(host.disks())))
+    taken = take_set(ec2, inst, facts=facts)
+    path = str(tmp_path / "fake-windows.json")
+    host.save(path)
+    ec2.set_imds(instance_id=inst["instance_id"], az=inst["az"])
+    w = dict(inst, vols=vols, set_id=taken["set_id"], state=path, tmp=tmp_path, client=ec2.client())
+    rec = [s for s in w["client"].describe_snapshots(OwnerIds=["self"])["Snapshots"]
+           if dict((t["Key"], t["Value"]) for t in s.get("Tags") or []).get("stillpoint:set-id") == w["set_id"]]
+    assert sorted(s["VolumeId"] for s in rec) == sorted(vols)
+
+    # check mode: nothing changes at the endpoint nor on the host; the down step is planned from the PV locations
+    before = mapping(w)
+    ec2.clear_calls()
+    rc, res, _raw = restore(ec2, w, check=True)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert mutating(ec2) == [] and mapping(w) == before and changes(w) == []
+    assert [a["planned"] for a in task(res, DOWN)["actions"]] == [True] * 3
+
+    ec2.clear_calls()
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    # new[i]: the restored copy of vols[i] (E: = vols[0] + vols[1] at xvdh + xvdf, F: = vols[2] at xvdg)
+    by_source = dict((v["source_volume"], v["volume_id"]) for v in task(res, CREATE)["volumes"])
+    new = [by_source[v] for v in vols]
+    after = mapping(w)
+    assert [after[d] for d in XEN_DEVICES] == new  # the swap kept the device names
+    ran = changes(w, since)
+    assert ran[:3] == ["offline disk"] * 3 and ran.count("online disk") == 3 and ran.count("import") == 1
+    # each drive letter holds the right restored volume: E: the pack made of new[0]+new[1], F: new[2]
+    assert letters(w) == {"E": sorted([new[0], new[1]]), "F": [new[2]]}
+    h = windows(w)
+    targets = dict((d["volume_id"], g["SCSITargetId"]) for d, g in zip(h.disks(), h.get_disk(h.disks())))
+    assert [targets[v] for v in new] == [old_targets[v] for v in vols] == [7, 5, 6], "at the old volumes' targets"
+    assert not set(vols) & set(targets), "the old volumes are gone from the host"
+    up = task(res, UP)
+    assert [(v["target"], v["type"]) for v in up["volumes"]] == [("E:\\", "Spanned"), ("F:\\", "Partition")]
+    assert [(c["path"], c["rc"]) for c in up["chkdsk"]] == [("E:\\", 0), ("F:\\", 0)]
+    assert ["chkdsk", "E:"] in h.state["log"] and ["chkdsk", "F:"] in h.state["log"]
+    assert not any("/f" in " ".join(e) for e in h.state["log"]), "chkdsk read-only"
+    # the mappings were read on the controller at every gather and before every round of steps
+    assert len(ec2.calls("DescribeInstances")) > 6
+
+    # a re-run changes nothing
+    ec2.clear_calls()
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert mutating(ec2) == [] and changes(w, since) == []
+    assert task(res, UP)["changed"] is False and task(res, DOWN).get("skipped")
+
+    # check mode after the restore changes nothing either
+    ec2.clear_calls()
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w, check=True)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert mutating(ec2) == [] and changes(w, since) == [] and letters(w) == {"E": sorted([new[0], new[1]]), "F": [new[2]]}
+
+
+def test_xen_instance_restore_refused_when_the_host_is_another_instance(ec2, tmp_path):
+    """The host's instance metadata names another instance than the set's: the Windows step is refused before any
+    disk or volume changes (the role's proof is skipped here, so win_array_host's own check is what refuses)."""
+    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
+                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
+                            vols[2]: fake.basic_content("GPT", GUID_F, "BACKUP")},
+                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}}, xen=True)
+    host = fake.FakeWindowsDisks(state)
+    facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]), **host.vss_facts(["E:\\", "F:\\"]))
+    taken = take_set(ec2, inst, facts=facts)
+    path = str(tmp_path / "fake-windows.json")
+    host.save(path)
+    other = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[])
+    ec2.set_imds(instance_id=other["instance_id"], az=inst["az"])
+    w = dict(inst, vols=vols, set_id=taken["set_id"], state=path, tmp=tmp_path, client=ec2.client())
+    ec2.clear_calls()
+    rc, res, _raw = restore(ec2, w, array_restore_check_host=False)
+    assert rc != 0
+    msg = task(res, DOWN)["msg"]
+    assert "is instance %s, not the instance the restore targets (%s)" % (other["instance_id"], inst["instance_id"]) in msg
+    assert [a for a in mutating(ec2) if a != "CreateVolume"] == [] and changes(w) == []

@@ -115,6 +115,10 @@ def test_down_up_in_place_imports_the_foreign_pack_and_gives_the_letters_back():
     since = len(h.state["log"])
     again = win.up(params(), executor(h))
     assert again["changed"] is False and diskpart_lines(h, since) == []
+    since = len(h.state["log"])
+    checked = win.up(params(), executor(h), check_mode=True)  # check mode sends no step script, not even chkdsk
+    assert checked["changed"] is False and checked["chkdsk"] == [] and h.state["log"][since:] == [
+        ["diskpart", "list disk", "list volume"]] + [["diskpart", 'select volume="%s"' % t, "detail volume"] for t in "EF"]
 
 
 def shared_pack_host(log_label="SQLLOG", log_size_gb=5):
@@ -245,18 +249,182 @@ def test_system_disk_is_never_taken_offline():
         win.down(params(volume_ids=[BOOT]), executor(h))
 
 
-def test_xen_host_is_refused_before_anything_changes():
-    """A Xen instance (PV disks, no volume id in the serial): this restore finds disks by NVMe serial only, so every
-    state refuses it before a step runs (else `down` would find none of the disks to take offline)."""
+XEN = [["/dev/sda1", BOOT], ["xvdf", A], ["xvdg", B], ["xvdh", C]]  # PV targets 0, 5, 6, 7
+
+
+def xen_host(attached=None, imds="i-0123"):
+    """The FAKE host on a Xen instance (i-0123): PV disks at the targets of their device names, no volume id in the
+    serial; the instance metadata answers ``imds`` (None: no answer)."""
     h = host()
     h.state["xen"] = True
-    h.state["attached"] = [["/dev/sda1", BOOT], ["xvdf", A], ["xvdg", B], ["xvdh", C]]
+    h.state["attached"] = copy.deepcopy(attached or XEN)
+    h.state["imds"] = {"instance_id": imds} if imds else {"error": "FAKE: timed out"}
+    return h
+
+
+def describer(h, calls=None, change=None):
+    """DescribeInstances as the action plugin's ``describe`` (the FAKE's block device mappings); ``change(instance,
+    n)`` may alter the n-th answer (0-based)."""
+    def describe(instance_id):
+        inst = h.describe_instance(instance_id)
+        if calls is not None:
+            calls.append(instance_id)
+        return change(inst, len(calls or [0]) - 1) if change else inst
+    return describe
+
+
+def sent_steps(calls):
+    return [s for name, p in calls if name == win.APPLY for s in p["Steps"]]
+
+
+def test_xen_down_up_maps_disks_by_their_pv_location_through_the_current_mappings():
+    h = xen_host()
+    gets = h.gather({})["disks"]
+    assert all(vss.disk_volume_id(d) is None and vss.is_pv_disk(d) for d in gets)
+    assert [d["SCSITargetId"] for d in gets] == [0, 5, 6, 7]
+    facts = win.host_facts(h.gather({}), h.describe_instance("i-0123"))
+    assert dict((v, (d["number"], d["pv_target"], d["device"])) for v, d in facts["disks"].items()) == {
+        BOOT: (0, 0, "/dev/sda1"), A: (1, 5, "xvdf"), B: (2, 6, "xvdg"), C: (3, 7, "xvdh")}
+    calls, described = [], []
+    p = params(volume_ids=[A, B, C], instance_id="i-0123")
+    plan = win.down(p, executor(h, calls), check_mode=True, describe=describer(h, described))
+    assert [a["what"] for a in plan["actions"]] == [
+        "disk 1 (%s) offline" % A, "disk 2 (%s) offline" % B, "disk 3 (%s) offline" % C]
+    assert diskpart_lines(h) == [] and [n for n, _p in calls] == [win.GATHER]
+    down = win.down(p, executor(h, calls), describe=describer(h, described))
+    assert down["changed"] and diskpart_lines(h) == ["offline disk"] * 3
+    # each step names the disk's location, the mappings were read at the gather and again right before the steps
+    assert [(s["op"], s["volume_id"], s["pv_target"]) for s in sent_steps(calls)] == [
+        ("offline", A, 5), ("offline", B, 6), ("offline", C, 7)]
+    assert described == ["i-0123"] * 3
+    assert win.down(p, executor(h), describe=describer(h))["changed"] is False
+    swap(h, [(A, NA), (B, NB), (C, NC)])  # the restored volumes at the old device names: the same targets
+    up = params(instance_id="i-0123")
+    since = len(h.state["log"])
+    planned = win.up(up, executor(h), check_mode=True, describe=describer(h))
+    assert planned["changed"] and diskpart_lines(h, since) == []
     calls = []
-    for state, run in (("info", lambda: win.info(params(), executor(h, calls))),
-                       ("down", lambda: win.down(params(volume_ids=[A, B, C]), executor(h, calls))),
-                       ("up", lambda: win.up(params(), executor(h, calls)))):
-        with pytest.raises(StillpointError) as info:
-            run()
-        assert "has Xen PV disks (disk(s) 0, 1, 2, 3" in info.value.msg, state
-        assert "does not restore on Xen instances yet" in info.value.msg and "Nothing was changed" in info.value.msg
-    assert [name for name, _p in calls] == [win.GATHER] * 3 and diskpart_lines(h) == []
+    done = win.up(up, executor(h, calls), describe=describer(h))
+    ran = diskpart_lines(h, since)
+    assert ran.count("online disk") == 3 and ran.count("import") == 1 and "assign letter=E" in ran
+    assert letters(h) == {"E": [NA, NB], "F": [NC]}
+    steps = sent_steps(calls)
+    assert all(s["pv_target"] == {NA: 5, NB: 6, NC: 7}[s["volume_id"]] for s in steps if "volume_id" in s)
+    assert [(s["disks"], s["pv_targets"]) for s in steps if s["op"] == "assign"] == [([NA, NB], [5, 6])]
+    assert [(c["path"], c["rc"]) for c in done["chkdsk"]] == [("E:\\", 0), ("F:\\", 0)]
+    since = len(h.state["log"])
+    assert win.up(up, executor(h), describe=describer(h))["changed"] is False and diskpart_lines(h, since) == []
+
+
+def test_nvme_steps_carry_no_location_and_read_no_mappings():
+    h = host()
+    calls = []
+    win.down(params(volume_ids=[A, B, C]), executor(h, calls), describe=lambda i: pytest.fail("DescribeInstances"))
+    assert sent_steps(calls) and not [s for s in sent_steps(calls) if "pv_target" in s or "pv_targets" in s]
+
+
+def no_change(h, run, match):
+    """``run`` is refused with ``match`` and nothing on the host changed."""
+    before = len(h.state["log"])
+    with pytest.raises(StillpointError, match=match) as info:
+        run()
+    assert diskpart_lines(h, before) == []
+    return info.value
+
+
+def test_xen_refused_without_the_instance_id_from_the_metadata_or_with_another_one():
+    h = xen_host(imds=None)
+    for run in (lambda: win.info(params(), executor(h), describer(h)),
+                lambda: win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h)),
+                lambda: win.up(params(), executor(h), describe=describer(h))):
+        exc = no_change(h, run, r"has Xen PV disks \(disk\(s\) 0, 1, 2, 3: .*its instance metadata did not answer "
+                                r"\(FAKE: timed out\)\. Refusing, never guessed")
+        assert exc.details["pv_disks"] == [0, 1, 2, 3]
+    h = xen_host(imds="i-0999")  # the metadata names another instance than the one the restore targets
+    no_change(h, lambda: win.down(params(volume_ids=[A, B, C], instance_id="i-0123"), executor(h), describe=describer(h)),
+              r"is instance i-0999, not the instance the restore targets \(i-0123\)")
+    no_change(h, lambda: win.down(params(volume_ids=[A, B, C], expect_instance_id="i-0123"), executor(h),
+                                  describe=describer(h)), "is instance i-0999, not the target instance i-0123")
+
+
+def test_xen_refused_for_a_device_name_in_no_mapping_or_in_two():
+    h = xen_host()
+
+    def drop_g(inst, _n):
+        return dict(inst, BlockDeviceMappings=[b for b in inst["BlockDeviceMappings"] if b["DeviceName"] != "xvdg"])
+
+    def twice_g(inst, _n):
+        return dict(inst, BlockDeviceMappings=inst["BlockDeviceMappings"] + [
+            {"DeviceName": "/dev/xvdg", "Ebs": {"VolumeId": NB, "Status": "attached"}}])
+
+    no_change(h, lambda: win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h, change=drop_g)),
+              r"disk 2 is not mapped to an EBS volume: its device name xvdg \(Xen PV target 6\) is in none of instance "
+              r"i-0123's block device mappings")
+    no_change(h, lambda: win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h, change=twice_g)),
+              r"disk 2 is not mapped to an EBS volume: its device name xvdg matches 2 block device mappings")
+
+
+def test_xen_refused_for_two_disks_at_one_location():
+    h = xen_host(attached=XEN + [["/dev/xvdg", NB]])  # two names AWS's table reads as target 6
+    no_change(h, lambda: win.info(params(), executor(h), describer(h)),
+              r"disks 1 and 3 are both at Xen PV bus 0, target 6, LUN 0 \(device name xvdg\): refusing to guess")
+
+
+def test_xen_refused_for_a_volume_at_an_instance_store_location():
+    h = xen_host(attached=[["/dev/sda1", BOOT], ["xvdf", A], ["xvdg", B], ["xvdca", C]])
+    assert [d["SCSITargetId"] for d in h.gather({})["disks"]] == [0, 78, 5, 6]  # numbered by device name
+    no_change(h, lambda: win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h)),
+              r"volume %s is attached to i-0123 at xvdca: on a Xen instance .*cannot be located" % C)
+    h = xen_host()
+    win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h))
+    swap(h, [(A, NA), (B, NB)])
+    h.state["attached"] = [a for a in h.state["attached"] if a[1] != C] + [["xvdca", NC]]
+    no_change(h, lambda: win.up(params(), executor(h), describe=describer(h)),
+              r"refusing to bring the restored disks up .*volume %s is attached to i-0123 at xvdca" % NC)
+
+
+def test_xen_restored_volume_not_at_its_location_within_the_wait():
+    h = xen_host()
+    win.down(params(volume_ids=[A, B, C]), executor(h), describe=describer(h))
+    swap(h, [(A, NA), (B, NB)])
+    h.state["attached"] = [a for a in h.state["attached"] if a[1] != C]  # the host does not show the third one yet
+
+    def attached_in_ec2(inst, _n):
+        return dict(inst, BlockDeviceMappings=inst["BlockDeviceMappings"] + [
+            {"DeviceName": "xvdh", "Ebs": {"VolumeId": NC, "Status": "attached"}}])
+
+    slept = []
+    clock = iter([0.0, 1.0, 3.0, 5.0, 7.0])
+    no_change(h, lambda: win.up(params(device_timeout=4), executor(h), sleep=slept.append, clock=lambda: next(clock),
+                                describe=describer(h, change=attached_in_ec2)),
+              r"the restored volumes did not appear at their Xen PV locations within 4 s: %s, expected at xvdh "
+              r"\(Xen PV target 7\)\. Refused, never guessed" % NC)
+    assert slept == [2.0, 2.0]
+
+
+def test_xen_mappings_that_change_before_the_steps_are_sent_refuse_the_round():
+    h = xen_host()
+    calls = []
+
+    def swapped_meanwhile(inst, n):
+        if n == 0:
+            return inst
+        return dict(inst, BlockDeviceMappings=[b if b["DeviceName"] != "xvdg" else
+                                               {"DeviceName": "xvdg", "Ebs": {"VolumeId": NB, "Status": "attached"}}
+                                               for b in inst["BlockDeviceMappings"]])
+
+    exc = no_change(h, lambda: win.down(params(volume_ids=[A, B, C]), executor(h, calls),
+                                        describe=describer(h, [], change=swapped_meanwhile)),
+                    r"instance i-0123's block device mappings changed since the host was read: xvdg \(Xen PV target 6\) "
+                    r"holds %s, not %s; refusing the round \(none of its steps was sent\)" % (NB, B))
+    assert exc.details["problems"] and [n for n, _p in calls] == [win.GATHER]
+
+
+def test_xen_script_finds_the_disk_at_its_location_never_by_serial():
+    # the FAKE stands in for Set-EbsArrayDisks.ps1: a Xen disk is not found by a volume id, and at an empty location
+    h = xen_host()
+    with pytest.raises(fake.DiskpartError, match="Expected exactly one disk with the serial of"):
+        h.apply({"Steps": [{"op": "offline", "volume_id": A}]})
+    with pytest.raises(fake.DiskpartError, match="Expected exactly one disk at Xen PV bus 0, target 9, LUN 0"):
+        h.apply({"Steps": [{"op": "offline", "volume_id": A, "pv_target": 9}]})
+    assert diskpart_lines(h) == []

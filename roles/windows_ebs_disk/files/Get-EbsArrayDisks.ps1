@@ -2,11 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Windows restore of an array (win_array_host, gather): reads and returns raw facts, changes nothing.
-# Get-Disk (serial number = EBS volume id on NVMe, Path (PROD_PVDISK marks a Xen PV disk, which the controller
-# refuses), offline state and reason, partition style, signature/GUID), one diskpart run of `list disk` +
-# `list volume`, one of `select disk N` + `detail disk` per disk and `select volume N` + `detail volume` per
-# volume, and `select volume=<path>` + `detail volume` per path asked for (drive letter or mount folder).
-# With -Identify, the instance id from the instance metadata (IMDSv2).
+# Get-Disk (serial number = EBS volume id on NVMe, Path (PROD_PVDISK marks a Xen PV disk), offline state and
+# reason, partition style, signature/GUID) with Win32_DiskDrive's SCSI location (bus, target id, LUN: where a
+# Xen PV disk sits, matched to Get-Disk by DeviceID \\.\PHYSICALDRIVE<Number> as win_vss_snapshot_set.ps1 does),
+# one diskpart run of `list disk` + `list volume`, one of `select disk N` + `detail disk` per disk and
+# `select volume N` + `detail volume` per volume, and `select volume=<path>` + `detail volume` per path asked
+# for (drive letter or mount folder). With -Identify, or whenever a Xen PV disk is present (the controller maps
+# PV disks through the block device mappings of the instance the metadata names), the instance id from the
+# instance metadata (IMDSv2).
 # The controller (module_utils/_win_restore.py) parses and decides. Sources: docs/windows-vss.md.
 [CmdletBinding()]
 param(
@@ -37,7 +40,12 @@ function Invoke-Diskpart {
     }
 }
 
+$drives = @{}
+foreach ($drive in @(Get-CimInstance -ClassName Win32_DiskDrive)) {
+    $drives["$($drive.DeviceID)".ToUpperInvariant()] = $drive
+}
 $disks = @(Get-Disk | Sort-Object -Property Number | ForEach-Object {
+        $drive = $drives["\\.\PHYSICALDRIVE$($_.Number)"]
         [ordered]@{
             Number         = [int]$_.Number
             SerialNumber   = "$($_.SerialNumber)"
@@ -50,8 +58,12 @@ $disks = @(Get-Disk | Sort-Object -Property Number | ForEach-Object {
             Guid           = "$($_.Guid)"
             IsBoot         = [bool]$_.IsBoot
             IsSystem       = [bool]$_.IsSystem
+            SCSIBus        = if ($null -ne $drive -and $null -ne $drive.SCSIBus) { [int]$drive.SCSIBus } else { $null }
+            SCSITargetId   = if ($null -ne $drive -and $null -ne $drive.SCSITargetId) { [int]$drive.SCSITargetId } else { $null }
+            SCSILogicalUnit = if ($null -ne $drive -and $null -ne $drive.SCSILogicalUnit) { [int]$drive.SCSILogicalUnit } else { $null }
         }
     })
+$pvDisks = @($disks | Where-Object { $_.Path -match 'PROD_PVDISK' })
 
 $lists = Invoke-Diskpart -Line @('list disk', 'list volume')
 if ($lists.rc -ne 0) {
@@ -90,7 +102,7 @@ foreach ($item in $Path) {
 
 $instanceId = $null
 $imdsError = $null
-if ($Identify) {
+if ($Identify -or $pvDisks.Count -gt 0) {
     $base = if ($ImdsEndpoint) { $ImdsEndpoint.TrimEnd('/') } else { 'http://169.254.169.254' }
     try {
         $token = Invoke-RestMethod -Method Put -Uri "$base/latest/api/token" -TimeoutSec 5 -UseBasicParsing `

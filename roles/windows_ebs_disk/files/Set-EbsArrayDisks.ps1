@@ -2,10 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 #
 # Windows restore of an array (win_array_host, apply): runs the steps the controller planned
-# (module_utils/_win_restore.py), in order, stopping at the first failure. Each disk is found again here by
-# the EBS volume id in Get-Disk's SerialNumber, never by a disk number sent from the controller; a volume
-# step names the diskpart volume number AND the EBS volumes it must lie on, checked with `detail volume`
-# right before the change. Fixed command forms only (docs/windows-vss.md names their sources):
+# (module_utils/_win_restore.py), in order, stopping at the first failure. Each disk is found again here,
+# right before its change, never by a disk number sent from the controller: by the EBS volume id in Get-Disk's
+# SerialNumber (NVMe), or, when the step gives a Xen PV location (pv_target; pv_targets beside a volume step's
+# disks), as the one disk at Win32_DiskDrive bus 0, that target id, LUN 0 whose Get-Disk Path holds PROD_PVDISK
+# (the controller computed the location from the device name the volume is attached at, AWS's table, and read
+# the instance's block device mappings again just before sending the steps). A volume step names the diskpart
+# volume number AND the EBS volumes it must lie on, checked with `detail volume` right before the change.
+# Fixed command forms only (docs/windows-vss.md names their sources):
 #   offline        diskpart: select disk N / offline disk        (never the boot or system disk)
 #   online         diskpart: select disk N / online disk
 #   clear_readonly diskpart: select disk N / attributes disk clear readonly
@@ -58,12 +62,50 @@ function Find-EbsDiskNumber {
     return $found[0]
 }
 
+function Find-PvDiskNumber {
+    param(
+        [string]$VolumeId,
+        [int]$Target
+    )
+    $at = @(Get-CimInstance -ClassName Win32_DiskDrive | Where-Object {
+            $_.SCSIBus -eq 0 -and $_.SCSITargetId -eq $Target -and $_.SCSILogicalUnit -eq 0
+        })
+    if ($at.Count -ne 1) {
+        throw "Expected exactly one disk at Xen PV bus 0, target $Target, LUN 0 (where $VolumeId is attached), found $($at.Count); refusing."
+    }
+    $deviceId = "$($at[0].DeviceID)".ToUpperInvariant()
+    $found = @(Get-Disk | Where-Object { "\\.\PHYSICALDRIVE$($_.Number)" -eq $deviceId })
+    if ($found.Count -ne 1 -or "$($found[0].Path)" -notmatch 'PROD_PVDISK') {
+        throw "The disk at Xen PV target $Target ($deviceId) is not one Xen PV disk (Get-Disk found $($found.Count), Path '$($found.Path)'); refusing."
+    }
+    if ($found[0].SerialNumber -and ($found[0].SerialNumber.Trim() -match '^vol[0-9a-f]{8,17}(\b|_|$)')) {
+        throw "The disk at Xen PV target $Target carries an EBS volume id in its serial ($($found[0].SerialNumber)); refusing."
+    }
+    return $found[0]
+}
+
+function Find-StepDisk {
+    param(
+        [string]$VolumeId,
+        [object]$PvTarget
+    )
+    if ($null -eq $PvTarget) {
+        return Find-EbsDiskNumber -VolumeId $VolumeId
+    }
+    return Find-PvDiskNumber -VolumeId $VolumeId -Target ([int]$PvTarget)
+}
+
 function Assert-VolumeOnDisk {
     param(
         [int]$Volume,
-        [string[]]$VolumeId
+        [string[]]$VolumeId,
+        [object[]]$PvTarget = @()
     )
-    $want = @($VolumeId | ForEach-Object { (Find-EbsDiskNumber -VolumeId $_).Number } | Sort-Object)
+    $numbers = @(for ($i = 0; $i -lt $VolumeId.Count; $i++) {
+            $target = if ($i -lt $PvTarget.Count) { $PvTarget[$i] } else { $null }
+            (Find-StepDisk -VolumeId $VolumeId[$i] -PvTarget $target).Number
+        })
+    $want = @($numbers | Sort-Object)
     $detail = Invoke-Diskpart -Line @("select volume $Volume", 'detail volume')
     $have = @([regex]::Matches($detail, '(?m)^\s*\*?\s*Disk (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value } |
             Sort-Object)
@@ -77,7 +119,7 @@ foreach ($step in $Steps) {
     $op = [string]$step.op
     $record = [ordered]@{ op = $op; rc = 0; output = '' }
     if ($op -in @('offline', 'online', 'clear_readonly', 'new_signature', 'import')) {
-        $disk = Find-EbsDiskNumber -VolumeId ([string]$step.volume_id)
+        $disk = Find-StepDisk -VolumeId ([string]$step.volume_id) -PvTarget $step.pv_target
         $record.volume_id = [string]$step.volume_id
         $record.disk_number = [int]$disk.Number
         $select = "select disk $($disk.Number)"
@@ -106,7 +148,7 @@ foreach ($step in $Steps) {
     }
     elseif ($op -in @('assign', 'remove_letter')) {
         $volume = [int]$step.volume
-        Assert-VolumeOnDisk -Volume $volume -VolumeId ([string[]]$step.disks)
+        Assert-VolumeOnDisk -Volume $volume -VolumeId ([string[]]$step.disks) -PvTarget @($step.pv_targets)
         $record.volume = $volume
         if ($op -eq 'remove_letter') {
             $record.output = Invoke-Diskpart -Line @("select volume $volume", "remove letter=$($step.letter)")

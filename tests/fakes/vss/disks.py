@@ -15,7 +15,11 @@ behaviour follows:
   (AWS, "Map NVMe disks on Amazon EC2 Windows instance to volumes"). In Xen mode (``new_state(xen=True)``) they
   are Xen PV disks instead: no volume id in the serial, Get-Disk's Path holds PROD_PVDISK and Win32_DiskDrive's
   target id is the one AWS's table gives the device name of the block device mapping (AWS, "Map non-NVMe disks
-  on Amazon EC2 Windows instance to volumes"; the rest of the record is the FAKE's, see windows.py). A volume made from a snapshot carries the
+  on Amazon EC2 Windows instance to volumes"; the rest of the record is the FAKE's, see windows.py). The target id
+  follows the instance's block device mappings at every read: after a swap the restored volume, attached at the old
+  volume's device name, is the disk at the old target id. The restore's scripts find such a disk by that location
+  (Set-EbsArrayDisks.ps1's ``pv_target``), and the gather script asks the instance metadata whenever it sees a PV
+  disk (as Get-EbsArrayDisks.ps1 does). A volume made from a snapshot carries the
   on-disk content (partition style, MBR signature / GPT disk GUID, dynamic pack, volumes) of the snapshot's
   source volume;
 * a disk seen for the first time follows the SAN policy (diskpart ``san``: with ``OfflineAll`` new disks are
@@ -377,7 +381,11 @@ class FakeWindowsDisks:
             else:
                 paths[path] = {"rc": 0, "output": head + self.detail_volume(found[0], found[1], disks)}
         instance_id = imds_error = None
-        if params.get("Identify"):
+        pv = self.state.get("xen") and bool(disks)
+        if "imds" in self.state and (params.get("Identify") or pv):
+            # unit tests without an endpoint: the metadata's answer given in the state ({"instance_id"} or {"error"})
+            instance_id, imds_error = self.state["imds"].get("instance_id"), self.state["imds"].get("error")
+        elif params.get("Identify") or pv:
             base = (params.get("ImdsEndpoint") or "http://169.254.169.254").rstrip("/")
             try:
                 token = urllib.request.urlopen(urllib.request.Request(
@@ -394,10 +402,28 @@ class FakeWindowsDisks:
     def log(self, *argv):
         self.state["log"].append(list(argv))
 
-    def _find(self, vid, disks):
-        found = [d for d in disks if d["volume_id"] == vid]
-        if len(found) != 1:
-            raise DiskpartError("Expected exactly one disk with the serial of %s, found %d; refusing." % (vid, len(found)))
+    def describe_instance(self, instance_id):
+        """DescribeInstances' record of the instance (the endpoint's; without one, ``state["attached"]``)."""
+        if "attached" not in self.state:
+            return self.ec2().describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        if instance_id != self.state["ec2"]["instance_id"]:
+            raise DiskpartError("FAKE: no instance %s" % instance_id)
+        return {"InstanceId": instance_id, "BlockDeviceMappings": [
+            {"DeviceName": dev, "Ebs": {"VolumeId": vid, "Status": "attached"}} for dev, vid in self.state["attached"]]}
+
+    def _find(self, vid, disks, target=None):
+        """The disk of a step: by the volume id in its serial (NVMe), or with ``target`` as the one Xen PV disk at bus 0,
+        that target, LUN 0 (what the script sees: the location, not the volume id)."""
+        if target is None:
+            found = [d for d in disks if d["volume_id"] == vid and not self.state.get("xen")]
+            if len(found) != 1:
+                raise DiskpartError("Expected exactly one disk with the serial of %s, found %d; refusing." % (vid, len(found)))
+            return found[0]
+        found = [d for d, g in zip(disks, self.get_disk(disks)) if g.get("SCSITargetId") == int(target)
+                 and g.get("SCSIBus") == 0 and g.get("SCSILogicalUnit") == 0]
+        if len(found) != 1 or not self.state.get("xen"):
+            raise DiskpartError("Expected exactly one disk at Xen PV bus 0, target %s, LUN 0 (where %s is attached), "
+                                "found %d; refusing." % (target, vid, len(found) if self.state.get("xen") else 0))
         return found[0]
 
     def apply(self, params):
@@ -408,7 +434,7 @@ class FakeWindowsDisks:
             op = step["op"]
             rec = {"op": op, "rc": 0, "output": ""}
             if op in ("offline", "online", "clear_readonly", "new_signature", "import"):
-                d = self._find(step["volume_id"], disks)
+                d = self._find(step["volume_id"], disks, step.get("pv_target"))
                 rec.update(volume_id=d["volume_id"], disk_number=d["number"])
                 sel = "select disk %d" % d["number"]
                 st = d["state"]
@@ -439,7 +465,8 @@ class FakeWindowsDisks:
             elif op in ("assign", "remove_letter"):
                 number = int(step["volume"])
                 vol = dict(vols).get(number)
-                want = sorted(self._find(v, disks)["number"] for v in step["disks"])
+                targets = list(step.get("pv_targets") or []) + [None] * len(step["disks"])
+                want = sorted(self._find(v, disks, t)["number"] for v, t in zip(step["disks"], targets))
                 self.log("diskpart", "select volume %d" % number, "detail volume")
                 have = sorted(d["number"] for d in vol["disks"]) if vol else []
                 if want != have:
