@@ -66,6 +66,8 @@ DISK_HEAD = ("  Disk ###  Status         Size     Free     Dyn  Gpt\n"
 VOL_HEAD = ("  Volume ###  Ltr  Label        Fs     Type        Size     Status     Info\n"
             "  ----------  ---  -----------  -----  ----------  -------  ---------  --------\n")
 SCRIPTS = ("Get-EbsArrayDisks.ps1", "Set-EbsArrayDisks.ps1")
+# the single-disk scripts of the CLUSTERPRO roles (windows_ebs_disk entry points disks, offline, online)
+SINGLE_SCRIPTS = ("Get-EbsDisk.ps1", "Set-EbsDiskOffline.ps1", "Set-EbsDiskOnline.ps1")
 
 
 class DiskpartError(Exception):
@@ -513,6 +515,149 @@ class FakeWindowsDisks:
             results.append(rec)
             self.disks()  # automount after each change, as Windows would
         return {"results": results}
+
+
+def single_pv_target(vid, device):
+    """Where Get-EbsDisk.ps1 / Set-EbsDiskOffline.ps1 / Set-EbsDiskOnline.ps1 (Get-PvTarget) look for the disk of a
+    volume attached at ``device`` on a host with Xen PV disks: AWS's table, /dev/sda1 0, xvdb..xvdz 1..25; any other
+    name refused (the scripts' contract, as their headers state it)."""
+    bare = (device or "").strip().lower()
+    bare = bare[len("/dev/"):] if bare.startswith("/dev/") else bare
+    if bare == "sda1":
+        return 0
+    m = re.match(r"^xvd([b-z])$", bare)
+    if m:
+        return ord(m.group(1)) - ord("a")
+    raise DiskpartError("EBS volume %s is attached at '%s', a device name AWS's table gives no Xen PV location (only "
+                        "/dev/sda1 and xvdb to xvdz); refusing to pick a disk on this host with Xen PV disks." % (vid, device))
+
+
+class FakeSingleDisk(FakeWindowsDisks):
+    """What the windows_ebs_disk role's single-disk scripts do (SINGLE_SCRIPTS, their headers' contract): the disk
+    by the volume id in its serial, or, given the device name on a host where a Get-Disk Path holds PROD_PVDISK, the
+    one PV disk at bus 0, that device's target, LUN 0. A partition's number is its volume's place on the (basic) disk,
+    from 1 (the FAKE's choice). Every change is logged as the cmdlet the script runs (``["Set-Disk", "1",
+    "-IsOffline", "$true"]``)."""
+
+    def find_single(self, vid, device, disks, what):
+        if not re.match(r"^vol-[0-9a-f]{8,17}$", vid or ""):
+            raise DiskpartError("Invalid EBS volume id '%s': expected vol- followed by 8 to 17 hex digits." % vid)
+        got = self.get_disk(disks)
+        if device and any("PROD_PVDISK" in (g.get("Path") or "").upper() for g in got):
+            target = single_pv_target(vid, device)
+            at = [(d, g) for d, g in zip(disks, got) if g.get("SCSIBus") == 0 and g.get("SCSITargetId") == target
+                  and g.get("SCSILogicalUnit") == 0]
+            if len(at) != 1:
+                raise DiskpartError("Expected exactly one disk at Xen PV bus 0, target %d, LUN 0 (where %s is attached, "
+                                    "%s), found %d; refusing." % (target, vid, device, len(at)))
+            d, g = at[0]
+            if "PROD_PVDISK" not in (g.get("Path") or "").upper():
+                raise DiskpartError("The disk at Xen PV target %d is not one Xen PV disk; refusing." % target)
+            if re.match(r"^vol[0-9a-f]{8,17}(\b|_|$)", (g.get("SerialNumber") or "").strip()):
+                raise DiskpartError("The disk at Xen PV target %d carries an EBS volume id in its serial (%s); refusing."
+                                    % (target, g["SerialNumber"]))
+            return d, target
+        serial = vid.replace("-", "")
+        found = [d for d, g in zip(disks, got) if (g.get("SerialNumber") or "").strip().startswith(serial)]
+        if len(found) != 1:
+            raise DiskpartError("Expected exactly one disk with the serial of %s (%s), found %d; %s" % (
+                vid, serial, len(found), what))
+        return found[0], None
+
+    def partitions(self, d):
+        """``[(number, volume key, letter or None)]`` of a basic disk; a letter only while the disk is online."""
+        out = []
+        for i, v in enumerate(v for v in d["content"]["volumes"] if v["extents"] == ["self"]):
+            key = self.volume_key(d["volume_id"], v["key"])
+            out.append((i + 1, key, self.state["letters"].get(key) if self.status(d) == "Online" else None))
+        return out
+
+    def report(self, params):
+        """Get-EbsDisk.ps1: one record per volume, changes nothing."""
+        vids, devices = list(params.get("VolumeId") or []), list(params.get("Device") or [])
+        if devices and len(devices) != len(vids):
+            raise DiskpartError("Got %d device names for %d volumes; give one per volume or none." % (len(devices), len(vids)))
+        disks = self.disks()
+        out = []
+        for i, vid in enumerate(vids):
+            d, target = self.find_single(vid, devices[i] if devices else None, disks, "refusing.")
+            g = self.get_disk([d])[0]
+            out.append({"volume_id": vid, "disk_number": d["number"], "serial": (g.get("SerialNumber") or "").strip(),
+                        "path": g.get("Path") or "", "found_by": "nvme-serial" if target is None else "pv-target",
+                        "pv_target": target, "offline": d["state"]["offline"], "read_only": d["state"]["read_only"],
+                        "partitions": [{"partition_number": n, "drive_letter": letter, "size": None}
+                                       for n, _key, letter in self.partitions(d)]})
+        return out, False
+
+    def offline(self, params):
+        """Set-EbsDiskOffline.ps1."""
+        vid = params.get("VolumeId")
+        d, target = self.find_single(vid, params.get("Device"), self.disks(), "refusing.")
+        if d["volume_id"] == self.state["boot_volume_id"]:
+            raise DiskpartError("Disk %d of %s holds the running system; refusing to take it offline." % (d["number"], vid))
+        letters = dict((str(n), letter) for n, _key, letter in self.partitions(d) if letter)
+        was = d["state"]["offline"]
+        if not was:
+            self.log("Set-Disk", str(d["number"]), "-IsOffline", "$true")
+            d["state"].update(offline=True, reason=None)
+        return [{"volume_id": vid, "disk_number": d["number"], "found_by": "nvme-serial" if target is None else "pv-target",
+                 "pv_target": target, "was_offline": was, "drive_letters": letters}], not was
+
+    def online(self, params):
+        """Set-EbsDiskOnline.ps1."""
+        vid = params.get("VolumeId")
+        disks = self.disks()
+        d, target = self.find_single(vid, params.get("Device"), disks, "is it attached?")
+        changed = False
+        if d["state"]["offline"]:
+            self.log("Set-Disk", str(d["number"]), "-IsOffline", "$false")
+            twin = [o for o in disks if o is not d and o["content"]["id"] == d["content"]["id"] and not o["state"]["offline"]]
+            if twin:
+                raise DiskpartError("Set-Disk -IsOffline $false failed: FAKE: the disk's signature collides with disk %d"
+                                    % twin[0]["number"])
+            d["state"].update(offline=False, reason=None)
+            changed = True
+        if d["state"]["read_only"]:
+            self.log("Set-Disk", str(d["number"]), "-IsReadOnly", "$false")
+            d["state"]["read_only"] = False
+            changed = True
+        disks = self.disks()  # automount, as Windows would when the disk comes online
+        d = [o for o in disks if o["volume_id"] == d["volume_id"]][0]
+        vols = self.volumes(disks)
+        moves = []
+        for key, letter in (params.get("DriveLetter") or {}).items():
+            number, wanted = int(key), str(letter).rstrip(":").upper()
+            if not re.match(r"^[D-Z]$", wanted):
+                raise DiskpartError("Drive letter '%s' for partition %d is not one of D to Z." % (wanted, number))
+            holder = [v for v in vols if self.state["letters"].get(v["key"]) == wanted and d not in v["disks"]]
+            if holder:
+                raise DiskpartError("Drive letter %s: is held by a partition of disk %d, not by %s; free it first."
+                                    % (wanted, holder[0]["disks"][0]["number"], vid))
+            part = [(k, cur) for n, k, cur in self.partitions(d) if n == number]
+            if not part:
+                raise DiskpartError("FAKE: disk %d has no partition %d" % (d["number"], number))
+            if part[0][1] == wanted:
+                continue
+            self.log("Set-Partition", str(d["number"]), str(number), "-NewDriveLetter", wanted)
+            self.state["letters"][part[0][0]] = wanted
+            moves.append({"partition_number": number, "drive_letter": wanted})
+            changed = True
+        return [{"volume_id": vid, "disk_number": d["number"], "found_by": "nvme-serial" if target is None else "pv-target",
+                 "pv_target": target, "drive_letters": moves}], changed
+
+
+def run_single_script(name, params, state_path):
+    """Run the FAKE of one of the single-disk scripts against the state file; returns ``(output objects, changed,
+    error)``."""
+    host = FakeSingleDisk.load(state_path)
+    try:
+        out, changed = {SINGLE_SCRIPTS[0]: host.report, SINGLE_SCRIPTS[1]: host.offline,
+                        SINGLE_SCRIPTS[2]: host.online}[name](params)
+        return out, changed, None
+    except DiskpartError as exc:
+        return None, False, str(exc)
+    finally:
+        host.save(state_path)
 
 
 def run_script(name, params, state_path, imds=None):

@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """FAKE, tests only: stands in for ansible.windows.win_powershell on the stand-in Windows host.
 
-It runs no PowerShell. It recognises the windows_ebs_disk role's scripts by their exact text and does what each
+It runs no PowerShell. It recognises the windows_ebs_disk role's scripts (the array scripts and the single-disk
+scripts of the CLUSTERPRO roles) by their exact text and does what each
 one does against the FAKE Windows disk subsystem (tests/fakes/vss/disks.py) whose state file is
 STILLPOINT_FAKE_WINDOWS_STATE; the repository root (to import it) is STILLPOINT_FAKE_WINDOWS_ROOT. Any other
 script fails. The result has win_powershell's shape (output: the objects written, error: the error records).
@@ -43,12 +44,20 @@ def main():
 
     files = os.path.join(root, "roles", "windows_ebs_disk", "files")
     name = None
-    for candidate in disks.SCRIPTS:
+    for candidate in disks.SCRIPTS + disks.SINGLE_SCRIPTS:
         with open(os.path.join(files, candidate), encoding="utf-8") as handle:
             if handle.read() == module.params["script"]:
                 name = candidate
     if name is None:
         module.fail_json(msg="FAKE win_powershell: not one of the windows_ebs_disk scripts", output=[], error=[])
+    if name in disks.SINGLE_SCRIPTS:
+        if module.check_mode and name != disks.SINGLE_SCRIPTS[0]:
+            module.exit_json(changed=True, output=[], error=[], host_out="FAKE: check mode, %s not run" % name)
+        out, changed, err = disks.run_single_script(name, module.params["parameters"], os.environ["STILLPOINT_FAKE_WINDOWS_STATE"])
+        if err is not None:
+            module.fail_json(msg="FAKE win_powershell: %s threw" % name, output=[],
+                             error=[{"exception": {"message": err}, "output": err}])
+        module.exit_json(changed=changed, output=out, error=[], host_out="")
     if module.check_mode and name != disks.SCRIPTS[0]:
         module.exit_json(changed=True, output=[], error=[], host_out="FAKE: check mode, %s not run" % name)
     out, err = disks.run_script(name, module.params["parameters"], os.environ["STILLPOINT_FAKE_WINDOWS_STATE"])
