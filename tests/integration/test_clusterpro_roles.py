@@ -49,8 +49,9 @@ class Bridge(threading.Thread):
     EC2 is read outside the fake's lock; the lock is taken only to boot a server or put a new disk
     under a copy, so the bridge never holds up a CLUSTERPRO command while it waits for EC2."""
 
-    def __init__(self, ec2, fake_path, servers, interval=0.1):
+    def __init__(self, ec2, fake_path, servers, interval=0.1, device=DEVICE):
         super().__init__(daemon=True)
+        self.device = device  # the mirror volume's device name on both servers
         self.client = ec2.client()
         self.path = fake_path
         self.servers = servers  # {server: instance_id}
@@ -83,7 +84,7 @@ class Bridge(threading.Thread):
             inst = instances[iid]
             if inst["State"]["Name"] == "running":
                 boot.append(server)
-            at = [b["Ebs"]["VolumeId"] for b in inst.get("BlockDeviceMappings", []) if b["DeviceName"] == DEVICE]
+            at = [b["Ebs"]["VolumeId"] for b in inst.get("BlockDeviceMappings", []) if b["DeviceName"] == self.device]
             if at and at[0] != disks[server][MD]["id"]:
                 vol = self.client.describe_volumes(VolumeIds=at)["Volumes"][0]
                 replace[server] = (at[0], self.snapshots.get(vol.get("SnapshotId"), "unknown-%s" % at[0]))

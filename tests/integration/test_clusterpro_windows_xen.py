@@ -1,0 +1,213 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/clusterpro_backup.yml and clusterpro_restore.yml, Windows edition, on a FAKE Xen instance pair.
+
+Two EC2 instances of the strict endpoint (m4.large: Xen) stand for server1 and server2, the mirror volume of each at
+xvdf; each server is a FAKE Windows host in Xen mode (tests/fakes/vss/disks.py, ``new_state(xen=True)``: Xen PV
+disks, no volume id in the serial, Win32_DiskDrive target id by AWS's table, xvdf is target 5) whose disk scripts
+(windows_ebs_disk: Get-EbsDisk.ps1, Set-EbsDiskOffline.ps1, Set-EbsDiskOnline.ps1) are run by the FAKE
+win_powershell (tests/fakes/vss/windows_stand_in); the cluster is the FAKE CLUSTERPRO, Windows edition
+(tests/fakes/clusterpro), linked to EC2 by the bridge of test_clusterpro_roles.py. The hosts are POSIX hosts
+(ansible_connection=local) given the edition, as in that file's Windows check-mode test; each host's FAKE Windows
+state file is named in its interpreter's environment. No PowerShell runs: this checks the roles' wiring (the device
+name read from EC2 on the api host reaches the scripts) and the scripts' contract as the FAKE implements it.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+from tests.fakes.clusterpro import install
+from tests.fakes.clusterpro import locked
+from tests.fakes.clusterpro import read_state
+from tests.fakes.vss import disks as fake
+from tests.integration.test_clusterpro_roles import Bridge
+from tests.support.world import COLLECTIONS
+from tests.support.world import ROOT
+from tests.support.world import run_playbook
+from tests.support.world import task
+
+AZ = "eu-west-1a"
+MD = "md1"
+DEVICE = "xvdf"  # Xen PV target 5 (AWS's table)
+BACKUP = os.path.join(ROOT, "playbooks", "clusterpro_backup.yml")
+RESTORE = os.path.join(ROOT, "playbooks", "clusterpro_restore.yml")
+STAND_IN = os.path.join(ROOT, "tests", "fakes", "vss", "windows_stand_in")
+STEP4 = "Step 4 - snapshot the standby's mirror volume (one backup set, no freeze - the resource was stopped)"
+SIGNATURES = {"server1": "1a2b3c4d", "server2": "5e6f7a8b"}
+
+
+def mirror_content(signature):
+    """A basic MBR mirror disk: partition 1 the cluster partition, partition 2 the data partition."""
+    content = fake.basic_content("MBR", signature, "CLUSTER", 20)
+    content["volumes"].append(dict(content["volumes"][0], key="part2", label="DATA"))
+    return content
+
+
+@pytest.fixture
+def world(ec2, tmp_path):
+    ec2.pending(0.2)
+    fake_path, fake_env = install(tmp_path, node="server1", edition="windows", version="4.3.0")
+    insts = dict((s, ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": DEVICE}]))
+                 for s in ("server1", "server2"))
+    vols = dict((s, i["volumes"][0]["volume_id"]) for s, i in insts.items())
+    with locked(fake_path) as cluster:
+        for server, vid in vols.items():
+            cluster.state["disks"][server][MD]["id"] = vid
+            cluster.state["mirrors"][MD]["disk_ids"][server] = vid
+        cluster.group_start("failover", "server1")
+    states, lines = {}, ["[cluster]"]
+    for server, inst in insts.items():
+        boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+        boot["volumes"] = []
+        # every mirror disk's content, so that a volume made from the other server's snapshot carries it
+        contents = dict((vid, mirror_content(SIGNATURES[s])) for s, vid in vols.items())
+        contents[inst["boot_volume_id"]] = boot
+        state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"], contents,
+                               letters={vols[server]: {"part1": "R", "part2": "M"}}, xen=True,
+                               computer_name="FAKE-%s" % server.upper())
+        states[server] = str(tmp_path / ("fake-windows-%s.json" % server))
+        fake.FakeSingleDisk(state).save(states[server])
+        python = tmp_path / ("python-%s" % server)  # this server's FAKE Windows state, for the modules run on it
+        python.write_text("#!/bin/sh\nSTILLPOINT_FAKE_WINDOWS_STATE='%s' exec '%s' \"$@\"\n" % (states[server], sys.executable))
+        python.chmod(0o755)
+        lines.append("%s ansible_connection=local ansible_python_interpreter=%s" % (server, python))
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("\n".join(lines) + "\n")
+    env = dict(fake_env, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([STAND_IN, COLLECTIONS]), STILLPOINT_FAKE_WINDOWS_ROOT=ROOT)
+    bridge = Bridge(ec2, fake_path, dict((s, i["instance_id"]) for s, i in insts.items()), device=DEVICE)
+    bridge.start()
+    try:
+        yield dict(ec2=ec2, fake=fake_path, env=env, insts=insts, vols=vols, states=states, inventory=str(inventory),
+                   tmp=tmp_path)
+    finally:
+        bridge.stop()
+        assert not bridge.errors, bridge.errors
+
+
+def aws(w, prefix):
+    return {prefix + "aws_endpoint_url": w["ec2"].url, prefix + "aws_region": w["ec2"].region}
+
+
+def servers(w):
+    return [{"server": s, "instance_id": w["insts"][s]["instance_id"], "volume_id": w["vols"][s]} for s in ("server1", "server2")]
+
+
+def backup(w, **extra):
+    active, standby = servers(w)
+    ev = dict(clusterpro_hosts="server1", clusterpro_become=False, clusterpro_mirror_backup_active=active,
+              clusterpro_mirror_backup_standby=standby, clusterpro_mirror_backup_poll_interval=0.2,
+              clusterpro_mirror_backup_rejoin_delay=0, clusterpro_mirror_backup_rejoin_retries=50,
+              clusterpro_mirror_backup_edition="windows", clusterpro_mirror_backup_version="4.3.0",
+              **aws(w, "clusterpro_mirror_backup_"))
+    ev.update(extra)
+    return run_playbook(BACKUP, w["ec2"], ev, env=w["env"], inventory=w["inventory"], timeout=300)
+
+
+def restore(w, set_id, **extra):
+    ev = dict(clusterpro_hosts="server1", clusterpro_become=False, clusterpro_mirror_restore_set_id=set_id,
+              clusterpro_mirror_restore_saved_definition=str(w["tmp"] / "md1-definition.json"),
+              clusterpro_mirror_restore_rejoin_delay=0, clusterpro_mirror_restore_poll_interval=0.1,
+              **aws(w, "clusterpro_mirror_restore_"))
+    ev.update(extra)
+    return run_playbook(RESTORE, w["ec2"], ev, env=w["env"], inventory=w["inventory"], timeout=300)
+
+
+def host(w, server):
+    return fake.FakeSingleDisk.load(w["states"][server])
+
+
+def disk_changes(w, server, since=0):
+    return [e for e in host(w, server).state["log"][since:] if e[0] in ("Set-Disk", "Set-Partition")]
+
+
+def at_device(w, server):
+    inst = w["ec2"].client().describe_instances(InstanceIds=[w["insts"][server]["instance_id"]])
+    return [b["Ebs"]["VolumeId"] for b in inst["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]
+            if b["DeviceName"] == DEVICE][0]
+
+
+def mirror_disk(w, server, vid):
+    """``(disk record, {partition number: letter}, Get-Disk record)`` of ``vid`` on the server's FAKE host."""
+    h = host(w, server)
+    disks = h.disks()
+    d = [x for x in disks if x["volume_id"] == vid][0]
+    return d, dict((n, letter) for n, _key, letter in h.partitions(d)), h.get_disk([d])[0]
+
+
+def test_backup_and_restore_on_a_xen_instance_pair(world):
+    w = world
+    for server in ("server1", "server2"):  # the FAKE hosts are Xen: the serial holds no volume id
+        _d, letters, got = mirror_disk(w, server, w["vols"][server])
+        assert got["SerialNumber"] == "" and "PROD_PVDISK" in got["Path"].upper() and got["SCSITargetId"] == 5
+        assert letters == {1: "R", 2: "M"}
+
+    # the backup reads the drive letters on the active server: its disk found at xvdf's location
+    rc, res, _raw = backup(w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    read = task(res, "Read the disks of the EBS volumes (by volume id in Get-Disk's serial number; on a Xen PV host by the "
+                     "device's location)")
+    assert [(r["volume_id"], r["found_by"], r["pv_target"]) for r in read["output"]] == [(w["vols"]["server1"], "pv-target", 5)]
+    taken = task(res, STEP4)
+    assert taken["state"] == "complete", taken
+    assert disk_changes(w, "server1") == [] and disk_changes(w, "server2") == [], "the backup changes no disk"
+
+    # the restore: on each server the old disk (at xvdf's location) offline, the restored one online with R: and M:
+    since = dict((s, len(host(w, s).state["log"])) for s in ("server1", "server2"))
+    rc, res, _raw = restore(w, taken["set_id"])
+    assert rc == 0, json.dumps(res, indent=1)[-4000:]
+    # the drive letters the backup read on the Xen host, as the catalog recorded them
+    assert task(res, "Remember the set, the servers and the mirror (all from the catalog)")[
+        "ansible_facts"]["__clusterpro_mirror_restore_array"]["drive_letters"] == {"1": "R", "2": "M"}
+    new = {}
+    for server in ("server1", "server2"):
+        new[server] = at_device(w, server)
+        assert new[server] != w["vols"][server]
+        h = host(w, server)
+        assert h.state["disk"][w["vols"][server]]["offline"] is True, "the old mirror disk was taken offline"
+        assert not h.state["disk"][h.state["boot_volume_id"]]["offline"], "the boot disk stays online"
+        d, letters, got = mirror_disk(w, server, new[server])
+        assert got["SCSITargetId"] == 5 and h.status(d) == "Online" and not d["state"]["read_only"]
+        assert letters == {1: "R", 2: "M"}, "the recorded drive letters on the restored disk"
+        ran = disk_changes(w, server, since[server])
+        offline = [e for e in ran if e[2:] == ["-IsOffline", "$true"]]
+        assert len(offline) == 1 and ran.index(offline[0]) == 0
+        assert ["-IsOffline", "$false"] in [e[2:] for e in ran] and ["-IsReadOnly", "$false"] in [e[2:] for e in ran]
+    # server1's restored disk carries server2's signature (a copy of the standby's volume): its partitions came up
+    # with new letters and were given R: and M:; server2's own signature was remembered: no letter to move there
+    assert [e[3:] for e in disk_changes(w, "server1", since["server1"]) if e[0] == "Set-Partition"] == [
+        ["-NewDriveLetter", "R"], ["-NewDriveLetter", "M"]]
+    assert [e for e in disk_changes(w, "server2", since["server2"]) if e[0] == "Set-Partition"] == []
+    assert read_state(w["fake"])["groups"]["failover"]["current"] == "server1"
+
+    # a re-run with the restored volumes (the CLUSTERPRO steps 1, 5 and 6 run again, the role's own behaviour): no disk
+    # step changes anything, nothing is created, detached or attached
+    w["ec2"].clear_calls()
+    since = dict((s, len(host(w, s).state["log"])) for s in ("server1", "server2"))
+    rc, res, _raw = restore(w, taken["set_id"], clusterpro_mirror_restore_volume_ids=new,
+                            clusterpro_mirror_restore_saved_definition=str(w["tmp"] / "md1-definition-rerun.json"))
+    assert rc == 0, json.dumps(res, indent=1)[-4000:]
+    assert [c["action"] for c in w["ec2"].calls() if c["action"] in ("CreateVolume", "DetachVolume", "AttachVolume")] == []
+    assert disk_changes(w, "server1", since["server1"]) == [] and disk_changes(w, "server2", since["server2"]) == []
+    for server in ("server1", "server2"):
+        assert at_device(w, server) == new[server] and mirror_disk(w, server, new[server])[1] == {1: "R", 2: "M"}
+
+
+def test_restore_refuses_a_device_outside_aws_table_on_a_xen_host(world):
+    """The FAKE of the single-disk scripts: on a host with PV disks a device name AWS's table does not list is refused
+    before any change; without a device name the lookup is by serial, which finds no PV disk (refused, as before)."""
+    w = world
+    path = w["states"]["server1"]
+    vid = w["vols"]["server1"]
+    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid, "Device": "/dev/sdf"}, path)
+    assert out is None and not changed and "gives no Xen PV location" in err
+    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid}, path)
+    assert out is None and "found 0" in err
+    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid, "Device": "/dev/xvdg"}, path)
+    assert out is None and "target 6" in err and "found 0" in err
+    assert disk_changes(w, "server1") == []
+    out, changed, err = fake.run_single_script("Get-EbsDisk.ps1", {"VolumeId": [vid], "Device": ["/dev/xvdf"]}, path)
+    assert err is None and not changed and out[0]["pv_target"] == 5 and out[0]["disk_number"] == 1
