@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright: stillpoint.snapshots contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The FAKE Windows host's stand-ins of the windows_ebs_disk single-disk scripts (tests/fakes/vss/disks.py
+FakeSingleDisk, run_single_script), without an EC2 endpoint (``state["attached"]``): the lookup by serial on an NVMe
+host (the device name ignored there), by location on a Xen host, and each refusal the scripts' headers state."""
+
+import pytest
+
+from tests.fakes.vss import disks as fake
+
+BOOT, MIRROR, OTHER = "vol-0aaaaaaaaaaaaaaa0", "vol-0bbbbbbbbbbbbbbb1", "vol-0ccccccccccccccc2"
+
+
+def state_file(tmp_path, xen, devices=("/dev/sda1", "xvdf", "xvdg")):
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    mirror = fake.basic_content("MBR", "1a2b3c4d", "CLUSTER")
+    mirror["volumes"].append(dict(mirror["volumes"][0], key="part2", label="DATA"))
+    state = fake.new_state("http://127.0.0.1:1", "eu-west-1", "i-0123456789abcdef0", BOOT,
+                           {BOOT: boot, MIRROR: mirror, OTHER: fake.basic_content("GPT", "0f1e2d3c-0000-4000-8000-000000000001", "LOGS")},
+                           letters={MIRROR: {"part1": "R", "part2": "M"}, OTHER: {"part1": "L"}}, xen=xen)
+    state["attached"] = [list(a) for a in zip(devices, (BOOT, MIRROR, OTHER))]
+    path = str(tmp_path / "state.json")
+    fake.FakeSingleDisk(state).save(path)
+    return path
+
+
+def run(path, name, **params):
+    return fake.run_single_script(name, params, path)
+
+
+@pytest.mark.parametrize("device", [None, "/dev/sdf", "xvdf"])
+def test_nvme_host_finds_by_serial_whatever_the_device(tmp_path, device):
+    path = state_file(tmp_path, xen=False, devices=("/dev/sda1", "/dev/sdf", "/dev/sdg"))
+    params = {"VolumeId": [MIRROR]}
+    if device:
+        params["Device"] = [device]
+    out, changed, err = fake.run_single_script("Get-EbsDisk.ps1", params, path)
+    assert err is None and not changed
+    assert [(r["volume_id"], r["disk_number"], r["found_by"], r["pv_target"]) for r in out] == [(MIRROR, 1, "nvme-serial", None)]
+    assert [(p["partition_number"], p["drive_letter"]) for p in out[0]["partitions"]] == [(1, "R"), (2, "M")]
+
+
+def test_xen_host_offline_and_online_by_location(tmp_path):
+    path = state_file(tmp_path, xen=True)
+    out, changed, err = run(path, "Get-EbsDisk.ps1", VolumeId=[MIRROR, OTHER], Device=["/dev/xvdf", "xvdg"])
+    found = [(r["disk_number"], r["found_by"], r["pv_target"]) for r in out]
+    assert err is None and found == [(1, "pv-target", 5), (2, "pv-target", 6)]
+    assert out[0]["serial"] == "" and "PROD_PVDISK" in out[0]["path"].upper()
+    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", VolumeId=MIRROR, Device="xvdf")
+    assert err is None and changed and out[0]["drive_letters"] == {"1": "R", "2": "M"} and out[0]["pv_target"] == 5
+    assert fake.FakeSingleDisk.load(path).state["disk"][MIRROR]["offline"] is True
+    assert fake.FakeSingleDisk.load(path).state["disk"][OTHER]["offline"] is False
+    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", VolumeId=MIRROR, Device="xvdf")
+    assert err is None and not changed and out[0]["was_offline"]
+    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
+    assert err is None and changed and out[0]["drive_letters"] == []  # the letters were remembered (same signature)
+    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
+    assert err is None and not changed
+    log = fake.FakeSingleDisk.load(path).state["log"]
+    assert log == [["Set-Disk", "1", "-IsOffline", "$true"], ["Set-Disk", "1", "-IsOffline", "$false"]]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"VolumeId": MIRROR, "Device": "/dev/sdf"}, "gives no Xen PV location"),
+    ({"VolumeId": MIRROR, "Device": "xvdca"}, "gives no Xen PV location"),
+    ({"VolumeId": MIRROR, "Device": "xvdj"}, "target 9, LUN 0"),
+    ({"VolumeId": MIRROR}, "with the serial of %s" % MIRROR),
+    ({"VolumeId": BOOT, "Device": "/dev/sda1"}, "holds the running system"),
+    ({"VolumeId": "vol-xyz", "Device": "xvdf"}, "Invalid EBS volume id"),
+])
+def test_xen_host_refusals_change_nothing(tmp_path, params, message):
+    path = state_file(tmp_path, xen=True)
+    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", **params)
+    assert out is None and not changed and message in err
+    assert fake.FakeSingleDisk.load(path).state["log"] == []
+
+
+def test_online_refuses_a_letter_held_by_another_disk(tmp_path):
+    path = state_file(tmp_path, xen=True)
+    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "L"})
+    assert out is None and "Drive letter L: is held by a partition of disk 2" in err
+    out, changed, err = run(path, "Get-EbsDisk.ps1", VolumeId=[MIRROR], Device=["xvdf", "xvdg"])
+    assert out is None and "2 device names for 1 volumes" in err
