@@ -161,12 +161,7 @@ def test_restore_check_mode_real_run_and_rerun(ec2, world):
     assert [(c["path"], c["rc"]) for c in up["chkdsk"]] == [("E:\\", 0), ("F:\\", 0)]
     assert ["chkdsk", "E:"] in windows(w).state["log"]
 
-    ec2.clear_calls()
-    since = len(windows(w).state["log"])
-    rc, res, _raw = restore(ec2, w)
-    assert rc == 0, json.dumps(res, indent=1)[-3000:]
-    assert mutating(ec2) == [] and changes(w, since) == []
-    assert task(res, UP)["changed"] is False and task(res, DOWN).get("skipped")
+    rerun_changes_nothing(ec2, w)
 
 
 def test_two_volumes_on_the_same_dynamic_disks_come_back_each_at_its_own_letter(ec2, tmp_path):
@@ -311,22 +306,32 @@ def test_windows_services_stopped_before_the_disks_go_offline_and_started_after(
 XEN_DEVICES = ("xvdh", "xvdf", "xvdg")  # E: spans xvdh+xvdf (a dynamic pack), F: is xvdg: disk order is not volume order
 
 
+def rerun_changes_nothing(ec2, w):
+    """The restore run again: no mutating EC2 call, no change on the FAKE host, the host steps report no change."""
+    ec2.clear_calls()
+    since = len(windows(w).state["log"])
+    rc, res, _raw = restore(ec2, w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    assert mutating(ec2) == [] and changes(w, since) == []
+    assert task(res, UP)["changed"] is False and task(res, DOWN).get("skipped")
+
+
+def xen_host(ec2):
+    """A FAKE Xen instance (m4: PV disks, no volume id in the serial, each at the target id of its device name) with
+    E: (a spanned volume of a dynamic pack on xvdh + xvdf) and F: (xvdg): its instance, volumes, FAKE Windows host and
+    the VSS module's facts for E: and F:."""
+    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    host = fake.xen_sql_host(ec2, inst, GUID_F)
+    facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]), **host.vss_facts(["E:\\", "F:\\"]))
+    return inst, vols, host, facts
+
+
 def test_xen_instance_restore_maps_disks_by_pv_location(ec2, tmp_path):
     """A set taken on a FAKE Xen instance (PV disks: no volume id in the serial, each at the target id of its device
     name, as in test_win_vss.py) restored through the role: each disk found by its location through the instance's
     block device mappings of that moment, the restored volumes at the old targets."""
-    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
-    vols = [v["volume_id"] for v in inst["volumes"]]
-    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
-                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
-    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
-    boot["volumes"] = []
-    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
-                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
-                            vols[2]: fake.basic_content("GPT", GUID_F, "BACKUP")},
-                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}}, xen=True)
-    host = fake.FakeWindowsDisks(state)
-    facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]), **host.vss_facts(["E:\\", "F:\\"]))
+    inst, vols, host, facts = xen_host(ec2)
     assert all(vss.disk_volume_id(d) is None and vss.is_pv_disk(d) for d in facts["disks"])
     assert [d["SCSITargetId"] for d in facts["disks"]] == [0, 5, 6, 7]  # sda1, xvdf, xvdg, xvdh
     old_targets = dict((d["volume_id"], g["SCSITargetId"]) for d, g in zip(host.disks(), host.get_disk(host.disks())))
@@ -373,12 +378,7 @@ def test_xen_instance_restore_maps_disks_by_pv_location(ec2, tmp_path):
     assert len(ec2.calls("DescribeInstances")) > 6
 
     # a re-run changes nothing
-    ec2.clear_calls()
-    since = len(windows(w).state["log"])
-    rc, res, _raw = restore(ec2, w)
-    assert rc == 0, json.dumps(res, indent=1)[-3000:]
-    assert mutating(ec2) == [] and changes(w, since) == []
-    assert task(res, UP)["changed"] is False and task(res, DOWN).get("skipped")
+    rerun_changes_nothing(ec2, w)
 
     # check mode after the restore changes nothing either
     ec2.clear_calls()
@@ -391,18 +391,7 @@ def test_xen_instance_restore_maps_disks_by_pv_location(ec2, tmp_path):
 def test_xen_instance_restore_refused_when_the_host_is_another_instance(ec2, tmp_path):
     """The host's instance metadata names another instance than the set's: the Windows step is refused before any
     disk or volume changes (the role's proof is skipped here, so win_array_host's own check is what refuses)."""
-    inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
-    vols = [v["volume_id"] for v in inst["volumes"]]
-    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
-                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
-    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
-    boot["volumes"] = []
-    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
-                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
-                            vols[2]: fake.basic_content("GPT", GUID_F, "BACKUP")},
-                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}}, xen=True)
-    host = fake.FakeWindowsDisks(state)
-    facts = dict(fake_windows_facts(vols, boot_volume_id=inst["boot_volume_id"]), **host.vss_facts(["E:\\", "F:\\"]))
+    inst, vols, host, facts = xen_host(ec2)
     taken = take_set(ec2, inst, facts=facts)
     path = str(tmp_path / "fake-windows.json")
     host.save(path)

@@ -181,16 +181,8 @@ def xen_world(ec2):
     order differ and only the target ids can tell the disks apart."""
     inst = ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": d} for d in XEN_DEVICES])
     vols = [v["volume_id"] for v in inst["volumes"]]
-    pack = fake.dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
-                             [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
-    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
-    boot["volumes"] = []
-    state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"],
-                           {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
-                            vols[2]: fake.basic_content("GPT", "1a2b3c4d-5e6f-4701-8293-a4b5c6d7e8f9", "BACKUP"),
-                            vols[3]: fake.basic_content("GPT", "2b3c4d5e-6f70-4812-93a4-b5c6d7e8f9a0", "OTHER")},
-                           letters={vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}, vols[3]: {"part1": "G"}}, xen=True)
-    host = fake.FakeWindowsDisks(state)
+    host = fake.xen_sql_host(ec2, inst, "1a2b3c4d-5e6f-4701-8293-a4b5c6d7e8f9",
+                             others={3: ("2b3c4d5e-6f70-4812-93a4-b5c6d7e8f9a0", "OTHER", "G")})
     facts = dict(fake_windows_facts(vols[:3], boot_volume_id=inst["boot_volume_id"]),
                  **host.vss_facts(["E:\\", "F:\\"]))
     return dict(inst, array=vols[:3], outside=vols[3], client=ec2.client(), facts=facts, host=host)

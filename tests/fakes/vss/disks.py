@@ -112,6 +112,25 @@ def new_state(ec2_url, region, instance_id, boot_volume_id, contents, letters=No
     return state
 
 
+def xen_sql_host(ec2, inst, backup_guid, others=None):
+    """FAKE: the Windows host of a Xen instance ``inst`` (PV disks; its volumes attached in the order of its first three
+    devices, and any after them): E: a spanned volume of the dynamic pack grp-sql01 on its first two volumes, F: a
+    GPT disk (``backup_guid``) on its third; ``others`` {index: (guid, label, letter)} adds basic GPT disks."""
+    vols = [v["volume_id"] for v in inst["volumes"]]
+    pack = dynamic_pack("grp-sql01", ["3f1e2d4c-5b6a-4789-8a9b-0c1d2e3f4a5b", "7a6b5c4d-3e2f-4109-8b7a-6c5d4e3f2a1b"],
+                        [{"key": "vE", "label": "SQLDATA", "type": "Spanned", "disks": [0, 1]}])
+    boot = basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    contents = {inst["boot_volume_id"]: boot, vols[0]: pack[0], vols[1]: pack[1],
+                vols[2]: basic_content("GPT", backup_guid, "BACKUP")}
+    letters = {vols[0]: {"vE": "E"}, vols[2]: {"part1": "F"}}
+    for index, (guid, label, letter) in (others or {}).items():
+        contents[vols[index]] = basic_content("GPT", guid, label)
+        letters[vols[index]] = {"part1": letter}
+    return FakeWindowsDisks(new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"], contents,
+                                      letters=letters, xen=True))
+
+
 def _diskpart_target(path):
     """How the scripts name a path to diskpart's ``select volume=``: ``E`` for ``E:\\``, the folder without its
     trailing backslash for a mount folder."""
