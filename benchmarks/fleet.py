@@ -93,19 +93,18 @@ def write_playbooks(workdir, ec2, args):
     size, refill = _buckets.UNCATEGORIZED["CreateSnapshots"]
     if args.scale != 1.0:  # the time budget in the same scale: 60 s at EC2's rates
         ours["throttle_wait"] = 60.0 / args.scale
+    paced = {"size": int(max(1, round(size * args.scale))), "refill": refill * args.scale}
     tasks = {
         "stock": {"name": "snapshot", "loop": "{{ volume_ids }}", "amazon.aws.ec2_snapshot": dict(
             aws, volume_id="{{ item }}", description="fleet stock {{ inventory_hostname }}",
             snapshot_tags={"fleet": "{{ inventory_hostname }}"})},
         # the pacer told the bucket's numbers in the endpoint's scale (EC2's documented ones at scale 1)
-        "ours": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(
-            ours, pacer={"size": int(max(1, round(size * args.scale))), "refill": refill * args.scale})},
+        "ours": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(ours, pacer=paced)},
         "ours-nopacer": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(
             ours, pacer={"enabled": False})},
         # the same, each slice's pacer told it is one of --slices runs (pacer.slices: 1/N of the bucket each)
         "ours-split": {"name": "snapshot", "stillpoint.snapshots.ebs_snapshot_set": dict(
-            ours, pacer={"size": int(max(1, round(size * args.scale))), "refill": refill * args.scale,
-                         "slices": args.slices})},
+            ours, pacer=dict(paced, slices=args.slices))},
     }
     paths = {}
     for approach, task in tasks.items():

@@ -250,7 +250,7 @@ def pv_device_name(disk):
     if bus != 0 or lun != 0 or target not in PV_EBS_TARGETS:
         raise StillpointError("its Xen PV location (%s) is not one where an EBS volume sits (bus 0, LUN 0, target "
                               "0..25)" % where)
-    return "/dev/sda1" if target == 0 else "xvd" + chr(ord("a") + target)
+    return pv_location_device(target)
 
 
 def _bare_device(name):
@@ -270,8 +270,9 @@ def pv_target_of_device(name):
 
 
 def pv_location_device(target):
-    """The device name of Xen PV target ``target`` (bus 0, LUN 0): :func:`pv_device_name` of that location."""
-    return pv_device_name({"SCSIBus": 0, "SCSILogicalUnit": 0, "SCSITargetId": target})
+    """The device name AWS's table gives Xen PV target ``target`` (bus 0, LUN 0, one of ``PV_EBS_TARGETS``):
+    ``/dev/sda1`` for 0, ``xvd<a + N>`` for 1..25."""
+    return "/dev/sda1" if target == 0 else "xvd" + chr(ord("a") + target)
 
 
 def pv_volume_id(disk, instance):
@@ -316,11 +317,9 @@ def pv_consistency(disks, instance):
     location (``/dev/sda1``, ``xvdb``..``xvdz``) with no PV disk at that target on the host."""
     targets = set(_int_or_none(d.get("SCSITargetId")) for d in disks if is_pv_disk(d)
                   and _int_or_none(d.get("SCSIBus")) == 0 and _int_or_none(d.get("SCSILogicalUnit")) == 0)
-    names = dict((("/dev/sda1" if t == 0 else "xvd" + chr(ord("a") + t)), t) for t in PV_EBS_TARGETS)
-    names = dict((_bare_device(k), v) for k, v in names.items())
     missing = []
     for b in (instance or {}).get("BlockDeviceMappings") or []:
-        t = names.get(_bare_device(b.get("DeviceName")))
+        t = pv_target_of_device(b.get("DeviceName"))
         if t is not None and (b.get("Ebs") or {}).get("Status") == "attached" and t not in targets:
             missing.append("%s (%s, target %d)" % (b["DeviceName"], b["Ebs"].get("VolumeId"), t))
     if missing:
