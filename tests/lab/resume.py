@@ -177,6 +177,8 @@ def hot_plug(vm, links, disks, link_mac, disk_node):
 
 ADOPT = r"""
 set -e
+# kernel warnings (an NVMe timeout, a hung task) reach the serial console too: console.log explains a hang
+dmesg -n 5
 hostname {name}
 echo {name} > /etc/hostname
 date -s @{now} >/dev/null

@@ -120,7 +120,7 @@ def attach_and_see(lab, volume_id, device):
             seen.append(state)
         return state == "attached"
     wait_for(attached, 60, "%s attached" % volume_id)
-    out = waiter.communicate(timeout=120)[0]
+    out = lab.vm.communicate(waiter, 120)[0]
     visible = time.monotonic() - t0
     assert "seen" in out, "the guest never saw %s" % (BY_ID % serial_of(volume_id))
     return visible, seen
@@ -236,8 +236,10 @@ def test_snapshot_is_a_backup_job_at_the_point_of_the_call(lab):
         took = time.monotonic() - t0
         after = writes()
     finally:
-        lab.vm.ssh("touch /run/stop-writer", check=False)
-        writer.communicate(timeout=60)
+        stop = lab.vm.ssh("touch /run/stop-writer", check=False)
+        # a stop signal that did not arrive leaves the writer running: the timeout says so
+        lab.vm.communicate(writer, 60, note="the stop signal `touch /run/stop-writer` exited %d %s"
+                           % (stop.returncode, (stop.stderr or "").strip()[-300:]))
     timing("CreateSnapshot 1 GiB at %d MiB/s (pending -> completed)" % (BACKUP_SPEED // MiB), took)
     pending = [p for state, p in seen if state == "pending"]
     assert pending and min(pending) < 100, seen
@@ -282,7 +284,7 @@ def test_detach_unplugs_the_disk_while_a_backup_job_still_reads_it(lab):
     assert gone.stdout.readline().strip() == "ready"
     t0 = time.monotonic()
     lab.ec2.detach_volume(VolumeId=volume_id)
-    assert "gone" in gone.communicate(timeout=60)[0], "the guest still has %s" % link
+    assert "gone" in lab.vm.communicate(gone, 60)[0], "the guest still has %s" % link
     timing("DetachVolume -> disk gone from the guest", time.monotonic() - t0)
     assert attachment_state(lab.ec2, volume_id) == ("in-use", "detaching")
     assert snapshot_state(lab.ec2, snapshot_id) == "pending"

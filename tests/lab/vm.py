@@ -37,13 +37,17 @@ import tempfile
 import threading
 import time
 
-from . import resume
+from . import diag, resume
 from .image import HOST_ALIAS, LINK_ADDRESS, LINK_MAC, MGMT_MAC
 from .qmp import QMP, QMPError
 
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5"]
+
+
+# a guest command with a timeout this long is expected to end: its timeout is explained (diag.py)
+DIAG_MIN_TIMEOUT = 30
 
 
 class LabError(Exception):
@@ -124,7 +128,8 @@ class VM:
 
     @property
     def marker(self):
-        return "guest=%s,process=sp-%s" % (self.name, self.name)
+        # debug-threads: qemu's threads carry their roles (``CPU 0/TCG``, ``worker``) for diag.py
+        return "guest=%s,process=sp-%s,debug-threads=on" % (self.name, self.name)
 
     def running(self):
         return self.pid is not None
@@ -257,8 +262,12 @@ class VM:
         """Run ``command`` in the guest; returns CompletedProcess (text, or bytes when ``input`` is bytes).
         Raises LabError if ``check`` and the command failed."""
         for attempt in range(3):
-            r = subprocess.run(self.ssh_command(command), input=input, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=not isinstance(input, bytes), timeout=timeout, check=False)
+            try:
+                r = subprocess.run(self.ssh_command(command), input=input, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=not isinstance(input, bytes), timeout=timeout,
+                                   check=False)
+            except subprocess.TimeoutExpired as e:
+                raise self._timed_out(e, command) from None
             # 255: ssh itself failed (a TCG guest under load can miss the connect timeout); retry
             if r.returncode != 255 or not self.running():
                 break
@@ -269,7 +278,25 @@ class VM:
 
     def popen(self, command):
         """A long-running guest command (e.g. a writer), its SSH client as a local process."""
-        return subprocess.Popen(self.ssh_command(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(self.ssh_command(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.guest_command = command
+        return proc
+
+    def communicate(self, proc, timeout, note=None):
+        """``proc.communicate(timeout=...)`` of a ``popen`` command; a timeout carries the lab diagnostics
+        (and ``note``: e.g. whether the command was told to stop)."""
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise self._timed_out(e, getattr(proc, "guest_command", str(proc.args)), note) from None
+
+    def _timed_out(self, error, command, note=None):
+        """A guest command that did not end: the same TimeoutExpired, with what the guest, qemu and the host
+        were doing (``diag.py``). Short waits (SSH probes while booting) are expected to time out: left as
+        they are."""
+        if error.timeout < DIAG_MIN_TIMEOUT:
+            return error
+        return diag.GuestTimeout(error, diag.report(self, command, error.timeout, note))
 
     def wait_ssh(self, timeout=240):
         t0 = getattr(self, "_t_start", time.monotonic())
