@@ -6,7 +6,7 @@
 Two EC2 instances of the strict endpoint (m4.large: Xen) stand for server1 and server2, the mirror volume of each at
 xvdf; each server is a FAKE Windows host in Xen mode (tests/fakes/vss/disks.py, ``new_state(xen=True)``: Xen PV
 disks, no volume id in the serial, Win32_DiskDrive target id by AWS's table, xvdf is target 5) whose disk scripts
-(windows_ebs_disk: Get-EbsDisk.ps1, Set-EbsDiskOffline.ps1, Set-EbsDiskOnline.ps1) are run by the FAKE
+(windows_ebs_disk: EbsDisk.ps1 -Action Get, Offline, Online) are run by the FAKE
 win_powershell (tests/fakes/vss/windows_stand_in); the cluster is the FAKE CLUSTERPRO, Windows edition
 (tests/fakes/clusterpro), linked to EC2 by the bridge of test_clusterpro_roles.py. The hosts are POSIX hosts
 (ansible_connection=local) given the edition, as in that file's Windows check-mode test; each host's FAKE Windows
@@ -197,17 +197,17 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
 
 
 def test_restore_refuses_a_device_outside_aws_table_on_a_xen_host(world):
-    """The FAKE of the single-disk scripts: on a host with PV disks a device name AWS's table does not list is refused
+    """The FAKE of the single-disk script: on a host with PV disks a device name AWS's table does not list is refused
     before any change; without a device name the lookup is by serial, which finds no PV disk (refused, as before)."""
     w = world
     path = w["states"]["server1"]
     vid = w["vols"]["server1"]
-    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid, "Device": "/dev/sdf"}, path)
+    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid, "Device": "/dev/sdf"}, path)
     assert out is None and not changed and "gives no Xen PV location" in err
-    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid}, path)
+    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid}, path)
     assert out is None and "found 0" in err
-    out, changed, err = fake.run_single_script("Set-EbsDiskOffline.ps1", {"VolumeId": vid, "Device": "/dev/xvdg"}, path)
+    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid, "Device": "/dev/xvdg"}, path)
     assert out is None and "target 6" in err and "found 0" in err
     assert disk_changes(w, "server1") == []
-    out, changed, err = fake.run_single_script("Get-EbsDisk.ps1", {"VolumeId": [vid], "Device": ["/dev/xvdf"]}, path)
+    out, changed, err = fake.run_single_script({"Action": "Get", "VolumeId": [vid], "Device": ["/dev/xvdf"]}, path)
     assert err is None and not changed and out[0]["pv_target"] == 5 and out[0]["disk_number"] == 1

@@ -1,13 +1,19 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The FAKE Windows host's stand-ins of the windows_ebs_disk single-disk scripts (tests/fakes/vss/disks.py
-FakeSingleDisk, run_single_script), without an EC2 endpoint (``state["attached"]``): the lookup by serial on an NVMe
-host (the device name ignored there), by location on a Xen host, and each refusal the scripts' headers state."""
+"""The FAKE Windows host's stand-in of the windows_ebs_disk single-disk script EbsDisk.ps1, each -Action
+(tests/fakes/vss/disks.py FakeSingleDisk, run_single_script), without an EC2 endpoint (``state["attached"]``): the
+lookup by serial on an NVMe host (the device name ignored there), by location on a Xen host, and each refusal the
+script's header states."""
+
+import os
 
 import pytest
+import yaml
 
 from tests.fakes.vss import disks as fake
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BOOT, MIRROR, OTHER = "vol-0aaaaaaaaaaaaaaa0", "vol-0bbbbbbbbbbbbbbb1", "vol-0ccccccccccccccc2"
 
@@ -26,17 +32,17 @@ def state_file(tmp_path, xen, devices=("/dev/sda1", "xvdf", "xvdg")):
     return path
 
 
-def run(path, name, **params):
-    return fake.run_single_script(name, params, path)
+def run(path, action, **params):
+    return fake.run_single_script(dict(params, Action=action), path)
 
 
 @pytest.mark.parametrize("device", [None, "/dev/sdf", "xvdf"])
 def test_nvme_host_finds_by_serial_whatever_the_device(tmp_path, device):
     path = state_file(tmp_path, xen=False, devices=("/dev/sda1", "/dev/sdf", "/dev/sdg"))
-    params = {"VolumeId": [MIRROR]}
+    params = {"Action": "Get", "VolumeId": [MIRROR]}
     if device:
         params["Device"] = [device]
-    out, changed, err = fake.run_single_script("Get-EbsDisk.ps1", params, path)
+    out, changed, err = fake.run_single_script(params, path)
     assert err is None and not changed
     assert [(r["volume_id"], r["disk_number"], r["found_by"], r["pv_target"]) for r in out] == [(MIRROR, 1, "nvme-serial", None)]
     assert [(p["partition_number"], p["drive_letter"]) for p in out[0]["partitions"]] == [(1, "R"), (2, "M")]
@@ -44,19 +50,19 @@ def test_nvme_host_finds_by_serial_whatever_the_device(tmp_path, device):
 
 def test_xen_host_offline_and_online_by_location(tmp_path):
     path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Get-EbsDisk.ps1", VolumeId=[MIRROR, OTHER], Device=["/dev/xvdf", "xvdg"])
+    out, changed, err = run(path, "Get", VolumeId=[MIRROR, OTHER], Device=["/dev/xvdf", "xvdg"])
     found = [(r["disk_number"], r["found_by"], r["pv_target"]) for r in out]
     assert err is None and found == [(1, "pv-target", 5), (2, "pv-target", 6)]
     assert out[0]["serial"] == "" and "PROD_PVDISK" in out[0]["path"].upper()
-    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", VolumeId=MIRROR, Device="xvdf")
+    out, changed, err = run(path, "Offline", VolumeId=MIRROR, Device="xvdf")
     assert err is None and changed and out[0]["drive_letters"] == {"1": "R", "2": "M"} and out[0]["pv_target"] == 5
     assert fake.FakeSingleDisk.load(path).state["disk"][MIRROR]["offline"] is True
     assert fake.FakeSingleDisk.load(path).state["disk"][OTHER]["offline"] is False
-    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", VolumeId=MIRROR, Device="xvdf")
+    out, changed, err = run(path, "Offline", VolumeId=MIRROR, Device="xvdf")
     assert err is None and not changed and out[0]["was_offline"]
-    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
+    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
     assert err is None and changed and out[0]["drive_letters"] == []  # the letters were remembered (same signature)
-    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
+    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
     assert err is None and not changed
     log = fake.FakeSingleDisk.load(path).state["log"]
     assert log == [["Set-Disk", "1", "-IsOffline", "$true"], ["Set-Disk", "1", "-IsOffline", "$false"]]
@@ -72,14 +78,37 @@ def test_xen_host_offline_and_online_by_location(tmp_path):
 ])
 def test_xen_host_refusals_change_nothing(tmp_path, params, message):
     path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Set-EbsDiskOffline.ps1", **params)
+    out, changed, err = run(path, "Offline", **params)
     assert out is None and not changed and message in err
     assert fake.FakeSingleDisk.load(path).state["log"] == []
 
 
 def test_online_refuses_a_letter_held_by_another_disk(tmp_path):
     path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Set-EbsDiskOnline.ps1", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "L"})
+    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "L"})
     assert out is None and "Drive letter L: is held by a partition of disk 2" in err
-    out, changed, err = run(path, "Get-EbsDisk.ps1", VolumeId=[MIRROR], Device=["xvdf", "xvdg"])
+    out, changed, err = run(path, "Get", VolumeId=[MIRROR], Device=["xvdf", "xvdg"])
     assert out is None and "2 device names for 1 volumes" in err
+
+
+def test_an_action_outside_the_scripts_set_is_refused(tmp_path):
+    path = state_file(tmp_path, xen=True)
+    out, changed, err = run(path, "Format", VolumeId=MIRROR, Device="xvdf")
+    assert out is None and not changed and 'does not belong to the set "Get,Offline,Online"' in err
+    assert fake.FakeSingleDisk.load(path).state["log"] == []
+
+
+def test_each_entry_point_sends_the_one_script_with_its_action():
+    """What the FAKE dispatches on is what the role sends: tasks_from disks, offline, online each run EbsDisk.ps1 with
+    the -Action of SINGLE_ACTIONS, the values the script's ValidateSet accepts."""
+    role = os.path.join(ROOT, "roles", "windows_ebs_disk")
+    entries = ("disks", "offline", "online")
+    sent = {}
+    for entry in entries:
+        with open(os.path.join(role, "tasks", entry + ".yml"), encoding="utf-8") as handle:
+            run_task = [t for t in yaml.safe_load(handle) if "ansible.windows.win_powershell" in t][0]
+        args = run_task["ansible.windows.win_powershell"]
+        sent[entry] = (args["path"], args["parameters"]["Action"])
+    assert sent == {entry: (fake.SINGLE_SCRIPT, action) for entry, action in zip(entries, fake.SINGLE_ACTIONS)}
+    with open(os.path.join(role, "files", fake.SINGLE_SCRIPT), encoding="utf-8") as handle:
+        assert "[ValidateSet(%s)]" % ", ".join("'%s'" % a for a in fake.SINGLE_ACTIONS) in handle.read()

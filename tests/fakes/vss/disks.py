@@ -66,8 +66,10 @@ DISK_HEAD = ("  Disk ###  Status         Size     Free     Dyn  Gpt\n"
 VOL_HEAD = ("  Volume ###  Ltr  Label        Fs     Type        Size     Status     Info\n"
             "  ----------  ---  -----------  -----  ----------  -------  ---------  --------\n")
 SCRIPTS = ("Get-EbsArrayDisks.ps1", "Set-EbsArrayDisks.ps1")
-# the single-disk scripts of the CLUSTERPRO roles (windows_ebs_disk entry points disks, offline, online)
-SINGLE_SCRIPTS = ("Get-EbsDisk.ps1", "Set-EbsDiskOffline.ps1", "Set-EbsDiskOnline.ps1")
+# the single-disk script of the CLUSTERPRO roles and its -Action for each windows_ebs_disk entry point (disks, offline,
+# online)
+SINGLE_SCRIPT = "EbsDisk.ps1"
+SINGLE_ACTIONS = ("Get", "Offline", "Online")
 
 
 class DiskpartError(Exception):
@@ -537,9 +539,9 @@ class FakeWindowsDisks:
 
 
 def single_pv_target(vid, device):
-    """Where Get-EbsDisk.ps1 / Set-EbsDiskOffline.ps1 / Set-EbsDiskOnline.ps1 (Get-PvTarget) look for the disk of a
-    volume attached at ``device`` on a host with Xen PV disks: AWS's table, /dev/sda1 0, xvdb..xvdz 1..25; any other
-    name refused (the scripts' contract, as their headers state it)."""
+    """Where EbsDisk.ps1 (Get-PvTarget) looks for the disk of a volume attached at ``device`` on a host with Xen PV
+    disks: AWS's table, /dev/sda1 0, xvdb..xvdz 1..25; any other name refused (the script's contract, as its header
+    states it)."""
     bare = (device or "").strip().lower()
     bare = bare[len("/dev/"):] if bare.startswith("/dev/") else bare
     if bare == "sda1":
@@ -552,8 +554,8 @@ def single_pv_target(vid, device):
 
 
 class FakeSingleDisk(FakeWindowsDisks):
-    """What the windows_ebs_disk role's single-disk scripts do (SINGLE_SCRIPTS, their headers' contract): the disk
-    by the volume id in its serial, or, given the device name on a host where a Get-Disk Path holds PROD_PVDISK, the
+    """What the windows_ebs_disk role's single-disk script does (SINGLE_SCRIPT, each of SINGLE_ACTIONS, its header's
+    contract): the disk by the volume id in its serial, or, given the device name on a host where a Get-Disk Path holds PROD_PVDISK, the
     one PV disk at bus 0, that device's target, LUN 0. A partition's number is its volume's place on the (basic) disk,
     from 1 (the FAKE's choice). Every change is logged as the cmdlet the script runs (``["Set-Disk", "1",
     "-IsOffline", "$true"]``)."""
@@ -592,7 +594,7 @@ class FakeSingleDisk(FakeWindowsDisks):
         return out
 
     def report(self, params):
-        """Get-EbsDisk.ps1: one record per volume, changes nothing."""
+        """EbsDisk.ps1 -Action Get: one record per volume, changes nothing."""
         vids, devices = list(params.get("VolumeId") or []), list(params.get("Device") or [])
         if devices and len(devices) != len(vids):
             raise DiskpartError("Got %d device names for %d volumes; give one per volume or none." % (len(devices), len(vids)))
@@ -609,7 +611,7 @@ class FakeSingleDisk(FakeWindowsDisks):
         return out, False
 
     def offline(self, params):
-        """Set-EbsDiskOffline.ps1."""
+        """EbsDisk.ps1 -Action Offline."""
         vid = params.get("VolumeId")
         d, target = self.find_single(vid, params.get("Device"), self.disks(), "refusing.")
         if d["volume_id"] == self.state["boot_volume_id"]:
@@ -623,7 +625,7 @@ class FakeSingleDisk(FakeWindowsDisks):
                  "pv_target": target, "was_offline": was, "drive_letters": letters}], not was
 
     def online(self, params):
-        """Set-EbsDiskOnline.ps1."""
+        """EbsDisk.ps1 -Action Online."""
         vid = params.get("VolumeId")
         disks = self.disks()
         d, target = self.find_single(vid, params.get("Device"), disks, "is it attached?")
@@ -665,13 +667,16 @@ class FakeSingleDisk(FakeWindowsDisks):
                  "pv_target": target, "drive_letters": moves}], changed
 
 
-def run_single_script(name, params, state_path):
-    """Run the FAKE of one of the single-disk scripts against the state file; returns ``(output objects, changed,
-    error)``."""
+def run_single_script(params, state_path):
+    """Run the FAKE of the single-disk script with ``params`` (its ``Action`` one of SINGLE_ACTIONS) against the state
+    file; returns ``(output objects, changed, error)``."""
+    action = params.get("Action")
+    if action not in SINGLE_ACTIONS:  # the script's ValidateSet: refused before it runs
+        return None, False, ("Cannot validate argument on parameter 'Action'. The argument \"%s\" does not belong to "
+                             "the set \"%s\"." % (action, ",".join(SINGLE_ACTIONS)))
     host = FakeSingleDisk.load(state_path)
     try:
-        out, changed = {SINGLE_SCRIPTS[0]: host.report, SINGLE_SCRIPTS[1]: host.offline,
-                        SINGLE_SCRIPTS[2]: host.online}[name](params)
+        out, changed = {"Get": host.report, "Offline": host.offline, "Online": host.online}[action](params)
         return out, changed, None
     except DiskpartError as exc:
         return None, False, str(exc)

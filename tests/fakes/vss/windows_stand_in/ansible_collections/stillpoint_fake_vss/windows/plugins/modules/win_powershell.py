@@ -4,7 +4,7 @@
 """FAKE, tests only: stands in for ansible.windows.win_powershell on the stand-in Windows host.
 
 It runs no PowerShell. It recognises the windows_ebs_disk role's scripts (the array scripts and the single-disk
-scripts of the CLUSTERPRO roles) by their exact text and does what each
+script of the CLUSTERPRO roles, by its -Action parameter) by their exact text and does what each
 one does against the FAKE Windows disk subsystem (tests/fakes/vss/disks.py) whose state file is
 STILLPOINT_FAKE_WINDOWS_STATE; the repository root (to import it) is STILLPOINT_FAKE_WINDOWS_ROOT. Any other
 script fails. The result has win_powershell's shape (output: the objects written, error: the error records).
@@ -44,16 +44,17 @@ def main():
 
     files = os.path.join(root, "roles", "windows_ebs_disk", "files")
     name = None
-    for candidate in disks.SCRIPTS + disks.SINGLE_SCRIPTS:
+    for candidate in disks.SCRIPTS + (disks.SINGLE_SCRIPT,):
         with open(os.path.join(files, candidate), encoding="utf-8") as handle:
             if handle.read() == module.params["script"]:
                 name = candidate
     if name is None:
         module.fail_json(msg="FAKE win_powershell: not one of the windows_ebs_disk scripts", output=[], error=[])
-    if name in disks.SINGLE_SCRIPTS:
-        if module.check_mode and name != disks.SINGLE_SCRIPTS[0]:
-            module.exit_json(changed=True, output=[], error=[], host_out="FAKE: check mode, %s not run" % name)
-        out, changed, err = disks.run_single_script(name, module.params["parameters"], os.environ["STILLPOINT_FAKE_WINDOWS_STATE"])
+    if name == disks.SINGLE_SCRIPT:
+        action = module.params["parameters"].get("Action")
+        if module.check_mode and action != "Get":
+            module.exit_json(changed=True, output=[], error=[], host_out="FAKE: check mode, %s -Action %s not run" % (name, action))
+        out, changed, err = disks.run_single_script(module.params["parameters"], os.environ["STILLPOINT_FAKE_WINDOWS_STATE"])
         if err is not None:
             module.fail_json(msg="FAKE win_powershell: %s threw" % name, output=[],
                              error=[{"exception": {"message": err}, "output": err}])
