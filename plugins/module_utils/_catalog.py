@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The backup catalog: tag schema v1 (docs/catalog.md), grouping snapshots into sets.
+"""The backup catalog: tag schema v2, reading v1 too (docs/catalog.md), grouping snapshots into sets.
 
 Pure functions over DescribeSnapshots items, and the retention and deletion policy of
 backup_set_prune; no API calls here (they are in _ebs.py).
@@ -19,7 +19,8 @@ from ansible_collections.stillpoint.snapshots.plugins.module_utils._common impor
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import LEVELS
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
 
-SCHEMA = "1"
+SCHEMA = "2"  # what this version writes
+READ_SCHEMAS = ("1", "2")  # what it reads: v2 only moved the per-member tags into one set-level member map
 PREFIX = "stillpoint:"
 TAG_VALUE_MAX = 256
 
@@ -32,6 +33,10 @@ K_MEMBER = PREFIX + "member"
 K_DEVICE = PREFIX + "device"
 K_SOURCE_VOLUME = PREFIX + "source-volume"
 K_MOUNTPOINTS = PREFIX + "mountpoints"
+# schema 2: every member's volume, device and mountpoints in one set-level JSON list in member order (chunked like
+# K_ARRAY), written once for all members; a member's own tags (K_MEMBER...) still win where present (v1 sets,
+# copies, a map too large for the catalog)
+K_MEMBER_MAP = PREFIX + "member-map"
 K_INSTANCE = PREFIX + "instance"
 K_AZ = PREFIX + "az"
 K_HOST = PREFIX + "host"
@@ -140,8 +145,43 @@ def set_tags(set_id, name, members, instance_id, az, host, level, state="pending
     return dict((k, check_tag_value(k, v)) for k, v in tags.items())
 
 
+def readable(record):
+    """True when ``record`` (a set record) was written with a catalog schema this version reads."""
+    return record.get("schema") in READ_SCHEMAS
+
+
+def member_map_tags(members):
+    """The member map of a set (schema 2) from ``[(index, device, source_volume, mountpoints)]``: one
+    set-level JSON list in member order, ``[[source_volume, device, "mount1,mount2"], ...]``, chunked like
+    the array descriptor, so one CreateTags writes every member's record for all members at once.
+    None when it would not fit the catalog (more than 8 chunks): the caller then tags each member."""
+    ordered = sorted(members, key=lambda m: m[0])
+    if [m[0] for m in ordered] != list(range(len(ordered))):
+        raise StillpointError("member indexes must be 0..%d, not %s" % (len(ordered) - 1, [m[0] for m in ordered]))
+    entries = [[volume, device or "", ",".join(mounts or ())] for _i, device, volume, mounts in ordered]
+    try:
+        return encode_json(K_MEMBER_MAP, entries, what="member map")
+    except StillpointError:
+        return None
+
+
+def _mapped_member(tags, volume_id):
+    """``(index, device, source_volume, mountpoints)`` of the member taken of ``volume_id`` in the member map
+    the snapshot carries; None without a map, or when the map names that volume not exactly once."""
+    entries = decode_json(tags, K_MEMBER_MAP)
+    if not isinstance(entries, list) or not volume_id:
+        return None
+    found = [(i, e) for i, e in enumerate(entries)
+             if isinstance(e, list) and len(e) == 3 and all(isinstance(x, str) for x in e) and e[0] == volume_id]
+    if len(found) != 1:
+        return None
+    index, (volume, device, mounts) = found[0]
+    return index, device, volume, mounts
+
+
 def member_tags(index, device, source_volume, mountpoints=()):
-    """Tags that differ per member (applied with CreateTags right after the call)."""
+    """Tags that differ per member: a v1 set's, a copy's (in CopySnapshot's TagSpecifications), or a v2 set's
+    whose member map would not fit (applied with one CreateTags per member after the call)."""
     tags = {
         K_MEMBER: str(int(index)),
         K_DEVICE: device or "",
@@ -178,15 +218,22 @@ def tags_of(resource):
 
 
 def member_record(snapshot):
+    """A member as the catalog knows it: from its own tags (``stillpoint:member``...) where it has them, else from
+    the member map it carries (schema 2), found by the volume it was taken of."""
     tags = tag_dict(snapshot.get("Tags"))
-    mounts = tags.get(K_MOUNTPOINTS, "")
+    index, device = as_int(tags.get(K_MEMBER)), tags.get(K_DEVICE)
+    source, mounts = tags.get(K_SOURCE_VOLUME) or snapshot.get("VolumeId"), tags.get(K_MOUNTPOINTS, "")
+    if K_MEMBER not in tags:
+        mapped = _mapped_member(tags, source)
+        if mapped:
+            index, device, source, mounts = mapped
     return {
-        "index": as_int(tags.get(K_MEMBER)),
+        "index": index,
         "snapshot_id": snapshot.get("SnapshotId"),
         "state": snapshot.get("State"),
         "progress": snapshot.get("Progress"),
-        "device": tags.get(K_DEVICE) or None,
-        "source_volume": tags.get(K_SOURCE_VOLUME) or snapshot.get("VolumeId"),
+        "device": device or None,
+        "source_volume": source,
         "volume_size": snapshot.get("VolumeSize"),
         "mountpoints": [m for m in mounts.split(",") if m],
         "start_time": utc_iso(parse_time(snapshot.get("StartTime"))) if snapshot.get("StartTime") else None,
@@ -248,10 +295,10 @@ def _evaluate(record, tag_states):
     if record.get("group_id") and (record.get("group") or {}).get("verdict") not in GROUP_SEALED:
         waiting.append("member of consistency group %s, which is not sealed (ebs_snapshot_group state=sealed): "
                        "no set of a group counts before the group does" % record["group_id"])
-    if record["schema"] != SCHEMA:
+    if not readable(record):
         waiting.append("catalog schema %s is not read by this version (it reads schema %s); upgrade "
                        "stillpoint.snapshots. The set is never reported complete nor pruned by this version"
-                       % (record["schema"] or "(missing)", SCHEMA))
+                       % (record["schema"] or "(missing)", " and ".join(READ_SCHEMAS)))
 
     if broken:
         state = "partial"
@@ -412,7 +459,7 @@ def newest_complete(records):
     """The ids of the newest complete set of each (name, instance) group; ``records`` newest first."""
     newest = {}
     for rec in records:
-        if rec["state"] == "complete" and rec.get("schema") == SCHEMA:
+        if rec["state"] == "complete" and readable(rec):
             newest.setdefault((rec["name"], rec["instance_id"]), rec["set_id"])
     return set(newest.values())
 
@@ -442,7 +489,7 @@ def explicit_sets(records, set_ids, force, why_absent, locked=None):
         elif sid in newest:
             refusals.append("set %s is the newest complete set of %s on %s; set force=true to delete it"
                             % (sid, rec["name"], rec["instance_id"]))
-        elif rec.get("schema") != SCHEMA:
+        elif not readable(rec):
             refusals.append("set %s was written with catalog schema %s, which this version does not read; set "
                             "force=true to delete it" % (sid, rec.get("schema") or "(missing)"))
         elif rec["state"] == "pending":
@@ -497,7 +544,7 @@ def describe_locks(locks):
 def lock_sets(keep):
     """The kept sets the lock option locks: complete sets of a readable schema that a retention rule keeps."""
     skip = ("no retention rule given", "locked")
-    return [rec for rec, why in keep if rec["state"] == "complete" and rec.get("schema") == SCHEMA and why not in skip]
+    return [rec for rec, why in keep if rec["state"] == "complete" and readable(rec) and why not in skip]
 
 
 def lock_covers(current, spec, now):
@@ -631,11 +678,11 @@ def prune_plan(records, keep_last=None, older_than_days=None, delete_partial=Fal
     for rec in sorted(records, key=_sort_key, reverse=True):  # newest first, whatever the input order
         groups.setdefault((rec["name"], rec["instance_id"]), []).append(rec)
     for recs in groups.values():
-        counted = [r for r in recs if r.get("schema") == SCHEMA and r["state"] == "complete"]
+        counted = [r for r in recs if readable(r) and r["state"] == "complete"]
         by_gfs = gfs_keep(counted, gfs)
         complete_seen = 0
         for rec in recs:
-            if rec.get("schema") != SCHEMA:
+            if not readable(rec):
                 schema = rec.get("schema") or "(missing)"
                 keep.append((rec, "schema %s is not read by this version: never pruned" % schema))
                 continue

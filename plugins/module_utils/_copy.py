@@ -86,7 +86,7 @@ def check_source(records, set_id, source_region, why_absent=None):
         raise StillpointError("refused, nothing was copied: %s (source region %s). Check set_id and region; "
                               "backup_set_info lists the sets." % (why, source_region), refused=[why])
     rec = found[0]
-    if rec.get("schema") != catalog.SCHEMA:
+    if not catalog.readable(rec):
         raise StillpointError("refused, nothing was copied: set %s was written with catalog schema %s, which this "
                               "version does not read" % (set_id, rec.get("schema") or "(missing)"))
     if rec["state"] != "complete":
@@ -207,12 +207,18 @@ def check_encryption(set_id, source_snaps, source_keys, kms_key_id, dest_key, so
 def copy_tags(snapshot, copy_id, key, source_region, source_account, source_set_id, kms_key_id=None,
               completion_minutes=None, copied=None):
     """Tags of the copy of one member: the source's tags (not ``aws:*``), its own set id and state
-    ``pending``, and where it came from. Refused (nothing copied) beyond EC2's 50 tags."""
-    # not aws:* (reserved), not the source's drill verdict (it proves the source, not the copy)
+    ``pending``, and where it came from. Refused (nothing copied) beyond EC2's 50 tags.
+
+    The copy carries the member's own tags (``stillpoint:member``...) instead of the source set's member map: the
+    map finds a member by the volume it was taken of, and a copy's ``VolumeId`` is not its source's."""
+    # not aws:* (reserved), not the source's drill verdict (it proves the source, not the copy), not the member map
+    drop = (catalog.K_DRILL, catalog.K_MEMBER_MAP)
     tags = dict((k, v) for k, v in catalog.tag_dict(snapshot.get("Tags")).items()
-                if not k.startswith("aws:") and k != catalog.K_DRILL and not k.startswith(catalog.K_DRILL + "."))
+                if not k.startswith("aws:") and not any(k == d or k.startswith(d + ".") for d in drop))
     for k in COPY_KEYS:
         tags.pop(k, None)
+    member = catalog.member_record(snapshot)
+    tags.update(catalog.member_tags(member["index"], member["device"], member["source_volume"], member["mountpoints"]))
     tags.update({
         catalog.K_SET_ID: copy_id,
         catalog.K_STATE: "pending",

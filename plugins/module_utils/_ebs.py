@@ -229,6 +229,23 @@ def tag(client, resource_ids, tags):
         raise aws_error("CreateTags %s (%s)" % (", ".join(resource_ids), ", ".join(sorted(tags))), e)
 
 
+def member_catalog_tags(members):
+    """``(map_tags, per_member)`` for ``[(index, device, volume_id, mountpoints)]``: the set's member map and no
+    per-member tags (schema 2), or, when the map would not fit the catalog, ``{}`` and the members' own tags by
+    index (each value checked, so an oversized one is refused before anything changes)."""
+    map_tags = catalog.member_map_tags(members)
+    if map_tags is not None:
+        return map_tags, {}
+    return {}, dict((m[0], catalog.member_tags(*m)) for m in members)
+
+
+def tag_members(client, members, per_member):
+    """The members' own tags, one CreateTags each (only when the set's member map did not fit)."""
+    for m in members:
+        if m["index"] in per_member:
+            tag(client, [m["snapshot_id"]], per_member[m["index"]])
+
+
 def describe_snapshots(client, snapshot_ids=None, filters=None):
     """Our account's snapshots (OwnerIds=self), paginated."""
     kwargs = {"OwnerIds": ["self"]}
@@ -459,9 +476,11 @@ class SnapshotSetRun:
         return catalog.encode_json(catalog.K_ARRAY, self.array) if self.array else {}
 
     def member_tag_sets(self):
-        return [catalog.member_tags(m["index"], m["device"], m["volume_id"],
-                                    self.mountpoints_by_volume.get(m["volume_id"], ()))
-                for m in self.plan["members"]]
+        """``(map_tags, per_member)``: the set's member map, written with the level after the thaw (one CreateTags
+        for all members), and no per-member tags; or, when the map would not fit the catalog, no map and one tag
+        set per member index (one CreateTags each). Refuses oversized values before anything is frozen."""
+        return member_catalog_tags([(m["index"], m["device"], m["volume_id"],
+                                     self.mountpoints_by_volume.get(m["volume_id"], ())) for m in self.plan["members"]])
 
     def preflight(self, shared, cycle=1):
         """CreateSnapshots with DryRun, before anything is frozen: the probe before each freeze.
@@ -587,7 +606,7 @@ class SnapshotSetRun:
     def run(self, quiescer, hooks=None, wait=True, wait_timeout=14400, poll_interval=15.0, on_progress=None):
         result = {"set_id": self.set_id, "instance_id": self.plan["instance_id"], "warnings": []}
         level = quiescer.level
-        member_tags = self.member_tag_sets()  # refuse oversized tags before anything is frozen
+        map_tags, member_tags = self.member_tag_sets()  # refuse oversized tags before anything is frozen
         array_tags = self.array_tags()
         actions = []  # the hooks, in the Recorder's shape (_common.Recorder) with their output
         held = getattr(hooks, "held", False)  # an application quiescer holding its lock (_app_quiesce)
@@ -641,15 +660,15 @@ class SnapshotSetRun:
                 rollback=rb)
         freeze_ms = thawed.get("window_ms", 0.0)
         try:
-            # the set's own tags first (the level reached, the array descriptor...), the members' indexes after: a
-            # run that dies between them leaves members without an index, which never make a complete set
-            # (catalog._evaluate), so no set is complete without its descriptor.
-            # A group member's own record (_group.GroupQuiescer) rides on this call: no CreateTags of its own
+            # one CreateTags for every member: the level reached, the array descriptor and the member map together.
+            # Until it lands the members have no index, and such a set is never complete (catalog._evaluate), so no
+            # set is complete without its descriptor. A group member's own record (_group.GroupQuiescer) rides on
+            # it too. Only a map too large for the catalog falls back to the members' own tags, after it.
             after = dict(app_tags, **(quiescer.catalog_tags() if hasattr(quiescer, "catalog_tags") else {}))
             after.update(array_tags)
+            after.update(map_tags)
             tag(self.client, all_ids, dict(after, **{catalog.K_LEVEL: level, catalog.K_FREEZE_MS: "%.3f" % freeze_ms}))
-            for m in members:
-                tag(self.client, [m["snapshot_id"]], member_tags[m["index"]])
+            tag_members(self.client, members, member_tags)
         except StillpointError as e:
             e.details["rollback"] = rollback(self.client, all_ids)
             e.msg += "; the set was rolled back"

@@ -18,7 +18,7 @@ Python, so it can be tested without Windows:
 * :func:`prove`: every member has a snapshot of one VSS snapshot set (``AwsVssConfig``) with
   ``AppConsistent``; else the set is deleted, all or nothing;
 * :func:`take`: the whole procedure; the set becomes a catalog set (``_catalog.set_tags`` /
-  ``member_tags``), so ``backup_set_info`` and retention read it as a Linux set.
+  its member map), so ``backup_set_info`` and retention read it as a Linux set.
 
 Nothing here exits; every failure is a StillpointError naming what to do. docs/windows-vss.md says
 which Windows command lines are verified and from where.
@@ -672,10 +672,10 @@ def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=N
                               plan["availability_zone"], pre["hostname"], proof["level"], state="pending",
                               procedure=PROCEDURE, array=array)
     try:
-        for m in proof["members"]:
-            ebs.tag(ec2, [m["snapshot_id"]], catalog.member_tags(m["index"], m["device"], m["volume_id"],
-                                                                 mounts.get(m["volume_id"], ())))
-        ebs.tag(ec2, member_ids, shared)
+        map_tags, per_member = ebs.member_catalog_tags([(m["index"], m["device"], m["volume_id"],
+                                                         mounts.get(m["volume_id"], ())) for m in proof["members"]])
+        ebs.tag(ec2, member_ids, dict(shared, **map_tags))
+        ebs.tag_members(ec2, proof["members"], per_member)
     except StillpointError as e:
         e.details["rollback"] = ebs.rollback(ec2, member_ids)
         e.msg += "; the set was rolled back"

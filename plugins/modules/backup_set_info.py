@@ -12,7 +12,7 @@ short_description: List the backup sets recorded in the snapshot catalog
 version_added: 0.1.0
 description:
   - Reads the backup catalog that M(stillpoint.snapshots.ebs_snapshot_set) writes into EBS snapshot tags
-    (schema v1, see C(docs/catalog.md)) and returns one record per backup set, newest first.
+    (schema v2, and v1 sets, see C(docs/catalog.md)) and returns one record per backup set, newest first.
   - Only snapshots of this account (C(OwnerIds=self)) that carry the C(stillpoint:creator) marker are read.
   - The state of each set is derived from the facts, never taken on trust. V(complete) means every member
     C(0..n-1) is present, all are C(completed) in EC2 and the set was marked complete after the wait.

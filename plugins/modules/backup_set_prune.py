@@ -11,7 +11,7 @@ module: backup_set_prune
 short_description: Apply retention to the backup sets of the snapshot catalog
 version_added: 0.1.0
 description:
-  - Deletes whole backup sets recorded by M(stillpoint.snapshots.ebs_snapshot_set) (schema v1, see
+  - Deletes whole backup sets recorded by M(stillpoint.snapshots.ebs_snapshot_set) (schema v2 and v1, see
     C(docs/catalog.md)), either by retention rules or by explicit set id.
   - Retention works per group of sets with the same name and instance, in the region of the connection (run it
     once per region). A V(complete) set is kept while it is among the newest O(keep_last) complete sets of its

@@ -3,6 +3,7 @@
 btrfs filesystem striped over three volumes: check mode, a real run (listed by playbooks/catalog.yml),
 retention on the next run."""
 
+import json
 import os
 
 import pytest
@@ -64,7 +65,9 @@ def test_backup_playbook_check_then_real_then_retention(ec2, mode):
         assert len(first["members"]) == 3
         sets = catalog(ec2, name)
         assert list(sets) == [first["set_id"]]
-        assert sorted(int(t["stillpoint:member"]) for t in sets[first["set_id"]]) == [0, 1, 2]
+        maps = [json.loads(t["stillpoint:member-map"]) for t in sets[first["set_id"]]]  # schema 2: one map on all
+        assert len(maps) == 3 and all(m == maps[0] for m in maps)
+        assert [entry[0] for entry in maps[0]] == [m["volume_id"] for m in first["members"]]
         assert all(t["stillpoint:procedure"] == "array_backup" for t in sets[first["set_id"]])
         assert raw["global_custom_stats"]["stillpoint_backup_sets"] == {"localhost": first["set_id"]}
 

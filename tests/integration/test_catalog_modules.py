@@ -4,9 +4,9 @@
 """backup_set_info and backup_set_prune against the strict EC2 endpoint (real HTTP on 127.0.0.1).
 
 Sets are made the way ebs_snapshot_set makes them: one CreateSnapshots call with the catalog's
-set tags, one CreateTags per member, then the complete mark. The modules run in-process with the
-set_module_args pattern. The endpoint keeps resources between tests, so every test works on its
-own series name and instance.
+set tags, one CreateTags per member (the form schema 2 falls back to when its member map would not
+fit), then the complete mark. The modules run in-process with the set_module_args pattern. The
+endpoint keeps resources between tests, so every test works on its own series name and instance.
 """
 
 import datetime

@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 
 from tests.support.loopfs import missing_requirements
 from tests.support.loopfs import probe_frozen
@@ -42,7 +43,7 @@ def set_snapshots(ec2, set_id):
     client = ec2.client()
     snaps = client.describe_snapshots(OwnerIds=["self"], Filters=[
         {"Name": "tag:stillpoint:set-id", "Values": [set_id]}])["Snapshots"]
-    return sorted(snaps, key=lambda s: int({t["Key"]: t["Value"] for t in s["Tags"]}["stillpoint:member"]))
+    return sorted(snaps, key=lambda s: catalog.member_record(s)["index"])
 
 
 def all_own_snapshot_ids(ec2):
@@ -89,11 +90,15 @@ def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
         assert snap["State"] == "completed"
         assert tags["stillpoint:state"] == "complete"
         assert tags["stillpoint:level"] == "filesystem"
-        assert tags["stillpoint:member"] == str(i)
+        assert tags["stillpoint:schema"] == "2"
         assert tags["stillpoint:members"] == "3"
-        assert tags["stillpoint:device"] == "/dev/sd%s" % "fgh"[i]
-        assert tags["stillpoint:source-volume"] == inst.volume_ids[i]
-        assert tags["stillpoint:mountpoints"] == inst.mountpoints[i]
+        # schema 2: every member carries the one member map, in member order, and no tags of its own
+        assert json.loads(tags["stillpoint:member-map"]) == [
+            [inst.volume_ids[j], "/dev/sd%s" % "fgh"[j], inst.mountpoints[j]] for j in range(3)]
+        assert not [k for k in tags if k in ("stillpoint:member", "stillpoint:device", "stillpoint:source-volume")]
+        member = catalog.member_record(snap)
+        assert (member["index"], member["device"], member["source_volume"], member["mountpoints"]) == \
+            (i, "/dev/sd%s" % "fgh"[i], inst.volume_ids[i], [inst.mountpoints[i]])
         assert tags["stillpoint:instance"] == inst.instance_id
         assert tags["stillpoint:creator"] == "stillpoint.snapshots"
         assert float(tags["stillpoint:freeze-ms"]) == pytest.approx(res["freeze_window_ms"], abs=0.001)
@@ -110,6 +115,9 @@ def test_set_complete_one_call_catalog_recorded(tmp_path, ec2, inst, mode):
     assert sorted(v for k, v in with_array[0]["params"].items() if k.startswith("ResourceId")) == \
         sorted(s["SnapshotId"] for s in snaps)
     assert with_array[0]["t_start"] > call["t_end"]
+    # the level, the descriptor and the member map in that one call; then only the complete mark: 2 CreateTags a set
+    assert "stillpoint:member-map" in with_array[0]["params"].values()
+    assert len(ec2.calls("CreateTags")) == 2
 
 
 def test_check_mode_touches_nothing(tmp_path, ec2, inst):

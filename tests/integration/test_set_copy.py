@@ -4,7 +4,7 @@
 """backup_set_copy against the strict EC2 endpoint (real HTTP on 127.0.0.1): two regions, two accounts.
 
 Source sets are made the way ebs_snapshot_set makes them (one CreateSnapshots call with the set tags, one
-CreateTags per member, the complete mark). The module runs in-process (set_module_args pattern); the
+CreateTags with the member map, the complete mark). The module runs in-process (set_module_args pattern); the
 destination is eu-central-1 of the same endpoint, the second account is STS AssumeRole into 210987654321
 (``Endpoint.account_credentials``). Calls are counted in the endpoint's call log.
 """
@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _copy
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_copy
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_info
 from tests.unit.utils import run_module
@@ -50,10 +51,10 @@ class Source:
             InstanceSpecification={"InstanceId": self.world["instance_id"], "ExcludeBootVolume": True},
             TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared)}])["Snapshots"]
         by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
-        for index, vol in enumerate(self.world["volumes"]):
-            self.client.create_tags(Resources=[by_volume[vol["volume_id"]]], Tags=catalog.to_tag_list(
-                catalog.member_tags(index, vol["device"], vol["volume_id"], ["/srv/data"])))
         ids = [by_volume[v["volume_id"]] for v in self.world["volumes"]]
+        map_tags, _per_member = ebs.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
+                                                         for index, vol in enumerate(self.world["volumes"])])
+        self.client.create_tags(Resources=ids, Tags=catalog.to_tag_list(map_tags))
         self.ep.pending(0, snapshot_ids=ids)
         if state in ("complete", "partial"):
             self.client.create_tags(Resources=ids, Tags=[{"Key": catalog.K_STATE, "Value": state}])
@@ -70,7 +71,7 @@ class Source:
 def copies(ep, key, region=DEST, credentials=None):
     snaps = ep.client(region=region, credentials=credentials).describe_snapshots(
         OwnerIds=["self"], Filters=[{"Name": "tag:%s" % _copy.K_COPY_OF, "Values": [key]}])["Snapshots"]
-    return sorted(snaps, key=lambda s: int(catalog.tag_dict(s["Tags"]).get(catalog.K_MEMBER, -1)))
+    return sorted(snaps, key=lambda s: catalog.as_int(catalog.tag_dict(s["Tags"]).get(catalog.K_MEMBER), -1))
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,14 @@ def test_copy_to_a_second_region_check_mode_run_and_rerun(monkeypatch, ec2, sour
     src_tags = catalog.tag_dict(source.client.describe_snapshots(SnapshotIds=[src_ids[1]])["Snapshots"][0]["Tags"])
     tags = catalog.tag_dict(made[1]["Tags"])
     for k in (catalog.K_SET_NAME, catalog.K_LEVEL, catalog.K_CREATED, catalog.K_INSTANCE, catalog.K_ARRAY,
-              catalog.K_MEMBER, catalog.K_DEVICE, catalog.K_SOURCE_VOLUME, catalog.K_MEMBERS, catalog.K_CREATOR):
+              catalog.K_MEMBERS, catalog.K_CREATOR, catalog.K_SCHEMA):
         assert tags[k] == src_tags[k], k
+    # the source (schema 2) has the member map; the copy has the member's own tags instead (its VolumeId is not
+    # the volume the map names)
+    src_member = catalog.member_record(source.client.describe_snapshots(SnapshotIds=[src_ids[1]])["Snapshots"][0])
+    assert catalog.K_MEMBER_MAP in src_tags and catalog.K_MEMBER_MAP not in tags
+    assert (tags[catalog.K_MEMBER], tags[catalog.K_DEVICE], tags[catalog.K_SOURCE_VOLUME]) == \
+        ("1", src_member["device"], src_member["source_volume"])
     assert tags[catalog.K_SET_ID] == res["set_id"] and tags[catalog.K_STATE] == "complete"
     assert tags[_copy.K_SOURCE_REGION] == ec2.region and tags[_copy.K_SOURCE_SET_ID] == set_id
     assert tags[_copy.K_SOURCE_ACCOUNT] == "123456789012" and tags[_copy.K_SOURCE_SNAPSHOT] == src_ids[1]

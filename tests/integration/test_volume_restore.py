@@ -4,7 +4,7 @@
 """ebs_volume_restore and its library against the strict EC2 endpoint (real HTTP on 127.0.0.1).
 
 Sets are made the way ebs_snapshot_set makes them: one CreateSnapshots call carrying the catalog's
-set tags, one CreateTags per member, then the complete mark. The module runs in-process with the
+set tags, one CreateTags with the member map, then the complete mark. The module runs in-process with the
 set_module_args pattern. The endpoint keeps resources between tests, so every test restores its own
 set (the restore id derives from the set id).
 """
@@ -47,12 +47,10 @@ def take_set(ep, client, world, state="complete"):
         TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared)}],
         Description="stillpoint.snapshots set %s" % set_id)["Snapshots"]
     by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
-    snaps = []
-    for index, vol in enumerate(world["volumes"]):
-        sid = by_volume[vol["volume_id"]]
-        client.create_tags(Resources=[sid], Tags=catalog.to_tag_list(
-            catalog.member_tags(index, vol["device"], vol["volume_id"], ["/srv/data"])))
-        snaps.append(sid)
+    snaps = [by_volume[vol["volume_id"]] for vol in world["volumes"]]
+    map_tags, _per_member = ebs.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
+                                                     for index, vol in enumerate(world["volumes"])])
+    client.create_tags(Resources=snaps, Tags=catalog.to_tag_list(map_tags))
     ep.pending(0, snapshot_ids=snaps)  # copying done
     if state == "complete":
         client.create_tags(Resources=snaps, Tags=[{"Key": catalog.K_STATE, "Value": "complete"}])

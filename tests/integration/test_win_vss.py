@@ -22,6 +22,7 @@ import os
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _vss as vss
 from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
@@ -210,7 +211,7 @@ def test_xen_instance_maps_disks_by_pv_target(ec2, xen_world):
     by_volume = dict((s["VolumeId"], s) for s in snaps.values())
     assert sorted(by_volume) == sorted(w["array"]) and w["outside"] not in by_volume
     for vid, device in zip(w["array"], XEN_DEVICES):
-        assert dict((t["Key"], t["Value"]) for t in by_volume[vid]["Tags"])["stillpoint:device"] == device
+        assert catalog.member_record(by_volume[vid])["device"] == device
     rec = ebs.catalog_sets(w["client"], set_id=res["set_id"])[0]
     assert rec["array"]["volumes"] == [
         {"path": "E:\\", "volume_ids": w["array"][:2], "mapped_by": ["pv-target", "pv-target"],

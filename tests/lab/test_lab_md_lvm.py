@@ -34,6 +34,7 @@ import sys
 import time
 
 import pytest
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 
 from tests.lab.conftest import record_timing
 from tests.lab.guest import appender
@@ -229,7 +230,7 @@ def test_a_copy_beside_its_source_is_refused_then_imported_as_a_clone(world, lab
     vm = src.vm
     ec2 = world.endpoint.client()
     snaps = ec2.describe_snapshots(Filters=[{"Name": "tag:stillpoint:set-id", "Values": [STATE["set_id"]]}])["Snapshots"]
-    snaps.sort(key=lambda s: int(dict((t["Key"], t["Value"]) for t in s["Tags"])["stillpoint:member"]))
+    snaps.sort(key=lambda s: catalog.member_record(s)["index"])
     az = ec2.describe_instances(InstanceIds=[src.instance_id])["Reservations"][0]["Instances"][0]["Placement"][
         "AvailabilityZone"]
     with lab_timer("attach a copy of the set beside its source (2 volumes, hot-plug)"):

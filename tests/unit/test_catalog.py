@@ -201,11 +201,85 @@ def test_pending_while_the_complete_mark_is_being_applied(snaps):
 
 def test_unknown_schema_is_never_complete(snaps):
     for s in members_of(snaps, NEW):
-        set_tag(s, catalog.K_SCHEMA, "2")
+        set_tag(s, catalog.K_SCHEMA, "3")
     rec = one(snaps, NEW)
-    assert rec["schema"] == "2"
+    assert rec["schema"] == "3"
     assert rec["state"] == "pending"
-    assert "schema 2" in rec["problems"][0]
+    assert "schema 3" in rec["problems"][0] and "reads schema 1 and 2" in rec["problems"][0]
+
+
+# ----------------------------------------------------------------------------- schema 2: the member map
+
+PER_MEMBER = (catalog.K_MEMBER, catalog.K_DEVICE, catalog.K_SOURCE_VOLUME, catalog.K_MOUNTPOINTS)
+
+
+def to_v2(snaps, set_id):
+    """Rewrite a recorded v1 set as v2 writes it: no per-member tags, one member map on every member."""
+    members = [catalog.member_record(s) for s in members_of(snaps, set_id)]
+    map_tags = catalog.member_map_tags([(m["index"], m["device"], m["source_volume"], m["mountpoints"]) for m in members])
+    for s in members_of(snaps, set_id):
+        for key in PER_MEMBER:
+            set_tag(s, key, None)
+        set_tag(s, catalog.K_SCHEMA, "2")
+        for key, value in map_tags.items():
+            set_tag(s, key, value)
+    return map_tags
+
+
+def test_a_v2_set_reads_as_its_v1_self(snaps):
+    v1 = one(copy.deepcopy(snaps), NEW)
+    map_tags = to_v2(snaps, NEW)
+    assert list(map_tags) == [catalog.K_MEMBER_MAP]  # 4 members fit one tag value
+    v2 = one(snaps, NEW)
+    assert v2["schema"] == "2" and v2["state"] == "complete" == v1["state"]
+    assert v2["members"] == v1["members"]
+    assert [m["index"] for m in v2["members"]] == [0, 1, 2, 3]
+    assert any(m["mountpoints"] for m in v2["members"])
+
+
+def test_a_v2_member_without_the_map_has_no_index(snaps):
+    to_v2(snaps, NEW)
+    victim = members_of(snaps, NEW)[0]
+    set_tag(victim, catalog.K_MEMBER_MAP, None)  # the CreateTags with the level and the map did not reach it
+    rec = one(snaps, NEW)
+    assert rec["state"] == "partial"
+    assert "1 snapshot(s) without a member index in a set marked complete" in rec["problems"]
+    for s in members_of(snaps, NEW):
+        set_tag(s, catalog.K_STATE, "pending")
+    rec = one(snaps, NEW)
+    assert rec["state"] == "pending" and "1 snapshot(s) without a member index (not yet tagged)" in rec["problems"]
+
+
+def test_a_member_map_naming_the_volume_twice_or_unreadable_gives_no_index(snaps):
+    to_v2(snaps, NEW)
+    victim = members_of(snaps, NEW)[0]
+    vol = victim["VolumeId"]
+    set_tag(victim, catalog.K_MEMBER_MAP, json.dumps([[vol, "/dev/sdf", ""], [vol, "/dev/sdg", ""]]))
+    assert catalog.member_record(victim)["index"] is None
+    set_tag(victim, catalog.K_MEMBER_MAP, "[[")
+    assert catalog.member_record(victim)["index"] is None
+    assert one(snaps, NEW)["state"] == "partial"
+
+
+def test_a_members_own_tags_win_over_the_map(snaps):
+    to_v2(snaps, NEW)
+    victim = members_of(snaps, NEW)[0]
+    mapped = catalog.member_record(victim)
+    for key, value in catalog.member_tags(mapped["index"], "/dev/xvdq", mapped["source_volume"], ["/own"]).items():
+        set_tag(victim, key, value)
+    rec = catalog.member_record(victim)
+    assert (rec["index"], rec["device"], rec["mountpoints"]) == (mapped["index"], "/dev/xvdq", ["/own"])
+
+
+def test_member_map_is_chunked_and_none_when_it_cannot_fit():
+    many = [(i, "/dev/sd%s" % chr(ord("f") + i % 20), "vol-%017x" % i, ["/srv/data%02d" % i]) for i in range(20)]
+    tags = catalog.member_map_tags(many)
+    assert len(tags) > 1 and all(len(v) <= catalog.TAG_VALUE_MAX for v in tags.values())
+    assert catalog.decode_json(tags, catalog.K_MEMBER_MAP)[7] == ["vol-%017x" % 7, "/dev/sdm", "/srv/data07"]
+    huge = [(i, "/dev/sdf", "vol-%017x" % i, ["/srv/%s" % ("x" * 60)]) for i in range(40)]
+    assert catalog.member_map_tags(huge) is None
+    with pytest.raises(StillpointError, match="member indexes must be 0..1"):
+        catalog.member_map_tags([(0, "/dev/sdf", "vol-1", ()), (2, "/dev/sdg", "vol-2", ())])
 
 
 # ----------------------------------------------------------------------------- consistency level
@@ -419,9 +493,9 @@ def test_unknown_schema_is_never_pruned(template):
     items = daily(template, 4)
     for snap in items:
         if catalog.tag_dict(snap["Tags"])[catalog.K_SET_ID].endswith("-03"):
-            set_tag(snap, catalog.K_SCHEMA, "2")
+            set_tag(snap, catalog.K_SCHEMA, "3")
     keep, delete = plan(catalog.group_sets(items), keep_last=1, older_than_days=0)
-    assert keep["s-pgdata-i-a-03"].startswith("schema 2 is not read by this version")
+    assert keep["s-pgdata-i-a-03"].startswith("schema 3 is not read by this version")
     assert sorted(delete) == ["s-pgdata-i-a-01", "s-pgdata-i-a-02"]
 
 

@@ -73,8 +73,9 @@ def test_checks_refuse_with_what_to_do(source):
     for state, words in (("pending", "wait for it to complete"), ("partial", "can never become")):
         with pytest.raises(StillpointError, match="is %s.*%s" % (state, words)):
             _copy.check_source([dict(rec, state=state)], NEW, "eu-west-1")
-    with pytest.raises(StillpointError, match="schema 2"):
-        _copy.check_source([dict(rec, schema="2")], NEW, "eu-west-1")
+    with pytest.raises(StillpointError, match="schema 3"):
+        _copy.check_source([dict(rec, schema="3")], NEW, "eu-west-1")
+    assert _copy.check_source([dict(rec, schema="2")], NEW, "eu-west-1")["schema"] == "2"
     with pytest.raises(StillpointError, match="the source itself"):
         _copy.check_destination("eu-west-1", SRC_ACCOUNT, "eu-west-1", SRC_ACCOUNT)
     _copy.check_destination("eu-west-1", SRC_ACCOUNT, "eu-west-1", DST_ACCOUNT)  # another account: fine
@@ -102,6 +103,27 @@ def test_copy_tags_carry_the_catalog_and_name_the_source(source):
     src["Tags"].extend({"Key": "t%d" % i, "Value": ""} for i in range(40))
     with pytest.raises(StillpointError, match="EC2 allows 50"):
         _copy.copy_tags(src, "bs-x", KEY, "eu-west-1", SRC_ACCOUNT, NEW)
+
+
+def test_the_copy_of_a_v2_member_carries_its_own_tags_not_the_map(source):
+    """A v2 member is found by the volume it was taken of; its copy's VolumeId is not that volume, so the copy
+    gets the member's own tags (in CopySnapshot's TagSpecifications: no extra call) and not the map."""
+    _rec, snaps = source
+    src = snaps[1]
+    v1 = catalog.member_record(src)
+    old = catalog.tag_dict(src["Tags"])
+    src["Tags"] = [t for t in src["Tags"] if t["Key"] not in (catalog.K_MEMBER, catalog.K_DEVICE, catalog.K_SOURCE_VOLUME,
+                                                              catalog.K_MOUNTPOINTS)]
+    entries = [["vol-other", "/dev/sdz", ""]] * v1["index"] + [[v1["source_volume"], v1["device"], ",".join(v1["mountpoints"])]]
+    src["Tags"].append({"Key": catalog.K_MEMBER_MAP, "Value": json.dumps(entries)})
+    src["Tags"] = [t if t["Key"] != catalog.K_SCHEMA else {"Key": catalog.K_SCHEMA, "Value": "2"} for t in src["Tags"]]
+    assert catalog.member_record(src)["index"] == v1["index"]
+    tags = _copy.copy_tags(src, "bs-20240302T020000Z-0f0f0f", KEY, "eu-west-1", SRC_ACCOUNT, NEW)
+    for k in (catalog.K_MEMBER, catalog.K_DEVICE, catalog.K_SOURCE_VOLUME, catalog.K_MOUNTPOINTS):
+        assert tags[k] == old[k], k
+    assert catalog.K_MEMBER_MAP not in tags and tags[catalog.K_SCHEMA] == "2"
+    copy_snap = dict(src, SnapshotId="snap-copy", VolumeId="vol-ffffffff", Tags=catalog.to_tag_list(tags))
+    assert catalog.member_record(copy_snap)["index"] == v1["index"]
 
 
 def test_plan_nothing_there_copies_every_member(source):
