@@ -428,3 +428,42 @@ def test_xen_script_finds_the_disk_at_its_location_never_by_serial():
     with pytest.raises(fake.DiskpartError, match="Expected exactly one disk at Xen PV bus 0, target 9, LUN 0"):
         h.apply({"Steps": [{"op": "offline", "volume_id": A, "pv_target": 9}]})
     assert diskpart_lines(h) == []
+
+
+def test_a_clusterpro_mirror_disk_is_not_an_array_win_array_host_can_restore():
+    """Why clusterpro_mirror_restore keeps the single-disk script EbsDisk.ps1 (docs/clusterpro.md, "Windows disk steps:
+    EbsDisk.ps1, not win_array_host"): the mirror disk is one basic disk with two partitions (cluster partition R:, data
+    partition M:) and the catalog records only {partition number: letter}; win_array_host tells the volumes of one disk
+    apart only by the look a windows-volumes set records, so it refuses them. And its down step passes over a volume
+    the host does not show, where EbsDisk.ps1 -Action Offline refuses (a wrong inventory host is not taken for one
+    whose disk is already gone)."""
+    old, source, restored, stranger = "vol-0aaaaaaaaaaaaaaa1", "vol-0bbbbbbbbbbbbbbb2", "vol-0ccccccccccccccc3", "vol-0ddddddddddddddd4"
+
+    def mirror(signature):
+        content = fake.basic_content("MBR", signature, "CLUSTER")
+        content["volumes"].append(dict(content["volumes"][0], key="part2", label="DATA"))
+        return content
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    # server1 (the active server): its own mirror volume; the restored one is a copy of server2's (the standby's)
+    state = fake.new_state("http://unused", "eu-west-1", "i-0123", BOOT, {BOOT: boot, old: mirror("1a2b3c4d"),
+                                                                          source: mirror("5e6f7a8b")},
+                           letters={old: {"part1": "R", "part2": "M"}})
+    state["attached"] = [["/dev/sda1", BOOT], ["xvdf", old]]
+    state["origin"] = {restored: source}
+    h = fake.FakeSingleDisk(state)
+    assert win.down(params(volume_ids=[stranger], source_volume_ids=[]), executor(h)) == {
+        "changed": False, "actions": [], "instance_id": None}
+    with pytest.raises(fake.DiskpartError, match="found 0; refusing"):
+        h.offline({"VolumeId": stranger})
+    win.down(params(volume_ids=[old], source_volume_ids=[source]), executor(h))
+    swap(h, [(old, restored)])
+    # the catalog's {"1": "R", "2": "M"} as a win_array_host layout: both paths on the one restored disk
+    layout = {"volumes": [{"path": "R:\\", "volume_ids": [source]}, {"path": "M:\\", "volume_ids": [source]}]}
+    since = len(h.state["log"])
+    with pytest.raises(StillpointError, match=r"M:\\: 2 volumes lie on %s .*which one was M:\\ is not recorded" % restored):
+        win.up(params(layout=layout, volume_ids=[restored], source_volume_ids=[source]), executor(h))
+    assert diskpart_lines(h, since)[:2] == ["online disk", "attributes disk clear readonly"]
+    # the single-disk script gives the letters by partition number, as the catalog records them
+    out, changed = h.online({"VolumeId": restored, "DriveLetter": {"1": "R", "2": "M"}})
+    assert changed and dict((n, letter) for n, _key, letter in h.partitions(h.disks()[1])) == {1: "R", 2: "M"}
