@@ -169,7 +169,7 @@ WHY = {
     "ec2:DescribeFastSnapshotRestores": "_restore.fast_snapshot_restore_states (only with fast_snapshot_restore)",
     "ec2:CreateSnapshots": "_ebs.create_call: SnapshotSetRun.preflight (DryRun, before the freeze) and the one call "
                            "inside the freeze window",
-    "ec2:CreateTags": "snapshots: the TagSpecifications of CreateSnapshots, then _ebs.tag (member tags, level, "
+    "ec2:CreateTags": "snapshots: the TagSpecifications of CreateSnapshots, then _ebs.tag (level and member map, "
                       "state=complete), _ebs.rollback (state=partial); volumes: CreateVolume's TagSpecifications "
                       "(_restore.create_missing) and _swap.execute's stillpoint:replaced-by on the volume it detaches",
     "ec2:DeleteSnapshot": "_ebs.delete_ours: the rollback of a failed set (backup) and the retention "
