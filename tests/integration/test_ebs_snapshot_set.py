@@ -316,3 +316,30 @@ def test_guardian_deadline_during_call_lowers_level(tmp_path, ec2, inst):
     tags = {t["Key"]: t["Value"] for t in set_snapshots(ec2, res["set_id"])[0]["Tags"]}
     assert tags["stillpoint:level"] == "crash"
     assert time.monotonic() - t0 < 60
+
+
+def test_a_member_map_too_large_for_the_catalog_falls_back_to_the_members_own_tags(tmp_path, ec2):
+    """Catalog schema 2 writes the members' records as one member map (at most 8 tag values, 2048 characters). An
+    instance with more volumes than that holds (56 here: some instance types take 128 EBS volumes) gets no map and
+    one CreateTags per member after the level, as schema 1 did, and its set reads complete all the same."""
+    devices = ["/dev/xvd%s%s" % (a, b) for a in "bcd" for b in "abcdefghijklmnopqrstuvwxyz"][:56]
+    world = ec2.create_instance(volumes=[{"size": 1, "device": d} for d in devices])
+    volume_ids = [v["volume_id"] for v in world["volumes"]]
+    task = {"name": TASK, "register": "out", "stillpoint.snapshots.ebs_snapshot_set": {
+        "mode": "controller", "instance_id": world["instance_id"], "volume_ids": volume_ids, "name": "wide",
+        "endpoint_url": ec2.url, "region": ec2.region, "poll_interval": 0.2}}
+    ec2.clear_calls()
+    rc, results, _raw = run_playbook(write_playbook(tmp_path, [task]), ec2)
+    res = results[TASK]
+    assert rc == 0 and res["state"] == "complete" and res["level"] == "crash", res
+    [record] = catalog.group_sets(set_snapshots(ec2, res["set_id"]))
+    assert record["state"] == "complete" and record["schema"] == "2"
+    members = [(m["index"], m["device"], m["source_volume"]) for m in record["members"]]
+    assert members == [(i, devices[i], volume_ids[i]) for i in range(56)]
+    tags_calls = ec2.calls("CreateTags")
+    keys = [set(v for k, v in c["params"].items() if k.endswith(".Key")) for c in tags_calls]
+    assert not [k for ks in keys for k in ks if k.startswith("stillpoint:member-map")]
+    # the level (one call for all), one call per member, the complete mark
+    assert len(tags_calls) == 1 + 56 + 1
+    assert "stillpoint:level" in keys[0] and all("stillpoint:member" in ks for ks in keys[1:-1])
+    assert keys[-1] == {"stillpoint:state"}
