@@ -17,7 +17,7 @@ This report separates the places such a hang can be:
   qemu last completed a request on that node - a device that is still being written has a small
   one), block jobs, and the host-side state of each qemu thread (a worker in D state with its
   ``wchan`` is qemu waiting on the host's file system);
-* the host: load and I/O pressure;
+* the host: load, CPU and I/O pressure, its kernel log's tail;
 * the serial console's tail (what the guest kernel printed at level warning or above; the lab's
   resumed guests print warnings there, ``resume.ADOPT``).
 
@@ -129,6 +129,10 @@ def host_report():
                 out.append("%s: %s" % (path, " | ".join(f.read().split("\n")).strip(" |")))
         except OSError:
             pass
+    # the host kernel's last words (I/O errors, hung tasks; loop-device chatter of other tests left out)
+    r = subprocess.run(["dmesg"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=10, check=False)
+    lines = [ln for ln in r.stdout.splitlines() if "loop" not in ln]
+    out.append("host dmesg (tail, no loop devices):\n" + ("\n".join(lines[-8:]) if lines else "(unreadable or empty)"))
     return "\n".join(out)
 
 
