@@ -165,6 +165,16 @@ def member_map_tags(members):
         return None
 
 
+def member_catalog_tags(members):
+    """``(map_tags, per_member)`` for ``[(index, device, volume_id, mountpoints)]``: the set's member map and no
+    per-member tags (schema 2), or, when the map would not fit the catalog, ``{}`` and the members' own tags by
+    index (each value checked, so an oversized one is refused before anything changes)."""
+    map_tags = member_map_tags(members)
+    if map_tags is not None:
+        return map_tags, {}
+    return {}, dict((m[0], member_tags(*m)) for m in members)
+
+
 def _mapped_member(tags, volume_id):
     """``(index, device, source_volume, mountpoints)`` of the member taken of ``volume_id`` in the member map
     the snapshot carries; None without a map, or when the map names that volume not exactly once."""

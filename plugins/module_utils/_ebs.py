@@ -229,16 +229,6 @@ def tag(client, resource_ids, tags):
         raise aws_error("CreateTags %s (%s)" % (", ".join(resource_ids), ", ".join(sorted(tags))), e)
 
 
-def member_catalog_tags(members):
-    """``(map_tags, per_member)`` for ``[(index, device, volume_id, mountpoints)]``: the set's member map and no
-    per-member tags (schema 2), or, when the map would not fit the catalog, ``{}`` and the members' own tags by
-    index (each value checked, so an oversized one is refused before anything changes)."""
-    map_tags = catalog.member_map_tags(members)
-    if map_tags is not None:
-        return map_tags, {}
-    return {}, dict((m[0], catalog.member_tags(*m)) for m in members)
-
-
 def tag_members(client, members, per_member):
     """The members' own tags, one CreateTags each (only when the set's member map did not fit)."""
     for m in members:
@@ -479,8 +469,8 @@ class SnapshotSetRun:
         """``(map_tags, per_member)``: the set's member map, written with the level after the thaw (one CreateTags
         for all members), and no per-member tags; or, when the map would not fit the catalog, no map and one tag
         set per member index (one CreateTags each). Refuses oversized values before anything is frozen."""
-        return member_catalog_tags([(m["index"], m["device"], m["volume_id"],
-                                     self.mountpoints_by_volume.get(m["volume_id"], ())) for m in self.plan["members"]])
+        return catalog.member_catalog_tags([(m["index"], m["device"], m["volume_id"],
+                                            self.mountpoints_by_volume.get(m["volume_id"], ())) for m in self.plan["members"]])
 
     def preflight(self, shared, cycle=1):
         """CreateSnapshots with DryRun, before anything is frozen: the probe before each freeze.

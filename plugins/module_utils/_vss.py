@@ -672,8 +672,8 @@ def take(params, execute, aws, check_mode=False, sleep=time.sleep, on_progress=N
                               plan["availability_zone"], pre["hostname"], proof["level"], state="pending",
                               procedure=PROCEDURE, array=array)
     try:
-        map_tags, per_member = ebs.member_catalog_tags([(m["index"], m["device"], m["volume_id"],
-                                                         mounts.get(m["volume_id"], ())) for m in proof["members"]])
+        map_tags, per_member = catalog.member_catalog_tags([(m["index"], m["device"], m["volume_id"],
+                                                            mounts.get(m["volume_id"], ())) for m in proof["members"]])
         ebs.tag(ec2, member_ids, dict(shared, **map_tags))
         ebs.tag_members(ec2, proof["members"], per_member)
     except StillpointError as e:

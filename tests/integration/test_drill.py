@@ -358,7 +358,6 @@ DEST = "eu-central-1"
 def catalog_set(ec2, n=2):
     """A complete set made as ebs_snapshot_set makes it (no filesystem needed: the catalog side only)."""
     from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
-    from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 
     client = ec2.client()
     world = ec2.create_instance(volumes=[{"size": 1, "device": "/dev/sd%s" % "fg"[i]} for i in range(n)])
@@ -369,8 +368,8 @@ def catalog_set(ec2, n=2):
         TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared)}])["Snapshots"]
     by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
     ids = [by_volume[vol["volume_id"]] for vol in world["volumes"]]
-    map_tags, _per_member = ebs.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
-                                                     for index, vol in enumerate(world["volumes"])])
+    map_tags, _per_member = catalog.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
+                                                         for index, vol in enumerate(world["volumes"])])
     client.create_tags(Resources=ids, Tags=catalog.to_tag_list(map_tags))
     ec2.pending(0, snapshot_ids=ids)
     client.create_tags(Resources=ids, Tags=[{"Key": catalog.K_STATE, "Value": "complete"}])

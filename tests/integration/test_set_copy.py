@@ -16,7 +16,6 @@ import pytest
 
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _catalog as catalog
 from ansible_collections.stillpoint.snapshots.plugins.module_utils import _copy
-from ansible_collections.stillpoint.snapshots.plugins.module_utils import _ebs as ebs
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_copy
 from ansible_collections.stillpoint.snapshots.plugins.modules import backup_set_info
 from tests.unit.utils import run_module
@@ -52,8 +51,8 @@ class Source:
             TagSpecifications=[{"ResourceType": "snapshot", "Tags": catalog.to_tag_list(shared)}])["Snapshots"]
         by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
         ids = [by_volume[v["volume_id"]] for v in self.world["volumes"]]
-        map_tags, _per_member = ebs.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
-                                                         for index, vol in enumerate(self.world["volumes"])])
+        map_tags, _per_member = catalog.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
+                                                             for index, vol in enumerate(self.world["volumes"])])
         self.client.create_tags(Resources=ids, Tags=catalog.to_tag_list(map_tags))
         self.ep.pending(0, snapshot_ids=ids)
         if state in ("complete", "partial"):

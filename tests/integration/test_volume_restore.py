@@ -48,8 +48,8 @@ def take_set(ep, client, world, state="complete"):
         Description="stillpoint.snapshots set %s" % set_id)["Snapshots"]
     by_volume = dict((it["VolumeId"], it["SnapshotId"]) for it in items)
     snaps = [by_volume[vol["volume_id"]] for vol in world["volumes"]]
-    map_tags, _per_member = ebs.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
-                                                     for index, vol in enumerate(world["volumes"])])
+    map_tags, _per_member = catalog.member_catalog_tags([(index, vol["device"], vol["volume_id"], ["/srv/data"])
+                                                         for index, vol in enumerate(world["volumes"])])
     client.create_tags(Resources=snaps, Tags=catalog.to_tag_list(map_tags))
     ep.pending(0, snapshot_ids=snaps)  # copying done
     if state == "complete":
