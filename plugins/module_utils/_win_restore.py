@@ -66,6 +66,48 @@ def parse_selected_volumes(text):
     return out
 
 
+def parse_partition_details(text):
+    """One diskpart run of ``select disk N`` + ``select partition P`` + ``detail partition`` per partition ->
+    ``{(N, P): {"offset": bytes or None, "volumes": [volume numbers]}}`` (the volume table of ``detail partition``
+    lists the volume on that partition)."""
+    out = {}
+    disk = None
+    key = None
+    block = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"^\s*Disk (\d+) is now the selected disk\.\s*$", line)
+        if m:
+            disk, key = int(m.group(1)), None
+            continue
+        m = re.match(r"^\s*Partition (\d+) is now the selected partition\.\s*$", line)
+        if m and disk is not None:
+            key = (disk, int(m.group(1)))
+            block[key] = []
+            continue
+        if key is not None:
+            block[key].append(line)
+    for key, lines in block.items():
+        text = "\n".join(lines)
+        m = re.search(r"^\s*Offset in Bytes\s*:\s*(\d+)\s*$", text, flags=re.M)
+        out[key] = {"offset": int(m.group(1)) if m else None,
+                    "volumes": [v["number"] for v in vss.parse_volume_rows(text)]}
+    return out
+
+
+def _partitions(raw, text):
+    """``{disk number: {partition number: {"offset", "letter", "dp_offset", "volumes"}}}``: Get-Partition's records of
+    the disks the gather script was asked about (``PartitionDisk``) beside diskpart's ``detail partition`` of each."""
+    details = parse_partition_details(text)
+    out = {}
+    for p in raw.get("partitions") or []:
+        key = (int(p.get("DiskNumber")), int(p.get("PartitionNumber")))
+        dp = details.get(key) or {}
+        out.setdefault(key[0], {})[key[1]] = {
+            "offset": p.get("Offset"), "letter": (p.get("DriveLetter") or None), "dp_offset": dp.get("offset"),
+            "volumes": dp.get("volumes") or []}
+    return out
+
+
 def normalize_path(path):
     """``E``, ``e:``, ``E:\\`` -> ``E:\\``; a mount folder ends in one backslash (as the catalog records them)."""
     return vss.normalize_member(path)
@@ -94,6 +136,9 @@ def _pv_map(d, rec, instance, located, problems):
     rec.update(pv_target=target, device=device)
     if instance is None:
         return None
+    if instance.get("given") and vss.pv_target_of_device(device) not in [
+            vss.pv_target_of_device(b.get("DeviceName")) for b in instance.get("BlockDeviceMappings") or []]:
+        return None  # device names given by the caller: a disk at a location none of them names is not acted on
     try:
         return vss.pv_volume_id(d, instance)[0]
     except StillpointError as exc:
@@ -107,6 +152,7 @@ def host_facts(raw, instance=None):
     "pv_problems"}``. ``instance``: DescribeInstances' record of the instance the host's metadata names, read
     for a host with Xen PV disks (:func:`xen_instance`); they are mapped through its block device mappings."""
     gets = dict((d.get("Number"), d) for d in raw.get("disks") or [])
+    partitions = _partitions(raw, raw.get("diskpart_partitions"))
     located = {}
     pv_problems = []
     text = raw.get("diskpart") or ""
@@ -120,7 +166,7 @@ def host_facts(raw, instance=None):
                "offline_reason": d.get("OfflineReason") or None, "style": d.get("PartitionStyle"),
                "signature": d.get("Signature"), "guid": (d.get("Guid") or "").strip("{}").lower() or None,
                "boot": bool(d.get("IsBoot")) or bool(d.get("IsSystem")), "status": row.get("status") or "",
-               "dynamic": bool(row.get("dynamic"))}
+               "dynamic": bool(row.get("dynamic")), "partitions": partitions.get(number)}
         vid = vss.disk_volume_id(d)
         if vid is None and vss.is_pv_disk(d):
             vid = _pv_map(d, rec, instance, located, pv_problems)
@@ -291,13 +337,21 @@ def check_identity(facts, expect_instance_id):
                               % (facts.get("computer_name"), got, expect_instance_id), instance_id=got)
 
 
-def plan_down(facts, volume_ids, sources=(), import_clone=False):
+def plan_down(facts, volume_ids, sources=(), import_clone=False, refuse_missing=False):
     """Steps taking the disks of ``volume_ids`` (about to be detached) offline; raises for the system disk and
-    for a copy that would come up beside its source (a source volume attached here and not being detached)."""
+    for a copy that would come up beside its source (a source volume attached here and not being detached); with
+    ``refuse_missing``, also for a volume the host shows no disk of (the caller knows from EC2 that it is attached
+    to this host's instance: a host that does not show it may be another machine)."""
     problems = []
     steps = []
     for vid in volume_ids:
         disk = facts["disks"].get(vid)
+        if disk is None and refuse_missing:
+            problems.append("host %s shows no disk of %s, which is attached to the instance this host should be "
+                            "(%s); is the inventory host the right machine? Its volume is not detached as if its disk "
+                            "were already gone" % (facts.get("computer_name"), vid, "by its Xen PV location"
+                                                   if facts.get("xen") else "by the NVMe serial"))
+            continue
         if disk is None:
             continue  # not attached here (any more): nothing to take down
         if disk["boot"]:
@@ -317,8 +371,30 @@ def plan_down(facts, volume_ids, sources=(), import_clone=False):
     return steps
 
 
-def expected_volumes(layout, new_ids, sources, path_map=None, import_clone=False):
-    """The catalog's volumes with the restored disks they must lie on and the path each must get."""
+def expected_partitions(partition_letters, new_ids):
+    """``partition_letters`` ({restored volume id: {partition number: drive letter}}, a basic disk's letters as the
+    CLUSTERPRO catalog records them) as :func:`expected_volumes` entries, each with its ``partition``."""
+    out = []
+    problems = []
+    for vid, letters in sorted((partition_letters or {}).items()):
+        if vid not in new_ids:
+            problems.append("partition_letters names %s, which is not one of the restored volumes (%s)"
+                            % (vid, ", ".join(new_ids)))
+            continue
+        for number, letter in sorted((letters or {}).items(), key=lambda kv: str(kv[0])):
+            bare = str(letter or "").rstrip(":\\").upper()
+            if not re.match(r"^[D-Z]$", bare) or not re.match(r"^[0-9]+$", str(number)):
+                problems.append("partition %s of %s: drive letter %r (a partition number and one of D to Z expected)"
+                                % (number, vid, letter))
+                continue
+            out.append({"path": bare + ":\\", "target": bare + ":\\", "disks": [vid], "identity": {},
+                        "partition": int(number)})
+    return out, problems
+
+
+def expected_volumes(layout, new_ids, sources, path_map=None, import_clone=False, partition_letters=None):
+    """The catalog's volumes with the restored disks they must lie on and the path each must get; with
+    ``partition_letters`` also the partitions of a restored basic disk (:func:`expected_partitions`)."""
     path_map = dict((normalize_path(k), normalize_path(v)) for k, v in (path_map or {}).items())
     src_to_new = dict(zip(sources, new_ids))
     out = []
@@ -335,6 +411,11 @@ def expected_volumes(layout, new_ids, sources, path_map=None, import_clone=False
             problems.append("import_clone needs a new drive letter or mount folder for %s (path map, never one of the "
                             "set's own: %s)" % (path, ", ".join(recorded)))
         out.append({"path": path, "target": target, "disks": sorted(disks), "identity": vol.get("identity") or {}})
+    parts, wrong = expected_partitions(partition_letters, new_ids)
+    out += parts
+    problems += wrong
+    targets = [w["target"] for w in out]
+    problems += ["%s is wanted twice" % t for t in sorted(set(t for t in targets if targets.count(t) > 1))]
     if problems:
         raise StillpointError("refusing the Windows host step (nothing was changed): " + "; ".join(problems),
                               problems=problems)
@@ -393,13 +474,39 @@ def plan_disks(facts, new_ids, import_clone=False, new_id=None):
 
 def candidates(facts, w):
     """The volumes that may be ``w`` (:func:`expected_volumes`): those on exactly its disks; where several are, and the
-    catalog recorded what ``w`` looked like (label, file system, size, as diskpart prints them), those that look so."""
+    catalog recorded what ``w`` looked like (label, file system, size, as diskpart prints them), those that look so. For
+    a partition (``w["partition"]``): the volume diskpart's ``detail partition`` shows on it."""
+    if w.get("partition"):
+        part = ((facts["disks"].get(w["disks"][0]) or {}).get("partitions") or {}).get(w["partition"]) or {}
+        return [v for v in facts["volumes"] if part.get("volumes") == [v["number"]]]
     on = [v for v in facts["volumes"] if sorted(d for d in v["disks"] if d) == w["disks"]
           and len(v["disks"]) == len(w["disks"])]
     look = w.get("identity") or {}
     if len(on) > 1 and look:
         on = [v for v in on if all((v.get(k) or "") == value for k, value in look.items())]
     return on
+
+
+def partition_problem(facts, w):
+    """Why partition ``w["partition"]`` of its restored disk cannot be told to one volume, or None: no such partition,
+    diskpart's partition of that number at another offset than Get-Partition's (their numbering differs), or not
+    exactly one volume on it."""
+    if not w.get("partition"):
+        return None
+    disk = facts["disks"].get(w["disks"][0]) or {}
+    parts = disk.get("partitions") or {}
+    part = parts.get(w["partition"])
+    where = "partition %d of disk %s (%s)" % (w["partition"], disk.get("number"), w["disks"][0])
+    if part is None:
+        return "%s, wanted at %s: the disk has no such partition (it has %s)" % (
+            where, w["target"], ", ".join(map(str, sorted(parts))) or "none")
+    if part["offset"] is None or part["offset"] != part["dp_offset"]:
+        return ("%s: Get-Partition puts it at offset %s, diskpart's partition %d at %s; their numbering differs, "
+                "refusing to guess which partition was %s"
+                % (where, part["offset"], w["partition"], part["dp_offset"], w["target"]))
+    if len(part["volumes"]) != 1:
+        return "%s: diskpart shows %d volumes on it, not one" % (where, len(part["volumes"]))
+    return None
 
 
 def _at(facts, vol, target):
@@ -425,6 +532,10 @@ def plan_paths(facts, wanted):
                               vol["number"], vol["letter"].upper(), what)})
 
     for w in wanted:
+        wrong = partition_problem(facts, w)
+        if wrong:
+            problems.append(wrong)
+            continue
         matches = candidates(facts, w)
         target = w["target"]
         letter = target[0].upper() if LETTER_RE.match(target) else None
@@ -450,6 +561,9 @@ def plan_paths(facts, wanted):
                             % (w["path"], vol["number"], ", ".join(w["disks"]), vol["status"] or "in no state"))
             continue
         base = {"volume": vol["number"], "disks": w["disks"]}
+        if w.get("partition"):
+            part = facts["disks"][w["disks"][0]]["partitions"][w["partition"]]
+            base.update(partition=w["partition"], offset=part["offset"])
         if here:
             continue
         if letter:
@@ -492,16 +606,53 @@ def _apply(execute, steps, facts=None, describe=None):
     return out.get("results") or []
 
 
+def given_instance(params):
+    """The block device mappings the caller gave (``devices``: {volume id: device name EC2 reports it attached at}),
+    in DescribeInstances' shape, or None. The caller read them from EC2 (the CLUSTERPRO restore: ec2_instance_info on
+    its api host, and the swap that attached the restored volume at that name); no EC2 call or instance metadata
+    is needed for them."""
+    devices = params.get("devices") or {}
+    if not devices:
+        return None
+    return {"InstanceId": params.get("instance_id") or "(the caller's device names)", "given": True,
+            "BlockDeviceMappings": [{"DeviceName": dev, "Ebs": {"VolumeId": vid}} for vid, dev in sorted(devices.items())]}
+
+
+def _read(params, execute, paths, disk_numbers=()):
+    return execute(GATHER, {"Path": list(paths), "Identify": bool(params.get("expect_instance_id")),
+                            "ImdsEndpoint": params.get("imds_endpoint") or "", "SkipMetadata": bool(params.get("devices")),
+                            "PartitionDisk": list(disk_numbers)})
+
+
+def _partition_disks(facts, params):
+    """The disk numbers of the online restored disks whose partitions ``partition_letters`` names."""
+    return sorted(facts["disks"][v]["number"] for v in params.get("partition_letters") or {}
+                  if v in facts["disks"] and not facts["disks"][v]["offline"])
+
+
 def gather(params, execute, describe=None, paths=()):
     """``(facts, instance)``: the host read by the gather script; on a Xen host (PV disks) the instance whose block
-    device mappings map them (:func:`xen_instance`), else None. The identity proof as asked."""
-    raw = execute(GATHER, {"Path": list(paths), "Identify": bool(params.get("expect_instance_id")),
-                           "ImdsEndpoint": params.get("imds_endpoint") or ""})
+    device mappings map them (:func:`xen_instance`, or the caller's ``devices``: :func:`given_instance`), else None.
+    The identity proof as asked. With ``partition_letters``, a second read gets the partitions of the restored
+    disks online at the first (Get-Partition and diskpart ``detail partition``), refused if a disk number in it
+    holds another volume by then."""
+    raw = _read(params, execute, paths)
+    given = given_instance(params)
     instance = None
     if any(vss.is_pv_disk(d) for d in raw.get("disks") or []):
         check_identity(raw, params.get("expect_instance_id"))
-        instance = xen_instance(raw, params, describe)
+        instance = given or xen_instance(raw, params, describe)
     facts = host_facts(raw, instance)
+    numbers = _partition_disks(facts, params)
+    if numbers:
+        raw = _read(params, execute, paths, numbers)
+        again = host_facts(raw, given or (xen_instance(raw, params, describe) if instance else None))
+        moved = [n for n in numbers if [v for v, d in facts["disks"].items() if d["number"] == n]
+                 != [v for v, d in again["disks"].items() if d["number"] == n]]
+        if moved:
+            raise StillpointError("disk number(s) %s named other EBS volumes at the second read of the host; refusing "
+                                  "the round (no step was sent)" % ", ".join(map(str, moved)))
+        facts = again
     check_identity(facts, params.get("expect_instance_id"))
     return facts, instance
 
@@ -511,16 +662,23 @@ def _refuse_pv(facts, instance, volume_ids, what, seen=False):
     if problems:
         raise StillpointError("refusing %s on host %s (Xen PV disks, mapped through instance %s's block device "
                               "mappings; no step of this round was sent): %s"
-                              % (what, facts.get("computer_name"), facts["instance_id"], "; ".join(problems)),
-                              problems=problems)
+                              % (what, facts.get("computer_name"), (instance or {}).get("InstanceId")
+                                 or facts["instance_id"], "; ".join(problems)), problems=problems)
+
+
+def _describer(params, describe):
+    """DescribeInstances as the procedures use it; the caller's record when it gave the device names (``devices``)."""
+    given = given_instance(params)
+    return describe if given is None else (lambda instance_id: given)
 
 
 def down(params, execute, check_mode=False, describe=None):
     """Take the disks of ``params["volume_ids"]`` offline (before their volumes are detached)."""
+    describe = _describer(params, describe)
     facts, instance = gather(params, execute, describe)
     _refuse_pv(facts, instance, params.get("volume_ids") or [], "the Windows host step", seen=True)
     steps = plan_down(facts, params.get("volume_ids") or [], params.get("source_volume_ids") or [],
-                      params.get("import_clone"))
+                      params.get("import_clone"), params.get("refuse_missing"))
     result = {"changed": bool(steps), "actions": [dict(what=s["what"], planned=check_mode) for s in steps],
               "instance_id": facts["instance_id"]}
     if steps and not check_mode:
@@ -531,11 +689,13 @@ def down(params, execute, check_mode=False, describe=None):
 def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic, describe=None):
     """Bring the restored disks up: wait for them (by volume id; on a Xen host at the PV location of the device name
     each is attached at), disk steps, paths, then chkdsk read-only."""
+    describe = _describer(params, describe)
     new_ids = list(params["volume_ids"])
     sources = list(params.get("source_volume_ids") or [])
-    if len(sources) != len(new_ids):
+    if len(sources) != len(new_ids) and ((params.get("layout") or {}).get("volumes") or sources):
         raise StillpointError("source_volume_ids must name the source of every restored volume, in member order")
-    wanted = expected_volumes(params.get("layout"), new_ids, sources, params.get("path_map"), params.get("import_clone"))
+    wanted = expected_volumes(params.get("layout"), new_ids, sources, params.get("path_map"), params.get("import_clone"),
+                              params.get("partition_letters"))
     paths = sorted(set(w["target"] for w in wanted))
     deadline = clock() + float(params.get("device_timeout") or 0)
     actions = []
@@ -585,8 +745,9 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
     volumes = []
     for w in wanted:
         vol = next(v for v in candidates(facts, w) if _at(facts, v, w["target"]))
-        volumes.append({"path": w["path"], "target": w["target"], "volume": vol["number"], "disks": w["disks"],
-                        "type": vol["type"], "status": vol["status"]})
+        volumes.append(dict({"path": w["path"], "target": w["target"], "volume": vol["number"], "disks": w["disks"],
+                             "type": vol["type"], "status": vol["status"]},
+                            **({"partition": w["partition"]} if w.get("partition") else {})))
     checks = []
     if params.get("verify", True) and not check_mode:  # the apply script does not run in check mode
         res = _apply(execute, [{"op": "chkdsk", "path": diskpart_target(w["target"]) + (":" if LETTER_RE.match(
@@ -603,7 +764,7 @@ def up(params, execute, check_mode=False, sleep=time.sleep, clock=time.monotonic
 
 def info(params, execute, describe=None):
     """Read only: the facts, and the identity proof when asked."""
-    facts, instance = gather(params, execute, describe)
+    facts, instance = gather(params, execute, _describer(params, describe))
     _refuse_pv(facts, instance, [], "to report its disks")
     return {"changed": False, "instance_id": facts["instance_id"], "computer_name": facts["computer_name"],
             "disks": sorted(facts["disks"].values(), key=lambda d: d["number"]), "volumes": facts["volumes"]}
@@ -621,4 +782,7 @@ ARGUMENT_SPEC = dict(
     expect_instance_id=dict(type="str"),
     instance_id=dict(type="str"),
     imds_endpoint=dict(type="str"),
+    partition_letters=dict(type="dict", default={}),
+    devices=dict(type="dict", default={}),
+    refuse_missing=dict(type="bool", default=False),
 )

@@ -67,7 +67,8 @@ options:
     type: dict
     default: {}
   verify:
-    description: Run C(chkdsk) read-only (without C(/f)) on every restored volume.
+    description: Run C(chkdsk) read-only (without C(/f)) on every restored volume. The CLUSTERPRO restore sets V(false) -
+      seed 001 step 4 only brings the disk online with its letters; the mirror is checked by CLUSTERPRO (GREEN/GREEN).
     type: bool
     default: true
   device_timeout:
@@ -85,6 +86,36 @@ options:
   imds_endpoint:
     description: Instance metadata endpoint on the host; empty uses http://169.254.169.254.
     type: str
+  partition_letters:
+    description:
+      - "V(up) - restored volume id (one of O(volume_ids)) -> partition number -> drive letter (D to Z), for a restored
+        basic disk whose letters were recorded by partition number (the CLUSTERPRO catalog's C(drive_letters), e.g.
+        C({\"1\": \"R\", \"2\": \"M\"}))."
+      - Each partition is matched to its diskpart volume - Get-Partition's partition of that
+        number, diskpart's C(detail partition) of the partition with that number at the same offset, one volume on it
+        (refused otherwise) - and the step script checks that again right before C(assign). A letter held by a volume
+        of another disk is refused, never taken away; a letter Windows gave the restored disk's other partition on
+        arrival is removed from it first.
+      - May be used with or without O(layout); with it alone O(source_volume_ids) may be empty.
+    type: dict
+    default: {}
+  devices:
+    description:
+      - Volume id -> the device name EC2 reports the volume attached at now (C(xvdf), C(/dev/xvdf)), read by the
+        caller (the CLUSTERPRO restore reads them with C(amazon.aws.ec2_instance_info) on its api host; the swap
+        attaches the restored volume at the same name). Used on a Xen host only, instead of the instance metadata and
+        DescribeInstances - no EC2 call, no instance metadata. A PV disk at a location none of them names is not acted
+        on. The names are trusted as given - they must be what EC2 says at the time of the task.
+    type: dict
+    default: {}
+  refuse_missing:
+    description:
+      - V(down) - refuse a volume of O(volume_ids) the host shows no disk of, instead of passing over it (the default,
+        so that a re-run of V(down) after the swap finds nothing to do). For a caller that knows from EC2 that the
+        volume is attached to this host's instance - a host that does not show it may be the wrong inventory host. On
+        a Xen host a volume whose location holds no PV disk is refused either way.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - amazon.aws.common.modules
   - amazon.aws.region.modules
@@ -121,7 +152,8 @@ notes:
     in AWS's table (the instance store's C(xvdca) to C(xvdcl), or C(/dev/sdf)); a volume to take down that the host
     shows at no location; mappings that changed between the gather and the steps; a restored volume not at its
     location within O(device_timeout). This mapping never ran on Windows."
-  - On an NVMe host nothing of this runs and no EC2 call is made.
+  - On an NVMe host nothing of this runs and no EC2 call is made. With O(devices) no EC2 call is made on a Xen host
+    either, and the host's instance metadata is not asked (unless O(expect_instance_id)).
 """
 
 EXAMPLES = r"""
@@ -136,6 +168,14 @@ EXAMPLES = r"""
     volume_ids: "{{ restored.volumes | sort(attribute='index') | map(attribute='volume_id') }}"
     source_volume_ids: "{{ set.members | sort(attribute='index') | map(attribute='source_volume') }}"
     layout: "{{ set.array }}"
+
+- name: Bring a restored basic disk up with its letters by partition number (as clusterpro_mirror_restore does)
+  stillpoint.snapshots.win_array_host:
+    state: up
+    volume_ids: [vol-0123456789abcdef2]
+    partition_letters: {vol-0123456789abcdef2: {"1": R, "2": M}}
+    devices: {vol-0123456789abcdef2: xvdf}
+    verify: false
 """
 
 RETURN = r"""

@@ -430,40 +430,136 @@ def test_xen_script_finds_the_disk_at_its_location_never_by_serial():
     assert diskpart_lines(h) == []
 
 
-def test_a_clusterpro_mirror_disk_is_not_an_array_win_array_host_can_restore():
-    """Why clusterpro_mirror_restore keeps the single-disk script EbsDisk.ps1 (docs/clusterpro.md, "Windows disk steps:
-    EbsDisk.ps1, not win_array_host"): the mirror disk is one basic disk with two partitions (cluster partition R:, data
-    partition M:) and the catalog records only {partition number: letter}; win_array_host tells the volumes of one disk
-    apart only by the look a windows-volumes set records, so it refuses them. And its down step passes over a volume
-    the host does not show, where EbsDisk.ps1 -Action Offline refuses (a wrong inventory host is not taken for one
-    whose disk is already gone)."""
-    old, source, restored, stranger = "vol-0aaaaaaaaaaaaaaa1", "vol-0bbbbbbbbbbbbbbb2", "vol-0ccccccccccccccc3", "vol-0ddddddddddddddd4"
+MIRROR_OLD, MIRROR_SRC, MIRROR_NEW, STRANGER = (
+    "vol-0aaaaaaaaaaaaaaa1", "vol-0bbbbbbbbbbbbbbb2", "vol-0ccccccccccccccc3", "vol-0ddddddddddddddd4")
 
+
+def mirror_host(xen=False, other_letter=None):
+    """FAKE: a CLUSTERPRO server (seed 001) - its mirror disk MIRROR_OLD at xvdf, one basic MBR disk with the cluster
+    partition (1, R:) and the data partition (2, M:); the restored MIRROR_NEW is a copy of the other server's mirror
+    volume MIRROR_SRC (another signature). ``other_letter``: a basic disk at xvdg holding that letter (then not the
+    mirror's)."""
     def mirror(signature):
         content = fake.basic_content("MBR", signature, "CLUSTER")
         content["volumes"].append(dict(content["volumes"][0], key="part2", label="DATA"))
         return content
     boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
     boot["volumes"] = []
-    # server1 (the active server): its own mirror volume; the restored one is a copy of server2's (the standby's)
-    state = fake.new_state("http://unused", "eu-west-1", "i-0123", BOOT, {BOOT: boot, old: mirror("1a2b3c4d"),
-                                                                          source: mirror("5e6f7a8b")},
-                           letters={old: {"part1": "R", "part2": "M"}})
-    state["attached"] = [["/dev/sda1", BOOT], ["xvdf", old]]
-    state["origin"] = {restored: source}
-    h = fake.FakeSingleDisk(state)
-    assert win.down(params(volume_ids=[stranger], source_volume_ids=[]), executor(h)) == {
-        "changed": False, "actions": [], "instance_id": None}
-    with pytest.raises(fake.DiskpartError, match="found 0; refusing"):
-        h.offline({"VolumeId": stranger})
-    win.down(params(volume_ids=[old], source_volume_ids=[source]), executor(h))
-    swap(h, [(old, restored)])
-    # the catalog's {"1": "R", "2": "M"} as a win_array_host layout: both paths on the one restored disk
-    layout = {"volumes": [{"path": "R:\\", "volume_ids": [source]}, {"path": "M:\\", "volume_ids": [source]}]}
+    contents = {BOOT: boot, MIRROR_OLD: mirror("1a2b3c4d"), MIRROR_SRC: mirror("5e6f7a8b")}
+    letters = {MIRROR_OLD: dict((k, v) for k, v in (("part1", "R"), ("part2", "M")) if v != other_letter)}
+    attached = [["/dev/sda1", BOOT], ["xvdf", MIRROR_OLD]]
+    if other_letter:
+        contents[C] = fake.basic_content("GPT", GUID_F, "LOGS")
+        letters[C] = {"part1": other_letter}
+        attached.append(["xvdg", C])
+    state = fake.new_state("http://unused", "eu-west-1", "i-0123", BOOT, contents, letters=letters, xen=xen)
+    state["attached"] = attached
+    state["origin"] = {MIRROR_NEW: MIRROR_SRC}
+    if xen:
+        state["imds"] = {"error": "FAKE: the metadata is not asked when the device names are given"}
+    return fake.FakeWindowsDisks(state)
+
+
+def mirror_params(**kw):
+    return params(**dict({"layout": {}, "volume_ids": [MIRROR_NEW], "source_volume_ids": [], "verify": False,
+                          "partition_letters": {MIRROR_NEW: {"1": "R", "2": "M"}}}, **kw))
+
+
+def partition_letters(h, vid):
+    d = [x for x in h.disks() if x["volume_id"] == vid][0]
+    return dict((n, h.state["letters"].get(h.volume_key(vid, v["key"]))) for n, v, _o in h.partition_table(d))
+
+
+@pytest.mark.parametrize("xen", [False, True], ids=["nvme", "xen-devices-given"])
+def test_a_clusterpro_mirror_disk_by_partition_number(xen):
+    """The CLUSTERPRO restore's Windows disk steps through win_array_host (docs/clusterpro.md, "Windows disk steps"):
+    one basic disk, its letters by partition number as the catalog records them; on a Xen host the device name the
+    caller read from EC2 (``devices``), no instance metadata and no DescribeInstances."""
+    h = mirror_host(xen=xen)
+    no_ec2 = dict(describe=lambda i: pytest.fail("DescribeInstances"))
+    dev = (lambda vid: {"devices": {vid: "xvdf"}}) if xen else (lambda vid: {})
+    # down, a volume the host does not show: NVMe - passed over by default, refused with refuse_missing; Xen - no PV
+    # disk at the location of its device name: refused either way. Nothing changes.
+    stranger = {"devices": {STRANGER: "xvdj"}} if xen else {}
+    if not xen:
+        assert win.down(params(volume_ids=[STRANGER]), executor(h), **no_ec2) == {
+            "changed": False, "actions": [], "instance_id": None}
+    for refuse in (True, False) if xen else (True,):
+        no_change(h, lambda: win.down(params(volume_ids=[STRANGER], refuse_missing=refuse, **stranger), executor(h),
+                                      **no_ec2),
+                  r"volume %s is attached to .* at xvdj, but the host shows no Xen PV disk at target 9" % STRANGER if xen
+                  else r"shows no disk of %s, which is attached to the instance this host should be" % STRANGER)
+    plan = win.down(params(volume_ids=[MIRROR_OLD], refuse_missing=True, **dev(MIRROR_OLD)), executor(h),
+                    check_mode=True, **no_ec2)
+    assert plan["changed"] and [a["planned"] for a in plan["actions"]] == [True] and diskpart_lines(h) == []
+    calls = []
+    win.down(params(volume_ids=[MIRROR_OLD], refuse_missing=True, **dev(MIRROR_OLD)), executor(h, calls), **no_ec2)
+    assert diskpart_lines(h) == ["offline disk"]
+    assert [s.get("pv_target") for s in sent_steps(calls)] == ([5] if xen else [None])
+    assert all(p["SkipMetadata"] is xen for _n, p in calls if _n == win.GATHER)
+    swap(h, [(MIRROR_OLD, MIRROR_NEW)])
     since = len(h.state["log"])
-    with pytest.raises(StillpointError, match=r"M:\\: 2 volumes lie on %s .*which one was M:\\ is not recorded" % restored):
-        win.up(params(layout=layout, volume_ids=[restored], source_volume_ids=[source]), executor(h))
-    assert diskpart_lines(h, since)[:2] == ["online disk", "attributes disk clear readonly"]
-    # the single-disk script gives the letters by partition number, as the catalog records them
-    out, changed = h.online({"VolumeId": restored, "DriveLetter": {"1": "R", "2": "M"}})
-    assert changed and dict((n, letter) for n, _key, letter in h.partitions(h.disks()[1])) == {1: "R", 2: "M"}
+    planned = win.up(mirror_params(**dev(MIRROR_NEW)), executor(h), check_mode=True, **no_ec2)
+    assert planned["changed"] and diskpart_lines(h, since) == []
+    calls = []
+    done = win.up(mirror_params(**dev(MIRROR_NEW)), executor(h, calls), **no_ec2)
+    assert partition_letters(h, MIRROR_NEW) == {1: "R", 2: "M"}
+    # the copy came up with letters Windows chose: each partition's volume got its letter, re-checked before assign
+    assigned = [s for s in sent_steps(calls) if s["op"] == "assign"]
+    assert sorted((s["partition"], s["letter"]) for s in assigned) == [(1, "R"), (2, "M")]
+    assert all(s["offset"] and s["disks"] == [MIRROR_NEW] for s in assigned)
+    assert [line for e in h.state["log"][since:] for line in e[1:] if e[0] == "diskpart"].count("detail partition") >= 4
+    assert done["chkdsk"] == [] and "chkdsk" not in [e[0] for e in h.state["log"]]
+    assert sorted((v["path"], v["partition"]) for v in done["volumes"]) == [("M:\\", 2), ("R:\\", 1)]
+    since = len(h.state["log"])
+    again = win.up(mirror_params(**dev(MIRROR_NEW)), executor(h), **no_ec2)
+    assert again["changed"] is False and diskpart_lines(h, since) == []
+    if not xen:  # on Xen the device names given are what EC2 says now: xvdf holds MIRROR_NEW (the role skips the step)
+        assert win.down(params(volume_ids=[MIRROR_OLD]), executor(h), **no_ec2)["changed"] is False
+
+
+def test_a_partition_letter_held_by_another_disk_is_refused_never_taken():
+    h = mirror_host(other_letter="M")
+    win.down(params(volume_ids=[MIRROR_OLD], source_volume_ids=[]), executor(h))
+    swap(h, [(MIRROR_OLD, MIRROR_NEW)])
+    with pytest.raises(StillpointError, match=r"drive letter M: is held by volume \d+ \(on %s\), not by the restored M:" % C):
+        win.up(mirror_params(), executor(h))
+    assert "remove letter=M" not in diskpart_lines(h)
+
+
+def test_partition_numbers_that_diskpart_and_get_partition_disagree_on_are_refused():
+    h = mirror_host()
+    win.down(params(volume_ids=[MIRROR_OLD]), executor(h))
+    swap(h, [(MIRROR_OLD, MIRROR_NEW)])
+    execute = executor(h)
+
+    def shifted(name, p):
+        out = execute(name, p)
+        if name == win.GATHER:
+            for part in out.get("partitions") or []:
+                part["Offset"] += 512
+        return out
+
+    before = len(h.state["log"])
+    with pytest.raises(StillpointError, match=r"partition 1 of disk 1 \(%s\): Get-Partition puts it at offset \d+, "
+                                              r"diskpart's partition 1 at \d+; their numbering differs" % MIRROR_NEW):
+        win.up(mirror_params(), shifted)
+    assert [line for line in diskpart_lines(h, before) if "assign" in line] == []
+    for bad, match in (({"vol-0eeeeeeeeeeeeeee5": {"1": "R"}}, "not one of the restored volumes"),
+                       ({MIRROR_NEW: {"1": "C"}}, "one of D to Z expected"),
+                       ({MIRROR_NEW: {"1": "R", "2": "R"}}, r"R:\\ is wanted twice")):
+        no_change(h, lambda: win.up(mirror_params(partition_letters=bad), executor(h)), match)
+
+
+def test_the_step_script_rechecks_the_partition_before_assign():
+    """The FAKE of Set-EbsArrayDisks.ps1's Assert-PartitionVolume: another offset, or another volume on the partition,
+    refuses the step before the assign."""
+    h = mirror_host()
+    disks, vols = h.numbered()
+    mine = [n for n, v in vols if h.volume_key(MIRROR_OLD, "part1") == v["key"]][0]
+    step = {"op": "assign", "volume": mine, "disks": [MIRROR_OLD], "letter": "S", "partition": 1, "offset": 1 << 20}
+    with pytest.raises(fake.DiskpartError, match="starts at 1048576, not at 4096"):
+        h.apply({"Steps": [dict(step, offset=4096)]})
+    with pytest.raises(fake.DiskpartError, match="holds volume"):
+        h.apply({"Steps": [dict(step, partition=2, offset=h.partition_table(disks[1])[1][2])]})
+    assert "assign letter=S" not in diskpart_lines(h)

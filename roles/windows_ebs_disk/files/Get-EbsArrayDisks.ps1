@@ -9,7 +9,10 @@
 # `select volume N` + `detail volume` per volume, and `select volume=<path>` + `detail volume` per path asked
 # for (drive letter or mount folder). With -Identify, or whenever a Xen PV disk is present (the controller maps
 # PV disks through the block device mappings of the instance the metadata names), the instance id from the
-# instance metadata (IMDSv2).
+# instance metadata (IMDSv2); with -SkipMetadata (the controller was given the device names of the volumes) a PV disk
+# does not make it ask. With -PartitionDisk (disk numbers of restored basic disks whose partitions get drive letters by
+# partition number), Get-Partition of each of those disks (number, offset, drive letter) and one diskpart run of
+# `select disk N` + `select partition P` + `detail partition` per partition (its offset and the volume on it).
 # The controller (module_utils/_win_restore.py) parses and decides. Sources: docs/windows-vss.md.
 [CmdletBinding()]
 param(
@@ -17,7 +20,11 @@ param(
 
     [switch]$Identify,
 
-    [string]$ImdsEndpoint = ''
+    [string]$ImdsEndpoint = '',
+
+    [switch]$SkipMetadata,
+
+    [int[]]$PartitionDisk = @()
 )
 
 $ErrorActionPreference = 'Stop'
@@ -100,9 +107,33 @@ foreach ($item in $Path) {
     $paths[$item] = @{ rc = $res.rc; output = $res.output }
 }
 
+$partitions = [System.Collections.Generic.List[object]]@()
+$partLines = [System.Collections.Generic.List[string]]@()
+foreach ($number in $PartitionDisk) {
+    foreach ($part in @(Get-Partition -DiskNumber $number | Sort-Object -Property PartitionNumber)) {
+        $partitions.Add([ordered]@{
+                DiskNumber      = [int]$number
+                PartitionNumber = [int]$part.PartitionNumber
+                Offset          = [int64]$part.Offset
+                DriveLetter     = if ($part.DriveLetter -and $part.DriveLetter -ne [char]0) { [string]$part.DriveLetter } else { $null }
+            })
+        $partLines.Add("select disk $number")
+        $partLines.Add("select partition $($part.PartitionNumber)")
+        $partLines.Add('detail partition')
+    }
+}
+$partitionText = ''
+if ($partLines.Count -gt 0) {
+    $res = Invoke-Diskpart -Line $partLines
+    if ($res.rc -ne 0) {
+        throw "diskpart detail partition failed (rc=$($res.rc)): $($res.output)"
+    }
+    $partitionText = $res.output
+}
+
 $instanceId = $null
 $imdsError = $null
-if ($Identify -or $pvDisks.Count -gt 0) {
+if ($Identify -or ($pvDisks.Count -gt 0 -and -not $SkipMetadata)) {
     $base = if ($ImdsEndpoint) { $ImdsEndpoint.TrimEnd('/') } else { 'http://169.254.169.254' }
     try {
         $token = Invoke-RestMethod -Method Put -Uri "$base/latest/api/token" -TimeoutSec 5 -UseBasicParsing `
@@ -125,4 +156,6 @@ if (Get-Variable -Name Ansible -ErrorAction SilentlyContinue) {
     disks          = $disks
     diskpart       = $lists.output + $details
     diskpart_paths = $paths
+    partitions     = $partitions
+    diskpart_partitions = $partitionText
 }

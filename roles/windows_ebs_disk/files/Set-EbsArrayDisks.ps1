@@ -15,7 +15,10 @@
 #   clear_readonly diskpart: select disk N / attributes disk clear readonly
 #   new_signature  diskpart: select disk N / uniqueid disk id=<8 hex digits | GUID>
 #   import         diskpart: select disk N / import              (the disk's whole foreign group)
-#   assign         diskpart: select volume V / assign letter=L | assign mount=<folder>
+#   assign         diskpart: select volume V / assign letter=L | assign mount=<folder>; a step that names a partition
+#                  (partition, offset: a restored basic disk's letters by partition number) first checks that
+#                  Get-Partition's partition of that number on the disk starts at that offset and that diskpart's
+#                  `select disk N` / `select partition P` / `detail partition` shows volume V on it
 #   remove_letter  diskpart: select volume V / remove letter=L
 #   chkdsk         chkdsk.exe <X:|folder>, without /f: read-only; the exit code is returned, not judged here
 [CmdletBinding()]
@@ -114,6 +117,26 @@ function Assert-VolumeOnDisk {
     }
 }
 
+function Assert-PartitionVolume {
+    param(
+        [int]$Volume,
+        [string]$VolumeId,
+        [object]$PvTarget,
+        [int]$Partition,
+        [int64]$Offset
+    )
+    $disk = Find-StepDisk -VolumeId $VolumeId -PvTarget $PvTarget
+    $part = Get-Partition -DiskNumber $disk.Number -PartitionNumber $Partition
+    if ([int64]$part.Offset -ne $Offset) {
+        throw "Partition $Partition of disk $($disk.Number) ($VolumeId) starts at $($part.Offset), not at $Offset as read before; refusing."
+    }
+    $detail = Invoke-Diskpart -Line @("select disk $($disk.Number)", "select partition $Partition", 'detail partition')
+    $have = @([regex]::Matches($detail, '(?m)^\s*\*?\s*Volume (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value })
+    if (($have -join ',') -ne "$Volume") {
+        throw "Partition $Partition of disk $($disk.Number) ($VolumeId) holds volume(s) $($have -join ', '), not volume $Volume; refusing."
+    }
+}
+
 $results = [System.Collections.Generic.List[object]]@()
 foreach ($step in $Steps) {
     $op = [string]$step.op
@@ -149,6 +172,12 @@ foreach ($step in $Steps) {
     elseif ($op -in @('assign', 'remove_letter')) {
         $volume = [int]$step.volume
         Assert-VolumeOnDisk -Volume $volume -VolumeId ([string[]]$step.disks) -PvTarget @($step.pv_targets)
+        if ($null -ne $step.partition) {
+            $target = if (@($step.pv_targets).Count -gt 0) { @($step.pv_targets)[0] } else { $null }
+            Assert-PartitionVolume -Volume $volume -VolumeId ([string]@($step.disks)[0]) -PvTarget $target `
+                -Partition ([int]$step.partition) -Offset ([int64]$step.offset)
+            $record.partition = [int]$step.partition
+        }
         $record.volume = $volume
         if ($op -eq 'remove_letter') {
             $record.output = Invoke-Diskpart -Line @("select volume $volume", "remove letter=$($step.letter)")

@@ -403,8 +403,9 @@ class FakeWindowsDisks:
                                                          "not valid or does not exist.\n"}
             else:
                 paths[path] = {"rc": 0, "output": head + self.detail_volume(found[0], found[1], disks)}
+        parts, parts_text = self.read_partitions(params.get("PartitionDisk") or [], disks, vols)
         instance_id = imds_error = None
-        pv = self.state.get("xen") and bool(disks)
+        pv = self.state.get("xen") and bool(disks) and not params.get("SkipMetadata")
         if "imds" in self.state and (params.get("Identify") or pv):
             # unit tests without an endpoint: the metadata's answer given in the state ({"instance_id"} or {"error"})
             instance_id, imds_error = self.state["imds"].get("instance_id"), self.state["imds"].get("error")
@@ -420,10 +421,46 @@ class FakeWindowsDisks:
             except Exception as exc:  # as the script's catch: recorded, decided by the controller
                 imds_error = "%s: %s" % (base, exc)
         return {"computer_name": self.state["computer_name"], "instance_id": instance_id, "imds_error": imds_error,
-                "disks": self.get_disk(disks), "diskpart": text, "diskpart_paths": paths}
+                "disks": self.get_disk(disks), "diskpart": text, "diskpart_paths": paths, "partitions": parts,
+                "diskpart_partitions": parts_text if parts else ""}
 
     def log(self, *argv):
         self.state["log"].append(list(argv))
+
+    def partition_table(self, d):
+        """``[(number, volume, offset in bytes)]`` of a basic disk: a partition's number is its volume's place on the
+        disk, from 1, each starting 1 MiB after the previous one's end, the first at 1 MiB (the FAKE's choice; the
+        scripts read both numbers and offsets, Get-Partition's and diskpart's, which agree here)."""
+        out = []
+        offset = 1 << 20
+        for i, v in enumerate(v for v in d["content"]["volumes"] if v["extents"] == ["self"]):
+            out.append((i + 1, v, offset))
+            offset += (v["size_gb"] << 30) + (1 << 20)
+        return out
+
+    def read_partitions(self, numbers, disks, vols):
+        """Get-EbsArrayDisks.ps1 -PartitionDisk: ``(Get-Partition records, diskpart text)`` of the disks ``numbers``."""
+        records, text = [], DP_HEAD % self.state["computer_name"]
+        by_key = dict((v["key"], n) for n, v in vols)
+        for number in numbers:
+            d = [x for x in disks if x["number"] == int(number)][0]
+            for part, v, offset in self.partition_table(d):
+                key = self.volume_key(d["volume_id"], v["key"])
+                records.append({"DiskNumber": d["number"], "PartitionNumber": part, "Offset": offset,
+                                "DriveLetter": self.state["letters"].get(key) if key in by_key else None})
+                self.log("diskpart", "select disk %d" % d["number"], "select partition %d" % part, "detail partition")
+                text += self.detail_partition(d, part, offset, by_key.get(key), v)
+        return records, text
+
+    def detail_partition(self, d, part, offset, number, v):
+        """diskpart's ``select disk N`` + ``select partition P`` + ``detail partition`` (Microsoft's layout: the
+        partition's type, flags and offset, then the volume on it in a volume table)."""
+        text = ("\nDisk %d is now the selected disk.\n\nPartition %d is now the selected partition.\n\nPartition %d\n"
+                "Type    : 07\nHidden  : No\nActive  : No\nOffset in Bytes: %d\n\n" % (d["number"], part, part, offset))
+        if number is None:
+            return text + "There is no volume associated with this partition.\n\n"
+        row = self._vol_row(number, v, self.state["letters"].get(self.volume_key(d["volume_id"], v["key"])))
+        return text + VOL_HEAD + "*" + row[1:] + "\n"
 
     def describe_instance(self, instance_id):
         """DescribeInstances' record of the instance (the endpoint's; without one, ``state["attached"]``)."""
@@ -448,6 +485,25 @@ class FakeWindowsDisks:
             raise DiskpartError("Expected exactly one disk at Xen PV bus 0, target %s, LUN 0 (where %s is attached), "
                                 "found %d; refusing." % (target, vid, len(found) if self.state.get("xen") else 0))
         return found[0]
+
+    def check_partition(self, step, number, disks, vols, target):
+        """Set-EbsArrayDisks.ps1's Assert-PartitionVolume: Get-Partition's partition of the step's number on its disk
+        starts at the step's offset, and diskpart's ``detail partition`` shows the step's volume on it."""
+        d = self._find(step["disks"][0], disks, target)
+        part = int(step["partition"])
+        found = [(v, offset) for n, v, offset in self.partition_table(d) if n == part]
+        if not found:
+            raise DiskpartError("Get-Partition: FAKE: disk %d has no partition %d" % (d["number"], part))
+        v, offset = found[0]
+        if offset != int(step["offset"]):
+            raise DiskpartError("Partition %d of disk %d (%s) starts at %d, not at %s as read before; refusing."
+                                % (part, d["number"], step["disks"][0], offset, step["offset"]))
+        self.log("diskpart", "select disk %d" % d["number"], "select partition %d" % part, "detail partition")
+        key = self.volume_key(d["volume_id"], v["key"])
+        have = [n for n, vol in vols if vol["key"] == key]
+        if have != [number]:
+            raise DiskpartError("Partition %d of disk %d (%s) holds volume(s) %s, not volume %d; refusing."
+                                % (part, d["number"], step["disks"][0], have, number))
 
     def apply(self, params):
         """What Set-EbsArrayDisks.ps1 does: every step in order, the first failure raises."""
@@ -495,6 +551,9 @@ class FakeWindowsDisks:
                 if want != have:
                     raise DiskpartError("Volume %d lies on disk(s) %s, not on the disks of %s (%s); refusing."
                                         % (number, have, step["disks"], want))
+                if step.get("partition") is not None:
+                    self.check_partition(step, number, disks, vols, targets[0])
+                    rec["partition"] = int(step["partition"])
                 rec["volume"] = number
                 if op == "remove_letter":
                     self.log("diskpart", "select volume %d" % number, "remove letter=%s" % step["letter"])
