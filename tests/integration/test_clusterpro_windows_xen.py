@@ -6,12 +6,16 @@
 Two EC2 instances of the strict endpoint (m4.large: Xen) stand for server1 and server2, the mirror volume of each at
 xvdf; each server is a FAKE Windows host in Xen mode (tests/fakes/vss/disks.py, ``new_state(xen=True)``: Xen PV
 disks, no volume id in the serial, Win32_DiskDrive target id by AWS's table, xvdf is target 5) whose disk scripts
-(windows_ebs_disk: EbsDisk.ps1 -Action Get, Offline, Online) are run by the FAKE
-win_powershell (tests/fakes/vss/windows_stand_in); the cluster is the FAKE CLUSTERPRO, Windows edition
-(tests/fakes/clusterpro), linked to EC2 by the bridge of test_clusterpro_roles.py. The hosts are POSIX hosts
-(ansible_connection=local) given the edition, as in that file's Windows check-mode test; each host's FAKE Windows
-state file is named in its interpreter's environment. No PowerShell runs: this checks the roles' wiring (the device
-name read from EC2 on the api host reaches the scripts) and the scripts' contract as the FAKE implements it.
+(the backup's windows_ebs_disk EbsDisk.ps1 -Action Get; the restore's win_array_host scripts Get-EbsArrayDisks.ps1
+and Set-EbsArrayDisks.ps1) are run by the FAKE win_powershell (tests/fakes/vss/windows_stand_in); the cluster is the
+FAKE CLUSTERPRO, Windows edition (tests/fakes/clusterpro), linked to EC2 by the bridge of test_clusterpro_roles.py.
+The play hosts are POSIX hosts (ansible_connection=local) given the edition, as in that file's Windows check-mode
+test. win_array_host runs on Windows hosts only (shell family powershell): the restore's disk steps go to a second
+inventory host per server (``server1-disks``: the same local connection with the test-only shell reporting the
+powershell family, tests/fakes/clusterpro/windows_stand_in), named by clusterpro_mirror_restore_hosts. Each host's
+FAKE Windows state file is named in its interpreter's environment. No PowerShell runs: this checks the roles'
+wiring (the device name read from EC2 on the api host reaches the scripts) and the scripts' contract as the FAKE
+implements it.
 """
 
 import json
@@ -20,6 +24,10 @@ import sys
 
 import pytest
 
+from ansible_collections.stillpoint.snapshots.plugins.module_utils import _win_restore as win
+from ansible_collections.stillpoint.snapshots.plugins.module_utils._common import StillpointError
+from tests.fakes.clusterpro import WINDOWS_STAND_IN
+from tests.fakes.clusterpro import WINDOWS_SHELL
 from tests.fakes.clusterpro import install
 from tests.fakes.clusterpro import locked
 from tests.fakes.clusterpro import read_state
@@ -75,9 +83,11 @@ def world(ec2, tmp_path):
         python.write_text("#!/bin/sh\nSTILLPOINT_FAKE_WINDOWS_STATE='%s' exec '%s' \"$@\"\n" % (states[server], sys.executable))
         python.chmod(0o755)
         lines.append("%s ansible_connection=local ansible_python_interpreter=%s" % (server, python))
+        lines.append("%s-disks ansible_connection=local ansible_python_interpreter=%s ansible_shell_type=%s"
+                     % (server, python, WINDOWS_SHELL["ansible_shell_type"]))
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("\n".join(lines) + "\n")
-    env = dict(fake_env, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([STAND_IN, COLLECTIONS]), STILLPOINT_FAKE_WINDOWS_ROOT=ROOT)
+    env = dict(fake_env, ANSIBLE_COLLECTIONS_PATH=os.pathsep.join([STAND_IN, WINDOWS_STAND_IN, COLLECTIONS]), STILLPOINT_FAKE_WINDOWS_ROOT=ROOT)
     bridge = Bridge(ec2, fake_path, dict((s, i["instance_id"]) for s, i in insts.items()), device=DEVICE)
     bridge.start()
     try:
@@ -111,6 +121,7 @@ def restore(w, set_id, **extra):
     ev = dict(clusterpro_hosts="server1", clusterpro_become=False, clusterpro_mirror_restore_set_id=set_id,
               clusterpro_mirror_restore_saved_definition=str(w["tmp"] / "md1-definition.json"),
               clusterpro_mirror_restore_rejoin_delay=0, clusterpro_mirror_restore_poll_interval=0.1,
+              clusterpro_mirror_restore_hosts={"server1": "server1-disks", "server2": "server2-disks"},
               **aws(w, "clusterpro_mirror_restore_"))
     ev.update(extra)
     return run_playbook(RESTORE, w["ec2"], ev, env=w["env"], inventory=w["inventory"], timeout=300)
@@ -121,7 +132,15 @@ def host(w, server):
 
 
 def disk_changes(w, server, since=0):
-    return [e for e in host(w, server).state["log"][since:] if e[0] in ("Set-Disk", "Set-Partition")]
+    """The changes the FAKE host logged: the cmdlets of EbsDisk.ps1, the diskpart lines of win_array_host's scripts
+    that change something."""
+    out = []
+    for e in host(w, server).state["log"][since:]:
+        if e[0] in ("Set-Disk", "Set-Partition"):
+            out.append(e)
+        elif e[0] == "diskpart":
+            out += [["diskpart", line] for line in e[1:] if not line.startswith(("list", "select", "detail"))]
+    return out
 
 
 def at_device(w, server):
@@ -155,7 +174,8 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
     assert taken["state"] == "complete", taken
     assert disk_changes(w, "server1") == [] and disk_changes(w, "server2") == [], "the backup changes no disk"
 
-    # the restore: on each server the old disk (at xvdf's location) offline, the restored one online with R: and M:
+    # the restore (win_array_host): on each server the old disk (at xvdf's location) offline, the restored one online
+    # with R: and M:
     since = dict((s, len(host(w, s).state["log"])) for s in ("server1", "server2"))
     rc, res, _raw = restore(w, taken["set_id"])
     assert rc == 0, json.dumps(res, indent=1)[-4000:]
@@ -172,15 +192,26 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
         d, letters, got = mirror_disk(w, server, new[server])
         assert got["SCSITargetId"] == 5 and h.status(d) == "Online" and not d["state"]["read_only"]
         assert letters == {1: "R", 2: "M"}, "the recorded drive letters on the restored disk"
-        ran = disk_changes(w, server, since[server])
-        offline = [e for e in ran if e[2:] == ["-IsOffline", "$true"]]
-        assert len(offline) == 1 and ran.index(offline[0]) == 0
-        assert ["-IsOffline", "$false"] in [e[2:] for e in ran] and ["-IsReadOnly", "$false"] in [e[2:] for e in ran]
+        ran = [line for _tool, line in disk_changes(w, server, since[server])]
+        assert ran[:3] == ["offline disk", "online disk", "attributes disk clear readonly"], ran
+        assert ran.count("offline disk") == 1 and "chkdsk" not in [e[0] for e in host(w, server).state["log"]]
+    # the down step found the old disk at xvdf's location through the device name the role read on the api host (no
+    # instance metadata asked), refuse_missing on
+    down = task(res, "Step 3 - take the old mirror disk offline (Windows, win_array_host, by EBS volume id; on a Xen PV "
+                     "host at its device's location)")
+    assert [r["changed"] for r in down["results"]] == [True, True]
+    up = task(res, "Step 4 - bring the restored disk online with the recorded drive letters (Windows, win_array_host, by "
+                   "EBS volume id; on a Xen PV host at its device's location)")
+    assert [sorted((v["partition"], v["target"]) for v in r["volumes"]) for r in up["results"]] == [
+        [(1, "R:\\"), (2, "M:\\")]] * 2
+    assert [r["chkdsk"] for r in up["results"]] == [[], []]
     # server1's restored disk carries server2's signature (a copy of the standby's volume): its partitions came up
-    # with new letters and were given R: and M:; server2's own signature was remembered: no letter to move there
-    assert [e[3:] for e in disk_changes(w, "server1", since["server1"]) if e[0] == "Set-Partition"] == [
-        ["-NewDriveLetter", "R"], ["-NewDriveLetter", "M"]]
-    assert [e for e in disk_changes(w, "server2", since["server2"]) if e[0] == "Set-Partition"] == []
+    # with the letters Windows chose, removed, and were given R: and M:, each partition's volume re-checked before
+    # assign; server2's own signature was remembered: no letter to move there
+    assigned = [line for _tool, line in disk_changes(w, "server1", since["server1"]) if "letter=" in line]
+    assert sorted(line for line in assigned if line.startswith("assign")) == ["assign letter=M", "assign letter=R"]
+    assert [line for _tool, line in disk_changes(w, "server2", since["server2"]) if "letter=" in line] == []
+    assert ["diskpart", "select disk 1", "select partition 1", "detail partition"] in host(w, "server1").state["log"]
     assert read_state(w["fake"])["groups"]["failover"]["current"] == "server1"
 
     # a re-run with the restored volumes (the CLUSTERPRO steps 1, 5 and 6 run again, the role's own behaviour): no disk
@@ -197,17 +228,31 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
 
 
 def test_restore_refuses_a_device_outside_aws_table_on_a_xen_host(world):
-    """The FAKE of the single-disk script: on a host with PV disks a device name AWS's table does not list is refused
-    before any change; without a device name the lookup is by serial, which finds no PV disk (refused, as before)."""
+    """The restore's down step (win_array_host's library as the role calls it, the FAKE host's scripts): on a host with
+    PV disks a device name AWS's table does not list is refused before any change; without a device name the lookup
+    needs the instance metadata, which this host does not answer (refused); at a name where the host shows no PV disk,
+    refused."""
     w = world
     path = w["states"]["server1"]
     vid = w["vols"]["server1"]
-    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid, "Device": "/dev/sdf"}, path)
-    assert out is None and not changed and "gives no Xen PV location" in err
-    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid}, path)
-    assert out is None and "found 0" in err
-    out, changed, err = fake.run_single_script({"Action": "Offline", "VolumeId": vid, "Device": "/dev/xvdg"}, path)
-    assert out is None and "target 6" in err and "found 0" in err
+
+    def execute(name, params):
+        out, err = fake.run_script(name, params, path)
+        if err is not None:
+            raise StillpointError(err)
+        return out
+
+    def down(**kw):
+        p = dict((k, v.get("default")) for k, v in win.ARGUMENT_SPEC.items())
+        p.update(state="down", volume_ids=[vid], refuse_missing=True, imds_endpoint="http://127.0.0.1:9", **kw)
+        return win.down(p, execute, describe=lambda i: pytest.fail("DescribeInstances"))
+
+    with pytest.raises(StillpointError, match=r"attached to .* at /dev/sdf: on a Xen instance .*cannot be located"):
+        down(devices={vid: "/dev/sdf"})
+    with pytest.raises(StillpointError, match="its instance metadata did not answer"):
+        down()
+    with pytest.raises(StillpointError, match=r"at /dev/xvdg, but the host shows no Xen PV disk at target 6"):
+        down(devices={vid: "/dev/xvdg"})
     assert disk_changes(w, "server1") == []
     out, changed, err = fake.run_single_script({"Action": "Get", "VolumeId": [vid], "Device": ["/dev/xvdf"]}, path)
     assert err is None and not changed and out[0]["pv_target"] == 5 and out[0]["disk_number"] == 1
