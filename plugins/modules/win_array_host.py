@@ -11,13 +11,16 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: win_array_host
-short_description: Windows host steps of an array restore - disks by EBS volume id offline, online, foreign pack import, drive letters back
+short_description: Windows host steps of a restore - disks by EBS volume id offline, online, foreign pack import, drive letters back
 version_added: 0.2.0
 description:
   - The Windows counterpart of M(stillpoint.snapshots.array_host), used by the role C(stillpoint.snapshots.array_restore)
     for sets taken by M(stillpoint.snapshots.win_vss_snapshot_set) (array kind C(windows-volumes)). Every disk is found
     by the EBS volume id in its NVMe serial number (Get-Disk C(SerialNumber)), or on a Xen instance by its PV location
     (below), never by disk number.
+  - The role C(stillpoint.snapshots.clusterpro_mirror_restore) uses it too, for seed 001's restore steps 3 and 4 on a
+    Windows cluster server - V(down) with O(refuse_missing), V(up) with O(partition_letters) (the mirror disk's
+    letters by partition number), O(devices) and O(verify=false).
   - V(down) takes the disks of O(volume_ids) (the volumes about to be detached) offline with diskpart C(offline disk);
     the boot or system disk is refused. A source volume of O(source_volume_ids) that stays attached (a copy beside its
     source) is refused before anything changes unless O(import_clone).

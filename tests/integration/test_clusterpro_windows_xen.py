@@ -197,11 +197,11 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
         assert ran.count("offline disk") == 1 and "chkdsk" not in [e[0] for e in host(w, server).state["log"]]
     # the down step found the old disk at xvdf's location through the device name the role read on the api host (no
     # instance metadata asked), refuse_missing on
-    down = task(res, "Step 3 - take the old mirror disk offline (Windows, win_array_host, by EBS volume id; on a Xen PV "
-                     "host at its device's location)")
+    down = task(res, "Step 3 - take the old mirror disk offline (Windows, win_array_host, by EBS volume id or Xen PV "
+                     "location)")
     assert [r["changed"] for r in down["results"]] == [True, True]
     up = task(res, "Step 4 - bring the restored disk online with the recorded drive letters (Windows, win_array_host, by "
-                   "EBS volume id; on a Xen PV host at its device's location)")
+                   "partition number)")
     assert [sorted((v["partition"], v["target"]) for v in r["volumes"]) for r in up["results"]] == [
         [(1, "R:\\"), (2, "M:\\")]] * 2
     assert [r["chkdsk"] for r in up["results"]] == [[], []]
@@ -256,3 +256,38 @@ def test_restore_refuses_a_device_outside_aws_table_on_a_xen_host(world):
     assert disk_changes(w, "server1") == []
     out, changed, err = fake.run_single_script({"Action": "Get", "VolumeId": [vid], "Device": ["/dev/xvdf"]}, path)
     assert err is None and not changed and out[0]["pv_target"] == 5 and out[0]["disk_number"] == 1
+
+
+def test_restore_refuses_a_disk_host_that_does_not_show_the_old_volume(world):
+    """clusterpro_mirror_restore_hosts names a wrong inventory host for server1 (a FAKE Xen Windows host whose xvdf
+    location holds no disk): step 3's check (win_array_host state=down, refuse_missing, in check mode on every
+    server first) refuses it before any disk is taken offline or any volume detached."""
+    w = world
+    rc, res, _raw = backup(w)
+    assert rc == 0, json.dumps(res, indent=1)[-3000:]
+    taken = task(res, STEP4)
+    boot = fake.basic_content("MBR", "6a4b3c2d", "SYSTEM", 30)
+    boot["volumes"] = []
+    stranger = fake.new_state(w["ec2"].url, w["ec2"].region, "i-0fffffffffffffff0", "vol-0fffffffffffffff0",
+                              {"vol-0fffffffffffffff0": boot}, xen=True, computer_name="FAKE-STRANGER")
+    stranger["attached"] = [["/dev/sda1", "vol-0fffffffffffffff0"]]
+    path = str(w["tmp"] / "fake-windows-stranger.json")
+    fake.FakeWindowsDisks(stranger).save(path)
+    python = w["tmp"] / "python-stranger"
+    python.write_text("#!/bin/sh\nSTILLPOINT_FAKE_WINDOWS_STATE='%s' exec '%s' \"$@\"\n" % (path, sys.executable))
+    python.chmod(0o755)
+    with open(w["inventory"], "a", encoding="utf-8") as handle:
+        handle.write("stranger-disks ansible_connection=local ansible_python_interpreter=%s ansible_shell_type=%s\n"
+                     % (python, WINDOWS_SHELL["ansible_shell_type"]))
+    w["ec2"].clear_calls()
+    rc, res, _raw = restore(w, taken["set_id"],
+                            clusterpro_mirror_restore_hosts={"server1": "stranger-disks", "server2": "server2-disks"})
+    assert rc != 0
+    down = task(res, "Step 3 - check every Windows server's old mirror disk before any is taken offline (reads only)")
+    assert down["failed"], down
+    refused = [r for r in down["results"] if r.get("failed")]
+    assert [r["item"]["server"] for r in refused] == ["server1"]
+    assert "at xvdf, but the host shows no Xen PV disk at target 5" in refused[0]["msg"]
+    assert [c["action"] for c in w["ec2"].calls() if c["action"] in ("DetachVolume", "AttachVolume")] == []
+    assert disk_changes(w, "server1") == [] and disk_changes(w, "server2") == []
+    assert fake.FakeWindowsDisks.load(path).state["log"] == [["diskpart", "list disk", "list volume"]]

@@ -1,10 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: stillpoint.snapshots contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The FAKE Windows host's stand-in of the windows_ebs_disk single-disk script EbsDisk.ps1, each -Action
+"""The FAKE Windows host's stand-in of the windows_ebs_disk single-disk script EbsDisk.ps1 -Action Get
 (tests/fakes/vss/disks.py FakeSingleDisk, run_single_script), without an EC2 endpoint (``state["attached"]``): the
 lookup by serial on an NVMe host (the device name ignored there), by location on a Xen host, and each refusal the
-script's header states."""
+script states."""
 
 import os
 
@@ -48,67 +48,48 @@ def test_nvme_host_finds_by_serial_whatever_the_device(tmp_path, device):
     assert [(p["partition_number"], p["drive_letter"]) for p in out[0]["partitions"]] == [(1, "R"), (2, "M")]
 
 
-def test_xen_host_offline_and_online_by_location(tmp_path):
+def test_xen_host_reads_by_location(tmp_path):
     path = state_file(tmp_path, xen=True)
     out, changed, err = run(path, "Get", VolumeId=[MIRROR, OTHER], Device=["/dev/xvdf", "xvdg"])
     found = [(r["disk_number"], r["found_by"], r["pv_target"]) for r in out]
-    assert err is None and found == [(1, "pv-target", 5), (2, "pv-target", 6)]
+    assert err is None and not changed and found == [(1, "pv-target", 5), (2, "pv-target", 6)]
     assert out[0]["serial"] == "" and "PROD_PVDISK" in out[0]["path"].upper()
-    out, changed, err = run(path, "Offline", VolumeId=MIRROR, Device="xvdf")
-    assert err is None and changed and out[0]["drive_letters"] == {"1": "R", "2": "M"} and out[0]["pv_target"] == 5
-    assert fake.FakeSingleDisk.load(path).state["disk"][MIRROR]["offline"] is True
-    assert fake.FakeSingleDisk.load(path).state["disk"][OTHER]["offline"] is False
-    out, changed, err = run(path, "Offline", VolumeId=MIRROR, Device="xvdf")
-    assert err is None and not changed and out[0]["was_offline"]
-    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
-    assert err is None and changed and out[0]["drive_letters"] == []  # the letters were remembered (same signature)
-    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "R", "2": "M"})
-    assert err is None and not changed
-    log = fake.FakeSingleDisk.load(path).state["log"]
-    assert log == [["Set-Disk", "1", "-IsOffline", "$true"], ["Set-Disk", "1", "-IsOffline", "$false"]]
+    assert [(p["partition_number"], p["drive_letter"]) for p in out[0]["partitions"]] == [(1, "R"), (2, "M")]
+    assert fake.FakeSingleDisk.load(path).state["log"] == []
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"VolumeId": MIRROR, "Device": "/dev/sdf"}, "gives no Xen PV location"),
-    ({"VolumeId": MIRROR, "Device": "xvdca"}, "gives no Xen PV location"),
-    ({"VolumeId": MIRROR, "Device": "xvdj"}, "target 9, LUN 0"),
-    ({"VolumeId": MIRROR}, "with the serial of %s" % MIRROR),
-    ({"VolumeId": BOOT, "Device": "/dev/sda1"}, "holds the running system"),
-    ({"VolumeId": "vol-xyz", "Device": "xvdf"}, "Invalid EBS volume id"),
+    ({"VolumeId": [MIRROR], "Device": ["/dev/sdf"]}, "gives no Xen PV location"),
+    ({"VolumeId": [MIRROR], "Device": ["xvdca"]}, "gives no Xen PV location"),
+    ({"VolumeId": [MIRROR], "Device": ["xvdj"]}, "target 9, LUN 0"),
+    ({"VolumeId": [MIRROR]}, "No disk has the serial number of EBS volume %s" % MIRROR),
+    ({"VolumeId": ["vol-xyz"], "Device": ["xvdf"]}, "Invalid EBS volume id"),
+    ({"VolumeId": [MIRROR], "Device": ["xvdf", "xvdg"]}, "2 device names for 1 volumes"),
 ])
-def test_xen_host_refusals_change_nothing(tmp_path, params, message):
+def test_xen_host_refusals(tmp_path, params, message):
     path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Offline", **params)
+    out, changed, err = run(path, "Get", **params)
     assert out is None and not changed and message in err
     assert fake.FakeSingleDisk.load(path).state["log"] == []
 
 
-def test_online_refuses_a_letter_held_by_another_disk(tmp_path):
+@pytest.mark.parametrize("action", ["Offline", "Online", "Format"])
+def test_an_action_outside_the_scripts_set_is_refused(tmp_path, action):
+    """Offline and Online were the CLUSTERPRO restore's steps; win_array_host runs them now (docs/clusterpro.md)."""
     path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Online", VolumeId=MIRROR, Device="xvdf", DriveLetter={"1": "L"})
-    assert out is None and "Drive letter L: is held by a partition of disk 2" in err
-    out, changed, err = run(path, "Get", VolumeId=[MIRROR], Device=["xvdf", "xvdg"])
-    assert out is None and "2 device names for 1 volumes" in err
-
-
-def test_an_action_outside_the_scripts_set_is_refused(tmp_path):
-    path = state_file(tmp_path, xen=True)
-    out, changed, err = run(path, "Format", VolumeId=MIRROR, Device="xvdf")
-    assert out is None and not changed and 'does not belong to the set "Get,Offline,Online"' in err
+    out, changed, err = run(path, action, VolumeId=MIRROR, Device="xvdf")
+    assert out is None and not changed and 'does not belong to the set "Get"' in err
     assert fake.FakeSingleDisk.load(path).state["log"] == []
 
 
-def test_each_entry_point_sends_the_one_script_with_its_action():
-    """What the FAKE dispatches on is what the role sends: tasks_from disks, offline, online each run EbsDisk.ps1 with
-    the -Action of SINGLE_ACTIONS, the values the script's ValidateSet accepts."""
+def test_the_entry_point_sends_the_one_script_with_its_action():
+    """What the FAKE dispatches on is what the role sends: tasks_from disks runs EbsDisk.ps1 with the -Action of
+    SINGLE_ACTIONS, the one value the script's ValidateSet accepts; the role has no other entry point."""
     role = os.path.join(ROOT, "roles", "windows_ebs_disk")
-    entries = ("disks", "offline", "online")
-    sent = {}
-    for entry in entries:
-        with open(os.path.join(role, "tasks", entry + ".yml"), encoding="utf-8") as handle:
-            run_task = [t for t in yaml.safe_load(handle) if "ansible.windows.win_powershell" in t][0]
-        args = run_task["ansible.windows.win_powershell"]
-        sent[entry] = (args["path"], args["parameters"]["Action"])
-    assert sent == {entry: (fake.SINGLE_SCRIPT, action) for entry, action in zip(entries, fake.SINGLE_ACTIONS)}
+    assert sorted(os.listdir(os.path.join(role, "tasks"))) == ["disks.yml"]
+    with open(os.path.join(role, "tasks", "disks.yml"), encoding="utf-8") as handle:
+        run_task = [t for t in yaml.safe_load(handle) if "ansible.windows.win_powershell" in t][0]
+    args = run_task["ansible.windows.win_powershell"]
+    assert (args["path"], (args["parameters"]["Action"],)) == (fake.SINGLE_SCRIPT, fake.SINGLE_ACTIONS)
     with open(os.path.join(role, "files", fake.SINGLE_SCRIPT), encoding="utf-8") as handle:
         assert "[ValidateSet(%s)]" % ", ".join("'%s'" % a for a in fake.SINGLE_ACTIONS) in handle.read()

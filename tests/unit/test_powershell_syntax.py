@@ -53,9 +53,9 @@ DISK_SCRIPTS = ("EbsDisk.ps1", "Get-EbsArrayDisks.ps1", "Set-EbsArrayDisks.ps1")
 
 
 def test_the_collection_has_powershell_scripts():
-    """The Windows disk scripts are in one place: the files of the windows_ebs_disk role, which both
-    CLUSTERPRO roles include (tasks_from disks, offline, online: EbsDisk.ps1 -Action Get, Offline, Online) and the
-    win_array_host action plugin sends (Get-EbsArrayDisks.ps1, Set-EbsArrayDisks.ps1)."""
+    """The Windows disk scripts are in one place: the files of the windows_ebs_disk role, which the CLUSTERPRO
+    backup includes (tasks_from disks: EbsDisk.ps1 -Action Get) and the win_array_host action plugin sends for the
+    array restore and the CLUSTERPRO restore (Get-EbsArrayDisks.ps1, Set-EbsArrayDisks.ps1)."""
     found = [os.path.relpath(p, ROOT) for p in powershell_files() if os.path.basename(p) in DISK_SCRIPTS]
     assert sorted(found) == [os.path.join("roles", "windows_ebs_disk", "files", name) for name in DISK_SCRIPTS]
 

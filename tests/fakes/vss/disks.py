@@ -66,10 +66,9 @@ DISK_HEAD = ("  Disk ###  Status         Size     Free     Dyn  Gpt\n"
 VOL_HEAD = ("  Volume ###  Ltr  Label        Fs     Type        Size     Status     Info\n"
             "  ----------  ---  -----------  -----  ----------  -------  ---------  --------\n")
 SCRIPTS = ("Get-EbsArrayDisks.ps1", "Set-EbsArrayDisks.ps1")
-# the single-disk script of the CLUSTERPRO roles and its -Action for each windows_ebs_disk entry point (disks, offline,
-# online)
+# the single-disk script of the CLUSTERPRO backup and its -Action for the windows_ebs_disk entry point disks
 SINGLE_SCRIPT = "EbsDisk.ps1"
-SINGLE_ACTIONS = ("Get", "Offline", "Online")
+SINGLE_ACTIONS = ("Get",)
 
 
 class DiskpartError(Exception):
@@ -613,13 +612,12 @@ def single_pv_target(vid, device):
 
 
 class FakeSingleDisk(FakeWindowsDisks):
-    """What the windows_ebs_disk role's single-disk script does (SINGLE_SCRIPT, each of SINGLE_ACTIONS, its header's
-    contract): the disk by the volume id in its serial, or, given the device name on a host where a Get-Disk Path holds PROD_PVDISK, the
-    one PV disk at bus 0, that device's target, LUN 0. A partition's number is its volume's place on the (basic) disk,
-    from 1 (the FAKE's choice). Every change is logged as the cmdlet the script runs (``["Set-Disk", "1",
-    "-IsOffline", "$true"]``)."""
+    """What the windows_ebs_disk role's single-disk script does (SINGLE_SCRIPT -Action Get, its header's contract): the
+    disk by the volume id in its serial, or, given the device name on a host where a Get-Disk Path holds PROD_PVDISK,
+    the one PV disk at bus 0, that device's target, LUN 0. A partition's number is its volume's place on the (basic)
+    disk, from 1 (:meth:`FakeWindowsDisks.partition_table`, the FAKE's choice). It changes nothing."""
 
-    def find_single(self, vid, device, disks, what):
+    def find_single(self, vid, device, disks):
         if not re.match(r"^vol-[0-9a-f]{8,17}$", vid or ""):
             raise DiskpartError("Invalid EBS volume id '%s': expected vol- followed by 8 to 17 hex digits." % vid)
         got = self.get_disk(disks)
@@ -639,17 +637,20 @@ class FakeSingleDisk(FakeWindowsDisks):
             return d, target
         serial = vid.replace("-", "")
         found = [d for d, g in zip(disks, got) if (g.get("SerialNumber") or "").strip().startswith(serial)]
-        if len(found) != 1:
-            raise DiskpartError("Expected exactly one disk with the serial of %s (%s), found %d; %s" % (
-                vid, serial, len(found), what))
+        if not found:
+            raise DiskpartError("No disk has the serial number of EBS volume %s (%s); is it attached to this instance?"
+                                % (vid, serial))
+        if len(found) > 1:
+            raise DiskpartError("Several disks (%s) carry the serial of EBS volume %s; refusing to guess."
+                                % (", ".join(str(d["number"]) for d in found), vid))
         return found[0], None
 
     def partitions(self, d):
         """``[(number, volume key, letter or None)]`` of a basic disk; a letter only while the disk is online."""
         out = []
-        for i, v in enumerate(v for v in d["content"]["volumes"] if v["extents"] == ["self"]):
+        for number, v, _offset in self.partition_table(d):
             key = self.volume_key(d["volume_id"], v["key"])
-            out.append((i + 1, key, self.state["letters"].get(key) if self.status(d) == "Online" else None))
+            out.append((number, key, self.state["letters"].get(key) if self.status(d) == "Online" else None))
         return out
 
     def report(self, params):
@@ -660,7 +661,7 @@ class FakeSingleDisk(FakeWindowsDisks):
         disks = self.disks()
         out = []
         for i, vid in enumerate(vids):
-            d, target = self.find_single(vid, devices[i] if devices else None, disks, "refusing.")
+            d, target = self.find_single(vid, devices[i] if devices else None, disks)
             g = self.get_disk([d])[0]
             out.append({"volume_id": vid, "disk_number": d["number"], "serial": (g.get("SerialNumber") or "").strip(),
                         "path": g.get("Path") or "", "found_by": "nvme-serial" if target is None else "pv-target",
@@ -668,62 +669,6 @@ class FakeSingleDisk(FakeWindowsDisks):
                         "partitions": [{"partition_number": n, "drive_letter": letter, "size": None}
                                        for n, _key, letter in self.partitions(d)]})
         return out, False
-
-    def offline(self, params):
-        """EbsDisk.ps1 -Action Offline."""
-        vid = params.get("VolumeId")
-        d, target = self.find_single(vid, params.get("Device"), self.disks(), "refusing.")
-        if d["volume_id"] == self.state["boot_volume_id"]:
-            raise DiskpartError("Disk %d of %s holds the running system; refusing to take it offline." % (d["number"], vid))
-        letters = dict((str(n), letter) for n, _key, letter in self.partitions(d) if letter)
-        was = d["state"]["offline"]
-        if not was:
-            self.log("Set-Disk", str(d["number"]), "-IsOffline", "$true")
-            d["state"].update(offline=True, reason=None)
-        return [{"volume_id": vid, "disk_number": d["number"], "found_by": "nvme-serial" if target is None else "pv-target",
-                 "pv_target": target, "was_offline": was, "drive_letters": letters}], not was
-
-    def online(self, params):
-        """EbsDisk.ps1 -Action Online."""
-        vid = params.get("VolumeId")
-        disks = self.disks()
-        d, target = self.find_single(vid, params.get("Device"), disks, "is it attached?")
-        changed = False
-        if d["state"]["offline"]:
-            self.log("Set-Disk", str(d["number"]), "-IsOffline", "$false")
-            twin = [o for o in disks if o is not d and o["content"]["id"] == d["content"]["id"] and not o["state"]["offline"]]
-            if twin:
-                raise DiskpartError("Set-Disk -IsOffline $false failed: FAKE: the disk's signature collides with disk %d"
-                                    % twin[0]["number"])
-            d["state"].update(offline=False, reason=None)
-            changed = True
-        if d["state"]["read_only"]:
-            self.log("Set-Disk", str(d["number"]), "-IsReadOnly", "$false")
-            d["state"]["read_only"] = False
-            changed = True
-        disks = self.disks()  # automount, as Windows would when the disk comes online
-        d = [o for o in disks if o["volume_id"] == d["volume_id"]][0]
-        vols = self.volumes(disks)
-        moves = []
-        for key, letter in (params.get("DriveLetter") or {}).items():
-            number, wanted = int(key), str(letter).rstrip(":").upper()
-            if not re.match(r"^[D-Z]$", wanted):
-                raise DiskpartError("Drive letter '%s' for partition %d is not one of D to Z." % (wanted, number))
-            holder = [v for v in vols if self.state["letters"].get(v["key"]) == wanted and d not in v["disks"]]
-            if holder:
-                raise DiskpartError("Drive letter %s: is held by a partition of disk %d, not by %s; free it first."
-                                    % (wanted, holder[0]["disks"][0]["number"], vid))
-            part = [(k, cur) for n, k, cur in self.partitions(d) if n == number]
-            if not part:
-                raise DiskpartError("FAKE: disk %d has no partition %d" % (d["number"], number))
-            if part[0][1] == wanted:
-                continue
-            self.log("Set-Partition", str(d["number"]), str(number), "-NewDriveLetter", wanted)
-            self.state["letters"][part[0][0]] = wanted
-            moves.append({"partition_number": number, "drive_letter": wanted})
-            changed = True
-        return [{"volume_id": vid, "disk_number": d["number"], "found_by": "nvme-serial" if target is None else "pv-target",
-                 "pv_target": target, "drive_letters": moves}], changed
 
 
 def run_single_script(params, state_path):
@@ -735,7 +680,7 @@ def run_single_script(params, state_path):
                              "the set \"%s\"." % (action, ",".join(SINGLE_ACTIONS)))
     host = FakeSingleDisk.load(state_path)
     try:
-        out, changed = {"Get": host.report, "Offline": host.offline, "Online": host.online}[action](params)
+        out, changed = host.report(params)
         return out, changed, None
     except DiskpartError as exc:
         return None, False, str(exc)

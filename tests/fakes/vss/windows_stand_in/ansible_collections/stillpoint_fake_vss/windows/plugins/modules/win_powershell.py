@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """FAKE, tests only: stands in for ansible.windows.win_powershell on the stand-in Windows host.
 
-It runs no PowerShell. It recognises the windows_ebs_disk role's scripts (the array scripts and the single-disk
-script of the CLUSTERPRO roles, by its -Action parameter) by their exact text and does what each
+It runs no PowerShell. It recognises the windows_ebs_disk role's scripts (win_array_host's two scripts and the
+CLUSTERPRO backup's single-disk script, -Action Get) by their exact text and does what each
 one does against the FAKE Windows disk subsystem (tests/fakes/vss/disks.py) whose state file is
 STILLPOINT_FAKE_WINDOWS_STATE; the repository root (to import it) is STILLPOINT_FAKE_WINDOWS_ROOT. Any other
 script fails. The result has win_powershell's shape (output: the objects written, error: the error records).
@@ -50,10 +50,7 @@ def main():
                 name = candidate
     if name is None:
         module.fail_json(msg="FAKE win_powershell: not one of the windows_ebs_disk scripts", output=[], error=[])
-    if name == disks.SINGLE_SCRIPT:
-        action = module.params["parameters"].get("Action")
-        if module.check_mode and action != "Get":
-            module.exit_json(changed=True, output=[], error=[], host_out="FAKE: check mode, %s -Action %s not run" % (name, action))
+    if name == disks.SINGLE_SCRIPT:  # -Action Get only: it reads, in check mode too (the role's task has check_mode: false)
         out, changed, err = disks.run_single_script(module.params["parameters"], os.environ["STILLPOINT_FAKE_WINDOWS_STATE"])
         if err is not None:
             module.fail_json(msg="FAKE win_powershell: %s threw" % name, output=[],
