@@ -15,7 +15,7 @@ inventory host per server (``server1-disks``: the same local connection with the
 powershell family, tests/fakes/clusterpro/windows_stand_in), named by clusterpro_mirror_restore_hosts. Each host's
 FAKE Windows state file is named in its interpreter's environment. No PowerShell runs: this checks the roles'
 wiring (the device name read from EC2 on the api host reaches the scripts) and the scripts' contract as the FAKE
-implements it.
+implements it. The backup-and-restore test also runs on a Nitro pair (m5.large, NVMe disks found by serial).
 """
 
 import json
@@ -56,10 +56,13 @@ def mirror_content(signature):
 
 
 @pytest.fixture
-def world(ec2, tmp_path):
+def world(ec2, tmp_path, request):
+    """The Xen instance pair; ``world`` parametrized indirectly with ``"nvme"``: the same on Nitro (m5.large, NVMe disks
+    found by the volume id in their serial) for the roles' NVMe path."""
+    xen = getattr(request, "param", "xen") == "xen"
     ec2.pending(0.2)
     fake_path, fake_env = install(tmp_path, node="server1", edition="windows", version="4.3.0")
-    insts = dict((s, ec2.create_instance(az=AZ, instance_type="m4.large", volumes=[{"size": 1, "device": DEVICE}]))
+    insts = dict((s, ec2.create_instance(az=AZ, instance_type="m4.large" if xen else "m5.large", volumes=[{"size": 1, "device": DEVICE}]))
                  for s in ("server1", "server2"))
     vols = dict((s, i["volumes"][0]["volume_id"]) for s, i in insts.items())
     with locked(fake_path) as cluster:
@@ -75,7 +78,7 @@ def world(ec2, tmp_path):
         contents = dict((vid, mirror_content(SIGNATURES[s])) for s, vid in vols.items())
         contents[inst["boot_volume_id"]] = boot
         state = fake.new_state(ec2.url, ec2.region, inst["instance_id"], inst["boot_volume_id"], contents,
-                               letters={vols[server]: {"part1": "R", "part2": "M"}}, xen=True,
+                               letters={vols[server]: {"part1": "R", "part2": "M"}}, xen=xen,
                                computer_name="FAKE-%s" % server.upper())
         states[server] = str(tmp_path / ("fake-windows-%s.json" % server))
         fake.FakeSingleDisk(state).save(states[server])
@@ -91,7 +94,7 @@ def world(ec2, tmp_path):
     bridge = Bridge(ec2, fake_path, dict((s, i["instance_id"]) for s, i in insts.items()), device=DEVICE)
     bridge.start()
     try:
-        yield dict(ec2=ec2, fake=fake_path, env=env, insts=insts, vols=vols, states=states, inventory=str(inventory),
+        yield dict(xen=xen, ec2=ec2, fake=fake_path, env=env, insts=insts, vols=vols, states=states, inventory=str(inventory),
                    tmp=tmp_path)
     finally:
         bridge.stop()
@@ -157,11 +160,20 @@ def mirror_disk(w, server, vid):
     return d, dict((n, letter) for n, _key, letter in h.partitions(d)), h.get_disk([d])[0]
 
 
-def test_backup_and_restore_on_a_xen_instance_pair(world):
+def found_at(w):
+    """How the scripts find the mirror disk on this world's hosts: ``(found_by, pv_target)``."""
+    return ("pv-target", 5) if w["xen"] else ("nvme-serial", None)
+
+
+@pytest.mark.parametrize("world", ["xen", "nvme"], indirect=True)
+def test_backup_and_restore_on_an_instance_pair(world):
     w = world
-    for server in ("server1", "server2"):  # the FAKE hosts are Xen: the serial holds no volume id
+    for server in ("server1", "server2"):  # Xen: the serial holds no volume id; NVMe: it does
         _d, letters, got = mirror_disk(w, server, w["vols"][server])
-        assert got["SerialNumber"] == "" and "PROD_PVDISK" in got["Path"].upper() and got["SCSITargetId"] == 5
+        if w["xen"]:
+            assert got["SerialNumber"] == "" and "PROD_PVDISK" in got["Path"].upper() and got["SCSITargetId"] == 5
+        else:
+            assert got["SerialNumber"].startswith(w["vols"][server].replace("-", "")) and "SCSITargetId" not in got
         assert letters == {1: "R", 2: "M"}
 
     # the backup reads the drive letters on the active server: its disk found at xvdf's location
@@ -169,7 +181,7 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
     assert rc == 0, json.dumps(res, indent=1)[-3000:]
     read = task(res, "Read the disks of the EBS volumes (by volume id in Get-Disk's serial number; on a Xen PV host by the "
                      "device's location)")
-    assert [(r["volume_id"], r["found_by"], r["pv_target"]) for r in read["output"]] == [(w["vols"]["server1"], "pv-target", 5)]
+    assert [(r["volume_id"], r["found_by"], r["pv_target"]) for r in read["output"]] == [(w["vols"]["server1"],) + found_at(w)]
     taken = task(res, STEP4)
     assert taken["state"] == "complete", taken
     assert disk_changes(w, "server1") == [] and disk_changes(w, "server2") == [], "the backup changes no disk"
@@ -190,7 +202,7 @@ def test_backup_and_restore_on_a_xen_instance_pair(world):
         assert h.state["disk"][w["vols"][server]]["offline"] is True, "the old mirror disk was taken offline"
         assert not h.state["disk"][h.state["boot_volume_id"]]["offline"], "the boot disk stays online"
         d, letters, got = mirror_disk(w, server, new[server])
-        assert got["SCSITargetId"] == 5 and h.status(d) == "Online" and not d["state"]["read_only"]
+        assert got.get("SCSITargetId") == found_at(w)[1] and h.status(d) == "Online" and not d["state"]["read_only"]
         assert letters == {1: "R", 2: "M"}, "the recorded drive letters on the restored disk"
         ran = [line for _tool, line in disk_changes(w, server, since[server])]
         assert ran[:3] == ["offline disk", "online disk", "attributes disk clear readonly"], ran

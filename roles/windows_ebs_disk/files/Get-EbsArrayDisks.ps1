@@ -47,6 +47,24 @@ function Invoke-Diskpart {
     }
 }
 
+function Read-Diskpart {
+    # one diskpart run of reading lines (none: no run); a non-zero exit code fails the script, saying what was read
+    param(
+        [string[]]$Line = @(),
+
+        [Parameter(Mandatory = $true)]
+        [string]$What
+    )
+    if ($Line.Count -eq 0) {
+        return ''
+    }
+    $res = Invoke-Diskpart -Line $Line
+    if ($res.rc -ne 0) {
+        throw "diskpart $What failed (rc=$($res.rc)): $($res.output)"
+    }
+    return $res.output
+}
+
 $drives = @{}
 foreach ($drive in @(Get-CimInstance -ClassName Win32_DiskDrive)) {
     $drives["$($drive.DeviceID)".ToUpperInvariant()] = $drive
@@ -72,11 +90,8 @@ $disks = @(Get-Disk | Sort-Object -Property Number | ForEach-Object {
     })
 $pvDisks = @($disks | Where-Object { $_.Path -match 'PROD_PVDISK' })
 
-$lists = Invoke-Diskpart -Line @('list disk', 'list volume')
-if ($lists.rc -ne 0) {
-    throw "diskpart list disk / list volume failed (rc=$($lists.rc)): $($lists.output)"
-}
-$numbers = @([regex]::Matches($lists.output, '(?m)^\s*\*?\s*Volume (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value } |
+$lists = Read-Diskpart -Line @('list disk', 'list volume') -What 'list disk / list volume'
+$numbers = @([regex]::Matches($lists, '(?m)^\s*\*?\s*Volume (\d+)\s') | ForEach-Object { [int]$_.Groups[1].Value } |
         Sort-Object -Unique)
 $lines = [System.Collections.Generic.List[string]]@()
 foreach ($disk in $disks) {
@@ -87,14 +102,7 @@ foreach ($number in $numbers) {
     $lines.Add("select volume $number")
     $lines.Add('detail volume')
 }
-$details = ''
-if ($lines.Count -gt 0) {
-    $res = Invoke-Diskpart -Line $lines
-    if ($res.rc -ne 0) {
-        throw "diskpart detail disk / detail volume failed (rc=$($res.rc)): $($res.output)"
-    }
-    $details = $res.output
-}
+$details = Read-Diskpart -Line $lines -What 'detail disk / detail volume'
 
 # a path with no volume behind it makes diskpart fail: recorded (rc, output), decided by the controller
 $paths = @{}
@@ -122,14 +130,7 @@ foreach ($number in $PartitionDisk) {
         $partLines.Add('detail partition')
     }
 }
-$partitionText = ''
-if ($partLines.Count -gt 0) {
-    $res = Invoke-Diskpart -Line $partLines
-    if ($res.rc -ne 0) {
-        throw "diskpart detail partition failed (rc=$($res.rc)): $($res.output)"
-    }
-    $partitionText = $res.output
-}
+$partitionText = Read-Diskpart -Line $partLines -What 'detail partition'
 
 $instanceId = $null
 $imdsError = $null
@@ -154,7 +155,7 @@ if (Get-Variable -Name Ansible -ErrorAction SilentlyContinue) {
     instance_id    = if ($instanceId) { "$instanceId" } else { $null }
     imds_error     = $imdsError
     disks          = $disks
-    diskpart       = $lists.output + $details
+    diskpart       = $lists + $details
     diskpart_paths = $paths
     partitions     = $partitions
     diskpart_partitions = $partitionText
