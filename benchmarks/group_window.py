@@ -62,6 +62,23 @@ def p99(values):
     return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
 
 
+def explain(run, seal, members):
+    """Why a group was not consistent: the seal's problems, then each host's interval on the controller's time line
+    (relative to the instant it was armed with) beside its own record (late start, freeze end after the instant)."""
+    print("run %d: group %s: %s" % (run, seal.get("verdict"), "; ".join(seal.get("problems") or [seal.get("msg") or "no seal"])))
+    hosts = seal.get("hosts") or {}
+    for name in sorted(set(hosts) | set(members)):
+        rec, own = hosts.get(name) or {}, (members.get(name) or {}).get("group") or {}
+        instant = own.get("instant")
+        frozen = rec.get("frozen") or [None, None]
+        print("  %s: offset %s ms +- %s ms; frozen (controller time, from the instant) %s .. %s ms; late start %s ms, "
+              "freeze returned %s ms after the instant, window %s ms, presync %s" % (
+                  name, rec.get("offset_ms"), rec.get("error_ms"),
+                  *["%.1f" % ((t - instant) * 1000.0) if t is not None and instant is not None else "-" for t in frozen],
+                  own.get("late_ms"), own.get("frozen_after_instant_ms"), own.get("window_ms"),
+                  json.dumps(own.get("presync"))))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -92,6 +109,8 @@ def main():
                                          inventory=inv)
             seal = next(iter(per_host(raw, SEAL).values()), {})
             verdicts.append(seal.get("verdict"))
+            if seal.get("verdict") != "consistent":
+                explain(run, seal, per_host(raw, GROUP_TAKE))
             if seal.get("margin_ms") is not None:
                 margins.append(seal["margin_ms"])
             grouped.extend(r["freeze_window_ms"] for r in per_host(raw, GROUP_TAKE).values() if r.get("freeze_window_ms"))
