@@ -53,6 +53,11 @@ MAX_DRIFT = 100e-6  # 100 ppm: an undisciplined quartz clock; chrony keeps EC2 c
 # while a member waits for its instant (GroupQuiescer._drain): the rest between two short syncs, and the least
 # time a sync is assumed to take, in leads
 DRAIN_REST, DRAIN_FLOOR = 0.25, 0.05
+# the freeze opens with a sync and then commits the journal: under a contended disk it took about twice the last
+# sync before it (benchmarks/group_window.py under a dd writer on the same disk: 121-160 ms after syncs of 61-80 ms),
+# so a member whose syncs are slow starts freezing earlier, LEAD_SYNCS of its last sync before the instant, where
+# a lead of lead_ms would let its freeze end after the others had thawed; at most LEAD_CAP leads before it
+LEAD_SYNCS, LEAD_CAP = 3.0, 4.0
 
 
 def wait_until(target, clock=time.time, sleep=time.sleep):
@@ -301,8 +306,9 @@ class GroupQuiescer:
             # freeze makes first then has only the last moments' writes to flush. Without it a writer's backlog made
             # that sync outlast the lead (610 ms against a 500 ms lead in a TCG guest) and the host froze after the
             # instant; with syncs that stopped early, the backlog built up again before the freeze
-            # (benchmarks/group_drain.py)
+            # (benchmarks/group_drain.py). Slow syncs also move the freeze's start earlier (LEAD_SYNCS)
             presync = self._drain(start)
+            start = self._local() - presync["lead_ms"] / 1000.0
         wait_until(start, self.clock, self.sleep)
         began = self.clock()
         out = self.inner.freeze()
@@ -317,30 +323,45 @@ class GroupQuiescer:
             self.record["waited_for_instant_ms"] = self.answer.get("waited_for_instant_ms")
         return out
 
+    def lead_for(self, last_ms):
+        """How long before the instant the freeze starts, in ms, after a last sync of ``last_ms``: ``lead_ms``, or
+        ``LEAD_SYNCS`` times that sync when longer, at most ``LEAD_CAP`` leads and never so long that lead and hold
+        reach half the freeze deadline."""
+        lead = self.group["lead_ms"]
+        cap = LEAD_CAP * lead
+        if self.deadline is not None:
+            cap = min(cap, self.deadline * 500.0 - self.group["hold_ms"] - 1.0)
+        return max(lead, min(cap, LEAD_SYNCS * last_ms))
+
     def _drain(self, until):
         """Syncs (``presync``: ``syncfs``, nothing frozen) from now until ``until``, the freeze's start: back to back
         while they are long (a backlog), then ``DRAIN_REST`` of a lead apart. A sync starts only with twice its
-        estimate left before ``until`` (the last sync's time, at least ``DRAIN_FLOOR`` of a lead: one that outlasts
-        its estimate would delay the freeze), and the last rest is cut so that the last sync ends just before the
-        freeze: the sync the freeze opens with then has only the writes made since. Returns a summary for the
-        host's record (which goes into a tag, so not the list): ``{"syncs", "total_ms", "max_ms", "last_ms",
-        "idle_ms"}``, ``idle_ms`` from the end of the last sync to ``until``."""
+        estimate left before the freeze's start (the last sync's time, at least ``DRAIN_FLOOR`` of a lead: one that
+        outlasts its estimate would delay the freeze), and the last rest is cut so that the last sync ends just
+        before the freeze: the sync the freeze opens with then has only the writes made since. The start is
+        ``until``, or earlier when the syncs are slow (:meth:`lead_for`). Returns a summary for the host's record
+        (which goes into a tag, so not the list): ``{"syncs", "total_ms", "max_ms", "last_ms", "idle_ms",
+        "lead_ms"}``, ``idle_ms`` from the end of the last sync to the start, ``lead_ms`` the start's distance to
+        the instant."""
         rest = self.group["lead_ms"] * DRAIN_REST / 1000.0
         floor = self.group["lead_ms"] * DRAIN_FLOOR / 1000.0
+        local = self._local()
         syncs, total, longest, last, ended = 0, 0.0, 0.0, 0.0, None
         while True:
+            start = min(until, local - self.lead_for(last) / 1000.0)
             need = 2.0 * max(floor, last / 1000.0)
-            if until - self.clock() < need:
+            if start - self.clock() < need:
                 break
             if syncs and last / 1000.0 <= rest:  # the backlog is gone: rest, keeping it small
-                self.sleep(max(0.0, min(rest, until - self.clock() - need)))
+                self.sleep(max(0.0, min(rest, start - self.clock() - need)))
             last = float(self.inner.presync())
             ended = self.clock()
             syncs += 1
             total += last
             longest = max(longest, last)
         return {"syncs": syncs, "total_ms": round(total, 3), "max_ms": round(longest, 3), "last_ms": round(last, 3),
-                "idle_ms": None if ended is None else round(max(0.0, until - ended) * 1000.0, 3)}
+                "idle_ms": None if ended is None else round(max(0.0, start - ended) * 1000.0, 3),
+                "lead_ms": round((local - start) * 1000.0, 3)}
 
     def called(self, ok):
         """The run tells whether the call succeeded: only then is the freeze held until the instant + hold."""

@@ -53,7 +53,8 @@ options:
     type: float
     default: 20.0
   lead_ms:
-    description: How long before the instant each host starts its freeze.
+    description: How long before the instant each host starts its freeze; a host whose last sync before it was slow
+      starts earlier, three such syncs before the instant (at most four leads; docs/groups.md).
     type: float
     default: 100.0
   hold_ms:

@@ -296,7 +296,9 @@ options:
         and C(poll=0) so that the controller can hand the instant over while it waits (docs/groups.md)."
       - With O(group.instant) (given up front) it waits for it directly after the DryRun check.
       - It then waits, nothing frozen, until the lead before the instant on this host's clock (the instant plus
-        O(group.offset_s)); it refuses when that moment has already passed. It freezes, makes its one C(CreateSnapshots)
+        O(group.offset_s)); it refuses when that moment has already passed. While it waits it writes the filesystems'
+        dirty data out; when those syncs are slow it starts the freeze earlier, three of its last sync before the
+        instant, at most four leads (C(presync.lead_ms) in RV(group)). It freezes, makes its one C(CreateSnapshots)
         call, keeps the filesystems frozen until the hold after the instant, and thaws. It returns its frozen interval
         on this host's real-time clock (RV(group)).
       - The set is tagged with the group id and stays C(pending) in the catalog until the group is sealed.
@@ -500,7 +502,9 @@ group:
       C(window_ms), C(late_ms) (how late the freeze started after the lead before the instant),
       C(waited_ms) (how long this host waited, with its instant, for the freeze to start - the slack left of the group's
       arming time), C(waited_for_instant_ms) (with O(group.run_dir), how long it waited, ready, for the instant) and
-      C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be).
+      C(frozen_after_instant_ms) (negative when the freeze was done before the instant, as it should be), and
+      C(presync) (the syncs made while it waited - C(syncs), C(total_ms), C(max_ms), C(last_ms), C(idle_ms) from the
+      last one's end to the freeze, and C(lead_ms), how long before the instant the freeze started).
   returned: when O(group) is set and the freeze happened
   type: dict
 plan:
