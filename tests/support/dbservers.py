@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 from tests.support import dbwriter
 from tests.support.loopfs import missing_requirements
@@ -210,6 +211,36 @@ def serving(server, start, rows=50):
         server.cleanup()
 
 
+def _setup_step(argv, reset=None, **kwargs):
+    """Run a server's set-up command (mariadb-install-db, initdb); a failure says what the command printed.
+
+    With ``reset`` (which empties what the command made) a failed run is tried once more, and the first failure is
+    reported as a warning (pytest's warnings summary), never dropped: a CI run (b50da6c) once saw
+    mariadb-install-db exit 1 in a fixture, with its output lost, and nothing here has reproduced it since
+    (9 concurrent runs, the fixture 4 times over)."""
+    failures = []
+    for attempt in range(2 if reset else 1):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+        if proc.returncode == 0:
+            for failure in failures:
+                warnings.warn("set-up step failed once, passed when run again: %s" % failure)
+            return proc
+        failures.append("%s exited %d\nstdout: %s\nstderr: %s" % (
+            " ".join(argv), proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]))
+        if reset and attempt == 0:
+            reset()
+    raise AssertionError("\n".join(failures))
+
+
+def _empty(directory):
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
 class _Server:
     """Start/stop plumbing shared by both: a child process or an adopted daemon, stopped by PID."""
 
@@ -298,9 +329,9 @@ class MariaDBServer(_Server):
     def install(self):
         os.makedirs(self.datadir, exist_ok=True)
         os.makedirs(self.binlog_dir, exist_ok=True)
-        subprocess.run([mariadb_bin("mariadb-install-db")] + self.options()
-                       + ["--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
-                       check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        _setup_step([mariadb_bin("mariadb-install-db")] + self.options()
+                    + ["--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
+                    reset=lambda: _empty(self.datadir))
         return self
 
     def server_argv(self):
@@ -393,9 +424,8 @@ class PostgreSQLServer(_Server):
             os.makedirs(os.path.dirname(d), exist_ok=True)
         for d in (os.path.dirname(self.pgdata), os.path.dirname(self.waldir)):
             shutil.chown(d, "postgres", "postgres")
-        subprocess.run([pg_bin("initdb"), "-D", self.pgdata, "--waldir", self.waldir, "-U", "postgres",
-                        "--auth-local=peer", "--auth-host=reject", "--no-instructions"], check=True,
-                       capture_output=True, timeout=120, cwd=self.run_dir, **_as_postgres())
+        _setup_step([pg_bin("initdb"), "-D", self.pgdata, "--waldir", self.waldir, "-U", "postgres",
+                     "--auth-local=peer", "--auth-host=reject", "--no-instructions"], cwd=self.run_dir, **_as_postgres())
         return self
 
     def settings(self):
