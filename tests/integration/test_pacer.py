@@ -28,6 +28,7 @@ PACED_BUCKET = [4, 1.0]
 # Without the pacer the same 12 tokens meet BUCKET's edge (the next test)
 ACCOUNT_BUCKET = [8, 1.0]
 
+
 def fleet(ec2, tmp_path, count, prefix="pacer"):
     hosts = {}
     for i in range(count):
@@ -59,8 +60,8 @@ def complete_and_never_throttled(ec2, hosts, rc, results):
     returns the CreateSnapshots requests (probes included)."""
     failed = dict((h, {k: r.get(k) for k in ("msg", "probes", "freeze_intervals", "pacer", "error_code")})
                   for h, r in results.items() if r.get("failed") or r.get("unreachable"))
-    assert rc == 0, (failed or results, [(c["t_start"], c["dry_run"], c["error_code"])
-                                          for c in ec2.calls("CreateSnapshots", dry_run=True)])
+    timeline = [(c["t_start"], c["dry_run"], c["error_code"]) for c in ec2.calls("CreateSnapshots", dry_run=True)]
+    assert rc == 0, (failed or results, timeline)
     assert sorted(results) == sorted(hosts)
     assert all(r["state"] == "complete" and r["freeze_cycles"] == 1 for r in results.values())
     assert "CreateSnapshots RequestLimitExceeded" not in ec2.buckets()["throttled"]
