@@ -247,7 +247,9 @@ def test_lock_wait_budget_refuses_then_continue_takes_filesystem(tmp_path, ec2, 
                                     application_login_password="s3cret-never-shown")
         assert res.get("failed") and "not granted within lock_wait_timeout=2s" in res["msg"], res
         refused_s = took
-        assert took < 2 + 5, took  # the budget, plus the module's own start
+        # the module's own measure of its wait, not the wall clock of a module run (its start-up is the machine's
+        # load): the server's lock_wait_timeout ends it, the client's own budget (+2 s) if the server does not
+        assert res["application"]["lock_wait_ms"] < (2 + 2 + 1) * 1000, res["application"]
         assert "s3cret-never-shown" not in raw
         assert ec2.calls("CreateSnapshots") == [] and own_snapshots(ec2) == before
         assert not any(probe_frozen(m) for m in inst.mountpoints)
