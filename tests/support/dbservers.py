@@ -214,7 +214,7 @@ def serving(server, start, rows=50):
 def _setup_step(argv, reset=None, **kwargs):
     """Run a server's set-up command (mariadb-install-db, initdb); a failure says what the command printed.
 
-    With ``reset`` (which empties what the command made) a failed run is tried once more, and the first failure is
+    With ``reset`` (which removes what the command made) a failed run is tried once more, and the first failure is
     reported as a warning (pytest's warnings summary), never dropped: a CI run (b50da6c) once saw
     mariadb-install-db exit 1 in a fixture, with its output lost, and nothing here has reproduced it since
     (9 concurrent runs, the fixture 4 times over)."""
@@ -232,13 +232,9 @@ def _setup_step(argv, reset=None, **kwargs):
     raise AssertionError("\n".join(failures))
 
 
-def _empty(directory):
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+def _recreate(directory):
+    shutil.rmtree(directory)
+    os.makedirs(directory)
 
 
 class _Server:
@@ -331,7 +327,7 @@ class MariaDBServer(_Server):
         os.makedirs(self.binlog_dir, exist_ok=True)
         _setup_step([mariadb_bin("mariadb-install-db")] + self.options()
                     + ["--user=root", "--auth-root-authentication-method=socket", "--skip-test-db"],
-                    reset=lambda: _empty(self.datadir))
+                    reset=lambda: _recreate(self.datadir))
         return self
 
     def server_argv(self):
