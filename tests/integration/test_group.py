@@ -498,9 +498,9 @@ def test_a_run_killed_while_its_hosts_wait_ready_freezes_nothing_and_the_next_ru
     if seal.get("verdict") == "inconsistent":
         # What this test proves is the killed run's harmlessness; whether three emulated hosts on two shared cores
         # freeze around one instant is the machine's load (test_group_backup_at_one_instant... requires it). Once, in
-        # a clean-clone run beside other tests (85016c2), g2 froze 325 ms after the instant (lead 300 ms); 14 runs
-        # here under busy loops and a dd writer were consistent. The run then failed, its sets recorded as a group
-        # that is not consistent (a group restore refuses it):
+        # a clean-clone run beside other tests (85016c2), g2 froze 325 ms after the instant (lead 300 ms); 7 runs of
+        # this test here under busy loops (3 with a dd writer too) were consistent. The run then failed, its sets
+        # recorded as a group that is not consistent (a group restore refuses it):
         assert rc != 0 and all("share no instant" in p for p in seal["problems"]), sealed_why(raw)
         tags = group_snapshots(ec2, seal["group_id"])
         assert tags and all(json.loads(t["stillpoint:group"])["verdict"] == "inconsistent" for t in tags), tags
